@@ -1,0 +1,173 @@
+//! The defaults Kubernetes fills in on write (its `SetDefaults_*` functions) for the fields clients and
+//! printers rely on, so `kubectl get -o yaml` shows what a user of Kubernetes expects.
+
+use serde_json::{Value, json};
+
+use crate::resources::ResourceDef;
+
+/// Fills defaults into a normalized object of resource `def`.
+pub fn apply(def: &ResourceDef, object: &mut Value) {
+    match (def.group, def.plural) {
+        ("", "pods") => pod_spec(&mut object["spec"]),
+        ("", "services") => service_spec(&mut object["spec"]),
+        ("", "secrets") => set(object, "type", json!("Opaque")),
+        ("apps", "deployments") => {
+            let spec = &mut object["spec"];
+            set(spec, "replicas", json!(1));
+            set(spec, "revisionHistoryLimit", json!(10));
+            set(spec, "progressDeadlineSeconds", json!(600));
+            set(spec, "strategy", json!({}));
+            if spec["strategy"].get("type").is_none() {
+                spec["strategy"]["type"] = json!("RollingUpdate");
+            }
+            if spec["strategy"]["type"] == "RollingUpdate" {
+                set(&mut spec["strategy"], "rollingUpdate", json!({}));
+                set(
+                    &mut spec["strategy"]["rollingUpdate"],
+                    "maxUnavailable",
+                    json!("25%"),
+                );
+                set(
+                    &mut spec["strategy"]["rollingUpdate"],
+                    "maxSurge",
+                    json!("25%"),
+                );
+            }
+            template(spec);
+        }
+        ("apps", "replicasets") => {
+            set(&mut object["spec"], "replicas", json!(1));
+            template(&mut object["spec"]);
+        }
+        ("apps", "daemonsets") => {
+            let spec = &mut object["spec"];
+            set(spec, "revisionHistoryLimit", json!(10));
+            set(
+                spec,
+                "updateStrategy",
+                json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}),
+            );
+            template(spec);
+        }
+        ("batch", "jobs") => {
+            let spec = &mut object["spec"];
+            set(spec, "parallelism", json!(1));
+            if spec.get("completions").is_none() && spec["parallelism"] == 1 {
+                spec["completions"] = json!(1);
+            }
+            set(spec, "backoffLimit", json!(6));
+            set(spec, "completionMode", json!("NonIndexed"));
+            set(spec, "suspend", json!(false));
+            template(spec);
+        }
+        _ => {}
+    }
+}
+
+fn template(spec: &mut Value) {
+    if spec.pointer("/template/spec").is_some() {
+        pod_spec(&mut spec["template"]["spec"]);
+    }
+}
+
+fn pod_spec(spec: &mut Value) {
+    if !spec.is_object() {
+        return;
+    }
+    set(spec, "restartPolicy", json!("Always"));
+    set(spec, "dnsPolicy", json!("ClusterFirst"));
+    set(spec, "terminationGracePeriodSeconds", json!(30));
+    set(spec, "schedulerName", json!("default-scheduler"));
+    set(spec, "securityContext", json!({}));
+    for list in ["containers", "initContainers"] {
+        if let Some(containers) = spec.get_mut(list).and_then(Value::as_array_mut) {
+            containers.iter_mut().for_each(container);
+        }
+    }
+}
+
+fn container(container: &mut Value) {
+    let image = container["image"].as_str().unwrap_or_default();
+    // Kubernetes pulls `latest` (explicit or implied) every time and anything else only when missing.
+    let tag = image.rsplit('/').next().unwrap_or(image);
+    let latest = !image.contains('@') && (!tag.contains(':') || tag.ends_with(":latest"));
+    set(
+        container,
+        "imagePullPolicy",
+        json!(if latest { "Always" } else { "IfNotPresent" }),
+    );
+    set(
+        container,
+        "terminationMessagePath",
+        json!("/dev/termination-log"),
+    );
+    set(container, "terminationMessagePolicy", json!("File"));
+    set(container, "resources", json!({}));
+    if let Some(ports) = container.get_mut("ports").and_then(Value::as_array_mut) {
+        for port in ports {
+            set(port, "protocol", json!("TCP"));
+        }
+    }
+}
+
+fn service_spec(spec: &mut Value) {
+    if !spec.is_object() {
+        return;
+    }
+    set(spec, "type", json!("ClusterIP"));
+    set(spec, "sessionAffinity", json!("None"));
+    if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+        for port in ports {
+            set(port, "protocol", json!("TCP"));
+            // Protobuf bodies carry an unset targetPort as 0, which Kubernetes also treats as unset.
+            let unset = port.get("targetPort").is_none_or(|t| t == 0);
+            if unset && let Some(number) = port.get("port").cloned() {
+                port["targetPort"] = number;
+            }
+        }
+    }
+}
+
+fn set(object: &mut Value, field: &str, value: Value) {
+    if let Some(map) = object.as_object_mut() {
+        map.entry(field).or_insert(value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::find;
+
+    #[test]
+    fn deployment_gets_kubernetes_defaults() {
+        let mut deploy = json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "a", "image": "nginx", "ports": [{"containerPort": 80}]},
+            {"name": "b", "image": "registry:5000/app:1.2"},
+        ]}}}});
+        apply(find("apps", "v1", "deployments").unwrap(), &mut deploy);
+        assert_eq!(deploy["spec"]["replicas"], 1);
+        assert_eq!(
+            deploy["spec"]["strategy"]["rollingUpdate"]["maxSurge"],
+            "25%"
+        );
+        let containers = &deploy["spec"]["template"]["spec"]["containers"];
+        assert_eq!(containers[0]["imagePullPolicy"], "Always");
+        assert_eq!(containers[1]["imagePullPolicy"], "IfNotPresent");
+        assert_eq!(containers[0]["ports"][0]["protocol"], "TCP");
+        assert_eq!(
+            deploy["spec"]["template"]["spec"]["restartPolicy"],
+            "Always"
+        );
+    }
+
+    #[test]
+    fn defaults_never_override_what_the_client_set() {
+        let mut svc =
+            json!({"spec": {"type": "NodePort", "ports": [{"port": 80, "targetPort": 8080}]}});
+        apply(find("", "v1", "services").unwrap(), &mut svc);
+        assert_eq!(svc["spec"]["type"], "NodePort");
+        assert_eq!(svc["spec"]["ports"][0]["targetPort"], 8080);
+        assert_eq!(svc["spec"]["sessionAffinity"], "None");
+    }
+}

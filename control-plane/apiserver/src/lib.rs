@@ -1,0 +1,16 @@
+//! Skiff's API server: the Kubernetes API over a [`skiff_store::Store`], served over HTTPS.
+//!
+//! Code map: [`router`] is the HTTP surface (paths, negotiation, auth); [`objects`] the object semantics
+//! (metadata, concurrency, subresources, deletion); [`watch`] the watch stream; [`lifecycle`] the server's
+//! own bookkeeping (system namespaces, default ServiceAccounts, namespace deletion); [`pki`] first-start
+//! credentials; [`server`] the TLS listener and graceful drain. Pure API machinery lives in `skiff-api`.
+
+pub mod error;
+pub mod lifecycle;
+pub mod objects;
+pub mod pki;
+pub mod router;
+pub mod server;
+pub mod watch;
+
+pub use server::{Server, ServerConfig, ServerError};

@@ -1,0 +1,1234 @@
+//! Kubernetes object semantics over a [`Store`]: metadata the server owns (uid, timestamps, resourceVersion,
+//! generation), optimistic concurrency, subresources, finalizers and graceful deletion.
+//!
+//! Objects are stored as JSON without `metadata.resourceVersion`; the key's mod revision becomes the
+//! resourceVersion on every read, so it always means the store's revision, on every backend.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use bytes::Bytes;
+use serde_json::{Map, Value, json};
+use skiff_api::patch::{self, ApplyError, PatchType};
+use skiff_api::resources::ResourceDef;
+use skiff_api::selectors::{FieldSelector, LabelSelector};
+use skiff_api::validation::{self, Cause};
+use skiff_store::{KeyValue, Revision, Store};
+
+use crate::error::ApiError;
+
+/// How many times a read-modify-write retries after losing a compare-and-swap race before giving up.
+const MAX_RETRIES: usize = 16;
+
+/// Which part of an object a write addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    Main,
+    Status,
+    Scale,
+}
+
+/// Options common to writes, from the query string.
+#[derive(Clone, Debug, Default)]
+pub struct WriteOptions {
+    pub dry_run: bool,
+    pub field_manager: String,
+    pub validation: FieldValidation,
+}
+
+/// `fieldValidation`: what to do with fields the schema does not know.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FieldValidation {
+    Ignore,
+    /// The server default since Kubernetes 1.27: accept, answer a warning header.
+    #[default]
+    Warn,
+    Strict,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ListOptions {
+    pub labels: Option<LabelSelector>,
+    pub fields: Option<FieldSelector>,
+    pub limit: usize,
+    pub continue_token: Option<String>,
+}
+
+impl ListOptions {
+    pub fn matches(&self, object: &Value) -> bool {
+        self.labels
+            .as_ref()
+            .is_none_or(|s| s.matches_object(object))
+            && self.fields.as_ref().is_none_or(|s| s.matches(object))
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct DeleteOptions {
+    pub dry_run: bool,
+    pub grace_period_seconds: Option<i64>,
+    pub propagation_policy: Option<String>,
+    pub precondition_uid: Option<String>,
+    pub precondition_resource_version: Option<String>,
+}
+
+/// The result of a write: the object, and warnings for the `Warning` header.
+pub struct Written {
+    pub object: Value,
+    pub warnings: Vec<String>,
+    pub created: bool,
+}
+
+/// A page of a list.
+pub struct ListResult {
+    pub items: Vec<Value>,
+    pub resource_version: Revision,
+    pub continue_token: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Objects {
+    store: Arc<dyn Store>,
+}
+
+impl Objects {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self { store }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub async fn get(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<Value, ApiError> {
+        self.read(def, ns, name)
+            .await?
+            .map(|(object, _)| object)
+            .ok_or_else(|| ApiError::not_found(def, name))
+    }
+
+    async fn read(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<Option<(Value, Revision)>, ApiError> {
+        match self.store.get(&key(def, ns, name)).await? {
+            Some(kv) => Ok(Some((decode(&kv)?, kv.mod_revision))),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn list(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        options: &ListOptions,
+    ) -> Result<ListResult, ApiError> {
+        let prefix = prefix(def, ns);
+        let mut start_after = match &options.continue_token {
+            Some(token) => Some(decode_continue(token, &prefix)?),
+            None => None,
+        };
+        // Pages are read in chunks and filtered here; a chunk is at least the requested limit so a selective
+        // filter needs few round trips.
+        let chunk = if options.limit == 0 {
+            0
+        } else {
+            options.limit.max(100)
+        };
+        let mut items = Vec::new();
+        let mut revision = 0;
+        loop {
+            let page = self
+                .store
+                .list(&prefix, start_after.as_deref(), chunk)
+                .await?;
+            if revision == 0 {
+                revision = page.revision;
+            }
+            let count = page.kvs.len();
+            for (index, kv) in page.kvs.iter().enumerate() {
+                start_after = Some(kv.key.clone());
+                let object = decode(kv)?;
+                if options.matches(&object) {
+                    items.push(object);
+                }
+                if options.limit > 0 && items.len() == options.limit {
+                    let more = page.more || index + 1 < count;
+                    let token = more.then(|| encode_continue(&kv.key, revision));
+                    return Ok(ListResult {
+                        items,
+                        resource_version: revision,
+                        continue_token: token,
+                    });
+                }
+            }
+            if !page.more {
+                return Ok(ListResult {
+                    items,
+                    resource_version: revision,
+                    continue_token: None,
+                });
+            }
+        }
+    }
+
+    /// Creates an object. `object` is the decoded request body.
+    pub async fn create(
+        &self,
+        def: &'static ResourceDef,
+        ns: Option<&str>,
+        object: Value,
+        options: &WriteOptions,
+    ) -> Result<Written, ApiError> {
+        let (mut object, warnings) = admit(def, object, options)?;
+        prepare_create(def, ns, &mut object)?;
+        let name = name_of(&object).to_string();
+        let causes = validation::validate(def, &object, None);
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(def, &name, causes));
+        }
+        if let Some(ns) = ns {
+            self.check_namespace_open(ns).await?;
+        }
+        patch::record_update(def, None, &mut object, &options.field_manager, None);
+        if options.dry_run {
+            if self.store.get(&key(def, ns, &name)).await?.is_some() {
+                return Err(ApiError::already_exists(def, &name));
+            }
+            return Ok(Written {
+                object,
+                warnings,
+                created: true,
+            });
+        }
+        let kv = match self
+            .store
+            .create(&key(def, ns, &name), encode(&object)?)
+            .await
+        {
+            Err(skiff_store::Error::AlreadyExists(_)) => {
+                return Err(ApiError::already_exists(def, &name));
+            }
+            other => other?,
+        };
+        set_resource_version(&mut object, kv.mod_revision);
+        Ok(Written {
+            object,
+            warnings,
+            created: true,
+        })
+    }
+
+    async fn check_namespace_open(&self, ns: &str) -> Result<(), ApiError> {
+        let namespaces =
+            skiff_api::resources::find("", "v1", "namespaces").ok_or(ApiError::NoRoute)?;
+        let namespace = self.get(namespaces, None, ns).await?;
+        if namespace.pointer("/metadata/deletionTimestamp").is_some() {
+            return Err(ApiError::Forbidden(format!(
+                "unable to create new content in namespace {ns} because it is being terminated"
+            )));
+        }
+        Ok(())
+    }
+
+    /// PUT: replaces the object (or its status) with `object`. A resourceVersion in the body is a
+    /// precondition; without one the update is unconditional.
+    pub async fn replace(
+        &self,
+        def: &'static ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+        part: Part,
+        object: Value,
+        options: &WriteOptions,
+    ) -> Result<Written, ApiError> {
+        let (object, warnings) = match part {
+            Part::Scale => (object, Vec::new()),
+            _ => admit(def, object, options)?,
+        };
+        check_identity(def, ns, name, &object)?;
+        let precondition = object
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let mut written = self
+            .read_modify_write(def, ns, name, part, options, |current, revision| {
+                if let Some(expected) = &precondition
+                    && expected != &revision.to_string()
+                {
+                    return Err(ApiError::conflict(def, name));
+                }
+                Ok(match part {
+                    Part::Scale => with_scale(def, current, &object)?,
+                    _ => object.clone(),
+                })
+            })
+            .await?;
+        written.warnings.extend(warnings);
+        Ok(written)
+    }
+
+    /// PATCH of any kind; server-side apply creates the object when it is missing.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn patch(
+        &self,
+        def: &'static ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+        part: Part,
+        patch_type: PatchType,
+        body: Value,
+        force: bool,
+        options: &WriteOptions,
+    ) -> Result<Written, ApiError> {
+        if patch_type == PatchType::Apply {
+            return self.apply(def, ns, name, part, body, force, options).await;
+        }
+        self.read_modify_write(def, ns, name, part, options, |current, _| {
+            let target = if part == Part::Scale {
+                scale_of(def, current)?
+            } else {
+                current.clone()
+            };
+            let patched = patch::patch(def, patch_type, &target, &body).map_err(|e| {
+                ApiError::BadRequest(format!("the patch could not be applied: {e}"))
+            })?;
+            // A resourceVersion in the patch is a precondition, as in Kubernetes.
+            let before = target.pointer("/metadata/resourceVersion");
+            if patched
+                .pointer("/metadata/resourceVersion")
+                .is_some_and(|rv| Some(rv) != before)
+            {
+                return Err(ApiError::conflict(def, name));
+            }
+            match part {
+                Part::Scale => with_scale(def, current, &patched),
+                _ => Ok(patched),
+            }
+        })
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn apply(
+        &self,
+        def: &'static ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+        part: Part,
+        body: Value,
+        force: bool,
+        options: &WriteOptions,
+    ) -> Result<Written, ApiError> {
+        let (applied, warnings) = admit(def, body, options)?;
+        check_identity(def, ns, name, &applied)?;
+        let apply = |current: Option<&Value>| {
+            patch::server_side_apply(def, current, &applied, &options.field_manager, force).map_err(
+                |e| match e {
+                    ApplyError::Conflict(conflicts) => ApiError::ApplyConflict {
+                        resource: def.qualified_name(),
+                        group: def.group,
+                        name: name.to_string(),
+                        causes: conflicts
+                            .into_iter()
+                            .map(|c| Cause {
+                                reason: "FieldManagerConflict",
+                                message: format!("conflict with \"{}\": {}", c.manager, c.field),
+                                field: c.field,
+                            })
+                            .collect(),
+                    },
+                    other => ApiError::BadRequest(other.to_string()),
+                },
+            )
+        };
+        for _ in 0..MAX_RETRIES {
+            if self.read(def, ns, name).await?.is_none() {
+                let mut object = apply(None)?;
+                if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+                    meta.insert("name".into(), json!(name));
+                }
+                let options = WriteOptions {
+                    validation: FieldValidation::Ignore,
+                    ..options.clone()
+                };
+                match self.create_applied(def, ns, object, &options).await {
+                    Err(ApiError::AlreadyExists { .. }) => continue,
+                    Ok(mut written) => {
+                        written.warnings.extend(warnings);
+                        return Ok(written);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let options = WriteOptions {
+                field_manager: String::new(),
+                ..options.clone()
+            };
+            match self
+                .read_modify_write(def, ns, name, part, &options, |current, _| {
+                    apply(Some(current))
+                })
+                .await
+            {
+                Err(ApiError::NotFound { .. }) => continue,
+                Ok(mut written) => {
+                    written.warnings.extend(warnings);
+                    return Ok(written);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ApiError::conflict(def, name))
+    }
+
+    /// Creates an object built by server-side apply, whose managedFields the apply already set.
+    async fn create_applied(
+        &self,
+        def: &'static ResourceDef,
+        ns: Option<&str>,
+        mut object: Value,
+        options: &WriteOptions,
+    ) -> Result<Written, ApiError> {
+        prepare_create(def, ns, &mut object)?;
+        let name = name_of(&object).to_string();
+        let causes = validation::validate(def, &object, None);
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(def, &name, causes));
+        }
+        if let Some(ns) = ns {
+            self.check_namespace_open(ns).await?;
+        }
+        if options.dry_run {
+            return Ok(Written {
+                object,
+                warnings: Vec::new(),
+                created: true,
+            });
+        }
+        let kv = match self
+            .store
+            .create(&key(def, ns, &name), encode(&object)?)
+            .await
+        {
+            Err(skiff_store::Error::AlreadyExists(_)) => {
+                return Err(ApiError::already_exists(def, &name));
+            }
+            other => other?,
+        };
+        set_resource_version(&mut object, kv.mod_revision);
+        Ok(Written {
+            object,
+            warnings: Vec::new(),
+            created: true,
+        })
+    }
+
+    /// The loop every update goes through: read, let `change` compute the new object, apply the update rules
+    /// of `part`, validate, write with compare-and-swap on the revision read, retry on a lost race.
+    async fn read_modify_write<F>(
+        &self,
+        def: &'static ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+        part: Part,
+        options: &WriteOptions,
+        change: F,
+    ) -> Result<Written, ApiError>
+    where
+        F: Fn(&Value, Revision) -> Result<Value, ApiError>,
+    {
+        let key = key(def, ns, name);
+        for _ in 0..MAX_RETRIES {
+            let kv = self
+                .store
+                .get(&key)
+                .await?
+                .ok_or_else(|| ApiError::not_found(def, name))?;
+            let current = decode(&kv)?;
+            let requested = change(&current, kv.mod_revision)?;
+            let mut object = merge_update(def, part, &current, requested)?;
+            let causes = validation::validate(def, &object, Some(&current));
+            if !causes.is_empty() {
+                return Err(ApiError::invalid(def, name, causes));
+            }
+            if !options.field_manager.is_empty() {
+                let subresource = match part {
+                    Part::Main => None,
+                    Part::Status => Some("status"),
+                    Part::Scale => Some("scale"),
+                };
+                patch::record_update(
+                    def,
+                    Some(&current),
+                    &mut object,
+                    &options.field_manager,
+                    subresource,
+                );
+            }
+            if object == current {
+                // Kubernetes skips no-op writes: the resourceVersion stays and watchers see nothing.
+                return Ok(Written {
+                    object: present(def, part, current)?,
+                    warnings: Vec::new(),
+                    created: false,
+                });
+            }
+            if options.dry_run {
+                return Ok(Written {
+                    object: present(def, part, object)?,
+                    warnings: Vec::new(),
+                    created: false,
+                });
+            }
+            let result = if finished_deleting(def, &object) {
+                self.store.delete(&key, Some(kv.mod_revision)).await
+            } else {
+                self.store
+                    .update(&key, encode(&object)?, Some(kv.mod_revision))
+                    .await
+            };
+            match result {
+                Ok(written) => {
+                    set_resource_version(&mut object, written.mod_revision);
+                    return Ok(Written {
+                        object: present(def, part, object)?,
+                        warnings: Vec::new(),
+                        created: false,
+                    });
+                }
+                Err(skiff_store::Error::Conflict { .. }) => continue,
+                Err(skiff_store::Error::NotFound(_)) => return Err(ApiError::not_found(def, name)),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::conflict(def, name))
+    }
+
+    /// DELETE: removes the object, or marks it for deletion when finalizers or a grace period must run first.
+    pub async fn delete(
+        &self,
+        def: &'static ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+        options: &DeleteOptions,
+    ) -> Result<Value, ApiError> {
+        let key = key(def, ns, name);
+        for _ in 0..MAX_RETRIES {
+            let kv = self
+                .store
+                .get(&key)
+                .await?
+                .ok_or_else(|| ApiError::not_found(def, name))?;
+            let current = decode(&kv)?;
+            check_delete_preconditions(def, name, &current, kv.mod_revision, options)?;
+            let Some(marked) = mark_for_deletion(def, &current, options) else {
+                if options.dry_run {
+                    return Ok(current);
+                }
+                match self.store.delete(&key, Some(kv.mod_revision)).await {
+                    Ok(_) => return Ok(current),
+                    Err(skiff_store::Error::Conflict { .. }) => continue,
+                    Err(skiff_store::Error::NotFound(_)) => {
+                        return Err(ApiError::not_found(def, name));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            if marked == current || options.dry_run {
+                return Ok(marked);
+            }
+            match self
+                .store
+                .update(&key, encode(&marked)?, Some(kv.mod_revision))
+                .await
+            {
+                Ok(written) => {
+                    let mut marked = marked;
+                    set_resource_version(&mut marked, written.mod_revision);
+                    return Ok(marked);
+                }
+                Err(skiff_store::Error::Conflict { .. }) => continue,
+                Err(skiff_store::Error::NotFound(_)) => return Err(ApiError::not_found(def, name)),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::conflict(def, name))
+    }
+
+    /// deletecollection: deletes every object the selectors match, each by the rules of [`Objects::delete`].
+    pub async fn delete_collection(
+        &self,
+        def: &'static ResourceDef,
+        ns: Option<&str>,
+        list: &ListOptions,
+        options: &DeleteOptions,
+    ) -> Result<Vec<Value>, ApiError> {
+        let items = self
+            .list(
+                def,
+                ns,
+                &ListOptions {
+                    limit: 0,
+                    continue_token: None,
+                    ..list.clone()
+                },
+            )
+            .await?
+            .items;
+        let mut deleted = Vec::with_capacity(items.len());
+        for item in items {
+            let item_ns = item.pointer("/metadata/namespace").and_then(Value::as_str);
+            match self.delete(def, item_ns, name_of(&item), options).await {
+                Ok(object) => deleted.push(object),
+                Err(ApiError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// pods/binding: assigns a pod to a node, once.
+    pub async fn bind(
+        &self,
+        pods: &'static ResourceDef,
+        ns: &str,
+        name: &str,
+        binding: &Value,
+    ) -> Result<(), ApiError> {
+        let node = binding
+            .pointer("/target/name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    pods,
+                    name,
+                    vec![Cause {
+                        reason: "FieldValueRequired",
+                        message: "Required value".into(),
+                        field: "target.name".into(),
+                    }],
+                )
+            })?
+            .to_string();
+        let options = WriteOptions {
+            field_manager: String::new(),
+            ..WriteOptions::default()
+        };
+        self.read_modify_write(pods, Some(ns), name, Part::Main, &options, |current, _| {
+            match current.pointer("/spec/nodeName").and_then(Value::as_str) {
+                Some(bound) if !bound.is_empty() => Err(ApiError::Conflict {
+                    resource: "pods".into(),
+                    group: "",
+                    name: format!("{name}\" is already assigned to node \"{bound}"),
+                }),
+                _ => {
+                    let mut pod = current.clone();
+                    pod["spec"]["nodeName"] = json!(node);
+                    Ok(pod)
+                }
+            }
+        })
+        .await?;
+        // The scheduled condition lives in status, which the main endpoint does not change.
+        let now = now_rfc3339();
+        self.read_modify_write(
+            pods,
+            Some(ns),
+            name,
+            Part::Status,
+            &options,
+            |current, _| {
+                let mut pod = current.clone();
+                let conditions = pod["status"]["conditions"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                let mut conditions: Vec<Value> = conditions
+                    .into_iter()
+                    .filter(|c| c["type"] != "PodScheduled")
+                    .collect();
+                conditions.push(
+                    json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": now}),
+                );
+                pod["status"]["conditions"] = Value::Array(conditions);
+                Ok(pod)
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// GET of the scale subresource.
+    pub async fn get_scale(
+        &self,
+        def: &'static ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<Value, ApiError> {
+        scale_of(def, &self.get(def, ns, name).await?)
+    }
+}
+
+/// Checks and cleans a request body: the shape of the kind, unknown fields per `fieldValidation`.
+fn admit(
+    def: &ResourceDef,
+    object: Value,
+    options: &WriteOptions,
+) -> Result<(Value, Vec<String>), ApiError> {
+    if !object.is_object() {
+        return Err(ApiError::BadRequest(
+            "the request body must be a JSON object".into(),
+        ));
+    }
+    check_type(def, &object)?;
+    let unknown = match options.validation {
+        FieldValidation::Ignore => Vec::new(),
+        _ => validation::unknown_fields(def, &object),
+    };
+    if options.validation == FieldValidation::Strict && !unknown.is_empty() {
+        let fields: Vec<String> = unknown
+            .iter()
+            .map(|f| format!("unknown field \"{f}\""))
+            .collect();
+        return Err(ApiError::BadRequest(format!(
+            "strict decoding error: {}",
+            fields.join(", ")
+        )));
+    }
+    let warnings = unknown
+        .iter()
+        .map(|f| format!("unknown field \"{f}\""))
+        .collect();
+    let mut normalized = def.normalize(object).map_err(|e| {
+        ApiError::BadRequest(format!("the object is not a valid {}: {e}", def.kind))
+    })?;
+    normalized["apiVersion"] = json!(def.api_version());
+    normalized["kind"] = json!(def.kind);
+    if !normalized.get("metadata").is_some_and(Value::is_object) {
+        normalized["metadata"] = json!({});
+    }
+    skiff_api::defaults::apply(def, &mut normalized);
+    Ok((normalized, warnings))
+}
+
+fn check_type(def: &ResourceDef, object: &Value) -> Result<(), ApiError> {
+    let api_version = object
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let kind = object
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if (!api_version.is_empty() && api_version != def.api_version())
+        || (!kind.is_empty() && kind != def.kind)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "the API version in the data ({api_version}) and kind ({kind}) do not match the expected {} {}",
+            def.api_version(),
+            def.kind
+        )));
+    }
+    Ok(())
+}
+
+fn check_identity(
+    def: &ResourceDef,
+    ns: Option<&str>,
+    name: &str,
+    object: &Value,
+) -> Result<(), ApiError> {
+    let body_name = object
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or(name);
+    if body_name != name {
+        return Err(ApiError::BadRequest(format!(
+            "the name of the object ({body_name}) does not match the name on the URL ({name})"
+        )));
+    }
+    if def.namespaced
+        && let (Some(ns), Some(body_ns)) = (
+            ns,
+            object
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str),
+        )
+        && !body_ns.is_empty()
+        && body_ns != ns
+    {
+        return Err(ApiError::BadRequest(
+            "the namespace of the provided object does not match the namespace sent on the request"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Fills the metadata the server owns on create and resets what a client may not set.
+fn prepare_create(def: &ResourceDef, ns: Option<&str>, object: &mut Value) -> Result<(), ApiError> {
+    let meta = object
+        .get_mut("metadata")
+        .and_then(Value::as_object_mut)
+        .ok_or_else(|| ApiError::BadRequest("metadata must be an object".into()))?;
+    match (def.namespaced, ns) {
+        (true, Some(ns)) => {
+            if meta
+                .get("namespace")
+                .and_then(Value::as_str)
+                .is_some_and(|n| !n.is_empty() && n != ns)
+            {
+                return Err(ApiError::BadRequest(
+                    "the namespace of the provided object does not match the namespace sent on the request".into(),
+                ));
+            }
+            meta.insert("namespace".into(), json!(ns));
+        }
+        (true, None) => {
+            return Err(ApiError::BadRequest(
+                "a namespaced object needs a namespace".into(),
+            ));
+        }
+        (false, _) => {
+            meta.remove("namespace");
+        }
+    }
+    let has_name = meta
+        .get("name")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty());
+    if !has_name && let Some(prefix) = meta.get("generateName").and_then(Value::as_str) {
+        let name = format!("{prefix}{}", random_suffix());
+        meta.insert("name".into(), json!(name));
+    }
+    if !meta
+        .get("name")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty())
+    {
+        return Err(ApiError::invalid(
+            def,
+            "",
+            vec![Cause {
+                reason: "FieldValueRequired",
+                message: "name or generateName is required".into(),
+                field: "metadata.name".into(),
+            }],
+        ));
+    }
+    meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+    meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
+    for owned in [
+        "resourceVersion",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "selfLink",
+    ] {
+        meta.remove(owned);
+    }
+    if def.tracks_generation {
+        meta.insert("generation".into(), json!(1));
+    } else {
+        meta.remove("generation");
+    }
+    initial_status(def, object);
+    Ok(())
+}
+
+/// What status a new object starts with, as the Kubernetes registry strategies set it.
+fn initial_status(def: &ResourceDef, object: &mut Value) {
+    match (def.group, def.plural) {
+        ("", "namespaces") => {
+            object["status"] = json!({"phase": "Active"});
+            if object.pointer("/spec/finalizers").is_none() {
+                object["spec"] = json!({"finalizers": ["kubernetes"]});
+            }
+        }
+        ("", "pods") => {
+            object["status"] = json!({"phase": "Pending", "qosClass": qos_class(object)});
+        }
+        ("", "services") => object["status"] = json!({"loadBalancer": {}}),
+        ("", "nodes") => {}
+        _ if def.status_subresource => object["status"] = json!({}),
+        _ => {}
+    }
+}
+
+/// The pod's QoS class from its containers' requests and limits (Kubernetes' rules, simplified to "every
+/// container has equal cpu and memory requests and limits" for Guaranteed).
+fn qos_class(pod: &Value) -> &'static str {
+    let containers = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let resources: Vec<&Value> = containers.iter().map(|c| &c["resources"]).collect();
+    let empty = |v: &Value| v.as_object().is_none_or(Map::is_empty);
+    if resources
+        .iter()
+        .all(|r| empty(&r["requests"]) && empty(&r["limits"]))
+    {
+        return "BestEffort";
+    }
+    let guaranteed = resources.iter().all(|r| {
+        ["cpu", "memory"].iter().all(|res| {
+            let limit = &r["limits"][res];
+            !limit.is_null() && (r["requests"][res].is_null() || &r["requests"][res] == limit)
+        })
+    });
+    if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+}
+
+/// Builds the object to store from the current one and what the client asked for, by the rules of the
+/// addressed part: the main endpoint keeps status, `/status` keeps everything but status.
+fn merge_update(
+    def: &ResourceDef,
+    part: Part,
+    current: &Value,
+    requested: Value,
+) -> Result<Value, ApiError> {
+    let mut object = match part {
+        Part::Status => {
+            let mut object = current.clone();
+            object["status"] = requested.get("status").cloned().unwrap_or(json!({}));
+            object
+        }
+        Part::Main | Part::Scale => {
+            let mut object = requested;
+            if def.status_subresource {
+                match current.get("status") {
+                    Some(status) => object["status"] = status.clone(),
+                    None => {
+                        if let Some(map) = object.as_object_mut() {
+                            map.remove("status");
+                        }
+                    }
+                }
+            }
+            object
+        }
+    };
+    let meta = object
+        .get_mut("metadata")
+        .and_then(Value::as_object_mut)
+        .ok_or_else(|| ApiError::BadRequest("metadata must be an object".into()))?;
+    for owned in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "name",
+        "namespace",
+    ] {
+        match current["metadata"].get(owned) {
+            Some(value) => meta.insert(owned.into(), value.clone()),
+            None => meta.remove(owned),
+        };
+    }
+    meta.remove("resourceVersion");
+    meta.remove("selfLink");
+    // A finalizer may be removed once deletion started, never added.
+    if current.pointer("/metadata/deletionTimestamp").is_some() {
+        let before = current
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        if let Some(after) = meta.get("finalizers").and_then(Value::as_array)
+            && after.iter().any(|f| !before.contains(f))
+        {
+            return Err(ApiError::Forbidden(
+                "no new finalizers can be added if the object is being deleted".into(),
+            ));
+        }
+    }
+    if def.tracks_generation {
+        let generation = current
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        let changed = spec_of(current) != spec_of(&object);
+        object["metadata"]["generation"] = json!(if changed { generation + 1 } else { generation });
+    }
+    Ok(object)
+}
+
+/// Everything but metadata and status: what a generation counts changes of.
+fn spec_of(object: &Value) -> Map<String, Value> {
+    let mut map = object.as_object().cloned().unwrap_or_default();
+    for field in ["metadata", "status", "apiVersion", "kind"] {
+        map.remove(field);
+    }
+    map
+}
+
+/// An object being deleted whose last finalizer is gone (and whose grace period the node already ended).
+fn finished_deleting(def: &ResourceDef, object: &Value) -> bool {
+    let meta = &object["metadata"];
+    meta.get("deletionTimestamp").is_some()
+        && meta["finalizers"].as_array().is_none_or(Vec::is_empty)
+        && object
+            .pointer("/spec/finalizers")
+            .and_then(Value::as_array)
+            .is_none_or(Vec::is_empty)
+        && (def.plural != "pods" || meta["deletionGracePeriodSeconds"].as_i64().unwrap_or(0) == 0)
+}
+
+fn check_delete_preconditions(
+    def: &ResourceDef,
+    name: &str,
+    current: &Value,
+    revision: Revision,
+    options: &DeleteOptions,
+) -> Result<(), ApiError> {
+    if let Some(uid) = &options.precondition_uid
+        && current.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid.as_str())
+    {
+        return Err(ApiError::conflict(def, name));
+    }
+    if let Some(rv) = &options.precondition_resource_version
+        && rv != &revision.to_string()
+    {
+        return Err(ApiError::conflict(def, name));
+    }
+    Ok(())
+}
+
+/// The object as it must be stored when deletion cannot be immediate (finalizers, a namespace to empty, a
+/// running pod's grace period), or None when the object can be removed now.
+fn mark_for_deletion(def: &ResourceDef, current: &Value, options: &DeleteOptions) -> Option<Value> {
+    let mut object = current.clone();
+    let meta = object.get_mut("metadata")?.as_object_mut()?;
+    let mut finalizers: Vec<Value> = meta
+        .get("finalizers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    // The propagation policy is recorded the way Kubernetes does it, for the garbage collector to act on.
+    let policy_finalizer = match options.propagation_policy.as_deref() {
+        Some("Foreground") => Some("foregroundDeletion"),
+        Some("Orphan") => Some("orphan"),
+        _ => None,
+    };
+    if meta.get("deletionTimestamp").is_none()
+        && let Some(finalizer) = policy_finalizer
+        && !finalizers.contains(&json!(finalizer))
+    {
+        finalizers.push(json!(finalizer));
+        meta.insert("finalizers".into(), Value::Array(finalizers.clone()));
+    }
+    let namespace_in_use = def.group.is_empty() && def.plural == "namespaces";
+    let grace = match (
+        def.plural,
+        current.pointer("/spec/nodeName").and_then(Value::as_str),
+    ) {
+        ("pods", Some(node))
+            if !node.is_empty()
+                && current
+                    .pointer("/status/phase")
+                    .is_none_or(|p| p != "Succeeded" && p != "Failed") =>
+        {
+            options
+                .grace_period_seconds
+                .or(current
+                    .pointer("/spec/terminationGracePeriodSeconds")
+                    .and_then(Value::as_i64))
+                .unwrap_or(30)
+        }
+        _ => 0,
+    };
+    if finalizers.is_empty() && !namespace_in_use && grace == 0 {
+        return None;
+    }
+    if meta.get("deletionTimestamp").is_none() {
+        let when = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace);
+        meta.insert("deletionTimestamp".into(), json!(rfc3339(when)));
+        meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
+    } else if grace == 0 && def.plural == "pods" {
+        // A second delete with a zero grace period forces the pod out, as `kubectl delete --force` expects.
+        meta.insert("deletionGracePeriodSeconds".into(), json!(0));
+        if finalizers.is_empty() {
+            return None;
+        }
+    }
+    if namespace_in_use {
+        object["status"]["phase"] = json!("Terminating");
+    }
+    Some(object)
+}
+
+/// The object to answer with for a write to `part`.
+fn present(def: &ResourceDef, part: Part, object: Value) -> Result<Value, ApiError> {
+    match part {
+        Part::Scale => scale_of(def, &object),
+        _ => Ok(object),
+    }
+}
+
+/// The autoscaling/v1 Scale view of an object with `spec.replicas`.
+fn scale_of(def: &ResourceDef, object: &Value) -> Result<Value, ApiError> {
+    let selector = match object.pointer("/spec/selector") {
+        Some(selector) => {
+            let typed = serde_json::from_value(selector.clone())
+                .map_err(|e| ApiError::Internal(format!("stored selector is malformed: {e}")))?;
+            LabelSelector::from_k8s(&typed)
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+        }
+        None => String::new(),
+    };
+    let meta = &object["metadata"];
+    let mut scale_meta = Map::new();
+    for field in [
+        "name",
+        "namespace",
+        "uid",
+        "resourceVersion",
+        "creationTimestamp",
+    ] {
+        if let Some(value) = meta.get(field) {
+            scale_meta.insert(field.into(), value.clone());
+        }
+    }
+    let _ = def;
+    Ok(json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": scale_meta,
+        "spec": {"replicas": object.pointer("/spec/replicas").cloned().unwrap_or(json!(1))},
+        "status": {
+            "replicas": object.pointer("/status/replicas").cloned().unwrap_or(json!(0)),
+            "selector": selector,
+        },
+    }))
+}
+
+/// `current` with the replicas of a Scale object.
+fn with_scale(def: &ResourceDef, current: &Value, scale: &Value) -> Result<Value, ApiError> {
+    let replicas = scale
+        .pointer("/spec/replicas")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    if replicas < 0 {
+        return Err(ApiError::invalid(
+            def,
+            name_of(current),
+            vec![Cause {
+                reason: "FieldValueInvalid",
+                message: format!("Invalid value: {replicas}: must be greater than or equal to 0"),
+                field: "spec.replicas".into(),
+            }],
+        ));
+    }
+    let mut object = current.clone();
+    object["spec"]["replicas"] = json!(replicas);
+    Ok(object)
+}
+
+pub fn name_of(object: &Value) -> &str {
+    object
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+/// The store key of an object: `/registry/<group or core>/<plural>/[<namespace>/]<name>`.
+pub fn key(def: &ResourceDef, ns: Option<&str>, name: &str) -> String {
+    format!(
+        "{}{name}",
+        prefix(
+            def,
+            ns.filter(|_| def.namespaced)
+                .or(def.namespaced.then_some(""))
+        )
+    )
+}
+
+/// The key prefix of a collection; for a namespaced resource without a namespace, of all namespaces.
+pub fn prefix(def: &ResourceDef, ns: Option<&str>) -> String {
+    let group = if def.group.is_empty() {
+        "core"
+    } else {
+        def.group
+    };
+    match ns.filter(|ns| def.namespaced && !ns.is_empty()) {
+        Some(ns) => format!("/registry/{group}/{}/{ns}/", def.plural),
+        None => format!("/registry/{group}/{}/", def.plural),
+    }
+}
+
+pub fn decode(kv: &KeyValue) -> Result<Value, ApiError> {
+    let mut object: Value = serde_json::from_slice(&kv.value)
+        .map_err(|e| ApiError::Internal(format!("stored object {} is not JSON: {e}", kv.key)))?;
+    set_resource_version(&mut object, kv.mod_revision);
+    Ok(object)
+}
+
+fn encode(object: &Value) -> Result<Bytes, ApiError> {
+    let mut stored = object.clone();
+    if let Some(meta) = stored.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("resourceVersion");
+    }
+    serde_json::to_vec(&stored)
+        .map(Bytes::from)
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+pub fn set_resource_version(object: &mut Value, revision: Revision) {
+    if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert("resourceVersion".into(), json!(revision.to_string()));
+    }
+}
+
+fn encode_continue(last_key: &str, revision: Revision) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(json!({"v": "meta.k8s.io/v1", "rv": revision, "start": last_key}).to_string())
+}
+
+fn decode_continue(token: &str, prefix: &str) -> Result<String, ApiError> {
+    let invalid = || ApiError::BadRequest("continue key is not valid".into());
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| invalid())?;
+    let value: Value = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
+    let start = value
+        .get("start")
+        .and_then(Value::as_str)
+        .ok_or_else(invalid)?;
+    if !start.starts_with(prefix) {
+        return Err(invalid());
+    }
+    Ok(start.to_string())
+}
+
+/// Kubernetes' generateName suffix: five characters from an alphabet without vowels or look-alikes.
+fn random_suffix() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::rng();
+    (0..5)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+pub fn now_rfc3339() -> String {
+    rfc3339(jiff::Timestamp::now())
+}
+
+/// Kubernetes' `Time` format: RFC 3339 in UTC, whole seconds.
+pub fn rfc3339(when: jiff::Timestamp) -> String {
+    when.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}

@@ -1,0 +1,262 @@
+//! First-start credentials, kept in the data directory: a CA, a serving certificate signed by it, the admin
+//! token, the node join token, and an admin kubeconfig that points kubectl at the server.
+//!
+//! Secure by default: the server speaks only HTTPS and answers only bearer tokens it made itself. Files
+//! holding secrets are written with mode 0600 and replaced atomically, so a crash never leaves half a key.
+
+use std::fs;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use rand::Rng;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("cannot read or write {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot make a certificate")]
+    Certificate(#[from] rcgen::Error),
+    #[error("cannot load the TLS key pair")]
+    Tls(#[from] rustls::Error),
+}
+
+/// Paths of the credential files inside a data directory.
+pub struct Credentials {
+    pub dir: PathBuf,
+    pub ca_cert_pem: String,
+    pub server_cert_pem: String,
+    pub server_key_pem: String,
+    pub admin_token: String,
+    pub node_token: String,
+}
+
+impl Credentials {
+    /// Loads the credentials in `dir`, making any that are missing. The serving certificate is remade when
+    /// the listen address is not among its names, so moving the server to another address keeps working.
+    pub fn load_or_create(dir: &Path, listen: SocketAddr) -> Result<Self, PkiError> {
+        fs::create_dir_all(dir).map_err(|source| PkiError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let (ca_cert_pem, ca_key_pem) = match (read(dir, "ca.crt")?, read(dir, "ca.key")?) {
+            (Some(cert), Some(key)) => (cert, key),
+            _ => {
+                let key = KeyPair::generate()?;
+                let cert = ca_params()?.self_signed(&key)?;
+                write_secret(dir, "ca.key", &key.serialize_pem())?;
+                write_secret(dir, "ca.crt", &cert.pem())?;
+                // A new CA invalidates any serving certificate signed by an old one.
+                let _ = fs::remove_file(dir.join("server.crt"));
+                (cert.pem(), key.serialize_pem())
+            }
+        };
+        let names = subject_names(listen);
+        let (server_cert_pem, server_key_pem) =
+            match (read(dir, "server.crt")?, read(dir, "server.key")?) {
+                (Some(cert), Some(key))
+                    if read(dir, "server.names")?.as_deref() == Some(&names.join(",")) =>
+                {
+                    (cert, key)
+                }
+                _ => {
+                    let ca_key = KeyPair::from_pem(&ca_key_pem)?;
+                    // Signing needs only the CA's name and key, both of which are fixed, so the parameters are
+                    // rebuilt rather than parsed back from the PEM.
+                    let issuer = Issuer::new(ca_params()?, ca_key);
+                    let key = KeyPair::generate()?;
+                    let mut params = CertificateParams::new(names.clone())?;
+                    params
+                        .distinguished_name
+                        .push(DnType::CommonName, "skiff-apiserver");
+                    let cert = params.signed_by(&key, &issuer)?;
+                    write_secret(dir, "server.key", &key.serialize_pem())?;
+                    write_secret(dir, "server.crt", &cert.pem())?;
+                    write_secret(dir, "server.names", &names.join(","))?;
+                    (cert.pem(), key.serialize_pem())
+                }
+            };
+        let admin_token = read_or_create_token(dir, "admin-token")?;
+        let node_token = read_or_create_token(dir, "node-token")?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            ca_cert_pem,
+            server_cert_pem,
+            server_key_pem,
+            admin_token,
+            node_token,
+        })
+    }
+
+    /// The rustls server configuration for the serving certificate, offering HTTP/2 and HTTP/1.1.
+    pub fn server_config(&self) -> Result<rustls::ServerConfig, PkiError> {
+        let certs = rustls_pemfile::certs(&mut self.server_cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| PkiError::Io {
+                path: self.dir.join("server.crt"),
+                source,
+            })?;
+        let key = rustls_pemfile::private_key(&mut self.server_key_pem.as_bytes())
+            .map_err(|source| PkiError::Io {
+                path: self.dir.join("server.key"),
+                source,
+            })?
+            .ok_or_else(|| PkiError::Io {
+                path: self.dir.join("server.key"),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, "no private key"),
+            })?;
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(config)
+    }
+
+    /// The admin kubeconfig for a server reachable at `server_url`.
+    pub fn kubeconfig(&self, server_url: &str) -> String {
+        use base64::Engine;
+        let ca = base64::engine::general_purpose::STANDARD.encode(&self.ca_cert_pem);
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: skiff\n  cluster:\n    server: {server_url}\n    \
+             certificate-authority-data: {ca}\nusers:\n- name: skiff-admin\n  user:\n    token: {token}\n\
+             contexts:\n- name: skiff\n  context:\n    cluster: skiff\n    user: skiff-admin\n    \
+             namespace: default\ncurrent-context: skiff\npreferences: {{}}\n",
+            token = self.admin_token
+        )
+    }
+
+    /// Writes `kubeconfig` into the data directory.
+    pub fn write_kubeconfig(&self, server_url: &str) -> Result<PathBuf, PkiError> {
+        write_secret(&self.dir, "kubeconfig", &self.kubeconfig(server_url))?;
+        Ok(self.dir.join("kubeconfig"))
+    }
+}
+
+/// The URL clients should use for a server listening on `listen`: an unspecified address becomes loopback.
+pub fn server_url(listen: SocketAddr) -> String {
+    let ip = match listen.ip() {
+        ip if ip.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
+        ip => ip,
+    };
+    format!("https://{}", SocketAddr::new(ip, listen.port()))
+}
+
+fn ca_params() -> Result<CertificateParams, PkiError> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "skiff-ca");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    Ok(params)
+}
+
+fn subject_names(listen: SocketAddr) -> Vec<String> {
+    let mut names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+        "skiff".to_string(),
+    ];
+    if !listen.ip().is_unspecified() && !listen.ip().is_loopback() {
+        names.push(listen.ip().to_string());
+    }
+    if let Ok(host) = fs::read_to_string("/etc/hostname") {
+        let host = host.trim();
+        if !host.is_empty() && !names.iter().any(|n| n == host) {
+            names.push(host.to_string());
+        }
+    }
+    names
+}
+
+fn read(dir: &Path, name: &str) -> Result<Option<String>, PkiError> {
+    let path = dir.join(name);
+    match fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(PkiError::Io { path, source }),
+    }
+}
+
+fn read_or_create_token(dir: &Path, name: &str) -> Result<String, PkiError> {
+    if let Some(token) = read(dir, name)? {
+        let token = token.trim();
+        if !token.is_empty() {
+            return Ok(token.to_string());
+        }
+    }
+    let bytes: [u8; 24] = rand::rng().random();
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    write_secret(dir, name, &token)?;
+    Ok(token)
+}
+
+/// Writes `contents` to `dir/name` with mode 0600 through a temporary file and a rename, so readers see the
+/// old file or the new one, never a torn one.
+fn write_secret(dir: &Path, name: &str, contents: &str) -> Result<(), PkiError> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let io = |source| PkiError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
+    file.write_all(contents.as_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).map_err(io)?;
+    fs::rename(&tmp, &path).map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_made_once_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let listen: SocketAddr = "127.0.0.1:6443".parse().unwrap();
+        let first = Credentials::load_or_create(dir.path(), listen).unwrap();
+        let again = Credentials::load_or_create(dir.path(), listen).unwrap();
+        assert_eq!(first.admin_token, again.admin_token);
+        assert_eq!(first.server_cert_pem, again.server_cert_pem);
+        assert_ne!(first.admin_token, first.node_token);
+        assert!(first.server_config().is_ok());
+        let mode = fs::metadata(dir.path().join("ca.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(
+            first
+                .kubeconfig("https://127.0.0.1:6443")
+                .contains(&first.admin_token)
+        );
+    }
+
+    #[test]
+    fn unspecified_listen_address_gives_a_loopback_url() {
+        assert_eq!(
+            server_url("0.0.0.0:6443".parse().unwrap()),
+            "https://127.0.0.1:6443"
+        );
+        assert_eq!(
+            server_url("127.0.0.2:7000".parse().unwrap()),
+            "https://127.0.0.2:7000"
+        );
+    }
+}

@@ -1,0 +1,153 @@
+//! The TLS listener and its lifecycle: bind, serve HTTP/1.1 and HTTP/2, and on shutdown stop accepting,
+//! end watches and drain in-flight requests within a grace period.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use skiff_store::Store;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ApiError;
+use crate::objects::Objects;
+use crate::pki::{Credentials, PkiError};
+use crate::router::{self, AppState};
+use crate::{lifecycle, pki::server_url};
+
+/// How long in-flight requests may run after shutdown starts before their connections are dropped.
+const DRAIN_GRACE: Duration = Duration::from_secs(10);
+
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("credentials")]
+    Pki(#[from] PkiError),
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create the system namespaces: {0}")]
+    Bootstrap(#[source] ApiError),
+}
+
+/// A bound server, ready to serve.
+pub struct Server {
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    state: Arc<AppState>,
+    url: String,
+}
+
+impl Server {
+    /// Prepares credentials and the kubeconfig, creates the system namespaces and binds the listener.
+    pub async fn bind(
+        config: ServerConfig,
+        store: Arc<dyn Store>,
+        shutdown: CancellationToken,
+    ) -> Result<Self, ServerError> {
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let local = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let credentials = Credentials::load_or_create(&config.data_dir, local)?;
+        let url = server_url(local);
+        credentials.write_kubeconfig(&url)?;
+        let acceptor = TlsAcceptor::from(Arc::new(credentials.server_config()?));
+        let objects = Objects::new(store);
+        lifecycle::bootstrap(&objects)
+            .await
+            .map_err(ServerError::Bootstrap)?;
+        let state = Arc::new(AppState {
+            objects,
+            tokens: vec![
+                credentials.admin_token.clone(),
+                credentials.node_token.clone(),
+            ],
+            shutdown,
+            server_address: url.trim_start_matches("https://").to_string(),
+        });
+        Ok(Self {
+            listener,
+            acceptor,
+            state,
+            url,
+        })
+    }
+
+    /// The URL clients reach this server at.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Serves until the shutdown token is cancelled, then drains.
+    pub async fn run(self) {
+        let Server {
+            listener,
+            acceptor,
+            state,
+            url,
+        } = self;
+        let shutdown = state.shutdown.clone();
+        let controller = tokio::spawn(lifecycle::run(state.objects.clone(), shutdown.clone()));
+        let app = router::router(state);
+        let graceful = GracefulShutdown::new();
+        tracing::info!(%url, "serving the Kubernetes API");
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let service = TowerToHyperService::new(app.clone());
+            let watcher = graceful.watcher();
+            tokio::spawn(async move {
+                let tls = match acceptor.accept(tcp).await {
+                    Ok(tls) => tls,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                };
+                let builder = auto::Builder::new(TokioExecutor::new());
+                let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+                if let Err(e) = watcher.watch(connection.into_owned()).await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            });
+        }
+        drop(listener);
+        tracing::info!("shutting down: draining in-flight requests");
+        tokio::select! {
+            _ = graceful.shutdown() => tracing::info!("all connections closed"),
+            _ = tokio::time::sleep(DRAIN_GRACE) => tracing::warn!("drain grace period over, dropping connections"),
+        }
+        let _ = controller.await;
+    }
+}

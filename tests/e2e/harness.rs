@@ -1,0 +1,286 @@
+//! Starts real parts for end-to-end tests: the `skiff` binary, an etcd from Debian's etcd-server, and runs
+//! the real kubectl against them. Every child is killed when its guard drops, so a failing test leaves no
+//! process behind.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// The store backends every scenario runs against.
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    Embedded,
+    Etcd,
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut ready: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if ready() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("{what} not ready after {timeout:?}")
+}
+
+/// A real etcd on loopback with its own ports and data directory.
+pub struct Etcd {
+    child: Child,
+    pub endpoint: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    pub fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let (client, peer) = (free_port(), free_port());
+        let endpoint = format!("127.0.0.1:{client}");
+        let child = Command::new("etcd")
+            .args(["--name", "skiff-test", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .arg(format!("--listen-client-urls=http://{endpoint}"))
+            .arg(format!("--advertise-client-urls=http://{endpoint}"))
+            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+            ))
+            .arg(format!(
+                "--initial-cluster=skiff-test=http://127.0.0.1:{peer}"
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start etcd (Debian package etcd-server; scripts/setup installs it)")?;
+        let etcd = Etcd {
+            child,
+            endpoint,
+            _dir: dir,
+        };
+        wait_until("etcd", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(&etcd.endpoint).is_ok()
+        })?;
+        Ok(etcd)
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `skiff server` and the kubectl environment that talks to it.
+pub struct Cluster {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub listen: String,
+    store: String,
+    _etcd: Option<Etcd>,
+}
+
+impl Cluster {
+    pub fn start(backend: Backend) -> anyhow::Result<Self> {
+        let etcd = match backend {
+            Backend::Embedded => None,
+            Backend::Etcd => Some(Etcd::start()?),
+        };
+        let store = etcd
+            .as_ref()
+            .map(|e| format!("etcd://{}", e.endpoint))
+            .unwrap_or_else(|| "embedded".into());
+        let mut cluster = Cluster {
+            child: None,
+            dir: tempfile::tempdir()?,
+            listen: format!("127.0.0.1:{}", free_port()),
+            store,
+            _etcd: etcd,
+        };
+        cluster.launch()?;
+        Ok(cluster)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.data_dir().join("kubeconfig")
+    }
+
+    /// Starts the server process (again, after a crash) and waits until it answers.
+    pub fn launch(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("server.log"))?;
+        let child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .args([
+                "server",
+                "--listen",
+                &self.listen,
+                "--store",
+                &self.store,
+                "--data-dir",
+            ])
+            .arg(self.data_dir())
+            .env("RUST_LOG", "info,skiff_apiserver=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start skiff")?;
+        self.child = Some(child);
+        wait_until("skiff server", Duration::from_secs(30), || {
+            self.kubeconfig().exists()
+                && self.kubectl(&["get", "--raw", "/readyz"]).status.success()
+        })
+        .with_context(|| self.server_log())
+    }
+
+    /// SIGKILL: no drain, no flush, what a power cut does.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for the process to exit; returns its exit status.
+    pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("server not running")?;
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()?;
+        Ok(child.wait()?)
+    }
+
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    pub fn kubectl_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("kubectl");
+        command
+            .args(args)
+            .env("KUBECONFIG", self.kubeconfig())
+            // A private HOME keeps kubectl's discovery cache per test cluster.
+            .env("HOME", self.dir.path())
+            .stdin(Stdio::null());
+        command
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        self.kubectl_command(args).output().expect("kubectl runs")
+    }
+
+    /// Runs kubectl and returns stdout, failing with stderr and the server log when it fails.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let output = self.kubectl(args);
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "kubectl {} failed:\nstdout: {stdout}\nstderr: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+    }
+
+    /// Runs kubectl expecting failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let output = self.kubectl(args);
+        assert!(
+            !output.status.success(),
+            "kubectl {} should fail but printed {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stdout)
+        );
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    }
+
+    /// `kubectl apply -f -` (or any command reading a manifest) with `manifest` on stdin.
+    pub fn with_stdin(&self, args: &[&str], manifest: &str) -> Output {
+        use std::io::Write;
+        let mut child = self
+            .kubectl_command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl runs");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(manifest.as_bytes())
+            .expect("write manifest");
+        child.wait_with_output().expect("kubectl finishes")
+    }
+
+    /// A file in the cluster's temporary directory.
+    pub fn write_file(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, contents).expect("write test file");
+        path
+    }
+
+    /// The CA, token and URL for raw HTTPS requests.
+    pub fn http(&self) -> Http {
+        let dir = self.data_dir();
+        Http::new(&dir, &format!("https://{}", self.listen))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A raw HTTPS client with the admin token, for what kubectl cannot send (bad bodies, stale versions).
+pub struct Http {
+    pub client: reqwest::blocking::Client,
+    pub base: String,
+    pub token: String,
+}
+
+impl Http {
+    fn new(data_dir: &Path, base: &str) -> Self {
+        let ca = std::fs::read(data_dir.join("ca.crt")).expect("ca.crt");
+        let token = std::fs::read_to_string(data_dir.join("admin-token")).expect("admin-token");
+        let client = reqwest::blocking::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("CA PEM"))
+            .build()
+            .expect("HTTP client");
+        Http {
+            client,
+            base: base.to_string(),
+            token: token.trim().to_string(),
+        }
+    }
+
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> reqwest::blocking::RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+    }
+}
