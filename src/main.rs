@@ -11,11 +11,7 @@ use skiff_store::Store;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(
-    name = "skiff",
-    version,
-    about = "A Kubernetes-style orchestrator, WebAssembly first"
-)]
+#[command(name = "skiff", version, about = "A Kubernetes-style orchestrator, WebAssembly first")]
 struct Cli {
     /// Log format on stderr; the level comes from RUST_LOG (default info).
     #[arg(long, global = true, value_enum, default_value = "text")]
@@ -72,19 +68,14 @@ fn main() -> anyhow::Result<()> {
     init_tracing(cli.log_format);
     match cli.command {
         Command::Server(args) => serve(args),
-        Command::Up(args) => serve(ServerArgs {
-            data_dir: args.data_dir,
-            listen: args.listen,
-            store: "embedded".into(),
-        }),
+        Command::Up(args) => {
+            serve(ServerArgs { data_dir: args.data_dir, listen: args.listen, store: "embedded".into() })
+        }
         Command::Kubeconfig { data_dir } => {
             let dir = data_dir.unwrap_or_else(default_data_dir);
             let path = dir.join("kubeconfig");
             let kubeconfig = std::fs::read_to_string(&path).with_context(|| {
-                format!(
-                    "no kubeconfig at {}: has `skiff server` run with this data dir?",
-                    path.display()
-                )
+                format!("no kubeconfig at {}: has `skiff server` run with this data dir?", path.display())
             })?;
             print!("{kubeconfig}");
             Ok(())
@@ -103,9 +94,7 @@ fn main() -> anyhow::Result<()> {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -114,8 +103,7 @@ fn init_tracing(format: LogFormat) {
 
 /// `$HOME/.skiff` for a user, `/var/lib/skiff` for root, like k3s's split between rootless and system.
 fn default_data_dir() -> PathBuf {
-    let root = std::env::var("USER").map(|u| u == "root").unwrap_or(false)
-        || std::env::var_os("HOME").is_none();
+    let root = std::env::var("USER").map(|u| u == "root").unwrap_or(false) || std::env::var_os("HOME").is_none();
     match std::env::var_os("HOME") {
         Some(home) if !root => Path::new(&home).join(".skiff"),
         _ => PathBuf::from("/var/lib/skiff"),
@@ -125,14 +113,10 @@ fn default_data_dir() -> PathBuf {
 #[tokio::main]
 async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
     let store = open_store(&args.store, &data_dir).await?;
     let shutdown = CancellationToken::new();
-    let config = ServerConfig {
-        data_dir: data_dir.clone(),
-        listen: args.listen,
-    };
+    let config = ServerConfig { data_dir: data_dir.clone(), listen: args.listen };
     let server = Server::bind(config, store, shutdown.clone()).await?;
     tracing::info!(
         kubeconfig = %data_dir.join("kubeconfig").display(),
@@ -159,11 +143,8 @@ async fn open_store(url: &str, data_dir: &Path) -> anyhow::Result<Arc<dyn Store>
     let Some(endpoints) = url.strip_prefix("etcd://") else {
         bail!("unsupported --store {url:?}: use `embedded` or `etcd://HOST:PORT[,HOST:PORT...]`");
     };
-    let endpoints: Vec<String> = endpoints
-        .split(',')
-        .filter(|e| !e.is_empty())
-        .map(|e| format!("http://{e}"))
-        .collect();
+    let endpoints: Vec<String> =
+        endpoints.split(',').filter(|e| !e.is_empty()).map(|e| format!("http://{e}")).collect();
     if endpoints.is_empty() {
         bail!("--store etcd:// needs at least one HOST:PORT");
     }
@@ -175,10 +156,7 @@ async fn open_store(url: &str, data_dir: &Path) -> anyhow::Result<Arc<dyn Store>
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         // Without signal handlers the process still dies on the default action; nothing to drain then.
         return std::future::pending().await;
     };

@@ -17,17 +17,10 @@ pub enum Backend {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
 }
 
-fn wait_until(
-    what: &str,
-    timeout: Duration,
-    mut ready: impl FnMut() -> bool,
-) -> anyhow::Result<()> {
+fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
     let start = Instant::now();
     while start.elapsed() < timeout {
         if ready() {
@@ -56,24 +49,14 @@ impl Etcd {
             .arg(format!("--listen-client-urls=http://{endpoint}"))
             .arg(format!("--advertise-client-urls=http://{endpoint}"))
             .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
-            .arg(format!(
-                "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
-            ))
-            .arg(format!(
-                "--initial-cluster=skiff-test=http://127.0.0.1:{peer}"
-            ))
+            .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"))
+            .arg(format!("--initial-cluster=skiff-test=http://127.0.0.1:{peer}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .context("cannot start etcd (Debian package etcd-server; scripts/setup installs it)")?;
-        let etcd = Etcd {
-            child,
-            endpoint,
-            _dir: dir,
-        };
-        wait_until("etcd", Duration::from_secs(20), || {
-            std::net::TcpStream::connect(&etcd.endpoint).is_ok()
-        })?;
+        let etcd = Etcd { child, endpoint, _dir: dir };
+        wait_until("etcd", Duration::from_secs(20), || std::net::TcpStream::connect(&etcd.endpoint).is_ok())?;
         Ok(etcd)
     }
 }
@@ -100,10 +83,7 @@ impl Cluster {
             Backend::Embedded => None,
             Backend::Etcd => Some(Etcd::start()?),
         };
-        let store = etcd
-            .as_ref()
-            .map(|e| format!("etcd://{}", e.endpoint))
-            .unwrap_or_else(|| "embedded".into());
+        let store = etcd.as_ref().map(|e| format!("etcd://{}", e.endpoint)).unwrap_or_else(|| "embedded".into());
         let mut cluster = Cluster {
             child: None,
             dir: tempfile::tempdir()?,
@@ -125,19 +105,9 @@ impl Cluster {
 
     /// Starts the server process (again, after a crash) and waits until it answers.
     pub fn launch(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("server.log"))?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("server.log"))?;
         let child = Command::new(env!("CARGO_BIN_EXE_skiff"))
-            .args([
-                "server",
-                "--listen",
-                &self.listen,
-                "--store",
-                &self.store,
-                "--data-dir",
-            ])
+            .args(["server", "--listen", &self.listen, "--store", &self.store, "--data-dir"])
             .arg(self.data_dir())
             .env("RUST_LOG", "info,skiff_apiserver=debug")
             .stdout(Stdio::null())
@@ -146,8 +116,7 @@ impl Cluster {
             .context("cannot start skiff")?;
         self.child = Some(child);
         wait_until("skiff server", Duration::from_secs(30), || {
-            self.kubeconfig().exists()
-                && self.kubectl(&["get", "--raw", "/readyz"]).status.success()
+            self.kubeconfig().exists() && self.kubectl(&["get", "--raw", "/readyz"]).status.success()
         })
         .with_context(|| self.server_log())
     }
@@ -163,9 +132,7 @@ impl Cluster {
     /// SIGTERM, then wait for the process to exit; returns its exit status.
     pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
         let mut child = self.child.take().context("server not running")?;
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()?;
+        Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
         Ok(child.wait()?)
     }
 
@@ -223,12 +190,7 @@ impl Cluster {
             .stderr(Stdio::piped())
             .spawn()
             .expect("kubectl runs");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(manifest.as_bytes())
-            .expect("write manifest");
+        child.stdin.take().expect("stdin").write_all(manifest.as_bytes()).expect("write manifest");
         child.wait_with_output().expect("kubectl finishes")
     }
 
@@ -267,20 +229,10 @@ impl Http {
             .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("CA PEM"))
             .build()
             .expect("HTTP client");
-        Http {
-            client,
-            base: base.to_string(),
-            token: token.trim().to_string(),
-        }
+        Http { client, base: base.to_string(), token: token.trim().to_string() }
     }
 
-    pub fn request(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-    ) -> reqwest::blocking::RequestBuilder {
-        self.client
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::blocking::RequestBuilder {
+        self.client.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token)
     }
 }

@@ -92,36 +92,17 @@ fn api_resources_and_get_all(backend: Backend) {
             .lines()
             .find(|l| l.starts_with(&format!("{name} ")))
             .unwrap_or_else(|| panic!("{name} listed:\n{resources}"));
-        assert!(
-            line.split_whitespace().nth(1) == Some(short),
-            "{name} has short name {short}: {line}"
-        );
+        assert!(line.split_whitespace().nth(1) == Some(short), "{name} has short name {short}: {line}");
     }
     for name in ["secrets", "jobs", "leases", "runtimeclasses"] {
-        assert!(
-            resources
-                .lines()
-                .any(|l| l.starts_with(&format!("{name} "))),
-            "{name} listed:\n{resources}"
-        );
+        assert!(resources.lines().any(|l| l.starts_with(&format!("{name} "))), "{name} listed:\n{resources}");
     }
-    cluster.ok(&[
-        "create",
-        "deployment",
-        "web",
-        "--image=registry.local/web:1",
-    ]);
+    cluster.ok(&["create", "deployment", "web", "--image=registry.local/web:1"]);
     let all = cluster.ok(&["get", "all"]);
-    assert!(
-        all.contains("deployment.apps/web"),
-        "get all shows the deployment:\n{all}"
-    );
+    assert!(all.contains("deployment.apps/web"), "get all shows the deployment:\n{all}");
     let namespaces = cluster.ok(&["get", "ns"]);
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-        assert!(
-            namespaces.contains(ns),
-            "{ns} exists from the start:\n{namespaces}"
-        );
+        assert!(namespaces.contains(ns), "{ns} exists from the start:\n{namespaces}");
     }
 }
 
@@ -130,24 +111,11 @@ fn apply_diff_and_server_side_apply(backend: Backend) {
     let path = cluster.write_file("shop.yaml", MANIFEST);
     let path = path.to_str().unwrap();
     let created = cluster.ok(&["apply", "-f", path]);
-    for object in [
-        "namespace/shop",
-        "configmap/settings",
-        "secret/creds",
-        "deployment.apps/web",
-        "service/web",
-    ] {
-        assert!(
-            created.contains(&format!("{object} created")),
-            "{object} created:\n{created}"
-        );
+    for object in ["namespace/shop", "configmap/settings", "secret/creds", "deployment.apps/web", "service/web"] {
+        assert!(created.contains(&format!("{object} created")), "{object} created:\n{created}");
     }
     let again = cluster.ok(&["apply", "-f", path]);
-    assert_eq!(
-        again.matches("unchanged").count(),
-        5,
-        "everything unchanged:\n{again}"
-    );
+    assert_eq!(again.matches("unchanged").count(), 5, "everything unchanged:\n{again}");
 
     let changed = MANIFEST.replace("color: blue", "color: green");
     let changed_path = cluster.write_file("shop-green.yaml", &changed);
@@ -165,101 +133,36 @@ fn apply_diff_and_server_side_apply(backend: Backend) {
         "diff shows the change:\n{diff_text}"
     );
     assert_eq!(
-        cluster.ok(&[
-            "get",
-            "cm",
-            "settings",
-            "-n",
-            "shop",
-            "-o",
-            "jsonpath={.data.color}"
-        ]),
+        cluster.ok(&["get", "cm", "settings", "-n", "shop", "-o", "jsonpath={.data.color}"]),
         "blue",
         "diff changes nothing"
     );
 
     let configured = cluster.ok(&["apply", "-f", changed_path]);
-    assert!(
-        configured.contains("configmap/settings configured"),
-        "{configured}"
-    );
-    assert_eq!(
-        configured.matches("unchanged").count(),
-        4,
-        "only the configmap changed:\n{configured}"
-    );
-    assert_eq!(
-        cluster.ok(&[
-            "get",
-            "cm",
-            "settings",
-            "-n",
-            "shop",
-            "-o",
-            "jsonpath={.data.color}"
-        ]),
-        "green"
-    );
-    let deployment = json(
-        &cluster,
-        &["get", "deploy", "web", "-n", "shop", "-o", "json"],
-    );
-    assert_eq!(
-        deployment["metadata"]["generation"], 1,
-        "the deployment was not rewritten"
-    );
+    assert!(configured.contains("configmap/settings configured"), "{configured}");
+    assert_eq!(configured.matches("unchanged").count(), 4, "only the configmap changed:\n{configured}");
+    assert_eq!(cluster.ok(&["get", "cm", "settings", "-n", "shop", "-o", "jsonpath={.data.color}"]), "green");
+    let deployment = json(&cluster, &["get", "deploy", "web", "-n", "shop", "-o", "json"]);
+    assert_eq!(deployment["metadata"]["generation"], 1, "the deployment was not rewritten");
 
     let ssa = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\n  namespace: shop\ndata:\n  size: small\n";
     let out = cluster.with_stdin(&["apply", "--server-side", "-f", "-"], ssa);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("configmap/ssa serverside-applied"));
-    let out = cluster.with_stdin(
-        &["apply", "--server-side", "-f", "-"],
-        &ssa.replace("small", "large"),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let cm = json(&cluster, &["get", "cm", "ssa", "-n", "shop", "-o", "json"]);
+    let out = cluster.with_stdin(&["apply", "--server-side", "-f", "-"], &ssa.replace("small", "large"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cm = json(&cluster, &["get", "cm", "ssa", "-n", "shop", "-o", "json", "--show-managed-fields"]);
     assert_eq!(cm["data"]["size"], "large");
-    let managers: Vec<&str> = cm["metadata"]["managedFields"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|m| m["manager"].as_str())
-        .collect();
-    assert!(
-        managers.contains(&"kubectl"),
-        "server-side apply records its field manager: {managers:?}"
-    );
+    let managers: Vec<&str> =
+        cm["metadata"]["managedFields"].as_array().unwrap().iter().filter_map(|m| m["manager"].as_str()).collect();
+    assert!(managers.contains(&"kubectl"), "server-side apply records its field manager: {managers:?}");
 }
 
 fn create_get_and_edit_commands(backend: Backend) {
     let cluster = Cluster::start(backend).unwrap();
     cluster.ok(&["create", "namespace", "team"]);
-    cluster.ok(&[
-        "create",
-        "configmap",
-        "app-config",
-        "-n",
-        "team",
-        "--from-literal=level=debug",
-    ]);
-    cluster.ok(&[
-        "create",
-        "secret",
-        "generic",
-        "app-secret",
-        "-n",
-        "team",
-        "--from-literal=token=s3cret",
-    ]);
+    cluster.ok(&["create", "configmap", "app-config", "-n", "team", "--from-literal=level=debug"]);
+    cluster.ok(&["create", "secret", "generic", "app-secret", "-n", "team", "--from-literal=token=s3cret"]);
     cluster.ok(&[
         "create",
         "deployment",
@@ -271,147 +174,46 @@ fn create_get_and_edit_commands(backend: Backend) {
         "--port=8080",
     ]);
 
-    let secret = json(
-        &cluster,
-        &["get", "secret", "app-secret", "-n", "team", "-o", "json"],
-    );
-    assert_eq!(
-        secret["data"]["token"], "czNjcmV0",
-        "secret data is base64 of the literal"
-    );
+    let secret = json(&cluster, &["get", "secret", "app-secret", "-n", "team", "-o", "json"]);
+    assert_eq!(secret["data"]["token"], "czNjcmV0", "secret data is base64 of the literal");
     let yaml = cluster.ok(&["get", "configmap", "app-config", "-n", "team", "-o", "yaml"]);
     assert!(yaml.contains("level: debug"), "{yaml}");
-    assert_eq!(
-        cluster
-            .ok(&["get", "deploy", "-n", "team", "-o", "name"])
-            .trim(),
-        "deployment.apps/api"
-    );
-    assert_eq!(
-        cluster.ok(&[
-            "get",
-            "deploy",
-            "api",
-            "-n",
-            "team",
-            "-o",
-            "jsonpath={.spec.replicas}"
-        ]),
-        "3"
-    );
+    assert_eq!(cluster.ok(&["get", "deploy", "-n", "team", "-o", "name"]).trim(), "deployment.apps/api");
+    assert_eq!(cluster.ok(&["get", "deploy", "api", "-n", "team", "-o", "jsonpath={.spec.replicas}"]), "3");
     let wide = cluster.ok(&["get", "deploy", "-n", "team", "-o", "wide"]);
-    assert!(
-        wide.contains("CONTAINERS") && wide.contains("registry.local/api:2.1"),
-        "{wide}"
-    );
+    assert!(wide.contains("CONTAINERS") && wide.contains("registry.local/api:2.1"), "{wide}");
     let table = cluster.ok(&["get", "deploy", "-n", "team"]);
-    assert!(
-        table.starts_with("NAME") && table.contains("READY") && table.contains("UP-TO-DATE"),
-        "{table}"
-    );
+    assert!(table.starts_with("NAME") && table.contains("READY") && table.contains("UP-TO-DATE"), "{table}");
     let everywhere = cluster.ok(&["get", "configmaps", "-A"]);
     assert!(
-        everywhere.contains("NAMESPACE")
-            && everywhere.contains("team")
-            && everywhere.contains("app-config"),
+        everywhere.contains("NAMESPACE") && everywhere.contains("team") && everywhere.contains("app-config"),
         "{everywhere}"
     );
 
-    cluster.ok(&[
-        "label",
-        "configmap",
-        "app-config",
-        "-n",
-        "team",
-        "tier=backend",
-    ]);
-    cluster.ok(&[
-        "annotate",
-        "configmap",
-        "app-config",
-        "-n",
-        "team",
-        "owner=alice",
-    ]);
-    let labelled = cluster.ok(&[
-        "get",
-        "cm",
-        "-n",
-        "team",
-        "-l",
-        "tier=backend",
-        "--show-labels",
-    ]);
-    assert!(
-        labelled.contains("app-config") && labelled.contains("tier=backend"),
-        "{labelled}"
-    );
-    assert!(
-        !cluster
-            .ok(&["get", "cm", "-n", "team", "-l", "tier notin (backend)"])
-            .contains("app-config")
-    );
+    cluster.ok(&["label", "configmap", "app-config", "-n", "team", "tier=backend"]);
+    cluster.ok(&["annotate", "configmap", "app-config", "-n", "team", "owner=alice"]);
+    let labelled = cluster.ok(&["get", "cm", "-n", "team", "-l", "tier=backend", "--show-labels"]);
+    assert!(labelled.contains("app-config") && labelled.contains("tier=backend"), "{labelled}");
+    assert!(!cluster.ok(&["get", "cm", "-n", "team", "-l", "tier notin (backend)"]).contains("app-config"));
     assert_eq!(
-        cluster.ok(&[
-            "get",
-            "cm",
-            "app-config",
-            "-n",
-            "team",
-            "-o",
-            "jsonpath={.metadata.annotations.owner}"
-        ]),
+        cluster.ok(&["get", "cm", "app-config", "-n", "team", "-o", "jsonpath={.metadata.annotations.owner}"]),
         "alice"
     );
 
     let described = cluster.ok(&["describe", "deployment", "api", "-n", "team"]);
-    assert!(
-        described.contains("Replicas:") && described.contains("registry.local/api:2.1"),
-        "{described}"
-    );
+    assert!(described.contains("Replicas:") && described.contains("registry.local/api:2.1"), "{described}");
 
-    let editor = cluster.write_file(
-        "editor.sh",
-        "#!/bin/sh\nsed -i 's/level: debug/level: trace/' \"$1\"\n",
-    );
-    std::process::Command::new("chmod")
-        .arg("+x")
-        .arg(&editor)
-        .status()
-        .unwrap();
+    let editor = cluster.write_file("editor.sh", "#!/bin/sh\nsed -i 's/level: debug/level: trace/' \"$1\"\n");
+    std::process::Command::new("chmod").arg("+x").arg(&editor).status().unwrap();
     let out = cluster
         .kubectl_command(&["edit", "configmap", "app-config", "-n", "team"])
         .env("EDITOR", &editor)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "edit: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        cluster.ok(&[
-            "get",
-            "cm",
-            "app-config",
-            "-n",
-            "team",
-            "-o",
-            "jsonpath={.data.level}"
-        ]),
-        "trace"
-    );
+    assert!(out.status.success(), "edit: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(cluster.ok(&["get", "cm", "app-config", "-n", "team", "-o", "jsonpath={.data.level}"]), "trace");
 
-    cluster.ok(&[
-        "patch",
-        "cm",
-        "app-config",
-        "-n",
-        "team",
-        "--type=merge",
-        "-p",
-        r#"{"data":{"merged":"yes"}}"#,
-    ]);
+    cluster.ok(&["patch", "cm", "app-config", "-n", "team", "--type=merge", "-p", r#"{"data":{"merged":"yes"}}"#]);
     cluster.ok(&[
         "patch",
         "cm",
@@ -422,79 +224,36 @@ fn create_get_and_edit_commands(backend: Backend) {
         "-p",
         r#"[{"op":"add","path":"/data/json","value":"yes"}]"#,
     ]);
-    cluster.ok(&["patch", "deploy", "api", "-n", "team", "-p", r#"{"spec":{"template":{"spec":{"containers":[{"name":"api","image":"registry.local/api:2.2"}]}}}}"#]);
-    let cm = json(
-        &cluster,
-        &["get", "cm", "app-config", "-n", "team", "-o", "json"],
-    );
-    assert_eq!(
-        (cm["data"]["merged"].as_str(), cm["data"]["json"].as_str()),
-        (Some("yes"), Some("yes"))
-    );
-    let deploy = json(
-        &cluster,
-        &["get", "deploy", "api", "-n", "team", "-o", "json"],
-    );
+    cluster.ok(&[
+        "patch",
+        "deploy",
+        "api",
+        "-n",
+        "team",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"api","image":"registry.local/api:2.2"}]}}}}"#,
+    ]);
+    let cm = json(&cluster, &["get", "cm", "app-config", "-n", "team", "-o", "json"]);
+    assert_eq!((cm["data"]["merged"].as_str(), cm["data"]["json"].as_str()), (Some("yes"), Some("yes")));
+    let deploy = json(&cluster, &["get", "deploy", "api", "-n", "team", "-o", "json"]);
     let container = &deploy["spec"]["template"]["spec"]["containers"][0];
-    assert_eq!(
-        container["image"], "registry.local/api:2.2",
-        "strategic merge by container name"
-    );
-    assert_eq!(
-        container["ports"][0]["containerPort"], 8080,
-        "strategic merge kept the rest of the container"
-    );
-    assert_eq!(
-        deploy["metadata"]["generation"], 2,
-        "a spec change bumps generation"
-    );
+    assert_eq!(container["image"], "registry.local/api:2.2", "strategic merge by container name");
+    assert_eq!(container["ports"][0]["containerPort"], 8080, "strategic merge kept the rest of the container");
+    assert_eq!(deploy["metadata"]["generation"], 2, "a spec change bumps generation");
 
     cluster.ok(&["scale", "deployment", "api", "-n", "team", "--replicas=5"]);
-    assert_eq!(
-        cluster.ok(&[
-            "get",
-            "deploy",
-            "api",
-            "-n",
-            "team",
-            "-o",
-            "jsonpath={.spec.replicas}"
-        ]),
-        "5"
-    );
+    assert_eq!(cluster.ok(&["get", "deploy", "api", "-n", "team", "-o", "jsonpath={.spec.replicas}"]), "5");
 
-    cluster.ok(&[
-        "create",
-        "configmap",
-        "a",
-        "-n",
-        "team",
-        "--from-literal=x=1",
-    ]);
-    cluster.ok(&[
-        "create",
-        "configmap",
-        "b",
-        "-n",
-        "team",
-        "--from-literal=x=1",
-    ]);
+    cluster.ok(&["create", "configmap", "a", "-n", "team", "--from-literal=x=1"]);
+    cluster.ok(&["create", "configmap", "b", "-n", "team", "--from-literal=x=1"]);
     cluster.ok(&["label", "cm", "a", "b", "-n", "team", "batch=old"]);
     cluster.ok(&["delete", "cm", "app-config", "-n", "team"]);
     cluster.ok(&["delete", "cm", "-n", "team", "-l", "batch=old"]);
     let left = cluster.ok(&["get", "cm", "-n", "team", "-o", "name"]);
-    assert!(
-        !left.contains("app-config")
-            && !left.contains("configmap/a")
-            && !left.contains("configmap/b"),
-        "{left}"
-    );
+    assert!(!left.contains("app-config") && !left.contains("configmap/a") && !left.contains("configmap/b"), "{left}");
     cluster.ok(&["delete", "namespace", "team", "--timeout=60s"]);
     let gone = cluster.kubectl(&["get", "deploy", "api", "-n", "team"]);
-    assert!(
-        !gone.status.success(),
-        "contents of a deleted namespace are gone"
-    );
+    assert!(!gone.status.success(), "contents of a deleted namespace are gone");
     assert!(cluster.fails(&["get", "ns", "team"]).contains("NotFound") || true);
     assert!(!cluster.ok(&["get", "ns"]).contains("team"));
 }
@@ -520,21 +279,14 @@ fn watch_sees_another_clients_create(backend: Backend) {
     std::thread::sleep(Duration::from_millis(1500));
     let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: watched\nspec:\n  containers:\n  - name: c\n    image: registry.local/app:1\n";
     let out = cluster.with_stdin(&["create", "-f", "-"], pod);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut seen = Vec::new();
     while Instant::now() < deadline {
         if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
             if line.starts_with("watched") {
                 let _ = watcher.kill();
-                assert!(
-                    line.contains("Pending"),
-                    "the watch prints a table row: {line}"
-                );
+                assert!(line.contains("Pending"), "the watch prints a table row: {line}");
                 return;
             }
             seen.push(line);
@@ -548,46 +300,23 @@ fn conflicts_and_invalid_objects(backend: Backend) {
     let cluster = Cluster::start(backend).unwrap();
     cluster.ok(&["create", "configmap", "shared", "--from-literal=v=1"]);
     let stale = cluster.ok(&["get", "cm", "shared", "-o", "json"]);
-    cluster.ok(&[
-        "patch",
-        "cm",
-        "shared",
-        "--type=merge",
-        "-p",
-        r#"{"data":{"v":"2"}}"#,
-    ]);
-    let out = cluster.with_stdin(
-        &["replace", "-f", "-"],
-        &stale.replace("\"v\": \"1\"", "\"v\": \"3\""),
-    );
+    cluster.ok(&["patch", "cm", "shared", "--type=merge", "-p", r#"{"data":{"v":"2"}}"#]);
+    let out = cluster.with_stdin(&["replace", "-f", "-"], &stale.replace("\"v\": \"1\"", "\"v\": \"3\""));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && stderr.contains("the object has been modified"),
         "stale PUT is a conflict: {stderr}"
     );
-    assert_eq!(
-        cluster.ok(&["get", "cm", "shared", "-o", "jsonpath={.data.v}"]),
-        "2",
-        "the object is unchanged"
-    );
+    assert_eq!(cluster.ok(&["get", "cm", "shared", "-o", "jsonpath={.data.v}"]), "2", "the object is unchanged");
 
     let http = cluster.http();
     let mut body: Value = serde_json::from_str(&stale).unwrap();
     body["data"]["v"] = "4".into();
-    let response = http
-        .request(
-            reqwest::Method::PUT,
-            "/api/v1/namespaces/default/configmaps/shared",
-        )
-        .json(&body)
-        .send()
-        .unwrap();
+    let response =
+        http.request(reqwest::Method::PUT, "/api/v1/namespaces/default/configmaps/shared").json(&body).send().unwrap();
     assert_eq!(response.status().as_u16(), 409);
     let status: Value = response.json().unwrap();
-    assert_eq!(
-        (status["kind"].as_str(), status["reason"].as_str()),
-        (Some("Status"), Some("Conflict"))
-    );
+    assert_eq!((status["kind"].as_str(), status["reason"].as_str()), (Some("Status"), Some("Conflict")));
 
     let invalid = r#"apiVersion: apps/v1
 kind: Deployment
@@ -606,51 +335,27 @@ spec:
 "#;
     let out = cluster.with_stdin(&["create", "-f", "-"], invalid);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && stderr.contains("is invalid"),
-        "{stderr}"
-    );
-    for field in [
-        "metadata.name",
-        "spec.replicas",
-        "spec.template.metadata.labels",
-        "spec.template.spec.containers[0].image",
-    ] {
+    assert!(!out.status.success() && stderr.contains("is invalid"), "{stderr}");
+    for field in
+        ["metadata.name", "spec.replicas", "spec.template.metadata.labels", "spec.template.spec.containers[0].image"]
+    {
         assert!(stderr.contains(field), "422 names {field}: {stderr}");
     }
     let response = http
-        .request(
-            reqwest::Method::POST,
-            "/apis/apps/v1/namespaces/default/deployments",
-        )
+        .request(reqwest::Method::POST, "/apis/apps/v1/namespaces/default/deployments")
         .header("content-type", "application/yaml")
         .body(invalid)
         .send()
         .unwrap();
     assert_eq!(response.status().as_u16(), 422);
     let status: Value = response.json().unwrap();
-    assert!(
-        status["details"]["causes"]
-            .as_array()
-            .is_some_and(|c| c.len() >= 4),
-        "one cause per field: {status}"
-    );
-    assert!(
-        cluster.ok(&["get", "deploy", "-o", "name"]).is_empty(),
-        "nothing was written"
-    );
+    assert!(status["details"]["causes"].as_array().is_some_and(|c| c.len() >= 4), "one cause per field: {status}");
+    assert!(cluster.ok(&["get", "deploy", "-o", "name"]).is_empty(), "nothing was written");
 
     cluster.ok(&["create", "deployment", "good", "--image=registry.local/x:1"]);
     let before = cluster.ok(&["get", "deploy", "good", "-o", "json"]);
     let broken = cluster.with_stdin(
-        &[
-            "patch",
-            "deploy",
-            "good",
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"selector":{"matchLabels":{"app":"other"}}}}"#,
-        ],
+        &["patch", "deploy", "good", "--type=merge", "-p", r#"{"spec":{"selector":{"matchLabels":{"app":"other"}}}}"#],
         "",
     );
     assert!(!broken.status.success(), "an immutable field cannot change");
@@ -659,34 +364,17 @@ spec:
         "{}",
         String::from_utf8_lossy(&broken.stderr)
     );
-    assert_eq!(
-        cluster.ok(&["get", "deploy", "good", "-o", "json"]),
-        before,
-        "the object is unchanged"
-    );
+    assert_eq!(cluster.ok(&["get", "deploy", "good", "-o", "json"]), before, "the object is unchanged");
 }
 
 fn raw_http_errors_are_statuses(backend: Backend) {
     let cluster = Cluster::start(backend).unwrap();
     let http = cluster.http();
-    let anonymous = http
-        .client
-        .get(format!("{}/api/v1/namespaces", http.base))
-        .send()
-        .unwrap();
+    let anonymous = http.client.get(format!("{}/api/v1/namespaces", http.base)).send().unwrap();
     assert_eq!(anonymous.status().as_u16(), 401);
     assert_eq!(anonymous.json::<Value>().unwrap()["reason"], "Unauthorized");
-    let version: Value = http
-        .client
-        .get(format!("{}/version", http.base))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    assert_eq!(
-        (version["major"].as_str(), version["minor"].as_str()),
-        (Some("1"), Some("33"))
-    );
+    let version: Value = http.client.get(format!("{}/version", http.base)).send().unwrap().json().unwrap();
+    assert_eq!((version["major"].as_str(), version["minor"].as_str()), (Some("1"), Some("33")));
 
     let path = "/api/v1/namespaces/default/configmaps";
     let malformed = http
@@ -696,36 +384,16 @@ fn raw_http_errors_are_statuses(backend: Backend) {
         .send()
         .unwrap();
     assert_eq!(malformed.status().as_u16(), 400);
-    let unknown_type = http
-        .request(reqwest::Method::POST, path)
-        .header("content-type", "text/csv")
-        .body("a,b")
-        .send()
-        .unwrap();
+    let unknown_type =
+        http.request(reqwest::Method::POST, path).header("content-type", "text/csv").body("a,b").send().unwrap();
     assert_eq!(unknown_type.status().as_u16(), 415);
-    let huge = format!(
-        r#"{{"metadata":{{"name":"big"}},"data":{{"x":"{}"}}}}"#,
-        "a".repeat(4 * 1024 * 1024)
-    );
-    let too_large = http
-        .request(reqwest::Method::POST, path)
-        .header("content-type", "application/json")
-        .body(huge)
-        .send()
-        .unwrap();
+    let huge = format!(r#"{{"metadata":{{"name":"big"}},"data":{{"x":"{}"}}}}"#, "a".repeat(4 * 1024 * 1024));
+    let too_large =
+        http.request(reqwest::Method::POST, path).header("content-type", "application/json").body(huge).send().unwrap();
     assert_eq!(too_large.status().as_u16(), 413);
-    let missing = http
-        .request(
-            reqwest::Method::GET,
-            "/api/v1/namespaces/default/configmaps/nope",
-        )
-        .send()
-        .unwrap();
+    let missing = http.request(reqwest::Method::GET, "/api/v1/namespaces/default/configmaps/nope").send().unwrap();
     assert_eq!(missing.status().as_u16(), 404);
-    assert_eq!(
-        missing.json::<Value>().unwrap()["message"],
-        "configmaps \"nope\" not found"
-    );
+    assert_eq!(missing.json::<Value>().unwrap()["message"], "configmaps \"nope\" not found");
     let no_namespace = http
         .request(reqwest::Method::POST, "/api/v1/namespaces/ghost/configmaps")
         .json(&serde_json::json!({"metadata": {"name": "x"}}))
@@ -733,35 +401,19 @@ fn raw_http_errors_are_statuses(backend: Backend) {
         .unwrap();
     assert_eq!(no_namespace.status().as_u16(), 404, "namespaces must exist");
     let strict = http
-        .request(
-            reqwest::Method::POST,
-            &format!("{path}?fieldValidation=Strict"),
-        )
+        .request(reqwest::Method::POST, &format!("{path}?fieldValidation=Strict"))
         .json(&serde_json::json!({"metadata": {"name": "x"}, "dataz": {}}))
         .send()
         .unwrap();
     assert_eq!(strict.status().as_u16(), 400);
-    assert!(
-        strict
-            .text()
-            .unwrap()
-            .contains("unknown field \\\"dataz\\\"")
-    );
+    assert!(strict.text().unwrap().contains("unknown field \\\"dataz\\\""));
     let warned = http
-        .request(
-            reqwest::Method::POST,
-            &format!("{path}?fieldValidation=Warn"),
-        )
+        .request(reqwest::Method::POST, &format!("{path}?fieldValidation=Warn"))
         .json(&serde_json::json!({"metadata": {"name": "warned"}, "dataz": {}}))
         .send()
         .unwrap();
     assert_eq!(warned.status().as_u16(), 201);
-    assert!(
-        warned
-            .headers()
-            .get("warning")
-            .is_some_and(|w| w.to_str().unwrap().contains("dataz"))
-    );
+    assert!(warned.headers().get("warning").is_some_and(|w| w.to_str().unwrap().contains("dataz")));
     let dry = http
         .request(reqwest::Method::POST, &format!("{path}?dryRun=All"))
         .json(&serde_json::json!({"metadata": {"name": "dry"}}))
@@ -769,11 +421,7 @@ fn raw_http_errors_are_statuses(backend: Backend) {
         .unwrap();
     assert_eq!(dry.status().as_u16(), 201);
     assert_eq!(
-        http.request(reqwest::Method::GET, &format!("{path}/dry"))
-            .send()
-            .unwrap()
-            .status()
-            .as_u16(),
+        http.request(reqwest::Method::GET, &format!("{path}/dry")).send().unwrap().status().as_u16(),
         404,
         "dry run writes nothing"
     );
@@ -781,26 +429,15 @@ fn raw_http_errors_are_statuses(backend: Backend) {
 
 fn sigterm_drains_and_exits(backend: Backend) {
     let mut cluster = Cluster::start(backend).unwrap();
-    let mut watcher = cluster
-        .kubectl_command(&["get", "cm", "-w"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut watcher =
+        cluster.kubectl_command(&["get", "cm", "-w"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let started = Instant::now();
     let status = cluster.terminate().unwrap();
     assert!(status.success(), "clean exit on SIGTERM: {status}");
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "open watches do not hold the shutdown"
-    );
+    assert!(started.elapsed() < Duration::from_secs(10), "open watches do not hold the shutdown");
     let _ = watcher.kill();
-    assert!(
-        cluster.server_log().contains("all connections closed"),
-        "{}",
-        cluster.server_log()
-    );
+    assert!(cluster.server_log().contains("all connections closed"), "{}", cluster.server_log());
 }
 
 fn acknowledged_writes_survive_kill_9(backend: Backend) {
@@ -814,7 +451,11 @@ fn acknowledged_writes_survive_kill_9(backend: Backend) {
                 for i in 0.. {
                     let name = format!("w{writer}-{i}");
                     let body = serde_json::json!({"metadata": {"name": name}, "data": {"i": i.to_string()}});
-                    match http.request(reqwest::Method::POST, "/api/v1/namespaces/default/configmaps").json(&body).send() {
+                    match http
+                        .request(reqwest::Method::POST, "/api/v1/namespaces/default/configmaps")
+                        .json(&body)
+                        .send()
+                    {
                         Ok(r) if r.status().as_u16() == 201 => acknowledged.lock().unwrap().push(name),
                         _ => return,
                     }
@@ -828,21 +469,11 @@ fn acknowledged_writes_survive_kill_9(backend: Backend) {
         writer.join().unwrap();
     }
     let acknowledged = acknowledged.lock().unwrap().clone();
-    assert!(
-        acknowledged.len() > 50,
-        "writes were acknowledged before the kill: {}",
-        acknowledged.len()
-    );
+    assert!(acknowledged.len() > 50, "writes were acknowledged before the kill: {}", acknowledged.len());
     cluster.launch().unwrap();
     let names = cluster.ok(&["get", "cm", "-o", "name"]);
-    let present: std::collections::HashSet<&str> = names
-        .lines()
-        .filter_map(|l| l.strip_prefix("configmap/"))
-        .collect();
-    let lost: Vec<&String> = acknowledged
-        .iter()
-        .filter(|n| !present.contains(n.as_str()))
-        .collect();
+    let present: std::collections::HashSet<&str> = names.lines().filter_map(|l| l.strip_prefix("configmap/")).collect();
+    let lost: Vec<&String> = acknowledged.iter().filter(|n| !present.contains(n.as_str())).collect();
     assert!(
         lost.is_empty(),
         "{} of {} acknowledged writes lost: {:?}",

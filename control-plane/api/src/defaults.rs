@@ -22,16 +22,8 @@ pub fn apply(def: &ResourceDef, object: &mut Value) {
             }
             if spec["strategy"]["type"] == "RollingUpdate" {
                 set(&mut spec["strategy"], "rollingUpdate", json!({}));
-                set(
-                    &mut spec["strategy"]["rollingUpdate"],
-                    "maxUnavailable",
-                    json!("25%"),
-                );
-                set(
-                    &mut spec["strategy"]["rollingUpdate"],
-                    "maxSurge",
-                    json!("25%"),
-                );
+                set(&mut spec["strategy"]["rollingUpdate"], "maxUnavailable", json!("25%"));
+                set(&mut spec["strategy"]["rollingUpdate"], "maxSurge", json!("25%"));
             }
             template(spec);
         }
@@ -91,16 +83,8 @@ fn container(container: &mut Value) {
     // Kubernetes pulls `latest` (explicit or implied) every time and anything else only when missing.
     let tag = image.rsplit('/').next().unwrap_or(image);
     let latest = !image.contains('@') && (!tag.contains(':') || tag.ends_with(":latest"));
-    set(
-        container,
-        "imagePullPolicy",
-        json!(if latest { "Always" } else { "IfNotPresent" }),
-    );
-    set(
-        container,
-        "terminationMessagePath",
-        json!("/dev/termination-log"),
-    );
+    set(container, "imagePullPolicy", json!(if latest { "Always" } else { "IfNotPresent" }));
+    set(container, "terminationMessagePath", json!("/dev/termination-log"));
     set(container, "terminationMessagePolicy", json!("File"));
     set(container, "resources", json!({}));
     if let Some(ports) = container.get_mut("ports").and_then(Value::as_array_mut) {
@@ -147,24 +131,17 @@ mod tests {
         ]}}}});
         apply(find("apps", "v1", "deployments").unwrap(), &mut deploy);
         assert_eq!(deploy["spec"]["replicas"], 1);
-        assert_eq!(
-            deploy["spec"]["strategy"]["rollingUpdate"]["maxSurge"],
-            "25%"
-        );
+        assert_eq!(deploy["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
         let containers = &deploy["spec"]["template"]["spec"]["containers"];
         assert_eq!(containers[0]["imagePullPolicy"], "Always");
         assert_eq!(containers[1]["imagePullPolicy"], "IfNotPresent");
         assert_eq!(containers[0]["ports"][0]["protocol"], "TCP");
-        assert_eq!(
-            deploy["spec"]["template"]["spec"]["restartPolicy"],
-            "Always"
-        );
+        assert_eq!(deploy["spec"]["template"]["spec"]["restartPolicy"], "Always");
     }
 
     #[test]
     fn defaults_never_override_what_the_client_set() {
-        let mut svc =
-            json!({"spec": {"type": "NodePort", "ports": [{"port": 80, "targetPort": 8080}]}});
+        let mut svc = json!({"spec": {"type": "NodePort", "ports": [{"port": 80, "targetPort": 8080}]}});
         apply(find("", "v1", "services").unwrap(), &mut svc);
         assert_eq!(svc["spec"]["type"], "NodePort");
         assert_eq!(svc["spec"]["ports"][0]["targetPort"], 8080);

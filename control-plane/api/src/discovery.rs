@@ -9,20 +9,11 @@ use serde_json::{Map, Value, json};
 use crate::resources::{self, ResourceDef};
 
 /// Content-Type of an aggregated discovery answer; clients recognise the aggregated form by it.
-pub const AGGREGATED_CONTENT_TYPE: &str =
-    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+pub const AGGREGATED_CONTENT_TYPE: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
 
 /// The verbs every resource's main endpoint serves.
-pub const RESOURCE_VERBS: &[&str] = &[
-    "create",
-    "delete",
-    "deletecollection",
-    "get",
-    "list",
-    "patch",
-    "update",
-    "watch",
-];
+pub const RESOURCE_VERBS: &[&str] =
+    &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
 
 /// The verbs of `/status` and `/scale`: read and write one object, nothing else.
 const SUBRESOURCE_VERBS: &[&str] = &["get", "patch", "update"];
@@ -41,10 +32,7 @@ pub struct Subresource {
 
 impl Subresource {
     /// The subresource's object (group, version, kind), falling back to the parent's group-version.
-    pub fn group_version_kind(
-        &self,
-        parent: &ResourceDef,
-    ) -> (&'static str, &'static str, &'static str) {
+    pub fn group_version_kind(&self, parent: &ResourceDef) -> (&'static str, &'static str, &'static str) {
         if self.version.is_empty() {
             (parent.group, parent.version, self.kind)
         } else {
@@ -57,13 +45,7 @@ impl Subresource {
 pub fn subresources(def: &ResourceDef) -> Vec<Subresource> {
     let mut subs = Vec::new();
     if def.group.is_empty() && def.plural == "pods" {
-        subs.push(Subresource {
-            name: "binding",
-            group: "",
-            version: "",
-            kind: "Binding",
-            verbs: &["create"],
-        });
+        subs.push(Subresource { name: "binding", group: "", version: "", kind: "Binding", verbs: &["create"] });
     }
     if def.scale_subresource {
         subs.push(Subresource {
@@ -75,13 +57,7 @@ pub fn subresources(def: &ResourceDef) -> Vec<Subresource> {
         });
     }
     if def.status_subresource {
-        subs.push(Subresource {
-            name: "status",
-            group: "",
-            version: "",
-            kind: def.kind,
-            verbs: SUBRESOURCE_VERBS,
-        });
+        subs.push(Subresource { name: "status", group: "", version: "", kind: def.kind, verbs: SUBRESOURCE_VERBS });
     }
     subs.sort_by_key(|s| s.name);
     subs
@@ -99,10 +75,7 @@ pub fn api_versions(server_address: &str) -> Value {
 /// The named groups (not the core group) with their versions, in registry order (sorted by name).
 fn named_groups() -> Vec<(&'static str, Vec<&'static str>)> {
     let mut groups: Vec<(&'static str, Vec<&'static str>)> = Vec::new();
-    for (group, version) in resources::group_versions()
-        .into_iter()
-        .filter(|(g, _)| !g.is_empty())
-    {
+    for (group, version) in resources::group_versions().into_iter().filter(|(g, _)| !g.is_empty()) {
         match groups.iter_mut().find(|(g, _)| *g == group) {
             Some((_, versions)) => versions.push(version),
             None => groups.push((group, vec![version])),
@@ -112,10 +85,8 @@ fn named_groups() -> Vec<(&'static str, Vec<&'static str>)> {
 }
 
 fn group_json(group: &str, versions: &[&str]) -> Value {
-    let entries: Vec<Value> = versions
-        .iter()
-        .map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v}))
-        .collect();
+    let entries: Vec<Value> =
+        versions.iter().map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v})).collect();
     // Each group serves one version today, so the first is the preferred one.
     let preferred = entries.first().cloned().unwrap_or(Value::Null);
     json!({"name": group, "versions": entries, "preferredVersion": preferred})
@@ -123,10 +94,7 @@ fn group_json(group: &str, versions: &[&str]) -> Value {
 
 /// `GET /apis`: every named group.
 pub fn api_group_list() -> Value {
-    let groups: Vec<Value> = named_groups()
-        .iter()
-        .map(|(g, v)| group_json(g, v))
-        .collect();
+    let groups: Vec<Value> = named_groups().iter().map(|(g, v)| group_json(g, v)).collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
@@ -156,10 +124,8 @@ fn insert_list(object: &mut Map<String, Value>, key: &str, values: &[&str]) {
 /// `GET /api/v1` or `GET /apis/{group}/{version}`: the resources and their subresources (`pods/status`).
 /// `group` is empty for the core group. `None` when Skiff does not serve the group-version.
 pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
-    let defs: Vec<&ResourceDef> = resources::all()
-        .iter()
-        .filter(|r| r.group == group && r.version == version)
-        .collect();
+    let defs: Vec<&ResourceDef> =
+        resources::all().iter().filter(|r| r.group == group && r.version == version).collect();
     if defs.is_empty() {
         return None;
     }
@@ -188,33 +154,16 @@ pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
             entries.push(Value::Object(entry));
         }
     }
-    let group_version = if group.is_empty() {
-        version.to_string()
-    } else {
-        format!("{group}/{version}")
-    };
-    Some(
-        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": entries}),
-    )
+    let group_version = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
+    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": entries}))
 }
 
 fn aggregated_resource(def: &ResourceDef) -> Value {
     let mut entry = Map::new();
     entry.insert("resource".into(), def.plural.into());
     // Same group-version as the parent: kube-apiserver leaves group and version empty.
-    entry.insert(
-        "responseKind".into(),
-        json!({"group": "", "version": "", "kind": def.kind}),
-    );
-    entry.insert(
-        "scope".into(),
-        if def.namespaced {
-            "Namespaced"
-        } else {
-            "Cluster"
-        }
-        .into(),
-    );
+    entry.insert("responseKind".into(), json!({"group": "", "version": "", "kind": def.kind}));
+    entry.insert("scope".into(), if def.namespaced { "Namespaced" } else { "Cluster" }.into());
     entry.insert("singularResource".into(), def.singular.as_str().into());
     entry.insert("verbs".into(), strings(RESOURCE_VERBS));
     insert_list(&mut entry, "shortNames", def.short_names);
@@ -240,17 +189,13 @@ fn aggregated_resource(def: &ResourceDef) -> Value {
 pub fn aggregated(core: bool) -> Value {
     let mut items: Vec<Value> = Vec::new();
     let mut current: Option<(&str, Vec<Value>)> = None;
-    for (group, version) in resources::group_versions()
-        .into_iter()
-        .filter(|(g, _)| g.is_empty() == core)
-    {
+    for (group, version) in resources::group_versions().into_iter().filter(|(g, _)| g.is_empty() == core) {
         let resources: Vec<Value> = resources::all()
             .iter()
             .filter(|r| r.group == group && r.version == version)
             .map(aggregated_resource)
             .collect();
-        let version_entry =
-            json!({"version": version, "resources": resources, "freshness": "Current"});
+        let version_entry = json!({"version": version, "resources": resources, "freshness": "Current"});
         match &mut current {
             Some((name, versions)) if *name == group => versions.push(version_entry),
             _ => {
@@ -324,14 +269,8 @@ mod tests {
             assert_eq!(entry["kind"], def.kind);
             assert_eq!(entry["namespaced"], def.namespaced);
             assert_eq!(entry["verbs"], strings(RESOURCE_VERBS));
-            assert_eq!(
-                entry.get("shortNames").cloned().unwrap_or(json!([])),
-                strings(def.short_names)
-            );
-            assert_eq!(
-                entry.get("categories").cloned().unwrap_or(json!([])),
-                strings(def.categories)
-            );
+            assert_eq!(entry.get("shortNames").cloned().unwrap_or(json!([])), strings(def.short_names));
+            assert_eq!(entry.get("categories").cloned().unwrap_or(json!([])), strings(def.categories));
             if def.status_subresource {
                 let status = resource(&list, &format!("{}/status", def.plural));
                 assert_eq!(status["kind"], def.kind);
@@ -354,24 +293,13 @@ mod tests {
 
     #[test]
     fn legacy_groups() {
-        assert_eq!(
-            api_versions("10.0.0.1:6443")["serverAddressByClientCIDRs"][0]["serverAddress"],
-            "10.0.0.1:6443"
-        );
+        assert_eq!(api_versions("10.0.0.1:6443")["serverAddressByClientCIDRs"][0]["serverAddress"], "10.0.0.1:6443");
         let list = api_group_list();
-        let names: Vec<&str> = list["groups"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|g| g["name"].as_str())
-            .collect();
+        let names: Vec<&str> = list["groups"].as_array().unwrap().iter().filter_map(|g| g["name"].as_str()).collect();
         assert!(names.contains(&"apps") && names.contains(&"batch") && !names.contains(&""));
         let apps = api_group("apps").unwrap();
         assert_eq!(apps["kind"], "APIGroup");
-        assert_eq!(
-            apps["preferredVersion"],
-            json!({"groupVersion": "apps/v1", "version": "v1"})
-        );
+        assert_eq!(apps["preferredVersion"], json!({"groupVersion": "apps/v1", "version": "v1"}));
         assert!(api_group("").is_none());
         assert!(api_group("example.com").is_none());
     }
@@ -396,14 +324,7 @@ mod tests {
                         )
                         .unwrap();
                         assert_eq!(entry["responseKind"]["kind"], def.kind);
-                        assert_eq!(
-                            entry["scope"],
-                            if def.namespaced {
-                                "Namespaced"
-                            } else {
-                                "Cluster"
-                            }
-                        );
+                        assert_eq!(entry["scope"], if def.namespaced { "Namespaced" } else { "Cluster" });
                         assert_eq!(entry["singularResource"], def.singular);
                         for sub in entry["subresources"].as_array().into_iter().flatten() {
                             assert!(sub["responseKind"]["kind"].is_string());
@@ -414,12 +335,7 @@ mod tests {
             }
         }
         assert_eq!(seen, resources::all().len());
-        let apps = apis["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|i| i["metadata"]["name"] == "apps")
-            .unwrap();
+        let apps = apis["items"].as_array().unwrap().iter().find(|i| i["metadata"]["name"] == "apps").unwrap();
         let deploy = apps["versions"][0]["resources"]
             .as_array()
             .unwrap()
@@ -428,16 +344,8 @@ mod tests {
             .unwrap();
         assert_eq!(deploy["shortNames"], json!(["deploy"]));
         assert_eq!(deploy["categories"], json!(["all"]));
-        let scale = deploy["subresources"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["subresource"] == "scale")
-            .unwrap();
-        assert_eq!(
-            scale["responseKind"],
-            json!({"group": "autoscaling", "version": "v1", "kind": "Scale"})
-        );
+        let scale = deploy["subresources"].as_array().unwrap().iter().find(|s| s["subresource"] == "scale").unwrap();
+        assert_eq!(scale["responseKind"], json!({"group": "autoscaling", "version": "v1", "kind": "Scale"}));
     }
 
     #[test]
@@ -446,19 +354,11 @@ mod tests {
         assert!(wants_aggregated(
             "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json"
         ));
-        assert!(wants_aggregated(
-            "application/json; g=apidiscovery.k8s.io; v=v2; as=APIGroupDiscoveryList"
-        ));
+        assert!(wants_aggregated("application/json; g=apidiscovery.k8s.io; v=v2; as=APIGroupDiscoveryList"));
         assert!(!wants_aggregated("application/json"));
-        assert!(!wants_aggregated(
-            "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList"
-        ));
-        assert!(!wants_aggregated(
-            "application/json;g=apidiscovery.k8s.io;v=v2"
-        ));
-        assert!(!wants_aggregated(
-            "application/yaml;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
-        ));
+        assert!(!wants_aggregated("application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList"));
+        assert!(!wants_aggregated("application/json;g=apidiscovery.k8s.io;v=v2"));
+        assert!(!wants_aggregated("application/yaml;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"));
         assert!(!wants_aggregated(""));
     }
 }

@@ -16,6 +16,7 @@ use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
 
 use crate::discovery::{self, Subresource};
+use crate::patch::{self, ListKind};
 use crate::resources::{self, ResourceDef};
 
 /// Where schemars puts definitions with OpenAPI 3 settings; every `$ref` starts with it.
@@ -35,13 +36,7 @@ static DOCUMENTS: LazyLock<BTreeMap<String, Document>> = LazyLock::new(|| {
             let value = document(group, version);
             // Serializing a Value cannot fail: its map keys are strings.
             let bytes = serde_json::to_vec(&value).unwrap_or_default();
-            (
-                api_path(group, version),
-                Document {
-                    value,
-                    hash: fnv1a_hex(&bytes),
-                },
-            )
+            (api_path(group, version), Document { value, hash: fnv1a_hex(&bytes) })
         })
         .collect()
 });
@@ -51,10 +46,7 @@ pub fn v3_index() -> Value {
     let paths: Map<String, Value> = DOCUMENTS
         .iter()
         .map(|(path, doc)| {
-            (
-                path.clone(),
-                json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={}", doc.hash)}),
-            )
+            (path.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={}", doc.hash)}))
         })
         .collect();
     json!({"paths": paths})
@@ -67,28 +59,26 @@ pub fn v3_document(path: &str) -> Option<&'static Value> {
 }
 
 fn api_path(group: &str, version: &str) -> String {
-    if group.is_empty() {
-        format!("api/{version}")
-    } else {
-        format!("apis/{group}/{version}")
-    }
+    if group.is_empty() { format!("api/{version}") } else { format!("apis/{group}/{version}") }
 }
 
 /// FNV-1a, 64 bits, as hex: a content fingerprint for cache busting, not a security boundary.
 fn fnv1a_hex(bytes: &[u8]) -> String {
-    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
-    });
+    let hash = bytes
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3));
     format!("{hash:016X}")
 }
 
 /// The definition name a `$ref` schema points at.
 fn ref_name(schema: &Value) -> Option<String> {
-    schema
-        .get("$ref")?
-        .as_str()?
-        .strip_prefix(SCHEMAS_REF)
-        .map(str::to_string)
+    schema.get("$ref")?.as_str()?.strip_prefix(SCHEMAS_REF).map(str::to_string)
+}
+
+/// The definition a property refers to, directly or through the `allOf: [{$ref}]` wrapper schemars uses
+/// to attach a description to a reference.
+fn property_ref(property: &Value) -> Option<String> {
+    ref_name(property).or_else(|| property.get("allOf")?.as_array()?.iter().find_map(ref_name))
 }
 
 fn gvk(group: &str, version: &str, kind: &str) -> Value {
@@ -125,16 +115,8 @@ fn write_params() -> Vec<Value> {
 
 fn list_params() -> Vec<Value> {
     vec![
-        query(
-            "allowWatchBookmarks",
-            "boolean",
-            "allowWatchBookmarks requests watch events with type \"BOOKMARK\".",
-        ),
-        query(
-            "continue",
-            "string",
-            "The continue option should be set when retrieving more results from the server.",
-        ),
+        query("allowWatchBookmarks", "boolean", "allowWatchBookmarks requests watch events with type \"BOOKMARK\"."),
+        query("continue", "string", "The continue option should be set when retrieving more results from the server."),
         query(
             "fieldSelector",
             "string",
@@ -145,11 +127,7 @@ fn list_params() -> Vec<Value> {
             "string",
             "A selector to restrict the list of returned objects by their labels. Defaults to everything.",
         ),
-        query(
-            "limit",
-            "integer",
-            "limit is a maximum number of responses to return for a list call.",
-        ),
+        query("limit", "integer", "limit is a maximum number of responses to return for a list call."),
         query(
             "resourceVersion",
             "string",
@@ -160,16 +138,8 @@ fn list_params() -> Vec<Value> {
             "string",
             "resourceVersionMatch determines how resourceVersion is applied to list calls.",
         ),
-        query(
-            "sendInitialEvents",
-            "boolean",
-            "`sendInitialEvents=true` may be set together with `watch=true`.",
-        ),
-        query(
-            "timeoutSeconds",
-            "integer",
-            "Timeout for the list/watch call.",
-        ),
+        query("sendInitialEvents", "boolean", "`sendInitialEvents=true` may be set together with `watch=true`."),
+        query("timeoutSeconds", "integer", "Timeout for the list/watch call."),
         query(
             "watch",
             "boolean",
@@ -180,21 +150,9 @@ fn list_params() -> Vec<Value> {
 
 fn delete_params() -> Vec<Value> {
     vec![
-        query(
-            "dryRun",
-            "string",
-            "When present, indicates that modifications should not be persisted.",
-        ),
-        query(
-            "gracePeriodSeconds",
-            "integer",
-            "The duration in seconds before the object should be deleted.",
-        ),
-        query(
-            "orphanDependents",
-            "boolean",
-            "Deprecated: please use the PropagationPolicy.",
-        ),
+        query("dryRun", "string", "When present, indicates that modifications should not be persisted."),
+        query("gracePeriodSeconds", "integer", "The duration in seconds before the object should be deleted."),
+        query("orphanDependents", "boolean", "Deprecated: please use the PropagationPolicy."),
         query(
             "propagationPolicy",
             "string",
@@ -204,18 +162,11 @@ fn delete_params() -> Vec<Value> {
 }
 
 fn content(schema: &Value, media_types: &[&str]) -> Value {
-    let content: Map<String, Value> = media_types
-        .iter()
-        .map(|m| (m.to_string(), json!({"schema": schema})))
-        .collect();
+    let content: Map<String, Value> = media_types.iter().map(|m| (m.to_string(), json!({"schema": schema}))).collect();
     Value::Object(content)
 }
 
-const RESPONSE_TYPES: &[&str] = &[
-    "application/json",
-    "application/yaml",
-    "application/vnd.kubernetes.protobuf",
-];
+const RESPONSE_TYPES: &[&str] = &["application/json", "application/yaml", "application/vnd.kubernetes.protobuf"];
 const PATCH_TYPES: &[&str] = &[
     "application/apply-patch+yaml",
     "application/json-patch+json",
@@ -227,10 +178,7 @@ fn responses(codes: &[(&str, &str)], schema: &Value) -> Value {
     let mut responses: Map<String, Value> = codes
         .iter()
         .map(|(code, text)| {
-            (
-                code.to_string(),
-                json!({"description": text, "content": content(schema, RESPONSE_TYPES)}),
-            )
+            (code.to_string(), json!({"description": text, "content": content(schema, RESPONSE_TYPES)}))
         })
         .collect();
     responses.insert("401".into(), json!({"description": "Unauthorized"}));
@@ -275,10 +223,7 @@ fn body(schema: &Value, media_types: &[&str]) -> Value {
 /// `apps` → `Apps`, `coordination.k8s.io` → `Coordination`, core → `Core`, as in kube's operation ids.
 fn pascal(word: &str) -> String {
     let mut chars = word.chars();
-    chars
-        .next()
-        .map(|first| first.to_ascii_uppercase().to_string() + chars.as_str())
-        .unwrap_or_default()
+    chars.next().map(|first| first.to_ascii_uppercase().to_string() + chars.as_str()).unwrap_or_default()
 }
 
 /// The schemas one group-version's paths reference, shared by its resources.
@@ -324,51 +269,23 @@ impl Builder<'_> {
                 },
             }),
         );
-        self.kinds.push((
-            kind_name.clone(),
-            def.group.into(),
-            def.version.into(),
-            def.kind.into(),
-        ));
-        self.kinds.push((
-            list_name.clone(),
-            def.group.into(),
-            def.version.into(),
-            def.list_kind.into(),
-        ));
+        self.kinds.push((kind_name.clone(), def.group.into(), def.version.into(), def.kind.into()));
+        self.kinds.push((list_name.clone(), def.group.into(), def.version.into(), def.list_kind.into()));
         let list_ref = json!({"$ref": format!("{SCHEMAS_REF}{list_name}")});
 
         let prefix = format!("/{}", api_path(def.group, def.version));
         let tag = format!(
             "{}_{}",
-            if def.group.is_empty() {
-                "core"
-            } else {
-                def.group.split('.').next().unwrap_or(def.group)
-            },
+            if def.group.is_empty() { "core" } else { def.group.split('.').next().unwrap_or(def.group) },
             def.version
         );
-        let id_group = pascal(if def.group.is_empty() {
-            "core"
-        } else {
-            def.group.split('.').next().unwrap_or(def.group)
-        });
-        let id_base = format!(
-            "{id_group}{}{}{}",
-            pascal(def.version),
-            if def.namespaced { "Namespaced" } else { "" },
-            def.kind
-        );
+        let id_group =
+            pascal(if def.group.is_empty() { "core" } else { def.group.split('.').next().unwrap_or(def.group) });
+        let id_base =
+            format!("{id_group}{}{}{}", pascal(def.version), if def.namespaced { "Namespaced" } else { "" }, def.kind);
         let gvk = gvk(def.group, def.version, def.kind);
-        let ns = path_param(
-            "namespace",
-            "object name and auth scope, such as for teams and projects",
-        );
-        let pretty = query(
-            "pretty",
-            "string",
-            "If 'true', then the output is pretty printed.",
-        );
+        let ns = path_param("namespace", "object name and auth scope, such as for teams and projects");
+        let pretty = query("pretty", "string", "If 'true', then the output is pretty printed.");
         let name = path_param("name", &format!("name of the {}", def.kind));
         let (collection, item) = if def.namespaced {
             (
@@ -376,10 +293,7 @@ impl Builder<'_> {
                 format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", def.plural),
             )
         } else {
-            (
-                format!("{prefix}/{}", def.plural),
-                format!("{prefix}/{}/{{name}}", def.plural),
-            )
+            (format!("{prefix}/{}", def.plural), format!("{prefix}/{}/{{name}}", def.plural))
         };
         let scope_params = |with_name: bool| {
             let mut params = Vec::new();
@@ -394,17 +308,7 @@ impl Builder<'_> {
         };
         let shared = self.shared;
         let op = |id: String, action, description: String, parameters, body, responses| {
-            Operation {
-                id,
-                action,
-                gvk: &gvk,
-                tag: &tag,
-                description,
-                parameters,
-                body,
-                responses,
-            }
-            .into_value()
+            Operation { id, action, gvk: &gvk, tag: &tag, description, parameters, body, responses }.into_value()
         };
 
         let mut collection_ops = Map::new();
@@ -427,10 +331,7 @@ impl Builder<'_> {
                 format!("create a {}", def.kind),
                 write_params(),
                 Some(body(&kind_ref, &["*/*"])),
-                responses(
-                    &[("200", "OK"), ("201", "Created"), ("202", "Accepted")],
-                    &kind_ref,
-                ),
+                responses(&[("200", "OK"), ("201", "Created"), ("202", "Accepted")], &kind_ref),
             ),
         );
         let mut deletecollection_params = delete_params();
@@ -502,22 +403,14 @@ impl Builder<'_> {
         if def.namespaced {
             let all_namespaces = format!("{prefix}/{}", def.plural);
             let list = op(
-                format!(
-                    "list{}{}{}ForAllNamespaces",
-                    id_group,
-                    pascal(def.version),
-                    def.kind
-                ),
+                format!("list{}{}{}ForAllNamespaces", id_group, pascal(def.version), def.kind),
                 "list",
                 format!("list or watch objects of kind {}", def.kind),
                 list_params(),
                 None,
                 responses(&[("200", "OK")], &list_ref),
             );
-            self.paths.insert(
-                all_namespaces,
-                json!({"get": list, "parameters": [pretty.clone()]}),
-            );
+            self.paths.insert(all_namespaces, json!({"get": list, "parameters": [pretty.clone()]}));
         }
 
         for sub in discovery::subresources(def) {
@@ -528,23 +421,13 @@ impl Builder<'_> {
             if kind != def.kind
                 && let Some(name) = ref_name(&sub_ref)
             {
-                self.kinds
-                    .push((name, group.into(), version.into(), kind.into()));
+                self.kinds.push((name, group.into(), version.into(), kind.into()));
             }
             let sub_gvk = self::gvk(group, version, kind);
             let sub_id = format!("{id_base}{}", pascal(sub.name));
             let sub_op = |id: String, action, description: String, parameters, body, responses| {
-                Operation {
-                    id,
-                    action,
-                    gvk: &sub_gvk,
-                    tag: &tag,
-                    description,
-                    parameters,
-                    body,
-                    responses,
-                }
-                .into_value()
+                Operation { id, action, gvk: &sub_gvk, tag: &tag, description, parameters, body, responses }
+                    .into_value()
             };
             let mut ops = Map::new();
             for verb in sub.verbs {
@@ -576,10 +459,7 @@ impl Builder<'_> {
                         sub_op(
                             format!("patch{sub_id}"),
                             "patch",
-                            format!(
-                                "partially update {} of the specified {}",
-                                sub.name, def.kind
-                            ),
+                            format!("partially update {} of the specified {}", sub.name, def.kind),
                             patch_params.clone(),
                             Some(body(&shared.patch, PATCH_TYPES)),
                             responses(&[("200", "OK"), ("201", "Created")], &sub_ref),
@@ -593,10 +473,7 @@ impl Builder<'_> {
                             format!("create {} of a {}", sub.name, def.kind),
                             write_params(),
                             Some(body(&sub_ref, &["*/*"])),
-                            responses(
-                                &[("200", "OK"), ("201", "Created"), ("202", "Accepted")],
-                                &sub_ref,
-                            ),
+                            responses(&[("200", "OK"), ("201", "Created"), ("202", "Accepted")], &sub_ref),
                         ),
                     ),
                     _ => continue,
@@ -604,32 +481,16 @@ impl Builder<'_> {
                 ops.insert(method.into(), value);
             }
             ops.insert("parameters".into(), scope_params(true));
-            self.paths
-                .insert(format!("{item}/{}", sub.name), Value::Object(ops));
+            self.paths.insert(format!("{item}/{}", sub.name), Value::Object(ops));
         }
     }
 
     /// The schema a subresource reads and writes; `None` for one without a known type (left undocumented).
-    fn subresource_schema(
-        &mut self,
-        def: &ResourceDef,
-        sub: &Subresource,
-        kind_ref: &Value,
-    ) -> Option<Value> {
+    fn subresource_schema(&mut self, def: &ResourceDef, sub: &Subresource, kind_ref: &Value) -> Option<Value> {
         match sub.group_version_kind(def) {
-            ("autoscaling", "v1", "Scale") => Some(
-                self.generator
-                    .subschema_for::<autoscaling::v1::Scale>()
-                    .to_value(),
-            ),
-            ("", "v1", "Binding") => Some(
-                self.generator
-                    .subschema_for::<core::v1::Binding>()
-                    .to_value(),
-            ),
-            (group, version, kind)
-                if (group, version, kind) == (def.group, def.version, def.kind) =>
-            {
+            ("autoscaling", "v1", "Scale") => Some(self.generator.subschema_for::<autoscaling::v1::Scale>().to_value()),
+            ("", "v1", "Binding") => Some(self.generator.subschema_for::<core::v1::Binding>().to_value()),
+            (group, version, kind) if (group, version, kind) == (def.group, def.version, def.kind) => {
                 Some(kind_ref.clone())
             }
             _ => None,
@@ -638,6 +499,71 @@ impl Builder<'_> {
 }
 
 /// The OpenAPI 3.0 document of one group-version.
+/// Deepest schema nesting followed when annotating lists; Kubernetes kinds nest about ten levels, and the
+/// bound keeps a recursive schema from looping.
+const MAX_DEPTH: usize = 16;
+
+/// Marks the list properties reachable from kind `kind`'s schema with the patch strategy the strategic merge
+/// patch uses for them (`x-kubernetes-patch-strategy`, `x-kubernetes-patch-merge-key`, list type and map
+/// keys). kubectl's client-side apply reads these to diff lists item by item; without them it replaces
+/// whole lists and reports every re-apply as "configured". The decisions come from [`patch::list_kind`], so
+/// the document and the server's own patching cannot disagree.
+fn annotate_list_strategies(schemas: &mut Map<String, Value>, root: &str, kind: &str) {
+    let mut marks = Vec::new();
+    collect_list_marks(schemas, root, kind, &mut Vec::new(), &mut marks);
+    for (schema, property, list) in marks {
+        let Some(Value::Object(property)) =
+            schemas.get_mut(&schema).and_then(|s| s.pointer_mut(&format!("/properties/{property}")))
+        else {
+            continue;
+        };
+        let extensions = match list {
+            ListKind::Keyed(key) => json!({
+                "x-kubernetes-patch-strategy": "merge",
+                "x-kubernetes-patch-merge-key": key,
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": [key],
+            }),
+            ListKind::Set => json!({"x-kubernetes-patch-strategy": "merge", "x-kubernetes-list-type": "set"}),
+            // Replacing the whole list is what clients do without an annotation.
+            ListKind::Atomic => continue,
+        };
+        if let Value::Object(extensions) = extensions {
+            for (name, value) in extensions {
+                property.entry(name).or_insert(value);
+            }
+        }
+    }
+}
+
+fn collect_list_marks(
+    schemas: &Map<String, Value>,
+    schema: &str,
+    kind: &str,
+    path: &mut Vec<String>,
+    marks: &mut Vec<(String, String, ListKind)>,
+) {
+    if path.len() > MAX_DEPTH {
+        return;
+    }
+    let Some(properties) = schemas.get(schema).and_then(|s| s.get("properties")).and_then(Value::as_object) else {
+        return;
+    };
+    for (name, property) in properties {
+        path.push(name.clone());
+        let target = if property.get("type").and_then(Value::as_str) == Some("array") {
+            marks.push((schema.to_string(), name.clone(), patch::list_kind(kind, path)));
+            property.get("items").and_then(property_ref)
+        } else {
+            property_ref(property)
+        };
+        if let Some(target) = target {
+            collect_list_marks(schemas, &target, kind, path, marks);
+        }
+        path.pop();
+    }
+}
+
 fn document(group: &str, version: &str) -> Value {
     let mut generator = SchemaSettings::openapi3().into_generator();
     let shared = Shared {
@@ -645,31 +571,21 @@ fn document(group: &str, version: &str) -> Value {
         delete_options: generator.subschema_for::<DeleteOptions>().to_value(),
         patch: generator.subschema_for::<Patch>().to_value(),
     };
-    let mut builder = Builder {
-        generator: &mut generator,
-        shared: &shared,
-        paths: Map::new(),
-        kinds: Vec::new(),
-        lists: Map::new(),
-    };
-    for def in resources::all()
-        .iter()
-        .filter(|r| r.group == group && r.version == version)
-    {
+    let mut builder =
+        Builder { generator: &mut generator, shared: &shared, paths: Map::new(), kinds: Vec::new(), lists: Map::new() };
+    for def in resources::all().iter().filter(|r| r.group == group && r.version == version) {
         builder.resource(def);
     }
-    let Builder {
-        paths,
-        mut kinds,
-        lists,
-        ..
-    } = builder;
+    let Builder { paths, mut kinds, lists, .. } = builder;
     if let Some(status) = ref_name(&shared.status) {
         kinds.push((status, String::new(), "v1".into(), "Status".into()));
     }
 
     let mut schemas = generator.take_definitions(true);
     schemas.extend(lists);
+    for (name, _, _, kind) in kinds.iter().filter(|(_, _, _, kind)| resources::all().iter().any(|r| &r.kind == kind)) {
+        annotate_list_strategies(&mut schemas, name, kind);
+    }
     for (name, group, version, kind) in kinds {
         let Some(Value::Object(schema)) = schemas.get_mut(&name) else {
             continue;
@@ -717,85 +633,69 @@ mod tests {
             walk_refs(doc, &mut refs);
             assert!(!refs.is_empty());
             for target in refs {
-                let pointer = target
-                    .strip_prefix('#')
-                    .unwrap_or_else(|| panic!("external ref {target}"));
-                assert!(
-                    doc.pointer(pointer).is_some(),
-                    "{target} does not resolve in {group}/{version}"
-                );
+                let pointer = target.strip_prefix('#').unwrap_or_else(|| panic!("external ref {target}"));
+                assert!(doc.pointer(pointer).is_some(), "{target} does not resolve in {group}/{version}");
             }
         }
     }
 
     /// What kubectl's QueryParamVerifierV3 checks before sending fieldValidation=Strict.
     fn supports_field_validation(doc: &Value, group: &str, version: &str, kind: &str) -> bool {
-        doc["paths"]
-            .as_object()
-            .unwrap()
-            .values()
-            .filter_map(|p| p.get("patch"))
-            .any(|op| {
-                op["x-kubernetes-group-version-kind"] == gvk(group, version, kind)
-                    && op["parameters"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .any(|p| p["name"] == "fieldValidation" && p["in"] == "query")
-            })
+        doc["paths"].as_object().unwrap().values().filter_map(|p| p.get("patch")).any(|op| {
+            op["x-kubernetes-group-version-kind"] == gvk(group, version, kind)
+                && op["parameters"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p["name"] == "fieldValidation" && p["in"] == "query")
+        })
     }
 
     #[test]
     fn every_kind_can_be_patched_with_field_validation_and_explained() {
         for def in resources::all() {
             let doc = v3_document(&api_path(def.group, def.version)).unwrap();
-            assert!(
-                supports_field_validation(doc, def.group, def.version, def.kind),
-                "{}",
-                def.kind
-            );
+            assert!(supports_field_validation(doc, def.group, def.version, def.kind), "{}", def.kind);
             let entry = json!({"group": def.group, "kind": def.kind, "version": def.version});
             let schemas = doc["components"]["schemas"].as_object().unwrap();
             let with_gvk: Vec<&String> = schemas
                 .iter()
-                .filter(|(_, s)| {
-                    s["x-kubernetes-group-version-kind"]
-                        .as_array()
-                        .is_some_and(|l| l.contains(&entry))
-                })
+                .filter(|(_, s)| s["x-kubernetes-group-version-kind"].as_array().is_some_and(|l| l.contains(&entry)))
                 .map(|(name, _)| name)
                 .collect();
             assert_eq!(with_gvk.len(), 1, "{}", def.kind);
         }
         let core = v3_document("api/v1").unwrap();
-        assert!(
-            core["components"]["schemas"]["io.k8s.api.core.v1.Pod"]["properties"]["spec"]
-                .is_object()
-        );
-        assert!(
-            core["components"]["schemas"]["io.k8s.api.core.v1.PodList"]["properties"]["items"]
-                .is_object()
-        );
-        assert!(
-            core["paths"]["/api/v1/namespaces/{namespace}/pods/{name}/status"]["patch"].is_object()
-        );
-        assert!(
-            core["paths"]["/api/v1/namespaces/{namespace}/pods/{name}/binding"]["post"].is_object()
-        );
+        assert!(core["components"]["schemas"]["io.k8s.api.core.v1.Pod"]["properties"]["spec"].is_object());
+        assert!(core["components"]["schemas"]["io.k8s.api.core.v1.PodList"]["properties"]["items"].is_object());
+        assert!(core["paths"]["/api/v1/namespaces/{namespace}/pods/{name}/status"]["patch"].is_object());
+        assert!(core["paths"]["/api/v1/namespaces/{namespace}/pods/{name}/binding"]["post"].is_object());
         assert!(core["paths"]["/api/v1/nodes/{name}"]["patch"].is_object());
         assert!(core["paths"]["/api/v1/pods"]["get"].is_object());
         let apps = v3_document("/apis/apps/v1").unwrap();
-        assert!(supports_field_validation(
-            apps,
-            "autoscaling",
-            "v1",
-            "Scale"
-        ));
+        assert!(supports_field_validation(apps, "autoscaling", "v1", "Scale"));
         assert_eq!(
             apps["components"]["schemas"]["io.k8s.api.autoscaling.v1.Scale"]["x-kubernetes-group-version-kind"],
             json!([{"group": "autoscaling", "kind": "Scale", "version": "v1"}])
         );
         assert!(v3_document("apis/apps/v2").is_none());
+    }
+
+    #[test]
+    fn lists_carry_the_merge_keys_strategic_merge_uses() {
+        let core = v3_document("api/v1").unwrap();
+        let schemas = &core["components"]["schemas"];
+        let ports = &schemas["io.k8s.api.core.v1.ServiceSpec"]["properties"]["ports"];
+        assert_eq!(ports["x-kubernetes-patch-merge-key"], "port", "{ports}");
+        let containers = &schemas["io.k8s.api.core.v1.PodSpec"]["properties"]["containers"];
+        assert_eq!(containers["x-kubernetes-patch-merge-key"], "name");
+        let container_ports = &schemas["io.k8s.api.core.v1.Container"]["properties"]["ports"];
+        assert_eq!(container_ports["x-kubernetes-patch-merge-key"], "containerPort");
+        let finalizers = &schemas["io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"]["properties"]["finalizers"];
+        assert_eq!(finalizers["x-kubernetes-patch-strategy"], "merge");
+        let apps = v3_document("apis/apps/v1").unwrap();
+        let env = &apps["components"]["schemas"]["io.k8s.api.core.v1.Container"]["properties"]["env"];
+        assert_eq!(env["x-kubernetes-patch-merge-key"], "name");
     }
 
     #[test]
@@ -823,10 +723,7 @@ mod tests {
         assert_eq!(paths.len(), resources::group_versions().len());
         let url = paths["apis/apps/v1"]["serverRelativeURL"].as_str().unwrap();
         let bytes = serde_json::to_vec(v3_document("apis/apps/v1").unwrap()).unwrap();
-        assert_eq!(
-            url,
-            format!("/openapi/v3/apis/apps/v1?hash={}", fnv1a_hex(&bytes))
-        );
+        assert_eq!(url, format!("/openapi/v3/apis/apps/v1?hash={}", fnv1a_hex(&bytes)));
         assert!(paths.contains_key("api/v1"));
         assert_ne!(fnv1a_hex(b"a"), fnv1a_hex(b"b"));
         assert_eq!(fnv1a_hex(b""), "CBF29CE484222325");

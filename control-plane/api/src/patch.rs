@@ -28,12 +28,7 @@ pub enum PatchType {
 impl PatchType {
     /// The patch type of a `Content-Type` header; parameters after `;` are ignored.
     pub fn from_content_type(content_type: &str) -> Option<PatchType> {
-        let essence = content_type
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
+        let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
         match essence.as_str() {
             "application/json-patch+json" => Some(PatchType::Json),
             "application/merge-patch+json" => Some(PatchType::Merge),
@@ -75,11 +70,7 @@ pub enum PatchError {
     UnknownDirective { path: String, value: String },
     /// A directive whose value has the wrong shape (`$retainKeys` must be a list of strings...).
     #[error("invalid {directive} at {path}: {reason}")]
-    InvalidDirective {
-        path: String,
-        directive: String,
-        reason: &'static str,
-    },
+    InvalidDirective { path: String, directive: String, reason: &'static str },
     /// The patch sets a field that its `$retainKeys` list would remove.
     #[error("field {key} at {path} is not listed in $retainKeys")]
     RetainKeysMismatch { path: String, key: String },
@@ -93,7 +84,7 @@ pub enum PatchError {
 
 /// How a list merges, from Kubernetes' `patchStrategy`/`patchMergeKey` (and `listType` for apply).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ListKind {
+pub(crate) enum ListKind {
     /// Replaced whole.
     Atomic,
     /// A set of scalars, merged by union.
@@ -104,14 +95,11 @@ enum ListKind {
 
 /// Kinds whose `spec.template` is a pod template (metadata plus a pod spec).
 fn has_pod_template(kind: &str) -> bool {
-    matches!(
-        kind,
-        "Deployment" | "ReplicaSet" | "DaemonSet" | "Job" | "StatefulSet" | "ReplicationController"
-    )
+    matches!(kind, "Deployment" | "ReplicaSet" | "DaemonSet" | "Job" | "StatefulSet" | "ReplicationController")
 }
 
 /// The hand-written merge-key table (see the module docs). `names` are field names from the root.
-fn list_kind(kind: &str, names: &[String]) -> ListKind {
+pub(crate) fn list_kind(kind: &str, names: &[String]) -> ListKind {
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let (in_pod, path) = match names.as_slice() {
         ["spec", "template", rest @ ..] if has_pod_template(kind) => (true, rest),
@@ -131,10 +119,7 @@ fn list_kind(kind: &str, names: &[String]) -> ListKind {
             ["spec", c, "ports"] if containers.contains(c) => ListKind::Keyed("containerPort"),
             ["spec", c, "volumeMounts"] if containers.contains(c) => ListKind::Keyed("mountPath"),
             ["spec", c, "volumeDevices"] if containers.contains(c) => ListKind::Keyed("devicePath"),
-            [
-                "spec",
-                "volumes" | "imagePullSecrets" | "schedulingGates" | "resourceClaims",
-            ] => ListKind::Keyed("name"),
+            ["spec", "volumes" | "imagePullSecrets" | "schedulingGates" | "resourceClaims"] => ListKind::Keyed("name"),
             ["spec", "hostAliases"] => ListKind::Keyed("ip"),
             ["spec", "topologySpreadConstraints"] => ListKind::Keyed("topologyKey"),
             ["status", "podIPs" | "hostIPs"] => ListKind::Keyed("ip"),
@@ -155,12 +140,7 @@ fn dotted(names: &[String]) -> String {
 }
 
 /// JSON patch (RFC 6902), merge patch (RFC 7386) or strategic merge patch of `current`.
-pub fn patch(
-    def: &ResourceDef,
-    patch_type: PatchType,
-    current: &Value,
-    patch: &Value,
-) -> Result<Value, PatchError> {
+pub fn patch(def: &ResourceDef, patch_type: PatchType, current: &Value, patch: &Value) -> Result<Value, PatchError> {
     let patched = match patch_type {
         PatchType::Json => {
             let operations: json_patch::Patch =
@@ -184,11 +164,7 @@ pub fn patch(
             };
             let original = current.as_object().cloned().unwrap_or_default();
             let merger = Strategic { kind: def.kind };
-            Value::Object(
-                merger
-                    .merge_map(&mut Vec::new(), original, patch)?
-                    .unwrap_or_default(),
-            )
+            Value::Object(merger.merge_map(&mut Vec::new(), original, patch)?.unwrap_or_default())
         }
         PatchType::Apply => return Err(PatchError::ApplyNotSupported),
     };
@@ -202,11 +178,9 @@ fn json_patch_error(error: json_patch::PatchError) -> PatchError {
     let path = error.path.as_str().to_string();
     match error.kind {
         json_patch::PatchErrorKind::TestFailed => PatchError::TestFailed { path },
-        json_patch::PatchErrorKind::InvalidPointer
-        | json_patch::PatchErrorKind::InvalidFromPointer => PatchError::PathMissing {
-            operation: error.operation,
-            path,
-        },
+        json_patch::PatchErrorKind::InvalidPointer | json_patch::PatchErrorKind::InvalidFromPointer => {
+            PatchError::PathMissing { operation: error.operation, path }
+        }
         _ => PatchError::OperationFailed(error),
     }
 }
@@ -241,10 +215,7 @@ impl Strategic<'_> {
                 return self.merge_map(names, Map::new(), &replacement);
             }
             Some(other) => {
-                return Err(PatchError::UnknownDirective {
-                    path: dotted(names),
-                    value: other.to_string(),
-                });
+                return Err(PatchError::UnknownDirective { path: dotted(names), value: other.to_string() });
             }
         }
 
@@ -255,17 +226,11 @@ impl Strategic<'_> {
                 reason,
             };
             let keys = retain.as_array().ok_or_else(|| invalid("must be a list"))?;
-            let keys: BTreeSet<&str> = keys
-                .iter()
-                .map(Value::as_str)
-                .collect::<Option<_>>()
-                .ok_or_else(|| invalid("must list strings"))?;
+            let keys: BTreeSet<&str> =
+                keys.iter().map(Value::as_str).collect::<Option<_>>().ok_or_else(|| invalid("must list strings"))?;
             for (key, value) in patch {
                 if !value.is_null() && !key.starts_with('$') && !keys.contains(key.as_str()) {
-                    return Err(PatchError::RetainKeysMismatch {
-                        path: dotted(names),
-                        key: key.clone(),
-                    });
+                    return Err(PatchError::RetainKeysMismatch { path: dotted(names), key: key.clone() });
                 }
             }
             original.retain(|key, _| keys.contains(key.as_str()));
@@ -279,11 +244,7 @@ impl Strategic<'_> {
                 let order = self.directive_list(names, key, value)?;
                 self.check_set_element_order(names, patch.get(field), order)?;
                 names.pop();
-                let before = original
-                    .get(field)
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default();
+                let before = original.get(field).and_then(Value::as_array).cloned().unwrap_or_default();
                 orders.push((field, order, before));
             }
         }
@@ -326,20 +287,12 @@ impl Strategic<'_> {
         Ok(Some(original))
     }
 
-    fn directive_list<'p>(
-        &self,
-        names: &[String],
-        key: &str,
-        value: &'p Value,
-    ) -> Result<&'p [Value], PatchError> {
-        value
-            .as_array()
-            .map(Vec::as_slice)
-            .ok_or_else(|| PatchError::InvalidDirective {
-                path: dotted(names),
-                directive: key.to_string(),
-                reason: "must be a list",
-            })
+    fn directive_list<'p>(&self, names: &[String], key: &str, value: &'p Value) -> Result<&'p [Value], PatchError> {
+        value.as_array().map(Vec::as_slice).ok_or_else(|| PatchError::InvalidDirective {
+            path: dotted(names),
+            directive: key.to_string(),
+            reason: "must be a list",
+        })
     }
 
     /// Every item of the patch list must appear in `$setElementOrder`, in the same order (Kubernetes'
@@ -355,15 +308,10 @@ impl Strategic<'_> {
         };
         let kind = list_kind(self.kind, names);
         let mut wanted = order.iter().map(|item| identity(kind, item));
-        for item in patch_list
-            .iter()
-            .filter(|item| item.get(DIRECTIVE).is_none())
-        {
+        for item in patch_list.iter().filter(|item| item.get(DIRECTIVE).is_none()) {
             let id = identity(kind, item);
             if !wanted.any(|w| w.is_some() && w == id) {
-                return Err(PatchError::SetElementOrderMismatch {
-                    path: dotted(names),
-                });
+                return Err(PatchError::SetElementOrderMismatch { path: dotted(names) });
             }
         }
         Ok(())
@@ -417,10 +365,8 @@ impl Strategic<'_> {
                     }
                 }
                 (Some("delete"), ListKind::Keyed(key)) => {
-                    let value = item.get(key).ok_or_else(|| PatchError::MissingMergeKey {
-                        path: dotted(names),
-                        key,
-                    })?;
+                    let value =
+                        item.get(key).ok_or_else(|| PatchError::MissingMergeKey { path: dotted(names), key })?;
                     original.retain(|existing| existing.get(key) != Some(value));
                 }
                 (Some("delete"), _) => {
@@ -431,10 +377,7 @@ impl Strategic<'_> {
                     });
                 }
                 _ => {
-                    return Err(PatchError::UnknownDirective {
-                        path: dotted(names),
-                        value: directive.to_string(),
-                    });
+                    return Err(PatchError::UnknownDirective { path: dotted(names), value: directive.to_string() });
                 }
             }
         }
@@ -454,16 +397,10 @@ impl Strategic<'_> {
                     let value = match item.get(key) {
                         Some(value) if item.is_object() => value,
                         _ => {
-                            return Err(PatchError::MissingMergeKey {
-                                path: dotted(names),
-                                key,
-                            });
+                            return Err(PatchError::MissingMergeKey { path: dotted(names), key });
                         }
                     };
-                    match merged
-                        .iter()
-                        .position(|existing| existing.get(key) == Some(value))
-                    {
+                    match merged.iter().position(|existing| existing.get(key) == Some(value)) {
                         Some(i) => {
                             let existing = std::mem::take(&mut merged[i]);
                             match self.merge_value(names, Some(existing), item)? {
@@ -500,20 +437,13 @@ fn identity(kind: ListKind, item: &Value) -> Option<Value> {
 
 /// Kubernetes' `normalizeElementOrder`: items named by `order` come in that order, and the others keep
 /// their places relative to `server_order` (the list before the patch), interleaved best-effort.
-fn order_items(
-    items: Vec<Value>,
-    order: &[Value],
-    server_order: &[Value],
-    kind: ListKind,
-) -> Vec<Value> {
+fn order_items(items: Vec<Value>, order: &[Value], server_order: &[Value], kind: ListKind) -> Vec<Value> {
     let index = |list: &[Value], item: &Value| {
         let id = identity(kind, item)?;
-        list.iter()
-            .position(|x| identity(kind, x).as_ref() == Some(&id))
+        list.iter().position(|x| identity(kind, x).as_ref() == Some(&id))
     };
-    let (mut patched, mut server_only): (Vec<Value>, Vec<Value>) = items
-        .into_iter()
-        .partition(|item| index(order, item).is_some());
+    let (mut patched, mut server_only): (Vec<Value>, Vec<Value>) =
+        items.into_iter().partition(|item| index(order, item).is_some());
     patched.sort_by_key(|item| index(order, item));
     server_only.sort_by_key(|item| index(server_order, item).unwrap_or(usize::MAX));
 
@@ -560,15 +490,9 @@ pub struct ApplyConflict {
 
 fn conflict_message(conflicts: &[ApplyConflict]) -> String {
     let plural = if conflicts.len() == 1 { "" } else { "s" };
-    let details: Vec<String> = conflicts
-        .iter()
-        .map(|c| format!("conflict with \"{}\": {}", c.manager, c.field))
-        .collect();
-    format!(
-        "apply failed with {} conflict{plural}: {}",
-        conflicts.len(),
-        details.join("; ")
-    )
+    let details: Vec<String> =
+        conflicts.iter().map(|c| format!("conflict with \"{}\": {}", c.manager, c.field)).collect();
+    format!("apply failed with {} conflict{plural}: {}", conflicts.len(), details.join("; "))
 }
 
 /// What is wrong with an applied configuration.
@@ -584,11 +508,7 @@ pub enum InvalidApply {
     MissingKey { field: String, key: &'static str },
     /// Two items of a list merged by key have the same key.
     #[error("{field}: duplicate entries for key {key}={value}")]
-    DuplicateKey {
-        field: String,
-        key: &'static str,
-        value: String,
-    },
+    DuplicateKey { field: String, key: &'static str, value: String },
 }
 
 /// A field path as in FieldsV1: `f:name`, `k:{"name":"web"}` or `v:"value"` per step.
@@ -619,9 +539,7 @@ enum Scope {
 impl Scope {
     fn of(def: &ResourceDef, subresource: Option<&str>) -> Scope {
         match subresource {
-            None => Scope::Main {
-                ignore_status: def.status_subresource,
-            },
+            None => Scope::Main { ignore_status: def.status_subresource },
             Some("status") => Scope::Status,
             Some(_) => Scope::Other,
         }
@@ -657,12 +575,7 @@ struct Walker<'a> {
 }
 
 impl Walker<'_> {
-    fn walk(
-        &mut self,
-        names: &mut Vec<String>,
-        path: &mut FieldPath,
-        value: &Value,
-    ) -> Result<(), InvalidApply> {
+    fn walk(&mut self, names: &mut Vec<String>, path: &mut FieldPath, value: &Value) -> Result<(), InvalidApply> {
         match value {
             Value::Object(map) if !map.is_empty() => self.walk_fields(names, path, map),
             Value::Array(items) if !items.is_empty() => match list_kind(self.kind, names) {
@@ -682,11 +595,7 @@ impl Walker<'_> {
                         Ok(())
                     }
                 },
-                ListKind::Set
-                    if items
-                        .iter()
-                        .all(|item| !item.is_object() && !item.is_array()) =>
-                {
+                ListKind::Set if items.iter().all(|item| !item.is_object() && !item.is_array()) => {
                     for item in items {
                         path.push(format!("v:{item}"));
                         self.members.insert(path.clone(), None);
@@ -736,18 +645,11 @@ fn keyed_items<'v>(
     let mut keyed = Vec::with_capacity(items.len());
     for item in items {
         let (Some(map), Some(value)) = (item.as_object(), item.get(key)) else {
-            return Err(InvalidApply::MissingKey {
-                field: dotted(names),
-                key,
-            });
+            return Err(InvalidApply::MissingKey { field: dotted(names), key });
         };
         let element = format!("k:{}", serde_json::json!({ key: value }));
         if !seen.insert(element.clone()) {
-            return Err(InvalidApply::DuplicateKey {
-                field: dotted(names),
-                key,
-                value: value.to_string(),
-            });
+            return Err(InvalidApply::DuplicateKey { field: dotted(names), key, value: value.to_string() });
         }
         keyed.push((element, map));
     }
@@ -760,11 +662,7 @@ fn members(
     scope: Scope,
     strict: bool,
 ) -> Result<BTreeMap<FieldPath, Option<Value>>, InvalidApply> {
-    let mut walker = Walker {
-        kind,
-        strict,
-        members: BTreeMap::new(),
-    };
+    let mut walker = Walker { kind, strict, members: BTreeMap::new() };
     if let Value::Object(map) = value {
         walker.walk_fields(&mut Vec::new(), &mut Vec::new(), map)?;
     }
@@ -783,16 +681,9 @@ fn compare(kind: &str, old: &Value, new: &Value, scope: Scope) -> Comparison {
     // Non-strict walks cannot fail: malformed lists are treated as atomic.
     let old = members(kind, old, scope, false).unwrap_or_default();
     let new = members(kind, new, scope, false).unwrap_or_default();
-    let changed = new
-        .iter()
-        .filter(|(path, value)| old.get(*path) != Some(value))
-        .map(|(path, _)| path.clone())
-        .collect();
-    let removed = old
-        .keys()
-        .filter(|path| !new.contains_key(*path))
-        .cloned()
-        .collect();
+    let changed =
+        new.iter().filter(|(path, value)| old.get(*path) != Some(value)).map(|(path, _)| path.clone()).collect();
+    let removed = old.keys().filter(|path| !new.contains_key(*path)).cloned().collect();
     Comparison { changed, removed }
 }
 
@@ -808,9 +699,7 @@ struct ManagedEntry {
 
 impl ManagedEntry {
     fn is(&self, manager: &str, operation: &str, subresource: Option<&str>) -> bool {
-        self.manager == manager
-            && self.operation == operation
-            && self.subresource.as_deref() == subresource
+        self.manager == manager && self.operation == operation && self.subresource.as_deref() == subresource
     }
 
     fn to_json(&self) -> Value {
@@ -895,20 +784,14 @@ impl FieldNode {
 fn fields_v1(fields: &FieldSet) -> Value {
     let mut root = FieldNode::default();
     for path in fields {
-        let node = path.iter().fold(&mut root, |node, element| {
-            node.children.entry(element.clone()).or_default()
-        });
+        let node = path.iter().fold(&mut root, |node, element| node.children.entry(element.clone()).or_default());
         node.member = true;
     }
     root.to_json()
 }
 
 fn now() -> Value {
-    Value::String(
-        jiff::Timestamp::now()
-            .strftime("%Y-%m-%dT%H:%M:%SZ")
-            .to_string(),
-    )
+    Value::String(jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
 }
 
 /// Writes the entries into the object; an object owned by nobody has no managedFields.
@@ -920,14 +803,9 @@ fn write_managed(object: &mut Value, entries: &[ManagedEntry]) {
         }
         return;
     }
-    let metadata = map
-        .entry("metadata")
-        .or_insert_with(|| Value::Object(Map::new()));
+    let metadata = map.entry("metadata").or_insert_with(|| Value::Object(Map::new()));
     if let Value::Object(metadata) = metadata {
-        metadata.insert(
-            "managedFields".into(),
-            Value::Array(entries.iter().map(ManagedEntry::to_json).collect()),
-        );
+        metadata.insert("managedFields".into(), Value::Array(entries.iter().map(ManagedEntry::to_json).collect()));
     }
 }
 
@@ -985,14 +863,8 @@ fn navigate_mut<'v>(mut value: &'v mut Value, path: &[String]) -> Option<&'v mut
     for element in path {
         value = match parse_element(element)? {
             Element::Field(name) => value.get_mut(name)?,
-            Element::Key(keys) => value
-                .as_array_mut()?
-                .iter_mut()
-                .find(|item| key_matches(item, &keys))?,
-            Element::Value(wanted) => value
-                .as_array_mut()?
-                .iter_mut()
-                .find(|item| **item == wanted)?,
+            Element::Key(keys) => value.as_array_mut()?.iter_mut().find(|item| key_matches(item, &keys))?,
+            Element::Value(wanted) => value.as_array_mut()?.iter_mut().find(|item| **item == wanted)?,
         };
     }
     Some(value)
@@ -1003,10 +875,9 @@ fn remove_path(object: &mut Value, path: &FieldPath) {
     let Some((last, parents)) = path.split_last() else {
         return;
     };
-    if let (Some(Element::Field(name)), Some(Element::Key(keys))) = (
-        parse_element(last),
-        parents.last().and_then(|p| parse_element(p)),
-    ) && keys.contains_key(name)
+    if let (Some(Element::Field(name)), Some(Element::Key(keys))) =
+        (parse_element(last), parents.last().and_then(|p| parse_element(p)))
+        && keys.contains_key(name)
     {
         return;
     }
@@ -1035,9 +906,7 @@ fn remove_path(object: &mut Value, path: &FieldPath) {
 
 /// Whether `set` owns `path` or anything below it.
 fn owns_within(set: &FieldSet, path: &FieldPath) -> bool {
-    set.range(path.clone()..)
-        .next()
-        .is_some_and(|first| first.starts_with(path))
+    set.range(path.clone()..).next().is_some_and(|first| first.starts_with(path))
 }
 
 /// Merges an applied configuration into the live object: maps recursively, lists with merge keys by key
@@ -1059,10 +928,7 @@ fn merge_applied(kind: &str, names: &mut Vec<String>, live: &mut Value, config: 
         (Value::Array(live), Value::Array(config)) => match list_kind(kind, names) {
             ListKind::Keyed(key) if live.iter().all(|item| item.get(key).is_some()) => {
                 for item in config {
-                    match live
-                        .iter_mut()
-                        .find(|existing| existing.get(key) == item.get(key))
-                    {
+                    match live.iter_mut().find(|existing| existing.get(key) == item.get(key)) {
                         Some(existing) => merge_applied(kind, names, existing, item),
                         None => live.push(item.clone()),
                     }
@@ -1112,16 +978,8 @@ pub fn server_side_apply(
     let expected = format!("{}, Kind={}", def.api_version(), def.kind);
     let found = |key: &str| config.get(key).and_then(Value::as_str).map(str::to_string);
     let (api_version, kind) = (found("apiVersion"), found("kind"));
-    if api_version
-        .as_ref()
-        .is_some_and(|v| *v != def.api_version())
-        || kind.as_ref().is_some_and(|k| k != def.kind)
-    {
-        let found = format!(
-            "{}, Kind={}",
-            api_version.unwrap_or_default(),
-            kind.unwrap_or_default()
-        );
+    if api_version.as_ref().is_some_and(|v| *v != def.api_version()) || kind.as_ref().is_some_and(|k| k != def.kind) {
+        let found = format!("{}, Kind={}", api_version.unwrap_or_default(), kind.unwrap_or_default());
         return Err(InvalidApply::WrongKind { expected, found }.into());
     }
     if let Value::Object(map) = &mut config {
@@ -1136,17 +994,11 @@ pub fn server_side_apply(
     }
 
     let scope = Scope::of(def, None);
-    let applied_set: FieldSet = members(def.kind, &config, scope, true)?
-        .into_keys()
-        .collect();
-    let live = current
-        .map(without_managed_fields)
-        .unwrap_or_else(|| Value::Object(Map::new()));
+    let applied_set: FieldSet = members(def.kind, &config, scope, true)?.into_keys().collect();
+    let live = current.map(without_managed_fields).unwrap_or_else(|| Value::Object(Map::new()));
     let mut entries = current.map(read_managed).unwrap_or_default();
     let mine = entries.iter().position(|e| e.is(manager, "Apply", None));
-    let previous = mine
-        .map(|i| std::mem::take(&mut entries[i].fields))
-        .unwrap_or_default();
+    let previous = mine.map(|i| std::mem::take(&mut entries[i].fields)).unwrap_or_default();
 
     let mut merged = live.clone();
     merge_applied(def.kind, &mut Vec::new(), &mut merged, &config);
@@ -1171,10 +1023,7 @@ pub fn server_side_apply(
             continue;
         }
         for path in entry.fields.intersection(&comparison.changed) {
-            conflicts.push(ApplyConflict {
-                manager: entry.manager.clone(),
-                field: render_path(path),
-            });
+            conflicts.push(ApplyConflict { manager: entry.manager.clone(), field: render_path(path) });
         }
     }
     if !force && !conflicts.is_empty() {
@@ -1183,9 +1032,7 @@ pub fn server_side_apply(
 
     let object_changed = live != merged;
     for entry in &mut entries {
-        entry.fields.retain(|path| {
-            !comparison.changed.contains(path) && !comparison.removed.contains(path)
-        });
+        entry.fields.retain(|path| !comparison.changed.contains(path) && !comparison.removed.contains(path));
     }
     match mine {
         Some(i) => {
@@ -1227,21 +1074,14 @@ pub fn record_update(
         return;
     }
     let scope = Scope::of(def, subresource);
-    let old_object = old
-        .map(without_managed_fields)
-        .unwrap_or_else(|| Value::Object(Map::new()));
+    let old_object = old.map(without_managed_fields).unwrap_or_else(|| Value::Object(Map::new()));
     let comparison = compare(def.kind, &old_object, &without_managed_fields(new), scope);
     let mut entries = old.map(read_managed).unwrap_or_default();
     if !comparison.changed.is_empty() || !comparison.removed.is_empty() {
         for entry in &mut entries {
-            entry.fields.retain(|path| {
-                !comparison.changed.contains(path) && !comparison.removed.contains(path)
-            });
+            entry.fields.retain(|path| !comparison.changed.contains(path) && !comparison.removed.contains(path));
         }
-        let mine = match entries
-            .iter()
-            .position(|e| e.is(manager, "Update", subresource))
-        {
+        let mine = match entries.iter().position(|e| e.is(manager, "Update", subresource)) {
             Some(i) => i,
             None => {
                 entries.push(ManagedEntry {
@@ -1306,22 +1146,13 @@ mod tests {
 
     #[test]
     fn content_types() {
-        assert_eq!(
-            PatchType::from_content_type("application/json-patch+json"),
-            Some(PatchType::Json)
-        );
-        assert_eq!(
-            PatchType::from_content_type("application/merge-patch+json; charset=utf-8"),
-            Some(PatchType::Merge)
-        );
+        assert_eq!(PatchType::from_content_type("application/json-patch+json"), Some(PatchType::Json));
+        assert_eq!(PatchType::from_content_type("application/merge-patch+json; charset=utf-8"), Some(PatchType::Merge));
         assert_eq!(
             PatchType::from_content_type("application/strategic-merge-patch+json"),
             Some(PatchType::StrategicMerge)
         );
-        assert_eq!(
-            PatchType::from_content_type("application/apply-patch+yaml;x=y"),
-            Some(PatchType::Apply)
-        );
+        assert_eq!(PatchType::from_content_type("application/apply-patch+yaml;x=y"), Some(PatchType::Apply));
         assert_eq!(PatchType::from_content_type("application/json"), None);
     }
 
@@ -1335,10 +1166,7 @@ mod tests {
             {"op": "test", "path": "/data/k", "value": "w"}
         ]);
         let patched = patch(configmaps(), PatchType::Json, &current, &body).unwrap();
-        assert_eq!(
-            patched,
-            json!({"metadata": {"name": "a", "labels": {"y": "2"}}, "data": {"k": "w"}})
-        );
+        assert_eq!(patched, json!({"metadata": {"name": "a", "labels": {"y": "2"}}, "data": {"k": "w"}}));
     }
 
     #[test]
@@ -1348,26 +1176,14 @@ mod tests {
         assert!(
             matches!(run(json!([{"op": "test", "path": "/data/k", "value": "x"}])), PatchError::TestFailed { path } if path == "/data/k")
         );
-        assert!(matches!(
-            run(json!([{"op": "remove", "path": "/data/missing"}])),
-            PatchError::PathMissing { .. }
-        ));
+        assert!(matches!(run(json!([{"op": "remove", "path": "/data/missing"}])), PatchError::PathMissing { .. }));
         assert!(matches!(
             run(json!([{"op": "replace", "path": "/nope/k", "value": 1}])),
             PatchError::PathMissing { .. }
         ));
-        assert!(matches!(
-            run(json!({"op": "add"})),
-            PatchError::InvalidJsonPatch(_)
-        ));
-        assert!(matches!(
-            run(json!([{"op": "frobnicate", "path": "/a"}])),
-            PatchError::InvalidJsonPatch(_)
-        ));
-        assert!(matches!(
-            run(json!([{"op": "replace", "path": "", "value": 3}])),
-            PatchError::ResultNotAnObject
-        ));
+        assert!(matches!(run(json!({"op": "add"})), PatchError::InvalidJsonPatch(_)));
+        assert!(matches!(run(json!([{"op": "frobnicate", "path": "/a"}])), PatchError::InvalidJsonPatch(_)));
+        assert!(matches!(run(json!([{"op": "replace", "path": "", "value": 3}])), PatchError::ResultNotAnObject));
     }
 
     #[test]
@@ -1375,14 +1191,8 @@ mod tests {
         let current = json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "data": {"k": "v"}});
         let body = json!({"metadata": {"labels": {"a": null, "c": "3"}}, "data": null});
         let patched = patch(configmaps(), PatchType::Merge, &current, &body).unwrap();
-        assert_eq!(
-            patched,
-            json!({"metadata": {"labels": {"b": "2", "c": "3"}}})
-        );
-        assert!(matches!(
-            patch(configmaps(), PatchType::Merge, &current, &json!([1])),
-            Err(PatchError::NotAnObject)
-        ));
+        assert_eq!(patched, json!({"metadata": {"labels": {"b": "2", "c": "3"}}}));
+        assert!(matches!(patch(configmaps(), PatchType::Merge, &current, &json!([1])), Err(PatchError::NotAnObject)));
         assert!(matches!(
             patch(configmaps(), PatchType::Apply, &current, &json!({})),
             Err(PatchError::ApplyNotSupported)
@@ -1400,28 +1210,17 @@ mod tests {
         let patched = strategic(deployments(), deployment(), body).unwrap();
         let web = &containers(&patched)[0];
         assert_eq!(web["image"], "nginx:2");
-        assert_eq!(
-            web["env"],
-            json!([{"name": "A", "value": "1"}, {"name": "B", "value": "20"}])
-        );
-        assert_eq!(
-            web["ports"],
-            json!([{"containerPort": 80, "name": "http"}, {"containerPort": 443, "name": "tls"}])
-        );
-        assert_eq!(
-            web["volumeMounts"],
-            json!([{"mountPath": "/data", "name": "data", "readOnly": true}])
-        );
+        assert_eq!(web["env"], json!([{"name": "A", "value": "1"}, {"name": "B", "value": "20"}]));
+        assert_eq!(web["ports"], json!([{"containerPort": 80, "name": "http"}, {"containerPort": 443, "name": "tls"}]));
+        assert_eq!(web["volumeMounts"], json!([{"mountPath": "/data", "name": "data", "readOnly": true}]));
         assert_eq!(web["args"], json!(["-a", "-b"]));
-        assert_eq!(
-            containers(&patched)[1],
-            json!({"name": "sidecar", "image": "envoy:1"})
-        );
+        assert_eq!(containers(&patched)[1], json!({"name": "sidecar", "image": "envoy:1"}));
     }
 
     #[test]
     fn strategic_replaces_atomic_lists_and_sets_scalars() {
-        let body = json!({"spec": {"replicas": 3, "template": {"spec": {"containers": [{"name": "web", "args": ["-c"]}]}}}});
+        let body =
+            json!({"spec": {"replicas": 3, "template": {"spec": {"containers": [{"name": "web", "args": ["-c"]}]}}}});
         let patched = strategic(deployments(), deployment(), body).unwrap();
         assert_eq!(containers(&patched)[0]["args"], json!(["-c"]));
         assert_eq!(patched["spec"]["replicas"], 3);
@@ -1431,12 +1230,7 @@ mod tests {
     fn strategic_new_items_without_order_come_first_as_in_kubernetes() {
         let body = json!({"spec": {"template": {"spec": {"containers": [{"name": "log", "image": "fluent"}]}}}});
         let patched = strategic(deployments(), deployment(), body).unwrap();
-        let names: Vec<&Value> = containers(&patched)
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| &c["name"])
-            .collect();
+        let names: Vec<&Value> = containers(&patched).as_array().unwrap().iter().map(|c| &c["name"]).collect();
         assert_eq!(names, [&json!("log"), &json!("web"), &json!("sidecar")]);
     }
 
@@ -1487,36 +1281,12 @@ mod tests {
             "status": {"conditions": [{"type": "Ready", "status": "True"}]}
         });
         let patched = strategic(pods, pod, body).unwrap();
-        assert_eq!(
-            patched["metadata"]["ownerReferences"]
-                .as_array()
-                .unwrap()
-                .len(),
-            2
-        );
+        assert_eq!(patched["metadata"]["ownerReferences"].as_array().unwrap().len(), 2);
         assert_eq!(patched["spec"]["volumes"].as_array().unwrap().len(), 2);
-        assert_eq!(
-            patched["spec"]["imagePullSecrets"]
-                .as_array()
-                .unwrap()
-                .len(),
-            2
-        );
-        assert_eq!(
-            patched["spec"]["hostAliases"],
-            json!([{"ip": "10.0.0.1", "hostnames": ["b"]}])
-        );
-        assert_eq!(
-            patched["spec"]["initContainers"],
-            json!([{"name": "init", "image": "alpine"}])
-        );
-        assert_eq!(
-            patched["spec"]["containers"][0]["volumeDevices"]
-                .as_array()
-                .unwrap()
-                .len(),
-            2
-        );
+        assert_eq!(patched["spec"]["imagePullSecrets"].as_array().unwrap().len(), 2);
+        assert_eq!(patched["spec"]["hostAliases"], json!([{"ip": "10.0.0.1", "hostnames": ["b"]}]));
+        assert_eq!(patched["spec"]["initContainers"], json!([{"name": "init", "image": "alpine"}]));
+        assert_eq!(patched["spec"]["containers"][0]["volumeDevices"].as_array().unwrap().len(), 2);
         assert_eq!(patched["spec"]["tolerations"], json!([{"key": "b"}]));
         assert_eq!(
             patched["status"]["conditions"],
@@ -1528,30 +1298,20 @@ mod tests {
     fn strategic_null_deletes_and_finalizers_merge_as_a_set() {
         let body = json!({"metadata": {"labels": {"tier": null, "new": "x"}, "finalizers": ["b", "c"]}, "spec": {"replicas": null}});
         let patched = strategic(deployments(), deployment(), body).unwrap();
-        assert_eq!(
-            patched["metadata"]["labels"],
-            json!({"app": "web", "new": "x"})
-        );
+        assert_eq!(patched["metadata"]["labels"], json!({"app": "web", "new": "x"}));
         assert_eq!(patched["metadata"]["finalizers"], json!(["a", "b", "c"]));
         assert!(patched["spec"].get("replicas").is_none());
         // A null for a missing key is ignored, not stored.
-        let patched = strategic(
-            configmaps(),
-            json!({"data": {}}),
-            json!({"data": {"gone": null}, "binaryData": {"x": null}}),
-        )
-        .unwrap();
+        let patched =
+            strategic(configmaps(), json!({"data": {}}), json!({"data": {"gone": null}, "binaryData": {"x": null}}))
+                .unwrap();
         assert_eq!(patched, json!({"data": {}, "binaryData": {}}));
     }
 
     #[test]
     fn strategic_patch_directive_in_maps() {
-        let deleted = strategic(
-            deployments(),
-            deployment(),
-            json!({"metadata": {"labels": {"$patch": "delete"}}}),
-        )
-        .unwrap();
+        let deleted =
+            strategic(deployments(), deployment(), json!({"metadata": {"labels": {"$patch": "delete"}}})).unwrap();
         assert!(deleted["metadata"].get("labels").is_none());
         let replaced = strategic(
             deployments(),
@@ -1560,22 +1320,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(replaced["metadata"]["labels"], json!({"only": "me"}));
-        let merged = strategic(
-            deployments(),
-            deployment(),
-            json!({"metadata": {"labels": {"$patch": "merge", "x": "y"}}}),
-        )
-        .unwrap();
-        assert_eq!(
-            merged["metadata"]["labels"],
-            json!({"app": "web", "tier": "fe", "x": "y"})
-        );
-        let err = strategic(
-            deployments(),
-            deployment(),
-            json!({"metadata": {"$patch": "explode"}}),
-        )
-        .unwrap_err();
+        let merged =
+            strategic(deployments(), deployment(), json!({"metadata": {"labels": {"$patch": "merge", "x": "y"}}}))
+                .unwrap();
+        assert_eq!(merged["metadata"]["labels"], json!({"app": "web", "tier": "fe", "x": "y"}));
+        let err = strategic(deployments(), deployment(), json!({"metadata": {"$patch": "explode"}})).unwrap_err();
         assert!(matches!(err, PatchError::UnknownDirective { path, .. } if path == ".metadata"));
     }
 
@@ -1588,27 +1337,17 @@ mod tests {
 
         let replace = json!({"spec": {"template": {"spec": {"containers": [{"name": "only", "image": "x"}, {"$patch": "replace"}]}}}});
         let patched = strategic(deployments(), deployment(), replace).unwrap();
-        assert_eq!(
-            containers(&patched),
-            &json!([{"name": "only", "image": "x"}])
-        );
+        assert_eq!(containers(&patched), &json!([{"name": "only", "image": "x"}]));
 
         let merge = json!({"spec": {"template": {"spec": {"containers": [{"name": "sidecar", "image": "envoy:2", "$patch": "merge"}]}}}});
         let patched = strategic(deployments(), deployment(), merge).unwrap();
-        assert_eq!(
-            containers(&patched)[1],
-            json!({"name": "sidecar", "image": "envoy:2"})
-        );
+        assert_eq!(containers(&patched)[1], json!({"name": "sidecar", "image": "envoy:2"}));
 
         let env_delete = json!({"spec": {"template": {"spec": {"containers": [{"name": "web", "env": [{"name": "A", "$patch": "delete"}]}]}}}});
         let patched = strategic(deployments(), deployment(), env_delete).unwrap();
-        assert_eq!(
-            containers(&patched)[0]["env"],
-            json!([{"name": "B", "value": "2"}])
-        );
+        assert_eq!(containers(&patched)[0]["env"], json!([{"name": "B", "value": "2"}]));
 
-        let keyless =
-            json!({"spec": {"template": {"spec": {"containers": [{"$patch": "delete"}]}}}});
+        let keyless = json!({"spec": {"template": {"spec": {"containers": [{"$patch": "delete"}]}}}});
         assert!(matches!(
             strategic(deployments(), deployment(), keyless).unwrap_err(),
             PatchError::MissingMergeKey { key: "name", .. }
@@ -1654,14 +1393,9 @@ mod tests {
 
         let body = json!({"spec": {"strategy": {"$retainKeys": ["type"], "rollingUpdate": {"maxSurge": 2}}}});
         let err = strategic(deployments(), current.clone(), body).unwrap_err();
-        assert!(
-            matches!(err, PatchError::RetainKeysMismatch { key, .. } if key == "rollingUpdate")
-        );
+        assert!(matches!(err, PatchError::RetainKeysMismatch { key, .. } if key == "rollingUpdate"));
         let body = json!({"spec": {"strategy": {"$retainKeys": "type"}}});
-        assert!(matches!(
-            strategic(deployments(), current, body).unwrap_err(),
-            PatchError::InvalidDirective { .. }
-        ));
+        assert!(matches!(strategic(deployments(), current, body).unwrap_err(), PatchError::InvalidDirective { .. }));
     }
 
     #[test]
@@ -1669,20 +1403,14 @@ mod tests {
         let body = json!({"metadata": {"$deleteFromPrimitiveList/finalizers": ["a"], "finalizers": ["z"]}});
         let patched = strategic(deployments(), deployment(), body).unwrap();
         assert_eq!(patched["metadata"]["finalizers"], json!(["z", "b"]));
-        assert!(matches!(
-            strategic(configmaps(), json!({}), json!([])).unwrap_err(),
-            PatchError::NotAnObject
-        ));
+        assert!(matches!(strategic(configmaps(), json!({}), json!([])).unwrap_err(), PatchError::NotAnObject));
     }
 
     #[test]
     fn strategic_new_fields_lose_their_directives() {
         let body = json!({"metadata": {"annotations": {"$patch": "replace", "a": "1", "b": null}}});
         let patched = strategic(configmaps(), json!({"metadata": {"name": "x"}}), body).unwrap();
-        assert_eq!(
-            patched,
-            json!({"metadata": {"name": "x", "annotations": {"a": "1"}}})
-        );
+        assert_eq!(patched, json!({"metadata": {"name": "x", "annotations": {"a": "1"}}}));
     }
 
     // Server-side apply
@@ -1696,10 +1424,7 @@ mod tests {
     }
 
     fn entry<'v>(object: &'v Value, manager: &str) -> Option<&'v Value> {
-        object["metadata"]["managedFields"]
-            .as_array()?
-            .iter()
-            .find(|e| e["manager"] == manager)
+        object["metadata"]["managedFields"].as_array()?.iter().find(|e| e["manager"] == manager)
     }
 
     /// What the API server would store: server metadata added after the apply.
@@ -1711,14 +1436,8 @@ mod tests {
 
     #[test]
     fn apply_creates_with_managed_fields() {
-        let created = server_side_apply(
-            deployments(),
-            None,
-            &apply_config(json!(2), "nginx:1"),
-            "kubectl",
-            false,
-        )
-        .unwrap();
+        let created =
+            server_side_apply(deployments(), None, &apply_config(json!(2), "nginx:1"), "kubectl", false).unwrap();
         assert_eq!(created["spec"]["replicas"], 2);
         let entry = entry(&created, "kubectl").unwrap();
         assert_eq!(entry["operation"], "Apply");
@@ -1739,10 +1458,8 @@ mod tests {
     #[test]
     fn reapplying_unchanged_is_a_no_op() {
         let config = apply_config(json!(2), "nginx:1");
-        let live =
-            stored(server_side_apply(deployments(), None, &config, "kubectl", false).unwrap());
-        let again =
-            server_side_apply(deployments(), Some(&live), &config, "kubectl", false).unwrap();
+        let live = stored(server_side_apply(deployments(), None, &config, "kubectl", false).unwrap());
+        let again = server_side_apply(deployments(), Some(&live), &config, "kubectl", false).unwrap();
         assert_eq!(again, live, "same object, same managedFields and times");
     }
 
@@ -1754,26 +1471,14 @@ mod tests {
             .as_array_mut()
             .unwrap()
             .push(json!({"name": "sidecar", "image": "envoy"}));
-        let live =
-            stored(server_side_apply(deployments(), None, &config, "kubectl", false).unwrap());
+        let live = stored(server_side_apply(deployments(), None, &config, "kubectl", false).unwrap());
 
-        let applied = server_side_apply(
-            deployments(),
-            Some(&live),
-            &apply_config(json!(2), "nginx:1"),
-            "kubectl",
-            false,
-        )
-        .unwrap();
+        let applied =
+            server_side_apply(deployments(), Some(&live), &apply_config(json!(2), "nginx:1"), "kubectl", false)
+                .unwrap();
         assert_eq!(applied["metadata"]["labels"], json!({"app": "web"}));
-        assert_eq!(
-            containers(&applied),
-            &json!([{"name": "web", "image": "nginx:1"}])
-        );
-        assert_eq!(
-            applied["metadata"]["uid"], "uid-1",
-            "server metadata untouched"
-        );
+        assert_eq!(containers(&applied), &json!([{"name": "web", "image": "nginx:1"}]));
+        assert_eq!(applied["metadata"]["uid"], "uid-1", "server metadata untouched");
         assert_eq!(applied["metadata"]["resourceVersion"], "7");
         let fields = &entry(&applied, "kubectl").unwrap()["fieldsV1"];
         assert!(fields["f:metadata"]["f:labels"].get("f:tier").is_none());
@@ -1783,136 +1488,66 @@ mod tests {
     fn apply_keeps_dropped_fields_another_manager_owns() {
         let mut config = apply_config(json!(2), "nginx:1");
         config["metadata"]["labels"]["tier"] = json!("fe");
-        let live =
-            stored(server_side_apply(deployments(), None, &config, "kubectl", false).unwrap());
+        let live = stored(server_side_apply(deployments(), None, &config, "kubectl", false).unwrap());
         // Another applier sets the same label to the same value: shared ownership, no conflict.
         let shared = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "labels": {"tier": "fe"}}});
         let live = server_side_apply(deployments(), Some(&live), &shared, "other", false).unwrap();
         assert_eq!(live["metadata"]["labels"]["tier"], "fe");
 
-        let applied = server_side_apply(
-            deployments(),
-            Some(&live),
-            &apply_config(json!(2), "nginx:1"),
-            "kubectl",
-            false,
-        )
-        .unwrap();
-        assert_eq!(
-            applied["metadata"]["labels"],
-            json!({"app": "web", "tier": "fe"})
-        );
+        let applied =
+            server_side_apply(deployments(), Some(&live), &apply_config(json!(2), "nginx:1"), "kubectl", false)
+                .unwrap();
+        assert_eq!(applied["metadata"]["labels"], json!({"app": "web", "tier": "fe"}));
     }
 
     #[test]
     fn apply_conflicts_with_an_updater_unless_forced() {
         let config = apply_config(json!(2), "nginx:1");
-        let live =
-            stored(server_side_apply(deployments(), None, &config, "kubectl", false).unwrap());
+        let live = stored(server_side_apply(deployments(), None, &config, "kubectl", false).unwrap());
         // `kubectl scale` writes spec.replicas through an update.
         let mut scaled = live.clone();
         scaled["spec"]["replicas"] = json!(5);
-        record_update(
-            deployments(),
-            Some(&live),
-            &mut scaled,
-            "kubectl-scale",
-            Some("scale"),
-        );
+        record_update(deployments(), Some(&live), &mut scaled, "kubectl-scale", Some("scale"));
         let scale_entry = entry(&scaled, "kubectl-scale").unwrap();
         assert_eq!(scale_entry["operation"], "Update");
         assert_eq!(scale_entry["subresource"], "scale");
-        assert_eq!(
-            scale_entry["fieldsV1"],
-            json!({"f:spec": {"f:replicas": {}}})
-        );
+        assert_eq!(scale_entry["fieldsV1"], json!({"f:spec": {"f:replicas": {}}}));
         // The applier lost the field to the updater.
-        assert!(
-            entry(&scaled, "kubectl").unwrap()["fieldsV1"]["f:spec"]
-                .get("f:replicas")
-                .is_none()
-        );
+        assert!(entry(&scaled, "kubectl").unwrap()["fieldsV1"]["f:spec"].get("f:replicas").is_none());
 
-        let err = server_side_apply(
-            deployments(),
-            Some(&scaled),
-            &apply_config(json!(3), "nginx:1"),
-            "kubectl",
-            false,
-        )
-        .unwrap_err();
-        let ApplyError::Conflict(conflicts) = &err else {
-            panic!("expected a conflict, got {err}")
-        };
-        assert_eq!(
-            conflicts,
-            &[ApplyConflict {
-                manager: "kubectl-scale".into(),
-                field: ".spec.replicas".into()
-            }]
-        );
-        assert_eq!(
-            err.to_string(),
-            "apply failed with 1 conflict: conflict with \"kubectl-scale\": .spec.replicas"
-        );
+        let err = server_side_apply(deployments(), Some(&scaled), &apply_config(json!(3), "nginx:1"), "kubectl", false)
+            .unwrap_err();
+        let ApplyError::Conflict(conflicts) = &err else { panic!("expected a conflict, got {err}") };
+        assert_eq!(conflicts, &[ApplyConflict { manager: "kubectl-scale".into(), field: ".spec.replicas".into() }]);
+        assert_eq!(err.to_string(), "apply failed with 1 conflict: conflict with \"kubectl-scale\": .spec.replicas");
 
         // Applying the value the updater set is no conflict.
         assert!(
-            server_side_apply(
-                deployments(),
-                Some(&scaled),
-                &apply_config(json!(5), "nginx:1"),
-                "kubectl",
-                false
-            )
-            .is_ok()
+            server_side_apply(deployments(), Some(&scaled), &apply_config(json!(5), "nginx:1"), "kubectl", false)
+                .is_ok()
         );
 
-        let forced = server_side_apply(
-            deployments(),
-            Some(&scaled),
-            &apply_config(json!(3), "nginx:1"),
-            "kubectl",
-            true,
-        )
-        .unwrap();
+        let forced =
+            server_side_apply(deployments(), Some(&scaled), &apply_config(json!(3), "nginx:1"), "kubectl", true)
+                .unwrap();
         assert_eq!(forced["spec"]["replicas"], 3);
-        assert!(
-            entry(&forced, "kubectl-scale").is_none(),
-            "an entry owning nothing goes away"
-        );
-        assert!(
-            entry(&forced, "kubectl").unwrap()["fieldsV1"]["f:spec"]
-                .get("f:replicas")
-                .is_some()
-        );
+        assert!(entry(&forced, "kubectl-scale").is_none(), "an entry owning nothing goes away");
+        assert!(entry(&forced, "kubectl").unwrap()["fieldsV1"]["f:spec"].get("f:replicas").is_some());
     }
 
     #[test]
     fn apply_conflicts_between_appliers_render_keyed_paths() {
-        let live = stored(
-            server_side_apply(
-                deployments(),
-                None,
-                &apply_config(json!(2), "nginx:1"),
-                "a",
-                false,
-            )
-            .unwrap(),
-        );
+        let live =
+            stored(server_side_apply(deployments(), None, &apply_config(json!(2), "nginx:1"), "a", false).unwrap());
         let other = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
             "spec": {"template": {"spec": {"containers": [{"name": "web", "image": "nginx:2"}]}}}});
-        let Err(ApplyError::Conflict(conflicts)) =
-            server_side_apply(deployments(), Some(&live), &other, "b", false)
+        let Err(ApplyError::Conflict(conflicts)) = server_side_apply(deployments(), Some(&live), &other, "b", false)
         else {
             panic!("expected a conflict")
         };
         assert_eq!(
             conflicts,
-            [ApplyConflict {
-                manager: "a".into(),
-                field: ".spec.template.spec.containers[name=\"web\"].image".into()
-            }]
+            [ApplyConflict { manager: "a".into(), field: ".spec.template.spec.containers[name=\"web\"].image".into() }]
         );
     }
 
@@ -1945,34 +1580,26 @@ mod tests {
 
     #[test]
     fn apply_rejects_invalid_configurations() {
-        let invalid =
-            |config: Value| match server_side_apply(deployments(), None, &config, "m", false) {
-                Err(ApplyError::Invalid(invalid)) => invalid,
-                other => panic!("expected invalid, got {other:?}"),
-            };
+        let invalid = |config: Value| match server_side_apply(deployments(), None, &config, "m", false) {
+            Err(ApplyError::Invalid(invalid)) => invalid,
+            other => panic!("expected invalid, got {other:?}"),
+        };
         assert_eq!(invalid(json!([])), InvalidApply::NotAnObject);
-        assert!(matches!(
-            invalid(json!({"apiVersion": "v1", "kind": "Pod"})),
-            InvalidApply::WrongKind { .. }
-        ));
+        assert!(matches!(invalid(json!({"apiVersion": "v1", "kind": "Pod"})), InvalidApply::WrongKind { .. }));
         assert_eq!(
             invalid(json!({"spec": {"template": {"spec": {"containers": [{"image": "x"}]}}}})),
-            InvalidApply::MissingKey {
-                field: ".spec.template.spec.containers".into(),
-                key: "name"
-            }
+            InvalidApply::MissingKey { field: ".spec.template.spec.containers".into(), key: "name" }
         );
         assert!(matches!(
-            invalid(
-                json!({"spec": {"template": {"spec": {"containers": [{"name": "a"}, {"name": "a"}]}}}})
-            ),
+            invalid(json!({"spec": {"template": {"spec": {"containers": [{"name": "a"}, {"name": "a"}]}}}})),
             InvalidApply::DuplicateKey { key: "name", .. }
         ));
     }
 
     #[test]
     fn record_update_tracks_changes_by_scope() {
-        let mut created = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "uid": "u"}, "data": {"a": "1"}});
+        let mut created =
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "uid": "u"}, "data": {"a": "1"}});
         record_update(configmaps(), None, &mut created, "kubectl-create", None);
         let create_entry = entry(&created, "kubectl-create").unwrap();
         assert_eq!(create_entry["operation"], "Update");
@@ -1988,42 +1615,20 @@ mod tests {
         let mut edited = created.clone();
         edited["data"]["a"] = json!("2");
         edited["data"]["b"] = json!("3");
-        record_update(
-            configmaps(),
-            Some(&created),
-            &mut edited,
-            "kubectl-edit",
-            None,
-        );
+        record_update(configmaps(), Some(&created), &mut edited, "kubectl-edit", None);
         assert!(entry(&edited, "kubectl-create").is_none());
-        assert_eq!(
-            entry(&edited, "kubectl-edit").unwrap()["fieldsV1"],
-            json!({"f:data": {"f:a": {}, "f:b": {}}})
-        );
+        assert_eq!(entry(&edited, "kubectl-edit").unwrap()["fieldsV1"], json!({"f:data": {"f:a": {}, "f:b": {}}}));
 
         // Status writes on the main endpoint of a resource with /status are not tracked; on /status they are.
         let live = json!({"metadata": {"name": "d"}, "spec": {"replicas": 1}});
-        let mut new =
-            json!({"metadata": {"name": "d"}, "spec": {"replicas": 2}, "status": {"replicas": 2}});
+        let mut new = json!({"metadata": {"name": "d"}, "spec": {"replicas": 2}, "status": {"replicas": 2}});
         record_update(deployments(), Some(&live), &mut new, "ctl", None);
-        assert_eq!(
-            entry(&new, "ctl").unwrap()["fieldsV1"],
-            json!({"f:spec": {"f:replicas": {}}})
-        );
+        assert_eq!(entry(&new, "ctl").unwrap()["fieldsV1"], json!({"f:spec": {"f:replicas": {}}}));
         let mut status = new.clone();
         status["status"]["replicas"] = json!(3);
-        record_update(
-            deployments(),
-            Some(&new),
-            &mut status,
-            "controller",
-            Some("status"),
-        );
+        record_update(deployments(), Some(&new), &mut status, "controller", Some("status"));
         let status_entry = entry(&status, "controller").unwrap();
-        assert_eq!(
-            status_entry["fieldsV1"],
-            json!({"f:status": {"f:replicas": {}}})
-        );
+        assert_eq!(status_entry["fieldsV1"], json!({"f:status": {"f:replicas": {}}}));
         assert_eq!(status_entry["subresource"], "status");
     }
 
@@ -2042,19 +1647,64 @@ mod tests {
     }
 
     #[test]
+    fn apply_keeps_a_dropped_item_while_another_manager_owns_part_of_it() {
+        let mut config = apply_config(json!(1), "nginx:1");
+        config["spec"]["template"]["spec"]["containers"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "side", "image": "envoy:1"}));
+        let live = stored(server_side_apply(deployments(), None, &config, "kubectl", false).unwrap());
+        // `kubectl set image` changes the sidecar's image through an update.
+        let mut updated = live.clone();
+        updated["spec"]["template"]["spec"]["containers"][1]["image"] = json!("envoy:2");
+        record_update(deployments(), Some(&live), &mut updated, "kubectl-set", None);
+
+        let applied =
+            server_side_apply(deployments(), Some(&updated), &apply_config(json!(1), "nginx:1"), "kubectl", false)
+                .unwrap();
+        assert_eq!(containers(&applied)[1], json!({"name": "side", "image": "envoy:2"}));
+    }
+
+    #[test]
+    fn malformed_inputs_do_not_panic() {
+        let weird = [
+            json!(null),
+            json!("x"),
+            json!([1, 2]),
+            json!({"metadata": {"managedFields": "nope"}}),
+            json!({"metadata": {"managedFields": [1, {"manager": "m"}, {"manager": "m", "operation": "Apply", "fieldsV1": "x"}]}}),
+            json!({"metadata": {"managedFields": [{"manager": "m", "operation": "Apply", "fieldsV1": {"k:oops": {}, "x": 1}}]}}),
+            json!({"spec": {"template": {"spec": {"containers": [1, "a", {"image": "x"}, {"name": "a"}, {"name": "a"}]}}}}),
+        ];
+        for current in &weird {
+            for body in &weird {
+                let _ = patch(deployments(), PatchType::StrategicMerge, current, body);
+                let _ = patch(deployments(), PatchType::Merge, current, body);
+                let _ = patch(deployments(), PatchType::Json, current, body);
+                let _ = server_side_apply(deployments(), Some(current), body, "m", false);
+                let _ = server_side_apply(deployments(), Some(current), body, "m", true);
+                let mut new = body.clone();
+                record_update(deployments(), Some(current), &mut new, "m", None);
+            }
+        }
+        let odd_directives = json!({"spec": {"template": {"spec": {
+            "$setElementOrder/containers": [1, {"x": 1}],
+            "$deleteFromPrimitiveList/containers": [{"name": "a"}],
+            "containers": [{"name": "web", "$patch": 5}]
+        }}}});
+        assert!(patch(deployments(), PatchType::StrategicMerge, &deployment(), &odd_directives).is_err());
+        let scalar_items = json!({"spec": {"template": {"spec": {"containers": ["web"]}}}});
+        assert!(matches!(
+            patch(deployments(), PatchType::StrategicMerge, &deployment(), &scalar_items),
+            Err(PatchError::MissingMergeKey { .. })
+        ));
+    }
+
+    #[test]
     fn field_paths_round_trip_through_fields_v1() {
         let set: FieldSet = [
-            vec![
-                "f:spec".to_string(),
-                "f:containers".into(),
-                "k:{\"name\":\"a\"}".into(),
-            ],
-            vec![
-                "f:spec".to_string(),
-                "f:containers".into(),
-                "k:{\"name\":\"a\"}".into(),
-                "f:image".into(),
-            ],
+            vec!["f:spec".to_string(), "f:containers".into(), "k:{\"name\":\"a\"}".into()],
+            vec!["f:spec".to_string(), "f:containers".into(), "k:{\"name\":\"a\"}".into(), "f:image".into()],
             vec!["f:metadata".to_string(), "f:labels".into(), "f:x".into()],
         ]
         .into_iter()
@@ -2063,9 +1713,6 @@ mod tests {
         let mut parsed = FieldSet::new();
         parse_fields_v1(json.as_object().unwrap(), &mut Vec::new(), &mut parsed);
         assert_eq!(parsed, set);
-        assert_eq!(
-            render_path(&set.iter().next_back().unwrap().clone()),
-            ".spec.containers[name=\"a\"].image"
-        );
+        assert_eq!(render_path(&set.iter().next_back().unwrap().clone()), ".spec.containers[name=\"a\"].image");
     }
 }

@@ -43,14 +43,10 @@ pub enum ProtobufError {
     #[error("malformed protobuf body: {0}")]
     Decode(#[source] prost::DecodeError),
     /// The kind is valid Kubernetes but this server does not decode it from protobuf.
-    #[error(
-        "{api_version}/{kind} cannot be sent as protobuf to this server; send application/json instead"
-    )]
+    #[error("{api_version}/{kind} cannot be sent as protobuf to this server; send application/json instead")]
     UnsupportedKind { api_version: String, kind: String },
     /// The object sets a field this module does not convert; dropping it would change the object.
-    #[error(
-        "field {field} cannot be sent as protobuf to this server; send application/json instead"
-    )]
+    #[error("field {field} cannot be sent as protobuf to this server; send application/json instead")]
     UnsupportedField { field: &'static str },
     /// A timestamp outside the years JSON timestamps can express (Go refuses it too).
     #[error("timestamp of {seconds} seconds since the epoch is out of range")]
@@ -62,27 +58,13 @@ pub enum ProtobufError {
 
 /// Decodes a protobuf request body into the object's Kubernetes JSON form (with apiVersion and kind set).
 pub fn decode(body: &[u8]) -> Result<Value, ProtobufError> {
-    let payload = body
-        .strip_prefix(MAGIC)
-        .ok_or(ProtobufError::Envelope("missing k8s magic prefix"))?;
+    let payload = body.strip_prefix(MAGIC).ok_or(ProtobufError::Envelope("missing k8s magic prefix"))?;
     let unknown = Unknown::decode(payload).map_err(ProtobufError::Decode)?;
-    if unknown
-        .content_encoding
-        .as_deref()
-        .is_some_and(|e| !e.is_empty())
-    {
-        return Err(ProtobufError::Envelope(
-            "encoded (compressed) payloads are not supported",
-        ));
+    if unknown.content_encoding.as_deref().is_some_and(|e| !e.is_empty()) {
+        return Err(ProtobufError::Envelope("encoded (compressed) payloads are not supported"));
     }
-    if unknown
-        .content_type
-        .as_deref()
-        .is_some_and(|t| !t.is_empty() && t != CONTENT_TYPE)
-    {
-        return Err(ProtobufError::Envelope(
-            "payload content type is not protobuf",
-        ));
+    if unknown.content_type.as_deref().is_some_and(|t| !t.is_empty() && t != CONTENT_TYPE) {
+        return Err(ProtobufError::Envelope("payload content type is not protobuf"));
     }
     let type_meta = unknown.type_meta.unwrap_or_default();
     let api_version = type_meta.api_version.unwrap_or_default();
@@ -91,9 +73,7 @@ pub fn decode(body: &[u8]) -> Result<Value, ProtobufError> {
         return Err(ProtobufError::Envelope("typeMeta lacks apiVersion or kind"));
     }
     let raw = unknown.raw.as_deref().unwrap_or_default();
-    let head = Obj::new()
-        .set("apiVersion", api_version.as_str().into())
-        .set("kind", kind.as_str().into());
+    let head = Obj::new().set("apiVersion", api_version.as_str().into()).set("kind", kind.as_str().into());
     let object = match (api_version.as_str(), kind.as_str()) {
         ("v1", "Namespace") => namespace(head, &parse(raw)?),
         ("v1", "ConfigMap") => config_map(head, &parse(raw)?),
@@ -171,11 +151,7 @@ impl Obj {
     }
 
     fn bool(self, key: &str, v: Option<bool>) -> Self {
-        if v == Some(true) {
-            self.set(key, true.into())
-        } else {
-            self
-        }
+        if v == Some(true) { self.set(key, true.into()) } else { self }
     }
 
     fn bool_ptr(self, key: &str, v: Option<bool>) -> Self {
@@ -186,29 +162,18 @@ impl Obj {
     }
 
     fn strings(self, key: &str, v: &[String]) -> Self {
-        if v.is_empty() {
-            self
-        } else {
-            self.set(key, v.into())
-        }
+        if v.is_empty() { self } else { self.set(key, v.into()) }
     }
 
     fn ints(self, key: &str, v: &[i64]) -> Self {
-        if v.is_empty() {
-            self
-        } else {
-            self.set(key, v.into())
-        }
+        if v.is_empty() { self } else { self.set(key, v.into()) }
     }
 
     fn string_map(self, key: &str, v: &BTreeMap<String, String>) -> Self {
         if v.is_empty() {
             return self;
         }
-        let map = v
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
-            .collect();
+        let map = v.iter().map(|(k, v)| (k.clone(), Value::from(v.as_str()))).collect();
         self.set(key, Value::Object(map))
     }
 
@@ -217,10 +182,7 @@ impl Obj {
         if v.is_empty() {
             return self;
         }
-        let map = v
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::from(BASE64.encode(v))))
-            .collect();
+        let map = v.iter().map(|(k, v)| (k.clone(), Value::from(BASE64.encode(v)))).collect();
         self.set(key, Value::Object(map))
     }
 
@@ -250,17 +212,11 @@ impl Obj {
         if seconds == GO_ZERO_TIME_SECONDS {
             return Ok(self);
         }
-        let ts = jiff::Timestamp::from_second(seconds)
-            .map_err(|_| ProtobufError::Timestamp { seconds })?;
+        let ts = jiff::Timestamp::from_second(seconds).map_err(|_| ProtobufError::Timestamp { seconds })?;
         Ok(self.set(key, ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string().into()))
     }
 
-    fn message<T>(
-        self,
-        key: &str,
-        v: Option<&T>,
-        f: impl FnOnce(&T) -> Json,
-    ) -> Result<Self, ProtobufError> {
+    fn message<T>(self, key: &str, v: Option<&T>, f: impl FnOnce(&T) -> Json) -> Result<Self, ProtobufError> {
         match v {
             Some(m) => Ok(self.set(key, f(m)?)),
             None => Ok(self),
@@ -280,12 +236,7 @@ impl Obj {
         Ok(self.set(key, value))
     }
 
-    fn messages<T>(
-        self,
-        key: &str,
-        v: &[T],
-        f: impl Fn(&T) -> Json,
-    ) -> Result<Self, ProtobufError> {
+    fn messages<T>(self, key: &str, v: &[T], f: impl Fn(&T) -> Json) -> Result<Self, ProtobufError> {
         if v.is_empty() {
             return Ok(self);
         }
@@ -311,11 +262,7 @@ impl Obj {
 
 /// Fails when a field this module does not convert is set.
 fn reject(field: &'static str, is_set: bool) -> Result<(), ProtobufError> {
-    if is_set {
-        Err(ProtobufError::UnsupportedField { field })
-    } else {
-        Ok(())
-    }
+    if is_set { Err(ProtobufError::UnsupportedField { field }) } else { Ok(()) }
 }
 
 /// The protobuf form already holds the canonical string; Go's zero Quantity prints as "0".
@@ -346,10 +293,7 @@ fn object_meta(m: &meta::ObjectMeta) -> Json {
         .int("generation", m.generation)
         .time("creationTimestamp", m.creation_timestamp.as_ref())?
         .time("deletionTimestamp", m.deletion_timestamp.as_ref())?
-        .int_ptr(
-            "deletionGracePeriodSeconds",
-            m.deletion_grace_period_seconds,
-        )
+        .int_ptr("deletionGracePeriodSeconds", m.deletion_grace_period_seconds)
         .string_map("labels", &m.labels)
         .string_map("annotations", &m.annotations)
         .messages("ownerReferences", &m.owner_references, owner_reference)?
@@ -372,11 +316,7 @@ fn label_selector(s: &meta::LabelSelector) -> Json {
     Obj::new()
         .string_map("matchLabels", &s.match_labels)
         .messages("matchExpressions", &s.match_expressions, |r| {
-            Obj::new()
-                .str_req("key", &r.key)
-                .str_req("operator", &r.operator)
-                .strings("values", &r.values)
-                .done()
+            Obj::new().str_req("key", &r.key).str_req("operator", &r.operator).strings("values", &r.values).done()
         })?
         .done()
 }
@@ -385,9 +325,7 @@ fn label_selector(s: &meta::LabelSelector) -> Json {
 
 fn namespace(head: Obj, o: &core::Namespace) -> Json {
     head.message_req("metadata", o.metadata.as_ref(), object_meta)?
-        .message_req("spec", o.spec.as_ref(), |s| {
-            Obj::new().strings("finalizers", &s.finalizers).done()
-        })?
+        .message_req("spec", o.spec.as_ref(), |s| Obj::new().strings("finalizers", &s.finalizers).done())?
         .done()
 }
 
@@ -411,15 +349,8 @@ fn secret(head: Obj, o: &core::Secret) -> Json {
 fn service_account(head: Obj, o: &core::ServiceAccount) -> Json {
     head.message_req("metadata", o.metadata.as_ref(), object_meta)?
         .messages("secrets", &o.secrets, object_reference)?
-        .messages(
-            "imagePullSecrets",
-            &o.image_pull_secrets,
-            local_object_reference,
-        )?
-        .bool_ptr(
-            "automountServiceAccountToken",
-            o.automount_service_account_token,
-        )
+        .messages("imagePullSecrets", &o.image_pull_secrets, local_object_reference)?
+        .bool_ptr("automountServiceAccountToken", o.automount_service_account_token)
         .done()
 }
 
@@ -471,10 +402,7 @@ fn local_object_reference(r: &core::LocalObjectReference) -> Json {
     inline_local_object_reference(Obj::new(), r)?.done()
 }
 
-fn inline_local_object_reference(
-    o: Obj,
-    r: &core::LocalObjectReference,
-) -> Result<Obj, ProtobufError> {
+fn inline_local_object_reference(o: Obj, r: &core::LocalObjectReference) -> Result<Obj, ProtobufError> {
     Ok(o.str("name", &r.name))
 }
 
@@ -502,25 +430,16 @@ fn service_spec(s: &core::ServiceSpec) -> Json {
         .str("externalTrafficPolicy", &s.external_traffic_policy)
         .int("healthCheckNodePort", s.health_check_node_port)
         .bool("publishNotReadyAddresses", s.publish_not_ready_addresses)
-        .message(
-            "sessionAffinityConfig",
-            s.session_affinity_config.as_ref(),
-            |c| {
-                Obj::new()
-                    .message("clientIP", c.client_ip.as_ref(), |ip| {
-                        Obj::new()
-                            .int_ptr("timeoutSeconds", ip.timeout_seconds)
-                            .done()
-                    })?
-                    .done()
-            },
-        )?
+        .message("sessionAffinityConfig", s.session_affinity_config.as_ref(), |c| {
+            Obj::new()
+                .message("clientIP", c.client_ip.as_ref(), |ip| {
+                    Obj::new().int_ptr("timeoutSeconds", ip.timeout_seconds).done()
+                })?
+                .done()
+        })?
         .strings("ipFamilies", &s.ip_families)
         .str_ptr("ipFamilyPolicy", &s.ip_family_policy)
-        .bool_ptr(
-            "allocateLoadBalancerNodePorts",
-            s.allocate_load_balancer_node_ports,
-        )
+        .bool_ptr("allocateLoadBalancerNodePorts", s.allocate_load_balancer_node_ports)
         .str_ptr("loadBalancerClass", &s.load_balancer_class)
         .str_ptr("internalTrafficPolicy", &s.internal_traffic_policy)
         .str_ptr("trafficDistribution", &s.traffic_distribution)
@@ -536,14 +455,8 @@ fn pod_template(t: &core::PodTemplateSpec) -> Json {
 
 fn pod_spec(s: &core::PodSpec) -> Json {
     reject("PodSpec.affinity", s.affinity.is_some())?;
-    reject(
-        "PodSpec.topologySpreadConstraints",
-        !s.topology_spread_constraints.is_empty(),
-    )?;
-    reject(
-        "PodSpec.ephemeralContainers",
-        !s.ephemeral_containers.is_empty(),
-    )?;
+    reject("PodSpec.topologySpreadConstraints", !s.topology_spread_constraints.is_empty())?;
+    reject("PodSpec.ephemeralContainers", !s.ephemeral_containers.is_empty())?;
     reject("PodSpec.resourceClaims", !s.resource_claims.is_empty())?;
     reject("PodSpec.hostnameOverride", s.hostname_override.is_some())?;
     reject("PodSpec.workloadRef", s.workload_ref.is_some())?;
@@ -552,34 +465,20 @@ fn pod_spec(s: &core::PodSpec) -> Json {
         .messages("initContainers", &s.init_containers, container)?
         .messages("containers", &s.containers, container)?
         .str("restartPolicy", &s.restart_policy)
-        .int_ptr(
-            "terminationGracePeriodSeconds",
-            s.termination_grace_period_seconds,
-        )
+        .int_ptr("terminationGracePeriodSeconds", s.termination_grace_period_seconds)
         .int_ptr("activeDeadlineSeconds", s.active_deadline_seconds)
         .str("dnsPolicy", &s.dns_policy)
         .string_map("nodeSelector", &s.node_selector)
         .str("serviceAccountName", &s.service_account_name)
         .str("serviceAccount", &s.service_account)
-        .bool_ptr(
-            "automountServiceAccountToken",
-            s.automount_service_account_token,
-        )
+        .bool_ptr("automountServiceAccountToken", s.automount_service_account_token)
         .str("nodeName", &s.node_name)
         .bool("hostNetwork", s.host_network)
         .bool("hostPID", s.host_pid)
         .bool("hostIPC", s.host_ipc)
         .bool_ptr("shareProcessNamespace", s.share_process_namespace)
-        .message(
-            "securityContext",
-            s.security_context.as_ref(),
-            pod_security_context,
-        )?
-        .messages(
-            "imagePullSecrets",
-            &s.image_pull_secrets,
-            local_object_reference,
-        )?
+        .message("securityContext", s.security_context.as_ref(), pod_security_context)?
+        .messages("imagePullSecrets", &s.image_pull_secrets, local_object_reference)?
         .str("hostname", &s.hostname)
         .str("subdomain", &s.subdomain)
         .str("schedulerName", &s.scheduler_name)
@@ -593,10 +492,7 @@ fn pod_spec(s: &core::PodSpec) -> Json {
                 .done()
         })?
         .messages("hostAliases", &s.host_aliases, |a| {
-            Obj::new()
-                .str("ip", &a.ip)
-                .strings("hostnames", &a.hostnames)
-                .done()
+            Obj::new().str("ip", &a.ip).strings("hostnames", &a.hostnames).done()
         })?
         .str("priorityClassName", &s.priority_class_name)
         .int_ptr("priority", s.priority)
@@ -604,93 +500,54 @@ fn pod_spec(s: &core::PodSpec) -> Json {
             Obj::new()
                 .strings("nameservers", &c.nameservers)
                 .strings("searches", &c.searches)
-                .messages("options", &c.options, |o| {
-                    Obj::new()
-                        .str("name", &o.name)
-                        .str_ptr("value", &o.value)
-                        .done()
-                })?
+                .messages("options", &c.options, |o| Obj::new().str("name", &o.name).str_ptr("value", &o.value).done())?
                 .done()
         })?
         .messages("readinessGates", &s.readiness_gates, |g| {
-            Obj::new()
-                .str_req("conditionType", &g.condition_type)
-                .done()
+            Obj::new().str_req("conditionType", &g.condition_type).done()
         })?
         .str_ptr("runtimeClassName", &s.runtime_class_name)
         .bool_ptr("enableServiceLinks", s.enable_service_links)
         .str_ptr("preemptionPolicy", &s.preemption_policy)
         .quantities("overhead", &s.overhead)
         .bool_ptr("setHostnameAsFQDN", s.set_hostname_as_fqdn)
-        .message("os", s.os.as_ref(), |os| {
-            Obj::new().str_req("name", &os.name).done()
-        })?
+        .message("os", s.os.as_ref(), |os| Obj::new().str_req("name", &os.name).done())?
         .bool_ptr("hostUsers", s.host_users)
-        .messages("schedulingGates", &s.scheduling_gates, |g| {
-            Obj::new().str_req("name", &g.name).done()
-        })?
+        .messages("schedulingGates", &s.scheduling_gates, |g| Obj::new().str_req("name", &g.name).done())?
         .message("resources", s.resources.as_ref(), resource_requirements)?
         .done()
 }
 
 fn pod_security_context(c: &core::PodSecurityContext) -> Json {
-    reject(
-        "PodSecurityContext.windowsOptions",
-        c.windows_options.is_some(),
-    )?;
+    reject("PodSecurityContext.windowsOptions", c.windows_options.is_some())?;
     Obj::new()
-        .message(
-            "seLinuxOptions",
-            c.se_linux_options.as_ref(),
-            se_linux_options,
-        )?
+        .message("seLinuxOptions", c.se_linux_options.as_ref(), se_linux_options)?
         .int_ptr("runAsUser", c.run_as_user)
         .int_ptr("runAsGroup", c.run_as_group)
         .bool_ptr("runAsNonRoot", c.run_as_non_root)
         .ints("supplementalGroups", &c.supplemental_groups)
         .str_ptr("supplementalGroupsPolicy", &c.supplemental_groups_policy)
         .int_ptr("fsGroup", c.fs_group)
-        .messages("sysctls", &c.sysctls, |s| {
-            Obj::new()
-                .str_req("name", &s.name)
-                .str_req("value", &s.value)
-                .done()
-        })?
+        .messages("sysctls", &c.sysctls, |s| Obj::new().str_req("name", &s.name).str_req("value", &s.value).done())?
         .str_ptr("fsGroupChangePolicy", &c.fs_group_change_policy)
         .message("seccompProfile", c.seccomp_profile.as_ref(), |p| {
-            Obj::new()
-                .str_req("type", &p.r#type)
-                .str_ptr("localhostProfile", &p.localhost_profile)
-                .done()
+            Obj::new().str_req("type", &p.r#type).str_ptr("localhostProfile", &p.localhost_profile).done()
         })?
         .message("appArmorProfile", c.app_armor_profile.as_ref(), |p| {
-            Obj::new()
-                .str_req("type", &p.r#type)
-                .str_ptr("localhostProfile", &p.localhost_profile)
-                .done()
+            Obj::new().str_req("type", &p.r#type).str_ptr("localhostProfile", &p.localhost_profile).done()
         })?
         .str_ptr("seLinuxChangePolicy", &c.se_linux_change_policy)
         .done()
 }
 
 fn security_context(c: &core::SecurityContext) -> Json {
-    reject(
-        "SecurityContext.windowsOptions",
-        c.windows_options.is_some(),
-    )?;
+    reject("SecurityContext.windowsOptions", c.windows_options.is_some())?;
     Obj::new()
         .message("capabilities", c.capabilities.as_ref(), |caps| {
-            Obj::new()
-                .strings("add", &caps.add)
-                .strings("drop", &caps.drop)
-                .done()
+            Obj::new().strings("add", &caps.add).strings("drop", &caps.drop).done()
         })?
         .bool_ptr("privileged", c.privileged)
-        .message(
-            "seLinuxOptions",
-            c.se_linux_options.as_ref(),
-            se_linux_options,
-        )?
+        .message("seLinuxOptions", c.se_linux_options.as_ref(), se_linux_options)?
         .int_ptr("runAsUser", c.run_as_user)
         .int_ptr("runAsGroup", c.run_as_group)
         .bool_ptr("runAsNonRoot", c.run_as_non_root)
@@ -698,35 +555,21 @@ fn security_context(c: &core::SecurityContext) -> Json {
         .bool_ptr("allowPrivilegeEscalation", c.allow_privilege_escalation)
         .str_ptr("procMount", &c.proc_mount)
         .message("seccompProfile", c.seccomp_profile.as_ref(), |p| {
-            Obj::new()
-                .str_req("type", &p.r#type)
-                .str_ptr("localhostProfile", &p.localhost_profile)
-                .done()
+            Obj::new().str_req("type", &p.r#type).str_ptr("localhostProfile", &p.localhost_profile).done()
         })?
         .message("appArmorProfile", c.app_armor_profile.as_ref(), |p| {
-            Obj::new()
-                .str_req("type", &p.r#type)
-                .str_ptr("localhostProfile", &p.localhost_profile)
-                .done()
+            Obj::new().str_req("type", &p.r#type).str_ptr("localhostProfile", &p.localhost_profile).done()
         })?
         .done()
 }
 
 fn se_linux_options(o: &core::SeLinuxOptions) -> Json {
-    Obj::new()
-        .str("user", &o.user)
-        .str("role", &o.role)
-        .str("type", &o.r#type)
-        .str("level", &o.level)
-        .done()
+    Obj::new().str("user", &o.user).str("role", &o.role).str("type", &o.r#type).str("level", &o.level).done()
 }
 
 fn container(c: &core::Container) -> Json {
     reject("Container.resizePolicy", !c.resize_policy.is_empty())?;
-    reject(
-        "Container.restartPolicyRules",
-        !c.restart_policy_rules.is_empty(),
-    )?;
+    reject("Container.restartPolicyRules", !c.restart_policy_rules.is_empty())?;
     reject("Container.volumeDevices", !c.volume_devices.is_empty())?;
     Obj::new()
         .str_req("name", &c.name)
@@ -771,11 +614,7 @@ fn container(c: &core::Container) -> Json {
         .str("terminationMessagePath", &c.termination_message_path)
         .str("terminationMessagePolicy", &c.termination_message_policy)
         .str("imagePullPolicy", &c.image_pull_policy)
-        .message(
-            "securityContext",
-            c.security_context.as_ref(),
-            security_context,
-        )?
+        .message("securityContext", c.security_context.as_ref(), security_context)?
         .bool("stdin", c.stdin)
         .bool("stdinOnce", c.stdin_once)
         .bool("tty", c.tty)
@@ -786,12 +625,7 @@ fn resource_requirements(r: &core::ResourceRequirements) -> Json {
     Obj::new()
         .quantities("limits", &r.limits)
         .quantities("requests", &r.requests)
-        .messages("claims", &r.claims, |c| {
-            Obj::new()
-                .str_req("name", &c.name)
-                .str("request", &c.request)
-                .done()
-        })?
+        .messages("claims", &r.claims, |c| Obj::new().str_req("name", &c.name).str("request", &c.request).done())?
         .done()
 }
 
@@ -803,10 +637,7 @@ fn env_var(e: &core::EnvVar) -> Json {
             reject("EnvVarSource.fileKeyRef", src.file_key_ref.is_some())?;
             Obj::new()
                 .message("fieldRef", src.field_ref.as_ref(), |f| {
-                    Obj::new()
-                        .str("apiVersion", &f.api_version)
-                        .str_req("fieldPath", &f.field_path)
-                        .done()
+                    Obj::new().str("apiVersion", &f.api_version).str_req("fieldPath", &f.field_path).done()
                 })?
                 .message("resourceFieldRef", src.resource_field_ref.as_ref(), |f| {
                     Obj::new()
@@ -817,20 +648,14 @@ fn env_var(e: &core::EnvVar) -> Json {
                 })?
                 .message("configMapKeyRef", src.config_map_key_ref.as_ref(), |k| {
                     Obj::new()
-                        .inline(
-                            k.local_object_reference.as_ref(),
-                            inline_local_object_reference,
-                        )?
+                        .inline(k.local_object_reference.as_ref(), inline_local_object_reference)?
                         .str_req("key", &k.key)
                         .bool_ptr("optional", k.optional)
                         .done()
                 })?
                 .message("secretKeyRef", src.secret_key_ref.as_ref(), |k| {
                     Obj::new()
-                        .inline(
-                            k.local_object_reference.as_ref(),
-                            inline_local_object_reference,
-                        )?
+                        .inline(k.local_object_reference.as_ref(), inline_local_object_reference)?
                         .str_req("key", &k.key)
                         .bool_ptr("optional", k.optional)
                         .done()
@@ -845,19 +670,13 @@ fn env_from_source(e: &core::EnvFromSource) -> Json {
         .str("prefix", &e.prefix)
         .message("configMapRef", e.config_map_ref.as_ref(), |r| {
             Obj::new()
-                .inline(
-                    r.local_object_reference.as_ref(),
-                    inline_local_object_reference,
-                )?
+                .inline(r.local_object_reference.as_ref(), inline_local_object_reference)?
                 .bool_ptr("optional", r.optional)
                 .done()
         })?
         .message("secretRef", e.secret_ref.as_ref(), |r| {
             Obj::new()
-                .inline(
-                    r.local_object_reference.as_ref(),
-                    inline_local_object_reference,
-                )?
+                .inline(r.local_object_reference.as_ref(), inline_local_object_reference)?
                 .bool_ptr("optional", r.optional)
                 .done()
         })?
@@ -871,10 +690,7 @@ fn probe(p: &core::Probe) -> Json {
                 .message("httpGet", h.http_get.as_ref(), http_get_action)?
                 .message("tcpSocket", h.tcp_socket.as_ref(), tcp_socket_action)?
                 .message("grpc", h.grpc.as_ref(), |g| {
-                    Obj::new()
-                        .int_req("port", g.port)
-                        .str_ptr("service", &g.service)
-                        .done()
+                    Obj::new().int_req("port", g.port).str_ptr("service", &g.service).done()
                 })
         })?
         .int("initialDelaySeconds", p.initial_delay_seconds)
@@ -882,10 +698,7 @@ fn probe(p: &core::Probe) -> Json {
         .int("periodSeconds", p.period_seconds)
         .int("successThreshold", p.success_threshold)
         .int("failureThreshold", p.failure_threshold)
-        .int_ptr(
-            "terminationGracePeriodSeconds",
-            p.termination_grace_period_seconds,
-        )
+        .int_ptr("terminationGracePeriodSeconds", p.termination_grace_period_seconds)
         .done()
 }
 
@@ -894,9 +707,7 @@ fn lifecycle_handler(h: &core::LifecycleHandler) -> Json {
         .message("exec", h.exec.as_ref(), exec_action)?
         .message("httpGet", h.http_get.as_ref(), http_get_action)?
         .message("tcpSocket", h.tcp_socket.as_ref(), tcp_socket_action)?
-        .message("sleep", h.sleep.as_ref(), |s| {
-            Obj::new().int_req("seconds", s.seconds).done()
-        })?
+        .message("sleep", h.sleep.as_ref(), |s| Obj::new().int_req("seconds", s.seconds).done())?
         .done()
 }
 
@@ -911,26 +722,17 @@ fn http_get_action(h: &core::HttpGetAction) -> Json {
         .str("host", &h.host)
         .str("scheme", &h.scheme)
         .messages("httpHeaders", &h.http_headers, |hd| {
-            Obj::new()
-                .str_req("name", &hd.name)
-                .str_req("value", &hd.value)
-                .done()
+            Obj::new().str_req("name", &hd.name).str_req("value", &hd.value).done()
         })?
         .done()
 }
 
 fn tcp_socket_action(t: &core::TcpSocketAction) -> Json {
-    Obj::new()
-        .message_req("port", t.port.as_ref(), int_or_string)?
-        .str("host", &t.host)
-        .done()
+    Obj::new().message_req("port", t.port.as_ref(), int_or_string)?.str("host", &t.host).done()
 }
 
 fn volume(v: &core::Volume) -> Json {
-    Obj::new()
-        .str_req("name", &v.name)
-        .inline(v.volume_source.as_ref(), volume_source)?
-        .done()
+    Obj::new().str_req("name", &v.name).inline(v.volume_source.as_ref(), volume_source)?.done()
 }
 
 fn volume_source(o: Obj, s: &core::VolumeSource) -> Result<Obj, ProtobufError> {
@@ -948,16 +750,10 @@ fn volume_source(o: Obj, s: &core::VolumeSource) -> Result<Obj, ProtobufError> {
         others != core::VolumeSource::default(),
     )?;
     o.message("hostPath", s.host_path.as_ref(), |h| {
-        Obj::new()
-            .str_req("path", &h.path)
-            .str_ptr("type", &h.r#type)
-            .done()
+        Obj::new().str_req("path", &h.path).str_ptr("type", &h.r#type).done()
     })?
     .message("emptyDir", s.empty_dir.as_ref(), |e| {
-        Obj::new()
-            .str("medium", &e.medium)
-            .quantity_ptr("sizeLimit", e.size_limit.as_ref())
-            .done()
+        Obj::new().str("medium", &e.medium).quantity_ptr("sizeLimit", e.size_limit.as_ref()).done()
     })?
     .message("secret", s.secret.as_ref(), |sv| {
         Obj::new()
@@ -969,33 +765,19 @@ fn volume_source(o: Obj, s: &core::VolumeSource) -> Result<Obj, ProtobufError> {
     })?
     .message("configMap", s.config_map.as_ref(), |c| {
         Obj::new()
-            .inline(
-                c.local_object_reference.as_ref(),
-                inline_local_object_reference,
-            )?
+            .inline(c.local_object_reference.as_ref(), inline_local_object_reference)?
             .messages("items", &c.items, key_to_path)?
             .int_ptr("defaultMode", c.default_mode)
             .bool_ptr("optional", c.optional)
             .done()
     })?
-    .message(
-        "persistentVolumeClaim",
-        s.persistent_volume_claim.as_ref(),
-        |p| {
-            Obj::new()
-                .str_req("claimName", &p.claim_name)
-                .bool("readOnly", p.read_only)
-                .done()
-        },
-    )
+    .message("persistentVolumeClaim", s.persistent_volume_claim.as_ref(), |p| {
+        Obj::new().str_req("claimName", &p.claim_name).bool("readOnly", p.read_only).done()
+    })
 }
 
 fn key_to_path(k: &core::KeyToPath) -> Json {
-    Obj::new()
-        .str_req("key", &k.key)
-        .str_req("path", &k.path)
-        .int_ptr("mode", k.mode)
-        .done()
+    Obj::new().str_req("key", &k.key).str_req("path", &k.path).int_ptr("mode", k.mode).done()
 }
 
 // --- apps/v1, batch/v1 ---
@@ -1057,10 +839,7 @@ fn cron_job_spec(s: &batch::CronJobSpec) -> Json {
                 .message_req("spec", t.spec.as_ref(), job_spec)?
                 .done()
         })?
-        .int_ptr(
-            "successfulJobsHistoryLimit",
-            s.successful_jobs_history_limit,
-        )
+        .int_ptr("successfulJobsHistoryLimit", s.successful_jobs_history_limit)
         .int_ptr("failedJobsHistoryLimit", s.failed_jobs_history_limit)
         .done()
 }
@@ -1105,10 +884,7 @@ mod tests {
     }
 
     fn name(name: &str) -> Option<meta::ObjectMeta> {
-        Some(meta::ObjectMeta {
-            name: Some(name.to_owned()),
-            ..Default::default()
-        })
+        Some(meta::ObjectMeta { name: Some(name.to_owned()), ..Default::default() })
     }
 
     fn s(v: &str) -> Option<String> {
@@ -1116,26 +892,15 @@ mod tests {
     }
 
     fn map<V: From<&'static str>>(pairs: &[(&str, &'static str)]) -> BTreeMap<String, V> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), V::from(*v)))
-            .collect()
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), V::from(*v))).collect()
     }
 
     fn int(i: i32) -> Option<IntOrString> {
-        Some(IntOrString {
-            r#type: Some(0),
-            int_val: Some(i),
-            str_val: None,
-        })
+        Some(IntOrString { r#type: Some(0), int_val: Some(i), str_val: None })
     }
 
     fn string(v: &str) -> Option<IntOrString> {
-        Some(IntOrString {
-            r#type: Some(1),
-            int_val: None,
-            str_val: s(v),
-        })
+        Some(IntOrString { r#type: Some(1), int_val: None, str_val: s(v) })
     }
 
     fn quantity(v: &str) -> Quantity {
@@ -1232,10 +997,7 @@ mod tests {
                 uid: s("0b1c"),
                 resource_version: s("42"),
                 generation: Some(3),
-                creation_timestamp: Some(meta::Time {
-                    seconds: Some(1_700_000_000),
-                    nanos: Some(5),
-                }),
+                creation_timestamp: Some(meta::Time { seconds: Some(1_700_000_000), nanos: Some(5) }),
                 deletion_grace_period_seconds: Some(0),
                 labels: map(&[("team", "a")]),
                 annotations: map(&[("note", "x")]),
@@ -1250,13 +1012,8 @@ mod tests {
                 finalizers: vec!["example.com/f".to_owned()],
                 ..Default::default()
             }),
-            spec: Some(core::NamespaceSpec {
-                finalizers: vec!["kubernetes".to_owned()],
-            }),
-            status: Some(core::NamespaceStatus {
-                phase: s("Active"),
-                conditions: vec![],
-            }),
+            spec: Some(core::NamespaceSpec { finalizers: vec!["kubernetes".to_owned()] }),
+            status: Some(core::NamespaceStatus { phase: s("Active"), conditions: vec![] }),
         };
         assert_eq!(
             decode(&envelope("v1", "Namespace", &ns)).unwrap(),
@@ -1289,10 +1046,7 @@ mod tests {
         let cm = core::ConfigMap {
             metadata: Some(meta::ObjectMeta {
                 name: s("c"),
-                creation_timestamp: Some(meta::Time {
-                    seconds: Some(GO_ZERO_TIME_SECONDS),
-                    nanos: Some(0),
-                }),
+                creation_timestamp: Some(meta::Time { seconds: Some(GO_ZERO_TIME_SECONDS), nanos: Some(0) }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -1342,10 +1096,7 @@ mod tests {
     fn service_account() {
         let sa = core::ServiceAccount {
             metadata: name("builder"),
-            secrets: vec![core::ObjectReference {
-                name: s("tok"),
-                ..Default::default()
-            }],
+            secrets: vec![core::ObjectReference { name: s("tok"), ..Default::default() }],
             image_pull_secrets: vec![core::LocalObjectReference { name: s("regcred") }],
             automount_service_account_token: Some(false),
         };
@@ -1376,9 +1127,7 @@ mod tests {
                 r#type: s("NodePort"),
                 cluster_ip: s(""),
                 session_affinity_config: Some(core::SessionAffinityConfig {
-                    client_ip: Some(core::ClientIpConfig {
-                        timeout_seconds: Some(60),
-                    }),
+                    client_ip: Some(core::ClientIpConfig { timeout_seconds: Some(60) }),
                 }),
                 ip_family_policy: s("SingleStack"),
                 ..Default::default()
@@ -1416,14 +1165,8 @@ mod tests {
                     name: s("conf"),
                     volume_source: Some(core::VolumeSource {
                         config_map: Some(core::ConfigMapVolumeSource {
-                            local_object_reference: Some(core::LocalObjectReference {
-                                name: s("settings"),
-                            }),
-                            items: vec![core::KeyToPath {
-                                key: s("level"),
-                                path: s("level.txt"),
-                                mode: None,
-                            }],
+                            local_object_reference: Some(core::LocalObjectReference { name: s("settings") }),
+                            items: vec![core::KeyToPath { key: s("level"), path: s("level.txt"), mode: None }],
                             default_mode: Some(0o644),
                             optional: None,
                         }),
@@ -1445,19 +1188,13 @@ mod tests {
                     host_ip: s(""),
                 }],
                 env: vec![
-                    core::EnvVar {
-                        name: s("PLAIN"),
-                        value: s("1"),
-                        value_from: None,
-                    },
+                    core::EnvVar { name: s("PLAIN"), value: s("1"), value_from: None },
                     core::EnvVar {
                         name: s("LEVEL"),
                         value: s(""),
                         value_from: Some(core::EnvVarSource {
                             config_map_key_ref: Some(core::ConfigMapKeySelector {
-                                local_object_reference: Some(core::LocalObjectReference {
-                                    name: s("settings"),
-                                }),
+                                local_object_reference: Some(core::LocalObjectReference { name: s("settings") }),
                                 key: s("level"),
                                 optional: Some(true),
                             }),
@@ -1469,9 +1206,7 @@ mod tests {
                         value: None,
                         value_from: Some(core::EnvVarSource {
                             secret_key_ref: Some(core::SecretKeySelector {
-                                local_object_reference: Some(core::LocalObjectReference {
-                                    name: s("creds"),
-                                }),
+                                local_object_reference: Some(core::LocalObjectReference { name: s("creds") }),
                                 key: s("token"),
                                 optional: None,
                             }),
@@ -1491,11 +1226,7 @@ mod tests {
                     },
                 ],
                 resources: Some(core::ResourceRequirements {
-                    limits: [
-                        ("cpu".to_owned(), quantity("500m")),
-                        ("memory".to_owned(), quantity("128Mi")),
-                    ]
-                    .into(),
+                    limits: [("cpu".to_owned(), quantity("500m")), ("memory".to_owned(), quantity("128Mi"))].into(),
                     requests: [("cpu".to_owned(), quantity("100m"))].into(),
                     claims: vec![],
                 }),
@@ -1520,10 +1251,7 @@ mod tests {
                 }),
                 liveness_probe: Some(core::Probe {
                     handler: Some(core::ProbeHandler {
-                        tcp_socket: Some(core::TcpSocketAction {
-                            port: int(8080),
-                            host: None,
-                        }),
+                        tcp_socket: Some(core::TcpSocketAction { port: int(8080), host: None }),
                         ..Default::default()
                     }),
                     ..Default::default()
@@ -1533,10 +1261,7 @@ mod tests {
                 image_pull_policy: s("IfNotPresent"),
                 security_context: Some(core::SecurityContext {
                     run_as_non_root: Some(true),
-                    capabilities: Some(core::Capabilities {
-                        add: vec![],
-                        drop: vec!["ALL".to_owned()],
-                    }),
+                    capabilities: Some(core::Capabilities { add: vec![], drop: vec!["ALL".to_owned()] }),
                     ..Default::default()
                 }),
                 stdin: Some(false),
@@ -1600,11 +1325,7 @@ mod tests {
     #[test]
     fn deployment_with_every_common_field() {
         let deployment = apps::Deployment {
-            metadata: Some(meta::ObjectMeta {
-                name: s("api"),
-                namespace: s("prod"),
-                ..Default::default()
-            }),
+            metadata: Some(meta::ObjectMeta { name: s("api"), namespace: s("prod"), ..Default::default() }),
             spec: Some(apps::DeploymentSpec {
                 replicas: Some(0),
                 selector: Some(meta::LabelSelector {
@@ -1616,10 +1337,7 @@ mod tests {
                     }],
                 }),
                 template: Some(core::PodTemplateSpec {
-                    metadata: Some(meta::ObjectMeta {
-                        labels: map(&[("app", "api")]),
-                        ..Default::default()
-                    }),
+                    metadata: Some(meta::ObjectMeta { labels: map(&[("app", "api")]), ..Default::default() }),
                     spec: Some(full_pod_spec()),
                 }),
                 strategy: Some(apps::DeploymentStrategy {
@@ -1634,10 +1352,7 @@ mod tests {
                 paused: Some(true),
                 progress_deadline_seconds: Some(600),
             }),
-            status: Some(apps::DeploymentStatus {
-                replicas: Some(3),
-                ..Default::default()
-            }),
+            status: Some(apps::DeploymentStatus { replicas: Some(3), ..Default::default() }),
         };
         assert_eq!(
             decode(&envelope("apps/v1", "Deployment", &deployment)).unwrap(),
@@ -1663,11 +1378,7 @@ mod tests {
 
     #[test]
     fn pod_job_and_cron_job_share_the_pod_spec_conversion() {
-        let pod = core::Pod {
-            metadata: name("p"),
-            spec: Some(full_pod_spec()),
-            status: None,
-        };
+        let pod = core::Pod { metadata: name("p"), spec: Some(full_pod_spec()), status: None };
         assert_eq!(
             decode(&envelope("v1", "Pod", &pod)).unwrap(),
             json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": full_pod_spec_json()})
@@ -1678,10 +1389,7 @@ mod tests {
             backoff_limit: Some(0),
             completion_mode: s("Indexed"),
             ttl_seconds_after_finished: Some(100),
-            template: Some(core::PodTemplateSpec {
-                metadata: None,
-                spec: Some(full_pod_spec()),
-            }),
+            template: Some(core::PodTemplateSpec { metadata: None, spec: Some(full_pod_spec()) }),
             ..Default::default()
         };
         let job_spec_json = json!({
@@ -1689,11 +1397,7 @@ mod tests {
             "ttlSecondsAfterFinished": 100,
             "template": {"metadata": {}, "spec": full_pod_spec_json()}
         });
-        let job = batch::Job {
-            metadata: name("j"),
-            spec: Some(job_spec.clone()),
-            status: None,
-        };
+        let job = batch::Job { metadata: name("j"), spec: Some(job_spec.clone()), status: None };
         assert_eq!(
             decode(&envelope("batch/v1", "Job", &job)).unwrap(),
             json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j"}, "spec": job_spec_json})
@@ -1705,10 +1409,7 @@ mod tests {
                 time_zone: s("Etc/UTC"),
                 concurrency_policy: s("Forbid"),
                 suspend: Some(false),
-                job_template: Some(batch::JobTemplateSpec {
-                    metadata: None,
-                    spec: Some(job_spec),
-                }),
+                job_template: Some(batch::JobTemplateSpec { metadata: None, spec: Some(job_spec) }),
                 successful_jobs_history_limit: Some(1),
                 ..Default::default()
             }),
@@ -1731,16 +1432,10 @@ mod tests {
     fn unconverted_fields_are_refused_not_dropped() {
         let mut spec = full_pod_spec();
         spec.affinity = Some(core::Affinity::default());
-        let pod = core::Pod {
-            metadata: name("p"),
-            spec: Some(spec),
-            status: None,
-        };
+        let pod = core::Pod { metadata: name("p"), spec: Some(spec), status: None };
         assert!(matches!(
             decode(&envelope("v1", "Pod", &pod)),
-            Err(ProtobufError::UnsupportedField {
-                field: "PodSpec.affinity"
-            })
+            Err(ProtobufError::UnsupportedField { field: "PodSpec.affinity" })
         ));
 
         let mut spec = full_pod_spec();
@@ -1751,43 +1446,28 @@ mod tests {
                 ..Default::default()
             }),
         });
-        let pod = core::Pod {
-            metadata: name("p"),
-            spec: Some(spec),
-            status: None,
-        };
-        assert!(matches!(
-            decode(&envelope("v1", "Pod", &pod)),
-            Err(ProtobufError::UnsupportedField { .. })
-        ));
+        let pod = core::Pod { metadata: name("p"), spec: Some(spec), status: None };
+        assert!(matches!(decode(&envelope("v1", "Pod", &pod)), Err(ProtobufError::UnsupportedField { .. })));
     }
 
     #[test]
     fn managed_fields_are_refused() {
         let cm = core::ConfigMap {
             metadata: Some(meta::ObjectMeta {
-                managed_fields: vec![meta::ManagedFieldsEntry {
-                    manager: s("kubectl"),
-                    ..Default::default()
-                }],
+                managed_fields: vec![meta::ManagedFieldsEntry { manager: s("kubectl"), ..Default::default() }],
                 ..Default::default()
             }),
             ..Default::default()
         };
         assert!(matches!(
             decode(&envelope("v1", "ConfigMap", &cm)),
-            Err(ProtobufError::UnsupportedField {
-                field: "ObjectMeta.managedFields"
-            })
+            Err(ProtobufError::UnsupportedField { field: "ObjectMeta.managedFields" })
         ));
     }
 
     #[test]
     fn unsupported_kind_names_it() {
-        let node = core::Node {
-            metadata: name("n"),
-            ..Default::default()
-        };
+        let node = core::Node { metadata: name("n"), ..Default::default() };
         let err = decode(&envelope("v1", "Node", &node)).unwrap_err();
         assert!(
             matches!(&err, ProtobufError::UnsupportedKind { api_version, kind } if api_version == "v1" && kind == "Node")
@@ -1805,36 +1485,21 @@ mod tests {
     fn envelope_errors() {
         assert!(matches!(decode(b""), Err(ProtobufError::Envelope(_))));
         assert!(matches!(decode(b"k8s"), Err(ProtobufError::Envelope(_))));
-        assert!(matches!(
-            decode(br#"{"kind":"Namespace"}"#),
-            Err(ProtobufError::Envelope(_))
-        ));
+        assert!(matches!(decode(br#"{"kind":"Namespace"}"#), Err(ProtobufError::Envelope(_))));
         // Magic but no typeMeta.
         assert!(matches!(decode(MAGIC), Err(ProtobufError::Envelope(_))));
-        let compressed = Unknown {
-            content_encoding: s("gzip"),
-            ..Unknown::default()
-        };
-        assert!(matches!(
-            decode(&[MAGIC, &compressed.encode_to_vec()].concat()),
-            Err(ProtobufError::Envelope(_))
-        ));
+        let compressed = Unknown { content_encoding: s("gzip"), ..Unknown::default() };
+        assert!(matches!(decode(&[MAGIC, &compressed.encode_to_vec()].concat()), Err(ProtobufError::Envelope(_))));
         // The length of a field running past the end of the body.
         let truncated = &kubectl::DEPLOYMENT[..kubectl::DEPLOYMENT.len() - 10];
         assert!(matches!(decode(truncated), Err(ProtobufError::Decode(_))));
         // The object itself malformed inside a well-formed envelope.
         let bad_raw = Unknown {
-            type_meta: Some(k8s_pb::apimachinery::pkg::runtime::TypeMeta {
-                api_version: s("v1"),
-                kind: s("Secret"),
-            }),
+            type_meta: Some(k8s_pb::apimachinery::pkg::runtime::TypeMeta { api_version: s("v1"), kind: s("Secret") }),
             raw: Some(vec![0x0a, 0x05, 0x01]),
             ..Unknown::default()
         };
-        assert!(matches!(
-            decode(&[MAGIC, &bad_raw.encode_to_vec()].concat()),
-            Err(ProtobufError::Decode(_))
-        ));
+        assert!(matches!(decode(&[MAGIC, &bad_raw.encode_to_vec()].concat()), Err(ProtobufError::Decode(_))));
     }
 
     #[test]
@@ -1860,26 +1525,17 @@ mod tests {
             spec: Some(core::ServiceSpec {
                 ports: vec![core::ServicePort {
                     port: Some(80),
-                    target_port: Some(IntOrString {
-                        r#type: Some(7),
-                        ..Default::default()
-                    }),
+                    target_port: Some(IntOrString { r#type: Some(7), ..Default::default() }),
                     ..Default::default()
                 }],
                 ..Default::default()
             }),
             status: None,
         };
-        assert!(matches!(
-            decode(&envelope("v1", "Service", &svc)),
-            Err(ProtobufError::IntOrStringType(7))
-        ));
+        assert!(matches!(decode(&envelope("v1", "Service", &svc)), Err(ProtobufError::IntOrStringType(7))));
         let ns = core::Namespace {
             metadata: Some(meta::ObjectMeta {
-                creation_timestamp: Some(meta::Time {
-                    seconds: Some(i64::MAX),
-                    nanos: None,
-                }),
+                creation_timestamp: Some(meta::Time { seconds: Some(i64::MAX), nanos: None }),
                 ..Default::default()
             }),
             ..Default::default()

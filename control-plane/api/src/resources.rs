@@ -37,20 +37,12 @@ pub struct ResourceDef {
 impl ResourceDef {
     /// `v1` or `apps/v1`.
     pub fn api_version(&self) -> String {
-        if self.group.is_empty() {
-            self.version.to_string()
-        } else {
-            format!("{}/{}", self.group, self.version)
-        }
+        if self.group.is_empty() { self.version.to_string() } else { format!("{}/{}", self.group, self.version) }
     }
 
     /// `pods` or `deployments.apps`, the form Kubernetes uses in error messages.
     pub fn qualified_name(&self) -> String {
-        if self.group.is_empty() {
-            self.plural.to_string()
-        } else {
-            format!("{}.{}", self.plural, self.group)
-        }
+        if self.group.is_empty() { self.plural.to_string() } else { format!("{}.{}", self.plural, self.group) }
     }
 
     /// Round-trips an object through its k8s-openapi type: the result has the canonical JSON shape, and
@@ -73,13 +65,7 @@ struct Traits {
     generation: bool,
 }
 
-const PLAIN: Traits = Traits {
-    short_names: &[],
-    categories: &[],
-    status: false,
-    scale: false,
-    generation: false,
-};
+const PLAIN: Traits = Traits { short_names: &[], categories: &[], status: false, scale: false, generation: false };
 
 fn def<K>(namespaced: bool, traits: Traits) -> ResourceDef
 where
@@ -98,9 +84,7 @@ where
         status_subresource: traits.status,
         scale_subresource: traits.scale,
         tracks_generation: traits.generation,
-        normalize: |object| {
-            serde_json::from_value::<K>(object).and_then(|typed| serde_json::to_value(typed))
-        },
+        normalize: |object| serde_json::from_value::<K>(object).and_then(|typed| serde_json::to_value(typed)),
         schema: |generator| generator.subschema_for::<K>(),
     }
 }
@@ -109,108 +93,28 @@ const ALL: &[&str] = &["all"];
 
 static RESOURCES: LazyLock<Vec<ResourceDef>> = LazyLock::new(|| {
     vec![
-        def::<core::v1::Namespace>(
-            false,
-            Traits {
-                short_names: &["ns"],
-                status: true,
-                ..PLAIN
-            },
-        ),
-        def::<core::v1::Node>(
-            false,
-            Traits {
-                short_names: &["no"],
-                status: true,
-                ..PLAIN
-            },
-        ),
-        def::<core::v1::Pod>(
-            true,
-            Traits {
-                short_names: &["po"],
-                categories: ALL,
-                status: true,
-                ..PLAIN
-            },
-        ),
-        def::<core::v1::Service>(
-            true,
-            Traits {
-                short_names: &["svc"],
-                categories: ALL,
-                status: true,
-                ..PLAIN
-            },
-        ),
-        def::<core::v1::Endpoints>(
-            true,
-            Traits {
-                short_names: &["ep"],
-                ..PLAIN
-            },
-        ),
-        def::<core::v1::ConfigMap>(
-            true,
-            Traits {
-                short_names: &["cm"],
-                ..PLAIN
-            },
-        ),
+        def::<core::v1::Namespace>(false, Traits { short_names: &["ns"], status: true, ..PLAIN }),
+        def::<core::v1::Node>(false, Traits { short_names: &["no"], status: true, ..PLAIN }),
+        def::<core::v1::Pod>(true, Traits { short_names: &["po"], categories: ALL, status: true, ..PLAIN }),
+        def::<core::v1::Service>(true, Traits { short_names: &["svc"], categories: ALL, status: true, ..PLAIN }),
+        def::<core::v1::Endpoints>(true, Traits { short_names: &["ep"], ..PLAIN }),
+        def::<core::v1::ConfigMap>(true, Traits { short_names: &["cm"], ..PLAIN }),
         def::<core::v1::Secret>(true, PLAIN),
-        def::<core::v1::ServiceAccount>(
-            true,
-            Traits {
-                short_names: &["sa"],
-                ..PLAIN
-            },
-        ),
-        def::<core::v1::Event>(
-            true,
-            Traits {
-                short_names: &["ev"],
-                ..PLAIN
-            },
-        ),
+        def::<core::v1::ServiceAccount>(true, Traits { short_names: &["sa"], ..PLAIN }),
+        def::<core::v1::Event>(true, Traits { short_names: &["ev"], ..PLAIN }),
         def::<apps::v1::Deployment>(
             true,
-            Traits {
-                short_names: &["deploy"],
-                categories: ALL,
-                status: true,
-                scale: true,
-                generation: true,
-            },
+            Traits { short_names: &["deploy"], categories: ALL, status: true, scale: true, generation: true },
         ),
         def::<apps::v1::ReplicaSet>(
             true,
-            Traits {
-                short_names: &["rs"],
-                categories: ALL,
-                status: true,
-                scale: true,
-                generation: true,
-            },
+            Traits { short_names: &["rs"], categories: ALL, status: true, scale: true, generation: true },
         ),
         def::<apps::v1::DaemonSet>(
             true,
-            Traits {
-                short_names: &["ds"],
-                categories: ALL,
-                status: true,
-                generation: true,
-                ..PLAIN
-            },
+            Traits { short_names: &["ds"], categories: ALL, status: true, generation: true, ..PLAIN },
         ),
-        def::<batch::v1::Job>(
-            true,
-            Traits {
-                categories: ALL,
-                status: true,
-                generation: true,
-                ..PLAIN
-            },
-        ),
+        def::<batch::v1::Job>(true, Traits { categories: ALL, status: true, generation: true, ..PLAIN }),
         def::<coordination::v1::Lease>(true, PLAIN),
         def::<node::v1::RuntimeClass>(false, PLAIN),
     ]
@@ -223,16 +127,12 @@ pub fn all() -> &'static [ResourceDef] {
 
 /// The resource served at `/api[s]/{group}/{version}/{plural}`.
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static ResourceDef> {
-    all()
-        .iter()
-        .find(|r| r.group == group && r.version == version && r.plural == plural)
+    all().iter().find(|r| r.group == group && r.version == version && r.plural == plural)
 }
 
 /// The resource of an object's `apiVersion` and `kind`.
 pub fn find_kind(api_version: &str, kind: &str) -> Option<&'static ResourceDef> {
-    all()
-        .iter()
-        .find(|r| r.kind == kind && r.api_version() == api_version)
+    all().iter().find(|r| r.kind == kind && r.api_version() == api_version)
 }
 
 /// Group versions in the order discovery lists them: core first, then groups by name.
@@ -255,10 +155,7 @@ mod tests {
             ("Deployment", "DeploymentList", "deployment")
         );
         assert_eq!(deploy.qualified_name(), "deployments.apps");
-        assert_eq!(
-            find("", "v1", "pods").map(|r| r.api_version()),
-            Some("v1".to_string())
-        );
+        assert_eq!(find("", "v1", "pods").map(|r| r.api_version()), Some("v1".to_string()));
         assert!(find_kind("node.k8s.io/v1", "RuntimeClass").is_some_and(|r| !r.namespaced));
         assert_eq!(group_versions().first(), Some(&("", "v1")));
     }
@@ -266,11 +163,9 @@ mod tests {
     #[test]
     fn normalize_rejects_wrong_shapes_and_keeps_known_fields() {
         let cm = find("", "v1", "configmaps").unwrap();
-        let object = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}, "data": {"k": "v"}});
+        let object =
+            serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}, "data": {"k": "v"}});
         assert_eq!(cm.normalize(object.clone()).unwrap(), object);
-        assert!(
-            cm.normalize(serde_json::json!({"metadata": {"name": "a"}, "data": "not a map"}))
-                .is_err()
-        );
+        assert!(cm.normalize(serde_json::json!({"metadata": {"name": "a"}, "data": "not a map"})).is_err());
     }
 }

@@ -17,10 +17,7 @@ use crate::resources::ResourceDef;
 pub enum SelectorError {
     /// The selector string is not in the selector grammar.
     #[error("unable to parse requirement: found '{found}', expected: {expected}")]
-    Syntax {
-        found: String,
-        expected: &'static str,
-    },
+    Syntax { found: String, expected: &'static str },
     /// A label key is not a Kubernetes qualified name.
     #[error("unable to parse requirement: invalid label key \"{key}\": {reason}")]
     InvalidKey { key: String, reason: &'static str },
@@ -40,9 +37,7 @@ pub enum SelectorError {
     #[error("invalid selector: '{selector}'; can't understand '{term}'")]
     InvalidFieldTerm { selector: String, term: String },
     /// A field selector value with a bad escape or an unescaped `=` or `,`.
-    #[error(
-        "invalid field selector value {0:?}: only \\\\, \\, and \\= may be escaped, and = and , must be"
-    )]
+    #[error("invalid field selector value {0:?}: only \\\\, \\, and \\= may be escaped, and = and , must be")]
     InvalidFieldValue(String),
     /// The resource cannot be filtered by this field.
     #[error("field label not supported: {0}")]
@@ -68,11 +63,7 @@ struct Requirement {
 }
 
 impl Requirement {
-    fn new(
-        key: String,
-        operator: Operator,
-        values: BTreeSet<String>,
-    ) -> Result<Self, SelectorError> {
+    fn new(key: String, operator: Operator, values: BTreeSet<String>) -> Result<Self, SelectorError> {
         validate_key(&key)?;
         match operator {
             Operator::In | Operator::NotIn if values.is_empty() => {
@@ -86,19 +77,13 @@ impl Requirement {
         for value in &values {
             validate_value(value)?;
         }
-        Ok(Requirement {
-            key,
-            operator,
-            values,
-        })
+        Ok(Requirement { key, operator, values })
     }
 
     fn matches(&self, labels: &Map<String, Value>) -> bool {
         let value = labels.get(&self.key);
         // A label whose value is not a string cannot be written through the API; treat it as not equal.
-        let in_values = value
-            .and_then(Value::as_str)
-            .is_some_and(|v| self.values.contains(v));
+        let in_values = value.and_then(Value::as_str).is_some_and(|v| self.values.contains(v));
         match self.operator {
             Operator::Equals | Operator::In => in_values,
             Operator::NotEquals | Operator::NotIn => !in_values,
@@ -110,13 +95,7 @@ impl Requirement {
 
 impl fmt::Display for Requirement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let joined = || {
-            self.values
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>()
-                .join(",")
-        };
+        let joined = || self.values.iter().map(String::as_str).collect::<Vec<_>>().join(",");
         match self.operator {
             Operator::Equals => write!(f, "{}={}", self.key, joined()),
             Operator::NotEquals => write!(f, "{}!={}", self.key, joined()),
@@ -139,10 +118,7 @@ impl LabelSelector {
     /// Parses the string syntax: `a=b`, `a==b`, `a!=b`, `a in (x,y)`, `a notin (x)`, `a`, `!a`, joined by
     /// commas. An empty or all-blank string is the empty selector.
     pub fn parse(s: &str) -> Result<Self, SelectorError> {
-        let mut parser = Parser {
-            tokens: lex(s),
-            position: 0,
-        };
+        let mut parser = Parser { tokens: lex(s), position: 0 };
         let mut requirements = Vec::new();
         if parser.peek() == &Token::End {
             return Ok(LabelSelector::default());
@@ -163,11 +139,7 @@ impl LabelSelector {
     pub fn from_k8s(sel: &meta::LabelSelector) -> Result<Self, SelectorError> {
         let mut requirements = Vec::new();
         for (key, value) in sel.match_labels.iter().flatten() {
-            requirements.push(Requirement::new(
-                key.clone(),
-                Operator::Equals,
-                BTreeSet::from([value.clone()]),
-            )?);
+            requirements.push(Requirement::new(key.clone(), Operator::Equals, BTreeSet::from([value.clone()]))?);
         }
         for expression in sel.match_expressions.iter().flatten() {
             let operator = match expression.operator.as_str() {
@@ -195,10 +167,7 @@ impl LabelSelector {
 
     /// Matches an object's `metadata.labels`; an object without labels has none.
     pub fn matches_object(&self, object: &Value) -> bool {
-        match object
-            .pointer("/metadata/labels")
-            .and_then(Value::as_object)
-        {
+        match object.pointer("/metadata/labels").and_then(Value::as_object) {
             Some(labels) => self.matches(labels),
             None => self.matches(&Map::new()),
         }
@@ -308,10 +277,7 @@ fn describe(token: &Token) -> String {
 }
 
 fn syntax(found: &Token, expected: &'static str) -> SelectorError {
-    SelectorError::Syntax {
-        found: describe(found),
-        expected,
-    }
+    SelectorError::Syntax { found: describe(found), expected }
 }
 
 struct Parser {
@@ -409,9 +375,7 @@ fn is_label_name(s: &str) -> bool {
         (Some(first), Some(last)) => {
             first.is_ascii_alphanumeric()
                 && last.is_ascii_alphanumeric()
-                && bytes
-                    .iter()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+                && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
         }
         _ => false,
     }
@@ -426,9 +390,7 @@ fn is_dns_subdomain(s: &str) -> bool {
                 (Some(first), Some(last)) => {
                     (first.is_ascii_lowercase() || first.is_ascii_digit())
                         && (last.is_ascii_lowercase() || last.is_ascii_digit())
-                        && bytes
-                            .iter()
-                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+                        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
                 }
                 _ => false,
             }
@@ -436,21 +398,14 @@ fn is_dns_subdomain(s: &str) -> bool {
 }
 
 fn validate_key(key: &str) -> Result<(), SelectorError> {
-    let invalid = |reason| {
-        Err(SelectorError::InvalidKey {
-            key: key.to_string(),
-            reason,
-        })
-    };
+    let invalid = |reason| Err(SelectorError::InvalidKey { key: key.to_string(), reason });
     let name = match key.split_once('/') {
         Some((prefix, name)) => {
             if prefix.is_empty() {
                 return invalid("prefix part must be non-empty");
             }
             if !is_dns_subdomain(prefix) {
-                return invalid(
-                    "prefix part must be a lowercase RFC 1123 subdomain of at most 253 characters",
-                );
+                return invalid("prefix part must be a lowercase RFC 1123 subdomain of at most 253 characters");
             }
             name
         }
@@ -469,12 +424,7 @@ fn validate_key(key: &str) -> Result<(), SelectorError> {
 }
 
 fn validate_value(value: &str) -> Result<(), SelectorError> {
-    let invalid = |reason| {
-        Err(SelectorError::InvalidValue {
-            value: value.to_string(),
-            reason,
-        })
-    };
+    let invalid = |reason| Err(SelectorError::InvalidValue { value: value.to_string(), reason });
     if value.len() > 63 {
         return invalid("must be no more than 63 characters");
     }
@@ -554,16 +504,10 @@ impl FieldSelector {
             // The field never contains an operator, so the first one splits the term (as in Kubernetes).
             let split = term.char_indices().find_map(|(i, _)| {
                 let rest = &term[i..];
-                ["!=", "==", "="]
-                    .into_iter()
-                    .find(|op| rest.starts_with(op))
-                    .map(|op| (i, op))
+                ["!=", "==", "="].into_iter().find(|op| rest.starts_with(op)).map(|op| (i, op))
             });
             let Some((i, op)) = split else {
-                return Err(SelectorError::InvalidFieldTerm {
-                    selector: s.to_string(),
-                    term: term.to_string(),
-                });
+                return Err(SelectorError::InvalidFieldTerm { selector: s.to_string(), term: term.to_string() });
             };
             terms.push(FieldTerm {
                 field: term[..i].trim().to_string(),
@@ -578,9 +522,7 @@ impl FieldSelector {
     pub fn check_supported(&self, def: &ResourceDef) -> Result<(), SelectorError> {
         for term in &self.terms {
             let field = term.field.as_str();
-            if !matches!(field, "metadata.name" | "metadata.namespace")
-                && !kind_fields(def.kind).contains(&field)
-            {
+            if !matches!(field, "metadata.name" | "metadata.namespace") && !kind_fields(def.kind).contains(&field) {
                 return Err(SelectorError::UnsupportedField(term.field.clone()));
             }
         }
@@ -656,9 +598,7 @@ mod tests {
     }
 
     fn selects(selector: &str, value: Value) -> bool {
-        LabelSelector::parse(selector)
-            .unwrap()
-            .matches(&labels(value))
+        LabelSelector::parse(selector).unwrap().matches(&labels(value))
     }
 
     #[test]
@@ -668,10 +608,7 @@ mod tests {
         assert!(!selects("app=web", json!({"app": "db"})));
         assert!(!selects("app=web", json!({})));
         assert!(selects("app!=web", json!({"app": "db"})));
-        assert!(
-            selects("app!=web", json!({})),
-            "a missing label is not equal"
-        );
+        assert!(selects("app!=web", json!({})), "a missing label is not equal");
         assert!(!selects("app!=web", json!({"app": "web"})));
         assert!(selects("app=", json!({"app": ""})));
         assert!(!selects("app=", json!({})));
@@ -693,14 +630,8 @@ mod tests {
         assert!(!selects("app", json!({"other": "x"})));
         assert!(selects("!app", json!({"other": "x"})));
         assert!(!selects("!app", json!({"app": "x"})));
-        assert!(selects(
-            "app=web, !canary,tier in (fe)",
-            json!({"app": "web", "tier": "fe"})
-        ));
-        assert!(!selects(
-            "app=web,!canary",
-            json!({"app": "web", "canary": "true"})
-        ));
+        assert!(selects("app=web, !canary,tier in (fe)", json!({"app": "web", "tier": "fe"})));
+        assert!(!selects("app=web,!canary", json!({"app": "web", "canary": "true"})));
     }
 
     #[test]
@@ -711,11 +642,7 @@ mod tests {
             assert!(selector.matches(&Map::new()));
             assert_eq!(selector.to_string(), "");
         }
-        assert!(
-            LabelSelector::parse("")
-                .unwrap()
-                .matches_object(&json!({"metadata": {"name": "x"}}))
-        );
+        assert!(LabelSelector::parse("").unwrap().matches_object(&json!({"metadata": {"name": "x"}})));
         assert!(!LabelSelector::parse("a").unwrap().is_empty());
     }
 
@@ -724,25 +651,14 @@ mod tests {
         let selector = LabelSelector::parse("app=web").unwrap();
         assert!(selector.matches_object(&json!({"metadata": {"labels": {"app": "web"}}})));
         assert!(!selector.matches_object(&json!({"metadata": {}})));
-        assert!(
-            LabelSelector::parse("!app")
-                .unwrap()
-                .matches_object(&json!({}))
-        );
+        assert!(LabelSelector::parse("!app").unwrap().matches_object(&json!({})));
     }
 
     #[test]
     fn display_is_canonical() {
-        let selector =
-            LabelSelector::parse("z notin (b,a), app==web,!x, y,k!=v,env in ( p )").unwrap();
-        assert_eq!(
-            selector.to_string(),
-            "app=web,env in (p),k!=v,!x,y,z notin (a,b)"
-        );
-        assert_eq!(
-            LabelSelector::parse(&selector.to_string()).unwrap(),
-            selector
-        );
+        let selector = LabelSelector::parse("z notin (b,a), app==web,!x, y,k!=v,env in ( p )").unwrap();
+        assert_eq!(selector.to_string(), "app=web,env in (p),k!=v,!x,y,z notin (a,b)");
+        assert_eq!(LabelSelector::parse(&selector.to_string()).unwrap(), selector);
     }
 
     #[test]
@@ -752,17 +668,8 @@ mod tests {
             err("a=b c").to_string(),
             "unable to parse requirement: found 'c', expected: ',' or 'end of string'"
         );
-        assert_eq!(
-            err("=b"),
-            SelectorError::Syntax {
-                found: "=".into(),
-                expected: "identifier"
-            }
-        );
-        assert!(
-            matches!(err("a,"), SelectorError::Syntax { .. }),
-            "trailing comma needs a requirement"
-        );
+        assert_eq!(err("=b"), SelectorError::Syntax { found: "=".into(), expected: "identifier" });
+        assert!(matches!(err("a,"), SelectorError::Syntax { .. }), "trailing comma needs a requirement");
         assert!(matches!(err("a in x"), SelectorError::Syntax { .. }));
         assert!(matches!(err("a in (x"), SelectorError::Syntax { .. }));
         assert!(matches!(err("a > 1"), SelectorError::Syntax { .. }));
@@ -770,21 +677,12 @@ mod tests {
         assert_eq!(err("a in ()"), SelectorError::EmptyValueSet);
         assert!(matches!(err("a@b=c"), SelectorError::InvalidKey { .. }));
         assert!(matches!(err("-a=c"), SelectorError::InvalidKey { .. }));
-        assert!(
-            matches!(err("Example.com/a=c"), SelectorError::InvalidKey { .. }),
-            "prefix must be lowercase"
-        );
+        assert!(matches!(err("Example.com/a=c"), SelectorError::InvalidKey { .. }), "prefix must be lowercase");
         assert!(matches!(err("/a=c"), SelectorError::InvalidKey { .. }));
         assert!(matches!(err("a/b/c=d"), SelectorError::InvalidKey { .. }));
-        assert!(matches!(
-            err(&format!("{}=b", "k".repeat(64))),
-            SelectorError::InvalidKey { .. }
-        ));
+        assert!(matches!(err(&format!("{}=b", "k".repeat(64))), SelectorError::InvalidKey { .. }));
         assert!(matches!(err("a=b$"), SelectorError::InvalidValue { .. }));
-        assert!(matches!(
-            err(&format!("a={}", "v".repeat(64))),
-            SelectorError::InvalidValue { .. }
-        ));
+        assert!(matches!(err(&format!("a={}", "v".repeat(64))), SelectorError::InvalidValue { .. }));
         assert!(LabelSelector::parse("app.kubernetes.io/name=web_1.x").is_ok());
     }
 
@@ -801,40 +699,27 @@ mod tests {
         }))
         .unwrap();
         let selector = LabelSelector::from_k8s(&sel).unwrap();
-        assert_eq!(
-            selector.to_string(),
-            "app=web,env notin (dev),!legacy,team,tier in (be,fe)"
-        );
+        assert_eq!(selector.to_string(), "app=web,env notin (dev),!legacy,team,tier in (be,fe)");
         assert!(selector.matches(&labels(json!({"app": "web", "tier": "be", "team": "a"}))));
         assert!(!selector.matches(&labels(json!({"app": "web", "tier": "be"}))));
-        assert!(
-            LabelSelector::from_k8s(&meta::LabelSelector::default())
-                .unwrap()
-                .is_empty()
-        );
+        assert!(LabelSelector::from_k8s(&meta::LabelSelector::default()).unwrap().is_empty());
 
-        let bad =
-            |v: Value| LabelSelector::from_k8s(&serde_json::from_value(v).unwrap()).unwrap_err();
+        let bad = |v: Value| LabelSelector::from_k8s(&serde_json::from_value(v).unwrap()).unwrap_err();
         assert_eq!(
             bad(json!({"matchExpressions": [{"key": "a", "operator": "Gt", "values": ["1"]}]})),
             SelectorError::UnknownOperator("Gt".into())
         );
-        assert_eq!(
-            bad(json!({"matchExpressions": [{"key": "a", "operator": "In"}]})),
-            SelectorError::EmptyValueSet
-        );
+        assert_eq!(bad(json!({"matchExpressions": [{"key": "a", "operator": "In"}]})), SelectorError::EmptyValueSet);
         assert_eq!(
             bad(json!({"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]})),
             SelectorError::ValuesNotAllowed
         );
-        assert!(matches!(
-            bad(json!({"matchLabels": {"a b": "c"}})),
-            SelectorError::InvalidKey { .. }
-        ));
+        assert!(matches!(bad(json!({"matchLabels": {"a b": "c"}})), SelectorError::InvalidKey { .. }));
     }
 
     fn pod(node: Option<&str>) -> Value {
-        let mut pod = json!({"metadata": {"name": "p", "namespace": "default"}, "spec": {}, "status": {"phase": "Running"}});
+        let mut pod =
+            json!({"metadata": {"name": "p", "namespace": "default"}, "spec": {}, "status": {"phase": "Running"}});
         if let Some(node) = node {
             pod["spec"]["nodeName"] = json!(node);
         }
@@ -849,10 +734,7 @@ mod tests {
         assert!(!sel("metadata.name!=p").matches(&pod(None)));
         assert!(sel("metadata.name=p,metadata.namespace=default").matches(&pod(None)));
         assert!(!sel("metadata.name=p,metadata.namespace=kube-system").matches(&pod(None)));
-        assert!(
-            sel("spec.nodeName=").matches(&pod(None)),
-            "missing field compares as empty"
-        );
+        assert!(sel("spec.nodeName=").matches(&pod(None)), "missing field compares as empty");
         assert!(!sel("spec.nodeName=").matches(&pod(Some("n1"))));
         assert!(sel("spec.nodeName!=").matches(&pod(Some("n1"))));
         assert!(sel("status.phase!=Pending").matches(&pod(None)));
@@ -878,56 +760,25 @@ mod tests {
     #[test]
     fn field_selector_parse_errors() {
         assert_eq!(
-            FieldSelector::parse("metadata.name")
-                .unwrap_err()
-                .to_string(),
+            FieldSelector::parse("metadata.name").unwrap_err().to_string(),
             "invalid selector: 'metadata.name'; can't understand 'metadata.name'"
         );
-        assert!(matches!(
-            FieldSelector::parse(r"a=b\x"),
-            Err(SelectorError::InvalidFieldValue(_))
-        ));
-        assert!(matches!(
-            FieldSelector::parse("a=b=c"),
-            Err(SelectorError::InvalidFieldValue(_))
-        ));
+        assert!(matches!(FieldSelector::parse(r"a=b\x"), Err(SelectorError::InvalidFieldValue(_))));
+        assert!(matches!(FieldSelector::parse("a=b=c"), Err(SelectorError::InvalidFieldValue(_))));
     }
 
     #[test]
     fn unsupported_field_labels() {
         let find = |plural| resources::find("", "v1", plural).unwrap();
         let sel = |s: &str| FieldSelector::parse(s).unwrap();
-        assert!(
-            sel("metadata.name=a,metadata.namespace=b")
-                .check_supported(find("configmaps"))
-                .is_ok()
-        );
-        assert!(
-            sel("spec.nodeName=n,status.podIP=1.2.3.4")
-                .check_supported(find("pods"))
-                .is_ok()
-        );
-        assert!(
-            sel("involvedObject.kind=Pod,source=x,type=Normal")
-                .check_supported(find("events"))
-                .is_ok()
-        );
+        assert!(sel("metadata.name=a,metadata.namespace=b").check_supported(find("configmaps")).is_ok());
+        assert!(sel("spec.nodeName=n,status.podIP=1.2.3.4").check_supported(find("pods")).is_ok());
+        assert!(sel("involvedObject.kind=Pod,source=x,type=Normal").check_supported(find("events")).is_ok());
         assert!(sel("type=Opaque").check_supported(find("secrets")).is_ok());
-        assert!(
-            sel("status.phase=Active")
-                .check_supported(find("namespaces"))
-                .is_ok()
-        );
-        assert!(
-            sel("spec.unschedulable=true")
-                .check_supported(find("nodes"))
-                .is_ok()
-        );
+        assert!(sel("status.phase=Active").check_supported(find("namespaces")).is_ok());
+        assert!(sel("spec.unschedulable=true").check_supported(find("nodes")).is_ok());
         assert_eq!(
-            sel("spec.foo=x")
-                .check_supported(find("pods"))
-                .unwrap_err()
-                .to_string(),
+            sel("spec.foo=x").check_supported(find("pods")).unwrap_err().to_string(),
             "field label not supported: spec.foo"
         );
         assert_eq!(

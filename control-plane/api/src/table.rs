@@ -24,43 +24,18 @@ struct Column {
 }
 
 const fn col(name: &'static str, kind: &'static str, description: &'static str) -> Column {
-    Column {
-        name,
-        kind,
-        format: "",
-        description,
-        priority: 0,
-    }
+    Column { name, kind, format: "", description, priority: 0 }
 }
 
 const fn wide(name: &'static str, kind: &'static str, description: &'static str) -> Column {
-    Column {
-        name,
-        kind,
-        format: "",
-        description,
-        priority: 1,
-    }
+    Column { name, kind, format: "", description, priority: 1 }
 }
 
-const NAME: Column = Column {
-    name: "Name",
-    kind: "string",
-    format: "name",
-    description: NAME_DESCRIPTION,
-    priority: 0,
-};
+const NAME: Column =
+    Column { name: "Name", kind: "string", format: "name", description: NAME_DESCRIPTION, priority: 0 };
 const AGE: Column = col("Age", "string", AGE_DESCRIPTION);
-const CONTAINERS: Column = wide(
-    "Containers",
-    "string",
-    "Names of each container in the template.",
-);
-const IMAGES: Column = wide(
-    "Images",
-    "string",
-    "Images referenced by each container in the template.",
-);
+const CONTAINERS: Column = wide("Containers", "string", "Names of each container in the template.");
+const IMAGES: Column = wide("Images", "string", "Images referenced by each container in the template.");
 const SELECTOR: Column = wide(
     "Selector",
     "string",
@@ -78,14 +53,7 @@ struct Printer {
 
 fn printer(def: &ResourceDef) -> Printer {
     let (columns, row): (Vec<Column>, RowFn) = match (def.group, def.plural) {
-        ("", "namespaces") => (
-            vec![
-                NAME,
-                col("Status", "string", "The status of the namespace"),
-                AGE,
-            ],
-            namespace_row,
-        ),
+        ("", "namespaces") => (vec![NAME, col("Status", "string", "The status of the namespace"), AGE], namespace_row),
         ("", "nodes") => (
             vec![
                 NAME,
@@ -124,16 +92,8 @@ fn printer(def: &ResourceDef) -> Printer {
         ("", "pods") => (
             vec![
                 NAME,
-                col(
-                    "Ready",
-                    "string",
-                    "The aggregate readiness state of this pod for accepting traffic.",
-                ),
-                col(
-                    "Status",
-                    "string",
-                    "The aggregate status of the containers in this pod.",
-                ),
+                col("Ready", "string", "The aggregate readiness state of this pod for accepting traffic."),
+                col("Status", "string", "The aggregate status of the containers in this pod."),
                 col(
                     "Restarts",
                     "string",
@@ -145,11 +105,7 @@ fn printer(def: &ResourceDef) -> Printer {
                     "string",
                     "podIP address allocated to the pod. Routable at least within the cluster. Empty if not yet allocated.",
                 ),
-                wide(
-                    "Node",
-                    "string",
-                    "NodeName indicates in which node this pod is scheduled.",
-                ),
+                wide("Node", "string", "NodeName indicates in which node this pod is scheduled."),
                 wide(
                     "Nominated Node",
                     "string",
@@ -166,11 +122,7 @@ fn printer(def: &ResourceDef) -> Printer {
         ("", "services") => (
             vec![
                 NAME,
-                col(
-                    "Type",
-                    "string",
-                    "type determines how the Service is exposed.",
-                ),
+                col("Type", "string", "type determines how the Service is exposed."),
                 col(
                     "Cluster-IP",
                     "string",
@@ -181,11 +133,7 @@ fn printer(def: &ResourceDef) -> Printer {
                     "string",
                     "externalIPs is a list of IP addresses for which nodes in the cluster will also accept traffic for this service.",
                 ),
-                col(
-                    "Port(s)",
-                    "string",
-                    "The list of ports that are exposed by this service.",
-                ),
+                col("Port(s)", "string", "The list of ports that are exposed by this service."),
                 AGE,
                 wide(
                     "Selector",
@@ -195,51 +143,24 @@ fn printer(def: &ResourceDef) -> Printer {
             ],
             service_row,
         ),
-        ("", "endpoints") => (
-            vec![
-                NAME,
-                col("Endpoints", "string", "Endpoints of the service"),
-                AGE,
-            ],
-            endpoints_row,
-        ),
-        ("", "configmaps") => (
-            vec![
-                NAME,
-                col("Data", "string", "Number of entries in data and binaryData"),
-                AGE,
-            ],
-            configmap_row,
-        ),
+        ("", "endpoints") => (vec![NAME, col("Endpoints", "string", "Endpoints of the service"), AGE], endpoints_row),
+        ("", "configmaps") => {
+            (vec![NAME, col("Data", "string", "Number of entries in data and binaryData"), AGE], configmap_row)
+        }
         ("", "secrets") => (
             vec![
                 NAME,
-                col(
-                    "Type",
-                    "string",
-                    "Used to facilitate programmatic handling of secret data.",
-                ),
+                col("Type", "string", "Used to facilitate programmatic handling of secret data."),
                 col("Data", "string", "Number of entries in data"),
                 AGE,
             ],
             secret_row,
         ),
-        ("", "serviceaccounts") => (
-            vec![NAME, col("Secrets", "string", "Number of secrets"), AGE],
-            serviceaccount_row,
-        ),
+        ("", "serviceaccounts") => (vec![NAME, col("Secrets", "string", "Number of secrets"), AGE], serviceaccount_row),
         ("", "events") => (
             vec![
-                col(
-                    "Last Seen",
-                    "string",
-                    "The time at which the most recent occurrence of this event was recorded.",
-                ),
-                col(
-                    "Type",
-                    "string",
-                    "Type of this event (Normal, Warning), new types could be added in the future",
-                ),
+                col("Last Seen", "string", "The time at which the most recent occurrence of this event was recorded."),
+                col("Type", "string", "Type of this event (Normal, Warning), new types could be added in the future"),
                 col(
                     "Reason",
                     "string",
@@ -252,25 +173,10 @@ fn printer(def: &ResourceDef) -> Printer {
                     "If referring to a piece of an object instead of an entire object, this string should contain a valid JSON/Go field access statement.",
                 ),
                 wide("Source", "string", "The component reporting this event."),
-                col(
-                    "Message",
-                    "string",
-                    "A human-readable description of the status of this operation.",
-                ),
-                wide(
-                    "First Seen",
-                    "string",
-                    "The time at which the event was first recorded.",
-                ),
-                wide(
-                    "Count",
-                    "string",
-                    "The number of times this event has occurred.",
-                ),
-                Column {
-                    priority: 1,
-                    ..NAME
-                },
+                col("Message", "string", "A human-readable description of the status of this operation."),
+                wide("First Seen", "string", "The time at which the event was first recorded."),
+                wide("Count", "string", "The number of times this event has occurred."),
+                Column { priority: 1, ..NAME },
             ],
             event_row,
         ),
@@ -298,21 +204,9 @@ fn printer(def: &ResourceDef) -> Printer {
         ("apps", "replicasets") => (
             vec![
                 NAME,
-                col(
-                    "Desired",
-                    "integer",
-                    "Replicas is the number of desired pods.",
-                ),
-                col(
-                    "Current",
-                    "integer",
-                    "Replicas is the most recently observed number of replicas.",
-                ),
-                col(
-                    "Ready",
-                    "integer",
-                    "The number of ready replicas for this replica set.",
-                ),
+                col("Desired", "integer", "Replicas is the number of desired pods."),
+                col("Current", "integer", "Replicas is the most recently observed number of replicas."),
+                col("Ready", "integer", "The number of ready replicas for this replica set."),
                 AGE,
                 CONTAINERS,
                 IMAGES,
@@ -323,11 +217,7 @@ fn printer(def: &ResourceDef) -> Printer {
         ("apps", "daemonsets") => (
             vec![
                 NAME,
-                col(
-                    "Desired",
-                    "integer",
-                    "The total number of nodes that should be running the daemon pod.",
-                ),
+                col("Desired", "integer", "The total number of nodes that should be running the daemon pod."),
                 col(
                     "Current",
                     "integer",
@@ -338,11 +228,7 @@ fn printer(def: &ResourceDef) -> Printer {
                     "integer",
                     "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and ready.",
                 ),
-                col(
-                    "Up-to-date",
-                    "integer",
-                    "The total number of nodes that are running updated daemon pod",
-                ),
+                col("Up-to-date", "integer", "The total number of nodes that are running updated daemon pod"),
                 col(
                     "Available",
                     "integer",
@@ -364,11 +250,7 @@ fn printer(def: &ResourceDef) -> Printer {
             vec![
                 NAME,
                 col("Status", "string", "Status of the job."),
-                col(
-                    "Completions",
-                    "string",
-                    "The successful completions of the job, out of the desired ones.",
-                ),
+                col("Completions", "string", "The successful completions of the job, out of the desired ones."),
                 col("Duration", "string", "Time required to complete the job."),
                 AGE,
                 CONTAINERS,
@@ -380,11 +262,7 @@ fn printer(def: &ResourceDef) -> Printer {
         ("coordination.k8s.io", "leases") => (
             vec![
                 NAME,
-                col(
-                    "Holder",
-                    "string",
-                    "holderIdentity contains the identity of the holder of a current lease.",
-                ),
+                col("Holder", "string", "holderIdentity contains the identity of the holder of a current lease."),
                 AGE,
             ],
             lease_row,
@@ -447,44 +325,28 @@ pub fn human_duration(duration: SignedDuration) -> String {
     let minutes = seconds / 60;
     if minutes < 10 {
         let s = seconds % 60;
-        return if s == 0 {
-            format!("{minutes}m")
-        } else {
-            format!("{minutes}m{s}s")
-        };
+        return if s == 0 { format!("{minutes}m") } else { format!("{minutes}m{s}s") };
     } else if minutes < 60 * 3 {
         return format!("{minutes}m");
     }
     let hours = minutes / 60;
     if hours < 8 {
         let m = minutes % 60;
-        return if m == 0 {
-            format!("{hours}h")
-        } else {
-            format!("{hours}h{m}m")
-        };
+        return if m == 0 { format!("{hours}h") } else { format!("{hours}h{m}m") };
     } else if hours < 48 {
         return format!("{hours}h");
     }
     let days = hours / 24;
     if hours < 24 * 8 {
         let h = hours % 24;
-        return if h == 0 {
-            format!("{days}d")
-        } else {
-            format!("{days}d{h}h")
-        };
+        return if h == 0 { format!("{days}d") } else { format!("{days}d{h}h") };
     } else if hours < 24 * 365 * 2 {
         return format!("{days}d");
     }
     let years = days / 365;
     if hours < 24 * 365 * 8 {
         let d = days % 365;
-        return if d == 0 {
-            format!("{years}y")
-        } else {
-            format!("{years}y{d}d")
-        };
+        return if d == 0 { format!("{years}y") } else { format!("{years}y{d}d") };
     }
     format!("{years}y")
 }
@@ -502,10 +364,7 @@ fn since(value: Option<&Value>, now: Timestamp) -> String {
 }
 
 fn text<'a>(object: &'a Value, pointer: &str) -> &'a str {
-    object
-        .pointer(pointer)
-        .and_then(Value::as_str)
-        .unwrap_or("")
+    object.pointer(pointer).and_then(Value::as_str).unwrap_or("")
 }
 
 fn int(object: &Value, pointer: &str) -> i64 {
@@ -513,11 +372,7 @@ fn int(object: &Value, pointer: &str) -> i64 {
 }
 
 fn items<'a>(object: &'a Value, pointer: &str) -> &'a [Value] {
-    object
-        .pointer(pointer)
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or(&[])
+    object.pointer(pointer).and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
 }
 
 fn len_of(object: &Value, pointer: &str) -> usize {
@@ -529,11 +384,7 @@ fn len_of(object: &Value, pointer: &str) -> usize {
 }
 
 fn or_none(value: &str) -> String {
-    if value.is_empty() {
-        NONE.into()
-    } else {
-        value.into()
-    }
+    if value.is_empty() { NONE.into() } else { value.into() }
 }
 
 fn name(object: &Value) -> Value {
@@ -549,11 +400,7 @@ fn default_row(object: &Value, now: Timestamp) -> Vec<Value> {
 }
 
 fn namespace_row(object: &Value, now: Timestamp) -> Vec<Value> {
-    vec![
-        name(object),
-        text(object, "/status/phase").into(),
-        age(object, now),
-    ]
+    vec![name(object), text(object, "/status/phase").into(), age(object, now)]
 }
 
 /// `k=v,k2=v2` sorted by key, as `labels.FormatLabels` prints a map.
@@ -561,11 +408,7 @@ fn format_labels(object: &Value, pointer: &str) -> String {
     let labels: BTreeMap<&str, &str> = object
         .pointer(pointer)
         .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| (k.as_str(), v.as_str().unwrap_or("")))
-                .collect()
-        })
+        .map(|m| m.iter().map(|(k, v)| (k.as_str(), v.as_str().unwrap_or(""))).collect())
         .unwrap_or_default();
     let joined: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     or_none(&joined.join(","))
@@ -579,23 +422,12 @@ fn format_selector(selector: Option<&Value>) -> String {
     let mut requirements: Vec<(String, String)> = Vec::new();
     if let Some(labels) = selector.get("matchLabels").and_then(Value::as_object) {
         for (key, value) in labels {
-            requirements.push((
-                key.clone(),
-                format!("{key}={}", value.as_str().unwrap_or("")),
-            ));
+            requirements.push((key.clone(), format!("{key}={}", value.as_str().unwrap_or(""))));
         }
     }
-    for expression in selector
-        .get("matchExpressions")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for expression in selector.get("matchExpressions").and_then(Value::as_array).into_iter().flatten() {
         let key = text(expression, "/key");
-        let mut values: Vec<&str> = items(expression, "/values")
-            .iter()
-            .filter_map(Value::as_str)
-            .collect();
+        let mut values: Vec<&str> = items(expression, "/values").iter().filter_map(Value::as_str).collect();
         values.sort_unstable();
         let values = values.join(",");
         let printed = match text(expression, "/operator") {
@@ -608,42 +440,22 @@ fn format_selector(selector: Option<&Value>) -> String {
         requirements.push((key.to_string(), printed));
     }
     requirements.sort();
-    requirements
-        .into_iter()
-        .map(|(_, printed)| printed)
-        .collect::<Vec<_>>()
-        .join(",")
+    requirements.into_iter().map(|(_, printed)| printed).collect::<Vec<_>>().join(",")
 }
 
 fn node_row(object: &Value, now: Timestamp) -> Vec<Value> {
     let mut status: Vec<&str> = Vec::new();
-    if let Some(ready) = items(object, "/status/conditions")
-        .iter()
-        .find(|c| text(c, "/type") == "Ready")
-    {
-        status.push(if text(ready, "/status") == "True" {
-            "Ready"
-        } else {
-            "NotReady"
-        });
+    if let Some(ready) = items(object, "/status/conditions").iter().find(|c| text(c, "/type") == "Ready") {
+        status.push(if text(ready, "/status") == "True" { "Ready" } else { "NotReady" });
     }
     if status.is_empty() {
         status.push("Unknown");
     }
-    if object
-        .pointer("/spec/unschedulable")
-        .and_then(Value::as_bool)
-        .unwrap_or(false)
-    {
+    if object.pointer("/spec/unschedulable").and_then(Value::as_bool).unwrap_or(false) {
         status.push("SchedulingDisabled");
     }
     let mut roles: Vec<&str> = Vec::new();
-    for (key, value) in object
-        .pointer("/metadata/labels")
-        .and_then(Value::as_object)
-        .into_iter()
-        .flatten()
-    {
+    for (key, value) in object.pointer("/metadata/labels").and_then(Value::as_object).into_iter().flatten() {
         if let Some(role) = key.strip_prefix("node-role.kubernetes.io/") {
             if !role.is_empty() {
                 roles.push(role);
@@ -657,18 +469,12 @@ fn node_row(object: &Value, now: Timestamp) -> Vec<Value> {
     roles.sort_unstable();
     roles.dedup();
     let address = |kind: &str| {
-        let found = items(object, "/status/addresses")
-            .iter()
-            .find(|a| text(a, "/type") == kind);
+        let found = items(object, "/status/addresses").iter().find(|a| text(a, "/type") == kind);
         or_none(found.map(|a| text(a, "/address")).unwrap_or(""))
     };
     let info = |field: &str| {
         let value = text(object, &format!("/status/nodeInfo/{field}"));
-        if value.is_empty() {
-            UNKNOWN.to_string()
-        } else {
-            value.to_string()
-        }
+        if value.is_empty() { UNKNOWN.to_string() } else { value.to_string() }
     };
     vec![
         name(object),
@@ -685,17 +491,12 @@ fn node_row(object: &Value, now: Timestamp) -> Vec<Value> {
 }
 
 fn condition_true(object: &Value, pointer: &str, kind: &str) -> bool {
-    items(object, pointer)
-        .iter()
-        .any(|c| text(c, "/type") == kind && text(c, "/status") == "True")
+    items(object, pointer).iter().any(|c| text(c, "/type") == kind && text(c, "/status") == "True")
 }
 
 /// The latest `lastState.terminated.finishedAt` among `statuses`, for "RESTARTS 2 (5m ago)".
 fn last_restart(statuses: &[Value]) -> Option<Timestamp> {
-    statuses
-        .iter()
-        .filter_map(|s| parse_time(s.pointer("/lastState/terminated/finishedAt")))
-        .max()
+    statuses.iter().filter_map(|s| parse_time(s.pointer("/lastState/terminated/finishedAt"))).max()
 }
 
 /// kube's printPod, minus sidecar (restartable init) containers: READY, STATUS and RESTARTS.
@@ -708,9 +509,7 @@ fn pod_row(pod: &Value, now: Timestamp) -> Vec<Value> {
         reason = text(pod, "/status/reason").to_string();
     }
     let scheduling_gated = items(pod, "/status/conditions").iter().any(|c| {
-        text(c, "/type") == "PodScheduled"
-            && text(c, "/status") == "False"
-            && text(c, "/reason") == "SchedulingGated"
+        text(c, "/type") == "PodScheduled" && text(c, "/status") == "False" && text(c, "/reason") == "SchedulingGated"
     });
     if scheduling_gated {
         reason = "SchedulingGated".into();
@@ -765,10 +564,7 @@ fn pod_row(pod: &Value, now: Timestamp) -> Vec<Value> {
                 } else {
                     format!("ExitCode:{}", int(t, "/exitCode"))
                 };
-            } else if status
-                .get("ready")
-                .and_then(Value::as_bool)
-                .unwrap_or(false)
+            } else if status.get("ready").and_then(Value::as_bool).unwrap_or(false)
                 && status.pointer("/state/running").is_some()
             {
                 has_running = true;
@@ -776,19 +572,11 @@ fn pod_row(pod: &Value, now: Timestamp) -> Vec<Value> {
             }
         }
         if reason == "Completed" && has_running {
-            reason = if condition_true(pod, "/status/conditions", "Ready") {
-                "Running"
-            } else {
-                "NotReady"
-            }
-            .into();
+            reason = if condition_true(pod, "/status/conditions", "Ready") { "Running" } else { "NotReady" }.into();
         }
     }
 
-    if pod
-        .pointer("/metadata/deletionTimestamp")
-        .is_some_and(|t| !t.is_null())
-    {
+    if pod.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
         let phase = text(pod, "/status/phase");
         if text(pod, "/status/reason") == "NodeLost" {
             reason = "Unknown".into();
@@ -798,20 +586,14 @@ fn pod_row(pod: &Value, now: Timestamp) -> Vec<Value> {
     }
 
     let restarts_cell = match last_restart_at {
-        Some(at) if restarts != 0 => format!(
-            "{restarts} ({} ago)",
-            human_duration(now.duration_since(at))
-        ),
+        Some(at) if restarts != 0 => format!("{restarts} ({} ago)", human_duration(now.duration_since(at))),
         _ => restarts.to_string(),
     };
     let gates = items(pod, "/spec/readinessGates");
     let gates_cell = if gates.is_empty() {
         NONE.to_string()
     } else {
-        let met = gates
-            .iter()
-            .filter(|g| condition_true(pod, "/status/conditions", text(g, "/conditionType")))
-            .count();
+        let met = gates.iter().filter(|g| condition_true(pod, "/status/conditions", text(g, "/conditionType"))).count();
         format!("{met}/{}", gates.len())
     };
     vec![
@@ -828,10 +610,7 @@ fn pod_row(pod: &Value, now: Timestamp) -> Vec<Value> {
 }
 
 fn strings_at<'a>(object: &'a Value, pointer: &str) -> Vec<&'a str> {
-    items(object, pointer)
-        .iter()
-        .filter_map(Value::as_str)
-        .collect()
+    items(object, pointer).iter().filter_map(Value::as_str).collect()
 }
 
 fn service_row(service: &Value, now: Timestamp) -> Vec<Value> {
@@ -846,18 +625,10 @@ fn service_row(service: &Value, now: Timestamp) -> Vec<Value> {
         "LoadBalancer" => {
             let mut all: Vec<&str> = items(service, "/status/loadBalancer/ingress")
                 .iter()
-                .filter_map(|i| {
-                    [text(i, "/ip"), text(i, "/hostname")]
-                        .into_iter()
-                        .find(|s| !s.is_empty())
-                })
+                .filter_map(|i| [text(i, "/ip"), text(i, "/hostname")].into_iter().find(|s| !s.is_empty()))
                 .collect();
             all.extend(external_ips);
-            if all.is_empty() {
-                "<pending>".into()
-            } else {
-                all.join(",")
-            }
+            if all.is_empty() { "<pending>".into() } else { all.join(",") }
         }
         "ExternalName" => text(service, "/spec/externalName").to_string(),
         _ => UNKNOWN.into(),
@@ -896,38 +667,22 @@ fn endpoints_row(endpoints: &Value, now: Timestamp) -> Vec<Value> {
         let mut list: Vec<String> = Vec::new();
         let mut count = 0;
         for subset in subsets {
-            let addresses: Vec<&str> = items(subset, "/addresses")
-                .iter()
-                .map(|a| text(a, "/ip"))
-                .collect();
+            let addresses: Vec<&str> = items(subset, "/addresses").iter().map(|a| text(a, "/ip")).collect();
             let ports = items(subset, "/ports");
             if ports.is_empty() {
                 count += addresses.len();
-                list.extend(
-                    addresses
-                        .iter()
-                        .take(MAX.saturating_sub(list.len()))
-                        .map(|ip| ip.to_string()),
-                );
+                list.extend(addresses.iter().take(MAX.saturating_sub(list.len())).map(|ip| ip.to_string()));
             } else {
                 for port in ports {
                     count += addresses.len();
                     let port = int(port, "/port");
                     for ip in addresses.iter().take(MAX.saturating_sub(list.len())) {
-                        list.push(if ip.contains(':') {
-                            format!("[{ip}]:{port}")
-                        } else {
-                            format!("{ip}:{port}")
-                        });
+                        list.push(if ip.contains(':') { format!("[{ip}]:{port}") } else { format!("{ip}:{port}") });
                     }
                 }
             }
         }
-        if count > list.len() {
-            format!("{} + {} more...", list.join(","), count - list.len())
-        } else {
-            list.join(",")
-        }
+        if count > list.len() { format!("{} + {} more...", list.join(","), count - list.len()) } else { list.join(",") }
     };
     vec![name(endpoints), cell.into(), age(endpoints, now)]
 }
@@ -939,20 +694,11 @@ fn configmap_row(object: &Value, now: Timestamp) -> Vec<Value> {
 
 fn secret_row(object: &Value, now: Timestamp) -> Vec<Value> {
     let count = len_of(object, "/data");
-    vec![
-        name(object),
-        text(object, "/type").into(),
-        count.into(),
-        age(object, now),
-    ]
+    vec![name(object), text(object, "/type").into(), count.into(), age(object, now)]
 }
 
 fn serviceaccount_row(object: &Value, now: Timestamp) -> Vec<Value> {
-    vec![
-        name(object),
-        len_of(object, "/secrets").into(),
-        age(object, now),
-    ]
+    vec![name(object), len_of(object, "/secrets").into(), age(object, now)]
 }
 
 fn event_row(event: &Value, now: Timestamp) -> Vec<Value> {
@@ -974,25 +720,15 @@ fn event_row(event: &Value, now: Timestamp) -> Vec<Value> {
     }
     let kind = text(event, "/involvedObject/kind").to_lowercase();
     let involved = text(event, "/involvedObject/name");
-    let target = if involved.is_empty() {
-        kind
-    } else {
-        format!("{kind}/{involved}")
-    };
-    let component = [
-        text(event, "/source/component"),
-        text(event, "/reportingComponent"),
-    ]
-    .into_iter()
-    .find(|s| !s.is_empty())
-    .unwrap_or("");
-    let instance = [
-        text(event, "/source/host"),
-        text(event, "/reportingInstance"),
-    ]
-    .into_iter()
-    .find(|s| !s.is_empty())
-    .unwrap_or("");
+    let target = if involved.is_empty() { kind } else { format!("{kind}/{involved}") };
+    let component = [text(event, "/source/component"), text(event, "/reportingComponent")]
+        .into_iter()
+        .find(|s| !s.is_empty())
+        .unwrap_or("");
+    let instance = [text(event, "/source/host"), text(event, "/reportingInstance")]
+        .into_iter()
+        .find(|s| !s.is_empty())
+        .unwrap_or("");
     let source = match (component.is_empty(), instance.is_empty()) {
         (true, _) => String::new(),
         (false, true) => component.to_string(),
@@ -1017,27 +753,16 @@ fn template_cells(object: &Value) -> [Value; 3] {
     let containers = items(object, "/spec/template/spec/containers");
     let names: Vec<&str> = containers.iter().map(|c| text(c, "/name")).collect();
     let images: Vec<&str> = containers.iter().map(|c| text(c, "/image")).collect();
-    [
-        names.join(",").into(),
-        images.join(",").into(),
-        format_selector(object.pointer("/spec/selector")).into(),
-    ]
+    [names.join(",").into(), images.join(",").into(), format_selector(object.pointer("/spec/selector")).into()]
 }
 
 /// `spec.replicas`, which the API server defaults to 1.
 fn desired_replicas(object: &Value) -> i64 {
-    object
-        .pointer("/spec/replicas")
-        .and_then(Value::as_i64)
-        .unwrap_or(1)
+    object.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1)
 }
 
 fn deployment_row(object: &Value, now: Timestamp) -> Vec<Value> {
-    let ready = format!(
-        "{}/{}",
-        int(object, "/status/readyReplicas"),
-        desired_replicas(object)
-    );
+    let ready = format!("{}/{}", int(object, "/status/readyReplicas"), desired_replicas(object));
     let mut row = vec![
         name(object),
         ready.into(),
@@ -1085,23 +810,18 @@ fn job_row(job: &Value, now: Timestamp) -> Vec<Value> {
             _ => format!("{succeeded}/1"),
         },
     };
-    let duration = match (
-        parse_time(job.pointer("/status/startTime")),
-        parse_time(job.pointer("/status/completionTime")),
-    ) {
-        (None, _) => String::new(),
-        (Some(start), None) => human_duration(now.duration_since(start)),
-        (Some(start), Some(end)) => human_duration(end.duration_since(start)),
-    };
+    let duration =
+        match (parse_time(job.pointer("/status/startTime")), parse_time(job.pointer("/status/completionTime"))) {
+            (None, _) => String::new(),
+            (Some(start), None) => human_duration(now.duration_since(start)),
+            (Some(start), Some(end)) => human_duration(end.duration_since(start)),
+        };
     let has = |kind| condition_true(job, "/status/conditions", kind);
     let status = if has("Complete") {
         "Complete"
     } else if has("Failed") {
         "Failed"
-    } else if job
-        .pointer("/metadata/deletionTimestamp")
-        .is_some_and(|t| !t.is_null())
-    {
+    } else if job.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
         "Terminating"
     } else if has("Suspended") {
         "Suspended"
@@ -1112,31 +832,17 @@ fn job_row(job: &Value, now: Timestamp) -> Vec<Value> {
     } else {
         "Running"
     };
-    let mut row = vec![
-        name(job),
-        status.into(),
-        completions.into(),
-        duration.into(),
-        age(job, now),
-    ];
+    let mut row = vec![name(job), status.into(), completions.into(), duration.into(), age(job, now)];
     row.extend(template_cells(job));
     row
 }
 
 fn lease_row(object: &Value, now: Timestamp) -> Vec<Value> {
-    vec![
-        name(object),
-        text(object, "/spec/holderIdentity").into(),
-        age(object, now),
-    ]
+    vec![name(object), text(object, "/spec/holderIdentity").into(), age(object, now)]
 }
 
 fn runtimeclass_row(object: &Value, now: Timestamp) -> Vec<Value> {
-    vec![
-        name(object),
-        text(object, "/handler").into(),
-        age(object, now),
-    ]
+    vec![name(object), text(object, "/handler").into(), age(object, now)]
 }
 
 #[cfg(test)]
@@ -1151,20 +857,12 @@ mod tests {
     }
 
     fn def(group: &str, plural: &str) -> &'static ResourceDef {
-        resources::all()
-            .iter()
-            .find(|r| r.group == group && r.plural == plural)
-            .unwrap()
+        resources::all().iter().find(|r| r.group == group && r.plural == plural).unwrap()
     }
 
     /// The table's single row as (column name, cell) pairs, after checking one cell per column.
     fn row(group: &str, plural: &str, object: Value) -> Vec<(String, Value)> {
-        let table = table(
-            def(group, plural),
-            std::slice::from_ref(&object),
-            json!({"resourceVersion": "7"}),
-            now(),
-        );
+        let table = table(def(group, plural), std::slice::from_ref(&object), json!({"resourceVersion": "7"}), now());
         assert_eq!(table["kind"], "Table");
         assert_eq!(table["metadata"]["resourceVersion"], "7");
         let columns = table["columnDefinitions"].as_array().unwrap();
@@ -1172,18 +870,11 @@ mod tests {
         assert_eq!(columns.len(), cells.len(), "{plural}");
         assert_eq!(table["rows"][0]["object"]["kind"], "PartialObjectMetadata");
         assert_eq!(table["rows"][0]["object"]["metadata"], object["metadata"]);
-        columns
-            .iter()
-            .map(|c| c["name"].as_str().unwrap().to_string())
-            .zip(cells.iter().cloned())
-            .collect()
+        columns.iter().map(|c| c["name"].as_str().unwrap().to_string()).zip(cells.iter().cloned()).collect()
     }
 
     fn cell(row: &[(String, Value)], column: &str) -> Value {
-        row.iter()
-            .find(|(name, _)| name == column)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_else(|| panic!("{column}"))
+        row.iter().find(|(name, _)| name == column).map(|(_, v)| v.clone()).unwrap_or_else(|| panic!("{column}"))
     }
 
     #[test]
@@ -1191,17 +882,9 @@ mod tests {
         for def in resources::all() {
             let table = table(def, &[json!({"metadata": {"name": "x"}})], json!({}), now());
             let columns = table["columnDefinitions"].as_array().unwrap();
-            assert_eq!(
-                columns.len(),
-                table["rows"][0]["cells"].as_array().unwrap().len(),
-                "{}",
-                def.plural
-            );
+            assert_eq!(columns.len(), table["rows"][0]["cells"].as_array().unwrap().len(), "{}", def.plural);
             if def.plural != "events" {
-                assert_eq!(
-                    (&columns[0]["name"], &columns[0]["format"]),
-                    (&json!("Name"), &json!("name"))
-                );
+                assert_eq!((&columns[0]["name"], &columns[0]["format"]), (&json!("Name"), &json!("name")));
             }
             assert!(columns.iter().any(|c| c["format"] == "name"));
         }
@@ -1222,17 +905,7 @@ mod tests {
         let names: Vec<&str> = row.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
             names,
-            [
-                "Name",
-                "Ready",
-                "Status",
-                "Restarts",
-                "Age",
-                "IP",
-                "Node",
-                "Nominated Node",
-                "Readiness Gates"
-            ]
+            ["Name", "Ready", "Status", "Restarts", "Age", "IP", "Node", "Nominated Node", "Readiness Gates"]
         );
         assert_eq!(cell(&row, "Ready"), "1/2");
         assert_eq!(cell(&row, "Status"), "CrashLoopBackOff");
@@ -1243,19 +916,13 @@ mod tests {
 
         let mut deleting = pod.clone();
         deleting["metadata"]["deletionTimestamp"] = json!(NOW);
-        assert_eq!(
-            cell(&self::row("", "pods", deleting), "Status"),
-            "Terminating"
-        );
+        assert_eq!(cell(&self::row("", "pods", deleting), "Status"), "Terminating");
 
-        let pending = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a"}]}, "status": {"phase": "Pending"}});
+        let pending =
+            json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a"}]}, "status": {"phase": "Pending"}});
         let row = self::row("", "pods", pending);
         assert_eq!(
-            (
-                cell(&row, "Ready"),
-                cell(&row, "Status"),
-                cell(&row, "Restarts")
-            ),
+            (cell(&row, "Ready"), cell(&row, "Status"), cell(&row, "Restarts")),
             (json!("0/1"), json!("Pending"), json!("0"))
         );
         assert_eq!(cell(&row, "Age"), "<unknown>");
@@ -1294,10 +961,7 @@ mod tests {
         assert_eq!(cell(&row("", "configmaps", cm), "Data"), 3);
         let secret = json!({"metadata": {"name": "s"}, "type": "Opaque", "data": {"a": "AA=="}});
         let row_s = row("", "secrets", secret);
-        assert_eq!(
-            (cell(&row_s, "Type"), cell(&row_s, "Data")),
-            (json!("Opaque"), json!(1))
-        );
+        assert_eq!((cell(&row_s, "Type"), cell(&row_s, "Data")), (json!("Opaque"), json!(1)));
         let svc = json!({"metadata": {"name": "s"}, "spec": {"type": "NodePort", "clusterIP": "10.96.0.10",
             "ports": [{"port": 80, "nodePort": 30080, "protocol": "TCP"}, {"port": 53, "protocol": "UDP"}], "selector": {"b": "2", "a": "1"}}});
         let row_svc = row("", "services", svc);
@@ -1307,17 +971,8 @@ mod tests {
         let lb = json!({"metadata": {"name": "s"}, "spec": {"type": "LoadBalancer"}});
         assert_eq!(cell(&row("", "services", lb), "External-IP"), "<pending>");
         let ep = json!({"metadata": {"name": "e"}, "subsets": [{"addresses": [{"ip": "1.1.1.1"}, {"ip": "2.2.2.2"}, {"ip": "fd00::1"}, {"ip": "4.4.4.4"}], "ports": [{"port": 80}]}]});
-        assert_eq!(
-            cell(&row("", "endpoints", ep), "Endpoints"),
-            "1.1.1.1:80,2.2.2.2:80,[fd00::1]:80 + 1 more..."
-        );
-        assert_eq!(
-            cell(
-                &row("", "endpoints", json!({"metadata": {"name": "e"}})),
-                "Endpoints"
-            ),
-            "<none>"
-        );
+        assert_eq!(cell(&row("", "endpoints", ep), "Endpoints"), "1.1.1.1:80,2.2.2.2:80,[fd00::1]:80 + 1 more...");
+        assert_eq!(cell(&row("", "endpoints", json!({"metadata": {"name": "e"}})), "Endpoints"), "<none>");
         let node = json!({"metadata": {"name": "n", "labels": {"node-role.kubernetes.io/control-plane": ""}},
             "spec": {"unschedulable": true},
             "status": {"conditions": [{"type": "Ready", "status": "True"}], "nodeInfo": {"kubeletVersion": "v1.33.0"},
@@ -1333,11 +988,7 @@ mod tests {
                        "conditions": [{"type": "Complete", "status": "True"}]}});
         let row_job = row("batch", "jobs", job);
         assert_eq!(
-            (
-                cell(&row_job, "Status"),
-                cell(&row_job, "Completions"),
-                cell(&row_job, "Duration")
-            ),
+            (cell(&row_job, "Status"), cell(&row_job, "Completions"), cell(&row_job, "Duration")),
             (json!("Complete"), json!("2/2"), json!("30s"))
         );
         let event = json!({"metadata": {"name": "ev1"}, "type": "Normal", "reason": "Scheduled", "message": " assigned \n",
@@ -1350,10 +1001,7 @@ mod tests {
         assert_eq!(cell(&row_ev, "Count"), 1);
         assert_eq!(cell(&row_ev, "Source"), "scheduler");
         let lease = json!({"metadata": {"name": "l"}, "spec": {"holderIdentity": "me"}});
-        assert_eq!(
-            cell(&row("coordination.k8s.io", "leases", lease), "Holder"),
-            "me"
-        );
+        assert_eq!(cell(&row("coordination.k8s.io", "leases", lease), "Holder"), "me");
     }
 
     #[test]
@@ -1379,11 +1027,7 @@ mod tests {
             (9 * 365 * 86400 + 12 * 86400, "9y"),
         ];
         for (seconds, expected) in cases {
-            assert_eq!(
-                human_duration(SignedDuration::from_secs(seconds)),
-                expected,
-                "{seconds}s"
-            );
+            assert_eq!(human_duration(SignedDuration::from_secs(seconds)), expected, "{seconds}s");
         }
         assert_eq!(human_duration(SignedDuration::from_millis(-1500)), "0s");
     }

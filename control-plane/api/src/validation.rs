@@ -52,9 +52,7 @@ pub fn validate(def: &ResourceDef, object: &Value, old: Option<&Value>) -> Vec<C
         validate_metadata_update(&mut e, object, old);
         match def.kind {
             "Pod" => validate_pod_update(&mut e, object, old),
-            "Deployment" | "ReplicaSet" | "DaemonSet" => {
-                immutable(&mut e, object, old, &["spec", "selector"])
-            }
+            "Deployment" | "ReplicaSet" | "DaemonSet" => immutable(&mut e, object, old, &["spec", "selector"]),
             "Job" => {
                 immutable(&mut e, object, old, &["spec", "selector"]);
                 immutable(&mut e, object, old, &["spec", "template"]);
@@ -89,16 +87,8 @@ pub fn unknown_fields(def: &ResourceDef, object: &Value) -> Vec<String> {
 }
 
 /// Keys whose values are free-form maps (any key is valid) or opaque JSON: never descended into.
-const FREE_FORM: &[&str] = &[
-    "labels",
-    "annotations",
-    "data",
-    "stringData",
-    "binaryData",
-    "nodeSelector",
-    "matchLabels",
-    "managedFields",
-];
+const FREE_FORM: &[&str] =
+    &["labels", "annotations", "data", "stringData", "binaryData", "nodeSelector", "matchLabels", "managedFields"];
 
 fn collect_unknown(input: &Value, normalized: &Value, path: &str, unknown: &mut Vec<String>) {
     match (input, normalized) {
@@ -128,11 +118,11 @@ fn collect_unknown(input: &Value, normalized: &Value, path: &str, unknown: &mut 
 const DNS1123_LABEL_MAX: usize = 63;
 const DNS1123_SUBDOMAIN_MAX: usize = 253;
 const DNS1123_LABEL_FMT: &str = "[a-z0-9]([-a-z0-9]*[a-z0-9])?";
-const DNS1123_SUBDOMAIN_FMT: &str =
-    r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*";
+const DNS1123_SUBDOMAIN_FMT: &str = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*";
 const DNS1035_LABEL_FMT: &str = "[a-z]([-a-z0-9]*[a-z0-9])?";
 const QUALIFIED_NAME_FMT: &str = "([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]";
-const QUALIFIED_NAME_MSG: &str = "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character";
+const QUALIFIED_NAME_MSG: &str =
+    "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character";
 const LABEL_VALUE_FMT: &str = "(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?";
 const CONFIG_KEY_FMT: &str = "[-._a-zA-Z0-9]+";
 const QUANTITY_FMT: &str = "^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$";
@@ -151,9 +141,7 @@ fn is_label_chars(s: &str) -> bool {
                 && !first.is_ascii_uppercase()
                 && last.is_ascii_alphanumeric()
                 && !last.is_ascii_uppercase()
-                && bytes
-                    .iter()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+                && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
         }
         _ => false,
     }
@@ -169,17 +157,15 @@ pub fn is_dns1123_subdomain(s: &str) -> bool {
     s.len() <= DNS1123_SUBDOMAIN_MAX && s.split('.').all(is_label_chars)
 }
 
-fn is_dns1035_label(s: &str) -> bool {
-    is_dns1123_label(s) && s.as_bytes().first().is_some_and(u8::is_ascii_lowercase)
+/// The DNS-1035 label pattern `[a-z]([-a-z0-9]*[a-z0-9])?`, length aside.
+fn is_dns1035_chars(s: &str) -> bool {
+    is_label_chars(s) && s.as_bytes().first().is_some_and(u8::is_ascii_lowercase)
 }
 
 /// Kubernetes' `RegexError`: the description, examples and the regex, in its exact wording.
 fn regex_error(message: &str, fmt: &str, examples: &[&str]) -> String {
     let examples: Vec<String> = examples.iter().map(|e| format!("'{e}', ")).collect();
-    format!(
-        "{message} (e.g. {}regex used for validation is '{fmt}')",
-        examples.join(" or ")
-    )
+    format!("{message} (e.g. {}regex used for validation is '{fmt}')", examples.join(" or "))
 }
 
 fn max_len_error(max: usize) -> String {
@@ -221,7 +207,7 @@ fn dns1035_label_errors(s: &str) -> Vec<String> {
     if s.len() > DNS1123_LABEL_MAX {
         errors.push(max_len_error(DNS1123_LABEL_MAX));
     }
-    if !(is_label_chars(s) && s.as_bytes().first().is_some_and(u8::is_ascii_lowercase)) {
+    if !is_dns1035_chars(s) {
         errors.push(regex_error(
             "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character",
             DNS1035_LABEL_FMT,
@@ -238,9 +224,7 @@ fn is_qualified_name_part(s: &str) -> bool {
         (Some(first), Some(last)) => {
             first.is_ascii_alphanumeric()
                 && last.is_ascii_alphanumeric()
-                && bytes
-                    .iter()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+                && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
         }
         _ => false,
     }
@@ -248,13 +232,7 @@ fn is_qualified_name_part(s: &str) -> bool {
 
 /// Kubernetes' `IsQualifiedName`: label keys, annotation keys, `[prefix/]name`.
 fn qualified_name_errors(s: &str) -> Vec<String> {
-    let name_regex = || {
-        regex_error(
-            QUALIFIED_NAME_MSG,
-            QUALIFIED_NAME_FMT,
-            &["MyName", "my.name", "123-abc"],
-        )
-    };
+    let name_regex = || regex_error(QUALIFIED_NAME_MSG, QUALIFIED_NAME_FMT, &["MyName", "my.name", "123-abc"]);
     let mut errors = Vec::new();
     let parts: Vec<&str> = s.split('/').collect();
     let name = match parts[..] {
@@ -263,11 +241,7 @@ fn qualified_name_errors(s: &str) -> Vec<String> {
             if prefix.is_empty() {
                 errors.push("prefix part must be non-empty".to_string());
             } else {
-                errors.extend(
-                    dns1123_subdomain_errors(prefix)
-                        .into_iter()
-                        .map(|m| format!("prefix part {m}")),
-                );
+                errors.extend(dns1123_subdomain_errors(prefix).into_iter().map(|m| format!("prefix part {m}")));
             }
             name
         }
@@ -310,11 +284,7 @@ fn config_key_errors(s: &str) -> Vec<String> {
     if s.len() > DNS1123_SUBDOMAIN_MAX {
         errors.push(max_len_error(DNS1123_SUBDOMAIN_MAX));
     }
-    if s.is_empty()
-        || !s
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
-    {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')) {
         errors.push(regex_error(
             "a valid config key must consist of alphanumeric characters, '-', '_' or '.'",
             CONFIG_KEY_FMT,
@@ -338,13 +308,8 @@ fn port_name_errors(s: &str) -> Vec<String> {
     if s.len() > 15 {
         errors.push("must be no more than 15 characters".to_string());
     }
-    if !s
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
-        errors.push(
-            "must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)".to_string(),
-        );
+    if !s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        errors.push("must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)".to_string());
     }
     if !s.bytes().any(|b| b.is_ascii_lowercase()) {
         errors.push("must contain at least one letter (a-z)".to_string());
@@ -371,9 +336,7 @@ fn parse_quantity(s: &str) -> Option<f64> {
         Some(b'+') => (false, &s[1..]),
         _ => (false, s),
     };
-    let number_end = unsigned
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(unsigned.len());
+    let number_end = unsigned.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(unsigned.len());
     let (number, suffix) = unsigned.split_at(number_end);
     if !number.bytes().any(|b| b.is_ascii_digit()) || number.matches('.').count() > 1 {
         return None;
@@ -415,28 +378,17 @@ struct Errors(Vec<Cause>);
 
 impl Errors {
     fn push(&mut self, reason: &'static str, field: impl Into<String>, message: String) {
-        self.0.push(Cause {
-            reason,
-            message,
-            field: field.into(),
-        });
+        self.0.push(Cause { reason, message, field: field.into() });
     }
 
     fn required(&mut self, field: impl Into<String>, detail: &str) {
-        let message = if detail.is_empty() {
-            "Required value".to_string()
-        } else {
-            format!("Required value: {detail}")
-        };
+        let message =
+            if detail.is_empty() { "Required value".to_string() } else { format!("Required value: {detail}") };
         self.push("FieldValueRequired", field, message);
     }
 
     fn invalid(&mut self, field: impl Into<String>, value: impl Into<Value>, detail: &str) {
-        self.push(
-            "FieldValueInvalid",
-            field,
-            format!("Invalid value: {}: {detail}", value.into()),
-        );
+        self.push("FieldValueInvalid", field, format!("Invalid value: {}: {detail}", value.into()));
     }
 
     fn invalid_each(&mut self, field: &str, value: &str, details: Vec<String>) {
@@ -446,24 +398,13 @@ impl Errors {
     }
 
     fn not_supported(&mut self, field: impl Into<String>, value: &str, supported: &[&str]) {
-        let supported: Vec<String> = supported
-            .iter()
-            .map(|s| Value::from(*s).to_string())
-            .collect();
-        let message = format!(
-            "Unsupported value: {}: supported values: {}",
-            Value::from(value),
-            supported.join(", ")
-        );
+        let supported: Vec<String> = supported.iter().map(|s| Value::from(*s).to_string()).collect();
+        let message = format!("Unsupported value: {}: supported values: {}", Value::from(value), supported.join(", "));
         self.push("FieldValueNotSupported", field, message);
     }
 
     fn duplicate(&mut self, field: impl Into<String>, value: &str) {
-        self.push(
-            "FieldValueDuplicate",
-            field,
-            format!("Duplicate value: {}", Value::from(value)),
-        );
+        self.push("FieldValueDuplicate", field, format!("Duplicate value: {}", Value::from(value)));
     }
 
     fn forbidden(&mut self, field: impl Into<String>, detail: &str) {
@@ -471,11 +412,7 @@ impl Errors {
     }
 
     fn too_long(&mut self, field: impl Into<String>, max: usize) {
-        self.push(
-            "FieldValueTooLong",
-            field,
-            format!("Too long: may not be more than {max} bytes"),
-        );
+        self.push("FieldValueTooLong", field, format!("Too long: may not be more than {max} bytes"));
     }
 
     fn non_negative(&mut self, object: &Value, key: &str, path: &str) {
@@ -488,11 +425,7 @@ impl Errors {
 }
 
 fn child(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_string()
-    } else {
-        format!("{path}.{key}")
-    }
+    if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
 }
 
 fn get<'a>(object: &'a Value, key: &str) -> Option<&'a Value> {
@@ -512,10 +445,7 @@ fn get_map<'a>(object: &'a Value, key: &str) -> Option<&'a Map<String, Value>> {
 }
 
 fn get_array<'a>(object: &'a Value, key: &str) -> &'a [Value] {
-    object
-        .get(key)
-        .and_then(Value::as_array)
-        .map_or(&[], Vec::as_slice)
+    object.get(key).and_then(Value::as_array).map_or(&[], Vec::as_slice)
 }
 
 fn at<'a>(object: &'a Value, path: &[&str]) -> Option<&'a Value> {
@@ -533,10 +463,9 @@ fn semantic_eq(a: Option<&Value>, b: Option<&Value>) -> bool {
     };
     match (a, b) {
         _ if empty(a) && empty(b) => true,
-        (Some(Value::Object(a)), Some(Value::Object(b))) => a
-            .keys()
-            .chain(b.keys())
-            .all(|k| semantic_eq(a.get(k), b.get(k))),
+        (Some(Value::Object(a)), Some(Value::Object(b))) => {
+            a.keys().chain(b.keys()).all(|k| semantic_eq(a.get(k), b.get(k)))
+        }
         (Some(Value::Array(a)), Some(Value::Array(b))) => {
             a.len() == b.len() && a.iter().zip(b).all(|(x, y)| semantic_eq(Some(x), Some(y)))
         }
@@ -547,11 +476,7 @@ fn semantic_eq(a: Option<&Value>, b: Option<&Value>) -> bool {
 fn immutable(e: &mut Errors, object: &Value, old: &Value, path: &[&str]) {
     let new_value = at(object, path);
     if !semantic_eq(new_value, at(old, path)) {
-        e.invalid(
-            path.join("."),
-            new_value.cloned().unwrap_or(Value::Null),
-            IMMUTABLE,
-        );
+        e.invalid(path.join("."), new_value.cloned().unwrap_or(Value::Null), IMMUTABLE);
     }
 }
 
@@ -573,11 +498,7 @@ fn validate_metadata(e: &mut Errors, def: &ResourceDef, object: &Value) {
     if def.namespaced
         && let Some(namespace) = get_str(metadata, "namespace").filter(|n| !n.is_empty())
     {
-        e.invalid_each(
-            "metadata.namespace",
-            namespace,
-            dns1123_label_errors(namespace),
-        );
+        e.invalid_each("metadata.namespace", namespace, dns1123_label_errors(namespace));
     }
     validate_labels(e, get_map(metadata, "labels"), "metadata.labels");
     validate_annotations(e, get_map(metadata, "annotations"), "metadata.annotations");
@@ -606,8 +527,7 @@ fn validate_annotations(e: &mut Errors, annotations: Option<&Map<String, Value>>
 fn validate_metadata_update(e: &mut Errors, object: &Value, old: &Value) {
     for key in ["name", "namespace", "uid", "creationTimestamp"] {
         // An absent value is one the server carries over from the stored object, not a change.
-        let Some(new_value) = at(object, &["metadata", key]).filter(|v| v.as_str() != Some(""))
-        else {
+        let Some(new_value) = at(object, &["metadata", key]).filter(|v| v.as_str() != Some("")) else {
             continue;
         };
         if at(old, &["metadata", key]) != Some(new_value) {
@@ -624,9 +544,7 @@ fn validate_pod_spec(e: &mut Errors, spec: &Value, path: &str, restart_policies:
         let name_path = format!("{path}.volumes[{i}].name");
         match get_str(volume, "name").filter(|n| !n.is_empty()) {
             None => e.required(name_path, ""),
-            Some(name) if !is_dns1123_label(name) => {
-                e.invalid_each(&name_path, name, dns1123_label_errors(name))
-            }
+            Some(name) if !is_dns1123_label(name) => e.invalid_each(&name_path, name, dns1123_label_errors(name)),
             Some(name) if !volumes.insert(name) => e.duplicate(name_path, name),
             Some(_) => {}
         }
@@ -637,18 +555,13 @@ fn validate_pod_spec(e: &mut Errors, spec: &Value, path: &str, restart_policies:
         e.required(child(path, "containers"), "");
     }
     let mut names = HashSet::new();
-    for (list, items) in [
-        ("initContainers", get_array(spec, "initContainers")),
-        ("containers", containers),
-    ] {
+    for (list, items) in [("initContainers", get_array(spec, "initContainers")), ("containers", containers)] {
         for (i, container) in items.iter().enumerate() {
             validate_container(e, container, &format!("{path}.{list}[{i}]"), &mut names);
         }
     }
 
-    let policy = get_str(spec, "restartPolicy")
-        .filter(|p| !p.is_empty())
-        .unwrap_or("Always");
+    let policy = get_str(spec, "restartPolicy").filter(|p| !p.is_empty()).unwrap_or("Always");
     if !restart_policies.contains(&policy) {
         e.not_supported(child(path, "restartPolicy"), policy, restart_policies);
     }
@@ -658,46 +571,27 @@ fn validate_pod_spec(e: &mut Errors, spec: &Value, path: &str, restart_policies:
             e.not_supported(child(path, "dnsPolicy"), policy, &supported);
         }
     }
-    validate_labels(
-        e,
-        get_map(spec, "nodeSelector"),
-        &child(path, "nodeSelector"),
-    );
+    validate_labels(e, get_map(spec, "nodeSelector"), &child(path, "nodeSelector"));
     if let Some(seconds) = get_i64(spec, "activeDeadlineSeconds")
         && seconds < 1
     {
-        e.invalid(
-            child(path, "activeDeadlineSeconds"),
-            seconds,
-            "must be between 1 and 2147483647, inclusive",
-        );
+        e.invalid(child(path, "activeDeadlineSeconds"), seconds, "must be between 1 and 2147483647, inclusive");
     }
 }
 
 /// `names` is shared by init and regular containers: Kubernetes wants them unique across both.
-fn validate_container<'a>(
-    e: &mut Errors,
-    container: &'a Value,
-    path: &str,
-    names: &mut HashSet<&'a str>,
-) {
+fn validate_container<'a>(e: &mut Errors, container: &'a Value, path: &str, names: &mut HashSet<&'a str>) {
     let name_path = child(path, "name");
     match get_str(container, "name").filter(|n| !n.is_empty()) {
         None => e.required(name_path, ""),
-        Some(name) if !is_dns1123_label(name) => {
-            e.invalid_each(&name_path, name, dns1123_label_errors(name))
-        }
+        Some(name) if !is_dns1123_label(name) => e.invalid_each(&name_path, name, dns1123_label_errors(name)),
         Some(name) if !names.insert(name) => e.duplicate(name_path, name),
         Some(_) => {}
     }
     match get_str(container, "image").filter(|i| !i.is_empty()) {
         None => e.required(child(path, "image"), ""),
         Some(image) if image.trim() != image => {
-            e.invalid(
-                child(path, "image"),
-                image,
-                "must not have leading or trailing whitespace",
-            );
+            e.invalid(child(path, "image"), image, "must not have leading or trailing whitespace");
         }
         Some(_) => {}
     }
@@ -752,9 +646,7 @@ fn validate_protocol(e: &mut Errors, port: &Value, path: &str) {
 }
 
 fn quantity_text(value: &Value) -> String {
-    value
-        .as_str()
-        .map_or_else(|| value.to_string(), str::to_string)
+    value.as_str().map_or_else(|| value.to_string(), str::to_string)
 }
 
 fn validate_resources(e: &mut Errors, resources: &Value, path: &str) {
@@ -766,11 +658,7 @@ fn validate_resources(e: &mut Errors, resources: &Value, path: &str) {
                 || name.starts_with("hugepages-")
                 || name.contains('/');
             if !is_standard {
-                e.invalid(
-                    &*field,
-                    name.as_str(),
-                    "must be a standard resource for containers",
-                );
+                e.invalid(&*field, name.as_str(), "must be a standard resource for containers");
             } else if name.contains('/') {
                 e.invalid_each(&field, name, qualified_name_errors(name));
             }
@@ -782,9 +670,7 @@ fn validate_resources(e: &mut Errors, resources: &Value, path: &str) {
                     text.as_str(),
                     &format!("quantities must match the regular expression '{QUANTITY_FMT}'"),
                 ),
-                Some(q) if q < 0.0 => {
-                    e.invalid(&*field, text.as_str(), "must be greater than or equal to 0")
-                }
+                Some(q) if q < 0.0 => e.invalid(&*field, text.as_str(), "must be greater than or equal to 0"),
                 Some(_) => {}
             }
             out.push((name.clone(), text, quantity));
@@ -807,36 +693,23 @@ fn validate_resources(e: &mut Errors, resources: &Value, path: &str) {
 /// Validates a LabelSelector's syntax; returns whether it is well formed (so matching it means something).
 fn validate_selector(e: &mut Errors, selector: &Value, path: &str) -> bool {
     let before = e.0.len();
-    validate_labels(
-        e,
-        get_map(selector, "matchLabels"),
-        &child(path, "matchLabels"),
-    );
+    validate_labels(e, get_map(selector, "matchLabels"), &child(path, "matchLabels"));
     for (i, requirement) in get_array(selector, "matchExpressions").iter().enumerate() {
         let requirement_path = format!("{path}.matchExpressions[{i}]");
         let has_values = !get_array(requirement, "values").is_empty();
         match get_str(requirement, "operator").unwrap_or("") {
-            "In" | "NotIn" if !has_values => e.required(
-                child(&requirement_path, "values"),
-                "must be specified when `operator` is 'In' or 'NotIn'",
-            ),
+            "In" | "NotIn" if !has_values => {
+                e.required(child(&requirement_path, "values"), "must be specified when `operator` is 'In' or 'NotIn'")
+            }
             "Exists" | "DoesNotExist" if has_values => e.forbidden(
                 child(&requirement_path, "values"),
                 "may not be specified when `operator` is 'Exists' or 'DoesNotExist'",
             ),
             "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
-            other => e.invalid(
-                child(&requirement_path, "operator"),
-                other,
-                "not a valid selector operator",
-            ),
+            other => e.invalid(child(&requirement_path, "operator"), other, "not a valid selector operator"),
         }
         let key = get_str(requirement, "key").unwrap_or("");
-        e.invalid_each(
-            &child(&requirement_path, "key"),
-            key,
-            qualified_name_errors(key),
-        );
+        e.invalid_each(&child(&requirement_path, "key"), key, qualified_name_errors(key));
     }
     e.0.len() == before
 }
@@ -849,34 +722,27 @@ fn selector_matches(selector: &Value, labels: Option<&Map<String, Value>>) -> bo
         .flatten()
         .all(|(key, value)| label(key).is_some_and(|v| Some(v) == value.as_str()));
     match_labels
-        && get_array(selector, "matchExpressions")
-            .iter()
-            .all(|requirement| {
-                let value = label(get_str(requirement, "key").unwrap_or(""));
-                let values = get_array(requirement, "values");
-                let listed = value.is_some_and(|v| values.iter().any(|x| x.as_str() == Some(v)));
-                match get_str(requirement, "operator").unwrap_or("") {
-                    "In" => listed,
-                    "NotIn" => !listed,
-                    "Exists" => value.is_some(),
-                    "DoesNotExist" => value.is_none(),
-                    _ => false,
-                }
-            })
+        && get_array(selector, "matchExpressions").iter().all(|requirement| {
+            let value = label(get_str(requirement, "key").unwrap_or(""));
+            let values = get_array(requirement, "values");
+            let listed = value.is_some_and(|v| values.iter().any(|x| x.as_str() == Some(v)));
+            match get_str(requirement, "operator").unwrap_or("") {
+                "In" => listed,
+                "NotIn" => !listed,
+                "Exists" => value.is_some(),
+                "DoesNotExist" => value.is_none(),
+                _ => false,
+            }
+        })
 }
 
 fn is_empty_selector(selector: &Value) -> bool {
-    get_map(selector, "matchLabels").is_none_or(Map::is_empty)
-        && get_array(selector, "matchExpressions").is_empty()
+    get_map(selector, "matchLabels").is_none_or(Map::is_empty) && get_array(selector, "matchExpressions").is_empty()
 }
 
 /// Validates `spec.template` of a controller: labels, annotations, and the pod spec with the owner's
 /// allowed restart policies. Returns the template's labels for selector matching.
-fn validate_template<'a>(
-    e: &mut Errors,
-    spec: &'a Value,
-    restart_policies: &[&str],
-) -> Option<&'a Map<String, Value>> {
+fn validate_template<'a>(e: &mut Errors, spec: &'a Value, restart_policies: &[&str]) -> Option<&'a Map<String, Value>> {
     let Some(template) = get(spec, "template").filter(|t| get(t, "spec").is_some()) else {
         e.required("spec.template", "");
         return None;
@@ -904,7 +770,6 @@ fn validate_workload(e: &mut Errors, kind: &str, object: &Value) {
     e.non_negative(spec, "minReadySeconds", "spec");
     e.non_negative(spec, "revisionHistoryLimit", "spec");
 
-    let selector = get(spec, "selector");
     // The typed round-trip turns a missing selector into `{}` (the field is required in k8s-openapi), so
     // an empty selector is reported the way Kubernetes reports a missing one.
     let selector = get(spec, "selector").filter(|s| !is_empty_selector(s));
@@ -922,18 +787,10 @@ fn validate_workload(e: &mut Errors, kind: &str, object: &Value) {
         && !selector_matches(selector, labels)
     {
         let labels = labels.map_or(Value::Null, |l| Value::Object(l.clone()));
-        e.invalid(
-            "spec.template.metadata.labels",
-            labels,
-            "`selector` does not match template `labels`",
-        );
+        e.invalid("spec.template.metadata.labels", labels, "`selector` does not match template `labels`");
     }
     if at(spec, &["template", "spec", "activeDeadlineSeconds"]).is_some() {
-        let owner = if kind == "DaemonSet" {
-            "DaemonSet"
-        } else {
-            "ReplicaSet"
-        };
+        let owner = if kind == "DaemonSet" { "DaemonSet" } else { "ReplicaSet" };
         e.forbidden(
             "spec.template.spec.activeDeadlineSeconds",
             &format!("activeDeadlineSeconds in {owner} is not Supported"),
@@ -944,13 +801,7 @@ fn validate_workload(e: &mut Errors, kind: &str, object: &Value) {
 fn validate_job(e: &mut Errors, object: &Value) {
     let empty = Value::Null;
     let spec = get(object, "spec").unwrap_or(&empty);
-    for key in [
-        "parallelism",
-        "completions",
-        "activeDeadlineSeconds",
-        "backoffLimit",
-        "ttlSecondsAfterFinished",
-    ] {
+    for key in ["parallelism", "completions", "activeDeadlineSeconds", "backoffLimit", "ttlSecondsAfterFinished"] {
         e.non_negative(spec, key, "spec");
     }
     // The server generates the selector of a Job without manualSelector, so it may be missing here.
@@ -963,20 +814,14 @@ fn validate_job(e: &mut Errors, object: &Value) {
         && !selector_matches(selector, labels)
     {
         let labels = labels.map_or(Value::Null, |l| Value::Object(l.clone()));
-        e.invalid(
-            "spec.template.metadata.labels",
-            labels,
-            "`selector` does not match template `labels`",
-        );
+        e.invalid("spec.template.metadata.labels", labels, "`selector` does not match template `labels`");
     }
 }
 
 fn validate_service(e: &mut Errors, object: &Value) {
     let empty = Value::Null;
     let spec = get(object, "spec").unwrap_or(&empty);
-    let service_type = get_str(spec, "type")
-        .filter(|t| !t.is_empty())
-        .unwrap_or("ClusterIP");
+    let service_type = get_str(spec, "type").filter(|t| !t.is_empty()).unwrap_or("ClusterIP");
     let supported = ["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"];
     if !supported.contains(&service_type) {
         e.not_supported("spec.type", service_type, &supported);
@@ -997,11 +842,7 @@ fn validate_service(e: &mut Errors, object: &Value) {
             Some(name) => e.invalid_each("spec.externalName", name, dns1123_subdomain_errors(name)),
         }
     } else if !cluster_ip.is_empty() && !headless && cluster_ip.parse::<IpAddr>().is_err() {
-        e.invalid(
-            "spec.clusterIP",
-            cluster_ip,
-            "must be empty, 'None', or a valid IP address",
-        );
+        e.invalid("spec.clusterIP", cluster_ip, "must be empty, 'None', or a valid IP address");
     }
 
     let mut names = HashSet::new();
@@ -1030,17 +871,12 @@ fn validate_service(e: &mut Errors, object: &Value) {
                     e.invalid(child(&path, "targetPort"), n, PORT_RANGE);
                 }
             }
-            Some(Value::String(name)) => {
-                e.invalid_each(&child(&path, "targetPort"), name, port_name_errors(name))
-            }
+            Some(Value::String(name)) => e.invalid_each(&child(&path, "targetPort"), name, port_name_errors(name)),
             _ => {}
         }
         if let Some(node_port) = get_i64(port, "nodePort").filter(|n| *n != 0) {
             if service_type == "ClusterIP" {
-                e.forbidden(
-                    child(&path, "nodePort"),
-                    "may not be used when `type` is 'ClusterIP'",
-                );
+                e.forbidden(child(&path, "nodePort"), "may not be used when `type` is 'ClusterIP'");
             } else if !valid_port(node_port) {
                 e.invalid(child(&path, "nodePort"), node_port, PORT_RANGE);
             }
@@ -1057,21 +893,12 @@ fn validate_service(e: &mut Errors, object: &Value) {
 
 fn validate_service_update(e: &mut Errors, object: &Value, old: &Value) {
     fn service_type(o: &Value) -> &str {
-        at(o, &["spec", "type"])
-            .and_then(Value::as_str)
-            .unwrap_or("ClusterIP")
+        at(o, &["spec", "type"]).and_then(Value::as_str).unwrap_or("ClusterIP")
     }
-    let old_ip = at(old, &["spec", "clusterIP"])
-        .and_then(Value::as_str)
-        .unwrap_or("");
+    let old_ip = at(old, &["spec", "clusterIP"]).and_then(Value::as_str).unwrap_or("");
     // Only a service keeping a cluster IP has to keep the one it was given; ExternalName has none.
-    if service_type(old) != "ExternalName"
-        && service_type(object) != "ExternalName"
-        && !old_ip.is_empty()
-    {
-        let new_ip = at(object, &["spec", "clusterIP"])
-            .and_then(Value::as_str)
-            .unwrap_or("");
+    if service_type(old) != "ExternalName" && service_type(object) != "ExternalName" && !old_ip.is_empty() {
+        let new_ip = at(object, &["spec", "clusterIP"]).and_then(Value::as_str).unwrap_or("");
         if new_ip != old_ip {
             e.invalid("spec.clusterIP", new_ip, IMMUTABLE);
         }
@@ -1079,11 +906,7 @@ fn validate_service_update(e: &mut Errors, object: &Value, old: &Value) {
 }
 
 fn validate_data_keys(e: &mut Errors, object: &Value, key: &str) {
-    for name in get_map(object, key)
-        .into_iter()
-        .flatten()
-        .map(|(name, _)| name)
-    {
+    for name in get_map(object, key).into_iter().flatten().map(|(name, _)| name) {
         e.invalid_each(&format!("{key}[{name}]"), name, config_key_errors(name));
     }
 }
@@ -1095,19 +918,11 @@ fn validate_config_map(e: &mut Errors, object: &Value) {
     let mut size = 0;
     for (name, value) in get_map(object, "data").into_iter().flatten() {
         if binary.is_some_and(|b| b.contains_key(name)) {
-            e.invalid(
-                format!("data[{name}]"),
-                name.as_str(),
-                "duplicate of key present in binaryData",
-            );
+            e.invalid(format!("data[{name}]"), name.as_str(), "duplicate of key present in binaryData");
         }
         size += value.as_str().map_or(0, str::len);
     }
-    size += binary
-        .into_iter()
-        .flatten()
-        .map(|(_, v)| decoded_len(v))
-        .sum::<usize>();
+    size += binary.into_iter().flatten().map(|(_, v)| decoded_len(v)).sum::<usize>();
     if size > DATA_MAX_BYTES {
         e.too_long("", DATA_MAX_BYTES);
     }
@@ -1115,9 +930,7 @@ fn validate_config_map(e: &mut Errors, object: &Value) {
 
 fn decoded_len(value: &Value) -> usize {
     let text = value.as_str().unwrap_or("");
-    base64::engine::general_purpose::STANDARD
-        .decode(text)
-        .map_or(text.len(), |bytes| bytes.len())
+    base64::engine::general_purpose::STANDARD.decode(text).map_or(text.len(), |bytes| bytes.len())
 }
 
 fn validate_secret(e: &mut Errors, object: &Value) {
@@ -1125,25 +938,14 @@ fn validate_secret(e: &mut Errors, object: &Value) {
     validate_data_keys(e, object, "stringData");
     let data = get_map(object, "data");
     let string_data = get_map(object, "stringData");
-    let size: usize = data
-        .into_iter()
-        .flatten()
-        .map(|(_, v)| decoded_len(v))
-        .sum::<usize>()
-        + string_data
-            .into_iter()
-            .flatten()
-            .map(|(_, v)| v.as_str().map_or(0, str::len))
-            .sum::<usize>();
+    let size: usize = data.into_iter().flatten().map(|(_, v)| decoded_len(v)).sum::<usize>()
+        + string_data.into_iter().flatten().map(|(_, v)| v.as_str().map_or(0, str::len)).sum::<usize>();
     if size > DATA_MAX_BYTES {
         e.too_long("data", DATA_MAX_BYTES);
     }
 
     // stringData is write-only sugar for data, so a required key may come from either.
-    let has = |key: &str| {
-        data.is_some_and(|d| d.contains_key(key))
-            || string_data.is_some_and(|d| d.contains_key(key))
-    };
+    let has = |key: &str| data.is_some_and(|d| d.contains_key(key)) || string_data.is_some_and(|d| d.contains_key(key));
     let require = |e: &mut Errors, keys: &[&str]| {
         for key in keys {
             if !has(key) {
@@ -1154,18 +956,13 @@ fn validate_secret(e: &mut Errors, object: &Value) {
     match get_str(object, "type").unwrap_or("Opaque") {
         "kubernetes.io/service-account-token" => {
             let annotation = "kubernetes.io/service-account.name";
-            if at(object, &["metadata", "annotations", annotation])
-                .and_then(Value::as_str)
-                .is_none_or(str::is_empty)
-            {
+            if at(object, &["metadata", "annotations", annotation]).and_then(Value::as_str).is_none_or(str::is_empty) {
                 e.required(format!("metadata.annotations[{annotation}]"), "");
             }
         }
         "kubernetes.io/dockercfg" => require(e, &[".dockercfg"]),
         "kubernetes.io/dockerconfigjson" => require(e, &[".dockerconfigjson"]),
-        "kubernetes.io/basic-auth" if !has("username") && !has("password") => {
-            require(e, &["username", "password"])
-        }
+        "kubernetes.io/basic-auth" if !has("username") && !has("password") => require(e, &["username", "password"]),
         "kubernetes.io/ssh-auth" => require(e, &["ssh-privatekey"]),
         "kubernetes.io/tls" => require(e, &["tls.crt", "tls.key"]),
         _ => {}
@@ -1200,11 +997,7 @@ fn validate_endpoints(e: &mut Errors, object: &Value) {
                 let ip = get_str(address, "ip").unwrap_or("");
                 if ip.parse::<IpAddr>().is_err() {
                     let field = format!("{path}.{list}[{j}].ip");
-                    e.invalid(
-                        field,
-                        ip,
-                        "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
-                    );
+                    e.invalid(field, ip, "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)");
                 }
             }
         }
@@ -1214,9 +1007,7 @@ fn validate_endpoints(e: &mut Errors, object: &Value) {
             match get_str(port, "name").filter(|n| !n.is_empty()) {
                 None if ports.len() > 1 => e.required(child(&port_path, "name"), ""),
                 None => {}
-                Some(name) => {
-                    e.invalid_each(&child(&port_path, "name"), name, dns1123_label_errors(name))
-                }
+                Some(name) => e.invalid_each(&child(&port_path, "name"), name, dns1123_label_errors(name)),
             }
             let number = get_i64(port, "port").unwrap_or(0);
             if !valid_port(number) {
@@ -1240,29 +1031,19 @@ fn validate_lease(e: &mut Errors, object: &Value) {
     if let Some(seconds) = get_i64(spec, "leaseDurationSeconds")
         && seconds <= 0
     {
-        e.invalid(
-            "spec.leaseDurationSeconds",
-            seconds,
-            "must be greater than 0",
-        );
+        e.invalid("spec.leaseDurationSeconds", seconds, "must be greater than 0");
     }
     e.non_negative(spec, "leaseTransitions", "spec");
 }
 
 fn validate_event(e: &mut Errors, object: &Value) {
-    let namespace = at(object, &["metadata", "namespace"])
-        .and_then(Value::as_str)
-        .unwrap_or("");
+    let namespace = at(object, &["metadata", "namespace"]).and_then(Value::as_str).unwrap_or("");
     if let Some(involved) = at(object, &["involvedObject", "namespace"]).and_then(Value::as_str)
         && !involved.is_empty()
         && !namespace.is_empty()
         && involved != namespace
     {
-        e.invalid(
-            "involvedObject.namespace",
-            involved,
-            "does not match event.namespace",
-        );
+        e.invalid("involvedObject.namespace", involved, "does not match event.namespace");
     }
 }
 
@@ -1278,19 +1059,11 @@ fn validate_pod_update(e: &mut Errors, object: &Value, old: &Value) {
         if let Some(old_deadline) = get_i64(old_spec, "activeDeadlineSeconds")
             && new_deadline > old_deadline
         {
-            e.invalid(
-                "spec.activeDeadlineSeconds",
-                new_deadline,
-                "must be less than or equal to previous value",
-            );
+            e.invalid("spec.activeDeadlineSeconds", new_deadline, "must be less than or equal to previous value");
             return;
         }
     } else if get_i64(old_spec, "activeDeadlineSeconds").is_some() {
-        e.invalid(
-            "spec.activeDeadlineSeconds",
-            Value::Null,
-            "must not update from a positive integer to nil value",
-        );
+        e.invalid("spec.activeDeadlineSeconds", Value::Null, "must not update from a positive integer to nil value");
         return;
     }
 
@@ -1307,17 +1080,11 @@ fn validate_pod_update(e: &mut Errors, object: &Value, old: &Value) {
         }
     }
     let new_tolerations = get_array(new_spec, "tolerations");
-    let only_added = get_array(old_spec, "tolerations")
-        .iter()
-        .all(|t| new_tolerations.contains(t));
+    let only_added = get_array(old_spec, "tolerations").iter().all(|t| new_tolerations.contains(t));
     let grace = |spec: &Value| get_i64(spec, "terminationGracePeriodSeconds");
     let grace_allowed = grace(old_spec).is_some_and(|s| s < 0) && grace(new_spec) == Some(1);
     if let Some(munged) = munged.as_object_mut() {
-        for key in [
-            "activeDeadlineSeconds",
-            "tolerations",
-            "terminationGracePeriodSeconds",
-        ] {
+        for key in ["activeDeadlineSeconds", "tolerations", "terminationGracePeriodSeconds"] {
             let allowed = match key {
                 "tolerations" => only_added,
                 "terminationGracePeriodSeconds" => grace_allowed,
@@ -1337,20 +1104,12 @@ fn validate_pod_update(e: &mut Errors, object: &Value, old: &Value) {
             .into_iter()
             .flatten()
             .map(|(k, _)| k.as_str())
-            .chain(
-                old_spec
-                    .as_object()
-                    .into_iter()
-                    .flatten()
-                    .map(|(k, _)| k.as_str()),
-            )
+            .chain(old_spec.as_object().into_iter().flatten().map(|(k, _)| k.as_str()))
             .filter(|k| !semantic_eq(munged.get(*k), old_spec.get(*k)))
             .collect();
         let changed: Vec<String> = changed.iter().map(|k| format!("spec.{k}")).collect();
-        let detail = format!(
-            "pod updates may not change fields other than {POD_UPDATABLE}\n  changed: {}",
-            changed.join(", ")
-        );
+        let detail =
+            format!("pod updates may not change fields other than {POD_UPDATABLE}\n  changed: {}", changed.join(", "));
         e.forbidden("spec", &detail);
     }
 }
@@ -1363,18 +1122,11 @@ mod tests {
     use crate::resources;
 
     fn def(kind: &str) -> &'static ResourceDef {
-        resources::all()
-            .iter()
-            .find(|r| r.kind == kind)
-            .expect("kind registered")
+        resources::all().iter().find(|r| r.kind == kind).expect("kind registered")
     }
 
     fn check(kind: &str, object: Value) -> Vec<Cause> {
-        validate(
-            def(kind),
-            &def(kind).normalize(object).expect("valid shape"),
-            None,
-        )
+        validate(def(kind), &def(kind).normalize(object).expect("valid shape"), None)
     }
 
     fn check_update(kind: &str, old: Value, object: Value) -> Vec<Cause> {
@@ -1383,10 +1135,7 @@ mod tests {
     }
 
     fn fields(causes: &[Cause]) -> Vec<(&'static str, &str)> {
-        causes
-            .iter()
-            .map(|c| (c.reason, c.field.as_str()))
-            .collect()
+        causes.iter().map(|c| (c.reason, c.field.as_str())).collect()
     }
 
     fn pod(name: &str, spec: Value) -> Value {
@@ -1417,8 +1166,8 @@ mod tests {
         assert!(!is_dns1123_subdomain("example..com"));
         assert!(!is_dns1123_subdomain("Bad_Name"));
         assert!(!is_dns1123_subdomain(&"a".repeat(254)));
-        assert!(is_dns1035_label("abc-1"));
-        assert!(!is_dns1035_label("1abc"));
+        assert!(is_dns1035_chars("abc-1"));
+        assert!(!is_dns1035_chars("1abc"));
     }
 
     #[test]
@@ -1426,10 +1175,7 @@ mod tests {
         let spec = json!({"containers": [{"name": "app", "image": "nginx", "ports": [{"containerPort": 80, "name": "http"}],
             "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"cpu": 1, "memory": "1Gi"}}}]});
         assert_eq!(check("Pod", pod("p", spec)), vec![]);
-        assert_eq!(
-            check("Deployment", deployment(good_deployment_spec())),
-            vec![]
-        );
+        assert_eq!(check("Deployment", deployment(good_deployment_spec())), vec![]);
         let svc = json!({"metadata": {"name": "web"}, "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": "http"}]}});
         assert_eq!(check("Service", svc), vec![]);
         let ns = json!({"metadata": {"name": "team-a", "labels": {"example.com/tier": "gold"}}});
@@ -1439,37 +1185,17 @@ mod tests {
     #[test]
     fn name_is_required_and_must_be_a_subdomain() {
         let causes = check("ConfigMap", json!({"metadata": {}}));
-        assert_eq!(
-            fields(&causes),
-            vec![("FieldValueRequired", "metadata.name")]
-        );
+        assert_eq!(fields(&causes), vec![("FieldValueRequired", "metadata.name")]);
         let causes = check("ConfigMap", json!({"metadata": {"name": "Bad_Name"}}));
-        assert_eq!(
-            fields(&causes),
-            vec![("FieldValueInvalid", "metadata.name")]
-        );
+        assert_eq!(fields(&causes), vec![("FieldValueInvalid", "metadata.name")]);
         assert_eq!(
             causes[0].message,
             r#"Invalid value: "Bad_Name": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"#
         );
-        assert_eq!(
-            check("ConfigMap", json!({"metadata": {"name": "a.b"}})),
-            vec![]
-        );
-        for kind in [
-            "Node",
-            "ServiceAccount",
-            "Lease",
-            "Endpoints",
-            "Secret",
-            "Event",
-        ] {
+        assert_eq!(check("ConfigMap", json!({"metadata": {"name": "a.b"}})), vec![]);
+        for kind in ["Node", "ServiceAccount", "Lease", "Endpoints", "Secret", "Event"] {
             let causes = check(kind, json!({"metadata": {"name": "Bad"}}));
-            assert_eq!(
-                fields(&causes),
-                vec![("FieldValueInvalid", "metadata.name")],
-                "{kind}"
-            );
+            assert_eq!(fields(&causes), vec![("FieldValueInvalid", "metadata.name")], "{kind}");
         }
     }
 
@@ -1479,32 +1205,18 @@ mod tests {
             fields(&check("Namespace", json!({"metadata": {"name": "a.b"}}))),
             vec![("FieldValueInvalid", "metadata.name")]
         );
-        let svc =
-            |name: &str| json!({"metadata": {"name": name}, "spec": {"ports": [{"port": 80}]}});
+        let svc = |name: &str| json!({"metadata": {"name": name}, "spec": {"ports": [{"port": 80}]}});
         let causes = check("Service", svc("1web"));
-        assert_eq!(
-            fields(&causes),
-            vec![("FieldValueInvalid", "metadata.name")]
-        );
-        assert!(
-            causes[0].message.contains("a DNS-1035 label"),
-            "{}",
-            causes[0].message
-        );
+        assert_eq!(fields(&causes), vec![("FieldValueInvalid", "metadata.name")]);
+        assert!(causes[0].message.contains("a DNS-1035 label"), "{}", causes[0].message);
         let long = "a".repeat(64);
         let causes = check("Service", svc(&long));
-        assert_eq!(
-            causes[0].message,
-            format!("Invalid value: \"{long}\": must be no more than 63 characters")
-        );
+        assert_eq!(causes[0].message, format!("Invalid value: \"{long}\": must be no more than 63 characters"));
         let causes = check(
             "Pod",
             json!({"metadata": {"name": "p", "namespace": "Bad"}, "spec": {"containers": [{"name": "a", "image": "b"}]}}),
         );
-        assert_eq!(
-            fields(&causes),
-            vec![("FieldValueInvalid", "metadata.namespace")]
-        );
+        assert_eq!(fields(&causes), vec![("FieldValueInvalid", "metadata.namespace")]);
     }
 
     #[test]
@@ -1516,44 +1228,19 @@ mod tests {
         let causes = check("ConfigMap", object);
         let messages: Vec<&str> = causes.iter().map(|c| c.message.as_str()).collect();
         assert!(causes.iter().all(|c| c.reason == "FieldValueInvalid"));
-        assert_eq!(
-            causes
-                .iter()
-                .filter(|c| c.field == "metadata.labels")
-                .count(),
-            5,
-            "{messages:#?}"
-        );
-        assert_eq!(
-            causes
-                .iter()
-                .filter(|c| c.field == "metadata.annotations")
-                .count(),
-            1,
-            "{messages:#?}"
-        );
+        assert_eq!(causes.iter().filter(|c| c.field == "metadata.labels").count(), 5, "{messages:#?}");
+        assert_eq!(causes.iter().filter(|c| c.field == "metadata.annotations").count(), 1, "{messages:#?}");
+        assert!(messages.iter().any(|m| m.starts_with(r#"Invalid value: "a/b/c": a qualified name must consist"#)));
+        assert!(messages.contains(&r#"Invalid value: "example.com/": name part must be non-empty"#));
+        assert!(messages.contains(&format!(r#"Invalid value: "{long}": must be no more than 63 characters"#).as_str()));
         assert!(
-            messages
-                .iter()
-                .any(|m| m.starts_with(r#"Invalid value: "a/b/c": a qualified name must consist"#))
+            messages.iter().any(|m| { m.starts_with(r#"Invalid value: "-x": a valid label must be an empty string"#) })
         );
-        assert!(
-            messages.contains(&r#"Invalid value: "example.com/": name part must be non-empty"#)
-        );
-        assert!(messages.contains(
-            &format!(r#"Invalid value: "{long}": must be no more than 63 characters"#).as_str()
-        ));
-        assert!(messages.iter().any(|m| {
-            m.starts_with(r#"Invalid value: "-x": a valid label must be an empty string"#)
-        }));
 
         let big = json!({"metadata": {"name": "a", "annotations": {"k": "x".repeat(ANNOTATIONS_MAX_BYTES)}}});
         let causes = check("ConfigMap", big);
         assert_eq!(causes[0].reason, "FieldValueTooLong");
-        assert_eq!(
-            causes[0].message,
-            "Too long: may not be more than 262144 bytes"
-        );
+        assert_eq!(causes[0].message, "Too long: may not be more than 262144 bytes");
     }
 
     #[test]
@@ -1579,28 +1266,16 @@ mod tests {
                 ("FieldValueRequired", "spec.containers[1].name"),
                 ("FieldValueRequired", "spec.containers[1].image"),
                 ("FieldValueInvalid", "spec.containers[2].name"),
-                (
-                    "FieldValueRequired",
-                    "spec.containers[2].ports[0].containerPort"
-                ),
-                (
-                    "FieldValueInvalid",
-                    "spec.containers[2].ports[1].containerPort"
-                ),
+                ("FieldValueRequired", "spec.containers[2].ports[0].containerPort"),
+                ("FieldValueInvalid", "spec.containers[2].ports[1].containerPort"),
                 ("FieldValueInvalid", "spec.containers[2].ports[1].hostPort"),
-                (
-                    "FieldValueNotSupported",
-                    "spec.containers[2].ports[1].protocol"
-                ),
+                ("FieldValueNotSupported", "spec.containers[2].ports[1].protocol"),
                 ("FieldValueNotSupported", "spec.restartPolicy"),
             ]
         );
         assert_eq!(causes[0].message, r#"Duplicate value: "app""#);
         assert_eq!(causes[1].message, "Required value");
-        assert_eq!(
-            causes[5].message,
-            "Invalid value: 70000: must be between 1 and 65535, inclusive"
-        );
+        assert_eq!(causes[5].message, "Invalid value: 70000: must be between 1 and 65535, inclusive");
         assert_eq!(
             causes[8].message,
             r#"Unsupported value: "Sometimes": supported values: "Always", "OnFailure", "Never""#
@@ -1621,33 +1296,14 @@ mod tests {
             fields(&causes),
             vec![
                 ("FieldValueDuplicate", "spec.volumes[1].name"),
-                (
-                    "FieldValueInvalid",
-                    "spec.containers[0].resources.limits[memory]"
-                ),
-                (
-                    "FieldValueInvalid",
-                    "spec.containers[0].resources.requests[gpu]"
-                ),
-                (
-                    "FieldValueInvalid",
-                    "spec.containers[0].resources.requests[memory]"
-                ),
-                (
-                    "FieldValueInvalid",
-                    "spec.containers[0].resources.requests[cpu]"
-                ),
+                ("FieldValueInvalid", "spec.containers[0].resources.limits[memory]"),
+                ("FieldValueInvalid", "spec.containers[0].resources.requests[gpu]"),
+                ("FieldValueInvalid", "spec.containers[0].resources.requests[memory]"),
+                ("FieldValueInvalid", "spec.containers[0].resources.requests[cpu]"),
             ]
         );
-        assert_eq!(
-            causes[4].message,
-            r#"Invalid value: "2": must be less than or equal to cpu limit of 1500m"#
-        );
-        assert!(
-            causes[3]
-                .message
-                .contains("quantities must match the regular expression")
-        );
+        assert_eq!(causes[4].message, r#"Invalid value: "2": must be less than or equal to cpu limit of 1500m"#);
+        assert!(causes[3].message.contains("quantities must match the regular expression"));
     }
 
     #[test]
@@ -1681,42 +1337,24 @@ mod tests {
             fields(&causes),
             vec![
                 ("FieldValueInvalid", "spec.replicas"),
-                (
-                    "FieldValueRequired",
-                    "spec.template.spec.containers[0].image"
-                ),
+                ("FieldValueRequired", "spec.template.spec.containers[0].image"),
                 ("FieldValueInvalid", "spec.template.metadata.labels"),
             ]
         );
-        assert_eq!(
-            causes[0].message,
-            "Invalid value: -1: must be greater than or equal to 0"
-        );
-        assert_eq!(
-            causes[2].message,
-            r#"Invalid value: {"app":"other"}: `selector` does not match template `labels`"#
-        );
+        assert_eq!(causes[0].message, "Invalid value: -1: must be greater than or equal to 0");
+        assert_eq!(causes[2].message, r#"Invalid value: {"app":"other"}: `selector` does not match template `labels`"#);
     }
 
     #[test]
     fn workload_selectors_and_restart_policy() {
         let mut spec = good_deployment_spec();
         spec.as_object_mut().unwrap().remove("selector");
-        assert_eq!(
-            fields(&check("Deployment", deployment(spec))),
-            vec![("FieldValueRequired", "spec.selector")]
-        );
+        assert_eq!(fields(&check("Deployment", deployment(spec))), vec![("FieldValueRequired", "spec.selector")]);
 
         let mut spec = good_deployment_spec();
         spec["selector"] = json!({});
-        let causes = check(
-            "ReplicaSet",
-            json!({"metadata": {"name": "rs"}, "spec": spec}),
-        );
-        assert_eq!(
-            fields(&causes),
-            vec![("FieldValueRequired", "spec.selector")]
-        );
+        let causes = check("ReplicaSet", json!({"metadata": {"name": "rs"}, "spec": spec}));
+        assert_eq!(fields(&causes), vec![("FieldValueRequired", "spec.selector")]);
 
         let mut spec = good_deployment_spec();
         spec["selector"] = json!({"matchExpressions": [
@@ -1724,18 +1362,9 @@ mod tests {
             {"key": "tier", "operator": "DoesNotExist"}
         ]});
         spec["template"]["spec"]["restartPolicy"] = json!("Never");
-        let causes = check(
-            "DaemonSet",
-            json!({"metadata": {"name": "ds"}, "spec": spec}),
-        );
-        assert_eq!(
-            fields(&causes),
-            vec![("FieldValueNotSupported", "spec.template.spec.restartPolicy")]
-        );
-        assert_eq!(
-            causes[0].message,
-            r#"Unsupported value: "Never": supported values: "Always""#
-        );
+        let causes = check("DaemonSet", json!({"metadata": {"name": "ds"}, "spec": spec}));
+        assert_eq!(fields(&causes), vec![("FieldValueNotSupported", "spec.template.spec.restartPolicy")]);
+        assert_eq!(causes[0].message, r#"Unsupported value: "Never": supported values: "Always""#);
 
         let mut spec = good_deployment_spec();
         spec["selector"] = json!({"matchExpressions": [{"key": "app", "operator": "Near"}, {"key": "x", "operator": "Exists", "values": ["a"]}]});
@@ -1743,33 +1372,21 @@ mod tests {
         assert_eq!(
             fields(&causes),
             vec![
-                (
-                    "FieldValueInvalid",
-                    "spec.selector.matchExpressions[0].operator"
-                ),
-                (
-                    "FieldValueForbidden",
-                    "spec.selector.matchExpressions[1].values"
-                ),
+                ("FieldValueInvalid", "spec.selector.matchExpressions[0].operator"),
+                ("FieldValueForbidden", "spec.selector.matchExpressions[1].values"),
             ]
         );
 
         let mut spec = good_deployment_spec();
         spec.as_object_mut().unwrap().remove("template");
-        assert_eq!(
-            fields(&check("Deployment", deployment(spec))),
-            vec![("FieldValueRequired", "spec.template")]
-        );
+        assert_eq!(fields(&check("Deployment", deployment(spec))), vec![("FieldValueRequired", "spec.template")]);
     }
 
     #[test]
     fn job_rules() {
         let job = |spec: Value| json!({"metadata": {"name": "j"}, "spec": spec});
         let template = json!({"spec": {"containers": [{"name": "a", "image": "b"}]}});
-        let causes = check(
-            "Job",
-            job(json!({"parallelism": -1, "completions": -2, "template": template})),
-        );
+        let causes = check("Job", job(json!({"parallelism": -1, "completions": -2, "template": template})));
         assert_eq!(
             fields(&causes),
             vec![
@@ -1778,16 +1395,10 @@ mod tests {
                 ("FieldValueNotSupported", "spec.template.spec.restartPolicy"),
             ]
         );
-        assert_eq!(
-            causes[2].message,
-            r#"Unsupported value: "Always": supported values: "OnFailure", "Never""#
-        );
+        assert_eq!(causes[2].message, r#"Unsupported value: "Always": supported values: "OnFailure", "Never""#);
         let ok = json!({"spec": {"restartPolicy": "Never", "containers": [{"name": "a", "image": "b"}]}});
         assert_eq!(check("Job", job(json!({"template": ok}))), vec![]);
-        assert_eq!(
-            fields(&check("Job", job(json!({})))),
-            vec![("FieldValueRequired", "spec.template")]
-        );
+        assert_eq!(fields(&check("Job", job(json!({})))), vec![("FieldValueRequired", "spec.template")]);
     }
 
     #[test]
@@ -1814,28 +1425,16 @@ mod tests {
             causes[0].message,
             r#"Unsupported value: "Magic": supported values: "ClusterIP", "ExternalName", "LoadBalancer", "NodePort""#
         );
-        assert_eq!(
-            fields(&check("Service", svc(json!({})))),
-            vec![("FieldValueRequired", "spec.ports")]
-        );
+        assert_eq!(fields(&check("Service", svc(json!({})))), vec![("FieldValueRequired", "spec.ports")]);
         assert_eq!(check("Service", svc(json!({"clusterIP": "None"}))), vec![]);
         assert_eq!(
             fields(&check("Service", svc(json!({"type": "ExternalName"})))),
             vec![("FieldValueRequired", "spec.externalName")]
         );
-        let causes = check(
-            "Service",
-            svc(json!({"ports": [{"port": 80, "nodePort": 30080}]})),
-        );
+        let causes = check("Service", svc(json!({"ports": [{"port": 80, "nodePort": 30080}]})));
+        assert_eq!(fields(&causes), vec![("FieldValueForbidden", "spec.ports[0].nodePort")]);
         assert_eq!(
-            fields(&causes),
-            vec![("FieldValueForbidden", "spec.ports[0].nodePort")]
-        );
-        assert_eq!(
-            check(
-                "Service",
-                svc(json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}]}))
-            ),
+            check("Service", svc(json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}]}))),
             vec![]
         );
     }
@@ -1854,67 +1453,36 @@ mod tests {
                 ("FieldValueInvalid", "data[ok.key_-1]"),
             ]
         );
-        assert_eq!(
-            causes[0].message,
-            r#"Invalid value: "..x": must not start with '..'"#
-        );
-        assert!(
-            causes[1]
-                .message
-                .contains("a valid config key must consist of alphanumeric characters")
-        );
-        assert!(
-            causes[2]
-                .message
-                .ends_with("duplicate of key present in binaryData")
-        );
+        assert_eq!(causes[0].message, r#"Invalid value: "..x": must not start with '..'"#);
+        assert!(causes[1].message.contains("a valid config key must consist of alphanumeric characters"));
+        assert!(causes[2].message.ends_with("duplicate of key present in binaryData"));
 
         let secret = |kind: &str, data: Value| json!({"metadata": {"name": "s"}, "type": kind, "data": data});
         assert_eq!(
-            fields(&check(
-                "Secret",
-                secret("Opaque", json!({"bad key": "YQ=="}))
-            )),
+            fields(&check("Secret", secret("Opaque", json!({"bad key": "YQ=="})))),
             vec![("FieldValueInvalid", "data[bad key]")]
         );
         assert_eq!(
-            fields(&check(
-                "Secret",
-                secret("kubernetes.io/tls", json!({"tls.crt": "YQ=="}))
-            )),
+            fields(&check("Secret", secret("kubernetes.io/tls", json!({"tls.crt": "YQ=="})))),
             vec![("FieldValueRequired", "data[tls.key]")]
         );
-        assert_eq!(
-            check(
-                "Secret",
-                secret("kubernetes.io/basic-auth", json!({"password": "YQ=="}))
-            ),
-            vec![]
-        );
-        let with_string_data = json!({"metadata": {"name": "s"}, "type": "kubernetes.io/ssh-auth", "stringData": {"ssh-privatekey": "k"}});
+        assert_eq!(check("Secret", secret("kubernetes.io/basic-auth", json!({"password": "YQ=="}))), vec![]);
+        let with_string_data =
+            json!({"metadata": {"name": "s"}, "type": "kubernetes.io/ssh-auth", "stringData": {"ssh-privatekey": "k"}});
         assert_eq!(check("Secret", with_string_data), vec![]);
     }
 
     #[test]
     fn other_kinds() {
         let rc = |handler: &str| json!({"metadata": {"name": "wasm"}, "handler": handler});
-        assert_eq!(
-            fields(&check("RuntimeClass", rc(""))),
-            vec![("FieldValueRequired", "handler")]
-        );
-        assert_eq!(
-            fields(&check("RuntimeClass", rc("Bad.Handler"))),
-            vec![("FieldValueInvalid", "handler")]
-        );
+        assert_eq!(fields(&check("RuntimeClass", rc(""))), vec![("FieldValueRequired", "handler")]);
+        assert_eq!(fields(&check("RuntimeClass", rc("Bad.Handler"))), vec![("FieldValueInvalid", "handler")]);
         assert_eq!(check("RuntimeClass", rc("wasmtime")), vec![]);
 
         let lease = json!({"metadata": {"name": "l"}, "spec": {"leaseDurationSeconds": 0, "leaseTransitions": -1}});
         assert_eq!(
             fields(&check("Lease", lease)),
-            vec![
-                ("FieldValueInvalid", "spec.leaseDurationSeconds"),
-                ("FieldValueInvalid", "spec.leaseTransitions")
-            ]
+            vec![("FieldValueInvalid", "spec.leaseDurationSeconds"), ("FieldValueInvalid", "spec.leaseTransitions")]
         );
 
         let endpoints = json!({"metadata": {"name": "e"}, "subsets": [{"addresses": [{"ip": "10.0.0.1"}, {"ip": "x"}], "ports": [{"port": 0}]}, {}]});
@@ -1927,11 +1495,9 @@ mod tests {
             ]
         );
 
-        let event = json!({"metadata": {"name": "e.1", "namespace": "a"}, "involvedObject": {"kind": "Pod", "namespace": "b"}});
-        assert_eq!(
-            fields(&check("Event", event)),
-            vec![("FieldValueInvalid", "involvedObject.namespace")]
-        );
+        let event =
+            json!({"metadata": {"name": "e.1", "namespace": "a"}, "involvedObject": {"kind": "Pod", "namespace": "b"}});
+        assert_eq!(fields(&check("Event", event)), vec![("FieldValueInvalid", "involvedObject.namespace")]);
     }
 
     #[test]
@@ -1950,10 +1516,7 @@ mod tests {
                 ("FieldValueInvalid", "metadata.creationTimestamp"),
             ]
         );
-        assert_eq!(
-            causes[0].message,
-            r#"Invalid value: "d": field is immutable"#
-        );
+        assert_eq!(causes[0].message, r#"Invalid value: "d": field is immutable"#);
     }
 
     #[test]
@@ -1962,18 +1525,12 @@ mod tests {
         let mut spec = good_deployment_spec();
         spec["replicas"] = json!(5);
         spec["template"]["spec"]["containers"][0]["image"] = json!("nginx:2");
-        assert_eq!(
-            check_update("Deployment", old.clone(), deployment(spec)),
-            vec![]
-        );
+        assert_eq!(check_update("Deployment", old.clone(), deployment(spec)), vec![]);
         let mut spec = good_deployment_spec();
         spec["selector"]["matchLabels"]["tier"] = json!("x");
         spec["template"]["metadata"]["labels"]["tier"] = json!("x");
         let causes = check_update("Deployment", old, deployment(spec));
-        assert_eq!(
-            fields(&causes),
-            vec![("FieldValueInvalid", "spec.selector")]
-        );
+        assert_eq!(fields(&causes), vec![("FieldValueInvalid", "spec.selector")]);
         assert!(causes[0].message.ends_with(": field is immutable"));
 
         let job = |image: &str, parallelism: i64| json!({"metadata": {"name": "j"}, "spec": {"parallelism": parallelism, "template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "a", "image": image}]}}}});
@@ -1987,34 +1544,15 @@ mod tests {
     #[test]
     fn immutable_config_maps_and_secrets() {
         let cm = |immutable: Option<bool>, value: &str| json!({"metadata": {"name": "c"}, "immutable": immutable, "data": {"k": value}});
-        assert_eq!(
-            check_update("ConfigMap", cm(None, "a"), cm(None, "b")),
-            vec![]
-        );
-        assert_eq!(
-            check_update("ConfigMap", cm(Some(true), "a"), cm(Some(true), "a")),
-            vec![]
-        );
+        assert_eq!(check_update("ConfigMap", cm(None, "a"), cm(None, "b")), vec![]);
+        assert_eq!(check_update("ConfigMap", cm(Some(true), "a"), cm(Some(true), "a")), vec![]);
         let causes = check_update("ConfigMap", cm(Some(true), "a"), cm(None, "b"));
-        assert_eq!(
-            fields(&causes),
-            vec![
-                ("FieldValueForbidden", "immutable"),
-                ("FieldValueForbidden", "data")
-            ]
-        );
-        assert_eq!(
-            causes[1].message,
-            "Forbidden: field is immutable when `immutable` is set"
-        );
+        assert_eq!(fields(&causes), vec![("FieldValueForbidden", "immutable"), ("FieldValueForbidden", "data")]);
+        assert_eq!(causes[1].message, "Forbidden: field is immutable when `immutable` is set");
 
         let secret = |kind: &str, immutable: bool| json!({"metadata": {"name": "s"}, "type": kind, "immutable": immutable, "data": {"k": "YQ=="}});
         assert_eq!(
-            fields(&check_update(
-                "Secret",
-                secret("Opaque", false),
-                secret("x/y", false)
-            )),
+            fields(&check_update("Secret", secret("Opaque", false), secret("x/y", false))),
             vec![("FieldValueInvalid", "type")]
         );
         let mut changed = secret("Opaque", true);
@@ -2051,31 +1589,18 @@ mod tests {
         let causes = check_update(
             "Pod",
             old.clone(),
-            pod(
-                "p",
-                spec(
-                    "nginx:1",
-                    json!({"activeDeadlineSeconds": 100, "restartPolicy": "Never"}),
-                ),
-            ),
+            pod("p", spec("nginx:1", json!({"activeDeadlineSeconds": 100, "restartPolicy": "Never"}))),
         );
         assert_eq!(fields(&causes), vec![("FieldValueForbidden", "spec")]);
-        assert!(causes[0].message.starts_with(
-            "Forbidden: pod updates may not change fields other than `spec.containers[*].image`"
-        ));
+        assert!(
+            causes[0]
+                .message
+                .starts_with("Forbidden: pod updates may not change fields other than `spec.containers[*].image`")
+        );
         assert!(causes[0].message.contains("spec.restartPolicy"));
 
-        let removed = pod(
-            "p",
-            spec(
-                "nginx:1",
-                json!({"activeDeadlineSeconds": 100, "tolerations": []}),
-            ),
-        );
-        assert_eq!(
-            fields(&check_update("Pod", old.clone(), removed)),
-            vec![("FieldValueForbidden", "spec")]
-        );
+        let removed = pod("p", spec("nginx:1", json!({"activeDeadlineSeconds": 100, "tolerations": []})));
+        assert_eq!(fields(&check_update("Pod", old.clone(), removed)), vec![("FieldValueForbidden", "spec")]);
 
         let raised = pod("p", spec("nginx:1", json!({"activeDeadlineSeconds": 200})));
         assert_eq!(
@@ -2086,33 +1611,41 @@ mod tests {
 
     #[test]
     fn service_cluster_ip_is_immutable_once_set() {
-        let svc = |ip: Option<&str>| json!({"metadata": {"name": "s"}, "spec": {"clusterIP": ip, "ports": [{"port": 80}]}});
-        assert_eq!(
-            check_update("Service", svc(None), svc(Some("10.0.0.5"))),
-            vec![]
-        );
-        assert_eq!(
-            check_update("Service", svc(Some("10.0.0.5")), svc(Some("10.0.0.5"))),
-            vec![]
-        );
+        let svc =
+            |ip: Option<&str>| json!({"metadata": {"name": "s"}, "spec": {"clusterIP": ip, "ports": [{"port": 80}]}});
+        assert_eq!(check_update("Service", svc(None), svc(Some("10.0.0.5"))), vec![]);
+        assert_eq!(check_update("Service", svc(Some("10.0.0.5")), svc(Some("10.0.0.5"))), vec![]);
         let causes = check_update("Service", svc(Some("10.0.0.5")), svc(Some("10.0.0.6")));
-        assert_eq!(
-            fields(&causes),
-            vec![("FieldValueInvalid", "spec.clusterIP")]
-        );
-        assert_eq!(
-            causes[0].message,
-            r#"Invalid value: "10.0.0.6": field is immutable"#
-        );
+        assert_eq!(fields(&causes), vec![("FieldValueInvalid", "spec.clusterIP")]);
+        assert_eq!(causes[0].message, r#"Invalid value: "10.0.0.6": field is immutable"#);
     }
 
     #[test]
     fn runtime_class_handler_is_immutable() {
         let rc = |handler: &str| json!({"metadata": {"name": "wasm"}, "handler": handler});
-        assert_eq!(
-            fields(&check_update("RuntimeClass", rc("a"), rc("b"))),
-            vec![("FieldValueInvalid", "handler")]
-        );
+        assert_eq!(fields(&check_update("RuntimeClass", rc("a"), rc("b"))), vec![("FieldValueInvalid", "handler")]);
+    }
+
+    #[test]
+    fn unknown_fields_keeps_quiet_on_rich_known_objects() {
+        let object = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "default", "creationTimestamp": null, "generation": 1, "uid": "u",
+                "resourceVersion": "5", "finalizers": [], "ownerReferences": [],
+                "managedFields": [{"manager": "kubectl", "operation": "Update", "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}]},
+            "spec": {"replicas": 0, "paused": false, "strategy": {}, "selector": {"matchLabels": {"app": "web"}, "matchExpressions": []},
+                "template": {"metadata": {"labels": {"app": "web"}, "creationTimestamp": null}, "spec": {
+                    "hostname": "", "volumes": [{"name": "v", "emptyDir": {}}, {"name": "c", "configMap": {"name": "cm", "items": []}}],
+                    "securityContext": {}, "tolerations": [{"operator": "Exists", "tolerationSeconds": 5}],
+                    "containers": [{"name": "a", "image": "b", "args": [], "env": [{"name": "X", "value": ""}],
+                        "resources": {}, "ports": [{"containerPort": 80, "protocol": "TCP"}],
+                        "livenessProbe": {"httpGet": {"port": "http", "path": "/"}, "periodSeconds": 3}}]}}},
+            "status": {"replicas": 0, "conditions": []}
+        });
+        assert_eq!(unknown_fields(def("Deployment"), &object), Vec::<String>::new());
+        let service = json!({"metadata": {"name": "s"}, "spec": {"ports": [{"port": 80, "targetPort": 8080, "nodePort": 0}],
+            "clusterIP": "", "clusterIPs": [], "ipFamilies": ["IPv4"], "selector": {}}, "status": {"loadBalancer": {}}});
+        assert_eq!(unknown_fields(def("Service"), &service), Vec::<String>::new());
     }
 
     #[test]
@@ -2129,29 +1662,19 @@ mod tests {
         unknown.sort();
         assert_eq!(
             unknown,
-            vec![
-                "spec.replicaz",
-                "spec.selector.matchLabel",
-                "spec.template.spec.containers[0].imagez"
-            ]
+            vec!["spec.replicaz", "spec.selector.matchLabel", "spec.template.spec.containers[0].imagez"]
         );
 
         let cm = json!({"metadata": {"name": "c"}, "data": {"x": "y"}, "extra": {"a": 1}, "binaryData": {}, "immutable": false});
         assert_eq!(unknown_fields(def("ConfigMap"), &cm), vec!["extra"]);
         assert_eq!(
-            unknown_fields(
-                def("ConfigMap"),
-                &json!({"metadata": {"name": "c"}, "data": "not a map", "extra": 1})
-            ),
+            unknown_fields(def("ConfigMap"), &json!({"metadata": {"name": "c"}, "data": "not a map", "extra": 1})),
             Vec::<String>::new()
         );
         let pod_object = pod(
             "p",
             json!({"containers": [{"name": "a", "image": "b", "resources": {"limits": {"cpu": 1}}, "ports": [{"containerPort": 80, "porotocol": "TCP"}]}]}),
         );
-        assert_eq!(
-            unknown_fields(def("Pod"), &pod_object),
-            vec!["spec.containers[0].ports[0].porotocol"]
-        );
+        assert_eq!(unknown_fields(def("Pod"), &pod_object), vec!["spec.containers[0].ports[0].porotocol"]);
     }
 }

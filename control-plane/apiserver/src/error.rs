@@ -9,42 +9,20 @@ use skiff_api::validation::Cause;
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{resource} \"{name}\" not found")]
-    NotFound {
-        resource: String,
-        group: &'static str,
-        name: String,
-    },
+    NotFound { resource: String, group: &'static str, name: String },
     #[error("{resource} \"{name}\" already exists")]
-    AlreadyExists {
-        resource: String,
-        group: &'static str,
-        name: String,
-    },
+    AlreadyExists { resource: String, group: &'static str, name: String },
     /// Optimistic concurrency: the resourceVersion given is not the current one.
     #[error(
         "Operation cannot be fulfilled on {resource} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
     )]
-    Conflict {
-        resource: String,
-        group: &'static str,
-        name: String,
-    },
+    Conflict { resource: String, group: &'static str, name: String },
     /// Server-side apply found fields owned by other managers.
     #[error("Apply failed with {} conflict{}: {}", causes.len(), if causes.len() == 1 { "" } else { "s" },
         causes.iter().map(|c| c.message.clone()).collect::<Vec<_>>().join("\n"))]
-    ApplyConflict {
-        resource: String,
-        group: &'static str,
-        name: String,
-        causes: Vec<Cause>,
-    },
+    ApplyConflict { resource: String, group: &'static str, name: String, causes: Vec<Cause> },
     #[error("{kind} \"{name}\" is invalid: {}", summary(causes))]
-    Invalid {
-        kind: String,
-        group: &'static str,
-        name: String,
-        causes: Vec<Cause>,
-    },
+    Invalid { kind: String, group: &'static str, name: String, causes: Vec<Cause> },
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -69,62 +47,34 @@ pub enum ApiError {
 }
 
 fn summary(causes: &[Cause]) -> String {
-    let parts: Vec<String> = causes
-        .iter()
-        .map(|c| format!("{}: {}", c.field, c.message))
-        .collect();
-    if parts.len() == 1 {
-        parts[0].clone()
-    } else {
-        format!("[{}]", parts.join(", "))
-    }
+    let parts: Vec<String> = causes.iter().map(|c| format!("{}: {}", c.field, c.message)).collect();
+    if parts.len() == 1 { parts[0].clone() } else { format!("[{}]", parts.join(", ")) }
 }
 
 impl ApiError {
     pub fn not_found(def: &ResourceDef, name: &str) -> Self {
-        ApiError::NotFound {
-            resource: def.plural.to_string(),
-            group: def.group,
-            name: name.to_string(),
-        }
+        ApiError::NotFound { resource: def.plural.to_string(), group: def.group, name: name.to_string() }
     }
 
     pub fn already_exists(def: &ResourceDef, name: &str) -> Self {
-        ApiError::AlreadyExists {
-            resource: def.qualified_name(),
-            group: def.group,
-            name: name.to_string(),
-        }
+        ApiError::AlreadyExists { resource: def.qualified_name(), group: def.group, name: name.to_string() }
     }
 
     pub fn conflict(def: &ResourceDef, name: &str) -> Self {
-        ApiError::Conflict {
-            resource: def.qualified_name(),
-            group: def.group,
-            name: name.to_string(),
-        }
+        ApiError::Conflict { resource: def.qualified_name(), group: def.group, name: name.to_string() }
     }
 
     pub fn invalid(def: &ResourceDef, name: &str, causes: Vec<Cause>) -> Self {
-        let kind = if def.group.is_empty() {
-            def.kind.to_string()
-        } else {
-            format!("{}.{}", def.kind, def.group)
-        };
-        ApiError::Invalid {
-            kind,
-            group: def.group,
-            name: name.to_string(),
-            causes,
-        }
+        let kind = if def.group.is_empty() { def.kind.to_string() } else { format!("{}.{}", def.kind, def.group) };
+        ApiError::Invalid { kind, group: def.group, name: name.to_string(), causes }
     }
 
     pub fn code(&self) -> StatusCode {
         match self {
             ApiError::NotFound { .. } | ApiError::NoRoute => StatusCode::NOT_FOUND,
-            ApiError::AlreadyExists { .. }
-            | ApiError::Conflict { .. }
-            | ApiError::ApplyConflict { .. } => StatusCode::CONFLICT,
+            ApiError::AlreadyExists { .. } | ApiError::Conflict { .. } | ApiError::ApplyConflict { .. } => {
+                StatusCode::CONFLICT
+            }
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -166,39 +116,17 @@ impl ApiError {
             "code": self.code().as_u16(),
         });
         let details = match self {
-            ApiError::NotFound {
-                resource,
-                group,
-                name,
-            }
-            | ApiError::AlreadyExists {
-                resource,
-                group,
-                name,
-            }
-            | ApiError::Conflict {
-                resource,
-                group,
-                name,
-            } => {
+            ApiError::NotFound { resource, group, name }
+            | ApiError::AlreadyExists { resource, group, name }
+            | ApiError::Conflict { resource, group, name } => {
                 let kind = resource.split('.').next().unwrap_or(resource);
                 Some(json!({"name": name, "group": group, "kind": kind}))
             }
-            ApiError::Invalid {
-                kind,
-                group,
-                name,
-                causes,
-            } => {
+            ApiError::Invalid { kind, group, name, causes } => {
                 let kind = kind.split('.').next().unwrap_or(kind);
                 Some(json!({"name": name, "group": group, "kind": kind, "causes": causes}))
             }
-            ApiError::ApplyConflict {
-                resource,
-                group,
-                name,
-                causes,
-            } => {
+            ApiError::ApplyConflict { resource, group, name, causes } => {
                 let kind = resource.split('.').next().unwrap_or(resource);
                 Some(json!({"name": name, "group": group, "kind": kind, "causes": causes}))
             }
@@ -223,13 +151,9 @@ impl IntoResponse for ApiError {
 impl From<skiff_store::Error> for ApiError {
     fn from(error: skiff_store::Error) -> Self {
         match error {
-            skiff_store::Error::Compacted {
-                requested,
-                compacted,
-            } => ApiError::Expired {
-                requested,
-                oldest: compacted,
-            },
+            skiff_store::Error::Compacted { requested, compacted } => {
+                ApiError::Expired { requested, oldest: compacted }
+            }
             other => ApiError::Internal(format!("storage error: {other}")),
         }
     }
@@ -246,22 +170,11 @@ mod tests {
         assert_eq!(status["code"], 409);
         assert_eq!(status["reason"], "AlreadyExists");
         assert_eq!(status["message"], "deployments.apps \"web\" already exists");
-        assert_eq!(
-            status["details"],
-            json!({"name": "web", "group": "apps", "kind": "deployments"})
-        );
+        assert_eq!(status["details"], json!({"name": "web", "group": "apps", "kind": "deployments"}));
 
         let causes = vec![
-            Cause {
-                reason: "FieldValueRequired",
-                message: "Required value".into(),
-                field: "spec.selector".into(),
-            },
-            Cause {
-                reason: "FieldValueInvalid",
-                message: "Invalid value: -1".into(),
-                field: "spec.replicas".into(),
-            },
+            Cause { reason: "FieldValueRequired", message: "Required value".into(), field: "spec.selector".into() },
+            Cause { reason: "FieldValueInvalid", message: "Invalid value: -1".into(), field: "spec.replicas".into() },
         ];
         let status = ApiError::invalid(deploy, "web", causes).status();
         assert_eq!(status["code"], 422);
@@ -269,9 +182,6 @@ mod tests {
             status["message"],
             "Deployment.apps \"web\" is invalid: [spec.selector: Required value, spec.replicas: Invalid value: -1]"
         );
-        assert_eq!(
-            status["details"]["causes"].as_array().map(Vec::len),
-            Some(2)
-        );
+        assert_eq!(status["details"]["causes"].as_array().map(Vec::len), Some(2));
     }
 }

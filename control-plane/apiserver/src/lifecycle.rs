@@ -15,8 +15,7 @@ use crate::error::ApiError;
 use crate::objects::{self, DeleteOptions, ListOptions, Objects, Part, WriteOptions};
 
 /// Namespaces every cluster has, as in Kubernetes.
-pub const SYSTEM_NAMESPACES: [&str; 4] =
-    ["default", "kube-system", "kube-public", "kube-node-lease"];
+pub const SYSTEM_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
 
 /// How often namespaces are reconciled without an event: a terminating namespace waits on its contents'
 /// finalizers, which are not namespace events.
@@ -26,23 +25,15 @@ const MANAGER: &str = "skiff-namespace-controller";
 
 fn def(plural: &str) -> &'static ResourceDef {
     // The registry always has core namespaces and serviceaccounts; resources.rs registers both.
-    resources::find("", "v1", plural)
-        .unwrap_or_else(|| unreachable!("core/v1 {plural} is registered"))
+    resources::find("", "v1", plural).unwrap_or_else(|| unreachable!("core/v1 {plural} is registered"))
 }
 
 /// Creates the system namespaces that are missing.
 pub async fn bootstrap(objects: &Objects) -> Result<(), ApiError> {
-    let options = WriteOptions {
-        field_manager: MANAGER.into(),
-        ..WriteOptions::default()
-    };
+    let options = WriteOptions { field_manager: MANAGER.into(), ..WriteOptions::default() };
     for name in SYSTEM_NAMESPACES {
-        let namespace =
-            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
-        match objects
-            .create(def("namespaces"), None, namespace, &options)
-            .await
-        {
+        let namespace = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+        match objects.create(def("namespaces"), None, namespace, &options).await {
             Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
             Err(e) => return Err(e),
         }
@@ -62,11 +53,7 @@ pub async fn run(objects: Objects, shutdown: CancellationToken) {
             }
         };
         reconcile_all(&objects).await;
-        let mut events = match objects
-            .store()
-            .watch(&objects::prefix(namespaces, None), after)
-            .await
-        {
+        let mut events = match objects.store().watch(&objects::prefix(namespaces, None), after).await {
             Ok(events) => events,
             Err(e) => {
                 tracing::warn!(error = %e, "namespace controller cannot watch; retrying");
@@ -92,10 +79,7 @@ pub async fn run(objects: Objects, shutdown: CancellationToken) {
 }
 
 async fn reconcile_all(objects: &Objects) {
-    let list = match objects
-        .list(def("namespaces"), None, &ListOptions::default())
-        .await
-    {
+    let list = match objects.list(def("namespaces"), None, &ListOptions::default()).await {
         Ok(list) => list.items,
         Err(e) => {
             tracing::warn!(error = %e, "namespace controller cannot list namespaces");
@@ -118,24 +102,12 @@ async fn reconcile(objects: &Objects, namespace: &Value) -> Result<(), ApiError>
     }
     let mut remaining = 0;
     for def in resources::all().iter().filter(|d| d.namespaced) {
-        for item in objects
-            .list(def, Some(name), &ListOptions::default())
-            .await?
-            .items
-        {
+        for item in objects.list(def, Some(name), &ListOptions::default()).await?.items {
             remaining += 1;
             if item.pointer("/metadata/deletionTimestamp").is_some() {
                 continue;
             }
-            match objects
-                .delete(
-                    def,
-                    Some(name),
-                    objects::name_of(&item),
-                    &DeleteOptions::default(),
-                )
-                .await
-            {
+            match objects.delete(def, Some(name), objects::name_of(&item), &DeleteOptions::default()).await {
                 Ok(_) | Err(ApiError::NotFound { .. }) => {}
                 Err(e) => return Err(e),
             }
@@ -151,48 +123,21 @@ async fn reconcile(objects: &Objects, namespace: &Value) -> Result<(), ApiError>
         namespace["spec"]["finalizers"] = json!([]);
         namespace
     };
-    let options = WriteOptions {
-        field_manager: MANAGER.into(),
-        ..WriteOptions::default()
-    };
-    match objects
-        .replace(
-            def("namespaces"),
-            None,
-            name,
-            Part::Main,
-            finalized,
-            &options,
-        )
-        .await
-    {
+    let options = WriteOptions { field_manager: MANAGER.into(), ..WriteOptions::default() };
+    match objects.replace(def("namespaces"), None, name, Part::Main, finalized, &options).await {
         Ok(_) | Err(ApiError::NotFound { .. }) => Ok(()),
         Err(e) => Err(e),
     }
 }
 
-async fn ensure_default_service_account(
-    objects: &Objects,
-    namespace: &str,
-) -> Result<(), ApiError> {
+async fn ensure_default_service_account(objects: &Objects, namespace: &str) -> Result<(), ApiError> {
     let accounts = def("serviceaccounts");
-    if objects
-        .get(accounts, Some(namespace), "default")
-        .await
-        .is_ok()
-    {
+    if objects.get(accounts, Some(namespace), "default").await.is_ok() {
         return Ok(());
     }
-    let account =
-        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}});
-    let options = WriteOptions {
-        field_manager: MANAGER.into(),
-        ..WriteOptions::default()
-    };
-    match objects
-        .create(accounts, Some(namespace), account, &options)
-        .await
-    {
+    let account = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}});
+    let options = WriteOptions { field_manager: MANAGER.into(), ..WriteOptions::default() };
+    match objects.create(accounts, Some(namespace), account, &options).await {
         // The namespace may have started terminating since it was listed.
         Ok(_) | Err(ApiError::AlreadyExists { .. }) | Err(ApiError::Forbidden(_)) => Ok(()),
         Err(e) => Err(e),

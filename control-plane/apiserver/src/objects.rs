@@ -17,6 +17,9 @@ use skiff_store::{KeyValue, Revision, Store};
 
 use crate::error::ApiError;
 
+/// The first two octets of the service virtual IP range, 10.43.0.0/16 as in k3s.
+const SERVICE_CIDR_PREFIX: &str = "10.43";
+
 /// How many times a read-modify-write retries after losing a compare-and-swap race before giving up.
 const MAX_RETRIES: usize = 16;
 
@@ -26,6 +29,8 @@ pub enum Part {
     Main,
     Status,
     Scale,
+    /// pods/binding: sets spec.nodeName, which no pod update may change.
+    Binding,
 }
 
 /// Options common to writes, from the query string.
@@ -56,9 +61,7 @@ pub struct ListOptions {
 
 impl ListOptions {
     pub fn matches(&self, object: &Value) -> bool {
-        self.labels
-            .as_ref()
-            .is_none_or(|s| s.matches_object(object))
+        self.labels.as_ref().is_none_or(|s| s.matches_object(object))
             && self.fields.as_ref().is_none_or(|s| s.matches(object))
     }
 }
@@ -100,16 +103,8 @@ impl Objects {
         &self.store
     }
 
-    pub async fn get(
-        &self,
-        def: &ResourceDef,
-        ns: Option<&str>,
-        name: &str,
-    ) -> Result<Value, ApiError> {
-        self.read(def, ns, name)
-            .await?
-            .map(|(object, _)| object)
-            .ok_or_else(|| ApiError::not_found(def, name))
+    pub async fn get(&self, def: &ResourceDef, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
+        self.read(def, ns, name).await?.map(|(object, _)| object).ok_or_else(|| ApiError::not_found(def, name))
     }
 
     async fn read(
@@ -137,18 +132,11 @@ impl Objects {
         };
         // Pages are read in chunks and filtered here; a chunk is at least the requested limit so a selective
         // filter needs few round trips.
-        let chunk = if options.limit == 0 {
-            0
-        } else {
-            options.limit.max(100)
-        };
+        let chunk = if options.limit == 0 { 0 } else { options.limit.max(100) };
         let mut items = Vec::new();
         let mut revision = 0;
         loop {
-            let page = self
-                .store
-                .list(&prefix, start_after.as_deref(), chunk)
-                .await?;
+            let page = self.store.list(&prefix, start_after.as_deref(), chunk).await?;
             if revision == 0 {
                 revision = page.revision;
             }
@@ -162,19 +150,11 @@ impl Objects {
                 if options.limit > 0 && items.len() == options.limit {
                     let more = page.more || index + 1 < count;
                     let token = more.then(|| encode_continue(&kv.key, revision));
-                    return Ok(ListResult {
-                        items,
-                        resource_version: revision,
-                        continue_token: token,
-                    });
+                    return Ok(ListResult { items, resource_version: revision, continue_token: token });
                 }
             }
             if !page.more {
-                return Ok(ListResult {
-                    items,
-                    resource_version: revision,
-                    continue_token: None,
-                });
+                return Ok(ListResult { items, resource_version: revision, continue_token: None });
             }
         }
     }
@@ -189,6 +169,7 @@ impl Objects {
     ) -> Result<Written, ApiError> {
         let (mut object, warnings) = admit(def, object, options)?;
         prepare_create(def, ns, &mut object)?;
+        self.allocate_cluster_ip(def, &mut object).await?;
         let name = name_of(&object).to_string();
         let causes = validation::validate(def, &object, None);
         if !causes.is_empty() {
@@ -202,33 +183,58 @@ impl Objects {
             if self.store.get(&key(def, ns, &name)).await?.is_some() {
                 return Err(ApiError::already_exists(def, &name));
             }
-            return Ok(Written {
-                object,
-                warnings,
-                created: true,
-            });
+            return Ok(Written { object, warnings, created: true });
         }
-        let kv = match self
-            .store
-            .create(&key(def, ns, &name), encode(&object)?)
-            .await
-        {
+        let kv = match self.store.create(&key(def, ns, &name), encode(&object)?).await {
             Err(skiff_store::Error::AlreadyExists(_)) => {
                 return Err(ApiError::already_exists(def, &name));
             }
             other => other?,
         };
         set_resource_version(&mut object, kv.mod_revision);
-        Ok(Written {
-            object,
-            warnings,
-            created: true,
-        })
+        Ok(Written { object, warnings, created: true })
+    }
+
+    /// Gives a new Service a virtual IP from 10.43.0.0/16 unless it is headless, an ExternalName, or
+    /// asked for one. Two creates racing for the same address is possible and harmless until services get
+    /// a data path (pod networking), which will move allocation to a store-backed bitmap.
+    async fn allocate_cluster_ip(&self, def: &ResourceDef, object: &mut Value) -> Result<(), ApiError> {
+        if !(def.group.is_empty() && def.plural == "services") {
+            return Ok(());
+        }
+        let spec = &object["spec"];
+        if spec["type"] == "ExternalName" || spec["clusterIP"].as_str().is_some_and(|ip| !ip.is_empty()) {
+            if let Some(ip) = spec["clusterIP"].as_str().filter(|ip| !ip.is_empty()) {
+                object["spec"]["clusterIPs"] = json!([ip]);
+            }
+            return Ok(());
+        }
+        let used: std::collections::HashSet<String> = self
+            .list(def, None, &ListOptions::default())
+            .await?
+            .items
+            .iter()
+            .filter_map(|s| s.pointer("/spec/clusterIP").and_then(Value::as_str).map(str::to_string))
+            .collect();
+        use rand::Rng;
+        let mut rng = rand::rng();
+        for _ in 0..64 {
+            // .0.1 is the `kubernetes` service's address in Kubernetes; skip the network and broadcast too.
+            let host: u16 = rng.random_range(2..u16::MAX);
+            let ip = format!("{}.{}.{}", SERVICE_CIDR_PREFIX, host >> 8, host & 0xff);
+            if !used.contains(&ip) {
+                object["spec"]["clusterIP"] = json!(ip);
+                object["spec"]["clusterIPs"] = json!([ip]);
+                object["spec"]["ipFamilies"] = json!(["IPv4"]);
+                object["spec"]["ipFamilyPolicy"] = json!("SingleStack");
+                return Ok(());
+            }
+        }
+        Err(ApiError::Internal("the service IP range is exhausted".into()))
     }
 
     async fn check_namespace_open(&self, ns: &str) -> Result<(), ApiError> {
-        let namespaces =
-            skiff_api::resources::find("", "v1", "namespaces").ok_or(ApiError::NoRoute)?;
+        let namespaces = skiff_api::resources::find("", "v1", "namespaces").ok_or(ApiError::NoRoute)?;
         let namespace = self.get(namespaces, None, ns).await?;
         if namespace.pointer("/metadata/deletionTimestamp").is_some() {
             return Err(ApiError::Forbidden(format!(
@@ -254,10 +260,7 @@ impl Objects {
             _ => admit(def, object, options)?,
         };
         check_identity(def, ns, name, &object)?;
-        let precondition = object
-            .pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str)
-            .map(str::to_string);
+        let precondition = object.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_string);
         let mut written = self
             .read_modify_write(def, ns, name, part, options, |current, revision| {
                 if let Some(expected) = &precondition
@@ -292,20 +295,12 @@ impl Objects {
             return self.apply(def, ns, name, part, body, force, options).await;
         }
         self.read_modify_write(def, ns, name, part, options, |current, _| {
-            let target = if part == Part::Scale {
-                scale_of(def, current)?
-            } else {
-                current.clone()
-            };
-            let patched = patch::patch(def, patch_type, &target, &body).map_err(|e| {
-                ApiError::BadRequest(format!("the patch could not be applied: {e}"))
-            })?;
+            let target = if part == Part::Scale { scale_of(def, current)? } else { current.clone() };
+            let patched = patch::patch(def, patch_type, &target, &body)
+                .map_err(|e| ApiError::BadRequest(format!("the patch could not be applied: {e}")))?;
             // A resourceVersion in the patch is a precondition, as in Kubernetes.
             let before = target.pointer("/metadata/resourceVersion");
-            if patched
-                .pointer("/metadata/resourceVersion")
-                .is_some_and(|rv| Some(rv) != before)
-            {
+            if patched.pointer("/metadata/resourceVersion").is_some_and(|rv| Some(rv) != before) {
                 return Err(ApiError::conflict(def, name));
             }
             match part {
@@ -330,24 +325,22 @@ impl Objects {
         let (applied, warnings) = admit(def, body, options)?;
         check_identity(def, ns, name, &applied)?;
         let apply = |current: Option<&Value>| {
-            patch::server_side_apply(def, current, &applied, &options.field_manager, force).map_err(
-                |e| match e {
-                    ApplyError::Conflict(conflicts) => ApiError::ApplyConflict {
-                        resource: def.qualified_name(),
-                        group: def.group,
-                        name: name.to_string(),
-                        causes: conflicts
-                            .into_iter()
-                            .map(|c| Cause {
-                                reason: "FieldManagerConflict",
-                                message: format!("conflict with \"{}\": {}", c.manager, c.field),
-                                field: c.field,
-                            })
-                            .collect(),
-                    },
-                    other => ApiError::BadRequest(other.to_string()),
+            patch::server_side_apply(def, current, &applied, &options.field_manager, force).map_err(|e| match e {
+                ApplyError::Conflict(conflicts) => ApiError::ApplyConflict {
+                    resource: def.qualified_name(),
+                    group: def.group,
+                    name: name.to_string(),
+                    causes: conflicts
+                        .into_iter()
+                        .map(|c| Cause {
+                            reason: "FieldManagerConflict",
+                            message: format!("conflict with \"{}\": {}", c.manager, c.field),
+                            field: c.field,
+                        })
+                        .collect(),
                 },
-            )
+                other => ApiError::BadRequest(other.to_string()),
+            })
         };
         for _ in 0..MAX_RETRIES {
             if self.read(def, ns, name).await?.is_none() {
@@ -355,10 +348,7 @@ impl Objects {
                 if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
                     meta.insert("name".into(), json!(name));
                 }
-                let options = WriteOptions {
-                    validation: FieldValidation::Ignore,
-                    ..options.clone()
-                };
+                let options = WriteOptions { validation: FieldValidation::Ignore, ..options.clone() };
                 match self.create_applied(def, ns, object, &options).await {
                     Err(ApiError::AlreadyExists { .. }) => continue,
                     Ok(mut written) => {
@@ -368,16 +358,8 @@ impl Objects {
                     Err(e) => return Err(e),
                 }
             }
-            let options = WriteOptions {
-                field_manager: String::new(),
-                ..options.clone()
-            };
-            match self
-                .read_modify_write(def, ns, name, part, &options, |current, _| {
-                    apply(Some(current))
-                })
-                .await
-            {
+            let options = WriteOptions { field_manager: String::new(), ..options.clone() };
+            match self.read_modify_write(def, ns, name, part, &options, |current, _| apply(Some(current))).await {
                 Err(ApiError::NotFound { .. }) => continue,
                 Ok(mut written) => {
                     written.warnings.extend(warnings);
@@ -398,6 +380,7 @@ impl Objects {
         options: &WriteOptions,
     ) -> Result<Written, ApiError> {
         prepare_create(def, ns, &mut object)?;
+        self.allocate_cluster_ip(def, &mut object).await?;
         let name = name_of(&object).to_string();
         let causes = validation::validate(def, &object, None);
         if !causes.is_empty() {
@@ -407,28 +390,16 @@ impl Objects {
             self.check_namespace_open(ns).await?;
         }
         if options.dry_run {
-            return Ok(Written {
-                object,
-                warnings: Vec::new(),
-                created: true,
-            });
+            return Ok(Written { object, warnings: Vec::new(), created: true });
         }
-        let kv = match self
-            .store
-            .create(&key(def, ns, &name), encode(&object)?)
-            .await
-        {
+        let kv = match self.store.create(&key(def, ns, &name), encode(&object)?).await {
             Err(skiff_store::Error::AlreadyExists(_)) => {
                 return Err(ApiError::already_exists(def, &name));
             }
             other => other?,
         };
         set_resource_version(&mut object, kv.mod_revision);
-        Ok(Written {
-            object,
-            warnings: Vec::new(),
-            created: true,
-        })
+        Ok(Written { object, warnings: Vec::new(), created: true })
     }
 
     /// The loop every update goes through: read, let `change` compute the new object, apply the update rules
@@ -447,15 +418,15 @@ impl Objects {
     {
         let key = key(def, ns, name);
         for _ in 0..MAX_RETRIES {
-            let kv = self
-                .store
-                .get(&key)
-                .await?
-                .ok_or_else(|| ApiError::not_found(def, name))?;
+            let kv = self.store.get(&key).await?.ok_or_else(|| ApiError::not_found(def, name))?;
             let current = decode(&kv)?;
             let requested = change(&current, kv.mod_revision)?;
             let mut object = merge_update(def, part, &current, requested)?;
-            let causes = validation::validate(def, &object, Some(&current));
+            let causes = match part {
+                // The binding's own checks (a node named, not yet bound) ran when `change` built the object.
+                Part::Binding => Vec::new(),
+                _ => validation::validate(def, &object, Some(&current)),
+            };
             if !causes.is_empty() {
                 return Err(ApiError::invalid(def, name, causes));
             }
@@ -464,45 +435,26 @@ impl Objects {
                     Part::Main => None,
                     Part::Status => Some("status"),
                     Part::Scale => Some("scale"),
+                    Part::Binding => Some("binding"),
                 };
-                patch::record_update(
-                    def,
-                    Some(&current),
-                    &mut object,
-                    &options.field_manager,
-                    subresource,
-                );
+                patch::record_update(def, Some(&current), &mut object, &options.field_manager, subresource);
             }
             if object == current {
                 // Kubernetes skips no-op writes: the resourceVersion stays and watchers see nothing.
-                return Ok(Written {
-                    object: present(def, part, current)?,
-                    warnings: Vec::new(),
-                    created: false,
-                });
+                return Ok(Written { object: present(def, part, current)?, warnings: Vec::new(), created: false });
             }
             if options.dry_run {
-                return Ok(Written {
-                    object: present(def, part, object)?,
-                    warnings: Vec::new(),
-                    created: false,
-                });
+                return Ok(Written { object: present(def, part, object)?, warnings: Vec::new(), created: false });
             }
             let result = if finished_deleting(def, &object) {
                 self.store.delete(&key, Some(kv.mod_revision)).await
             } else {
-                self.store
-                    .update(&key, encode(&object)?, Some(kv.mod_revision))
-                    .await
+                self.store.update(&key, encode(&object)?, Some(kv.mod_revision)).await
             };
             match result {
                 Ok(written) => {
                     set_resource_version(&mut object, written.mod_revision);
-                    return Ok(Written {
-                        object: present(def, part, object)?,
-                        warnings: Vec::new(),
-                        created: false,
-                    });
+                    return Ok(Written { object: present(def, part, object)?, warnings: Vec::new(), created: false });
                 }
                 Err(skiff_store::Error::Conflict { .. }) => continue,
                 Err(skiff_store::Error::NotFound(_)) => return Err(ApiError::not_found(def, name)),
@@ -522,11 +474,7 @@ impl Objects {
     ) -> Result<Value, ApiError> {
         let key = key(def, ns, name);
         for _ in 0..MAX_RETRIES {
-            let kv = self
-                .store
-                .get(&key)
-                .await?
-                .ok_or_else(|| ApiError::not_found(def, name))?;
+            let kv = self.store.get(&key).await?.ok_or_else(|| ApiError::not_found(def, name))?;
             let current = decode(&kv)?;
             check_delete_preconditions(def, name, &current, kv.mod_revision, options)?;
             let Some(marked) = mark_for_deletion(def, &current, options) else {
@@ -545,11 +493,7 @@ impl Objects {
             if marked == current || options.dry_run {
                 return Ok(marked);
             }
-            match self
-                .store
-                .update(&key, encode(&marked)?, Some(kv.mod_revision))
-                .await
-            {
+            match self.store.update(&key, encode(&marked)?, Some(kv.mod_revision)).await {
                 Ok(written) => {
                     let mut marked = marked;
                     set_resource_version(&mut marked, written.mod_revision);
@@ -571,18 +515,7 @@ impl Objects {
         list: &ListOptions,
         options: &DeleteOptions,
     ) -> Result<Vec<Value>, ApiError> {
-        let items = self
-            .list(
-                def,
-                ns,
-                &ListOptions {
-                    limit: 0,
-                    continue_token: None,
-                    ..list.clone()
-                },
-            )
-            .await?
-            .items;
+        let items = self.list(def, ns, &ListOptions { limit: 0, continue_token: None, ..list.clone() }).await?.items;
         let mut deleted = Vec::with_capacity(items.len());
         for item in items {
             let item_ns = item.pointer("/metadata/namespace").and_then(Value::as_str);
@@ -619,11 +552,8 @@ impl Objects {
                 )
             })?
             .to_string();
-        let options = WriteOptions {
-            field_manager: String::new(),
-            ..WriteOptions::default()
-        };
-        self.read_modify_write(pods, Some(ns), name, Part::Main, &options, |current, _| {
+        let options = WriteOptions { field_manager: String::new(), ..WriteOptions::default() };
+        self.read_modify_write(pods, Some(ns), name, Part::Binding, &options, |current, _| {
             match current.pointer("/spec/nodeName").and_then(Value::as_str) {
                 Some(bound) if !bound.is_empty() => Err(ApiError::Conflict {
                     resource: "pods".into(),
@@ -640,54 +570,28 @@ impl Objects {
         .await?;
         // The scheduled condition lives in status, which the main endpoint does not change.
         let now = now_rfc3339();
-        self.read_modify_write(
-            pods,
-            Some(ns),
-            name,
-            Part::Status,
-            &options,
-            |current, _| {
-                let mut pod = current.clone();
-                let conditions = pod["status"]["conditions"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default();
-                let mut conditions: Vec<Value> = conditions
-                    .into_iter()
-                    .filter(|c| c["type"] != "PodScheduled")
-                    .collect();
-                conditions.push(
-                    json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": now}),
-                );
-                pod["status"]["conditions"] = Value::Array(conditions);
-                Ok(pod)
-            },
-        )
+        self.read_modify_write(pods, Some(ns), name, Part::Status, &options, |current, _| {
+            let mut pod = current.clone();
+            let conditions = pod["status"]["conditions"].as_array().cloned().unwrap_or_default();
+            let mut conditions: Vec<Value> = conditions.into_iter().filter(|c| c["type"] != "PodScheduled").collect();
+            conditions.push(json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": now}));
+            pod["status"]["conditions"] = Value::Array(conditions);
+            Ok(pod)
+        })
         .await?;
         Ok(())
     }
 
     /// GET of the scale subresource.
-    pub async fn get_scale(
-        &self,
-        def: &'static ResourceDef,
-        ns: Option<&str>,
-        name: &str,
-    ) -> Result<Value, ApiError> {
+    pub async fn get_scale(&self, def: &'static ResourceDef, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
         scale_of(def, &self.get(def, ns, name).await?)
     }
 }
 
 /// Checks and cleans a request body: the shape of the kind, unknown fields per `fieldValidation`.
-fn admit(
-    def: &ResourceDef,
-    object: Value,
-    options: &WriteOptions,
-) -> Result<(Value, Vec<String>), ApiError> {
+fn admit(def: &ResourceDef, object: Value, options: &WriteOptions) -> Result<(Value, Vec<String>), ApiError> {
     if !object.is_object() {
-        return Err(ApiError::BadRequest(
-            "the request body must be a JSON object".into(),
-        ));
+        return Err(ApiError::BadRequest("the request body must be a JSON object".into()));
     }
     check_type(def, &object)?;
     let unknown = match options.validation {
@@ -695,22 +599,13 @@ fn admit(
         _ => validation::unknown_fields(def, &object),
     };
     if options.validation == FieldValidation::Strict && !unknown.is_empty() {
-        let fields: Vec<String> = unknown
-            .iter()
-            .map(|f| format!("unknown field \"{f}\""))
-            .collect();
-        return Err(ApiError::BadRequest(format!(
-            "strict decoding error: {}",
-            fields.join(", ")
-        )));
+        let fields: Vec<String> = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+        return Err(ApiError::BadRequest(format!("strict decoding error: {}", fields.join(", "))));
     }
-    let warnings = unknown
-        .iter()
-        .map(|f| format!("unknown field \"{f}\""))
-        .collect();
-    let mut normalized = def.normalize(object).map_err(|e| {
-        ApiError::BadRequest(format!("the object is not a valid {}: {e}", def.kind))
-    })?;
+    let warnings = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+    let mut normalized = def
+        .normalize(object)
+        .map_err(|e| ApiError::BadRequest(format!("the object is not a valid {}: {e}", def.kind)))?;
     normalized["apiVersion"] = json!(def.api_version());
     normalized["kind"] = json!(def.kind);
     if !normalized.get("metadata").is_some_and(Value::is_object) {
@@ -721,17 +616,9 @@ fn admit(
 }
 
 fn check_type(def: &ResourceDef, object: &Value) -> Result<(), ApiError> {
-    let api_version = object
-        .get("apiVersion")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let kind = object
-        .get("kind")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    if (!api_version.is_empty() && api_version != def.api_version())
-        || (!kind.is_empty() && kind != def.kind)
-    {
+    let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+    let kind = object.get("kind").and_then(Value::as_str).unwrap_or_default();
+    if (!api_version.is_empty() && api_version != def.api_version()) || (!kind.is_empty() && kind != def.kind) {
         return Err(ApiError::BadRequest(format!(
             "the API version in the data ({api_version}) and kind ({kind}) do not match the expected {} {}",
             def.api_version(),
@@ -741,34 +628,20 @@ fn check_type(def: &ResourceDef, object: &Value) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn check_identity(
-    def: &ResourceDef,
-    ns: Option<&str>,
-    name: &str,
-    object: &Value,
-) -> Result<(), ApiError> {
-    let body_name = object
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or(name);
+fn check_identity(def: &ResourceDef, ns: Option<&str>, name: &str, object: &Value) -> Result<(), ApiError> {
+    let body_name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or(name);
     if body_name != name {
         return Err(ApiError::BadRequest(format!(
             "the name of the object ({body_name}) does not match the name on the URL ({name})"
         )));
     }
     if def.namespaced
-        && let (Some(ns), Some(body_ns)) = (
-            ns,
-            object
-                .pointer("/metadata/namespace")
-                .and_then(Value::as_str),
-        )
+        && let (Some(ns), Some(body_ns)) = (ns, object.pointer("/metadata/namespace").and_then(Value::as_str))
         && !body_ns.is_empty()
         && body_ns != ns
     {
         return Err(ApiError::BadRequest(
-            "the namespace of the provided object does not match the namespace sent on the request"
-                .into(),
+            "the namespace of the provided object does not match the namespace sent on the request".into(),
         ));
     }
     Ok(())
@@ -782,11 +655,7 @@ fn prepare_create(def: &ResourceDef, ns: Option<&str>, object: &mut Value) -> Re
         .ok_or_else(|| ApiError::BadRequest("metadata must be an object".into()))?;
     match (def.namespaced, ns) {
         (true, Some(ns)) => {
-            if meta
-                .get("namespace")
-                .and_then(Value::as_str)
-                .is_some_and(|n| !n.is_empty() && n != ns)
-            {
+            if meta.get("namespace").and_then(Value::as_str).is_some_and(|n| !n.is_empty() && n != ns) {
                 return Err(ApiError::BadRequest(
                     "the namespace of the provided object does not match the namespace sent on the request".into(),
                 ));
@@ -794,27 +663,18 @@ fn prepare_create(def: &ResourceDef, ns: Option<&str>, object: &mut Value) -> Re
             meta.insert("namespace".into(), json!(ns));
         }
         (true, None) => {
-            return Err(ApiError::BadRequest(
-                "a namespaced object needs a namespace".into(),
-            ));
+            return Err(ApiError::BadRequest("a namespaced object needs a namespace".into()));
         }
         (false, _) => {
             meta.remove("namespace");
         }
     }
-    let has_name = meta
-        .get("name")
-        .and_then(Value::as_str)
-        .is_some_and(|n| !n.is_empty());
+    let has_name = meta.get("name").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
     if !has_name && let Some(prefix) = meta.get("generateName").and_then(Value::as_str) {
         let name = format!("{prefix}{}", random_suffix());
         meta.insert("name".into(), json!(name));
     }
-    if !meta
-        .get("name")
-        .and_then(Value::as_str)
-        .is_some_and(|n| !n.is_empty())
-    {
+    if !meta.get("name").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) {
         return Err(ApiError::invalid(
             def,
             "",
@@ -827,12 +687,7 @@ fn prepare_create(def: &ResourceDef, ns: Option<&str>, object: &mut Value) -> Re
     }
     meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
     meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
-    for owned in [
-        "resourceVersion",
-        "deletionTimestamp",
-        "deletionGracePeriodSeconds",
-        "selfLink",
-    ] {
+    for owned in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
         meta.remove(owned);
     }
     if def.tracks_generation {
@@ -866,17 +721,10 @@ fn initial_status(def: &ResourceDef, object: &mut Value) {
 /// The pod's QoS class from its containers' requests and limits (Kubernetes' rules, simplified to "every
 /// container has equal cpu and memory requests and limits" for Guaranteed).
 fn qos_class(pod: &Value) -> &'static str {
-    let containers = pod
-        .pointer("/spec/containers")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let containers = pod.pointer("/spec/containers").and_then(Value::as_array).cloned().unwrap_or_default();
     let resources: Vec<&Value> = containers.iter().map(|c| &c["resources"]).collect();
     let empty = |v: &Value| v.as_object().is_none_or(Map::is_empty);
-    if resources
-        .iter()
-        .all(|r| empty(&r["requests"]) && empty(&r["limits"]))
-    {
+    if resources.iter().all(|r| empty(&r["requests"]) && empty(&r["limits"])) {
         return "BestEffort";
     }
     let guaranteed = resources.iter().all(|r| {
@@ -885,28 +733,19 @@ fn qos_class(pod: &Value) -> &'static str {
             !limit.is_null() && (r["requests"][res].is_null() || &r["requests"][res] == limit)
         })
     });
-    if guaranteed {
-        "Guaranteed"
-    } else {
-        "Burstable"
-    }
+    if guaranteed { "Guaranteed" } else { "Burstable" }
 }
 
 /// Builds the object to store from the current one and what the client asked for, by the rules of the
 /// addressed part: the main endpoint keeps status, `/status` keeps everything but status.
-fn merge_update(
-    def: &ResourceDef,
-    part: Part,
-    current: &Value,
-    requested: Value,
-) -> Result<Value, ApiError> {
+fn merge_update(def: &ResourceDef, part: Part, current: &Value, requested: Value) -> Result<Value, ApiError> {
     let mut object = match part {
         Part::Status => {
             let mut object = current.clone();
             object["status"] = requested.get("status").cloned().unwrap_or(json!({}));
             object
         }
-        Part::Main | Part::Scale => {
+        Part::Main | Part::Scale | Part::Binding => {
             let mut object = requested;
             if def.status_subresource {
                 match current.get("status") {
@@ -921,18 +760,21 @@ fn merge_update(
             object
         }
     };
+    // Like Kubernetes, an update that leaves the allocated cluster IP out keeps it.
+    if def.group.is_empty() && def.plural == "services" {
+        for field in ["clusterIP", "clusterIPs"] {
+            if object.pointer(&format!("/spec/{field}")).is_none_or(|v| v == "" || v.is_null())
+                && let Some(allocated) = current.pointer(&format!("/spec/{field}"))
+            {
+                object["spec"][field] = allocated.clone();
+            }
+        }
+    }
     let meta = object
         .get_mut("metadata")
         .and_then(Value::as_object_mut)
         .ok_or_else(|| ApiError::BadRequest("metadata must be an object".into()))?;
-    for owned in [
-        "uid",
-        "creationTimestamp",
-        "deletionTimestamp",
-        "deletionGracePeriodSeconds",
-        "name",
-        "namespace",
-    ] {
+    for owned in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "name", "namespace"] {
         match current["metadata"].get(owned) {
             Some(value) => meta.insert(owned.into(), value.clone()),
             None => meta.remove(owned),
@@ -942,24 +784,15 @@ fn merge_update(
     meta.remove("selfLink");
     // A finalizer may be removed once deletion started, never added.
     if current.pointer("/metadata/deletionTimestamp").is_some() {
-        let before = current
-            .pointer("/metadata/finalizers")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
+        let before = current.pointer("/metadata/finalizers").and_then(Value::as_array).cloned().unwrap_or_default();
         if let Some(after) = meta.get("finalizers").and_then(Value::as_array)
             && after.iter().any(|f| !before.contains(f))
         {
-            return Err(ApiError::Forbidden(
-                "no new finalizers can be added if the object is being deleted".into(),
-            ));
+            return Err(ApiError::Forbidden("no new finalizers can be added if the object is being deleted".into()));
         }
     }
     if def.tracks_generation {
-        let generation = current
-            .pointer("/metadata/generation")
-            .and_then(Value::as_i64)
-            .unwrap_or(1);
+        let generation = current.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
         let changed = spec_of(current) != spec_of(&object);
         object["metadata"]["generation"] = json!(if changed { generation + 1 } else { generation });
     }
@@ -980,10 +813,7 @@ fn finished_deleting(def: &ResourceDef, object: &Value) -> bool {
     let meta = &object["metadata"];
     meta.get("deletionTimestamp").is_some()
         && meta["finalizers"].as_array().is_none_or(Vec::is_empty)
-        && object
-            .pointer("/spec/finalizers")
-            .and_then(Value::as_array)
-            .is_none_or(Vec::is_empty)
+        && object.pointer("/spec/finalizers").and_then(Value::as_array).is_none_or(Vec::is_empty)
         && (def.plural != "pods" || meta["deletionGracePeriodSeconds"].as_i64().unwrap_or(0) == 0)
 }
 
@@ -1012,11 +842,7 @@ fn check_delete_preconditions(
 fn mark_for_deletion(def: &ResourceDef, current: &Value, options: &DeleteOptions) -> Option<Value> {
     let mut object = current.clone();
     let meta = object.get_mut("metadata")?.as_object_mut()?;
-    let mut finalizers: Vec<Value> = meta
-        .get("finalizers")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let mut finalizers: Vec<Value> = meta.get("finalizers").and_then(Value::as_array).cloned().unwrap_or_default();
     // The propagation policy is recorded the way Kubernetes does it, for the garbage collector to act on.
     let policy_finalizer = match options.propagation_policy.as_deref() {
         Some("Foreground") => Some("foregroundDeletion"),
@@ -1031,21 +857,14 @@ fn mark_for_deletion(def: &ResourceDef, current: &Value, options: &DeleteOptions
         meta.insert("finalizers".into(), Value::Array(finalizers.clone()));
     }
     let namespace_in_use = def.group.is_empty() && def.plural == "namespaces";
-    let grace = match (
-        def.plural,
-        current.pointer("/spec/nodeName").and_then(Value::as_str),
-    ) {
+    let grace = match (def.plural, current.pointer("/spec/nodeName").and_then(Value::as_str)) {
         ("pods", Some(node))
             if !node.is_empty()
-                && current
-                    .pointer("/status/phase")
-                    .is_none_or(|p| p != "Succeeded" && p != "Failed") =>
+                && current.pointer("/status/phase").is_none_or(|p| p != "Succeeded" && p != "Failed") =>
         {
             options
                 .grace_period_seconds
-                .or(current
-                    .pointer("/spec/terminationGracePeriodSeconds")
-                    .and_then(Value::as_i64))
+                .or(current.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
                 .unwrap_or(30)
         }
         _ => 0,
@@ -1084,21 +903,13 @@ fn scale_of(def: &ResourceDef, object: &Value) -> Result<Value, ApiError> {
         Some(selector) => {
             let typed = serde_json::from_value(selector.clone())
                 .map_err(|e| ApiError::Internal(format!("stored selector is malformed: {e}")))?;
-            LabelSelector::from_k8s(&typed)
-                .map(|s| s.to_string())
-                .unwrap_or_default()
+            LabelSelector::from_k8s(&typed).map(|s| s.to_string()).unwrap_or_default()
         }
         None => String::new(),
     };
     let meta = &object["metadata"];
     let mut scale_meta = Map::new();
-    for field in [
-        "name",
-        "namespace",
-        "uid",
-        "resourceVersion",
-        "creationTimestamp",
-    ] {
+    for field in ["name", "namespace", "uid", "resourceVersion", "creationTimestamp"] {
         if let Some(value) = meta.get(field) {
             scale_meta.insert(field.into(), value.clone());
         }
@@ -1118,10 +929,7 @@ fn scale_of(def: &ResourceDef, object: &Value) -> Result<Value, ApiError> {
 
 /// `current` with the replicas of a Scale object.
 fn with_scale(def: &ResourceDef, current: &Value, scale: &Value) -> Result<Value, ApiError> {
-    let replicas = scale
-        .pointer("/spec/replicas")
-        .and_then(Value::as_i64)
-        .unwrap_or(0);
+    let replicas = scale.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0);
     if replicas < 0 {
         return Err(ApiError::invalid(
             def,
@@ -1139,31 +947,17 @@ fn with_scale(def: &ResourceDef, current: &Value, scale: &Value) -> Result<Value
 }
 
 pub fn name_of(object: &Value) -> &str {
-    object
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
+    object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default()
 }
 
 /// The store key of an object: `/registry/<group or core>/<plural>/[<namespace>/]<name>`.
 pub fn key(def: &ResourceDef, ns: Option<&str>, name: &str) -> String {
-    format!(
-        "{}{name}",
-        prefix(
-            def,
-            ns.filter(|_| def.namespaced)
-                .or(def.namespaced.then_some(""))
-        )
-    )
+    format!("{}{name}", prefix(def, ns.filter(|_| def.namespaced).or(def.namespaced.then_some(""))))
 }
 
 /// The key prefix of a collection; for a namespaced resource without a namespace, of all namespaces.
 pub fn prefix(def: &ResourceDef, ns: Option<&str>) -> String {
-    let group = if def.group.is_empty() {
-        "core"
-    } else {
-        def.group
-    };
+    let group = if def.group.is_empty() { "core" } else { def.group };
     match ns.filter(|ns| def.namespaced && !ns.is_empty()) {
         Some(ns) => format!("/registry/{group}/{}/{ns}/", def.plural),
         None => format!("/registry/{group}/{}/", def.plural),
@@ -1182,9 +976,7 @@ fn encode(object: &Value) -> Result<Bytes, ApiError> {
     if let Some(meta) = stored.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.remove("resourceVersion");
     }
-    serde_json::to_vec(&stored)
-        .map(Bytes::from)
-        .map_err(|e| ApiError::Internal(e.to_string()))
+    serde_json::to_vec(&stored).map(Bytes::from).map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 pub fn set_resource_version(object: &mut Value, revision: Revision) {
@@ -1200,14 +992,9 @@ fn encode_continue(last_key: &str, revision: Revision) -> String {
 
 fn decode_continue(token: &str, prefix: &str) -> Result<String, ApiError> {
     let invalid = || ApiError::BadRequest("continue key is not valid".into());
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(token)
-        .map_err(|_| invalid())?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
     let value: Value = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
-    let start = value
-        .get("start")
-        .and_then(Value::as_str)
-        .ok_or_else(invalid)?;
+    let start = value.get("start").and_then(Value::as_str).ok_or_else(invalid)?;
     if !start.starts_with(prefix) {
         return Err(invalid());
     }
@@ -1219,9 +1006,7 @@ fn random_suffix() -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut rng = rand::rng();
-    (0..5)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect()
+    (0..5).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
 }
 
 pub fn now_rfc3339() -> String {

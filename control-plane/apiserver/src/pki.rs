@@ -41,10 +41,7 @@ impl Credentials {
     /// Loads the credentials in `dir`, making any that are missing. The serving certificate is remade when
     /// the listen address is not among its names, so moving the server to another address keeps working.
     pub fn load_or_create(dir: &Path, listen: SocketAddr) -> Result<Self, PkiError> {
-        fs::create_dir_all(dir).map_err(|source| PkiError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        fs::create_dir_all(dir).map_err(|source| PkiError::Io { path: dir.to_path_buf(), source })?;
         let (ca_cert_pem, ca_key_pem) = match (read(dir, "ca.crt")?, read(dir, "ca.key")?) {
             (Some(cert), Some(key)) => (cert, key),
             _ => {
@@ -58,55 +55,35 @@ impl Credentials {
             }
         };
         let names = subject_names(listen);
-        let (server_cert_pem, server_key_pem) =
-            match (read(dir, "server.crt")?, read(dir, "server.key")?) {
-                (Some(cert), Some(key))
-                    if read(dir, "server.names")?.as_deref() == Some(&names.join(",")) =>
-                {
-                    (cert, key)
-                }
-                _ => {
-                    let ca_key = KeyPair::from_pem(&ca_key_pem)?;
-                    // Signing needs only the CA's name and key, both of which are fixed, so the parameters are
-                    // rebuilt rather than parsed back from the PEM.
-                    let issuer = Issuer::new(ca_params()?, ca_key);
-                    let key = KeyPair::generate()?;
-                    let mut params = CertificateParams::new(names.clone())?;
-                    params
-                        .distinguished_name
-                        .push(DnType::CommonName, "skiff-apiserver");
-                    let cert = params.signed_by(&key, &issuer)?;
-                    write_secret(dir, "server.key", &key.serialize_pem())?;
-                    write_secret(dir, "server.crt", &cert.pem())?;
-                    write_secret(dir, "server.names", &names.join(","))?;
-                    (cert.pem(), key.serialize_pem())
-                }
-            };
+        let (server_cert_pem, server_key_pem) = match (read(dir, "server.crt")?, read(dir, "server.key")?) {
+            (Some(cert), Some(key)) if read(dir, "server.names")?.as_deref() == Some(&names.join(",")) => (cert, key),
+            _ => {
+                let ca_key = KeyPair::from_pem(&ca_key_pem)?;
+                // Signing needs only the CA's name and key, both of which are fixed, so the parameters are
+                // rebuilt rather than parsed back from the PEM.
+                let issuer = Issuer::new(ca_params()?, ca_key);
+                let key = KeyPair::generate()?;
+                let mut params = CertificateParams::new(names.clone())?;
+                params.distinguished_name.push(DnType::CommonName, "skiff-apiserver");
+                let cert = params.signed_by(&key, &issuer)?;
+                write_secret(dir, "server.key", &key.serialize_pem())?;
+                write_secret(dir, "server.crt", &cert.pem())?;
+                write_secret(dir, "server.names", &names.join(","))?;
+                (cert.pem(), key.serialize_pem())
+            }
+        };
         let admin_token = read_or_create_token(dir, "admin-token")?;
         let node_token = read_or_create_token(dir, "node-token")?;
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            ca_cert_pem,
-            server_cert_pem,
-            server_key_pem,
-            admin_token,
-            node_token,
-        })
+        Ok(Self { dir: dir.to_path_buf(), ca_cert_pem, server_cert_pem, server_key_pem, admin_token, node_token })
     }
 
     /// The rustls server configuration for the serving certificate, offering HTTP/2 and HTTP/1.1.
     pub fn server_config(&self) -> Result<rustls::ServerConfig, PkiError> {
         let certs = rustls_pemfile::certs(&mut self.server_cert_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| PkiError::Io {
-                path: self.dir.join("server.crt"),
-                source,
-            })?;
+            .map_err(|source| PkiError::Io { path: self.dir.join("server.crt"), source })?;
         let key = rustls_pemfile::private_key(&mut self.server_key_pem.as_bytes())
-            .map_err(|source| PkiError::Io {
-                path: self.dir.join("server.key"),
-                source,
-            })?
+            .map_err(|source| PkiError::Io { path: self.dir.join("server.key"), source })?
             .ok_or_else(|| PkiError::Io {
                 path: self.dir.join("server.key"),
                 source: std::io::Error::new(std::io::ErrorKind::InvalidData, "no private key"),
@@ -151,21 +128,14 @@ pub fn server_url(listen: SocketAddr) -> String {
 
 fn ca_params() -> Result<CertificateParams, PkiError> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "skiff-ca");
+    params.distinguished_name.push(DnType::CommonName, "skiff-ca");
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     Ok(params)
 }
 
 fn subject_names(listen: SocketAddr) -> Vec<String> {
-    let mut names = vec![
-        "localhost".to_string(),
-        "127.0.0.1".to_string(),
-        "::1".to_string(),
-        "skiff".to_string(),
-    ];
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string(), "skiff".to_string()];
     if !listen.ip().is_unspecified() && !listen.ip().is_loopback() {
         names.push(listen.ip().to_string());
     }
@@ -205,17 +175,8 @@ fn read_or_create_token(dir: &Path, name: &str) -> Result<String, PkiError> {
 fn write_secret(dir: &Path, name: &str, contents: &str) -> Result<(), PkiError> {
     let path = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp"));
-    let io = |source| PkiError::Io {
-        path: path.clone(),
-        source,
-    };
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io)?;
+    let io = |source| PkiError::Io { path: path.clone(), source };
+    let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io)?;
     file.write_all(contents.as_bytes()).map_err(io)?;
     file.sync_all().map_err(io)?;
     fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).map_err(io)?;
@@ -236,27 +197,14 @@ mod tests {
         assert_eq!(first.server_cert_pem, again.server_cert_pem);
         assert_ne!(first.admin_token, first.node_token);
         assert!(first.server_config().is_ok());
-        let mode = fs::metadata(dir.path().join("ca.key"))
-            .unwrap()
-            .permissions()
-            .mode();
+        let mode = fs::metadata(dir.path().join("ca.key")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        assert!(
-            first
-                .kubeconfig("https://127.0.0.1:6443")
-                .contains(&first.admin_token)
-        );
+        assert!(first.kubeconfig("https://127.0.0.1:6443").contains(&first.admin_token));
     }
 
     #[test]
     fn unspecified_listen_address_gives_a_loopback_url() {
-        assert_eq!(
-            server_url("0.0.0.0:6443".parse().unwrap()),
-            "https://127.0.0.1:6443"
-        );
-        assert_eq!(
-            server_url("127.0.0.2:7000".parse().unwrap()),
-            "https://127.0.0.2:7000"
-        );
+        assert_eq!(server_url("0.0.0.0:6443".parse().unwrap()), "https://127.0.0.1:6443");
+        assert_eq!(server_url("127.0.0.2:7000".parse().unwrap()), "https://127.0.0.2:7000");
     }
 }

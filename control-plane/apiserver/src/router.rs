@@ -61,32 +61,17 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 /// Bearer-token authentication. Like kube-apiserver's public-info-viewer role, health and version are
 /// open to anyone; everything else needs a token the server issued.
-async fn authenticate(
-    State(state): State<Arc<AppState>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let open = matches!(
-        request.uri().path(),
-        "/version" | "/healthz" | "/livez" | "/readyz"
-    );
+async fn authenticate(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let open = matches!(request.uri().path(), "/version" | "/healthz" | "/livez" | "/readyz");
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    let known = presented.is_some_and(|token| {
-        state
-            .tokens
-            .iter()
-            .any(|t| constant_time_eq(t.as_bytes(), token.as_bytes()))
-    });
-    if open || known {
-        next.run(request).await
-    } else {
-        ApiError::Unauthorized.into_response()
-    }
+    let known =
+        presented.is_some_and(|token| state.tokens.iter().any(|t| constant_time_eq(t.as_bytes(), token.as_bytes())));
+    if open || known { next.run(request).await } else { ApiError::Unauthorized.into_response() }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -149,45 +134,24 @@ async fn groups_discovery(headers: HeaderMap) -> Response {
 
 fn aggregated(document: Value) -> Response {
     let mut response = axum::Json(document).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(discovery::AGGREGATED_CONTENT_TYPE),
-    );
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(discovery::AGGREGATED_CONTENT_TYPE));
     response
 }
 
 fn accept(headers: &HeaderMap) -> &str {
-    headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
+    headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
 /// Where a request under /api or /apis points.
 enum Target {
-    ResourceList {
-        group: String,
-        version: String,
-    },
+    ResourceList { group: String, version: String },
     Group(String),
-    Collection {
-        def: &'static ResourceDef,
-        ns: Option<String>,
-    },
-    Item {
-        def: &'static ResourceDef,
-        ns: Option<String>,
-        name: String,
-        sub: Option<String>,
-    },
+    Collection { def: &'static ResourceDef, ns: Option<String> },
+    Item { def: &'static ResourceDef, ns: Option<String>, name: String, sub: Option<String> },
 }
 
 fn parse_target(path: &str) -> Result<Target, ApiError> {
-    let segments: Vec<&str> = path
-        .trim_matches('/')
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .collect();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
     let (group, version, rest) = match segments.as_slice() {
         ["api", version, rest @ ..] => ("", *version, rest),
         ["apis", group] => return Ok(Target::Group(group.to_string())),
@@ -202,19 +166,13 @@ fn parse_target(path: &str) -> Result<Target, ApiError> {
         sub: sub.map(|s| s.to_string()),
     };
     match rest {
-        [] => Ok(Target::ResourceList {
-            group: group.to_string(),
-            version: version.to_string(),
-        }),
+        [] => Ok(Target::ResourceList { group: group.to_string(), version: version.to_string() }),
         ["namespaces", ns, plural, tail @ ..]
             if resources::find(group, version, plural).is_some_and(|d| d.namespaced) =>
         {
             let def = find(plural)?;
             match tail {
-                [] => Ok(Target::Collection {
-                    def,
-                    ns: Some(ns.to_string()),
-                }),
+                [] => Ok(Target::Collection { def, ns: Some(ns.to_string()) }),
                 [name] => Ok(item(def, Some(ns), name, None)),
                 [name, sub] => Ok(item(def, Some(ns), name, Some(sub))),
                 _ => Err(ApiError::NoRoute),
@@ -240,16 +198,11 @@ impl Query {
     fn parse(query: Option<&str>) -> Result<Self, ApiError> {
         let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
             .map_err(|e| ApiError::BadRequest(format!("malformed query string: {e}")))?;
-        Ok(Query(
-            pairs.into_iter().filter(|(k, _)| !k.is_empty()).collect(),
-        ))
+        Ok(Query(pairs.into_iter().filter(|(k, _)| !k.is_empty()).collect()))
     }
 
     fn get(&self, key: &str) -> Option<&str> {
-        self.0
-            .get(key)
-            .map(String::as_str)
-            .filter(|v| !v.is_empty())
+        self.0.get(key).map(String::as_str).filter(|v| !v.is_empty())
     }
 
     fn flag(&self, key: &str) -> bool {
@@ -258,10 +211,7 @@ impl Query {
 
     fn number<T: std::str::FromStr>(&self, key: &str) -> Result<Option<T>, ApiError> {
         self.get(key)
-            .map(|v| {
-                v.parse()
-                    .map_err(|_| ApiError::BadRequest(format!("{key}: invalid value {v:?}")))
-            })
+            .map(|v| v.parse().map_err(|_| ApiError::BadRequest(format!("{key}: invalid value {v:?}"))))
             .transpose()
     }
 
@@ -269,9 +219,9 @@ impl Query {
         match self.get("dryRun") {
             None => Ok(false),
             Some("All") => Ok(true),
-            Some(other) => Err(ApiError::BadRequest(format!(
-                "dryRun: unsupported value {other:?}, only \"All\" is supported"
-            ))),
+            Some(other) => {
+                Err(ApiError::BadRequest(format!("dryRun: unsupported value {other:?}, only \"All\" is supported")))
+            }
         }
     }
 
@@ -316,17 +266,12 @@ impl Query {
                 .unwrap_or("unknown")
                 .to_string(),
         };
-        Ok(WriteOptions {
-            dry_run: self.dry_run()?,
-            field_manager,
-            validation,
-        })
+        Ok(WriteOptions { dry_run: self.dry_run()?, field_manager, validation })
     }
 }
 
 async fn resource(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    let span =
-        tracing::debug_span!("request", method = %request.method(), path = request.uri().path());
+    let span = tracing::debug_span!("request", method = %request.method(), path = request.uri().path());
     match serve_resource(&state, request).instrument(span).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
@@ -338,26 +283,20 @@ async fn serve_resource(state: &AppState, request: Request) -> Result<Response, 
     let query = Query::parse(parts.uri.query())?;
     let target = parse_target(parts.uri.path())?;
     let headers = &parts.headers;
-    let body = axum::body::to_bytes(body, MAX_BODY)
-        .await
-        .map_err(|_| ApiError::TooLarge)?;
+    let body = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| ApiError::TooLarge)?;
     let objects = &state.objects;
     match (target, &parts.method) {
-        (Target::ResourceList { group, version }, &Method::GET) => {
-            discovery::api_resource_list(&group, &version)
-                .map(|list| axum::Json(list).into_response())
-                .ok_or(ApiError::NoRoute)
-        }
-        (Target::Group(group), &Method::GET) => discovery::api_group(&group)
-            .map(|g| axum::Json(g).into_response())
+        (Target::ResourceList { group, version }, &Method::GET) => discovery::api_resource_list(&group, &version)
+            .map(|list| axum::Json(list).into_response())
             .ok_or(ApiError::NoRoute),
+        (Target::Group(group), &Method::GET) => {
+            discovery::api_group(&group).map(|g| axum::Json(g).into_response()).ok_or(ApiError::NoRoute)
+        }
         (Target::Collection { def, ns }, &Method::GET) => {
             check_namespace(def, ns.as_deref())?;
             let list = query.list_options(def)?;
             if query.flag("watch") {
-                let timeout = query
-                    .number::<u64>("timeoutSeconds")?
-                    .map(Duration::from_secs);
+                let timeout = query.number::<u64>("timeoutSeconds")?.map(Duration::from_secs);
                 let request = WatchRequest {
                     def,
                     namespace: ns,
@@ -370,10 +309,7 @@ async fn serve_resource(state: &AppState, request: Request) -> Result<Response, 
                 };
                 let lines = watch::start(objects, request, state.shutdown.clone()).await?;
                 let stream = ReceiverStream::new(lines);
-                let body = Body::from_stream(futures::StreamExt::map(
-                    stream,
-                    Ok::<_, std::convert::Infallible>,
-                ));
+                let body = Body::from_stream(futures::StreamExt::map(stream, Ok::<_, std::convert::Infallible>));
                 return Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response());
             }
             let result = objects.list(def, ns.as_deref(), &list).await?;
@@ -388,35 +324,18 @@ async fn serve_resource(state: &AppState, request: Request) -> Result<Response, 
             let object = decode_body(headers, &body)?;
             let options = query.write_options(headers)?;
             let written = objects.create(def, ns.as_deref(), object, &options).await?;
-            Ok(respond(
-                StatusCode::CREATED,
-                written.object,
-                &written.warnings,
-            ))
+            Ok(respond(StatusCode::CREATED, written.object, &written.warnings))
         }
         (Target::Collection { def, ns }, &Method::DELETE) => {
             check_namespace(def, ns.as_deref())?;
             let list = query.list_options(def)?;
             let options = delete_options(&query, &body)?;
-            let deleted = objects
-                .delete_collection(def, ns.as_deref(), &list, &options)
-                .await?;
+            let deleted = objects.delete_collection(def, ns.as_deref(), &list, &options).await?;
             Ok(render_list(def, headers, deleted, json!({})))
         }
         (Target::Item { def, ns, name, sub }, method) => {
             let ns = required_namespace(def, ns)?;
-            serve_item(
-                state,
-                def,
-                ns.as_deref(),
-                &name,
-                sub.as_deref(),
-                method,
-                headers,
-                &query,
-                &body,
-            )
-            .await
+            serve_item(state, def, ns.as_deref(), &name, sub.as_deref(), method, headers, &query, &body).await
         }
         _ => Err(ApiError::MethodNotAllowed),
     }
@@ -439,13 +358,9 @@ async fn serve_item(
         None => Part::Main,
         Some("status") if def.status_subresource => Part::Status,
         Some("scale") if def.scale_subresource => Part::Scale,
-        Some("binding")
-            if def.group.is_empty() && def.plural == "pods" && method == Method::POST =>
-        {
+        Some("binding") if def.group.is_empty() && def.plural == "pods" && method == Method::POST => {
             let binding = decode_body(headers, body)?;
-            objects
-                .bind(def, ns.unwrap_or_default(), name, &binding)
-                .await?;
+            objects.bind(def, ns.unwrap_or_default(), name, &binding).await?;
             return Ok(respond(
                 StatusCode::CREATED,
                 json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
@@ -464,19 +379,13 @@ async fn serve_item(
         }
         &Method::PUT => {
             let object = decode_body(headers, body)?;
-            let written = objects
-                .replace(def, ns, name, part, object, &query.write_options(headers)?)
-                .await?;
+            let written = objects.replace(def, ns, name, part, object, &query.write_options(headers)?).await?;
             Ok(respond(StatusCode::OK, written.object, &written.warnings))
         }
         &Method::PATCH => {
-            let content_type = headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            let patch_type = PatchType::from_content_type(content_type).ok_or_else(|| {
-                ApiError::UnsupportedMediaType(format!("; got {content_type:?} for a patch"))
-            })?;
+            let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+            let patch_type = PatchType::from_content_type(content_type)
+                .ok_or_else(|| ApiError::UnsupportedMediaType(format!("; got {content_type:?} for a patch")))?;
             let patch = match patch_type {
                 PatchType::Apply => serde_yaml::from_slice::<Value>(body)
                     .map_err(|e| ApiError::BadRequest(format!("error decoding YAML: {e}")))?,
@@ -484,29 +393,12 @@ async fn serve_item(
                     .map_err(|e| ApiError::BadRequest(format!("error decoding patch: {e}")))?,
             };
             let options = query.write_options(headers)?;
-            let written = objects
-                .patch(
-                    def,
-                    ns,
-                    name,
-                    part,
-                    patch_type,
-                    patch,
-                    query.flag("force"),
-                    &options,
-                )
-                .await?;
-            let code = if written.created {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            };
+            let written = objects.patch(def, ns, name, part, patch_type, patch, query.flag("force"), &options).await?;
+            let code = if written.created { StatusCode::CREATED } else { StatusCode::OK };
             Ok(respond(code, written.object, &written.warnings))
         }
         &Method::DELETE if part == Part::Main => {
-            let object = objects
-                .delete(def, ns, name, &delete_options(query, body)?)
-                .await?;
+            let object = objects.delete(def, ns, name, &delete_options(query, body)?).await?;
             Ok(respond(StatusCode::OK, object, &[]))
         }
         _ => Err(ApiError::MethodNotAllowed),
@@ -515,10 +407,9 @@ async fn serve_item(
 
 fn check_namespace(def: &ResourceDef, ns: Option<&str>) -> Result<(), ApiError> {
     match ns {
-        Some(ns) if !def.namespaced => Err(ApiError::BadRequest(format!(
-            "{} is not namespaced, got namespace {ns}",
-            def.plural
-        ))),
+        Some(ns) if !def.namespaced => {
+            Err(ApiError::BadRequest(format!("{} is not namespaced, got namespace {ns}", def.plural)))
+        }
         _ => Ok(()),
     }
 }
@@ -534,13 +425,9 @@ fn delete_options(query: &Query, body: &[u8]) -> Result<DeleteOptions, ApiError>
     let body: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
-        serde_json::from_slice(body)
-            .map_err(|e| ApiError::BadRequest(format!("malformed DeleteOptions: {e}")))?
+        serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("malformed DeleteOptions: {e}")))?
     };
-    let dry_run = query.dry_run()?
-        || body["dryRun"]
-            .as_array()
-            .is_some_and(|d| d.iter().any(|v| v == "All"));
+    let dry_run = query.dry_run()? || body["dryRun"].as_array().is_some_and(|d| d.iter().any(|v| v == "All"));
     let orphan = query.flag("orphanDependents") || body["orphanDependents"] == true;
     let propagation_policy = body["propagationPolicy"]
         .as_str()
@@ -550,20 +437,13 @@ fn delete_options(query: &Query, body: &[u8]) -> Result<DeleteOptions, ApiError>
     if let Some(policy) = &propagation_policy
         && !matches!(policy.as_str(), "Foreground" | "Background" | "Orphan")
     {
-        return Err(ApiError::BadRequest(format!(
-            "propagationPolicy: unsupported value {policy:?}"
-        )));
+        return Err(ApiError::BadRequest(format!("propagationPolicy: unsupported value {policy:?}")));
     }
     Ok(DeleteOptions {
         dry_run,
-        grace_period_seconds: body["gracePeriodSeconds"]
-            .as_i64()
-            .or(query.number("gracePeriodSeconds")?),
+        grace_period_seconds: body["gracePeriodSeconds"].as_i64().or(query.number("gracePeriodSeconds")?),
         propagation_policy,
-        precondition_uid: body
-            .pointer("/preconditions/uid")
-            .and_then(Value::as_str)
-            .map(str::to_string),
+        precondition_uid: body.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_string),
         precondition_resource_version: body
             .pointer("/preconditions/resourceVersion")
             .and_then(Value::as_str)
@@ -573,29 +453,21 @@ fn delete_options(query: &Query, body: &[u8]) -> Result<DeleteOptions, ApiError>
 
 /// Decodes a request body by its Content-Type: JSON, YAML or Kubernetes protobuf.
 fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json");
-    let mime = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     match mime.as_str() {
-        "" | "application/json" => serde_json::from_slice(body)
-            .map_err(|e| ApiError::BadRequest(format!("error decoding JSON body: {e}"))),
-        "application/yaml" | "application/x-yaml" | "text/yaml" => serde_yaml::from_slice(body)
-            .map_err(|e| ApiError::BadRequest(format!("error decoding YAML body: {e}"))),
-        skiff_api::protobuf::CONTENT_TYPE => {
-            skiff_api::protobuf::decode(body).map_err(|e| match e {
-                unsupported @ skiff_api::protobuf::ProtobufError::UnsupportedKind { .. } => {
-                    ApiError::UnsupportedMediaType(format!("; {unsupported}, send it as JSON"))
-                }
-                other => ApiError::BadRequest(format!("error decoding protobuf body: {other}")),
-            })
+        "" | "application/json" => {
+            serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("error decoding JSON body: {e}")))
         }
+        "application/yaml" | "application/x-yaml" | "text/yaml" => {
+            serde_yaml::from_slice(body).map_err(|e| ApiError::BadRequest(format!("error decoding YAML body: {e}")))
+        }
+        skiff_api::protobuf::CONTENT_TYPE => skiff_api::protobuf::decode(body).map_err(|e| match e {
+            unsupported @ skiff_api::protobuf::ProtobufError::UnsupportedKind { .. } => {
+                ApiError::UnsupportedMediaType(format!("; {unsupported}, send it as JSON"))
+            }
+            other => ApiError::BadRequest(format!("error decoding protobuf body: {other}")),
+        }),
         _ => Err(ApiError::UnsupportedMediaType(format!("; got {mime:?}"))),
     }
 }
@@ -635,11 +507,7 @@ fn render_one(def: &ResourceDef, headers: &HeaderMap, part: Part, object: Value)
         return respond(StatusCode::OK, object, &[]);
     }
     match wanted(headers) {
-        As::Table => respond(
-            StatusCode::OK,
-            table::table(def, &[object], json!({}), jiff::Timestamp::now()),
-            &[],
-        ),
+        As::Table => respond(StatusCode::OK, table::table(def, &[object], json!({}), jiff::Timestamp::now()), &[]),
         As::Metadata => respond(StatusCode::OK, partial_metadata(object), &[]),
         As::Object => respond(StatusCode::OK, object, &[]),
     }
@@ -668,10 +536,7 @@ fn partial_metadata(object: Value) -> Value {
 fn respond(code: StatusCode, body: Value, warnings: &[String]) -> Response {
     let mut response = (code, axum::Json(body)).into_response();
     for warning in warnings {
-        let text = format!(
-            "299 - {}",
-            serde_json::to_string(warning).unwrap_or_default()
-        );
+        let text = format!("299 - {}", serde_json::to_string(warning).unwrap_or_default());
         if let Ok(value) = HeaderValue::from_str(&text) {
             response.headers_mut().append(header::WARNING, value);
         }
@@ -685,37 +550,21 @@ mod tests {
 
     #[test]
     fn paths_resolve_like_kube_apiserver() {
-        let Ok(Target::Item { def, ns, name, sub }) =
-            parse_target("/api/v1/namespaces/default/pods/web/status")
-        else {
+        let Ok(Target::Item { def, ns, name, sub }) = parse_target("/api/v1/namespaces/default/pods/web/status") else {
             panic!("namespaced subresource");
         };
         assert_eq!(
             (def.plural, ns.as_deref(), name.as_str(), sub.as_deref()),
             ("pods", Some("default"), "web", Some("status"))
         );
-        let Ok(Target::Item { def, ns, name, sub }) =
-            parse_target("/api/v1/namespaces/kube-system")
-        else {
+        let Ok(Target::Item { def, ns, name, sub }) = parse_target("/api/v1/namespaces/kube-system") else {
             panic!("a namespace object");
         };
-        assert_eq!(
-            (def.plural, ns, name.as_str(), sub),
-            ("namespaces", None, "kube-system", None)
-        );
-        assert!(matches!(
-            parse_target("/apis/apps/v1/deployments"),
-            Ok(Target::Collection { ns: None, .. })
-        ));
+        assert_eq!((def.plural, ns, name.as_str(), sub), ("namespaces", None, "kube-system", None));
+        assert!(matches!(parse_target("/apis/apps/v1/deployments"), Ok(Target::Collection { ns: None, .. })));
         assert!(matches!(parse_target("/apis/apps"), Ok(Target::Group(g)) if g == "apps"));
-        assert!(matches!(
-            parse_target("/apis/apps/v1"),
-            Ok(Target::ResourceList { .. })
-        ));
-        assert!(matches!(
-            parse_target("/api/v1/widgets"),
-            Err(ApiError::NoRoute)
-        ));
+        assert!(matches!(parse_target("/apis/apps/v1"), Ok(Target::ResourceList { .. })));
+        assert!(matches!(parse_target("/api/v1/widgets"), Err(ApiError::NoRoute)));
     }
 
     #[test]
@@ -723,15 +572,10 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(
             header::ACCEPT,
-            HeaderValue::from_static(
-                "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
-            ),
+            HeaderValue::from_static("application/json;as=Table;v=v1;g=meta.k8s.io,application/json"),
         );
         assert!(wanted(&headers) == As::Table);
-        headers.insert(
-            header::ACCEPT,
-            HeaderValue::from_static("application/vnd.kubernetes.protobuf, */*"),
-        );
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/vnd.kubernetes.protobuf, */*"));
         assert!(wanted(&headers) == As::Object);
     }
 

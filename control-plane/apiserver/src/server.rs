@@ -58,40 +58,23 @@ impl Server {
         store: Arc<dyn Store>,
         shutdown: CancellationToken,
     ) -> Result<Self, ServerError> {
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| ServerError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
-        let local = listener.local_addr().map_err(|source| ServerError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+        let local = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.listen, source })?;
         let credentials = Credentials::load_or_create(&config.data_dir, local)?;
         let url = server_url(local);
         credentials.write_kubeconfig(&url)?;
         let acceptor = TlsAcceptor::from(Arc::new(credentials.server_config()?));
         let objects = Objects::new(store);
-        lifecycle::bootstrap(&objects)
-            .await
-            .map_err(ServerError::Bootstrap)?;
+        lifecycle::bootstrap(&objects).await.map_err(ServerError::Bootstrap)?;
         let state = Arc::new(AppState {
             objects,
-            tokens: vec![
-                credentials.admin_token.clone(),
-                credentials.node_token.clone(),
-            ],
+            tokens: vec![credentials.admin_token.clone(), credentials.node_token.clone()],
             shutdown,
             server_address: url.trim_start_matches("https://").to_string(),
         });
-        Ok(Self {
-            listener,
-            acceptor,
-            state,
-            url,
-        })
+        Ok(Self { listener, acceptor, state, url })
     }
 
     /// The URL clients reach this server at.
@@ -101,12 +84,7 @@ impl Server {
 
     /// Serves until the shutdown token is cancelled, then drains.
     pub async fn run(self) {
-        let Server {
-            listener,
-            acceptor,
-            state,
-            url,
-        } = self;
+        let Server { listener, acceptor, state, url } = self;
         let shutdown = state.shutdown.clone();
         let controller = tokio::spawn(lifecycle::run(state.objects.clone(), shutdown.clone()));
         let app = router::router(state);

@@ -45,32 +45,18 @@ pub async fn start(
     let replay_from = match request.resource_version.as_deref() {
         None | Some("") | Some("0") => None,
         Some(rv) => Some(rv.parse::<Revision>().map_err(|_| {
-            ApiError::BadRequest(format!(
-                "resourceVersion: Invalid value: \"{rv}\": must be a number"
-            ))
+            ApiError::BadRequest(format!("resourceVersion: Invalid value: \"{rv}\": must be a number"))
         })?),
     };
     let (initial, after) = match replay_from {
         Some(rv) if !request.send_initial_events => (Vec::new(), rv),
         _ => {
-            let list = objects
-                .list(
-                    def,
-                    ns,
-                    &ListOptions {
-                        limit: 0,
-                        continue_token: None,
-                        ..request.list.clone()
-                    },
-                )
-                .await?;
+            let list =
+                objects.list(def, ns, &ListOptions { limit: 0, continue_token: None, ..request.list.clone() }).await?;
             (list.items, list.resource_version)
         }
     };
-    let store_watch = objects
-        .store()
-        .watch(&objects::prefix(def, ns), after)
-        .await;
+    let store_watch = objects.store().watch(&objects::prefix(def, ns), after).await;
     let (tx, rx) = mpsc::channel(256);
     let span = tracing::debug_span!("watch", resource = def.plural, namespace = ns.unwrap_or(""));
     tokio::spawn(
@@ -180,8 +166,7 @@ impl Encoder {
         if !self.as_table {
             return self.raw(kind, object);
         }
-        let mut table =
-            skiff_api::table::table(self.def, &[object], json!({}), jiff::Timestamp::now());
+        let mut table = skiff_api::table::table(self.def, &[object], json!({}), jiff::Timestamp::now());
         // Like kube-apiserver, only the first event of a stream carries the column definitions.
         if self.columns_sent {
             table["columnDefinitions"] = Value::Null;
@@ -191,8 +176,7 @@ impl Encoder {
     }
 
     fn raw(&self, kind: &str, object: Value) -> Bytes {
-        let mut line =
-            serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+        let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
         line.push(b'\n');
         Bytes::from(line)
     }

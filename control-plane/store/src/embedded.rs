@@ -79,11 +79,7 @@ pub struct EmbeddedConfig {
 
 impl EmbeddedConfig {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self {
-            dir: dir.into(),
-            retained_revisions: DEFAULT_RETAINED_REVISIONS,
-            max_batch: DEFAULT_MAX_BATCH,
-        }
+        Self { dir: dir.into(), retained_revisions: DEFAULT_RETAINED_REVISIONS, max_batch: DEFAULT_MAX_BATCH }
     }
 
     pub fn with_retained_revisions(mut self, revisions: Revision) -> Self {
@@ -110,9 +106,7 @@ pub struct EmbeddedStore {
 
 impl std::fmt::Debug for EmbeddedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbeddedStore")
-            .field("revision", &self.revision.load(Ordering::Acquire))
-            .finish()
+        f.debug_struct("EmbeddedStore").field("revision", &self.revision.load(Ordering::Acquire)).finish()
     }
 }
 
@@ -144,13 +138,7 @@ impl EmbeddedStore {
             .name("skiff-store-writer".into())
             .spawn(move || writer.run())
             .map_err(embedded)?;
-        Ok(Self {
-            db,
-            requests,
-            events: weak_events,
-            revision: revision_shared,
-            writer: Mutex::new(Some(handle)),
-        })
+        Ok(Self { db, requests, events: weak_events, revision: revision_shared, writer: Mutex::new(Some(handle)) })
     }
 
     /// Stops the writer after the writes queued before this call, and waits for it. Later writes and
@@ -158,11 +146,7 @@ impl EmbeddedStore {
     pub async fn close(&self) {
         // The writer may already be gone (closed before); then there is nothing to stop.
         let _ = self.requests.send(Message::Shutdown).await;
-        let handle = self
-            .writer
-            .lock()
-            .map(|mut h| h.take())
-            .unwrap_or_else(|poisoned| poisoned.into_inner().take());
+        let handle = self.writer.lock().map(|mut h| h.take()).unwrap_or_else(|poisoned| poisoned.into_inner().take());
         if let Some(handle) = handle {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
@@ -170,10 +154,7 @@ impl EmbeddedStore {
 
     async fn write(&self, op: Write) -> Result<KeyValue, Error> {
         let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(Message::Write(op, reply))
-            .await
-            .map_err(|_| Error::Closed)?;
+        self.requests.send(Message::Write(op, reply)).await.map_err(|_| Error::Closed)?;
         // A dropped reply means the writer stopped before answering.
         answer.await.map_err(|_| Error::Closed)?
     }
@@ -184,9 +165,7 @@ impl EmbeddedStore {
         F: FnOnce(&Database) -> Result<T, Error> + Send + 'static,
     {
         let db = Arc::clone(&self.db);
-        tokio::task::spawn_blocking(move || f(&db))
-            .await
-            .map_err(embedded)?
+        tokio::task::spawn_blocking(move || f(&db)).await.map_err(embedded)?
     }
 }
 
@@ -203,46 +182,22 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn list(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-    ) -> Result<ListPage, Error> {
+    async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<ListPage, Error> {
         let prefix = prefix.to_owned();
         let start_after = start_after.map(str::to_owned);
-        self.read(move |db| list_in(db, &prefix, start_after.as_deref(), limit))
-            .await
+        self.read(move |db| list_in(db, &prefix, start_after.as_deref(), limit)).await
     }
 
     async fn create(&self, key: &str, value: Bytes) -> Result<KeyValue, Error> {
-        self.write(Write::Create {
-            key: key.to_owned(),
-            value,
-        })
-        .await
+        self.write(Write::Create { key: key.to_owned(), value }).await
     }
 
-    async fn update(
-        &self,
-        key: &str,
-        value: Bytes,
-        expected: Option<Revision>,
-    ) -> Result<KeyValue, Error> {
-        self.write(Write::Update {
-            key: key.to_owned(),
-            value,
-            expected,
-        })
-        .await
+    async fn update(&self, key: &str, value: Bytes, expected: Option<Revision>) -> Result<KeyValue, Error> {
+        self.write(Write::Update { key: key.to_owned(), value, expected }).await
     }
 
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<KeyValue, Error> {
-        self.write(Write::Delete {
-            key: key.to_owned(),
-            expected,
-        })
-        .await
+        self.write(Write::Delete { key: key.to_owned(), expected }).await
     }
 
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, Error> {
@@ -259,13 +214,10 @@ impl Store for EmbeddedStore {
         };
         // The first replay step runs now so that a compacted start fails the call itself.
         watch.replay_step().await?;
-        Ok(Box::pin(futures::stream::unfold(
-            watch,
-            |mut watch| async move {
-                let item = watch.next_event().await?;
-                Some((item, watch))
-            },
-        )))
+        Ok(Box::pin(futures::stream::unfold(watch, |mut watch| async move {
+            let item = watch.next_event().await?;
+            Some((item, watch))
+        })))
     }
 
     async fn revision(&self) -> Result<Revision, Error> {
@@ -284,9 +236,7 @@ fn init_tables(db: &Database) -> Result<(Revision, Revision), redb::Error> {
         let _ = txn.open_table(KV)?;
         let _ = txn.open_table(LOG)?;
         let meta = txn.open_table(META)?;
-        let revision = meta
-            .get(META_REVISION)?
-            .map_or(INITIAL_REVISION, |v| v.value());
+        let revision = meta.get(META_REVISION)?.map_or(INITIAL_REVISION, |v| v.value());
         let compacted = meta.get(META_COMPACTED)?.map_or(0, |v| v.value());
         (revision, compacted)
     };
@@ -294,19 +244,11 @@ fn init_tables(db: &Database) -> Result<(Revision, Revision), redb::Error> {
     Ok((revision, compacted))
 }
 
-fn list_in(
-    db: &Database,
-    prefix: &str,
-    start_after: Option<&str>,
-    limit: usize,
-) -> Result<ListPage, Error> {
+fn list_in(db: &Database, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<ListPage, Error> {
     use std::ops::Bound;
     let txn = db.begin_read().map_err(embedded)?;
     let meta = txn.open_table(META).map_err(embedded)?;
-    let revision = meta
-        .get(META_REVISION)
-        .map_err(embedded)?
-        .map_or(INITIAL_REVISION, |v| v.value());
+    let revision = meta.get(META_REVISION).map_err(embedded)?.map_or(INITIAL_REVISION, |v| v.value());
     let kv = txn.open_table(KV).map_err(embedded)?;
     let lower = match start_after {
         Some(after) if after >= prefix => Bound::Excluded(after),
@@ -314,10 +256,7 @@ fn list_in(
     };
     let mut kvs = Vec::new();
     let mut more = false;
-    for entry in kv
-        .range::<&str>((lower, Bound::Unbounded))
-        .map_err(embedded)?
-    {
+    for entry in kv.range::<&str>((lower, Bound::Unbounded)).map_err(embedded)? {
         let (key, value) = entry.map_err(embedded)?;
         let key = key.value();
         if !key.starts_with(prefix) {
@@ -329,27 +268,13 @@ fn list_in(
         }
         kvs.push(decode_kv(key, value.value())?);
     }
-    Ok(ListPage {
-        kvs,
-        revision,
-        more,
-    })
+    Ok(ListPage { kvs, revision, more })
 }
 
 enum Write {
-    Create {
-        key: String,
-        value: Bytes,
-    },
-    Update {
-        key: String,
-        value: Bytes,
-        expected: Option<Revision>,
-    },
-    Delete {
-        key: String,
-        expected: Option<Revision>,
-    },
+    Create { key: String, value: Bytes },
+    Update { key: String, value: Bytes, expected: Option<Revision> },
+    Delete { key: String, expected: Option<Revision> },
 }
 
 enum Message {
@@ -389,11 +314,7 @@ impl Writer {
                         break;
                     }
                 }
-                next = if ops.len() < self.max_batch {
-                    self.queue.try_recv().ok()
-                } else {
-                    None
-                };
+                next = if ops.len() < self.max_batch { self.queue.try_recv().ok() } else { None };
             }
             if !ops.is_empty() {
                 self.commit_batch(&ops, &mut replies);
@@ -406,18 +327,9 @@ impl Writer {
         }
     }
 
-    fn commit_batch(
-        &mut self,
-        ops: &[Write],
-        replies: &mut Vec<oneshot::Sender<Result<KeyValue, Error>>>,
-    ) {
+    fn commit_batch(&mut self, ops: &[Write], replies: &mut Vec<oneshot::Sender<Result<KeyValue, Error>>>) {
         match self.apply_batch(ops) {
-            Ok(Committed {
-                results,
-                events,
-                revision,
-                compacted,
-            }) => {
+            Ok(Committed { results, events, revision, compacted }) => {
                 self.revision.store(revision, Ordering::Release);
                 self.compacted = compacted;
                 for event in events {
@@ -472,12 +384,7 @@ impl Writer {
             }
         }
         txn.commit()?;
-        Ok(Committed {
-            results,
-            events,
-            revision,
-            compacted,
-        })
+        Ok(Committed { results, events, revision, compacted })
     }
 }
 
@@ -512,21 +419,12 @@ fn apply(
     if let (Some(current), Some(expected)) = (&current, expected)
         && expected != current.mod_revision
     {
-        return Ok(Err(Error::Conflict {
-            key: key.clone(),
-            expected,
-            actual: current.mod_revision,
-        }));
+        return Ok(Err(Error::Conflict { key: key.clone(), expected, actual: current.mod_revision }));
     }
     let event = match (op, current) {
         (Write::Create { key, value }, None) => Event {
             kind: EventKind::Put,
-            kv: KeyValue {
-                key: key.clone(),
-                value: value.clone(),
-                create_revision: revision,
-                mod_revision: revision,
-            },
+            kv: KeyValue { key: key.clone(), value: value.clone(), create_revision: revision, mod_revision: revision },
             prev: None,
         },
         (Write::Create { key, .. }, Some(_)) => return Ok(Err(Error::AlreadyExists(key.clone()))),
@@ -545,10 +443,7 @@ fn apply(
         },
         (Write::Delete { .. }, Some(current)) => Event {
             kind: EventKind::Delete,
-            kv: KeyValue {
-                mod_revision: revision,
-                ..current.clone()
-            },
+            kv: KeyValue { mod_revision: revision, ..current.clone() },
             prev: Some(current),
         },
     };
@@ -621,9 +516,7 @@ impl Watch {
         let db = self.db.upgrade().ok_or(Error::Closed)?;
         let (from, prefix) = (self.next, self.prefix.clone());
         let (events, next, exhausted) =
-            tokio::task::spawn_blocking(move || read_log(&db, from, &prefix))
-                .await
-                .map_err(embedded)??;
+            tokio::task::spawn_blocking(move || read_log(&db, from, &prefix)).await.map_err(embedded)??;
         self.buffer.extend(events);
         self.next = next;
         if exhausted {
@@ -635,22 +528,12 @@ impl Watch {
 
 /// Up to [`REPLAY_CHUNK`] log entries from `from` on, filtered by `prefix`; the next revision to read; and
 /// whether the end of the log was reached.
-fn read_log(
-    db: &Database,
-    from: Revision,
-    prefix: &str,
-) -> Result<(Vec<Event>, Revision, bool), Error> {
+fn read_log(db: &Database, from: Revision, prefix: &str) -> Result<(Vec<Event>, Revision, bool), Error> {
     let txn = db.begin_read().map_err(embedded)?;
     let meta = txn.open_table(META).map_err(embedded)?;
-    let compacted = meta
-        .get(META_COMPACTED)
-        .map_err(embedded)?
-        .map_or(0, |v| v.value());
+    let compacted = meta.get(META_COMPACTED).map_err(embedded)?.map_or(0, |v| v.value());
     if from <= compacted {
-        return Err(Error::Compacted {
-            requested: from,
-            compacted: compacted + 1,
-        });
+        return Err(Error::Compacted { requested: from, compacted: compacted + 1 });
     }
     let log = txn.open_table(LOG).map_err(embedded)?;
     let mut events = Vec::new();
@@ -684,12 +567,7 @@ fn decode_kv(key: &str, bytes: &[u8]) -> Result<KeyValue, Error> {
     let mut r = Reader(bytes);
     let create_revision = r.i64()?;
     let mod_revision = r.i64()?;
-    Ok(KeyValue {
-        key: key.to_owned(),
-        value: Bytes::copy_from_slice(r.0),
-        create_revision,
-        mod_revision,
-    })
+    Ok(KeyValue { key: key.to_owned(), value: Bytes::copy_from_slice(r.0), create_revision, mod_revision })
 }
 
 const KIND_PUT: u8 = 0;
@@ -739,14 +617,10 @@ fn decode_event(revision: Revision, bytes: &[u8]) -> Result<Event, Error> {
         KIND_PUT => EventKind::Put,
         KIND_DELETE => EventKind::Delete,
         other => {
-            return Err(corrupt(format!(
-                "unknown event kind {other} at revision {revision}"
-            )));
+            return Err(corrupt(format!("unknown event kind {other} at revision {revision}")));
         }
     };
-    let key = std::str::from_utf8(r.bytes()?)
-        .map_err(embedded)?
-        .to_owned();
+    let key = std::str::from_utf8(r.bytes()?).map_err(embedded)?.to_owned();
     let create_revision = r.i64()?;
     let value = Bytes::copy_from_slice(r.bytes()?);
     let prev = match r.u8()? {
@@ -754,28 +628,14 @@ fn decode_event(revision: Revision, bytes: &[u8]) -> Result<Event, Error> {
         _ => {
             let create_revision = r.i64()?;
             let mod_revision = r.i64()?;
-            Some(KeyValue {
-                key: key.clone(),
-                value: Bytes::copy_from_slice(r.0),
-                create_revision,
-                mod_revision,
-            })
+            Some(KeyValue { key: key.clone(), value: Bytes::copy_from_slice(r.0), create_revision, mod_revision })
         }
     };
     let value = match (kind, &prev) {
         (EventKind::Delete, Some(prev)) => prev.value.clone(),
         _ => value,
     };
-    Ok(Event {
-        kind,
-        kv: KeyValue {
-            key,
-            value,
-            create_revision,
-            mod_revision: revision,
-        },
-        prev,
-    })
+    Ok(Event { kind, kv: KeyValue { key, value, create_revision, mod_revision: revision }, prev })
 }
 
 fn corrupt(message: String) -> Error {
@@ -788,10 +648,7 @@ struct Reader<'a>(&'a [u8]);
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
         if self.0.len() < n {
-            return Err(corrupt(format!(
-                "needed {n} more bytes, found {}",
-                self.0.len()
-            )));
+            return Err(corrupt(format!("needed {n} more bytes, found {}", self.0.len())));
         }
         let (head, rest) = self.0.split_at(n);
         self.0 = rest;
@@ -839,25 +696,15 @@ mod tests {
     }
 
     fn create(key: &str, value: &str) -> Write {
-        Write::Create {
-            key: key.into(),
-            value: Bytes::copy_from_slice(value.as_bytes()),
-        }
+        Write::Create { key: key.into(), value: Bytes::copy_from_slice(value.as_bytes()) }
     }
 
     fn update(key: &str, value: &str, expected: Option<Revision>) -> Write {
-        Write::Update {
-            key: key.into(),
-            value: Bytes::copy_from_slice(value.as_bytes()),
-            expected,
-        }
+        Write::Update { key: key.into(), value: Bytes::copy_from_slice(value.as_bytes()), expected }
     }
 
     fn revisions(results: &[Result<KeyValue, Error>]) -> Vec<Option<Revision>> {
-        results
-            .iter()
-            .map(|r| r.as_ref().ok().map(|kv| kv.mod_revision))
-            .collect()
+        results.iter().map(|r| r.as_ref().ok().map(|kv| kv.mod_revision)).collect()
     }
 
     #[test]
@@ -867,66 +714,27 @@ mod tests {
         let ops = [
             create("/k", "a"),
             update("/k", "b", Some(2)),
-            Write::Delete {
-                key: "/k".into(),
-                expected: Some(3),
-            },
+            Write::Delete { key: "/k".into(), expected: Some(3) },
             create("/k", "c"),
         ];
-        let Committed {
-            results,
-            events,
-            revision,
-            ..
-        } = writer.apply_batch(&ops).unwrap();
+        let Committed { results, events, revision, .. } = writer.apply_batch(&ops).unwrap();
         assert_eq!(revisions(&results), [Some(2), Some(3), Some(4), Some(5)]);
         assert_eq!(revision, 5);
         let kinds: Vec<_> = events.iter().map(|e| e.kind).collect();
-        assert_eq!(
-            kinds,
-            [
-                EventKind::Put,
-                EventKind::Put,
-                EventKind::Delete,
-                EventKind::Put
-            ]
-        );
-        assert_eq!(
-            events[3].kv.create_revision, 5,
-            "re-created after the delete"
-        );
-        assert_eq!(
-            events[2].prev.as_ref().map(|p| p.value.clone()),
-            Some(Bytes::from_static(b"b"))
-        );
+        assert_eq!(kinds, [EventKind::Put, EventKind::Put, EventKind::Delete, EventKind::Put]);
+        assert_eq!(events[3].kv.create_revision, 5, "re-created after the delete");
+        assert_eq!(events[2].prev.as_ref().map(|p| p.value.clone()), Some(Bytes::from_static(b"b")));
     }
 
     #[test]
     fn failed_ops_in_a_batch_consume_no_revision() {
         let dir = tempfile::tempdir().unwrap();
         let writer = writer(dir.path(), DEFAULT_RETAINED_REVISIONS);
-        let ops = [
-            create("/k", "a"),
-            create("/k", "again"),
-            update("/k", "b", Some(99)),
-            update("/k", "c", None),
-        ];
-        let Committed {
-            results,
-            events,
-            revision,
-            ..
-        } = writer.apply_batch(&ops).unwrap();
+        let ops = [create("/k", "a"), create("/k", "again"), update("/k", "b", Some(99)), update("/k", "c", None)];
+        let Committed { results, events, revision, .. } = writer.apply_batch(&ops).unwrap();
         assert_eq!(revisions(&results), [Some(2), None, None, Some(3)]);
         assert!(matches!(results[1], Err(Error::AlreadyExists(_))));
-        assert!(matches!(
-            results[2],
-            Err(Error::Conflict {
-                expected: 99,
-                actual: 2,
-                ..
-            })
-        ));
+        assert!(matches!(results[2], Err(Error::Conflict { expected: 99, actual: 2, .. })));
         assert_eq!(events.len(), 2);
         assert_eq!(revision, 3);
     }
@@ -936,34 +744,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut writer = writer(dir.path(), 10);
         let ops: Vec<_> = (0..3000).map(|i| create(&format!("/k{i}"), "x")).collect();
-        let Committed {
-            revision,
-            compacted,
-            ..
-        } = writer.apply_batch(&ops).unwrap();
+        let Committed { revision, compacted, .. } = writer.apply_batch(&ops).unwrap();
         assert_eq!(revision, 3001);
-        assert_eq!(
-            compacted, COMPACT_CHUNK,
-            "at most one chunk per transaction"
-        );
+        assert_eq!(compacted, COMPACT_CHUNK, "at most one chunk per transaction");
         writer.revision.store(revision, Ordering::Release);
         writer.compacted = compacted;
-        let Committed {
-            revision,
-            compacted,
-            ..
-        } = writer.apply_batch(&[create("/one", "x")]).unwrap();
+        let Committed { revision, compacted, .. } = writer.apply_batch(&[create("/one", "x")]).unwrap();
         assert_eq!(compacted, 2 * COMPACT_CHUNK);
         let txn = writer.db.begin_read().unwrap();
         let log = txn.open_table(LOG).unwrap();
-        assert_eq!(
-            log.first().unwrap().map(|(r, _)| r.value()),
-            Some(compacted + 1)
-        );
-        assert_eq!(
-            log.len().unwrap(),
-            u64::try_from(revision - compacted).unwrap()
-        );
+        assert_eq!(log.first().unwrap().map(|(r, _)| r.value()), Some(compacted + 1));
+        assert_eq!(log.len().unwrap(), u64::try_from(revision - compacted).unwrap());
     }
 
     #[test]
@@ -975,26 +766,10 @@ mod tests {
             mod_revision: modified,
         };
         let events = [
-            Event {
-                kind: EventKind::Put,
-                kv: kv(b"new", 5, 5),
-                prev: None,
-            },
-            Event {
-                kind: EventKind::Put,
-                kv: kv(b"newer", 5, 7),
-                prev: Some(kv(b"new", 5, 5)),
-            },
-            Event {
-                kind: EventKind::Delete,
-                kv: kv(b"newer", 5, 9),
-                prev: Some(kv(b"newer", 5, 7)),
-            },
-            Event {
-                kind: EventKind::Put,
-                kv: kv(b"", 10, 10),
-                prev: None,
-            },
+            Event { kind: EventKind::Put, kv: kv(b"new", 5, 5), prev: None },
+            Event { kind: EventKind::Put, kv: kv(b"newer", 5, 7), prev: Some(kv(b"new", 5, 5)) },
+            Event { kind: EventKind::Delete, kv: kv(b"newer", 5, 9), prev: Some(kv(b"newer", 5, 7)) },
+            Event { kind: EventKind::Put, kv: kv(b"", 10, 10), prev: None },
         ];
         for event in events {
             let decoded = decode_event(event.kv.mod_revision, &encode_event(&event)).unwrap();
@@ -1006,20 +781,12 @@ mod tests {
     fn corrupt_records_are_errors_not_panics() {
         let event = Event {
             kind: EventKind::Put,
-            kv: KeyValue {
-                key: "/k".into(),
-                value: Bytes::from_static(b"v"),
-                create_revision: 2,
-                mod_revision: 2,
-            },
+            kv: KeyValue { key: "/k".into(), value: Bytes::from_static(b"v"), create_revision: 2, mod_revision: 2 },
             prev: None,
         };
         let encoded = encode_event(&event);
         for len in 0..encoded.len() {
-            assert!(
-                decode_event(2, &encoded[..len]).is_err(),
-                "truncated to {len}"
-            );
+            assert!(decode_event(2, &encoded[..len]).is_err(), "truncated to {len}");
         }
         let mut bad_kind = encoded.clone();
         bad_kind[0] = 9;

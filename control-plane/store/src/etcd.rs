@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use etcd_client::{
-    Client, Compare, CompareOp, DeleteOptions, EventType, GetOptions, PutOptions, SortOrder,
-    SortTarget, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions, WatchResponse,
+    Client, Compare, CompareOp, DeleteOptions, EventType, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
+    TxnOpResponse, TxnResponse, WatchOptions, WatchResponse,
 };
 
 use crate::{Error, Event, EventKind, KeyValue, ListPage, Revision, Store, WatchStream};
@@ -34,10 +34,7 @@ pub struct EtcdConfig {
 
 impl EtcdConfig {
     pub fn new(endpoints: &[String]) -> Self {
-        Self {
-            endpoints: endpoints.to_vec(),
-            compaction_interval: Some(DEFAULT_COMPACTION_INTERVAL),
-        }
+        Self { endpoints: endpoints.to_vec(), compaction_interval: Some(DEFAULT_COMPACTION_INTERVAL) }
     }
 
     pub fn with_compaction_interval(mut self, interval: Option<Duration>) -> Self {
@@ -74,28 +71,17 @@ impl EtcdStore {
 
     pub async fn connect_with(config: EtcdConfig) -> Result<Self, Error> {
         let client = Client::connect(&config.endpoints, None).await?;
-        let mut store = Self {
-            client,
-            compactor: None,
-        };
+        let mut store = Self { client, compactor: None };
         // Fail now, not at the first request, when etcd is unreachable.
         store.revision().await?;
         if let Some(interval) = config.compaction_interval {
-            store.compactor = Some(tokio::spawn(compact_periodically(
-                store.client.clone(),
-                interval,
-            )));
+            store.compactor = Some(tokio::spawn(compact_periodically(store.client.clone(), interval)));
         }
         Ok(store)
     }
 
     /// Runs `txn`; if its compares failed, reads the key (the `or_else` branch) to tell why.
-    async fn write(
-        &self,
-        key: &str,
-        expected: Option<Revision>,
-        txn: Txn,
-    ) -> Result<TxnResponse, Error> {
+    async fn write(&self, key: &str, expected: Option<Revision>, txn: Txn) -> Result<TxnResponse, Error> {
         let resp = self.client.kv_client().txn(txn).await?;
         if resp.succeeded() {
             return Ok(resp);
@@ -106,11 +92,7 @@ impl EtcdStore {
         });
         Err(match (current, expected) {
             (None, _) => Error::NotFound(key.to_owned()),
-            (Some(actual), Some(expected)) => Error::Conflict {
-                key: key.to_owned(),
-                expected,
-                actual,
-            },
+            (Some(actual), Some(expected)) => Error::Conflict { key: key.to_owned(), expected, actual },
             // Only the presence compare can fail without an expected revision, and the key is there.
             (Some(_), None) => Error::AlreadyExists(key.to_owned()),
         })
@@ -122,14 +104,8 @@ impl EtcdStore {
         match self.client.kv_client().get("\0", Some(options)).await {
             Ok(_) => Ok(false),
             // etcd reports both compacted and future revisions as OUT_OF_RANGE; only the message tells.
-            Err(etcd_client::Error::GRpcStatus(status))
-                if status.message().contains("compacted") =>
-            {
-                Ok(true)
-            }
-            Err(etcd_client::Error::GRpcStatus(status)) if status.message().contains("future") => {
-                Ok(false)
-            }
+            Err(etcd_client::Error::GRpcStatus(status)) if status.message().contains("compacted") => Ok(true),
+            Err(etcd_client::Error::GRpcStatus(status)) if status.message().contains("future") => Ok(false),
             Err(e) => Err(e.into()),
         }
     }
@@ -142,33 +118,19 @@ impl Store for EtcdStore {
         resp.kvs().first().map(convert).transpose()
     }
 
-    async fn list(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-    ) -> Result<ListPage, Error> {
+    async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<ListPage, Error> {
         let start = match start_after {
             Some(after) if after >= prefix => [after.as_bytes(), b"\0"].concat(),
             _ => range_start(prefix),
         };
-        let mut options = GetOptions::new()
-            .with_range(prefix_end(prefix))
-            .with_sort(SortTarget::Key, SortOrder::Ascend);
+        let mut options =
+            GetOptions::new().with_range(prefix_end(prefix)).with_sort(SortTarget::Key, SortOrder::Ascend);
         if limit > 0 {
             options = options.with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
         }
         let resp = self.client.kv_client().get(start, Some(options)).await?;
-        let kvs = resp
-            .kvs()
-            .iter()
-            .map(convert)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(ListPage {
-            kvs,
-            revision: header_revision(resp.header()),
-            more: resp.more(),
-        })
+        let kvs = resp.kvs().iter().map(convert).collect::<Result<Vec<_>, _>>()?;
+        Ok(ListPage { kvs, revision: header_revision(resp.header()), more: resp.more() })
     }
 
     async fn create(&self, key: &str, value: Bytes) -> Result<KeyValue, Error> {
@@ -178,29 +140,15 @@ impl Store for EtcdStore {
             .or_else([TxnOp::get(key, None)]);
         let resp = self.write(key, None, txn).await?;
         let revision = header_revision(resp.header());
-        Ok(KeyValue {
-            key: key.to_owned(),
-            value,
-            create_revision: revision,
-            mod_revision: revision,
-        })
+        Ok(KeyValue { key: key.to_owned(), value, create_revision: revision, mod_revision: revision })
     }
 
-    async fn update(
-        &self,
-        key: &str,
-        value: Bytes,
-        expected: Option<Revision>,
-    ) -> Result<KeyValue, Error> {
+    async fn update(&self, key: &str, value: Bytes, expected: Option<Revision>) -> Result<KeyValue, Error> {
         let resp = self
             .write(
                 key,
                 expected,
-                guarded(
-                    key,
-                    expected,
-                    TxnOp::put(key, value.to_vec(), Some(PutOptions::new().with_prev_key())),
-                ),
+                guarded(key, expected, TxnOp::put(key, value.to_vec(), Some(PutOptions::new().with_prev_key()))),
             )
             .await?;
         let prev = resp.op_responses().into_iter().find_map(|op| match op {
@@ -221,11 +169,7 @@ impl Store for EtcdStore {
             .write(
                 key,
                 expected,
-                guarded(
-                    key,
-                    expected,
-                    TxnOp::delete(key, Some(DeleteOptions::new().with_prev_key())),
-                ),
+                guarded(key, expected, TxnOp::delete(key, Some(DeleteOptions::new().with_prev_key()))),
             )
             .await?;
         let revision = header_revision(resp.header());
@@ -235,10 +179,7 @@ impl Store for EtcdStore {
         });
         // The guard proved the key existed, so etcd returns its previous value.
         let prev = prev.ok_or_else(|| Error::NotFound(key.to_owned()))?;
-        Ok(KeyValue {
-            mod_revision: revision,
-            ..convert(&prev)?
-        })
+        Ok(KeyValue { mod_revision: revision, ..convert(&prev)? })
     }
 
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, Error> {
@@ -249,11 +190,7 @@ impl Store for EtcdStore {
             .with_start_revision(start)
             .with_prev_key()
             .with_progress_notify();
-        let mut stream = self
-            .client
-            .watch_client()
-            .watch(range_start(prefix), Some(options))
-            .await?;
+        let mut stream = self.client.watch_client().watch(range_start(prefix), Some(options)).await?;
         if compacted {
             // etcd tells the compaction revision only on the watch, shortly after creating it.
             let report = tokio::time::timeout(COMPACTED_REPORT_TIMEOUT, async {
@@ -269,32 +206,17 @@ impl Store for EtcdStore {
                 Ok(result) => result?,
                 Err(_elapsed) => 0,
             };
-            return Err(Error::Compacted {
-                requested: start,
-                compacted,
-            });
+            return Err(Error::Compacted { requested: start, compacted });
         }
-        let state = WatchState {
-            stream,
-            buffer: VecDeque::new(),
-            next: start,
-            done: false,
-        };
-        Ok(Box::pin(futures::stream::unfold(
-            state,
-            |mut state| async move {
-                let item = state.next_event().await?;
-                Some((item, state))
-            },
-        )))
+        let state = WatchState { stream, buffer: VecDeque::new(), next: start, done: false };
+        Ok(Box::pin(futures::stream::unfold(state, |mut state| async move {
+            let item = state.next_event().await?;
+            Some((item, state))
+        })))
     }
 
     async fn revision(&self) -> Result<Revision, Error> {
-        let resp = self
-            .client
-            .kv_client()
-            .get("\0", Some(GetOptions::new().with_count_only()))
-            .await?;
+        let resp = self.client.kv_client().get("\0", Some(GetOptions::new().with_count_only())).await?;
         Ok(header_revision(resp.header()))
     }
 }
@@ -306,10 +228,7 @@ fn guarded(key: &str, expected: Option<Revision>, op: TxnOp) -> Txn {
     if let Some(expected) = expected {
         compares.push(Compare::mod_revision(key, CompareOp::Equal, expected));
     }
-    Txn::new()
-        .when(compares)
-        .and_then([op])
-        .or_else([TxnOp::get(key, None)])
+    Txn::new().when(compares).and_then([op]).or_else([TxnOp::get(key, None)])
 }
 
 struct WatchState {
@@ -347,17 +266,10 @@ impl WatchState {
 
     fn absorb(&mut self, resp: &WatchResponse) -> Result<(), Error> {
         if resp.compact_revision() != 0 {
-            return Err(Error::Compacted {
-                requested: self.next,
-                compacted: resp.compact_revision(),
-            });
+            return Err(Error::Compacted { requested: self.next, compacted: resp.compact_revision() });
         }
         if resp.canceled() {
-            return Err(etcd_client::Error::WatchError(format!(
-                "watch canceled: {}",
-                resp.cancel_reason()
-            ))
-            .into());
+            return Err(etcd_client::Error::WatchError(format!("watch canceled: {}", resp.cancel_reason())).into());
         }
         for event in resp.events() {
             self.buffer.push_back(convert_event(event)?);
@@ -367,33 +279,17 @@ impl WatchState {
 }
 
 fn convert_event(event: &etcd_client::Event) -> Result<Event, Error> {
-    let kv = event
-        .kv()
-        .ok_or_else(|| etcd_client::Error::WatchError("event without a key".into()))?;
+    let kv = event.kv().ok_or_else(|| etcd_client::Error::WatchError("event without a key".into()))?;
     let prev = event.prev_kv().map(convert).transpose()?;
     match event.event_type() {
-        EventType::Put => Ok(Event {
-            kind: EventKind::Put,
-            kv: convert(kv)?,
-            prev,
-        }),
+        EventType::Put => Ok(Event { kind: EventKind::Put, kv: convert(kv)?, prev }),
         EventType::Delete => {
             // etcd's delete event carries only the key and revision; the value is the previous one.
             let kv = match &prev {
-                Some(prev) => KeyValue {
-                    mod_revision: kv.mod_revision(),
-                    ..prev.clone()
-                },
-                None => KeyValue {
-                    mod_revision: kv.mod_revision(),
-                    ..convert(kv)?
-                },
+                Some(prev) => KeyValue { mod_revision: kv.mod_revision(), ..prev.clone() },
+                None => KeyValue { mod_revision: kv.mod_revision(), ..convert(kv)? },
             };
-            Ok(Event {
-                kind: EventKind::Delete,
-                kv,
-                prev,
-            })
+            Ok(Event { kind: EventKind::Delete, kv, prev })
         }
     }
 }
@@ -413,11 +309,7 @@ fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Revision {
 
 /// etcd rejects an empty key; `"\0"` is the smallest key, so it starts the whole keyspace.
 fn range_start(prefix: &str) -> Vec<u8> {
-    if prefix.is_empty() {
-        vec![0]
-    } else {
-        prefix.as_bytes().to_vec()
-    }
+    if prefix.is_empty() { vec![0] } else { prefix.as_bytes().to_vec() }
 }
 
 /// The end of the range holding every key that starts with `prefix`; `"\0"` means "to the end" to etcd.
@@ -442,15 +334,11 @@ async fn compact_periodically(client: Client, interval: Duration) {
             match client.kv_client().compact(revision, None).await {
                 Ok(_) => tracing::debug!(revision, "compacted etcd"),
                 // Another API server compacted first (or further): fine.
-                Err(etcd_client::Error::GRpcStatus(status))
-                    if status.message().contains("compacted") => {}
+                Err(etcd_client::Error::GRpcStatus(status)) if status.message().contains("compacted") => {}
                 Err(e) => tracing::warn!(error = %e, revision, "etcd compaction failed"),
             }
         }
-        let resp = client
-            .kv_client()
-            .get("\0", Some(GetOptions::new().with_count_only()))
-            .await;
+        let resp = client.kv_client().get("\0", Some(GetOptions::new().with_count_only())).await;
         match resp {
             Ok(resp) => seen = Some(header_revision(resp.header())),
             Err(e) => tracing::warn!(error = %e, "reading etcd revision for compaction failed"),

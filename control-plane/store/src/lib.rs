@@ -61,17 +61,10 @@ pub enum Error {
     AlreadyExists(String),
     /// The key's mod revision is not the one the caller expected.
     #[error("key {key} was modified: expected revision {expected}, found {actual}")]
-    Conflict {
-        key: String,
-        expected: Revision,
-        actual: Revision,
-    },
+    Conflict { key: String, expected: Revision, actual: Revision },
     /// A watch asked for revisions that compaction already removed.
     #[error("revision {requested} is compacted (oldest available {compacted})")]
-    Compacted {
-        requested: Revision,
-        compacted: Revision,
-    },
+    Compacted { requested: Revision, compacted: Revision },
     /// The embedded database failed.
     #[error("embedded store: {0}")]
     Embedded(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -91,23 +84,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Keys under `prefix` in key order, starting strictly after `start_after` when given, at most `limit`
     /// of them (0 = no limit).
-    async fn list(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-    ) -> Result<ListPage, Error>;
+    async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<ListPage, Error>;
 
     /// Creates `key`; fails with [`Error::AlreadyExists`] if present.
     async fn create(&self, key: &str, value: Bytes) -> Result<KeyValue, Error>;
 
     /// Replaces an existing `key`. With `expected`, only if its mod revision equals it ([`Error::Conflict`]).
-    async fn update(
-        &self,
-        key: &str,
-        value: Bytes,
-        expected: Option<Revision>,
-    ) -> Result<KeyValue, Error>;
+    async fn update(&self, key: &str, value: Bytes, expected: Option<Revision>) -> Result<KeyValue, Error>;
 
     /// Deletes an existing `key`, with the same precondition as `update`. Returns the deleted value with
     /// `mod_revision` set to the revision of the delete.
