@@ -583,7 +583,7 @@ fn document(group: &str, version: &str) -> Value {
 
     let mut schemas = generator.take_definitions(true);
     schemas.extend(lists);
-    for (name, _, _, kind) in kinds.iter().filter(|(_, _, _, kind)| resources::all().iter().any(|r| &r.kind == kind)) {
+    for (name, _, _, kind) in kinds.iter().filter(|(_, _, _, kind)| resources::all().iter().any(|r| r.kind == kind)) {
         annotate_list_strategies(&mut schemas, name, kind);
     }
     for (name, group, version, kind) in kinds {

@@ -674,7 +674,7 @@ fn prepare_create(def: &ResourceDef, ns: Option<&str>, object: &mut Value) -> Re
         let name = format!("{prefix}{}", random_suffix());
         meta.insert("name".into(), json!(name));
     }
-    if !meta.get("name").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) {
+    if meta.get("name").and_then(Value::as_str).is_none_or(str::is_empty) {
         return Err(ApiError::invalid(
             def,
             "",

@@ -369,20 +369,20 @@ async fn serve_item(
         }
         Some(_) => return Err(ApiError::NoRoute),
     };
-    match method {
-        &Method::GET => {
+    match *method {
+        Method::GET => {
             let object = match part {
                 Part::Scale => objects.get_scale(def, ns, name).await?,
                 _ => objects.get(def, ns, name).await?,
             };
             Ok(render_one(def, headers, part, object))
         }
-        &Method::PUT => {
+        Method::PUT => {
             let object = decode_body(headers, body)?;
             let written = objects.replace(def, ns, name, part, object, &query.write_options(headers)?).await?;
             Ok(respond(StatusCode::OK, written.object, &written.warnings))
         }
-        &Method::PATCH => {
+        Method::PATCH => {
             let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
             let patch_type = PatchType::from_content_type(content_type)
                 .ok_or_else(|| ApiError::UnsupportedMediaType(format!("; got {content_type:?} for a patch")))?;
@@ -397,7 +397,7 @@ async fn serve_item(
             let code = if written.created { StatusCode::CREATED } else { StatusCode::OK };
             Ok(respond(code, written.object, &written.warnings))
         }
-        &Method::DELETE if part == Part::Main => {
+        Method::DELETE if part == Part::Main => {
             let object = objects.delete(def, ns, name, &delete_options(query, body)?).await?;
             Ok(respond(StatusCode::OK, object, &[]))
         }

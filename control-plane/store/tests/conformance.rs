@@ -419,13 +419,9 @@ async fn embedded_close_fails_callers_instead_of_hanging() {
 
 const CRASH_CHILD_ENV: &str = "SKIFF_STORE_CRASH_CHILD_DIR";
 
-/// Not a test on its own: the child half of `embedded_acknowledged_writes_survive_kill_9`.
-#[tokio::test]
-async fn embedded_crash_child() {
-    let Ok(dir) = std::env::var(CRASH_CHILD_ENV) else {
-        return;
-    };
-    let store = Arc::new(EmbeddedStore::open(&dir).unwrap());
+/// The child half of the crash test: writes until killed, printing each acknowledged key.
+async fn write_until_killed(dir: &str) {
+    let store = Arc::new(EmbeddedStore::open(dir).unwrap());
     let tasks: Vec<_> = (0..8)
         .map(|t| {
             let store = Arc::clone(&store);
@@ -443,12 +439,17 @@ async fn embedded_crash_child() {
     }
 }
 
+/// Re-runs this test binary as a child that writes (see `write_until_killed`), SIGKILLs it, and checks
+/// every key the child saw acknowledged.
 #[tokio::test]
 async fn embedded_acknowledged_writes_survive_kill_9() {
     use tokio::io::AsyncBufReadExt;
+    if let Ok(dir) = std::env::var(CRASH_CHILD_ENV) {
+        return write_until_killed(&dir).await;
+    }
     let dir = tempfile::tempdir().unwrap();
     let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "embedded_crash_child", "--nocapture", "--test-threads=1"])
+        .args(["--exact", "embedded_acknowledged_writes_survive_kill_9", "--nocapture", "--test-threads=1"])
         .env(CRASH_CHILD_ENV, dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -482,30 +483,6 @@ async fn embedded_acknowledged_writes_survive_kill_9() {
     let all = store.list("/crash/", None, 0).await.unwrap();
     assert!(all.kvs.len() >= acked.len());
     assert_eq!(store.revision().await.unwrap(), 1 + all.kvs.len() as Revision);
-}
-
-/// Rough group-commit throughput in this (debug) build; run with `--ignored --nocapture`.
-#[tokio::test]
-#[ignore]
-async fn embedded_create_throughput() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..16)
-        .map(|t| {
-            let store = Arc::clone(&store);
-            tokio::spawn(async move {
-                for i in 0..1_000 {
-                    store.create(&format!("/tp/{t}/{i}"), Bytes::from(vec![1u8; 512])).await.unwrap();
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.unwrap();
-    }
-    let rate = 16_000.0 / started.elapsed().as_secs_f64();
-    eprintln!("embedded: {rate:.0} durable creates/s from 16 tasks");
 }
 
 // ---------------------------------------------------------------- etcd

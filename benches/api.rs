@@ -1,0 +1,599 @@
+//! `cargo bench --bench api`: Skiff's API server against its peers, in one run on one machine, loopback only.
+//!
+//! 1. Durable creates: 16 clients (one connection each) create 10,000 ConfigMaps through the HTTPS API, on
+//!    the embedded store and on etcd; the peer baseline is 16 etcd clients doing raw puts of the same bytes.
+//! 2. Watch latency: one watcher, one writer doing sequential creates and merge patches; for every event,
+//!    the time from the writer's response to the watcher reading the event line. Same for etcd's own watch.
+//! 3. Memory and disk: RSS of an idle `skiff server`, then RSS and store size while one object is updated
+//!    100,000 times (compaction must keep both flat).
+//!
+//! Every child process (skiff, etcd) is killed when its guard drops, so an error leaves nothing behind.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+/// Concurrent clients for the create benchmark (the figure).
+const CREATE_CLIENTS: usize = 16;
+/// ConfigMaps created per backend.
+const CREATES: usize = 10_000;
+/// Bytes of `data` in every ConfigMap.
+const PAYLOAD_BYTES: usize = 256;
+/// Writes (half creates, half patches) whose watch events are timed.
+const WATCH_EVENTS: usize = 2_000;
+/// Updates of the one object in the memory/disk run, measured every quarter.
+const CHURN_UPDATES: usize = 100_000;
+const CHURN_STEPS: usize = 4;
+/// A few concurrent patchers on the same object: they contend on its revision, which is the point.
+const CHURN_CLIENTS: usize = 4;
+/// How long the freshly started server idles before its RSS is read.
+const IDLE: Duration = Duration::from_secs(5);
+const NAMESPACE: &str = "default";
+
+fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes `--bench`; any other argument is a filter we do not support, so ignore them all.
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("skiff API benchmarks ({cores} cores; skiff, etcd and the clients share them)\n");
+
+    // Memory first, on a server nothing else has touched.
+    let churn = {
+        let skiff = Skiff::start("embedded").await?;
+        memory_and_disk(&skiff).await?
+    };
+
+    let etcd_for_skiff = Etcd::start().await?;
+    let etcd_raw = Etcd::start().await?;
+    let embedded = Skiff::start("embedded").await?;
+    let on_etcd = Skiff::start(&format!("etcd://{}", etcd_for_skiff.endpoint)).await?;
+
+    let creates = vec![
+        ("skiff + embedded", skiff_creates(&embedded, "bench-create").await?),
+        ("skiff + etcd", skiff_creates(&on_etcd, "bench-create").await?),
+        ("raw etcd puts", etcd_puts(&etcd_raw.endpoint).await?),
+    ];
+    let watches = vec![
+        ("skiff + embedded", skiff_watch(&embedded).await?),
+        ("skiff + etcd", skiff_watch(&on_etcd).await?),
+        ("raw etcd watch", etcd_watch(&etcd_raw.endpoint).await?),
+    ];
+
+    println!("1. durable creates: {CREATES} objects, {CREATE_CLIENTS} clients, {PAYLOAD_BYTES}-byte data");
+    println!("   target: >= 5,000/s, p99 < 50 ms");
+    println!("   {:<18} {:>10} {:>9} {:>9} {:>9}", "", "creates/s", "p50 ms", "p99 ms", "max ms");
+    for (name, r) in &creates {
+        println!(
+            "   {name:<18} {:>10.0} {:>9.2} {:>9.2} {:>9.2}",
+            r.rate,
+            ms(r.latency.p50),
+            ms(r.latency.p99),
+            ms(r.latency.max)
+        );
+    }
+    println!();
+    println!("2. watch latency: write acknowledged -> event read by the watcher, {WATCH_EVENTS} sequential writes");
+    println!("   target: p99 < 5 ms");
+    println!("   {:<18} {:>9} {:>9} {:>9} {:>12} {:>10}", "", "p50 ms", "p99 ms", "max ms", "before ack", "writes/s");
+    for (name, r) in &watches {
+        println!(
+            "   {name:<18} {:>9.3} {:>9.3} {:>9.3} {:>12} {:>10.0}",
+            ms(r.latency.p50),
+            ms(r.latency.p99),
+            ms(r.latency.max),
+            format!("{}/{}", r.early, r.events),
+            r.write_rate
+        );
+    }
+    println!();
+    println!("3. skiff + embedded memory and disk (target: idle RSS < 40 MB; flat under churn)");
+    println!("   idle RSS after {}s: {:.1} MB", IDLE.as_secs(), mb(churn.idle_rss));
+    println!(
+        "   {CHURN_UPDATES} merge patches of one object by {CHURN_CLIENTS} clients: {:.0} updates/s, {} client retries on 409",
+        churn.rate, churn.retries
+    );
+    println!("   {:>9} {:>9} {:>12} {:>14}", "updates", "RSS MB", "store du MB", "store size MB");
+    for s in &churn.samples {
+        println!("   {:>9} {:>9.1} {:>12.1} {:>14.1}", s.updates, mb(s.rss), mb(s.disk_used), mb(s.disk_size));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Processes
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut ready: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if ready().await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("{what} not ready after {timeout:?}")
+}
+
+/// A child process killed (and reaped) on drop.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Debian's etcd 3.4 with its defaults (fsync on every commit), a private data dir and free loopback ports.
+struct Etcd {
+    _child: Guard,
+    endpoint: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    async fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let (client, peer) = (free_port()?, free_port()?);
+        let endpoint = format!("127.0.0.1:{client}");
+        let child = Command::new("etcd")
+            .args(["--name", "bench", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .arg(format!("--listen-client-urls=http://{endpoint}"))
+            .arg(format!("--advertise-client-urls=http://{endpoint}"))
+            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
+            .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"))
+            .arg(format!("--initial-cluster=bench=http://127.0.0.1:{peer}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start etcd (Debian package etcd-server)")?;
+        let etcd = Etcd { _child: Guard(child), endpoint, _dir: dir };
+        let url = format!("http://{}", etcd.endpoint);
+        wait_until("etcd", Duration::from_secs(20), || {
+            let url = url.clone();
+            async move {
+                match etcd_client::Client::connect([url], None).await {
+                    Ok(mut c) => c.get("\0", None).await.is_ok(),
+                    Err(_) => false,
+                }
+            }
+        })
+        .await?;
+        Ok(etcd)
+    }
+
+    async fn client(endpoint: &str) -> anyhow::Result<etcd_client::Client> {
+        Ok(etcd_client::Client::connect([format!("http://{endpoint}")], None).await?)
+    }
+}
+
+/// A `skiff server` with its own data dir; `store` is its `--store` argument.
+struct Skiff {
+    child: Guard,
+    dir: tempfile::TempDir,
+    base: String,
+    ca: reqwest::Certificate,
+    token: String,
+}
+
+impl Skiff {
+    async fn start(store: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let data = dir.path().join("data");
+        let listen = format!("127.0.0.1:{}", free_port()?);
+        let log = std::fs::File::create(dir.path().join("server.log"))?;
+        let child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .args(["server", "--listen", &listen, "--store", store, "--data-dir"])
+            .arg(&data)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start skiff")?;
+        let child = Guard(child);
+        wait_until("skiff credentials", Duration::from_secs(30), || {
+            let ready = data.join("admin-token").exists() && data.join("ca.crt").exists();
+            async move { ready }
+        })
+        .await?;
+        // The files are written before they are complete only for an instant; a short pause avoids a torn read.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(data.join("ca.crt"))?)?;
+        let token = std::fs::read_to_string(data.join("admin-token"))?.trim().to_owned();
+        let skiff = Skiff { child, dir, base: format!("https://{listen}"), ca, token };
+        let probe = skiff.client()?;
+        wait_until("skiff /readyz", Duration::from_secs(30), || {
+            let request = probe.get(format!("{}/readyz", skiff.base)).timeout(Duration::from_secs(2)).send();
+            async move { request.await.is_ok_and(|r| r.status().is_success()) }
+        })
+        .await
+        .with_context(|| std::fs::read_to_string(skiff.dir.path().join("server.log")).unwrap_or_default())?;
+        Ok(skiff)
+    }
+
+    /// A client with its own connection pool: every benchmark client is its own connection, like separate
+    /// controllers or kubectl processes.
+    fn client(&self) -> anyhow::Result<reqwest::Client> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {}", self.token).parse()?);
+        Ok(reqwest::Client::builder().add_root_certificate(self.ca.clone()).default_headers(headers).build()?)
+    }
+
+    fn configmaps(&self) -> String {
+        format!("{}/api/v1/namespaces/{NAMESPACE}/configmaps", self.base)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
+    fn store_dir(&self) -> PathBuf {
+        self.dir.path().join("data").join("store")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Statistics
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Latency {
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+}
+
+impl Latency {
+    fn of(mut samples: Vec<Duration>) -> Self {
+        samples.sort_unstable();
+        let at = |q: f64| {
+            if samples.is_empty() {
+                return Duration::ZERO;
+            }
+            // Nearest rank: the smallest sample with at least q of all samples at or below it.
+            let rank = (q * samples.len() as f64).ceil() as usize;
+            samples[rank.clamp(1, samples.len()) - 1]
+        };
+        Latency { p50: at(0.50), p99: at(0.99), max: at(1.0) }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// 1. Creates
+
+struct Throughput {
+    rate: f64,
+    latency: Latency,
+}
+
+fn configmap(name: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name},
+        "data": {"payload": "x".repeat(PAYLOAD_BYTES)},
+    })
+}
+
+async fn skiff_creates(skiff: &Skiff, prefix: &str) -> anyhow::Result<Throughput> {
+    let url = skiff.configmaps();
+    let clients = (0..CREATE_CLIENTS).map(|_| skiff.client()).collect::<anyhow::Result<Vec<_>>>()?;
+    // Open every connection (TLS handshake, HTTP/2 settings) before the clock starts.
+    for client in &clients {
+        client.get(&url).query(&[("limit", "1")]).send().await?.error_for_status()?;
+    }
+    let per_client = CREATES / CREATE_CLIENTS;
+    let started = Instant::now();
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(c, client)| {
+            let url = url.clone();
+            let prefix = prefix.to_owned();
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(per_client);
+                for i in 0..per_client {
+                    let body = configmap(&format!("{prefix}-{c}-{i}"));
+                    let sent = Instant::now();
+                    let response = client.post(&url).json(&body).send().await?;
+                    let status = response.status();
+                    response.bytes().await?;
+                    latencies.push(sent.elapsed());
+                    ensure!(status == reqwest::StatusCode::CREATED, "create answered {status}");
+                }
+                anyhow::Ok(latencies)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(CREATES);
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let elapsed = started.elapsed();
+    Ok(Throughput { rate: latencies.len() as f64 / elapsed.as_secs_f64(), latency: Latency::of(latencies) })
+}
+
+async fn etcd_puts(endpoint: &str) -> anyhow::Result<Throughput> {
+    let mut clients = Vec::with_capacity(CREATE_CLIENTS);
+    for _ in 0..CREATE_CLIENTS {
+        let mut client = Etcd::client(endpoint).await?;
+        client.get("\0", None).await?;
+        clients.push(client);
+    }
+    // The same bytes a client sends skiff, so the two columns store comparable values.
+    let value = serde_json::to_vec(&configmap("raw-0000-0000"))?;
+    let per_client = CREATES / CREATE_CLIENTS;
+    let started = Instant::now();
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(c, mut client)| {
+            let value = value.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(per_client);
+                for i in 0..per_client {
+                    let sent = Instant::now();
+                    client.put(format!("/bench/raw/{c}-{i}"), value.clone(), None).await?;
+                    latencies.push(sent.elapsed());
+                }
+                anyhow::Ok(latencies)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(CREATES);
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let elapsed = started.elapsed();
+    Ok(Throughput { rate: latencies.len() as f64 / elapsed.as_secs_f64(), latency: Latency::of(latencies) })
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// 2. Watch latency
+
+struct WatchLatency {
+    latency: Latency,
+    /// Events the watcher read before the writer had its response (counted as zero latency).
+    early: usize,
+    events: usize,
+    /// The writer's sequential rate, for context: one round trip and one commit per write.
+    write_rate: f64,
+}
+
+/// Matches acknowledgements with receptions by revision. An event read before its write was acknowledged
+/// counts as zero: the watcher could not have been faster.
+fn match_up(acks: &[(i64, Instant)], seen: &HashMap<i64, Instant>) -> anyhow::Result<(Latency, usize)> {
+    let mut latencies = Vec::with_capacity(acks.len());
+    let mut early = 0;
+    for (revision, acked) in acks {
+        let received = seen.get(revision).with_context(|| format!("no watch event for revision {revision}"))?;
+        match received.checked_duration_since(*acked) {
+            Some(latency) => latencies.push(latency),
+            None => {
+                early += 1;
+                latencies.push(Duration::ZERO);
+            }
+        }
+    }
+    Ok((Latency::of(latencies), early))
+}
+
+fn resource_version(object: &Value) -> anyhow::Result<i64> {
+    let rv = object["metadata"]["resourceVersion"].as_str().context("object without a resourceVersion")?;
+    Ok(rv.parse()?)
+}
+
+async fn skiff_watch(skiff: &Skiff) -> anyhow::Result<WatchLatency> {
+    let writer = skiff.client()?;
+    let url = skiff.configmaps();
+    let first = writer.post(&url).json(&configmap("watch-start")).send().await?.error_for_status()?;
+    let start = resource_version(&first.json().await?)?;
+
+    let watcher = skiff.client()?;
+    let response = watcher
+        .get(&url)
+        .query(&[("watch", "true"), ("resourceVersion", &start.to_string())])
+        .send()
+        .await?
+        .error_for_status()?;
+    let reader = tokio::spawn(async move {
+        let mut seen = HashMap::with_capacity(WATCH_EVENTS);
+        let mut stream = response.bytes_stream();
+        let mut buffer = Vec::new();
+        while seen.len() < WATCH_EVENTS {
+            let Some(chunk) = stream.next().await else { bail!("watch ended after {} events", seen.len()) };
+            let arrived = Instant::now();
+            buffer.extend_from_slice(&chunk?);
+            while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buffer.drain(..=end).collect();
+                let event: Value = serde_json::from_slice(&line)?;
+                ensure!(event["type"] != "ERROR", "watch error: {}", event["object"]);
+                seen.insert(resource_version(&event["object"])?, arrived);
+            }
+        }
+        anyhow::Ok(seen)
+    });
+
+    let mut acks = Vec::with_capacity(WATCH_EVENTS);
+    let started = Instant::now();
+    for i in 0..WATCH_EVENTS / 2 {
+        let name = format!("watch-{i}");
+        let created = writer.post(&url).json(&configmap(&name)).send().await?.error_for_status()?;
+        let body = created.bytes().await?;
+        acks.push((resource_version(&serde_json::from_slice(&body)?)?, Instant::now()));
+        let patched = writer
+            .patch(format!("{url}/{name}"))
+            .header(reqwest::header::CONTENT_TYPE, "application/merge-patch+json")
+            .body(json!({"data": {"n": i.to_string()}}).to_string())
+            .send()
+            .await?
+            .error_for_status()?;
+        let body = patched.bytes().await?;
+        acks.push((resource_version(&serde_json::from_slice(&body)?)?, Instant::now()));
+    }
+    let write_rate = acks.len() as f64 / started.elapsed().as_secs_f64();
+    let seen = tokio::time::timeout(Duration::from_secs(30), reader).await.context("watch events missing")???;
+    let (latency, early) = match_up(&acks, &seen)?;
+    Ok(WatchLatency { latency, early, events: acks.len(), write_rate })
+}
+
+async fn etcd_watch(endpoint: &str) -> anyhow::Result<WatchLatency> {
+    let mut writer = Etcd::client(endpoint).await?;
+    let mut watcher = Etcd::client(endpoint).await?;
+    let prefix = "/bench/watch/";
+    let mut stream = watcher.watch(prefix, Some(etcd_client::WatchOptions::new().with_prefix())).await?;
+    // etcd confirms the watch first; writes before that could be missed.
+    let created = stream.message().await?.context("watch closed")?;
+    ensure!(created.created(), "first watch response is not the creation");
+    let reader = tokio::spawn(async move {
+        let mut seen = HashMap::with_capacity(WATCH_EVENTS);
+        while seen.len() < WATCH_EVENTS {
+            let response = stream.message().await?.context("watch closed")?;
+            let arrived = Instant::now();
+            for event in response.events() {
+                let kv = event.kv().context("event without kv")?;
+                seen.insert(kv.mod_revision(), arrived);
+            }
+        }
+        anyhow::Ok(seen)
+    });
+    let value = serde_json::to_vec(&configmap("watch-0000"))?;
+    let mut acks = Vec::with_capacity(WATCH_EVENTS);
+    let started = Instant::now();
+    for i in 0..WATCH_EVENTS {
+        let response = writer.put(format!("{prefix}{}", i / 2), value.clone(), None).await?;
+        let revision = response.header().context("put without header")?.revision();
+        acks.push((revision, Instant::now()));
+    }
+    let write_rate = acks.len() as f64 / started.elapsed().as_secs_f64();
+    let seen = tokio::time::timeout(Duration::from_secs(30), reader).await.context("watch events missing")???;
+    let (latency, early) = match_up(&acks, &seen)?;
+    Ok(WatchLatency { latency, early, events: acks.len(), write_rate })
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// 3. Memory and disk
+
+struct Sample {
+    updates: usize,
+    rss: u64,
+    disk_used: u64,
+    disk_size: u64,
+}
+
+struct Churn {
+    idle_rss: u64,
+    rate: f64,
+    retries: u64,
+    samples: Vec<Sample>,
+}
+
+/// VmRSS of a process, in bytes.
+fn rss(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
+    let kb: u64 = line.split_whitespace().nth(1).context("malformed VmRSS")?.parse()?;
+    Ok(kb * 1024)
+}
+
+/// Blocks allocated (what `du` shows) and apparent size of every file under `dir`.
+fn disk_usage(dir: &Path) -> anyhow::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let (mut used, mut size) = (0, 0);
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        if meta.is_dir() {
+            let (u, s) = disk_usage(&entry.path())?;
+            used += u;
+            size += s;
+        } else {
+            used += meta.blocks() * 512;
+            size += meta.len();
+        }
+    }
+    Ok((used, size))
+}
+
+fn sample(skiff: &Skiff, updates: usize) -> anyhow::Result<Sample> {
+    let (disk_used, disk_size) = disk_usage(&skiff.store_dir())?;
+    Ok(Sample { updates, rss: rss(skiff.pid())?, disk_used, disk_size })
+}
+
+async fn memory_and_disk(skiff: &Skiff) -> anyhow::Result<Churn> {
+    tokio::time::sleep(IDLE).await;
+    let idle_rss = rss(skiff.pid())?;
+
+    let name = "churn";
+    let url = format!("{}/{name}", skiff.configmaps());
+    let clients = (0..CHURN_CLIENTS).map(|_| skiff.client()).collect::<anyhow::Result<Vec<_>>>()?;
+    clients[0].post(skiff.configmaps()).json(&configmap(name)).send().await?.error_for_status()?;
+    let mut samples = vec![sample(skiff, 0)?];
+    let retries = Arc::new(AtomicU64::new(0));
+    let per_step = CHURN_UPDATES / CHURN_STEPS / CHURN_CLIENTS;
+    let started = Instant::now();
+    for step in 0..CHURN_STEPS {
+        let tasks: Vec<_> = clients
+            .iter()
+            .enumerate()
+            .map(|(c, client)| {
+                let (client, url, retries) = (client.clone(), url.clone(), Arc::clone(&retries));
+                tokio::spawn(async move {
+                    for i in 0..per_step {
+                        // Unique per client and step, so no patch is a no-op the server would skip.
+                        let patch = json!({"data": {"n": format!("{step}-{c}-{i}")}}).to_string();
+                        loop {
+                            let response = client
+                                .patch(&url)
+                                .header(reqwest::header::CONTENT_TYPE, "application/merge-patch+json")
+                                .body(patch.clone())
+                                .send()
+                                .await?;
+                            let status = response.status();
+                            response.bytes().await?;
+                            if status == reqwest::StatusCode::CONFLICT {
+                                retries.fetch_add(1, Ordering::Relaxed);
+                                continue;
+                            }
+                            ensure!(status.is_success(), "patch answered {status}");
+                            break;
+                        }
+                    }
+                    anyhow::Ok(())
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await??;
+        }
+        samples.push(sample(skiff, (step + 1) * per_step * CHURN_CLIENTS)?);
+    }
+    let rate = CHURN_UPDATES as f64 / started.elapsed().as_secs_f64();
+    Ok(Churn { idle_rss, rate, retries: retries.load(Ordering::Relaxed), samples })
+}
