@@ -7,7 +7,10 @@
 //! 3. Memory and disk: RSS of an idle `skiff server`, then RSS and store size while one object is updated
 //!    100,000 times (compaction must keep both flat).
 //!
-//! Every child process (skiff, etcd) is killed when its guard drops, so an error leaves nothing behind.
+//! The create table also shows the CPU the server side and the clients spend per write (from /proc): the
+//! clients run on the same cores, so together they bound the rate. `SKIFF_BENCH_ONLY` and
+//! `SKIFF_BENCH_CLIENTS` (see [`Settings`]) run parts and experiments. Every child process (skiff, etcd) is
+//! killed when its guard drops, so an error leaves nothing behind. Results: benches/RESULTS.md.
 
 use std::collections::HashMap;
 use std::net::TcpListener;
@@ -39,56 +42,131 @@ const IDLE: Duration = Duration::from_secs(5);
 const NAMESPACE: &str = "default";
 
 fn main() -> anyhow::Result<()> {
-    // `cargo bench` passes `--bench`; any other argument is a filter we do not support, so ignore them all.
+    // `cargo bench` passes `--bench`; there are no filters, so arguments are ignored.
+    let settings = Settings::from_env()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(run())
+    runtime.block_on(run(settings))
 }
 
-async fn run() -> anyhow::Result<()> {
+/// Knobs for experiments; the defaults are the published figures.
+struct Settings {
+    /// `SKIFF_BENCH_ONLY=creates,watch,memory` runs a subset; `experiments` (not run by default) splits the
+    /// create cost into store, namespace check and HTTP.
+    sections: Vec<String>,
+    /// `SKIFF_BENCH_CLIENTS=N` changes the create concurrency, to see whether it is latency or CPU bound.
+    create_clients: usize,
+}
+
+impl Settings {
+    fn from_env() -> anyhow::Result<Self> {
+        let sections = std::env::var("SKIFF_BENCH_ONLY")
+            .unwrap_or_else(|_| "creates,watch,memory".into())
+            .split(',')
+            .map(|s| s.trim().to_owned())
+            .collect();
+        let create_clients = match std::env::var("SKIFF_BENCH_CLIENTS") {
+            Ok(n) => n.parse().context("SKIFF_BENCH_CLIENTS")?,
+            Err(_) => CREATE_CLIENTS,
+        };
+        ensure!(create_clients > 0, "SKIFF_BENCH_CLIENTS must be positive");
+        Ok(Settings { sections, create_clients })
+    }
+
+    fn runs(&self, section: &str) -> bool {
+        self.sections.iter().any(|s| s == section)
+    }
+}
+
+/// The 1-minute load average: other work on the machine shows here and skews every figure.
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+async fn run(settings: Settings) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("skiff API benchmarks ({cores} cores; skiff, etcd and the clients share them)\n");
-
+    println!("skiff API benchmarks ({cores} cores; skiff, etcd and the clients share them; load {})\n", load());
     // Memory first, on a server nothing else has touched.
-    let churn = {
+    if settings.runs("memory") {
         let skiff = Skiff::start("embedded").await?;
-        memory_and_disk(&skiff).await?
-    };
-
+        let churn = memory_and_disk(&skiff).await?;
+        print_churn(&churn);
+    }
+    if !settings.runs("creates") && !settings.runs("watch") && !settings.runs("experiments") {
+        return Ok(());
+    }
     let etcd_for_skiff = Etcd::start().await?;
     let etcd_raw = Etcd::start().await?;
     let embedded = Skiff::start("embedded").await?;
     let on_etcd = Skiff::start(&format!("etcd://{}", etcd_for_skiff.endpoint)).await?;
-
-    let creates = vec![
-        ("skiff + embedded", skiff_creates(&embedded, "bench-create").await?),
-        ("skiff + etcd", skiff_creates(&on_etcd, "bench-create").await?),
-        ("raw etcd puts", etcd_puts(&etcd_raw.endpoint).await?),
-    ];
-    let watches = vec![
-        ("skiff + embedded", skiff_watch(&embedded).await?),
-        ("skiff + etcd", skiff_watch(&on_etcd).await?),
-        ("raw etcd watch", etcd_watch(&etcd_raw.endpoint).await?),
-    ];
-
-    println!("1. durable creates: {CREATES} objects, {CREATE_CLIENTS} clients, {PAYLOAD_BYTES}-byte data");
-    println!("   target: >= 5,000/s, p99 < 50 ms");
-    println!("   {:<18} {:>10} {:>9} {:>9} {:>9}", "", "creates/s", "p50 ms", "p99 ms", "max ms");
-    for (name, r) in &creates {
+    if settings.runs("creates") {
+        let clients = settings.create_clients;
+        let creates = [
+            ("skiff + embedded", skiff_creates(&embedded, &[embedded.pid()], clients).await?),
+            ("skiff + etcd", skiff_creates(&on_etcd, &[on_etcd.pid(), etcd_for_skiff.pid()], clients).await?),
+            ("raw etcd puts", etcd_puts(&etcd_raw, clients).await?),
+        ];
+        print_creates(&creates, clients);
+    }
+    if settings.runs("experiments") {
+        let clients = settings.create_clients;
+        let creates = [
+            ("embedded store direct", store_creates(clients).await?),
+            ("embedded, cluster-scoped", skiff_cluster_creates(&embedded, &[embedded.pid()], clients).await?),
+            (
+                "etcd, cluster-scoped",
+                skiff_cluster_creates(&on_etcd, &[on_etcd.pid(), etcd_for_skiff.pid()], clients).await?,
+            ),
+        ];
         println!(
-            "   {name:<18} {:>10.0} {:>9.2} {:>9.2} {:>9.2}",
+            "experiments: the store without HTTP (in this process); RuntimeClasses, which skip the namespace read"
+        );
+        print_creates(&creates, clients);
+    }
+    if settings.runs("watch") {
+        let watches = [
+            ("skiff + embedded", skiff_watch(&embedded).await?),
+            ("skiff + etcd", skiff_watch(&on_etcd).await?),
+            ("raw etcd watch", etcd_watch(&etcd_raw.endpoint).await?),
+        ];
+        print_watches(&watches);
+    }
+    Ok(())
+}
+
+fn print_creates(creates: &[(&str, Throughput)], clients: usize) {
+    println!("durable creates: {CREATES} objects, {clients} clients, {PAYLOAD_BYTES}-byte data (load {})", load());
+    println!("   target: >= 5,000/s, p99 < 50 ms");
+    println!(
+        "   {:<24} {:>10} {:>9} {:>9} {:>9} {:>16} {:>16}",
+        "", "creates/s", "p50 ms", "p99 ms", "max ms", "server CPU us/op", "client CPU us/op"
+    );
+    for (name, r) in creates {
+        println!(
+            "   {name:<24} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>16} {:>16}",
             r.rate,
             ms(r.latency.p50),
             ms(r.latency.p99),
-            ms(r.latency.max)
+            ms(r.latency.max),
+            r.server_cpu.as_micros(),
+            r.client_cpu.as_micros()
         );
     }
     println!();
-    println!("2. watch latency: write acknowledged -> event read by the watcher, {WATCH_EVENTS} sequential writes");
+}
+
+fn print_watches(watches: &[(&str, WatchLatency)]) {
+    println!(
+        "watch latency: write acknowledged -> event read by the watcher, {WATCH_EVENTS} sequential writes (load {})",
+        load()
+    );
     println!("   target: p99 < 5 ms");
-    println!("   {:<18} {:>9} {:>9} {:>9} {:>12} {:>10}", "", "p50 ms", "p99 ms", "max ms", "before ack", "writes/s");
-    for (name, r) in &watches {
+    println!("   {:<24} {:>9} {:>9} {:>9} {:>12} {:>10}", "", "p50 ms", "p99 ms", "max ms", "before ack", "writes/s");
+    for (name, r) in watches {
         println!(
-            "   {name:<18} {:>9.3} {:>9.3} {:>9.3} {:>12} {:>10.0}",
+            "   {name:<24} {:>9.3} {:>9.3} {:>9.3} {:>12} {:>10.0}",
             ms(r.latency.p50),
             ms(r.latency.p99),
             ms(r.latency.max),
@@ -97,7 +175,10 @@ async fn run() -> anyhow::Result<()> {
         );
     }
     println!();
-    println!("3. skiff + embedded memory and disk (target: idle RSS < 40 MB; flat under churn)");
+}
+
+fn print_churn(churn: &Churn) {
+    println!("skiff + embedded memory and disk (target: idle RSS < 40 MB; flat under churn) (load {})", load());
     println!("   idle RSS after {}s: {:.1} MB", IDLE.as_secs(), mb(churn.idle_rss));
     println!(
         "   {CHURN_UPDATES} merge patches of one object by {CHURN_CLIENTS} clients: {:.0} updates/s, {} client retries on 409",
@@ -107,7 +188,7 @@ async fn run() -> anyhow::Result<()> {
     for s in &churn.samples {
         println!("   {:>9} {:>9.1} {:>12.1} {:>14.1}", s.updates, mb(s.rss), mb(s.disk_used), mb(s.disk_size));
     }
-    Ok(())
+    println!();
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -144,7 +225,7 @@ impl Drop for Guard {
 
 /// Debian's etcd 3.4 with its defaults (fsync on every commit), a private data dir and free loopback ports.
 struct Etcd {
-    _child: Guard,
+    child: Guard,
     endpoint: String,
     _dir: tempfile::TempDir,
 }
@@ -166,7 +247,7 @@ impl Etcd {
             .stderr(Stdio::null())
             .spawn()
             .context("cannot start etcd (Debian package etcd-server)")?;
-        let etcd = Etcd { _child: Guard(child), endpoint, _dir: dir };
+        let etcd = Etcd { child: Guard(child), endpoint, _dir: dir };
         let url = format!("http://{}", etcd.endpoint);
         wait_until("etcd", Duration::from_secs(20), || {
             let url = url.clone();
@@ -179,6 +260,10 @@ impl Etcd {
         })
         .await?;
         Ok(etcd)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.0.id()
     }
 
     async fn client(endpoint: &str) -> anyhow::Result<etcd_client::Client> {
@@ -215,7 +300,7 @@ impl Skiff {
             async move { ready }
         })
         .await?;
-        // The files are written before they are complete only for an instant; a short pause avoids a torn read.
+        // The token and CA may exist a moment before their contents are written; a short pause avoids a torn read.
         tokio::time::sleep(Duration::from_millis(100)).await;
         let ca = reqwest::Certificate::from_pem(&std::fs::read(data.join("ca.crt"))?)?;
         let token = std::fs::read_to_string(data.join("admin-token"))?.trim().to_owned();
@@ -290,6 +375,46 @@ fn mb(bytes: u64) -> f64 {
 struct Throughput {
     rate: f64,
     latency: Latency,
+    /// CPU used per write by the server side (skiff, etcd or both) and by this process's clients: on two
+    /// shared cores, their sum bounds the rate.
+    server_cpu: Duration,
+    client_cpu: Duration,
+}
+
+/// Measures the CPU the server processes and this process spend from `start` to `per_op`.
+struct CpuMeter {
+    servers: Vec<u32>,
+    start_servers: Duration,
+    start_self: Duration,
+}
+
+impl CpuMeter {
+    fn start(servers: &[u32]) -> anyhow::Result<Self> {
+        Ok(CpuMeter { servers: servers.to_vec(), start_servers: cpu_of(servers)?, start_self: cpu_time("self")? })
+    }
+
+    /// Server and client CPU per op since `start`.
+    fn per_op(&self, ops: usize) -> anyhow::Result<(Duration, Duration)> {
+        let ops = u32::try_from(ops.max(1))?;
+        let servers = cpu_of(&self.servers)?.saturating_sub(self.start_servers);
+        let client = cpu_time("self")?.saturating_sub(self.start_self);
+        Ok((servers / ops, client / ops))
+    }
+}
+
+fn cpu_of(pids: &[u32]) -> anyhow::Result<Duration> {
+    pids.iter().map(|pid| cpu_time(&pid.to_string())).sum()
+}
+
+/// User plus system CPU time of a process (`self` or a pid) from /proc/PID/stat.
+fn cpu_time(pid: &str) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name may contain spaces and parentheses; the fields after its closing one do not.
+    let fields: Vec<&str> = stat.rsplit_once(')').context("malformed stat")?.1.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<u64> { Ok(fields.get(i).context("short stat")?.parse()?) };
+    // utime and stime are fields 14 and 15; after the name, the state (field 3) is index 0. They count in
+    // USER_HZ, which the kernel ABI fixes at 100 per second.
+    Ok(Duration::from_millis((ticks(11)? + ticks(12)?) * 10))
 }
 
 fn configmap(name: &str) -> Value {
@@ -301,25 +426,49 @@ fn configmap(name: &str) -> Value {
     })
 }
 
-async fn skiff_creates(skiff: &Skiff, prefix: &str) -> anyhow::Result<Throughput> {
-    let url = skiff.configmaps();
-    let clients = (0..CREATE_CLIENTS).map(|_| skiff.client()).collect::<anyhow::Result<Vec<_>>>()?;
+async fn skiff_creates(skiff: &Skiff, servers: &[u32], clients: usize) -> anyhow::Result<Throughput> {
+    http_creates(skiff, servers, clients, skiff.configmaps(), configmap).await
+}
+
+/// A cluster-scoped object of the same size: its create reads no namespace first.
+fn runtime_class(name: &str) -> Value {
+    json!({
+        "apiVersion": "node.k8s.io/v1",
+        "kind": "RuntimeClass",
+        "metadata": {"name": name, "annotations": {"payload": "x".repeat(PAYLOAD_BYTES)}},
+        "handler": "wasm",
+    })
+}
+
+async fn skiff_cluster_creates(skiff: &Skiff, servers: &[u32], clients: usize) -> anyhow::Result<Throughput> {
+    let url = format!("{}/apis/node.k8s.io/v1/runtimeclasses", skiff.base);
+    http_creates(skiff, servers, clients, url, runtime_class).await
+}
+
+async fn http_creates(
+    skiff: &Skiff,
+    servers: &[u32],
+    clients: usize,
+    url: String,
+    object: fn(&str) -> Value,
+) -> anyhow::Result<Throughput> {
+    let clients = (0..clients).map(|_| skiff.client()).collect::<anyhow::Result<Vec<_>>>()?;
     // Open every connection (TLS handshake, HTTP/2 settings) before the clock starts.
     for client in &clients {
         client.get(&url).query(&[("limit", "1")]).send().await?.error_for_status()?;
     }
-    let per_client = CREATES / CREATE_CLIENTS;
+    let per_client = CREATES / clients.len();
+    let meter = CpuMeter::start(servers)?;
     let started = Instant::now();
     let tasks: Vec<_> = clients
         .into_iter()
         .enumerate()
         .map(|(c, client)| {
             let url = url.clone();
-            let prefix = prefix.to_owned();
             tokio::spawn(async move {
                 let mut latencies = Vec::with_capacity(per_client);
                 for i in 0..per_client {
-                    let body = configmap(&format!("{prefix}-{c}-{i}"));
+                    let body = object(&format!("create-{c}-{i}"));
                     let sent = Instant::now();
                     let response = client.post(&url).json(&body).send().await?;
                     let status = response.status();
@@ -336,19 +485,65 @@ async fn skiff_creates(skiff: &Skiff, prefix: &str) -> anyhow::Result<Throughput
         latencies.extend(task.await??);
     }
     let elapsed = started.elapsed();
-    Ok(Throughput { rate: latencies.len() as f64 / elapsed.as_secs_f64(), latency: Latency::of(latencies) })
+    let (server_cpu, client_cpu) = meter.per_op(latencies.len())?;
+    Ok(Throughput {
+        rate: latencies.len() as f64 / elapsed.as_secs_f64(),
+        latency: Latency::of(latencies),
+        server_cpu,
+        client_cpu,
+    })
 }
 
-async fn etcd_puts(endpoint: &str) -> anyhow::Result<Throughput> {
-    let mut clients = Vec::with_capacity(CREATE_CLIENTS);
-    for _ in 0..CREATE_CLIENTS {
+/// The embedded store in this process, no HTTP: the ceiling the API server's create path works under.
+async fn store_creates(clients: usize) -> anyhow::Result<Throughput> {
+    use skiff_store::Store;
+    let dir = tempfile::tempdir()?;
+    let store = Arc::new(skiff_store::embedded::EmbeddedStore::open(dir.path())?);
+    let value = bytes::Bytes::from(serde_json::to_vec(&configmap("direct-0000-0000"))?);
+    let per_client = CREATES / clients;
+    let meter = CpuMeter::start(&[])?;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let (store, value) = (Arc::clone(&store), value.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(per_client);
+                for i in 0..per_client {
+                    let sent = Instant::now();
+                    store.create(&format!("/registry/configmaps/default/direct-{c}-{i}"), value.clone()).await?;
+                    latencies.push(sent.elapsed());
+                }
+                anyhow::Ok(latencies)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(CREATES);
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let elapsed = started.elapsed();
+    let (server_cpu, client_cpu) = meter.per_op(latencies.len())?;
+    store.close().await;
+    Ok(Throughput {
+        rate: latencies.len() as f64 / elapsed.as_secs_f64(),
+        latency: Latency::of(latencies),
+        server_cpu,
+        client_cpu,
+    })
+}
+
+async fn etcd_puts(etcd: &Etcd, count: usize) -> anyhow::Result<Throughput> {
+    let endpoint = etcd.endpoint.as_str();
+    let mut clients = Vec::with_capacity(count);
+    for _ in 0..count {
         let mut client = Etcd::client(endpoint).await?;
         client.get("\0", None).await?;
         clients.push(client);
     }
     // The same bytes a client sends skiff, so the two columns store comparable values.
     let value = serde_json::to_vec(&configmap("raw-0000-0000"))?;
-    let per_client = CREATES / CREATE_CLIENTS;
+    let per_client = CREATES / clients.len();
+    let meter = CpuMeter::start(&[etcd.pid()])?;
     let started = Instant::now();
     let tasks: Vec<_> = clients
         .into_iter()
@@ -371,7 +566,13 @@ async fn etcd_puts(endpoint: &str) -> anyhow::Result<Throughput> {
         latencies.extend(task.await??);
     }
     let elapsed = started.elapsed();
-    Ok(Throughput { rate: latencies.len() as f64 / elapsed.as_secs_f64(), latency: Latency::of(latencies) })
+    let (server_cpu, client_cpu) = meter.per_op(latencies.len())?;
+    Ok(Throughput {
+        rate: latencies.len() as f64 / elapsed.as_secs_f64(),
+        latency: Latency::of(latencies),
+        server_cpu,
+        client_cpu,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------------------

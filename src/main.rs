@@ -30,9 +30,13 @@ enum LogFormat {
 enum Command {
     /// Run the control plane: the Kubernetes API server and its store.
     Server(ServerArgs),
-    /// Run a single-node cluster: the control plane on the embedded store (the node agent joins it in a
-    /// later release).
+    /// Run a single-node cluster: the control plane on the embedded store and a node agent in one process.
     Up(UpArgs),
+    /// Run a node agent that joins a cluster and runs the pods bound to it.
+    Agent(AgentArgs),
+    /// Work with images: publish a .wasm to a registry, or load one into a node's store for offline use.
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Print the admin kubeconfig of a data directory.
     Kubeconfig {
         #[arg(long, env = "SKIFF_DATA_DIR")]
@@ -61,16 +65,112 @@ struct UpArgs {
     data_dir: Option<PathBuf>,
     #[arg(long, default_value = "127.0.0.1:6443")]
     listen: SocketAddr,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// The API server's URL.
+    #[arg(long, default_value = "https://127.0.0.1:6443")]
+    server: String,
+    /// The server's `node-token` file (its data directory has it).
+    #[arg(long)]
+    token_file: PathBuf,
+    /// Where the agent keeps images, compiled modules and pod logs [default: as for `server`]
+    #[arg(long, env = "SKIFF_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+/// What a node agent is told about itself.
+#[derive(clap::Args)]
+struct NodeArgs {
+    /// The Node's name [default: the host name]
+    #[arg(long)]
+    name: Option<String>,
+    /// The address the node reports and serves pods on (until pod networking, pods share it).
+    #[arg(long, default_value = "127.0.0.1")]
+    node_ip: std::net::IpAddr,
+    /// Port of the agent's HTTPS endpoint for logs (0 picks a free port).
+    #[arg(long, default_value_t = skiff_node::DEFAULT_KUBELET_PORT)]
+    kubelet_port: u16,
+    /// First crash-loop back-off; doubles up to --backoff-max (the kubelet's 10 s and 5 min).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    backoff_initial: std::time::Duration,
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    backoff_max: std::time::Duration,
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Publish a .wasm file to a registry as a CNCF wasm artifact.
+    Push {
+        file: PathBuf,
+        /// e.g. 127.0.0.1:5000/samples/hello:latest (loopback registries are spoken to over plain HTTP).
+        reference: String,
+    },
+    /// Load a .wasm file into a node's image store, for nodes without a registry
+    /// (use imagePullPolicy IfNotPresent or Never).
+    Import {
+        file: PathBuf,
+        reference: String,
+        /// The node's data directory (as given to `skiff agent` or `skiff up`).
+        #[arg(long, env = "SKIFF_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+/// `10s`, `500ms`, `5m`.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let value: u64 = number.parse().map_err(|_| format!("invalid duration {text:?}"))?;
+    match unit {
+        "ms" => Ok(std::time::Duration::from_millis(value)),
+        "s" | "" => Ok(std::time::Duration::from_secs(value)),
+        "m" => Ok(std::time::Duration::from_secs(value * 60)),
+        _ => Err(format!("invalid duration {text:?}: use ms, s or m")),
+    }
+}
+
+impl NodeArgs {
+    fn config(&self, server: String, join_token: String, data_dir: PathBuf) -> skiff_node::AgentConfig {
+        skiff_node::AgentConfig {
+            server,
+            join_token,
+            name: self.name.clone().unwrap_or_else(hostname),
+            data_dir,
+            node_ip: self.node_ip,
+            kubelet_port: self.kubelet_port,
+            backoff: skiff_node::BackoffConfig {
+                initial: self.backoff_initial,
+                max: self.backoff_max,
+                ..skiff_node::BackoffConfig::default()
+            },
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_ascii_lowercase())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "skiff-node".into())
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     match cli.command {
-        Command::Server(args) => serve(args),
+        Command::Server(args) => serve(args, None),
         Command::Up(args) => {
-            serve(ServerArgs { data_dir: args.data_dir, listen: args.listen, store: "embedded".into() })
+            let server = ServerArgs { data_dir: args.data_dir, listen: args.listen, store: "embedded".into() };
+            serve(server, Some(args.node))
         }
+        Command::Agent(args) => agent(args),
+        Command::Image(command) => image(command),
         Command::Kubeconfig { data_dir } => {
             let dir = data_dir.unwrap_or_else(default_data_dir);
             let path = dir.join("kubeconfig");
@@ -110,12 +210,13 @@ fn default_data_dir() -> PathBuf {
     }
 }
 
+/// Runs the control plane and, for `skiff up`, a node agent in the same process sharing its data directory.
 #[tokio::main]
-async fn serve(args: ServerArgs) -> anyhow::Result<()> {
+async fn serve(args: ServerArgs, node: Option<NodeArgs>) -> anyhow::Result<()> {
     let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
     let store = open_store(&args.store, &data_dir).await?;
-    let shutdown = CancellationToken::new();
+    let shutdown = cancel_on_signal();
     let config = ServerConfig { data_dir: data_dir.clone(), listen: args.listen };
     let server = Server::bind(config, store, shutdown.clone()).await?;
     tracing::info!(
@@ -124,13 +225,68 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         "ready: export KUBECONFIG={}",
         data_dir.join("kubeconfig").display()
     );
+    let agent = match node {
+        Some(node) => {
+            let token =
+                std::fs::read_to_string(data_dir.join("node-token")).context("the server wrote no node-token")?;
+            let config = node.config(server.url().to_string(), token, data_dir.clone());
+            let shutdown = shutdown.clone();
+            Some(tokio::spawn(async move {
+                if let Err(e) = skiff_node::run(config, shutdown.clone()).await {
+                    tracing::error!(error = format!("{:#}", anyhow::Error::new(e)), "the node agent failed");
+                    shutdown.cancel();
+                }
+            }))
+        }
+        None => None,
+    };
+    server.run().await;
+    if let Some(agent) = agent {
+        let _ = agent.await;
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
+    let token = std::fs::read_to_string(&args.token_file)
+        .with_context(|| format!("cannot read the join token {}", args.token_file.display()))?;
+    let config = args.node.config(args.server, token, data_dir);
+    skiff_node::run(config, cancel_on_signal()).await?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn image(command: ImageCommand) -> anyhow::Result<()> {
+    match command {
+        ImageCommand::Push { file, reference } => {
+            let wasm = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let digest =
+                skiff_node::images::push_wasm(&wasm, &reference, &skiff_node::images::RegistryAuth::anonymous())
+                    .await?;
+            println!("{reference}@{digest}");
+        }
+        ImageCommand::Import { file, reference, data_dir } => {
+            let wasm = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let store = skiff_node::images::ImageStore::open(data_dir.unwrap_or_else(default_data_dir).join("images"))?;
+            store.import_wasm(&wasm, &reference)?;
+            println!("{reference}");
+        }
+    }
+    Ok(())
+}
+
+/// A token cancelled on SIGTERM or SIGINT.
+fn cancel_on_signal() -> CancellationToken {
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("signal received, shutting down");
-        shutdown.cancel();
+        token.cancel();
     });
-    server.run().await;
-    Ok(())
+    shutdown
 }
 
 async fn open_store(url: &str, data_dir: &Path) -> anyhow::Result<Arc<dyn Store>> {

@@ -46,6 +46,7 @@ pub fn subresources(def: &ResourceDef) -> Vec<Subresource> {
     let mut subs = Vec::new();
     if def.group.is_empty() && def.plural == "pods" {
         subs.push(Subresource { name: "binding", group: "", version: "", kind: "Binding", verbs: &["create"] });
+        subs.push(Subresource { name: "log", group: "", version: "", kind: "Pod", verbs: &["get"] });
     }
     if def.scale_subresource {
         subs.push(Subresource {

@@ -7,6 +7,7 @@
 
 pub mod defaults;
 pub mod discovery;
+pub mod join;
 pub mod openapi;
 pub mod patch;
 pub mod protobuf;

@@ -329,8 +329,9 @@ fn valid_port(n: i64) -> bool {
 
 const PORT_RANGE: &str = "must be between 1 and 65535, inclusive";
 
-/// Parses a Kubernetes quantity (`100m`, `1.5Gi`, `2e3`) into an approximate number, for comparisons only.
-fn parse_quantity(s: &str) -> Option<f64> {
+/// Parses a Kubernetes quantity (`100m`, `1.5Gi`, `2e3`) into a number: exact enough for comparisons and
+/// for limits (an f64 holds byte counts up to 8 PiB exactly).
+pub fn parse_quantity(s: &str) -> Option<f64> {
     let (negative, unsigned) = match s.as_bytes().first() {
         Some(b'-') => (true, &s[1..]),
         Some(b'+') => (false, &s[1..]),

@@ -6,6 +6,7 @@
 //! credentials; [`server`] the TLS listener and graceful drain. Pure API machinery lives in `skiff-api`.
 
 pub mod error;
+pub mod kubelet;
 pub mod lifecycle;
 pub mod objects;
 pub mod pki;

@@ -21,19 +21,29 @@ pub const SYSTEM_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public
 /// finalizers, which are not namespace events.
 const RESYNC: Duration = Duration::from_secs(2);
 
-const MANAGER: &str = "skiff-namespace-controller";
+const MANAGER: &str = "skiff-apiserver";
 
 fn def(plural: &str) -> &'static ResourceDef {
     // The registry always has core namespaces and serviceaccounts; resources.rs registers both.
     resources::find("", "v1", plural).unwrap_or_else(|| unreachable!("core/v1 {plural} is registered"))
 }
 
-/// Creates the system namespaces that are missing.
+/// RuntimeClasses every cluster has: a pod names one to force the shim its containers run on (the handler is
+/// the shim's name); without one, the node picks per container from the image.
+pub const RUNTIME_CLASSES: [&str; 2] = ["wasm", "oci"];
+
+/// Creates the system namespaces and runtime classes that are missing.
 pub async fn bootstrap(objects: &Objects) -> Result<(), ApiError> {
     let options = WriteOptions { field_manager: MANAGER.into(), ..WriteOptions::default() };
-    for name in SYSTEM_NAMESPACES {
-        let namespace = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
-        match objects.create(def("namespaces"), None, namespace, &options).await {
+    let namespaces = SYSTEM_NAMESPACES
+        .map(|name| (def("namespaces"), json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})));
+    let classes = resources::find("node.k8s.io", "v1", "runtimeclasses").ok_or(ApiError::NoRoute)?;
+    let runtime_classes = RUNTIME_CLASSES.map(|name| {
+        let class = json!({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": name}, "handler": name});
+        (classes, class)
+    });
+    for (def, object) in namespaces.into_iter().chain(runtime_classes) {
+        match objects.create(def, None, object, &options).await {
             Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
             Err(e) => return Err(e),
         }

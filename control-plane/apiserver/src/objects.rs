@@ -295,7 +295,7 @@ impl Objects {
             return self.apply(def, ns, name, part, body, force, options).await;
         }
         self.read_modify_write(def, ns, name, part, options, |current, _| {
-            let target = if part == Part::Scale { scale_of(def, current)? } else { current.clone() };
+            let target = if part == Part::Scale { scale_of(current)? } else { current.clone() };
             let patched = patch::patch(def, patch_type, &target, &body)
                 .map_err(|e| ApiError::BadRequest(format!("the patch could not be applied: {e}")))?;
             // A resourceVersion in the patch is a precondition, as in Kubernetes.
@@ -441,10 +441,10 @@ impl Objects {
             }
             if object == current {
                 // Kubernetes skips no-op writes: the resourceVersion stays and watchers see nothing.
-                return Ok(Written { object: present(def, part, current)?, warnings: Vec::new(), created: false });
+                return Ok(Written { object: present(part, current)?, warnings: Vec::new(), created: false });
             }
             if options.dry_run {
-                return Ok(Written { object: present(def, part, object)?, warnings: Vec::new(), created: false });
+                return Ok(Written { object: present(part, object)?, warnings: Vec::new(), created: false });
             }
             let result = if finished_deleting(def, &object) {
                 self.store.delete(&key, Some(kv.mod_revision)).await
@@ -454,7 +454,7 @@ impl Objects {
             match result {
                 Ok(written) => {
                     set_resource_version(&mut object, written.mod_revision);
-                    return Ok(Written { object: present(def, part, object)?, warnings: Vec::new(), created: false });
+                    return Ok(Written { object: present(part, object)?, warnings: Vec::new(), created: false });
                 }
                 Err(skiff_store::Error::Conflict { .. }) => continue,
                 Err(skiff_store::Error::NotFound(_)) => return Err(ApiError::not_found(def, name)),
@@ -584,7 +584,7 @@ impl Objects {
 
     /// GET of the scale subresource.
     pub async fn get_scale(&self, def: &'static ResourceDef, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
-        scale_of(def, &self.get(def, ns, name).await?)
+        scale_of(&self.get(def, ns, name).await?)
     }
 }
 
@@ -890,15 +890,15 @@ fn mark_for_deletion(def: &ResourceDef, current: &Value, options: &DeleteOptions
 }
 
 /// The object to answer with for a write to `part`.
-fn present(def: &ResourceDef, part: Part, object: Value) -> Result<Value, ApiError> {
+fn present(part: Part, object: Value) -> Result<Value, ApiError> {
     match part {
-        Part::Scale => scale_of(def, &object),
+        Part::Scale => scale_of(&object),
         _ => Ok(object),
     }
 }
 
 /// The autoscaling/v1 Scale view of an object with `spec.replicas`.
-fn scale_of(def: &ResourceDef, object: &Value) -> Result<Value, ApiError> {
+fn scale_of(object: &Value) -> Result<Value, ApiError> {
     let selector = match object.pointer("/spec/selector") {
         Some(selector) => {
             let typed = serde_json::from_value(selector.clone())
@@ -914,7 +914,6 @@ fn scale_of(def: &ResourceDef, object: &Value) -> Result<Value, ApiError> {
             scale_meta.insert(field.into(), value.clone());
         }
     }
-    let _ = def;
     Ok(json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use rand::Rng;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use skiff_api::join::JoinToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
@@ -34,6 +35,7 @@ pub struct Credentials {
     pub server_cert_pem: String,
     pub server_key_pem: String,
     pub admin_token: String,
+    /// The secret part of the join token in `node-token`: the bearer token node agents present.
     pub node_token: String,
 }
 
@@ -73,7 +75,7 @@ impl Credentials {
             }
         };
         let admin_token = read_or_create_token(dir, "admin-token")?;
-        let node_token = read_or_create_token(dir, "node-token")?;
+        let node_token = read_or_create_join_token(dir, &ca_cert_pem)?;
         Ok(Self { dir: dir.to_path_buf(), ca_cert_pem, server_cert_pem, server_key_pem, admin_token, node_token })
     }
 
@@ -164,10 +166,35 @@ fn read_or_create_token(dir: &Path, name: &str) -> Result<String, PkiError> {
             return Ok(token.to_string());
         }
     }
-    let bytes: [u8; 24] = rand::rng().random();
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let token = random_token();
     write_secret(dir, name, &token)?;
     Ok(token)
+}
+
+fn random_token() -> String {
+    let bytes: [u8; 24] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The node join token (`K10<ca hash>::node:<secret>`): keeps its secret across restarts and follows the CA
+/// if the CA was remade. Returns the secret.
+fn read_or_create_join_token(dir: &Path, ca_cert_pem: &str) -> Result<String, PkiError> {
+    let ca_hash = ca_hash(ca_cert_pem);
+    let existing = read(dir, "node-token")?.and_then(|text| JoinToken::parse(&text).ok());
+    if let Some(token) = &existing
+        && token.ca_hash == ca_hash
+    {
+        return Ok(token.secret.clone());
+    }
+    let secret = existing.map(|t| t.secret).unwrap_or_else(random_token);
+    write_secret(dir, "node-token", &format!("{}\n", JoinToken { ca_hash, secret: secret.clone() }))?;
+    Ok(secret)
+}
+
+/// SHA-256 of the CA certificate PEM, as served at `/cacerts`.
+pub fn ca_hash(ca_cert_pem: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(ca_cert_pem.as_bytes()))
 }
 
 /// Writes `contents` to `dir/name` with mode 0600 through a temporary file and a rename, so readers see the
@@ -196,6 +223,8 @@ mod tests {
         assert_eq!(first.admin_token, again.admin_token);
         assert_eq!(first.server_cert_pem, again.server_cert_pem);
         assert_ne!(first.admin_token, first.node_token);
+        let join = JoinToken::parse(&fs::read_to_string(dir.path().join("node-token")).unwrap()).unwrap();
+        assert_eq!((join.secret.as_str(), join.ca_hash), (first.node_token.as_str(), ca_hash(&first.ca_cert_pem)));
         assert!(first.server_config().is_ok());
         let mode = fs::metadata(dir.path().join("ca.key")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);

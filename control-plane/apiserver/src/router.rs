@@ -40,6 +40,10 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// The address clients reach the server at, for the legacy discovery document.
     pub server_address: String,
+    /// Served at `/cacerts` so a joining agent can check it against the hash in its join token.
+    pub ca_cert_pem: String,
+    /// The node token's secret, which the server presents to node agents (for logs).
+    pub node_token: String,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -48,6 +52,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthy))
         .route("/livez", get(healthy))
         .route("/readyz", get(healthy))
+        .route("/cacerts", get(|State(state): State<Arc<AppState>>| async move { state.ca_cert_pem.clone() }))
         .route("/openapi/v3", get(openapi_index))
         .route("/openapi/v3/{*path}", get(openapi_document))
         .route("/api", get(core_discovery))
@@ -62,7 +67,8 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// Bearer-token authentication. Like kube-apiserver's public-info-viewer role, health and version are
 /// open to anyone; everything else needs a token the server issued.
 async fn authenticate(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    let open = matches!(request.uri().path(), "/version" | "/healthz" | "/livez" | "/readyz");
+    // `/cacerts` is public too: the CA certificate is no secret, and joining agents verify it by hash.
+    let open = matches!(request.uri().path(), "/version" | "/healthz" | "/livez" | "/readyz" | "/cacerts");
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -335,7 +341,19 @@ async fn serve_resource(state: &AppState, request: Request) -> Result<Response, 
         }
         (Target::Item { def, ns, name, sub }, method) => {
             let ns = required_namespace(def, ns)?;
-            serve_item(state, def, ns.as_deref(), &name, sub.as_deref(), method, headers, &query, &body).await
+            serve_item(
+                state,
+                def,
+                ns.as_deref(),
+                &name,
+                sub.as_deref(),
+                method,
+                headers,
+                &query,
+                parts.uri.query(),
+                &body,
+            )
+            .await
         }
         _ => Err(ApiError::MethodNotAllowed),
     }
@@ -351,6 +369,7 @@ async fn serve_item(
     method: &Method,
     headers: &HeaderMap,
     query: &Query,
+    query_string: Option<&str>,
     body: &[u8],
 ) -> Result<Response, ApiError> {
     let objects = &state.objects;
@@ -366,6 +385,10 @@ async fn serve_item(
                 json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
                 &[],
             ));
+        }
+        Some("log") if def.group.is_empty() && def.plural == "pods" && method == Method::GET => {
+            let query = query_string.unwrap_or("");
+            return crate::kubelet::pod_logs(objects, &state.node_token, ns.unwrap_or_default(), name, query).await;
         }
         Some(_) => return Err(ApiError::NoRoute),
     };

@@ -73,6 +73,8 @@ impl Server {
             tokens: vec![credentials.admin_token.clone(), credentials.node_token.clone()],
             shutdown,
             server_address: url.trim_start_matches("https://").to_string(),
+            ca_cert_pem: credentials.ca_cert_pem.clone(),
+            node_token: credentials.node_token.clone(),
         });
         Ok(Self { listener, acceptor, state, url })
     }

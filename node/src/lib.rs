@@ -1,0 +1,115 @@
+//! The Skiff node agent (our kubelet): joins a cluster with a join token, registers its Node and renews its
+//! Lease, runs the pods bound to it through the shims (wasm first), reports their status and events, keeps
+//! their logs, and serves those logs to the API server.
+//!
+//! Code map: [`connect`] (join: CA check, client), [`registration`] (Node, Lease), [`pods`] (the watch, one
+//! worker per pod, specs, status, probes, events), [`images`] (the content store and registry pulls),
+//! [`logs`] (CRI-format log files), [`server`] (the HTTPS endpoint for logs).
+//!
+//! Architecture invariant: the shims get a `skiff_shim::ContainerSpec` and know nothing of Pods; this crate
+//! knows nothing of the API server's internals, only the Kubernetes API.
+
+mod connect;
+pub mod images;
+mod logs;
+pub mod pods;
+mod registration;
+mod server;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Node;
+use skiff_api::join::{InvalidJoinToken, JoinToken};
+use skiff_shim::Shim;
+use tokio_util::sync::CancellationToken;
+
+pub use pods::BackoffConfig;
+pub use registration::CERT_ANNOTATION;
+
+/// The kubelet's port, which the API server reaches for logs.
+pub const DEFAULT_KUBELET_PORT: u16 = 10250;
+
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// The API server's URL (`https://HOST:PORT`).
+    pub server: String,
+    /// The cluster's join token (`K10<ca hash>::node:<secret>`, the server's `node-token` file).
+    pub join_token: String,
+    /// The Node's name.
+    pub name: String,
+    pub data_dir: PathBuf,
+    /// The address the node reports and serves on (and, until pod networking, its pods' address).
+    pub node_ip: IpAddr,
+    /// Port of the agent's HTTPS endpoint (0 picks a free one).
+    pub kubelet_port: u16,
+    pub backoff: BackoffConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{0}")]
+    Config(String),
+    #[error("the join token is malformed")]
+    Token(#[from] InvalidJoinToken),
+    #[error(
+        "the server's CA (sha256 {actual}) is not the one the join token names ({expected}): wrong server or token"
+    )]
+    CaMismatch { expected: String, actual: String },
+    #[error("cannot talk to the API server")]
+    Client(#[source] kube::Error),
+    #[error("image store")]
+    Images(#[from] images::ImageError),
+    #[error("wasm runtime")]
+    Wasm(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Runs the agent until `shutdown`: registration, heartbeats, the pod workers and the log endpoint.
+pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+    let token = JoinToken::parse(&config.join_token)?;
+    let client = connect::connect(&config.server, &token).await?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| AgentError::Config(format!("cannot create {}: {e}", config.data_dir.display())))?;
+    let kubelet =
+        server::KubeletServer::bind(SocketAddr::new(config.node_ip, config.kubelet_port), &config.name).await?;
+    let wasm = skiff_wasm::WasmShim::new(skiff_wasm::WasmConfig::new(config.data_dir.join("wasm-cache")))
+        .map_err(|e| AgentError::Wasm(Box::new(e)))?;
+    let shims: Vec<Arc<dyn Shim>> = vec![Arc::new(wasm)];
+    let identity = registration::NodeIdentity {
+        name: config.name.clone(),
+        ip: config.node_ip,
+        kubelet_port: kubelet.port(),
+        cert_sha256: kubelet.cert_sha256.clone(),
+        runtimes: shims.iter().map(|s| s.name()).collect(),
+        data_dir: config.data_dir.clone(),
+    };
+    let nodes: kube::Api<Node> = kube::Api::all(client.clone());
+    registration::register(&nodes, &identity).await?;
+    tracing::info!(node = %config.name, runtimes = ?identity.runtimes, "node registered");
+    let ctx = Arc::new(pods::Context {
+        client: client.clone(),
+        node_name: config.name.clone(),
+        node_ip: config.node_ip,
+        images: images::ImageStore::open(config.data_dir.join("images"))?,
+        shims,
+        pods_dir: config.data_dir.join("pods"),
+        backoff: config.backoff,
+        events: pods::Recorder::new(client.clone(), config.name.clone()),
+    });
+    let heartbeat = registration::heartbeat(client.clone(), identity, shutdown.clone());
+    let logs = kubelet.run(client.clone(), ctx.pods_dir.clone(), token.secret.clone(), shutdown.clone());
+    let pods = pods::run(ctx, shutdown.clone());
+    tokio::join!(heartbeat, logs, pods);
+    tracing::info!("agent stopped");
+    Ok(())
+}
+
+/// Kubernetes' `Time`: RFC 3339 in UTC, whole seconds.
+pub(crate) fn format_time(when: jiff::Timestamp) -> String {
+    when.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+pub(crate) fn now() -> String {
+    format_time(jiff::Timestamp::now())
+}

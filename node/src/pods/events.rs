@@ -1,0 +1,95 @@
+//! Events about pods, as the kubelet records them (source `kubelet`, the node as host), aggregated: a repeat
+//! of the same reason and message for the same object bumps `count` and `lastTimestamp` instead of adding a
+//! new Event, so a crash-looping pod does not flood the store.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
+use serde_json::json;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Normal,
+    Warning,
+}
+
+pub struct Recorder {
+    client: kube::Client,
+    node: String,
+    /// (pod uid, field path, reason, message) -> (event name, count).
+    seen: Mutex<HashMap<(String, String, String, String), (String, i32)>>,
+}
+
+impl Recorder {
+    pub fn new(client: kube::Client, node: String) -> Self {
+        Self { client, node, seen: Mutex::new(HashMap::new()) }
+    }
+
+    /// Records an event about `pod` (and its `container`, if given). Failures are logged, never returned:
+    /// an event that cannot be written must not stop a pod.
+    pub async fn record(&self, pod: &Pod, container: Option<&str>, kind: Kind, reason: &str, message: &str) {
+        let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let field_path = container.map(|c| format!("spec.containers{{{c}}}")).unwrap_or_default();
+        let key = (uid.clone(), field_path.clone(), reason.to_string(), message.to_string());
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
+        let now = crate::now();
+        let existing = self.seen.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
+        let result = match existing {
+            Some((name, count)) => {
+                let patch = json!({"count": count + 1, "lastTimestamp": now});
+                let result = events.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await.map(|_| ());
+                if result.is_ok() {
+                    self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(key, (name, count + 1));
+                }
+                result
+            }
+            None => {
+                let pod_name = pod.metadata.name.clone().unwrap_or_default();
+                let name = format!("{pod_name}.{:016x}", rand::random::<u64>());
+                let mut involved =
+                    json!({"kind": "Pod", "apiVersion": "v1", "namespace": namespace, "name": pod_name, "uid": uid});
+                if !field_path.is_empty() {
+                    involved["fieldPath"] = json!(field_path);
+                }
+                let event = json!({
+                    "metadata": {"name": name, "namespace": namespace},
+                    "involvedObject": involved,
+                    "reason": reason,
+                    "message": message,
+                    "type": match kind { Kind::Normal => "Normal", Kind::Warning => "Warning" },
+                    "source": {"component": "kubelet", "host": self.node},
+                    "reportingComponent": "kubelet",
+                    "reportingInstance": self.node,
+                    "firstTimestamp": now,
+                    "lastTimestamp": now,
+                    "count": 1,
+                });
+                match serde_json::from_value::<Event>(event) {
+                    Ok(event) => {
+                        let result = events.create(&PostParams::default(), &event).await.map(|_| ());
+                        if result.is_ok() {
+                            self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(key, (name, 1));
+                        }
+                        result
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot build an event");
+                        Ok(())
+                    }
+                }
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!(reason, error = %e, "cannot record an event");
+        }
+    }
+
+    /// Forgets the aggregation state of a pod that is gone.
+    pub fn forget(&self, uid: &str) {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).retain(|(pod, ..), _| pod != uid);
+    }
+}

@@ -1,0 +1,114 @@
+//! The pods bound to this node: a watch on `spec.nodeName=<node>` (kube-runtime's watcher, level-triggered:
+//! every relist reconciles the full set) keeps one [`worker::Worker`] per pod.
+
+mod events;
+mod probes;
+mod spec;
+pub mod status;
+mod worker;
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::runtime::watcher;
+use skiff_shim::Shim;
+use tokio_util::sync::CancellationToken;
+
+pub use events::Recorder;
+use worker::Worker;
+
+use crate::images::ImageStore;
+
+/// The kubelet's crash-loop back-off: 10 s doubling to 5 min, reset after 10 min of running. Tests shorten it.
+#[derive(Clone, Copy, Debug)]
+pub struct BackoffConfig {
+    pub initial: Duration,
+    pub max: Duration,
+    pub reset_after: Duration,
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        Self { initial: Duration::from_secs(10), max: Duration::from_secs(300), reset_after: Duration::from_secs(600) }
+    }
+}
+
+/// What every pod worker shares.
+pub struct Context {
+    pub client: kube::Client,
+    pub node_name: String,
+    pub node_ip: IpAddr,
+    pub images: ImageStore,
+    /// In the order they are asked whether they can run an image: wasm first.
+    pub shims: Vec<Arc<dyn Shim>>,
+    /// `<data dir>/pods/<pod uid>/{volumes,logs}`.
+    pub pods_dir: PathBuf,
+    pub backoff: BackoffConfig,
+    pub events: Recorder,
+}
+
+/// Watches this node's pods and keeps a worker per pod until `shutdown`.
+pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
+    let pods: Api<Pod> = Api::all(ctx.client.clone());
+    let config = watcher::Config::default().fields(&format!("spec.nodeName={}", ctx.node_name));
+    let mut events = watcher(pods, config).boxed();
+    let mut workers: HashMap<String, Worker> = HashMap::new();
+    let mut listed: HashSet<String> = HashSet::new();
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            event = events.next() => match event {
+                Some(event) => event,
+                None => break,
+            },
+        };
+        match event {
+            Ok(watcher::Event::Apply(pod)) => apply(&ctx, &mut workers, pod),
+            Ok(watcher::Event::InitApply(pod)) => {
+                if let Some(uid) = &pod.metadata.uid {
+                    listed.insert(uid.clone());
+                }
+                apply(&ctx, &mut workers, pod);
+            }
+            Ok(watcher::Event::Delete(pod)) => {
+                if let Some(worker) = pod.metadata.uid.as_ref().and_then(|uid| workers.remove(uid)) {
+                    worker.abandon().await;
+                }
+            }
+            Ok(watcher::Event::Init) => listed.clear(),
+            Ok(watcher::Event::InitDone) => {
+                // A relist is the truth: workers of pods no longer bound here end.
+                let gone: Vec<String> = workers.keys().filter(|uid| !listed.contains(*uid)).cloned().collect();
+                for uid in gone {
+                    if let Some(worker) = workers.remove(&uid) {
+                        worker.abandon().await;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "pod watch failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        workers.retain(|_, worker| !worker.is_finished());
+    }
+    for (_, worker) in workers.drain() {
+        worker.abandon().await;
+    }
+}
+
+fn apply(ctx: &Arc<Context>, workers: &mut HashMap<String, Worker>, pod: Pod) {
+    let Some(uid) = pod.metadata.uid.clone() else { return };
+    match workers.get(&uid) {
+        Some(worker) => worker.update(pod),
+        None => {
+            workers.insert(uid, Worker::spawn(ctx.clone(), pod));
+        }
+    }
+}

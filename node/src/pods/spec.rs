@@ -1,0 +1,392 @@
+//! Turning a Pod's container into a [`ContainerSpec`]: argv, environment (env, envFrom, fieldRef), volumes
+//! materialised as host directories, limits. The shims never see the Pod.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Volume};
+use kube::Api;
+use skiff_shim::{ContainerSpec, Image, Limits, Mount, OutputSink};
+
+/// A container that cannot be configured yet (a missing ConfigMap, an unsupported volume): the kubelet's
+/// CreateContainerConfigError.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Volumes of a pod, prepared as host directories under the pod's directory.
+pub struct Volumes {
+    paths: BTreeMap<String, PathBuf>,
+}
+
+impl Volumes {
+    /// Prepares every volume of `pod` under `pod_dir/volumes`. ConfigMap and Secret contents are written as
+    /// files, one per key, as the kubelet projects them.
+    pub async fn prepare(client: &kube::Client, pod: &Pod, pod_dir: &Path) -> Result<Self, ConfigError> {
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let mut paths = BTreeMap::new();
+        let volumes: &[Volume] = pod.spec.as_ref().and_then(|s| s.volumes.as_deref()).unwrap_or_default();
+        for volume in volumes {
+            let dir = pod_dir.join("volumes").join(&volume.name);
+            let io = |e: std::io::Error| ConfigError(format!("volume \"{}\": {e}", volume.name));
+            let path = if volume.empty_dir.is_some() {
+                std::fs::create_dir_all(&dir).map_err(io)?;
+                dir
+            } else if let Some(source) = &volume.config_map {
+                let maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+                let optional = source.optional.unwrap_or(false);
+                let files = match maps.get_opt(&source.name).await.map_err(|e| ConfigError(e.to_string()))? {
+                    Some(map) => {
+                        let mut files: BTreeMap<String, Vec<u8>> =
+                            map.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
+                        files.extend(map.binary_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)));
+                        files
+                    }
+                    None if optional => BTreeMap::new(),
+                    None => return Err(ConfigError(format!("configmap \"{}\" not found", source.name))),
+                };
+                write_files(&dir, project(files, source.items.as_deref()), &volume.name)?;
+                dir
+            } else if let Some(source) = &volume.secret {
+                let name = source.secret_name.clone().unwrap_or_default();
+                let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+                let optional = source.optional.unwrap_or(false);
+                let files = match secrets.get_opt(&name).await.map_err(|e| ConfigError(e.to_string()))? {
+                    Some(secret) => secret_files(secret),
+                    None if optional => BTreeMap::new(),
+                    None => return Err(ConfigError(format!("secret \"{name}\" not found"))),
+                };
+                write_files(&dir, project(files, source.items.as_deref()), &volume.name)?;
+                dir
+            } else if let Some(source) = &volume.host_path {
+                let path = PathBuf::from(&source.path);
+                if matches!(source.type_.as_deref(), Some("DirectoryOrCreate")) {
+                    std::fs::create_dir_all(&path).map_err(io)?;
+                }
+                path
+            } else {
+                return Err(ConfigError(format!(
+                    "volume \"{}\": only emptyDir, configMap, secret and hostPath volumes are supported",
+                    volume.name
+                )));
+            };
+            paths.insert(volume.name.clone(), path);
+        }
+        Ok(Self { paths })
+    }
+
+    fn mounts(&self, container: &Container) -> Result<Vec<Mount>, ConfigError> {
+        let mut mounts = Vec::new();
+        for mount in container.volume_mounts.as_deref().unwrap_or_default() {
+            let base = self
+                .paths
+                .get(&mount.name)
+                .ok_or_else(|| ConfigError(format!("volume mount \"{}\" names no volume of the pod", mount.name)))?;
+            let host_path = match mount.sub_path.as_deref().filter(|p| !p.is_empty()) {
+                Some(sub) if sub.split('/').any(|part| part == "..") => {
+                    return Err(ConfigError(format!("subPath \"{sub}\" must not contain \"..\"")));
+                }
+                Some(sub) => base.join(sub),
+                None => base.clone(),
+            };
+            mounts.push(Mount {
+                host_path,
+                container_path: mount.mount_path.clone(),
+                read_only: mount.read_only.unwrap_or(false),
+            });
+        }
+        Ok(mounts)
+    }
+}
+
+fn secret_files(secret: Secret) -> BTreeMap<String, Vec<u8>> {
+    let mut files: BTreeMap<String, Vec<u8>> =
+        secret.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
+    files.extend(secret.string_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())));
+    files
+}
+
+/// Applies a volume source's `items` (key → path) selection.
+fn project(
+    files: BTreeMap<String, Vec<u8>>,
+    items: Option<&[k8s_openapi::api::core::v1::KeyToPath]>,
+) -> BTreeMap<String, Vec<u8>> {
+    match items {
+        None => files,
+        Some(items) => {
+            items.iter().filter_map(|item| Some((item.path.clone(), files.get(&item.key)?.clone()))).collect()
+        }
+    }
+}
+
+fn write_files(dir: &Path, files: BTreeMap<String, Vec<u8>>, volume: &str) -> Result<(), ConfigError> {
+    let io = |e: std::io::Error| ConfigError(format!("volume \"{volume}\": {e}"));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    for (name, contents) in files {
+        if name.split('/').any(|part| part == ".." || part.is_empty()) {
+            return Err(ConfigError(format!("volume \"{volume}\": invalid file name \"{name}\"")));
+        }
+        let path = dir.join(&name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        std::fs::write(path, contents).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// Builds the spec the shim runs for `container` of `pod`.
+#[allow(clippy::too_many_arguments)]
+pub async fn container_spec(
+    client: &kube::Client,
+    pod: &Pod,
+    container: &Container,
+    image: Image,
+    volumes: &Volumes,
+    id: String,
+    host_ip: std::net::IpAddr,
+    output: Arc<dyn OutputSink>,
+) -> Result<ContainerSpec, ConfigError> {
+    let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let pod_name = pod.metadata.name.clone().unwrap_or_default();
+    let argv = argv(container, &image);
+    let env = environment(client, pod, container, &image, host_ip).await?;
+    Ok(ContainerSpec {
+        id,
+        name: format!("{namespace}/{pod_name}/{}", container.name),
+        working_dir: container.working_dir.clone().or_else(|| image.working_dir.clone()),
+        argv,
+        env,
+        mounts: volumes.mounts(container)?,
+        limits: limits(container),
+        ports: container
+            .ports
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+            .filter_map(|p| u16::try_from(p.container_port).ok())
+            .collect(),
+        host_ip,
+        image,
+        output,
+    })
+}
+
+/// Kubernetes' rules: `command` replaces the image's entrypoint, `args` its cmd. A wasm artifact usually has
+/// neither, so argv[0] is the container's name, as runwasi does.
+fn argv(container: &Container, image: &Image) -> Vec<String> {
+    let command = container.command.clone().filter(|c| !c.is_empty());
+    let args = container.args.clone();
+    let (entry, rest) = match (command, args) {
+        (Some(command), args) => (command, args.unwrap_or_default()),
+        (None, Some(args)) => (image.entrypoint.clone(), args),
+        (None, None) => (image.entrypoint.clone(), image.cmd.clone()),
+    };
+    let mut argv = if entry.is_empty() { vec![container.name.clone()] } else { entry };
+    argv.extend(rest);
+    argv
+}
+
+async fn environment(
+    client: &kube::Client,
+    pod: &Pod,
+    container: &Container,
+    image: &Image,
+    host_ip: std::net::IpAddr,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let mut env: Vec<(String, String)> =
+        image.env.iter().filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let set = |env: &mut Vec<(String, String)>, key: String, value: String| {
+        env.retain(|(k, _)| k != &key);
+        env.push((key, value));
+    };
+    for source in container.env_from.as_deref().unwrap_or_default() {
+        let prefix = source.prefix.clone().unwrap_or_default();
+        let entries: BTreeMap<String, String> = if let Some(reference) = &source.config_map_ref {
+            match maps.get_opt(&reference.name).await.map_err(|e| ConfigError(e.to_string()))? {
+                Some(map) => map.data.unwrap_or_default(),
+                None if reference.optional.unwrap_or(false) => BTreeMap::new(),
+                None => return Err(ConfigError(format!("configmap \"{}\" not found", reference.name))),
+            }
+        } else if let Some(reference) = &source.secret_ref {
+            match secrets.get_opt(&reference.name).await.map_err(|e| ConfigError(e.to_string()))? {
+                Some(secret) => secret_files(secret)
+                    .into_iter()
+                    .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+                    .collect(),
+                None if reference.optional.unwrap_or(false) => BTreeMap::new(),
+                None => return Err(ConfigError(format!("secret \"{}\" not found", reference.name))),
+            }
+        } else {
+            BTreeMap::new()
+        };
+        for (key, value) in entries {
+            set(&mut env, format!("{prefix}{key}"), value);
+        }
+    }
+    for var in container.env.as_deref().unwrap_or_default() {
+        let value = match &var.value_from {
+            None => expand(var.value.as_deref().unwrap_or(""), &env),
+            Some(source) => {
+                if let Some(key) = &source.config_map_key_ref {
+                    let map = maps.get_opt(&key.name).await.map_err(|e| ConfigError(e.to_string()))?;
+                    match map.and_then(|m| m.data.and_then(|d| d.get(&key.key).cloned())) {
+                        Some(value) => value,
+                        None if key.optional.unwrap_or(false) => continue,
+                        None => {
+                            return Err(ConfigError(format!(
+                                "couldn't find key {} in ConfigMap {namespace}/{}",
+                                key.key, key.name
+                            )));
+                        }
+                    }
+                } else if let Some(key) = &source.secret_key_ref {
+                    let secret = secrets.get_opt(&key.name).await.map_err(|e| ConfigError(e.to_string()))?;
+                    match secret.map(secret_files).and_then(|files| files.get(&key.key).cloned()) {
+                        Some(value) => String::from_utf8_lossy(&value).into_owned(),
+                        None if key.optional.unwrap_or(false) => continue,
+                        None => {
+                            return Err(ConfigError(format!(
+                                "couldn't find key {} in Secret {namespace}/{}",
+                                key.key, key.name
+                            )));
+                        }
+                    }
+                } else if let Some(field) = &source.field_ref {
+                    field_value(pod, &field.field_path, host_ip)
+                        .ok_or_else(|| ConfigError(format!("unsupported fieldRef {}", field.field_path)))?
+                } else if let Some(resource) = &source.resource_field_ref {
+                    resource_value(container, &resource.resource)
+                        .ok_or_else(|| ConfigError(format!("unsupported resourceFieldRef {}", resource.resource)))?
+                } else {
+                    continue;
+                }
+            }
+        };
+        set(&mut env, var.name.clone(), value);
+    }
+    Ok(env)
+}
+
+/// `$(VAR)` references to earlier variables, as Kubernetes expands them; `$$` escapes.
+fn expand(value: &str, env: &[(String, String)]) -> String {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        if let Some(after) = rest.strip_prefix("$$") {
+            out.push('$');
+            rest = after;
+        } else if let Some(close) = rest.strip_prefix("$(").and_then(|r| r.find(')')) {
+            let name = &rest[2..2 + close];
+            match env.iter().rev().find(|(k, _)| k == name) {
+                Some((_, v)) => out.push_str(v),
+                None => out.push_str(&rest[..close + 3]),
+            }
+            rest = &rest[close + 3..];
+        } else {
+            out.push('$');
+            rest = &rest[1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn field_value(pod: &Pod, path: &str, host_ip: std::net::IpAddr) -> Option<String> {
+    let meta = &pod.metadata;
+    let spec = pod.spec.as_ref();
+    let quoted = |prefix: &str| path.strip_prefix(prefix)?.strip_suffix("']").map(str::to_string);
+    Some(match path {
+        "metadata.name" => meta.name.clone()?,
+        "metadata.namespace" => meta.namespace.clone()?,
+        "metadata.uid" => meta.uid.clone()?,
+        "spec.nodeName" => spec?.node_name.clone()?,
+        "spec.serviceAccountName" => spec?.service_account_name.clone().unwrap_or_else(|| "default".into()),
+        // Until pods have their own network (issue 4), a pod's address is its node's.
+        "status.podIP" | "status.hostIP" | "status.podIPs" | "status.hostIPs" => host_ip.to_string(),
+        _ => {
+            if let Some(key) = quoted("metadata.labels['") {
+                meta.labels.as_ref()?.get(&key).cloned().unwrap_or_default()
+            } else if let Some(key) = quoted("metadata.annotations['") {
+                meta.annotations.as_ref()?.get(&key).cloned().unwrap_or_default()
+            } else {
+                return None;
+            }
+        }
+    })
+}
+
+fn resource_value(container: &Container, resource: &str) -> Option<String> {
+    let (kind, name) = resource.split_once('.')?;
+    let resources = container.resources.as_ref()?;
+    let map = match kind {
+        "limits" => resources.limits.as_ref(),
+        "requests" => resources.requests.as_ref(),
+        _ => return None,
+    }?;
+    let value = skiff_api::validation::parse_quantity(&map.get(name)?.0)?;
+    // Kubernetes reports cpu in whole cores (rounded up) and memory in bytes by default.
+    Some(if name == "cpu" { value.ceil().to_string() } else { (value as u64).to_string() })
+}
+
+pub fn limits(container: &Container) -> Limits {
+    let limit = |name: &str| {
+        let quantity = container.resources.as_ref()?.limits.as_ref()?.get(name)?;
+        skiff_api::validation::parse_quantity(&quantity.0).filter(|v| *v > 0.0)
+    };
+    Limits {
+        memory_bytes: limit("memory").map(|bytes| bytes as u64),
+        cpu_millis: limit("cpu").map(|cores| (cores * 1000.0).round().max(1.0) as u64),
+    }
+}
+
+/// Decodes a `.dockerconfigjson` secret value for image pulls.
+pub fn docker_config(secret: &Secret) -> Option<Vec<u8>> {
+    let data = secret.data.as_ref()?.get(".dockerconfigjson").map(|b| b.0.clone());
+    data.or_else(|| {
+        let text = secret.string_data.as_ref()?.get(".dockerconfigjson")?;
+        Some(text.clone().into_bytes())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn container(json: serde_json::Value) -> Container {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn argv_follows_kubernetes_command_and_args_rules() {
+        let image = Image { entrypoint: vec!["/bin/app".into()], cmd: vec!["--default".into()], ..Image::default() };
+        let c = container(serde_json::json!({"name": "c"}));
+        assert_eq!(argv(&c, &image), ["/bin/app", "--default"]);
+        let c = container(serde_json::json!({"name": "c", "args": ["x"]}));
+        assert_eq!(argv(&c, &image), ["/bin/app", "x"]);
+        let c = container(serde_json::json!({"name": "c", "command": ["run"], "args": ["y"]}));
+        assert_eq!(argv(&c, &image), ["run", "y"]);
+        let c = container(serde_json::json!({"name": "hello", "args": ["a", "b"]}));
+        assert_eq!(argv(&c, &Image::default()), ["hello", "a", "b"], "wasm artifacts have no entrypoint");
+    }
+
+    #[test]
+    fn limits_parse_quantities() {
+        let c = container(serde_json::json!({"name": "c", "resources": {"limits": {"cpu": "100m", "memory": "64Mi"}}}));
+        assert_eq!(limits(&c), Limits { memory_bytes: Some(64 << 20), cpu_millis: Some(100) });
+        assert_eq!(limits(&container(serde_json::json!({"name": "c"}))), Limits::default());
+    }
+
+    #[test]
+    fn variable_references_expand() {
+        let env = vec![("A".to_string(), "1".to_string())];
+        assert_eq!(expand("x-$(A)-$(B)-$$(A)", &env), "x-1-$(B)-$(A)");
+    }
+}

@@ -1,0 +1,148 @@
+//! The agent's HTTPS endpoint, which only the API server uses: `GET /containerLogs/{ns}/{pod}/{container}`
+//! with the kubelet's query parameters. The certificate is self-signed; the API server pins its SHA-256 from
+//! the Node's annotation, and must present the cluster's node token.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use sha2::Digest;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::AgentError;
+use crate::logs::{self, LogQuery};
+
+pub struct KubeletServer {
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    /// SHA-256 of the serving certificate's DER, published on the Node for the API server to pin.
+    pub cert_sha256: String,
+}
+
+struct Handler {
+    client: kube::Client,
+    pods_dir: PathBuf,
+    token: String,
+}
+
+impl KubeletServer {
+    pub async fn bind(addr: SocketAddr, name: &str) -> Result<Self, AgentError> {
+        let listener =
+            TcpListener::bind(addr).await.map_err(|e| AgentError::Config(format!("cannot listen on {addr}: {e}")))?;
+        let key = rcgen::KeyPair::generate().map_err(|e| AgentError::Config(e.to_string()))?;
+        let names = vec![name.to_string(), addr.ip().to_string(), "localhost".to_string()];
+        let params = rcgen::CertificateParams::new(names).map_err(|e| AgentError::Config(e.to_string()))?;
+        let cert = params.self_signed(&key).map_err(|e| AgentError::Config(e.to_string()))?;
+        let cert_sha256 = hex::encode(sha2::Sha256::digest(cert.der()));
+        let key_der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der())
+            .map_err(|e| AgentError::Config(e.to_string()))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .and_then(|b| b.with_no_client_auth().with_single_cert(vec![cert.der().clone()], key_der))
+            .map_err(|e| AgentError::Config(e.to_string()))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self { listener, acceptor: TlsAcceptor::from(Arc::new(config)), cert_sha256 })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    pub async fn run(self, client: kube::Client, pods_dir: PathBuf, token: String, shutdown: CancellationToken) {
+        let handler = Arc::new(Handler { client, pods_dir, token });
+        loop {
+            let (tcp, _) = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "kubelet endpoint accept failed");
+                        continue;
+                    }
+                },
+            };
+            let (acceptor, handler, shutdown) = (self.acceptor.clone(), handler.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let service = hyper::service::service_fn(move |request| {
+                    let handler = handler.clone();
+                    async move { Ok::<_, Infallible>(handler.serve(request).await) }
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let connection = builder.serve_connection(TokioIo::new(tls), service);
+                tokio::select! {
+                    _ = connection => {}
+                    _ = shutdown.cancelled() => {}
+                }
+            });
+        }
+    }
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+fn text(code: StatusCode, message: String) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(message)).boxed());
+    *response.status_mut() = code;
+    response
+}
+
+impl Handler {
+    async fn serve(&self, request: Request<Incoming>) -> Response<Body> {
+        let presented = request.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        if presented != Some(format!("Bearer {}", self.token).as_str()) {
+            return text(StatusCode::UNAUTHORIZED, "Unauthorized".into());
+        }
+        let path: Vec<&str> = request.uri().path().trim_matches('/').split('/').collect();
+        let ["containerLogs", namespace, pod, container] = path.as_slice() else {
+            return text(StatusCode::NOT_FOUND, "not found".into());
+        };
+        let pairs: Vec<(String, String)> =
+            serde_urlencoded::from_str(request.uri().query().unwrap_or("")).unwrap_or_default();
+        let get = |key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+        let flag = |key: &str| matches!(get(key), Some("true" | "1"));
+        let since = match (get("sinceTime"), get("sinceSeconds").and_then(|s| s.parse::<i64>().ok())) {
+            (Some(time), _) => time.parse::<jiff::Timestamp>().ok(),
+            (None, Some(seconds)) => jiff::Timestamp::now().checked_sub(jiff::SignedDuration::from_secs(seconds)).ok(),
+            _ => None,
+        };
+        let query = LogQuery {
+            follow: flag("follow"),
+            previous: flag("previous"),
+            timestamps: flag("timestamps"),
+            tail_lines: get("tailLines").and_then(|n| n.parse().ok()),
+            since,
+            limit_bytes: get("limitBytes").and_then(|n| n.parse().ok()),
+        };
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let uid = match pods.get_opt(pod).await {
+            Ok(Some(pod)) => pod.metadata.uid.unwrap_or_default(),
+            Ok(None) => return text(StatusCode::NOT_FOUND, format!("pod \"{pod}\" not found")),
+            Err(e) => return text(StatusCode::BAD_GATEWAY, e.to_string()),
+        };
+        let dir = self.pods_dir.join(uid).join("logs").join(container);
+        match logs::read(&dir, container, query) {
+            Ok(lines) => {
+                let body =
+                    StreamBody::new(ReceiverStream::new(lines).map(|chunk| Ok::<_, Infallible>(Frame::data(chunk))));
+                let mut response = Response::new(BodyExt::boxed(body));
+                response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
+                response
+            }
+            Err(e) => text(StatusCode::BAD_REQUEST, e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,402 @@
+//! What lives in a guest's `Store`: its WASI context, its memory limit, its CPU meter; and how a store is set
+//! up (limiter, epoch callback).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use skiff_shim::{Mount, OutputSink, ShimError, Stream};
+use tokio::io::AsyncWrite;
+use wasmtime::component::ResourceTable;
+use wasmtime::{Engine, ResourceLimiter, Store, UpdateDeadline};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+/// The CPU accounting period, the CFS default (`cpu.cfs_period_us` = 100000): a container with `cpu: 100m`
+/// may run 10 ms of each 100 ms.
+pub(crate) const CPU_PERIOD: Duration = Duration::from_millis(100);
+
+/// What every store of one container is made from.
+pub(crate) struct GuestSpec {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<String>,
+    pub mounts: Vec<Mount>,
+    pub output: Arc<dyn OutputSink>,
+    pub memory_limit: Option<u64>,
+    /// Shared by all stores of the container (the instances of a wasi:http server), like a cgroup's quota.
+    pub cpu: Option<Arc<CpuQuota>>,
+}
+
+impl GuestSpec {
+    /// A WASI context with exactly what the spec grants. wasmtime-wasi's defaults are the secure ones and
+    /// are kept: stdin closed (reads see EOF), no inherited environment or arguments, no host directories
+    /// but the mounts, sockets denied for every address, no name lookups. Clocks and randomness are the
+    /// host's.
+    pub(crate) fn wasi(&self) -> Result<WasiCtxBuilder, ShimError> {
+        let mut b = WasiCtxBuilder::new();
+        b.args(&self.argv).envs(&self.env);
+        b.stdout(SinkStream { sink: self.output.clone(), stream: Stream::Stdout });
+        b.stderr(SinkStream { sink: self.output.clone(), stream: Stream::Stderr });
+        if let Some(dir) = &self.working_dir {
+            b.initial_cwd(dir);
+        }
+        for m in &self.mounts {
+            let perms = if m.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
+            b.preopened_dir(&m.host_path, &m.container_path, perms).map_err(|e| ShimError::Setup {
+                message: format!("cannot mount {} at {}: {e:#}", m.host_path.display(), m.container_path),
+                source: Some(e.into()),
+            })?;
+        }
+        Ok(b)
+    }
+
+    pub(crate) fn ctl(&self) -> Ctl {
+        Ctl {
+            memory: MemoryLimit { limit: self.memory_limit, used: 0, exceeded: false },
+            meter: self.cpu.as_ref().map(|q| Arc::new(TaskMeter::new(q.clone()))),
+        }
+    }
+}
+
+/// The shim's own part of a store's data.
+pub(crate) struct Ctl {
+    pub memory: MemoryLimit,
+    pub meter: Option<Arc<TaskMeter>>,
+}
+
+pub(crate) trait HasCtl: Send + 'static {
+    fn ctl(&mut self) -> &mut Ctl;
+}
+
+/// A store with the memory limiter and the epoch callback installed.
+pub(crate) fn new_store<T: HasCtl>(engine: &Engine, data: T) -> Store<T> {
+    let mut store = Store::new(engine, data);
+    store.limiter(|data| &mut data.ctl().memory);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|mut cx| {
+        let meter = cx.data_mut().ctl().meter.clone();
+        let yield_until = meter.and_then(|m| m.charge(Instant::now()));
+        // Every tick yields to the runtime so guests share worker threads fairly (and a dropped future
+        // stops the guest). tokio's yield_now lets timers and IO run before the guest resumes.
+        Ok(match yield_until {
+            Some(until) => UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep_until(until.into()))),
+            None => UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())),
+        })
+    });
+    store
+}
+
+/// `limits.memory` over all linear memories of a store. Growing past it traps (`memory.grow` does not
+/// return -1): Kubernetes' answer to a container over its limit is OOMKilled, and most guests would abort
+/// on a failed allocation anyway.
+pub(crate) struct MemoryLimit {
+    limit: Option<u64>,
+    used: u64,
+    pub exceeded: bool,
+}
+
+impl MemoryLimit {
+    pub(crate) fn message(&self) -> String {
+        format!("memory limit of {} bytes exceeded", self.limit.unwrap_or(0))
+    }
+}
+
+impl ResourceLimiter for MemoryLimit {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let grow = (desired as u64).saturating_sub(current as u64);
+        let total = self.used.saturating_add(grow);
+        if let Some(limit) = self.limit
+            && total > limit
+        {
+            self.exceeded = true;
+            return Err(wasmtime::format_err!("memory limit of {limit} bytes exceeded"));
+        }
+        self.used = total;
+        Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        // The host could not map the memory although the limit allowed it: the same outcome for the pod.
+        self.exceeded = true;
+        Err(wasmtime::format_err!("the host could not allocate more guest memory"))
+    }
+
+    fn table_growing(&mut self, _current: usize, _desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(true)
+    }
+}
+
+/// `limits.cpu` as a CFS-style quota: the guest time allowed per [`CPU_PERIOD`].
+pub(crate) struct CpuQuota {
+    quota: Duration,
+    period: Mutex<Period>,
+}
+
+struct Period {
+    start: Instant,
+    used: Duration,
+}
+
+impl CpuQuota {
+    pub(crate) fn new(millicores: u64) -> Arc<Self> {
+        let quota = CPU_PERIOD.saturating_mul(u32::try_from(millicores).unwrap_or(u32::MAX)) / 1000;
+        // A zero quota would never let the guest run; 1 ms is the smallest slice the epoch can measure.
+        let quota = quota.max(Duration::from_millis(1));
+        Arc::new(CpuQuota { quota, period: Mutex::new(Period { start: Instant::now(), used: Duration::ZERO }) })
+    }
+
+    /// Adds `ran` to the current period; returns when the period ends if the quota is used up.
+    fn charge(&self, ran: Duration, now: Instant) -> Option<Instant> {
+        let mut p = lock(&self.period);
+        if now >= p.start + CPU_PERIOD {
+            // A new period. Overshoot of the last one (up to a tick) is carried over so the average holds;
+            // after an idle gap there is nothing to carry.
+            let carried =
+                if now < p.start + 2 * CPU_PERIOD { p.used.saturating_sub(self.quota) } else { Duration::ZERO };
+            p.start = now;
+            p.used = carried.min(self.quota);
+        }
+        p.used += ran;
+        (p.used >= self.quota).then_some(p.start + CPU_PERIOD)
+    }
+}
+
+/// One task's view of its container's quota. The guest is charged the wall time it spends inside polls of
+/// its task (guest code and synchronous host work), never the time it waits: a poll runs on one thread
+/// from start to end, so this is the thread's time (plus any preemption by the host OS, which makes the
+/// quota err on the strict side). The epoch callback charges mid-poll so a busy loop is caught.
+pub(crate) struct TaskMeter {
+    quota: Arc<CpuQuota>,
+    charged_until: Mutex<Instant>,
+}
+
+impl TaskMeter {
+    fn new(quota: Arc<CpuQuota>) -> Self {
+        TaskMeter { quota, charged_until: Mutex::new(Instant::now()) }
+    }
+
+    fn resume(&self, now: Instant) {
+        *lock(&self.charged_until) = now;
+    }
+
+    fn charge(&self, now: Instant) -> Option<Instant> {
+        let ran = {
+            let mut since = lock(&self.charged_until);
+            let ran = now.saturating_duration_since(*since);
+            *since = now;
+            ran
+        };
+        self.quota.charge(ran, now)
+    }
+}
+
+/// The lock holds plain numbers that are valid after any panic, so poisoning is ignored.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Wraps a guest's task so the CPU meter sees when its polls start and end.
+pub(crate) struct Metered<F> {
+    inner: Pin<Box<F>>,
+    meter: Option<Arc<TaskMeter>>,
+}
+
+impl<F: Future> Metered<F> {
+    pub(crate) fn new(meter: Option<Arc<TaskMeter>>, inner: F) -> Self {
+        Metered { inner: Box::pin(inner), meter }
+    }
+}
+
+impl<F: Future> Future for Metered<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        if let Some(m) = &self.meter {
+            m.resume(Instant::now());
+        }
+        let result = self.inner.as_mut().poll(cx);
+        if let Some(m) = &self.meter {
+            // Over-quota is acted on at the next epoch tick, where the guest can be parked.
+            let _ = m.charge(Instant::now());
+        }
+        result
+    }
+}
+
+/// A guest's stdout or stderr, written straight into the node's log sink.
+#[derive(Clone)]
+pub(crate) struct SinkStream {
+    sink: Arc<dyn OutputSink>,
+    stream: Stream,
+}
+
+/// The most a guest may write in one call; the sink takes any size, this only bounds one copy.
+const MAX_WRITE: usize = 64 * 1024;
+
+impl IsTerminal for SinkStream {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for SinkStream {
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+}
+
+impl OutputStream for SinkStream {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.sink.write(self.stream, &bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(MAX_WRITE)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for SinkStream {
+    async fn ready(&mut self) {}
+}
+
+impl AsyncWrite for SinkStream {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.sink.write(self.stream, buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The store data of a core (wasip1) module.
+pub(crate) struct P1State {
+    pub wasi: WasiP1Ctx,
+    pub ctl: Ctl,
+}
+
+impl HasCtl for P1State {
+    fn ctl(&mut self) -> &mut Ctl {
+        &mut self.ctl
+    }
+}
+
+/// The store data of a component (wasi:cli/run or wasi:http/incoming-handler).
+pub(crate) struct P2State {
+    pub wasi: WasiCtx,
+    pub table: ResourceTable,
+    pub http: WasiHttpCtx,
+    pub hooks: DenyOutgoing,
+    pub ctl: Ctl,
+}
+
+impl P2State {
+    pub(crate) fn new(spec: &GuestSpec) -> Result<Self, ShimError> {
+        Ok(P2State {
+            wasi: spec.wasi()?.build(),
+            table: ResourceTable::new(),
+            http: WasiHttpCtx::new(),
+            hooks: DenyOutgoing,
+            ctl: spec.ctl(),
+        })
+    }
+}
+
+impl HasCtl for P2State {
+    fn ctl(&mut self) -> &mut Ctl {
+        &mut self.ctl
+    }
+}
+
+impl WasiView for P2State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for P2State {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
+    }
+}
+
+/// Outgoing HTTP from guests is denied (wasi:http/outgoing-handler answers `HTTP-request-denied`), like
+/// every other network access: egress for wasm pods is a later, explicit decision.
+pub(crate) struct DenyOutgoing;
+
+type WasiBody = wasmtime_wasi_http::WasiBody;
+type BodyIo = Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>;
+
+impl WasiHttpHooks for DenyOutgoing {
+    fn send_request(
+        &mut self,
+        _request: http::Request<WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: BodyIo,
+    ) -> Box<dyn Future<Output = wasmtime_wasi_http::Result<(http::Response<WasiBody>, BodyIo)>> + Send> {
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_limit_counts_all_memories_and_flags_the_excess() {
+        let mut m = MemoryLimit { limit: Some(4 * 65536), used: 0, exceeded: false };
+        assert!(m.memory_growing(0, 2 * 65536, None).unwrap());
+        assert!(m.memory_growing(0, 2 * 65536, None).unwrap());
+        assert!(!m.exceeded);
+        let err = m.memory_growing(2 * 65536, 3 * 65536, None).unwrap_err();
+        assert_eq!(err.to_string(), "memory limit of 262144 bytes exceeded");
+        assert!(m.exceeded);
+        let mut unlimited = MemoryLimit { limit: None, used: 0, exceeded: false };
+        assert!(unlimited.memory_growing(0, usize::MAX, None).unwrap());
+    }
+
+    #[test]
+    fn quota_throttles_until_the_period_ends_and_carries_overshoot() {
+        let q = CpuQuota::new(100);
+        assert_eq!(q.quota, Duration::from_millis(10));
+        let start = lock(&q.period).start;
+        assert_eq!(q.charge(Duration::from_millis(6), start + Duration::from_millis(6)), None);
+        let until = q.charge(Duration::from_millis(6), start + Duration::from_millis(12));
+        assert_eq!(until, Some(start + CPU_PERIOD));
+        // The next period starts with the 2 ms overshoot already used.
+        let next = start + CPU_PERIOD + Duration::from_millis(1);
+        assert_eq!(q.charge(Duration::from_millis(7), next), None);
+        assert!(q.charge(Duration::from_millis(1), next).is_some());
+        // After a long idle gap nothing is carried.
+        let later = next + 5 * CPU_PERIOD;
+        assert_eq!(q.charge(Duration::from_millis(9), later), None);
+    }
+
+    #[test]
+    fn quota_is_never_zero() {
+        assert_eq!(CpuQuota::new(0).quota, Duration::from_millis(1));
+        assert_eq!(CpuQuota::new(2000).quota, Duration::from_millis(200));
+    }
+}
