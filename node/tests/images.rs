@@ -33,7 +33,20 @@ struct Registry {
 
 impl Registry {
     fn start() -> Registry {
+        Registry::start_with(None)
+    }
+
+    /// A registry that wants basic credentials: `htpasswd` is one `user:bcrypt-hash` line.
+    fn start_with(htpasswd: Option<&str>) -> Registry {
         let dir = tempfile::tempdir().unwrap();
+        let auth = match htpasswd {
+            Some(line) => {
+                let path = dir.path().join("htpasswd");
+                std::fs::write(&path, format!("{line}\n")).unwrap();
+                format!("auth: {{htpasswd: {{realm: skiff, path: {}}}}}\n", path.display())
+            }
+            None => String::new(),
+        };
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let config = dir.path().join("config.yml");
         std::fs::write(
@@ -41,7 +54,7 @@ impl Registry {
             format!(
                 "version: 0.1\nlog: {{level: error, accesslog: {{disabled: true}}}}\n\
                  storage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\n\
-                 http: {{addr: 127.0.0.1:{port}}}\n",
+                 http: {{addr: 127.0.0.1:{port}}}\n{auth}",
                 dir.path().join("data").display()
             ),
         )
@@ -57,7 +70,7 @@ impl Registry {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok((status, _)) = registry.http("GET", "/v2/", "", b"") {
-                assert_eq!(status, 200);
+                assert_eq!(status, if htpasswd.is_some() { 401 } else { 200 });
                 return registry;
             }
             assert!(Instant::now() < deadline, "registry did not come up");
@@ -184,7 +197,8 @@ async fn if_not_present_uses_the_local_copy_when_the_registry_is_gone() {
     assert_eq!(image.layers[0].media_type, WASM_LAYER);
     // Always must ask the registry, which is gone.
     let err = store.ensure(&reference, PullPolicy::Always, &anonymous()).await.unwrap_err();
-    assert!(matches!(err, ImageError::Pull { .. }), "{err:?}");
+    let ImageError::Pull { message, .. } = &err else { panic!("expected Pull, got {err:?}") };
+    assert!(message.to_lowercase().contains("connect"), "the cause is named: {message}");
     assert_eq!(err.waiting_reason(), "ErrImagePull");
 }
 
@@ -449,4 +463,30 @@ async fn an_index_resolves_to_the_wasm_platform_else_the_host_linux_one() {
     let err = store.ensure(&registry.image("multi/app:foreign"), PullPolicy::Always, &anonymous()).await.unwrap_err();
     let ImageError::NotFound { message, .. } = &err else { panic!("expected NotFound, got {err:?}") };
     assert!(message.contains("no manifest for wasm"), "{message}");
+}
+
+#[tokio::test]
+async fn pull_secrets_authenticate_against_an_htpasswd_registry() {
+    // bcrypt (cost 4) of "s3cret", so the test needs no htpasswd tool.
+    let registry = Registry::start_with(Some("skiff:$2b$04$R/YqYq0JOyxduM3kUxir7.yXJP9Suc11n4F2X2A1.3w/ltaAesF2G"));
+    let (_dir, store) = store();
+    let reference = registry.image("private/app:1");
+    let wasm = module("private");
+
+    let err = push_wasm(&wasm, &reference, &anonymous()).await.unwrap_err();
+    assert!(matches!(err, ImageError::Push { .. }), "{err:?}");
+    let wrong = RegistryAuth::basic(&registry.host, "skiff", "wrong");
+    assert!(push_wasm(&wasm, &reference, &wrong).await.is_err());
+
+    let secret =
+        format!(r#"{{"auths": {{"http://{}": {{"username": "skiff", "password": "s3cret"}}}}}}"#, registry.host);
+    let mut auth = RegistryAuth::basic("other.example", "x", "y");
+    auth.merge(RegistryAuth::from_docker_config_json(secret.as_bytes()).unwrap());
+    push_wasm(&wasm, &reference, &auth).await.unwrap();
+
+    let err = store.ensure(&reference, PullPolicy::Always, &anonymous()).await.unwrap_err();
+    let ImageError::Pull { message, .. } = &err else { panic!("expected Pull, got {err:?}") };
+    assert!(message.to_lowercase().contains("unauthorized"), "{message}");
+    let image = store.ensure(&reference, PullPolicy::Always, &auth).await.unwrap();
+    assert_eq!(std::fs::read(&image.layers[0].path).unwrap(), wasm);
 }

@@ -236,3 +236,202 @@ impl Http {
         self.client.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token)
     }
 }
+
+/// Debian's docker-registry (distribution 2.8) on a loopback port of its own.
+pub struct Registry {
+    child: Child,
+    pub address: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    pub fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let address = format!("127.0.0.1:{}", free_port());
+        let config = format!(
+            "version: 0.1\nlog: {{accesslog: {{disabled: true}}, level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp: {{addr: {address}}}\n",
+            dir.path().join("data").display()
+        );
+        std::fs::write(dir.path().join("config.yml"), config)?;
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.path().join("config.yml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start docker-registry (Debian package docker-registry; scripts/setup installs it)")?;
+        let registry = Registry { child, address, _dir: dir };
+        wait_until("registry", Duration::from_secs(20), || std::net::TcpStream::connect(&registry.address).is_ok())?;
+        Ok(registry)
+    }
+
+    /// Publishes a sample module with `skiff image push`; returns the image reference.
+    pub fn push_sample(&self, sample: &str) -> String {
+        let reference = format!("{}/samples/{sample}:latest", self.address);
+        let file = samples_dir().join(format!("{sample}.wasm"));
+        let output = Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .args(["image", "push"])
+            .arg(&file)
+            .arg(&reference)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "skiff image push: {}", String::from_utf8_lossy(&output.stderr));
+        reference
+    }
+
+    /// Uploads `bytes` as a CNCF wasm artifact by hand, bypassing skiff's own checks (for bad modules).
+    pub fn push_raw_artifact(&self, name: &str, bytes: &[u8]) -> String {
+        use sha2::Digest;
+        let client = reqwest::blocking::Client::new();
+        let base = format!("http://{}", self.address);
+        let digest = |b: &[u8]| format!("sha256:{}", hex::encode(sha2::Sha256::digest(b)));
+        let config = br#"{"architecture":"wasm","os":"wasip1","layerDigests":[]}"#.to_vec();
+        for blob in [bytes.to_vec(), config.clone()] {
+            let upload = client.post(format!("{base}/v2/{name}/blobs/uploads/")).send().unwrap();
+            let location = upload.headers()["location"].to_str().unwrap().to_string();
+            let location = if location.starts_with("http") { location } else { format!("{base}{location}") };
+            let separator = if location.contains('?') { '&' } else { '?' };
+            let put =
+                client.put(format!("{location}{separator}digest={}", digest(&blob))).body(blob.clone()).send().unwrap();
+            assert!(put.status().is_success(), "blob upload: {}", put.status());
+        }
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.wasm.config.v0+json", "digest": digest(&config), "size": config.len()},
+            "layers": [{"mediaType": "application/wasm", "digest": digest(bytes), "size": bytes.len()}],
+        });
+        let put = client
+            .put(format!("{base}/v2/{name}/manifests/latest"))
+            .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+            .body(manifest.to_string())
+            .send()
+            .unwrap();
+        assert!(put.status().is_success(), "manifest upload: {}", put.status());
+        format!("{}/{name}:latest", self.address)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The sample modules, built once per test run by scripts/build-samples.
+pub fn samples_dir() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let output = Command::new(root.join("scripts/build-samples"))
+                .current_dir(root)
+                .output()
+                .expect("scripts/build-samples runs");
+            assert!(
+                output.status.success(),
+                "scripts/build-samples failed:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            root.join("samples/out")
+        })
+        .clone()
+}
+
+/// A `skiff agent` process joined to a cluster, with short crash-loop back-offs for tests.
+pub struct Agent {
+    child: Option<Child>,
+    pub name: String,
+    data_dir: PathBuf,
+    server: String,
+    token_file: PathBuf,
+    log: PathBuf,
+}
+
+impl Agent {
+    pub fn join(cluster: &Cluster, name: &str) -> anyhow::Result<Self> {
+        let data_dir = cluster.dir.path().join(format!("agent-{name}"));
+        let mut agent = Agent {
+            child: None,
+            name: name.to_string(),
+            server: format!("https://{}", cluster.listen),
+            token_file: cluster.data_dir().join("node-token"),
+            log: cluster.dir.path().join(format!("agent-{name}.log")),
+            data_dir,
+        };
+        agent.launch(cluster)?;
+        Ok(agent)
+    }
+
+    pub fn launch(&mut self, cluster: &Cluster) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .args([
+                "agent",
+                "--server",
+                &self.server,
+                "--name",
+                &self.name,
+                "--node-ip",
+                "127.0.0.1",
+                "--kubelet-port",
+                "0",
+            ])
+            .args(["--backoff-initial", "1s", "--backoff-max", "8s", "--token-file"])
+            .arg(&self.token_file)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .env("RUST_LOG", "info,skiff_node=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start skiff agent")?;
+        self.child = Some(child);
+        let name = self.name.clone();
+        wait_until("node Ready", Duration::from_secs(30), || {
+            let out = cluster.kubectl(&[
+                "get",
+                "node",
+                &name,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ]);
+            String::from_utf8_lossy(&out.stdout) == "True"
+        })
+        .with_context(|| self.log())
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `check` until it returns Some, or fails with `what` after `timeout`.
+pub fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

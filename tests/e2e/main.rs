@@ -3,6 +3,7 @@
 //! behaviour.
 
 mod harness;
+mod node;
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
@@ -589,6 +590,36 @@ macro_rules! scenarios {
             $(#[test] fn $scenario() { super::$scenario(super::Backend::Etcd) })*
         }
     };
+}
+
+#[test]
+fn node_hello_runs_to_completion_with_logs_exit_codes_and_events() {
+    node::hello_runs_to_completion_with_logs_exit_codes_and_events();
+}
+
+#[test]
+fn node_a_trapping_module_crash_loops_with_growing_back_off() {
+    node::a_trapping_module_crash_loops_with_growing_back_off();
+}
+
+#[test]
+fn node_memory_and_cpu_limits_hold() {
+    node::memory_and_cpu_limits_hold();
+}
+
+#[test]
+fn node_http_sample_answers_and_logs_follow() {
+    node::http_sample_answers_and_logs_follow();
+}
+
+#[test]
+fn node_bad_images_report_kubelet_reasons() {
+    node::bad_images_report_kubelet_reasons();
+}
+
+#[test]
+fn node_killing_the_agent_neither_loses_nor_doubles_pods() {
+    node::killing_the_agent_neither_loses_nor_doubles_pods();
 }
 
 scenarios!(

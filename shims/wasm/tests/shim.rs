@@ -443,7 +443,6 @@ async fn a_cpu_limit_throttles_a_busy_guest_and_others_keep_running() {
     assert_eq!(wait(&mut busy).await.code, 137, "the busy guest was still running");
     wait(&mut ticker).await;
 
-    eprintln!("USED {used:?} in {elapsed:?} ticks {} alloc {:?}", ticks.stdout().len(), f.shim.allocator());
     // 100m of ~1 s is ~0.1 s; the bound is generous for timer slack and the ticker's own share.
     assert!(used < Duration::from_millis(350), "a 100m guest used {used:?} of CPU in {elapsed:?}");
     let printed = ticks.stdout().len();

@@ -1,0 +1,249 @@
+//! The node agent and the wasm shim end to end: sample modules from a real registry, run by a real
+//! `skiff agent`, observed with the real kubectl.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::{Agent, Backend, Cluster, Registry, eventually};
+
+/// A cluster with one agent (`node-1`) and a registry holding the samples.
+struct NodeCluster {
+    cluster: Cluster,
+    agent: Agent,
+    registry: Registry,
+}
+
+impl NodeCluster {
+    fn start() -> Self {
+        let registry = Registry::start().unwrap();
+        let cluster = Cluster::start(Backend::Embedded).unwrap();
+        let agent = Agent::join(&cluster, "node-1").unwrap();
+        NodeCluster { cluster, agent, registry }
+    }
+
+    /// Creates a pod bound to node-1 from a container spec in YAML (indented for `containers:`).
+    fn pod(&self, name: &str, restart_policy: &str, containers: &str) {
+        let manifest = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  nodeName: {}\n  restartPolicy: {restart_policy}\n  terminationGracePeriodSeconds: 5\n  containers:\n{containers}",
+            self.agent.name
+        );
+        let out = self.cluster.with_stdin(&["apply", "-f", "-"], &manifest);
+        assert!(out.status.success(), "{}\n{manifest}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn get(&self, name: &str) -> Value {
+        serde_json::from_str(&self.cluster.ok(&["get", "pod", name, "-o", "json"])).unwrap()
+    }
+
+    fn wait_phase(&self, name: &str, phase: &str) -> Value {
+        eventually(&format!("pod {name} {phase}\n{}", self.agent.log()), Duration::from_secs(60), || {
+            let pod = self.get(name);
+            (pod["status"]["phase"] == phase).then_some(pod)
+        })
+    }
+}
+
+pub fn hello_runs_to_completion_with_logs_exit_codes_and_events() {
+    let node = NodeCluster::start();
+    let image = node.registry.push_sample("hello");
+    node.pod(
+        "hello",
+        "Never",
+        &format!("  - name: hello\n    image: {image}\n    args: [world]\n    env: [{{name: GREETING, value: hi}}]\n"),
+    );
+    let pod = node.wait_phase("hello", "Succeeded");
+    assert_eq!(pod["status"]["containerStatuses"][0]["state"]["terminated"]["reason"], "Completed");
+    let logs = node.cluster.ok(&["logs", "hello"]);
+    assert!(logs.contains("arg[1]=world") && logs.contains("GREETING=hi"), "{logs}");
+    let described = node.cluster.ok(&["describe", "pod", "hello"]);
+    for event in ["Pulling", "Pulled", "Created", "Started"] {
+        assert!(described.contains(event), "describe shows the {event} event:\n{described}");
+    }
+
+    node.pod(
+        "exit3",
+        "Never",
+        &format!("  - name: hello\n    image: {image}\n    env: [{{name: EXIT_CODE, value: \"3\"}}]\n"),
+    );
+    let pod = node.wait_phase("exit3", "Failed");
+    let terminated = &pod["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!((terminated["exitCode"].as_i64(), terminated["reason"].as_str()), (Some(3), Some("Error")));
+}
+
+pub fn a_trapping_module_crash_loops_with_growing_back_off() {
+    let node = NodeCluster::start();
+    let image = node.registry.push_sample("hello");
+    node.pod("trap", "Always", &format!("  - name: trap\n    image: {image}\n    imagePullPolicy: IfNotPresent\n    env: [{{name: TRAP, value: \"1\"}}]\n"));
+    let mut back_offs = Vec::new();
+    let status = eventually("restartCount 3 in CrashLoopBackOff", Duration::from_secs(60), || {
+        let status = node.get("trap")["status"]["containerStatuses"][0].clone();
+        if let Some(message) = status["state"]["waiting"]["message"]
+            .as_str()
+            .filter(|_| status["state"]["waiting"]["reason"] == "CrashLoopBackOff")
+            && let Some(delay) = message.split_whitespace().nth(1)
+            && back_offs.last().map(String::as_str) != Some(delay)
+        {
+            back_offs.push(delay.to_string());
+        }
+        (status["restartCount"].as_i64() >= Some(3) && status["state"]["waiting"]["reason"] == "CrashLoopBackOff")
+            .then_some(status)
+    });
+    let last = &status["lastState"]["terminated"];
+    assert!(last["message"].as_str().is_some_and(|m| m.contains("wasm trap")), "a trap has a clear message: {last}");
+    assert!(
+        back_offs.len() >= 2 && back_offs.windows(2).all(|w| seconds(&w[0]) < seconds(&w[1])),
+        "back-off grows: {back_offs:?}"
+    );
+    assert!(node.cluster.ok(&["get", "pod", "trap"]).contains("CrashLoopBackOff"));
+}
+
+fn seconds(delay: &str) -> u64 {
+    delay.trim_end_matches('s').parse().unwrap_or(0)
+}
+
+pub fn memory_and_cpu_limits_hold() {
+    let node = NodeCluster::start();
+    let image = node.registry.push_sample("hello");
+    let ticker = node.registry.push_sample("ticker");
+    node.pod("oom", "Never", &format!("  - name: oom\n    image: {image}\n    env: [{{name: ALLOC_MB, value: \"100\"}}]\n    resources: {{limits: {{memory: 32Mi}}}}\n"));
+    let pod = node.wait_phase("oom", "Failed");
+    assert_eq!(pod["status"]["containerStatuses"][0]["state"]["terminated"]["reason"], "OOMKilled");
+
+    node.pod("busy", "Never", &format!("  - name: busy\n    image: {image}\n    env: [{{name: SPIN, value: \"1\"}}]\n    resources: {{limits: {{cpu: 100m}}}}\n"));
+    node.pod(
+        "ticker",
+        "Always",
+        &format!("  - name: ticker\n    image: {ticker}\n    env: [{{name: INTERVAL_MS, value: \"100\"}}]\n"),
+    );
+    node.wait_phase("busy", "Running");
+    node.wait_phase("ticker", "Running");
+    let cpu_before = process_cpu_seconds(node.agent.pid());
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(4));
+    let used = (process_cpu_seconds(node.agent.pid()) - cpu_before) / started.elapsed().as_secs_f64();
+    // The busy loop may use a tenth of a core; the agent and the ticker add a little.
+    assert!(used < 0.4, "a busy loop with limits.cpu=100m keeps the agent at {used:.2} cores");
+    let answered = Instant::now();
+    let logs = node.cluster.ok(&["logs", "ticker", "--tail", "30", "--timestamps"]);
+    assert!(answered.elapsed() < Duration::from_secs(5), "the agent answers while the busy loop runs");
+    let times: Vec<jiff::Timestamp> = logs.lines().filter_map(|l| l.split(' ').next()?.parse().ok()).collect();
+    assert!(times.len() >= 20, "the ticker kept ticking: {logs}");
+    let worst = times.windows(2).map(|w| (w[1] - w[0]).get_milliseconds()).max().unwrap_or(0);
+    assert!(worst < 600, "the ticker keeps its 100 ms rhythm beside the busy loop (worst gap {worst} ms)");
+}
+
+fn process_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+pub fn http_sample_answers_and_logs_follow() {
+    let node = NodeCluster::start();
+    let http = node.registry.push_sample("http-hello");
+    let ticker = node.registry.push_sample("ticker");
+    let port = crate::harness::free_port();
+    node.pod("web", "Always", &format!("  - name: web\n    image: {http}\n    ports: [{{containerPort: {port}}}]\n    env: [{{name: GREETING, value: howdy}}]\n    readinessProbe: {{httpGet: {{path: /, port: {port}}}, periodSeconds: 1}}\n"));
+    node.pod(
+        "ticker",
+        "Always",
+        &format!("  - name: ticker\n    image: {ticker}\n    env: [{{name: INTERVAL_MS, value: \"100\"}}]\n"),
+    );
+    eventually("web Ready", Duration::from_secs(60), || {
+        let pod = node.get("web");
+        pod["status"]["containerStatuses"][0]["ready"].as_bool().filter(|r| *r)
+    });
+    let body = reqwest::blocking::get(format!("http://127.0.0.1:{port}/hi/there")).unwrap().text().unwrap();
+    assert!(body.contains("hello from skiff") && body.contains("/hi/there") && body.contains("howdy"), "{body}");
+
+    node.wait_phase("ticker", "Running");
+    let mut follow =
+        node.cluster.kubectl_command(&["logs", "-f", "ticker"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let ticks: Vec<u64> = (0..15)
+        .filter_map(|_| rx.recv_timeout(Duration::from_secs(10)).ok())
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .collect();
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(ticks.len() >= 15 && ticks.windows(2).all(|w| w[1] == w[0] + 1), "logs -f streams the ticker: {ticks:?}");
+}
+
+pub fn bad_images_report_kubelet_reasons() {
+    let node = NodeCluster::start();
+    let missing = format!("{}/samples/nope:latest", node.registry.address);
+    node.pod("missing", "Never", &format!("  - name: c\n    image: {missing}\n"));
+    let mut reasons = Vec::new();
+    eventually("ErrImagePull then ImagePullBackOff", Duration::from_secs(60), || {
+        let waiting = node.get("missing")["status"]["containerStatuses"][0]["state"]["waiting"].clone();
+        if let Some(reason) = waiting["reason"].as_str()
+            && reasons.last().map(String::as_str) != Some(reason)
+        {
+            reasons.push(reason.to_string());
+        }
+        (reasons.contains(&"ErrImagePull".to_string()) && reasons.contains(&"ImagePullBackOff".to_string()))
+            .then_some(())
+    });
+    let waiting = &node.get("missing")["status"]["containerStatuses"][0]["state"]["waiting"];
+    assert!(
+        waiting["message"].as_str().is_some_and(|m| m.contains("manifest unknown")),
+        "the registry's message: {waiting}"
+    );
+
+    let not_wasm = node.registry.push_raw_artifact("samples/not-wasm", b"#!/bin/sh\necho this is not wasm\n");
+    node.pod("notwasm", "Never", &format!("  - name: c\n    image: {not_wasm}\n"));
+    let waiting = eventually("CreateContainerError", Duration::from_secs(60), || {
+        let waiting = node.get("notwasm")["status"]["containerStatuses"][0]["state"]["waiting"].clone();
+        (waiting["reason"] == "CreateContainerError").then_some(waiting)
+    });
+    assert!(waiting["message"].as_str().is_some_and(|m| !m.is_empty()), "{waiting}");
+    let malformed = node.registry.push_raw_artifact("samples/malformed", b"\0asm\x01\0\0\0\x01\xff\xff");
+    node.pod("malformed", "Never", &format!("  - name: c\n    image: {malformed}\n"));
+    eventually("CreateContainerError for a malformed module", Duration::from_secs(60), || {
+        let waiting = node.get("malformed")["status"]["containerStatuses"][0]["state"]["waiting"].clone();
+        (waiting["reason"] == "CreateContainerError").then_some(())
+    });
+    assert!(node.cluster.ok(&["get", "--raw", "/readyz"]).contains("ok"));
+}
+
+pub fn killing_the_agent_neither_loses_nor_doubles_pods() {
+    let mut node = NodeCluster::start();
+    let hello = node.registry.push_sample("hello");
+    let ticker = node.registry.push_sample("ticker");
+    node.pod("done", "Never", &format!("  - name: hello\n    image: {hello}\n"));
+    node.pod(
+        "ticker",
+        "Always",
+        &format!("  - name: ticker\n    image: {ticker}\n    env: [{{name: INTERVAL_MS, value: \"100\"}}]\n"),
+    );
+    node.wait_phase("done", "Succeeded");
+    node.wait_phase("ticker", "Running");
+    let uids = |node: &NodeCluster| node.cluster.ok(&["get", "pods", "-o", "jsonpath={.items[*].metadata.uid}"]);
+    let before = uids(&node);
+    node.agent.kill();
+    node.agent.launch(&node.cluster).unwrap();
+    let ticker_status = eventually("the ticker running again", Duration::from_secs(60), || {
+        let status = node.get("ticker")["status"]["containerStatuses"][0].clone();
+        (status["state"]["running"].is_object() && status["restartCount"].as_i64() >= Some(1)).then_some(status)
+    });
+    assert_eq!(ticker_status["restartCount"], 1, "restarted once, not doubled");
+    assert_eq!(uids(&node), before, "the same pods, none lost or added");
+    let done = node.get("done");
+    assert_eq!(done["status"]["phase"], "Succeeded");
+    assert_eq!(done["status"]["containerStatuses"][0]["restartCount"], 0, "a finished pod is not run again");
+    let ticks = node.cluster.ok(&["logs", "ticker"]);
+    assert!(ticks.lines().count() >= 2, "one ticker, logging: {ticks}");
+    node.cluster.ok(&["delete", "pod", "ticker", "--timeout=30s"]);
+}
