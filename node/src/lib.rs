@@ -98,11 +98,48 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         events: pods::Recorder::new(client.clone(), config.name.clone()),
     });
     let heartbeat = registration::heartbeat(client.clone(), identity, shutdown.clone());
+    let image_gc = collect_images(ctx.clone(), shutdown.clone());
     let logs = kubelet.run(client.clone(), ctx.pods_dir.clone(), token.secret.clone(), shutdown.clone());
     let pods = pods::run(ctx, shutdown.clone());
-    tokio::join!(heartbeat, logs, pods);
+    tokio::join!(heartbeat, logs, pods, image_gc);
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// How often unused images are removed from the store: the kubelet's image GC period.
+const IMAGE_GC_PERIOD: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Removes images no pod on this node names, every [`IMAGE_GC_PERIOD`].
+async fn collect_images(ctx: Arc<pods::Context>, shutdown: CancellationToken) {
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::all(ctx.client.clone());
+    let params = kube::api::ListParams::default().fields(&format!("spec.nodeName={}", ctx.node_name));
+    let mut tick = tokio::time::interval(IMAGE_GC_PERIOD);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let list = match pods.list(&params).await {
+            Ok(list) => list,
+            Err(e) => {
+                tracing::warn!(error = %e, "image GC cannot list this node's pods");
+                continue;
+            }
+        };
+        let in_use: std::collections::HashSet<String> = list
+            .items
+            .iter()
+            .filter_map(|pod| pod.spec.as_ref())
+            .flat_map(|spec| spec.containers.iter().chain(spec.init_containers.iter().flatten()))
+            .filter_map(|container| container.image.clone())
+            .collect();
+        match ctx.images.garbage_collect(&in_use) {
+            Ok(0) => {}
+            Ok(freed) => tracing::info!(freed, "removed unused images"),
+            Err(e) => tracing::warn!(error = %e, "image GC failed"),
+        }
+    }
 }
 
 /// Kubernetes' `Time`: RFC 3339 in UTC, whole seconds.

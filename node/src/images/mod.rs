@@ -237,6 +237,7 @@ impl ImageStore {
     }
 
     /// Resolves a pod's image under its pull policy and returns it for the shims.
+    #[tracing::instrument(skip(self, auth), fields(policy = policy.as_str()))]
     pub async fn ensure(
         &self,
         reference: &str,

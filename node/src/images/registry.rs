@@ -42,7 +42,7 @@ pub(crate) fn is_loopback(registry: &str) -> bool {
     host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-/// Fetches a manifest's raw bytes, checking them against `expected_digest` when the caller knows it.
+/// Fetches a manifest's raw bytes, checking them against the reference's digest when it names one.
 /// Returns the bytes and their sha256 digest.
 pub(crate) async fn fetch_manifest(
     client: &Client,

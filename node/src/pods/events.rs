@@ -16,11 +16,14 @@ pub enum Kind {
     Warning,
 }
 
+/// What makes two events the same: pod uid, field path, reason, message.
+type EventKey = (String, String, String, String);
+
 pub struct Recorder {
     client: kube::Client,
     node: String,
-    /// (pod uid, field path, reason, message) -> (event name, count).
-    seen: Mutex<HashMap<(String, String, String, String), (String, i32)>>,
+    /// Each event recorded so far -> (its Event's name, count).
+    seen: Mutex<HashMap<EventKey, (String, i32)>>,
 }
 
 impl Recorder {

@@ -271,6 +271,16 @@ mod tests {
         assert!(!shim.can_handle(&Image::default()));
     }
 
+    #[tokio::test]
+    async fn falls_back_to_on_demand_allocation_when_the_pool_does_not_fit() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = WasmShim::new(WasmConfig { max_instances: 4, ..WasmConfig::new(dir.path()) }).unwrap();
+        assert_eq!(small.allocator(), Allocator::Pooling);
+        // 2 × 10^8 memory slots of 4 GiB each cannot be reserved in a 128 TiB address space.
+        let huge = WasmShim::new(WasmConfig { max_instances: 100_000_000, ..WasmConfig::new(dir.path()) }).unwrap();
+        assert_eq!(huge.allocator(), Allocator::OnDemand);
+    }
+
     #[test]
     fn picks_the_first_wasm_layer_else_layer_zero() {
         let img = image("", "", &["application/vnd.wasm.content.layer.v1+data", "application/wasm"]);
