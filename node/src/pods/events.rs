@@ -1,14 +1,17 @@
 //! Events about pods, as the kubelet records them (source `kubelet`, the node as host), aggregated: a repeat
 //! of the same reason and message for the same object bumps `count` and `lastTimestamp` instead of adding a
 //! new Event, so a crash-looping pod does not flood the store.
+//!
+//! Recording never waits for the API: events go through a queue to one writer task, which keeps them in
+//! order and keeps API round trips off a pod's start path.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
+use tokio::sync::mpsc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -19,34 +22,86 @@ pub enum Kind {
 /// What makes two events the same: pod uid, field path, reason, message.
 type EventKey = (String, String, String, String);
 
+/// The queue side: cheap to call from any task.
 pub struct Recorder {
+    queue: mpsc::UnboundedSender<Message>,
+}
+
+enum Message {
+    Record(Request),
+    /// A pod is gone: drop its aggregation state.
+    Forget(String),
+}
+
+struct Request {
+    pod: Pod,
+    container: Option<String>,
+    kind: Kind,
+    reason: String,
+    message: String,
+    /// When it happened, not when the writer got to it.
+    time: String,
+}
+
+struct Writer {
     client: kube::Client,
     node: String,
     /// Each event recorded so far -> (its Event's name, count).
-    seen: Mutex<HashMap<EventKey, (String, i32)>>,
+    seen: HashMap<EventKey, (String, i32)>,
 }
 
 impl Recorder {
+    /// Starts the writer task; it ends when the last Recorder handle is dropped.
     pub fn new(client: kube::Client, node: String) -> Self {
-        Self { client, node, seen: Mutex::new(HashMap::new()) }
+        let (queue, mut messages) = mpsc::unbounded_channel();
+        let mut writer = Writer { client, node, seen: HashMap::new() };
+        tokio::spawn(async move {
+            while let Some(message) = messages.recv().await {
+                match message {
+                    Message::Record(request) => writer.record(request).await,
+                    Message::Forget(uid) => writer.seen.retain(|(pod, ..), _| pod != &uid),
+                }
+            }
+        });
+        Self { queue }
     }
 
-    /// Records an event about `pod` (and its `container`, if given). Failures are logged, never returned:
-    /// an event that cannot be written must not stop a pod.
-    pub async fn record(&self, pod: &Pod, container: Option<&str>, kind: Kind, reason: &str, message: &str) {
+    /// Queues an event about `pod` (and its `container`, if given). Never fails: an event that cannot be
+    /// written must not stop a pod.
+    pub fn record(&self, pod: &Pod, container: Option<&str>, kind: Kind, reason: &str, message: &str) {
+        let request = Request {
+            pod: pod.clone(),
+            container: container.map(str::to_string),
+            kind,
+            reason: reason.to_string(),
+            message: message.to_string(),
+            time: crate::now(),
+        };
+        let _ = self.queue.send(Message::Record(request));
+    }
+
+    /// Forgets the aggregation state of a pod that is gone.
+    pub fn forget(&self, uid: &str) {
+        let _ = self.queue.send(Message::Forget(uid.to_string()));
+    }
+}
+
+impl Writer {
+    async fn record(&mut self, request: Request) {
+        let Request { pod, container, kind, reason, message, time: now } = request;
+        let (container, reason, message) = (container.as_deref(), reason.as_str(), message.as_str());
         let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let field_path = container.map(|c| format!("spec.containers{{{c}}}")).unwrap_or_default();
         let key = (uid.clone(), field_path.clone(), reason.to_string(), message.to_string());
         let events: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
-        let now = crate::now();
-        let existing = self.seen.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
+        let existing = self.seen.get(&key).cloned();
         let result = match existing {
             Some((name, count)) => {
                 let patch = json!({"count": count + 1, "lastTimestamp": now});
                 let result = events.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await.map(|_| ());
                 if result.is_ok() {
-                    self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(key, (name, count + 1));
+                    self.seen.insert(key, (name, count + 1));
                 }
                 result
             }
@@ -75,7 +130,7 @@ impl Recorder {
                     Ok(event) => {
                         let result = events.create(&PostParams::default(), &event).await.map(|_| ());
                         if result.is_ok() {
-                            self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(key, (name, 1));
+                            self.seen.insert(key, (name, 1));
                         }
                         result
                     }
@@ -89,10 +144,5 @@ impl Recorder {
         if let Err(e) = result {
             tracing::warn!(reason, error = %e, "cannot record an event");
         }
-    }
-
-    /// Forgets the aggregation state of a pod that is gone.
-    pub fn forget(&self, uid: &str) {
-        self.seen.lock().unwrap_or_else(|p| p.into_inner()).retain(|(pod, ..), _| pod != uid);
     }
 }

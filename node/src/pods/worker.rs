@@ -83,8 +83,8 @@ impl Shared {
         self.changed.notify_one();
     }
 
-    async fn event(&self, container: Option<&str>, kind: Kind, reason: &str, message: &str) {
-        self.ctx.events.record(&self.pod(), container, kind, reason, message).await;
+    fn event(&self, container: Option<&str>, kind: Kind, reason: &str, message: &str) {
+        self.ctx.events.record(&self.pod(), container, kind, reason, message);
     }
 }
 
@@ -182,7 +182,7 @@ async fn run_containers(shared: Arc<Shared>, spec: k8s_openapi::api::core::v1::P
                         };
                     });
                 }
-                shared.event(None, Kind::Warning, "FailedMount", &message).await;
+                shared.event(None, Kind::Warning, "FailedMount", &message);
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(shared.ctx.backoff.initial) => continue,
@@ -271,9 +271,7 @@ async fn supervise(
                         message: Some(format!("Back-off pulling image \"{reference}\": {message}")),
                     }
                 });
-                shared
-                    .event(Some(&name), Kind::Normal, "BackOff", &format!("Back-off pulling image \"{reference}\""))
-                    .await;
+                shared.event(Some(&name), Kind::Normal, "BackOff", &format!("Back-off pulling image \"{reference}\""));
                 continue;
             }
         };
@@ -293,7 +291,7 @@ async fn supervise(
                 shared.update(init, index, |c| {
                     c.state = State::Waiting { reason: "CreateContainerError".into(), message: Some(message.clone()) }
                 });
-                shared.event(Some(&name), Kind::Warning, "Failed", &format!("Error: {message}")).await;
+                shared.event(Some(&name), Kind::Warning, "Failed", &format!("Error: {message}"));
                 let delay = backoff.next;
                 backoff.next = (backoff.next * 2).min(config.max);
                 if !sleep_or_stop(delay, stop).await {
@@ -311,8 +309,8 @@ async fn supervise(
             c.started = container.startup_probe.is_none();
             c.ready = false;
         });
-        shared.event(Some(&name), Kind::Normal, "Created", &format!("Created container: {name}")).await;
-        shared.event(Some(&name), Kind::Normal, "Started", &format!("Started container {name}")).await;
+        shared.event(Some(&name), Kind::Normal, "Created", &format!("Created container: {name}"));
+        shared.event(Some(&name), Kind::Normal, "Started", &format!("Started container {name}"));
 
         // Run, probing, until it exits, fails a probe, or the pod is deleted.
         let probe_cancel = CancellationToken::new();
@@ -327,14 +325,14 @@ async fn supervise(
                 _ = stop.cancelled(), if !stopped_by_us => {
                     stopped_by_us = true;
                     let grace = grace_period(&shared.pod());
-                    shared.event(Some(&name), Kind::Normal, "Killing", &format!("Stopping container {name}")).await;
+                    shared.event(Some(&name), Kind::Normal, "Killing", &format!("Stopping container {name}"));
                     running.stop(grace);
                 }
                 Some(verdict) = verdicts.recv() => match verdict {
                     super::probes::Verdict::Ready(ready) => shared.update(init, index, |c| { c.ready = ready; c.started = true; }),
                     super::probes::Verdict::Restart(message) => {
-                        shared.event(Some(&name), Kind::Warning, "Unhealthy", &message).await;
-                        shared.event(Some(&name), Kind::Normal, "Killing", &format!("Container {name} failed a probe, will be restarted")).await;
+                        shared.event(Some(&name), Kind::Warning, "Unhealthy", &message);
+                        shared.event(Some(&name), Kind::Normal, "Killing", &format!("Container {name} failed a probe, will be restarted"));
                         running.stop(grace_period(&shared.pod()));
                     }
                 },
@@ -365,14 +363,12 @@ async fn supervise(
             return Some(exit);
         }
         if exit.code != 0 {
-            shared
-                .event(
-                    Some(&name),
-                    Kind::Warning,
-                    "BackOff",
-                    &format!("Back-off restarting failed container {name} in pod {}", pod_label(&pod)),
-                )
-                .await;
+            shared.event(
+                Some(&name),
+                Kind::Warning,
+                "BackOff",
+                &format!("Back-off restarting failed container {name} in pod {}", pod_label(&pod)),
+            );
         }
         // Back-off before the restart, shown as CrashLoopBackOff like the kubelet.
         if ran_since.elapsed() >= config.reset_after {
@@ -406,7 +402,7 @@ async fn pull(shared: &Shared, container: &Container) -> Result<skiff_shim::Imag
     let present = matches!(ctx.images.get(&reference), Ok(Some(_)));
     let announce = policy == PullPolicy::Always || !present;
     if announce && policy != PullPolicy::Never {
-        shared.event(Some(&container.name), Kind::Normal, "Pulling", &format!("Pulling image \"{reference}\"")).await;
+        shared.event(Some(&container.name), Kind::Normal, "Pulling", &format!("Pulling image \"{reference}\""));
     }
     let auth = registry_auth(shared).await;
     let started = Instant::now();
@@ -417,7 +413,7 @@ async fn pull(shared: &Shared, container: &Container) -> Result<skiff_shim::Imag
             } else {
                 format!("Container image \"{reference}\" already present on machine")
             };
-            shared.event(Some(&container.name), Kind::Normal, "Pulled", &message).await;
+            shared.event(Some(&container.name), Kind::Normal, "Pulled", &message);
             Ok(image)
         }
         Err(error) => {
@@ -425,14 +421,12 @@ async fn pull(shared: &Shared, container: &Container) -> Result<skiff_shim::Imag
             let retry = !matches!(error, ImageError::InvalidReference { .. });
             let reason = error.waiting_reason();
             let message = error.to_string();
-            shared
-                .event(
-                    Some(&container.name),
-                    Kind::Warning,
-                    "Failed",
-                    &format!("Failed to pull image \"{reference}\": {message}"),
-                )
-                .await;
+            shared.event(
+                Some(&container.name),
+                Kind::Warning,
+                "Failed",
+                &format!("Failed to pull image \"{reference}\": {message}"),
+            );
             Err((reason, message, retry))
         }
     }
