@@ -61,6 +61,44 @@ pub fn hello_runs_to_completion_with_logs_exit_codes_and_events() {
         assert!(described.contains(event), "describe shows the {event} event:\n{described}");
     }
 
+    node.cluster.ok(&["create", "configmap", "settings", "--from-literal=COLOR=blue"]);
+    node.cluster.ok(&["create", "secret", "generic", "creds", "--from-literal=TOKEN=s3cret"]);
+    let manifest = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: wired\nspec:\n  nodeName: {}\n  restartPolicy: Never\n  initContainers:\n  - name: first\n    image: {image}\n    args: [init-one]\n  - name: second\n    image: {image}\n    args: [init-two]\n  containers:\n  - name: main\n    image: {image}\n    envFrom: [{{configMapRef: {{name: settings}}}}, {{secretRef: {{name: creds}}, prefix: SECRET_}}]\n    env:\n    - {{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}\n    - {{name: POD_IP, valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}}}\n",
+        node.agent.name
+    );
+    assert!(node.cluster.with_stdin(&["apply", "-f", "-"], &manifest).status.success());
+    let pod = node.wait_phase("wired", "Succeeded");
+    let init: Vec<&str> = pod["status"]["initContainerStatuses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"]["terminated"]["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(init, ["Completed", "Completed"]);
+    let first_done = pod["status"]["initContainerStatuses"][0]["state"]["terminated"]["finishedAt"].as_str().unwrap();
+    let main_started = pod["status"]["containerStatuses"][0]["state"]["terminated"]["startedAt"].as_str().unwrap();
+    assert!(first_done <= main_started, "init containers run first");
+    assert!(node.cluster.ok(&["logs", "wired", "-c", "second"]).contains("arg[1]=init-two"));
+    let logs = node.cluster.ok(&["logs", "wired", "-c", "main"]);
+    for line in ["COLOR=blue", "SECRET_TOKEN=s3cret", "POD_NAME=wired", "POD_IP=127.0.0.1"] {
+        assert!(logs.contains(line), "{line} in the environment: {logs}");
+    }
+    let image_id = pod["status"]["containerStatuses"][0]["imageID"].as_str().unwrap_or_default();
+    assert!(image_id.contains("/samples/hello@sha256:"), "imageID pins the manifest digest: {image_id}");
+
+    // An image imported into the node's store runs offline with imagePullPolicy Never.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(["image", "import"])
+        .arg(crate::harness::samples_dir().join("hello.wasm"))
+        .args(["edge.local/hello:v1", "--data-dir"])
+        .arg(node.agent.data_dir())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    node.pod("offline", "Never", "  - name: hello\n    image: edge.local/hello:v1\n    imagePullPolicy: Never\n");
+    node.wait_phase("offline", "Succeeded");
+
     node.pod(
         "exit3",
         "Never",

@@ -472,6 +472,7 @@ impl ImageStore {
         }
         Ok(Some(skiff_shim::Image {
             reference: reference.to_owned(),
+            digest: manifest_digest,
             config_media_type: manifest.config.media_type,
             architecture: fields.architecture,
             entrypoint: fields.entrypoint,

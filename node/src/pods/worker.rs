@@ -284,6 +284,7 @@ async fn supervise(
         let pod = shared.pod();
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let log_dir = ctx.pods_dir.join(&uid).join("logs").join(&name);
+        let image_id = image_id(&image);
         let started = start(shared, volumes, &container, image, &log_dir, restart_count).await;
         let (mut running, log, shim_name, id) = match started {
             Ok(started) => started,
@@ -306,6 +307,7 @@ async fn supervise(
         shared.update(init, index, |c| {
             c.state = State::Running { started_at: started_at.clone() };
             c.container_id = Some(container_id.clone());
+            c.image_id = image_id.clone();
             c.started = container.startup_probe.is_none();
             c.ready = false;
         });
@@ -501,6 +503,16 @@ async fn choose_shim(ctx: &Context, pod: &Pod, image: &skiff_shim::Image) -> Res
         let names: Vec<&str> = ctx.shims.iter().map(|s| s.name()).collect();
         format!("no runtime on this node can run image \"{}\" (runtimes: {})", image.reference, names.join(", "))
     })
+}
+
+/// `repository@digest`, the kubelet's imageID: the reference without its tag, pinned to the manifest digest.
+fn image_id(image: &skiff_shim::Image) -> String {
+    let repository = image.reference.split('@').next().unwrap_or_default();
+    let repository = match repository.rsplit_once(':') {
+        Some((name, tag)) if !tag.contains('/') => name,
+        _ => repository,
+    };
+    format!("{repository}@{}", image.digest)
 }
 
 fn grace_period(pod: &Pod) -> Duration {

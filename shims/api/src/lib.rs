@@ -17,6 +17,8 @@ use std::time::Duration;
 pub struct Image {
     /// The reference the pod named, for messages.
     pub reference: String,
+    /// The manifest digest (`sha256:...`): the image's content address, which the node reports as imageID.
+    pub digest: String,
     /// The media type of the image config (`application/vnd.wasm.config.v0+json` for a CNCF wasm artifact).
     pub config_media_type: String,
     /// `architecture` from the image config (`wasm` for wasm images in the OCI image config layout).

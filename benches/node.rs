@@ -1,0 +1,826 @@
+//! `cargo bench --bench node`: the node agent with wasm pods, loopback only, on this machine's cores.
+//!
+//! 1. Pod startup: one `skiff server` (embedded store) and one `skiff agent`, the ticker sample imported and
+//!    compiled once by a warm-up pod. 100 pods bound to the node are created one at a time; for each, the
+//!    time from the create's response to the moment one long-lived watch on pods shows its container
+//!    running (the SLO's "creation to all containers started, seen by watch", image pull excluded).
+//! 2. Agent memory: the agent's RSS idle with no pods, then with 1,000 and 2,000 idle long-running ticker
+//!    pods (INTERVAL_MS=60000), with PSS, threads, open files and CPU; where it stops and why.
+//! 3. HTTP: the http-hello sample (wasi:http, a fresh instance per request) as a pod with a containerPort,
+//!    loaded by a closed-loop generator over keep-alive connections: Debian's `wrk` when installed, else
+//!    reqwest clients in this process. Requests/s and latency at 1, 4, 16 and 64 connections.
+//!
+//! `SKIFF_BENCH_ONLY=startup,memory,http` runs parts; `SKIFF_BENCH_PODS=1000,2000` sets the memory steps
+//! (cumulative pod counts). Every child process (server, agent) is killed when its guard drops. Results:
+//! benches/NODE-RESULTS.md.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+/// Pods timed one at a time in the startup run.
+const STARTUP_PODS: usize = 100;
+/// Cumulative pod counts at which the agent's memory is read (the startup pods count towards them).
+const MEMORY_STEPS: [usize; 2] = [1_000, 2_000];
+/// Concurrent creators while filling the node: enough to keep the API server busy, few enough that the
+/// agent's own writes (status, events) are not starved.
+const FILL_CLIENTS: usize = 8;
+/// A step ends when no further pod has started for this long (pods that cannot start wait in back-off).
+const FILL_STALL: Duration = Duration::from_secs(20);
+/// Settling time before a memory reading, so start-up allocations and status writes are done.
+const SETTLE: Duration = Duration::from_secs(5);
+/// How long the freshly registered agent idles before its RSS is read.
+const IDLE: Duration = Duration::from_secs(5);
+/// The ticker prints once a minute: the pods are idle, as most of a node's pods are most of the time.
+const TICKER_INTERVAL_MS: &str = "60000";
+/// The file-descriptor limit the agent is started with (each pod keeps its log file open).
+const AGENT_NOFILE: u64 = 65_536;
+const HTTP_CONNECTIONS: [usize; 4] = [1, 4, 16, 64];
+const HTTP_DURATION: Duration = Duration::from_secs(5);
+const NAMESPACE: &str = "default";
+const NODE: &str = "bench-node";
+const TICKER_IMAGE: &str = "local/ticker:bench";
+const HTTP_IMAGE: &str = "local/http-hello:bench";
+
+fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes `--bench`; there are no filters, so arguments are ignored.
+    let settings = Settings::from_env()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(run(settings))
+}
+
+/// Knobs for experiments; the defaults are the published figures.
+struct Settings {
+    sections: Vec<String>,
+    memory_steps: Vec<usize>,
+}
+
+impl Settings {
+    fn from_env() -> anyhow::Result<Self> {
+        let sections = std::env::var("SKIFF_BENCH_ONLY")
+            .unwrap_or_else(|_| "startup,memory,http".into())
+            .split(',')
+            .map(|s| s.trim().to_owned())
+            .collect();
+        let memory_steps = match std::env::var("SKIFF_BENCH_PODS") {
+            Ok(steps) => steps.split(',').map(|s| s.trim().parse()).collect::<Result<Vec<usize>, _>>()?,
+            Err(_) => MEMORY_STEPS.to_vec(),
+        };
+        ensure!(memory_steps.windows(2).all(|w| w[0] < w[1]), "SKIFF_BENCH_PODS must increase");
+        Ok(Settings { sections, memory_steps })
+    }
+
+    fn runs(&self, section: &str) -> bool {
+        self.sections.iter().any(|s| s == section)
+    }
+}
+
+async fn run(settings: Settings) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let samples = build_samples()?;
+    println!(
+        "skiff node benchmarks ({cores} cores shared by server, agent and clients; load {}; this shell's nofile {})\n",
+        load(),
+        nofile("self")?
+    );
+    if settings.runs("startup") || settings.runs("memory") {
+        let cluster = Cluster::start(&[(samples.join("ticker.wasm"), TICKER_IMAGE)]).await?;
+        let idle = Footprint::of(cluster.agent.pid(), 0).await?;
+        println!("agent started with nofile {} (raised from {})", nofile(&cluster.agent.pid().to_string())?, nofile("self")?);
+        print_idle(&idle);
+        let pods = PodWatch::start(&cluster).await?;
+        // The warm-up pod compiles the module (Cranelift, then the disk cache) and links it once.
+        let compiled = Instant::now();
+        cluster.create(&ticker_pod("warm-up")).await?;
+        pods.wait_running("warm-up", Duration::from_secs(120)).await?;
+        println!("warm-up pod running after {:.0} ms (module compiled once)\n", ms(compiled.elapsed()));
+        if settings.runs("startup") {
+            let startup = startup(&cluster, &pods).await?;
+            print_startup(&startup);
+        }
+        if settings.runs("memory") {
+            // Each step prints as it ends, so a run that stops part way still shows what it reached.
+            memory(&cluster, &pods, &settings.memory_steps, idle.rss).await?;
+        }
+    }
+    if settings.runs("http") {
+        let cluster = Cluster::start(&[(samples.join("http-hello.wasm"), HTTP_IMAGE)]).await?;
+        let runs = http(&cluster).await?;
+        print_http(&runs);
+    }
+    Ok(())
+}
+
+/// Builds the samples (a no-op when they are up to date) and returns `samples/out`.
+fn build_samples() -> anyhow::Result<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let output = Command::new(root.join("scripts/build-samples")).current_dir(root).output()?;
+    ensure!(output.status.success(), "scripts/build-samples failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    Ok(root.join("samples/out"))
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Processes
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut ready: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if ready().await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("{what} not ready after {timeout:?}")
+}
+
+/// Kills the child when dropped.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A `skiff server` on the embedded store and one `skiff agent` joined to it, each logging to a file.
+struct Cluster {
+    // Declared first so the agent is killed before the server it reports to.
+    agent: Agent,
+    _server: Guard,
+    dir: tempfile::TempDir,
+    base: String,
+    ca: reqwest::Certificate,
+    token: String,
+    client: reqwest::Client,
+}
+
+struct Agent {
+    child: Guard,
+}
+
+impl Agent {
+    fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+}
+
+impl Cluster {
+    /// Starts both, with `images` imported into the agent's store beforehand.
+    async fn start(images: &[(PathBuf, &str)]) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let data = dir.path().join("server");
+        let listen = format!("127.0.0.1:{}", free_port()?);
+        let server = Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .args(["server", "--listen", &listen, "--store", "embedded", "--data-dir"])
+            .arg(&data)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("server.log"))?)
+            .spawn()
+            .context("cannot start skiff server")?;
+        let server = Guard(server);
+        wait_until("skiff credentials", Duration::from_secs(30), || {
+            let ready = ["admin-token", "ca.crt", "node-token"].iter().all(|f| data.join(f).exists());
+            async move { ready }
+        })
+        .await?;
+        // The files may exist a moment before their contents are written; a short pause avoids a torn read.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(data.join("ca.crt"))?)?;
+        let token = std::fs::read_to_string(data.join("admin-token"))?.trim().to_owned();
+        let base = format!("https://{listen}");
+        let client = client(&ca, &token)?;
+        wait_until("skiff /readyz", Duration::from_secs(30), || {
+            let request = client.get(format!("{base}/readyz")).timeout(Duration::from_secs(2)).send();
+            async move { request.await.is_ok_and(|r| r.status().is_success()) }
+        })
+        .await?;
+
+        let agent_dir = dir.path().join("agent");
+        for (file, reference) in images {
+            let output = Command::new(env!("CARGO_BIN_EXE_skiff"))
+                .args(["image", "import"])
+                .arg(file)
+                .arg(reference)
+                .arg("--data-dir")
+                .arg(&agent_dir)
+                .output()?;
+            ensure!(output.status.success(), "skiff image import: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        // Each pod keeps its log file open, so a thousand pods need more than the common soft limit of 1024.
+        // Raising the soft limit up to the hard one needs no privilege.
+        let script = format!("ulimit -n {AGENT_NOFILE} 2>/dev/null || ulimit -n \"$(ulimit -Hn)\"; exec \"$0\" \"$@\"");
+        let agent = Command::new("bash")
+            .args(["-c", &script, env!("CARGO_BIN_EXE_skiff"), "agent", "--server", &base, "--name", NODE])
+            .args(["--node-ip", "127.0.0.1", "--kubelet-port", "0", "--token-file"])
+            .arg(data.join("node-token"))
+            .arg("--data-dir")
+            .arg(&agent_dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("agent.log"))?)
+            .spawn()
+            .context("cannot start skiff agent")?;
+        let cluster = Cluster { agent: Agent { child: Guard(agent) }, _server: server, dir, base, ca, token, client };
+        let node = format!("{}/api/v1/nodes/{NODE}", cluster.base);
+        wait_until("node Ready", Duration::from_secs(30), || {
+            let request = cluster.client.get(&node).send();
+            async move {
+                let Ok(response) = request.await else { return false };
+                let Ok(node) = response.json::<Value>().await else { return false };
+                node["status"]["conditions"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+            }
+        })
+        .await
+        .with_context(|| cluster.agent_log())?;
+        Ok(cluster)
+    }
+
+    /// A client with its own connection pool.
+    fn client(&self) -> anyhow::Result<reqwest::Client> {
+        client(&self.ca, &self.token)
+    }
+
+    fn pods(&self) -> String {
+        format!("{}/api/v1/namespaces/{NAMESPACE}/pods", self.base)
+    }
+
+    async fn create(&self, pod: &Value) -> anyhow::Result<()> {
+        create(&self.client, &self.pods(), pod).await
+    }
+
+    fn agent_log(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+}
+
+fn client(ca: &reqwest::Certificate, token: &str) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse()?);
+    Ok(reqwest::Client::builder().add_root_certificate(ca.clone()).default_headers(headers).build()?)
+}
+
+async fn create(client: &reqwest::Client, url: &str, pod: &Value) -> anyhow::Result<()> {
+    let response = client.post(url).json(pod).send().await?;
+    let status = response.status();
+    let body = response.bytes().await?;
+    ensure!(status == reqwest::StatusCode::CREATED, "create answered {status}: {}", String::from_utf8_lossy(&body));
+    Ok(())
+}
+
+fn ticker_pod(name: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "nodeName": NODE,
+            "containers": [{
+                "name": "ticker",
+                "image": TICKER_IMAGE,
+                "imagePullPolicy": "Never",
+                "env": [{"name": "INTERVAL_MS", "value": TICKER_INTERVAL_MS}],
+            }],
+        },
+    })
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The pod watch
+
+/// What the watch last showed of one pod.
+#[derive(Clone, Default)]
+struct Seen {
+    /// When an event first showed every container running.
+    running_at: Option<Instant>,
+    /// The last waiting reason and message of a container that is not running.
+    waiting: Option<String>,
+}
+
+/// One long-lived watch on the namespace's pods, read by its own task into a map by pod name.
+struct PodWatch {
+    seen: Arc<Mutex<HashMap<String, Seen>>>,
+    /// Bumped on every event, so waiters wake without polling.
+    events: watch::Receiver<u64>,
+    reader: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl PodWatch {
+    async fn start(cluster: &Cluster) -> anyhow::Result<Self> {
+        let client = cluster.client()?;
+        let list: Value = client.get(cluster.pods()).send().await?.error_for_status()?.json().await?;
+        let rv = list["metadata"]["resourceVersion"].as_str().context("list without a resourceVersion")?.to_owned();
+        let response = client
+            .get(cluster.pods())
+            .query(&[("watch", "true"), ("resourceVersion", &rv), ("allowWatchBookmarks", "false")])
+            .send()
+            .await?
+            .error_for_status()?;
+        let seen = Arc::new(Mutex::new(HashMap::new()));
+        let (tx, events) = watch::channel(0);
+        let map = Arc::clone(&seen);
+        let reader = tokio::spawn(async move {
+            let mut stream = response.bytes_stream();
+            let mut buffer = Vec::new();
+            while let Some(chunk) = stream.next().await {
+                let arrived = Instant::now();
+                buffer.extend_from_slice(&chunk?);
+                while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buffer.drain(..=end).collect();
+                    let event: Value = serde_json::from_slice(&line)?;
+                    ensure!(event["type"] != "ERROR", "watch error: {}", event["object"]);
+                    record(&map, &event["object"], arrived);
+                    tx.send_modify(|n| *n += 1);
+                }
+            }
+            bail!("the pod watch ended")
+        });
+        Ok(PodWatch { seen, events, reader })
+    }
+
+    fn get(&self, name: &str) -> Seen {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned().unwrap_or_default()
+    }
+
+    fn running(&self) -> usize {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).values().filter(|s| s.running_at.is_some()).count()
+    }
+
+    /// Last waiting reasons of pods that never ran, with how many pods show each.
+    fn not_running(&self) -> BTreeMap<String, usize> {
+        let mut reasons = BTreeMap::new();
+        for seen in self.seen.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            if seen.running_at.is_none() {
+                *reasons.entry(seen.waiting.clone().unwrap_or_else(|| "(no status yet)".into())).or_default() += 1;
+            }
+        }
+        reasons
+    }
+
+    /// Waits until the watch shows `name` running; returns when it did.
+    async fn wait_running(&self, name: &str, timeout: Duration) -> anyhow::Result<Instant> {
+        let mut events = self.events.clone();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Marking the current value seen before looking avoids missing an event between the two.
+            events.borrow_and_update();
+            let seen = self.get(name);
+            if let Some(at) = seen.running_at {
+                return Ok(at);
+            }
+            ensure!(!self.reader.is_finished(), "the pod watch ended");
+            match tokio::time::timeout_at(deadline, events.changed()).await {
+                Ok(result) => result?,
+                Err(_) => bail!("pod {name} not running after {timeout:?} (last waiting: {:?})", seen.waiting),
+            }
+        }
+    }
+
+    /// Waits until `count` pods are running, or none started for [`FILL_STALL`]; returns how many run.
+    async fn wait_count(&self, count: usize) -> anyhow::Result<usize> {
+        let mut events = self.events.clone();
+        let mut last = (self.running(), Instant::now());
+        loop {
+            events.borrow_and_update();
+            let running = self.running();
+            if running >= count {
+                return Ok(running);
+            }
+            if running > last.0 {
+                last = (running, Instant::now());
+            } else if last.1.elapsed() >= FILL_STALL {
+                return Ok(running);
+            }
+            ensure!(!self.reader.is_finished(), "the pod watch ended");
+            let _ = tokio::time::timeout(Duration::from_secs(1), events.changed()).await;
+        }
+    }
+}
+
+fn record(map: &Mutex<HashMap<String, Seen>>, pod: &Value, arrived: Instant) {
+    let Some(name) = pod["metadata"]["name"].as_str() else { return };
+    let statuses = pod["status"]["containerStatuses"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let running = !statuses.is_empty() && statuses.iter().all(|s| s["state"]["running"].is_object());
+    let waiting = statuses.iter().find_map(|s| {
+        let waiting = &s["state"]["waiting"];
+        let reason = waiting["reason"].as_str()?;
+        Some(match waiting["message"].as_str() {
+            // Messages carry pod names and back-off times; the first words tell the cause.
+            Some(message) => format!("{reason}: {}", message.chars().take(120).collect::<String>()),
+            None => reason.to_owned(),
+        })
+    });
+    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+    let seen = map.entry(name.to_owned()).or_default();
+    if running && seen.running_at.is_none() {
+        seen.running_at = Some(arrived);
+    }
+    if waiting.is_some() {
+        seen.waiting = waiting;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// 1. Pod startup
+
+struct Startup {
+    /// Create response → watch shows the container running.
+    from_ack: Latency,
+    /// Create sent → watch shows the container running (adds the create's own round trip).
+    from_send: Latency,
+    create: Latency,
+}
+
+async fn startup(cluster: &Cluster, pods: &PodWatch) -> anyhow::Result<Startup> {
+    let (mut from_ack, mut from_send, mut create) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..STARTUP_PODS {
+        let name = format!("start-{i}");
+        let sent = Instant::now();
+        cluster.create(&ticker_pod(&name)).await?;
+        let acked = Instant::now();
+        let running = pods.wait_running(&name, Duration::from_secs(30)).await?;
+        // The watch may show the pod before the create's response is read: that counts as zero.
+        from_ack.push(running.saturating_duration_since(acked));
+        from_send.push(running.saturating_duration_since(sent));
+        create.push(acked - sent);
+    }
+    Ok(Startup { from_ack: Latency::of(from_ack), from_send: Latency::of(from_send), create: Latency::of(create) })
+}
+
+fn print_startup(s: &Startup) {
+    println!("pod startup: {STARTUP_PODS} ticker pods created one at a time, until the watch shows them running (load {})", load());
+    println!("   target: p50 < 10 ms, p99 < 50 ms (Kubernetes SLO: p99 <= 5 s)");
+    println!("   {:<34} {:>9} {:>9} {:>9}", "", "p50 ms", "p99 ms", "max ms");
+    for (name, l) in [
+        ("create response -> running", &s.from_ack),
+        ("create sent -> running", &s.from_send),
+        ("(the create request alone)", &s.create),
+    ] {
+        println!("   {name:<34} {:>9.2} {:>9.2} {:>9.2}", ms(l.p50), ms(l.p99), ms(l.max));
+    }
+    println!();
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// 2. Agent memory
+
+/// The agent process at one moment.
+struct Footprint {
+    rss: u64,
+    pss: u64,
+    anonymous: u64,
+    virtual_size: u64,
+    threads: u64,
+    fds: usize,
+    /// CPU the agent used over [`SETTLE`], in cores.
+    cpu: f64,
+}
+
+impl Footprint {
+    /// Reads the agent after letting it settle for [`SETTLE`] (or [`IDLE`] with no pods), measuring its CPU
+    /// over that time.
+    async fn of(pid: u32, pods: usize) -> anyhow::Result<Self> {
+        let pause = if pods == 0 { IDLE } else { SETTLE };
+        let before = (cpu_time(pid)?, Instant::now());
+        tokio::time::sleep(pause).await;
+        let cpu = cpu_time(pid)?.saturating_sub(before.0).as_secs_f64() / before.1.elapsed().as_secs_f64();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+        Ok(Footprint {
+            rss: kb_field(&status, "VmRSS:")? * 1024,
+            pss: kb_field(&rollup, "Pss:")? * 1024,
+            anonymous: kb_field(&rollup, "Anonymous:")? * 1024,
+            virtual_size: kb_field(&status, "VmSize:")? * 1024,
+            threads: kb_field(&status, "Threads:")?,
+            fds: std::fs::read_dir(format!("/proc/{pid}/fd"))?.count(),
+            cpu,
+        })
+    }
+}
+
+/// The number after `name` in a `/proc` key-value file (kB for sizes).
+fn kb_field(text: &str, name: &str) -> anyhow::Result<u64> {
+    let line = text.lines().find(|l| l.starts_with(name)).with_context(|| format!("no {name}"))?;
+    Ok(line.split_whitespace().nth(1).with_context(|| format!("malformed {name}"))?.parse()?)
+}
+
+/// User plus system CPU time of a process from /proc/PID/stat.
+fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name may contain spaces and parentheses; the fields after its closing one do not.
+    let fields: Vec<&str> = stat.rsplit_once(')').context("malformed stat")?.1.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<u64> { Ok(fields.get(i).context("short stat")?.parse()?) };
+    // utime and stime are fields 14 and 15 (indexes 11 and 12 after the name), in USER_HZ = 100 per second.
+    Ok(Duration::from_millis((ticks(11)? + ticks(12)?) * 10))
+}
+
+/// The soft open-files limit of a process (`self` or a pid).
+fn nofile(pid: &str) -> anyhow::Result<String> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).context("no open-files limit")?;
+    Ok(line.split_whitespace().nth(3).context("malformed limits")?.to_owned())
+}
+
+struct Step {
+    wanted: usize,
+    running: usize,
+    /// Pods started per second while filling this step.
+    rate: f64,
+    footprint: Footprint,
+    not_running: BTreeMap<String, usize>,
+}
+
+async fn memory(cluster: &Cluster, pods: &PodWatch, steps: &[usize], idle: u64) -> anyhow::Result<()> {
+    let clients = (0..FILL_CLIENTS).map(|_| cluster.client()).collect::<anyhow::Result<Vec<_>>>()?;
+    let mut created = pods.seen.lock().unwrap_or_else(|p| p.into_inner()).len();
+    for &wanted in steps {
+        let from = created;
+        if wanted > from {
+            let started = (Instant::now(), pods.running());
+            // The creators share the names to create: pod i goes to client i % FILL_CLIENTS.
+            let tasks: Vec<_> = clients
+                .iter()
+                .enumerate()
+                .map(|(c, client)| {
+                    let (client, url) = (client.clone(), cluster.pods());
+                    tokio::spawn(async move {
+                        for i in (from + c..wanted).step_by(FILL_CLIENTS) {
+                            create(&client, &url, &ticker_pod(&format!("idle-{i}"))).await?;
+                        }
+                        anyhow::Ok(())
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await??;
+            }
+            created = wanted;
+            let running = pods.wait_count(wanted).await?;
+            let rate = (running - started.1) as f64 / started.0.elapsed().as_secs_f64();
+            let footprint = Footprint::of(cluster.agent.pid(), running).await?;
+            let step = Step { wanted, running, rate, footprint, not_running: pods.not_running() };
+            print_step(&step, idle);
+            if step.running < wanted {
+                println!("   stopped at {running} running pods: {}", cluster.agent_log());
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_idle(f: &Footprint) {
+    println!("agent idle, no pods (load {})", load());
+    println!("   target: < 15 MB (k3s agent ~275 MB)");
+    println!(
+        "   RSS {:.1} MB, PSS {:.1} MB, anon {:.1} MB, virtual {:.0} GB, {} threads, {} open fds, CPU {:.1}% of a core",
+        mb(f.rss),
+        mb(f.pss),
+        mb(f.anonymous),
+        f.virtual_size as f64 / (1u64 << 30) as f64,
+        f.threads,
+        f.fds,
+        f.cpu * 100.0
+    );
+    println!();
+}
+
+/// `idle` is the agent's RSS with no pods: the per-pod figure is what each pod adds to it.
+fn print_step(s: &Step, idle: u64) {
+    let f = &s.footprint;
+    println!("agent with idle ticker pods (INTERVAL_MS={TICKER_INTERVAL_MS}) (load {})", load());
+    println!("   target: < 15 MB + 100 KiB per pod (~113 MB at 1,000); runwasi 16-67 MB per container");
+    println!(
+        "   {}/{} running, started at {:.0} pods/s: RSS {:.1} MB ({:.0} KiB per pod over idle), PSS {:.1} MB, anon {:.1} MB",
+        s.running,
+        s.wanted,
+        s.rate,
+        mb(f.rss),
+        f.rss.saturating_sub(idle) as f64 / 1024.0 / s.running.max(1) as f64,
+        mb(f.pss),
+        mb(f.anonymous),
+    );
+    println!(
+        "   virtual {:.0} GB, {} threads, {} open fds, agent CPU {:.1}% of a core",
+        f.virtual_size as f64 / (1u64 << 30) as f64,
+        f.threads,
+        f.fds,
+        f.cpu * 100.0
+    );
+    for (reason, count) in &s.not_running {
+        println!("      not running: {count} x {reason}");
+    }
+    println!();
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// 3. HTTP
+
+struct HttpRun {
+    connections: usize,
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+    errors: u64,
+    /// Agent CPU per request, to see where the cores go.
+    agent_cpu: Duration,
+}
+
+async fn http(cluster: &Cluster) -> anyhow::Result<(String, Vec<HttpRun>)> {
+    let port = free_port()?;
+    let pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "http-hello"},
+        "spec": {
+            "nodeName": NODE,
+            "containers": [{
+                "name": "http-hello",
+                "image": HTTP_IMAGE,
+                "imagePullPolicy": "Never",
+                "ports": [{"containerPort": port}],
+                "env": [{"name": "GREETING", "value": "bench"}],
+            }],
+        },
+    });
+    cluster.create(&pod).await?;
+    let url = format!("http://127.0.0.1:{port}/");
+    let probe = reqwest::Client::new();
+    // The first request compiles the component; later ones reuse it.
+    wait_until("http-hello answering", Duration::from_secs(120), || {
+        let request = probe.get(&url).timeout(Duration::from_secs(10)).send();
+        async move { request.await.is_ok_and(|r| r.status().is_success()) }
+    })
+    .await
+    .with_context(|| cluster.agent_log())?;
+    let wrk = Command::new("wrk").arg("--version").output().is_ok();
+    let generator = if wrk { "wrk (1 thread)" } else { "reqwest clients in the bench process" };
+    let mut runs = Vec::new();
+    for connections in HTTP_CONNECTIONS {
+        let before = cpu_time(cluster.agent.pid())?;
+        let mut run = if wrk { run_wrk(&url, connections)? } else { run_reqwest(&url, connections).await? };
+        let requests = (run.rate * HTTP_DURATION.as_secs_f64()).max(1.0);
+        run.agent_cpu = cpu_time(cluster.agent.pid())?.saturating_sub(before).div_f64(requests);
+        runs.push(run);
+    }
+    Ok((generator.to_owned(), runs))
+}
+
+/// One `wrk` run; one thread, so the generator takes at most one of the cores.
+fn run_wrk(url: &str, connections: usize) -> anyhow::Result<HttpRun> {
+    let output = Command::new("wrk")
+        .args(["-t1", "-c", &connections.to_string(), "-d", &format!("{}s", HTTP_DURATION.as_secs()), "--latency"])
+        .arg(url)
+        .output()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    ensure!(output.status.success(), "wrk failed: {text}{}", String::from_utf8_lossy(&output.stderr));
+    let field = |prefix: &str| -> anyhow::Result<&str> {
+        let line = text.lines().map(str::trim).find(|l| l.starts_with(prefix)).with_context(|| format!("wrk printed no {prefix}: {text}"))?;
+        line.split_whitespace().nth(prefix.split_whitespace().count()).context("malformed wrk output")
+    };
+    let errors = text
+        .lines()
+        .map(str::trim)
+        .find_map(|l| l.strip_prefix("Non-2xx or 3xx responses:"))
+        .map_or(Ok(0), |n| n.trim().parse())?;
+    Ok(HttpRun {
+        connections,
+        rate: field("Requests/sec:")?.parse()?,
+        p50: wrk_duration(field("50%")?)?,
+        p99: wrk_duration(field("99%")?)?,
+        errors,
+        agent_cpu: Duration::ZERO,
+    })
+}
+
+/// wrk's durations: `123.45us`, `1.23ms`, `1.02s`, `2.00m`.
+fn wrk_duration(text: &str) -> anyhow::Result<Duration> {
+    let split = text.find(|c: char| c.is_ascii_alphabetic()).with_context(|| format!("no unit in {text}"))?;
+    let value: f64 = text[..split].parse()?;
+    let seconds = match &text[split..] {
+        "us" => value / 1e6,
+        "ms" => value / 1e3,
+        "s" => value,
+        "m" => value * 60.0,
+        unit => bail!("unknown wrk unit {unit}"),
+    };
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// The fallback generator: `connections` tasks, each one keep-alive connection, each sending its next
+/// request when the last is answered.
+async fn run_reqwest(url: &str, connections: usize) -> anyhow::Result<HttpRun> {
+    let deadline = Instant::now() + HTTP_DURATION;
+    let tasks: Vec<_> = (0..connections)
+        .map(|_| {
+            let url = url.to_owned();
+            tokio::spawn(async move {
+                let client = reqwest::Client::builder().http1_only().pool_max_idle_per_host(1).build()?;
+                let (mut latencies, mut errors) = (Vec::new(), 0u64);
+                while Instant::now() < deadline {
+                    let sent = Instant::now();
+                    let response = client.get(&url).send().await?;
+                    let ok = response.status().is_success();
+                    response.bytes().await?;
+                    latencies.push(sent.elapsed());
+                    errors += u64::from(!ok);
+                }
+                anyhow::Ok((latencies, errors))
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let (mut latencies, mut errors) = (Vec::new(), 0);
+    for task in tasks {
+        let (l, e) = task.await??;
+        latencies.extend(l);
+        errors += e;
+    }
+    let rate = latencies.len() as f64 / started.elapsed().as_secs_f64();
+    let latency = Latency::of(latencies);
+    Ok(HttpRun { connections, rate, p50: latency.p50, p99: latency.p99, errors, agent_cpu: Duration::ZERO })
+}
+
+fn print_http((generator, runs): &(String, Vec<HttpRun>)) {
+    println!(
+        "wasi:http hello (a fresh instance per request), closed loop over keep-alive connections, {}s each, {generator} (load {})",
+        HTTP_DURATION.as_secs(),
+        load()
+    );
+    println!("   target: >= 10,000 req/s with p99 < 5 ms (wasmCloud ~17-23k req/s on 8-16 cores)");
+    println!("   {:>11} {:>10} {:>9} {:>9} {:>8} {:>18}", "connections", "req/s", "p50 ms", "p99 ms", "errors", "agent CPU us/req");
+    for r in runs {
+        println!(
+            "   {:>11} {:>10.0} {:>9.3} {:>9.3} {:>8} {:>18.1}",
+            r.connections,
+            r.rate,
+            ms(r.p50),
+            ms(r.p99),
+            r.errors,
+            r.agent_cpu.as_secs_f64() * 1e6
+        );
+    }
+    println!();
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Statistics
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Latency {
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+}
+
+impl Latency {
+    fn of(mut samples: Vec<Duration>) -> Self {
+        samples.sort_unstable();
+        let at = |q: f64| {
+            if samples.is_empty() {
+                return Duration::ZERO;
+            }
+            // Nearest rank: the smallest sample with at least q of all samples at or below it.
+            let rank = (q * samples.len() as f64).ceil() as usize;
+            samples[rank.clamp(1, samples.len()) - 1]
+        };
+        Latency { p50: at(0.50), p99: at(0.99), max: at(1.0) }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// The 1-minute load average: other work on the machine shows here and skews every figure.
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_default()
+}
