@@ -94,7 +94,11 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     if settings.runs("startup") || settings.runs("memory") {
         let cluster = Cluster::start(&[(samples.join("ticker.wasm"), TICKER_IMAGE)]).await?;
         let idle = Footprint::of(cluster.agent.pid(), 0).await?;
-        println!("agent started with nofile {} (raised from {})", nofile(&cluster.agent.pid().to_string())?, nofile("self")?);
+        println!(
+            "agent started with nofile {} (raised from {})",
+            nofile(&cluster.agent.pid().to_string())?,
+            nofile("self")?
+        );
         print_idle(&idle);
         let pods = PodWatch::start(&cluster).await?;
         // The warm-up pod compiles the module (Cranelift, then the disk cache) and links it once.
@@ -469,7 +473,10 @@ async fn startup(cluster: &Cluster, pods: &PodWatch) -> anyhow::Result<Startup> 
 }
 
 fn print_startup(s: &Startup) {
-    println!("pod startup: {STARTUP_PODS} ticker pods created one at a time, until the watch shows them running (load {})", load());
+    println!(
+        "pod startup: {STARTUP_PODS} ticker pods created one at a time, until the watch shows them running (load {})",
+        load()
+    );
     println!("   target: p50 < 10 ms, p99 < 50 ms (Kubernetes SLO: p99 <= 5 s)");
     println!("   {:<34} {:>9} {:>9} {:>9}", "", "p50 ms", "p99 ms", "max ms");
     for (name, l) in [
@@ -696,7 +703,11 @@ fn run_wrk(url: &str, connections: usize) -> anyhow::Result<HttpRun> {
     let text = String::from_utf8_lossy(&output.stdout);
     ensure!(output.status.success(), "wrk failed: {text}{}", String::from_utf8_lossy(&output.stderr));
     let field = |prefix: &str| -> anyhow::Result<&str> {
-        let line = text.lines().map(str::trim).find(|l| l.starts_with(prefix)).with_context(|| format!("wrk printed no {prefix}: {text}"))?;
+        let line = text
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(prefix))
+            .with_context(|| format!("wrk printed no {prefix}: {text}"))?;
         line.split_whitespace().nth(prefix.split_whitespace().count()).context("malformed wrk output")
     };
     let errors = text
@@ -769,7 +780,10 @@ fn print_http((generator, runs): &(String, Vec<HttpRun>)) {
         load()
     );
     println!("   target: >= 10,000 req/s with p99 < 5 ms (wasmCloud ~17-23k req/s on 8-16 cores)");
-    println!("   {:>11} {:>10} {:>9} {:>9} {:>8} {:>18}", "connections", "req/s", "p50 ms", "p99 ms", "errors", "agent CPU us/req");
+    println!(
+        "   {:>11} {:>10} {:>9} {:>9} {:>8} {:>18}",
+        "connections", "req/s", "p50 ms", "p99 ms", "errors", "agent CPU us/req"
+    );
     for r in runs {
         println!(
             "   {:>11} {:>10.0} {:>9.3} {:>9.3} {:>8} {:>18.1}",

@@ -78,10 +78,7 @@ impl Request {
 
     /// The first value of header `name` (case-insensitive), if it is present and valid UTF-8.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .and_then(|(_, value)| std::str::from_utf8(value).ok())
+        find_header(&self.headers, name)
     }
 
     /// Every header as sent: names as the host gives them (lowercase for HTTP/2 and hyper), raw values.
@@ -142,10 +139,7 @@ impl Response {
 
     /// The first value of header `name` (case-insensitive), if it is present and valid UTF-8.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .and_then(|(_, value)| std::str::from_utf8(value).ok())
+        find_header(&self.headers, name)
     }
 
     /// Every header the handler set, in order.
@@ -258,4 +252,9 @@ mod tests {
             assert!(headers.iter().all(|(name, _)| name != "content-length"), "{status}");
         }
     }
+}
+
+/// The first value of header `name` (case-insensitive) in `headers`, if it is valid UTF-8.
+fn find_header<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).and_then(|(_, value)| std::str::from_utf8(value).ok())
 }

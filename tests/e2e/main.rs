@@ -5,7 +5,6 @@
 mod harness;
 mod node;
 
-use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -271,15 +270,7 @@ fn watch_sees_another_clients_create(backend: Backend) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = watcher.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let rx = harness::lines(watcher.stdout.take().unwrap());
     // Give the watch time to be established before the create, so the event comes from the watch.
     std::thread::sleep(Duration::from_millis(1500));
     let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: watched\nspec:\n  containers:\n  - name: c\n    image: registry.local/app:1\n";

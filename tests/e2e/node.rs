@@ -32,6 +32,15 @@ impl NodeCluster {
         assert!(out.status.success(), "{}\n{manifest}", String::from_utf8_lossy(&out.stderr));
     }
 
+    /// A pod running the ticker sample, ticking every 100 ms.
+    fn ticker(&self, name: &str, image: &str) {
+        self.pod(
+            name,
+            "Always",
+            &format!("  - name: ticker\n    image: {image}\n    env: [{{name: INTERVAL_MS, value: \"100\"}}]\n"),
+        );
+    }
+
     fn get(&self, name: &str) -> Value {
         serde_json::from_str(&self.cluster.ok(&["get", "pod", name, "-o", "json"])).unwrap()
     }
@@ -149,11 +158,7 @@ pub fn memory_and_cpu_limits_hold() {
     assert_eq!(pod["status"]["containerStatuses"][0]["state"]["terminated"]["reason"], "OOMKilled");
 
     node.pod("busy", "Never", &format!("  - name: busy\n    image: {image}\n    env: [{{name: SPIN, value: \"1\"}}]\n    resources: {{limits: {{cpu: 100m}}}}\n"));
-    node.pod(
-        "ticker",
-        "Always",
-        &format!("  - name: ticker\n    image: {ticker}\n    env: [{{name: INTERVAL_MS, value: \"100\"}}]\n"),
-    );
+    node.ticker("ticker", &ticker);
     node.wait_phase("busy", "Running");
     node.wait_phase("ticker", "Running");
     let cpu_before = process_cpu_seconds(node.agent.pid());
@@ -185,11 +190,7 @@ pub fn http_sample_answers_and_logs_follow() {
     let ticker = node.registry.push_sample("ticker");
     let port = crate::harness::free_port();
     node.pod("web", "Always", &format!("  - name: web\n    image: {http}\n    ports: [{{containerPort: {port}}}]\n    env: [{{name: GREETING, value: howdy}}]\n    readinessProbe: {{httpGet: {{path: /, port: {port}}}, periodSeconds: 1}}\n"));
-    node.pod(
-        "ticker",
-        "Always",
-        &format!("  - name: ticker\n    image: {ticker}\n    env: [{{name: INTERVAL_MS, value: \"100\"}}]\n"),
-    );
+    node.ticker("ticker", &ticker);
     eventually("web Ready", Duration::from_secs(60), || {
         let pod = node.get("web");
         pod["status"]["containerStatuses"][0]["ready"].as_bool().filter(|r| *r)
@@ -200,16 +201,7 @@ pub fn http_sample_answers_and_logs_follow() {
     node.wait_phase("ticker", "Running");
     let mut follow =
         node.cluster.kubectl_command(&["logs", "-f", "ticker"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
-    let stdout = follow.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let rx = crate::harness::lines(follow.stdout.take().unwrap());
     let ticks: Vec<u64> = (0..15)
         .filter_map(|_| rx.recv_timeout(Duration::from_secs(10)).ok())
         .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
@@ -261,11 +253,7 @@ pub fn killing_the_agent_neither_loses_nor_doubles_pods() {
     let hello = node.registry.push_sample("hello");
     let ticker = node.registry.push_sample("ticker");
     node.pod("done", "Never", &format!("  - name: hello\n    image: {hello}\n"));
-    node.pod(
-        "ticker",
-        "Always",
-        &format!("  - name: ticker\n    image: {ticker}\n    env: [{{name: INTERVAL_MS, value: \"100\"}}]\n"),
-    );
+    node.ticker("ticker", &ticker);
     node.wait_phase("done", "Succeeded");
     node.wait_phase("ticker", "Running");
     let uids = |node: &NodeCluster| node.cluster.ok(&["get", "pods", "-o", "jsonpath={.items[*].metadata.uid}"]);
