@@ -75,14 +75,11 @@ pub fn validate(def: &ResourceDef, object: &Value, old: Option<&Value>) -> Vec<C
 
 /// Fields of `object` that the kind's schema does not know, as dotted paths like "spec.replicaz" or
 /// "spec.template.spec.containers[0].imagez" (what Kubernetes prints as `unknown field "spec.replicaz"`),
-/// for fieldValidation=Strict|Warn.
-pub fn unknown_fields(def: &ResourceDef, object: &Value) -> Vec<String> {
-    // A shape error is reported by the caller from normalize itself; there is nothing to compare here.
-    let Ok(normalized) = def.normalize(object.clone()) else {
-        return Vec::new();
-    };
+/// for fieldValidation=Strict|Warn. `normalized` is `object` after [`ResourceDef::normalize`], whose typed
+/// round-trip drops exactly the unknown fields; the caller has it already, so it is not computed twice.
+pub fn unknown_fields(object: &Value, normalized: &Value) -> Vec<String> {
     let mut unknown = Vec::new();
-    collect_unknown(object, &normalized, "", &mut unknown);
+    collect_unknown(object, normalized, "", &mut unknown);
     unknown
 }
 
@@ -1627,6 +1624,11 @@ mod tests {
         assert_eq!(fields(&check_update("RuntimeClass", rc("a"), rc("b"))), vec![("FieldValueInvalid", "handler")]);
     }
 
+    /// The unknown fields of `object`, or none when it does not have the kind's shape at all.
+    fn unknown_in(def: &ResourceDef, object: &Value) -> Vec<String> {
+        def.normalize(object.clone()).map(|normalized| unknown_fields(object, &normalized)).unwrap_or_default()
+    }
+
     #[test]
     fn unknown_fields_keeps_quiet_on_rich_known_objects() {
         let object = json!({
@@ -1643,10 +1645,10 @@ mod tests {
                         "livenessProbe": {"httpGet": {"port": "http", "path": "/"}, "periodSeconds": 3}}]}}},
             "status": {"replicas": 0, "conditions": []}
         });
-        assert_eq!(unknown_fields(def("Deployment"), &object), Vec::<String>::new());
+        assert_eq!(unknown_in(def("Deployment"), &object), Vec::<String>::new());
         let service = json!({"metadata": {"name": "s"}, "spec": {"ports": [{"port": 80, "targetPort": 8080, "nodePort": 0}],
             "clusterIP": "", "clusterIPs": [], "ipFamilies": ["IPv4"], "selector": {}}, "status": {"loadBalancer": {}}});
-        assert_eq!(unknown_fields(def("Service"), &service), Vec::<String>::new());
+        assert_eq!(unknown_in(def("Service"), &service), Vec::<String>::new());
     }
 
     #[test]
@@ -1659,7 +1661,7 @@ mod tests {
         object["metadata"]["annotations"] = json!({"whatever": "v"});
         object["spec"]["paused"] = Value::Null;
         object["spec"]["template"]["spec"]["nodeSelector"] = json!({"disk": "ssd"});
-        let mut unknown = unknown_fields(def("Deployment"), &object);
+        let mut unknown = unknown_in(def("Deployment"), &object);
         unknown.sort();
         assert_eq!(
             unknown,
@@ -1667,15 +1669,15 @@ mod tests {
         );
 
         let cm = json!({"metadata": {"name": "c"}, "data": {"x": "y"}, "extra": {"a": 1}, "binaryData": {}, "immutable": false});
-        assert_eq!(unknown_fields(def("ConfigMap"), &cm), vec!["extra"]);
+        assert_eq!(unknown_in(def("ConfigMap"), &cm), vec!["extra"]);
         assert_eq!(
-            unknown_fields(def("ConfigMap"), &json!({"metadata": {"name": "c"}, "data": "not a map", "extra": 1})),
+            unknown_in(def("ConfigMap"), &json!({"metadata": {"name": "c"}, "data": "not a map", "extra": 1})),
             Vec::<String>::new()
         );
         let pod_object = pod(
             "p",
             json!({"containers": [{"name": "a", "image": "b", "resources": {"limits": {"cpu": 1}}, "ports": [{"containerPort": 80, "porotocol": "TCP"}]}]}),
         );
-        assert_eq!(unknown_fields(def("Pod"), &pod_object), vec!["spec.containers[0].ports[0].porotocol"]);
+        assert_eq!(unknown_in(def("Pod"), &pod_object), vec!["spec.containers[0].ports[0].porotocol"]);
     }
 }

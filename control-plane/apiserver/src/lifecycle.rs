@@ -96,6 +96,9 @@ async fn reconcile_all(objects: &Objects) {
             return;
         }
     };
+    objects.cache_namespaces(
+        list.iter().map(|ns| (objects::name_of(ns).to_string(), ns.pointer("/metadata/deletionTimestamp").is_some())),
+    );
     for namespace in list {
         let name = objects::name_of(&namespace).to_string();
         let span = tracing::debug_span!("reconcile", namespace = %name);

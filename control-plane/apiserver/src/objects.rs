@@ -92,11 +92,26 @@ pub struct ListResult {
 #[derive(Clone)]
 pub struct Objects {
     store: Arc<dyn Store>,
+    namespaces: Arc<NamespaceCache>,
 }
+
+/// Which namespaces exist and whether each is terminating, as the namespace controller last listed them.
+/// It spares a store read on every namespaced create, as kube-apiserver's NamespaceLifecycle admission does
+/// with its informer. A namespace it does not know is looked up in the store, so a namespace created a
+/// moment ago is never refused; one deleted a moment ago may still take a create, which the controller's
+/// next pass deletes with the rest of it.
+#[derive(Default)]
+struct NamespaceCache(std::sync::RwLock<std::collections::HashMap<String, bool>>);
 
 impl Objects {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+        Self { store, namespaces: Arc::default() }
+    }
+
+    /// Replaces the namespace cache with `(name, terminating)` pairs from a full list.
+    pub fn cache_namespaces(&self, namespaces: impl IntoIterator<Item = (String, bool)>) {
+        let fresh = namespaces.into_iter().collect();
+        *self.namespaces.0.write().unwrap_or_else(|p| p.into_inner()) = fresh;
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -234,9 +249,15 @@ impl Objects {
     }
 
     async fn check_namespace_open(&self, ns: &str) -> Result<(), ApiError> {
-        let namespaces = skiff_api::resources::find("", "v1", "namespaces").ok_or(ApiError::NoRoute)?;
-        let namespace = self.get(namespaces, None, ns).await?;
-        if namespace.pointer("/metadata/deletionTimestamp").is_some() {
+        let cached = self.namespaces.0.read().unwrap_or_else(|p| p.into_inner()).get(ns).copied();
+        let terminating = match cached {
+            Some(terminating) => terminating,
+            None => {
+                let namespaces = skiff_api::resources::find("", "v1", "namespaces").ok_or(ApiError::NoRoute)?;
+                self.get(namespaces, None, ns).await?.pointer("/metadata/deletionTimestamp").is_some()
+            }
+        };
+        if terminating {
             return Err(ApiError::Forbidden(format!(
                 "unable to create new content in namespace {ns} because it is being terminated"
             )));
@@ -594,18 +615,21 @@ fn admit(def: &ResourceDef, object: Value, options: &WriteOptions) -> Result<(Va
         return Err(ApiError::BadRequest("the request body must be a JSON object".into()));
     }
     check_type(def, &object)?;
-    let unknown = match options.validation {
-        FieldValidation::Ignore => Vec::new(),
-        _ => validation::unknown_fields(def, &object),
+    let shape_error =
+        |e: serde_json::Error| ApiError::BadRequest(format!("the object is not a valid {}: {e}", def.kind));
+    let (mut normalized, unknown) = match options.validation {
+        FieldValidation::Ignore => (def.normalize(object).map_err(shape_error)?, Vec::new()),
+        _ => {
+            let normalized = def.normalize(object.clone()).map_err(shape_error)?;
+            let unknown = validation::unknown_fields(&object, &normalized);
+            (normalized, unknown)
+        }
     };
     if options.validation == FieldValidation::Strict && !unknown.is_empty() {
         let fields: Vec<String> = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
         return Err(ApiError::BadRequest(format!("strict decoding error: {}", fields.join(", "))));
     }
     let warnings = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
-    let mut normalized = def
-        .normalize(object)
-        .map_err(|e| ApiError::BadRequest(format!("the object is not a valid {}: {e}", def.kind)))?;
     normalized["apiVersion"] = json!(def.api_version());
     normalized["kind"] = json!(def.kind);
     if !normalized.get("metadata").is_some_and(Value::is_object) {
