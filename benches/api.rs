@@ -10,7 +10,7 @@
 //! The create table also shows the CPU the server side and the clients spend per write (from /proc): the
 //! clients run on the same cores, so together they bound the rate. `SKIFF_BENCH_ONLY` and
 //! `SKIFF_BENCH_CLIENTS` (see [`Settings`]) run parts and experiments. Every child process (skiff, etcd) is
-//! killed when its guard drops, so an error leaves nothing behind. Results: benches/RESULTS.md.
+//! killed when its guard drops, so an error leaves nothing behind. Results: README.md, Performance.
 
 use std::collections::HashMap;
 use std::net::TcpListener;
