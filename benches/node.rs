@@ -35,10 +35,10 @@ const MEMORY_STEPS: [usize; 2] = [1_000, 2_000];
 const FILL_CLIENTS: usize = 8;
 /// A step ends when no further pod has started for this long (pods that cannot start wait in back-off).
 const FILL_STALL: Duration = Duration::from_secs(20);
-/// Settling time before a memory reading, so start-up allocations and status writes are done.
-const SETTLE: Duration = Duration::from_secs(5);
-/// How long the freshly registered agent idles before its RSS is read.
-const IDLE: Duration = Duration::from_secs(5);
+/// Settling time before a reading, so the pods' status writes and queued events are done.
+const SETTLE: Duration = Duration::from_secs(10);
+/// The window over which the agent's CPU use is measured, after settling.
+const CPU_WINDOW: Duration = Duration::from_secs(5);
 /// The ticker prints once a minute: the pods are idle, as most of a node's pods are most of the time.
 const TICKER_INTERVAL_MS: &str = "60000";
 /// The file-descriptor limit the agent is started with (each pod keeps its log file open).
@@ -93,7 +93,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     );
     if settings.runs("startup") || settings.runs("memory") {
         let cluster = Cluster::start(&[(samples.join("ticker.wasm"), TICKER_IMAGE)]).await?;
-        let idle = Footprint::of(cluster.agent.pid(), 0).await?;
+        let idle = Footprint::of(cluster.agent.pid()).await?;
         println!(
             "agent started with nofile {} (raised from {})",
             nofile(&cluster.agent.pid().to_string())?,
@@ -318,6 +318,8 @@ fn ticker_pod(name: &str) -> Value {
 struct Seen {
     /// When an event first showed every container running.
     running_at: Option<Instant>,
+    /// Whether the last event showed every container running.
+    running: bool,
     /// The last waiting reason and message of a container that is not running.
     waiting: Option<String>,
 }
@@ -367,15 +369,16 @@ impl PodWatch {
         self.seen.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned().unwrap_or_default()
     }
 
+    /// Pods running now.
     fn running(&self) -> usize {
-        self.seen.lock().unwrap_or_else(|p| p.into_inner()).values().filter(|s| s.running_at.is_some()).count()
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).values().filter(|s| s.running).count()
     }
 
-    /// Last waiting reasons of pods that never ran, with how many pods show each.
+    /// Last waiting reasons of pods not running now, with how many pods show each.
     fn not_running(&self) -> BTreeMap<String, usize> {
         let mut reasons = BTreeMap::new();
         for seen in self.seen.lock().unwrap_or_else(|p| p.into_inner()).values() {
-            if seen.running_at.is_none() {
+            if !seen.running {
                 *reasons.entry(seen.waiting.clone().unwrap_or_else(|| "(no status yet)".into())).or_default() += 1;
             }
         }
@@ -427,19 +430,22 @@ fn record(map: &Mutex<HashMap<String, Seen>>, pod: &Value, arrived: Instant) {
     let statuses = pod["status"]["containerStatuses"].as_array().map(Vec::as_slice).unwrap_or_default();
     let running = !statuses.is_empty() && statuses.iter().all(|s| s["state"]["running"].is_object());
     let waiting = statuses.iter().find_map(|s| {
-        let waiting = &s["state"]["waiting"];
-        let reason = waiting["reason"].as_str()?;
-        Some(match waiting["message"].as_str() {
-            // Messages carry pod names and back-off times; the first words tell the cause.
-            Some(message) => format!("{reason}: {}", message.chars().take(120).collect::<String>()),
-            None => reason.to_owned(),
-        })
+        let reason = s["state"]["waiting"]["reason"].as_str()?;
+        // A crash-looping container's own message names the pod and the back-off; the cause is in how its
+        // last run ended.
+        let last = &s["lastState"]["terminated"];
+        let detail = match last["exitCode"].as_i64() {
+            Some(code) => format!("last exit {code} {}", last["message"].as_str().unwrap_or("")),
+            None => s["state"]["waiting"]["message"].as_str().unwrap_or("").to_owned(),
+        };
+        Some(format!("{reason}: {}", detail.chars().take(160).collect::<String>()))
     });
     let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
     let seen = map.entry(name.to_owned()).or_default();
     if running && seen.running_at.is_none() {
         seen.running_at = Some(arrived);
     }
+    seen.running = running;
     if waiting.is_some() {
         seen.waiting = waiting;
     }
@@ -500,27 +506,37 @@ struct Footprint {
     virtual_size: u64,
     threads: u64,
     fds: usize,
-    /// CPU the agent used over [`SETTLE`], in cores.
+    /// Of the open fds, sockets: the agent's connections to the API server, mostly.
+    sockets: usize,
+    /// CPU the agent used over [`CPU_WINDOW`], in cores.
     cpu: f64,
 }
 
 impl Footprint {
-    /// Reads the agent after letting it settle for [`SETTLE`] (or [`IDLE`] with no pods), measuring its CPU
-    /// over that time.
-    async fn of(pid: u32, pods: usize) -> anyhow::Result<Self> {
-        let pause = if pods == 0 { IDLE } else { SETTLE };
+    /// Reads the agent after letting it settle for [`SETTLE`], then measures its CPU over [`CPU_WINDOW`].
+    async fn of(pid: u32) -> anyhow::Result<Self> {
+        tokio::time::sleep(SETTLE).await;
         let before = (cpu_time(pid)?, Instant::now());
-        tokio::time::sleep(pause).await;
+        tokio::time::sleep(CPU_WINDOW).await;
         let cpu = cpu_time(pid)?.saturating_sub(before.0).as_secs_f64() / before.1.elapsed().as_secs_f64();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
         let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+        let (mut fds, mut sockets) = (0, 0);
+        for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+            fds += 1;
+            // An fd closed between listing and reading is simply not counted as a socket.
+            if std::fs::read_link(fd?.path()).is_ok_and(|target| target.to_string_lossy().starts_with("socket:")) {
+                sockets += 1;
+            }
+        }
         Ok(Footprint {
             rss: kb_field(&status, "VmRSS:")? * 1024,
             pss: kb_field(&rollup, "Pss:")? * 1024,
             anonymous: kb_field(&rollup, "Anonymous:")? * 1024,
             virtual_size: kb_field(&status, "VmSize:")? * 1024,
             threads: kb_field(&status, "Threads:")?,
-            fds: std::fs::read_dir(format!("/proc/{pid}/fd"))?.count(),
+            fds,
+            sockets,
             cpu,
         })
     }
@@ -585,11 +601,11 @@ async fn memory(cluster: &Cluster, pods: &PodWatch, steps: &[usize], idle: u64) 
             created = wanted;
             let running = pods.wait_count(wanted).await?;
             let rate = (running - started.1) as f64 / started.0.elapsed().as_secs_f64();
-            let footprint = Footprint::of(cluster.agent.pid(), running).await?;
+            let footprint = Footprint::of(cluster.agent.pid()).await?;
             let step = Step { wanted, running, rate, footprint, not_running: pods.not_running() };
             print_step(&step, idle);
             if step.running < wanted {
-                println!("   stopped at {running} running pods: {}", cluster.agent_log());
+                println!("   stopped at {running} running pods\n");
                 break;
             }
         }
@@ -601,13 +617,14 @@ fn print_idle(f: &Footprint) {
     println!("agent idle, no pods (load {})", load());
     println!("   target: < 15 MB (k3s agent ~275 MB)");
     println!(
-        "   RSS {:.1} MB, PSS {:.1} MB, anon {:.1} MB, virtual {:.0} GB, {} threads, {} open fds, CPU {:.1}% of a core",
+        "   RSS {:.1} MB, PSS {:.1} MB, anon {:.1} MB, virtual {:.0} GB, {} threads, {} open fds ({} sockets), CPU {:.1}% of a core",
         mb(f.rss),
         mb(f.pss),
         mb(f.anonymous),
         f.virtual_size as f64 / (1u64 << 30) as f64,
         f.threads,
         f.fds,
+        f.sockets,
         f.cpu * 100.0
     );
     println!();
@@ -629,10 +646,11 @@ fn print_step(s: &Step, idle: u64) {
         mb(f.anonymous),
     );
     println!(
-        "   virtual {:.0} GB, {} threads, {} open fds, agent CPU {:.1}% of a core",
+        "   virtual {:.0} GB, {} threads, {} open fds ({} sockets), agent CPU {:.1}% of a core",
         f.virtual_size as f64 / (1u64 << 30) as f64,
         f.threads,
         f.fds,
+        f.sockets,
         f.cpu * 100.0
     );
     for (reason, count) in &s.not_running {

@@ -101,6 +101,9 @@ struct NodeArgs {
     backoff_initial: std::time::Duration,
     #[arg(long, default_value = "300s", value_parser = parse_duration)]
     backoff_max: std::time::Duration,
+    /// Pods this node takes (its `capacity.pods`); each reserves a wasm instance slot.
+    #[arg(long, default_value_t = skiff_node::DEFAULT_MAX_PODS)]
+    max_pods: u32,
 }
 
 #[derive(Subcommand)]
@@ -143,6 +146,7 @@ impl NodeArgs {
             data_dir,
             node_ip: self.node_ip,
             kubelet_port: self.kubelet_port,
+            max_pods: self.max_pods,
             backoff: skiff_node::BackoffConfig {
                 initial: self.backoff_initial,
                 max: self.backoff_max,

@@ -31,6 +31,9 @@ pub use registration::CERT_ANNOTATION;
 /// The kubelet's port, which the API server reaches for logs.
 pub const DEFAULT_KUBELET_PORT: u16 = 10250;
 
+/// Default `--max-pods`: the wasm runtime's default pool of instance slots.
+pub const DEFAULT_MAX_PODS: u32 = skiff_wasm::DEFAULT_MAX_INSTANCES;
+
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     /// The API server's URL (`https://HOST:PORT`).
@@ -45,6 +48,9 @@ pub struct AgentConfig {
     /// Port of the agent's HTTPS endpoint (0 picks a free one).
     pub kubelet_port: u16,
     pub backoff: BackoffConfig,
+    /// Pods this node takes: the wasm runtime reserves an instance slot for each (HTTP guests' per-request
+    /// instances share the slots), and the Node reports it as `capacity.pods`.
+    pub max_pods: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,8 +79,12 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         .map_err(|e| AgentError::Config(format!("cannot create {}: {e}", config.data_dir.display())))?;
     let kubelet =
         server::KubeletServer::bind(SocketAddr::new(config.node_ip, config.kubelet_port), &config.name).await?;
-    let wasm = skiff_wasm::WasmShim::new(skiff_wasm::WasmConfig::new(config.data_dir.join("wasm-cache")))
-        .map_err(|e| AgentError::Wasm(Box::new(e)))?;
+    raise_open_files_limit(config.max_pods);
+    let wasm_config = skiff_wasm::WasmConfig {
+        max_instances: config.max_pods,
+        ..skiff_wasm::WasmConfig::new(config.data_dir.join("wasm-cache"))
+    };
+    let wasm = skiff_wasm::WasmShim::new(wasm_config).map_err(|e| AgentError::Wasm(Box::new(e)))?;
     let shims: Vec<Arc<dyn Shim>> = vec![Arc::new(wasm)];
     let identity = registration::NodeIdentity {
         name: config.name.clone(),
@@ -83,6 +93,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         cert_sha256: kubelet.cert_sha256.clone(),
         runtimes: shims.iter().map(|s| s.name()).collect(),
         data_dir: config.data_dir.clone(),
+        max_pods: config.max_pods,
     };
     let nodes: kube::Api<Node> = kube::Api::all(client.clone());
     registration::register(&nodes, &identity).await?;
@@ -104,6 +115,24 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     tokio::join!(heartbeat, logs, pods, image_gc);
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// Each running container holds its log file open, so the agent raises its soft open-files limit to the hard
+/// limit (as Go does for every program; Rust's std does not), and warns when that is still below what
+/// `max_pods` needs.
+fn raise_open_files_limit(max_pods: u32) {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the rlimit struct passed by pointer.
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
+        }
+    };
+    let needed = u64::from(max_pods) + 256;
+    if !raised || limit.rlim_cur < needed {
+        tracing::warn!(limit = limit.rlim_cur, needed, "the open-files limit is below what --max-pods needs");
+    }
 }
 
 /// How often unused images are removed from the store: the kubelet's image GC period.

@@ -21,10 +21,6 @@ const LEASE_SECONDS: i32 = 40;
 /// nodeStatusReportFrequency is 5 minutes; status is cheap here, so a minute keeps `kubectl get nodes` honest).
 const STATUS_REFRESH: Duration = Duration::from_secs(60);
 
-/// A node can run this many pods: wasm pods cost tens of KiB each inside the agent, so the kubelet's 110 is
-/// far too low; the scheduler uses it as the pod capacity.
-pub const MAX_PODS: u32 = 10_000;
-
 const FIELD_MANAGER: &str = "skiff-agent";
 
 /// What the node says about itself.
@@ -38,6 +34,8 @@ pub struct NodeIdentity {
     /// Runtime handlers: always `wasm`, plus `oci` where the host can run containers.
     pub runtimes: Vec<&'static str>,
     pub data_dir: std::path::PathBuf,
+    /// `capacity.pods`: as many as the wasm runtime has instance slots for.
+    pub max_pods: u32,
 }
 
 /// Annotation carrying [`NodeIdentity::cert_sha256`].
@@ -101,7 +99,7 @@ fn status(identity: &NodeIdentity) -> Value {
     let capacity = json!({
         "cpu": cpus.to_string(),
         "memory": format!("{memory_kib}Ki"),
-        "pods": MAX_PODS.to_string(),
+        "pods": identity.max_pods.to_string(),
         "ephemeral-storage": storage.to_string(),
     });
     let condition = |kind: &str, status: &str, reason: &str, message: &str| {

@@ -28,7 +28,7 @@ pub struct Recorder {
 }
 
 enum Message {
-    Record(Request),
+    Record(Box<Request>),
     /// A pod is gone: drop its aggregation state.
     Forget(String),
 }
@@ -58,7 +58,7 @@ impl Recorder {
         tokio::spawn(async move {
             while let Some(message) = messages.recv().await {
                 match message {
-                    Message::Record(request) => writer.record(request).await,
+                    Message::Record(request) => writer.record(*request).await,
                     Message::Forget(uid) => writer.seen.retain(|(pod, ..), _| pod != &uid),
                 }
             }
@@ -77,7 +77,7 @@ impl Recorder {
             message: message.to_string(),
             time: crate::now(),
         };
-        let _ = self.queue.send(Message::Record(request));
+        let _ = self.queue.send(Message::Record(Box::new(request)));
     }
 
     /// Forgets the aggregation state of a pod that is gone.

@@ -103,8 +103,10 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     }
 }
 
-fn apply(ctx: &Arc<Context>, workers: &mut HashMap<String, Worker>, pod: Pod) {
+fn apply(ctx: &Arc<Context>, workers: &mut HashMap<String, Worker>, mut pod: Pod) {
     let Some(uid) = pod.metadata.uid.clone() else { return };
+    // Workers keep copies of their pod; field ownership is the largest part of it and nothing here reads it.
+    pod.metadata.managed_fields = None;
     match workers.get(&uid) {
         Some(worker) => worker.update(pod),
         None => {

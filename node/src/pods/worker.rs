@@ -195,7 +195,8 @@ async fn run_containers(shared: Arc<Shared>, spec: k8s_openapi::api::core::v1::P
     for (index, container) in spec.init_containers.clone().unwrap_or_default().into_iter().enumerate() {
         // Init containers restart on failure unless the pod's policy is Never; they never restart on success.
         let init_policy = if policy == "Never" { "Never" } else { "OnFailure" };
-        let exit = supervise(&shared, &volumes, true, index, container, init_policy, &stop).await;
+        // Boxed: inlined, the supervisor's state machine would make every pod's task as large as both.
+        let exit = Box::pin(supervise(&shared, &volumes, true, index, container, init_policy, &stop)).await;
         match exit {
             Some(exit) if exit.code == 0 => {}
             Some(_) => {
@@ -317,8 +318,17 @@ async fn supervise(
         // Run, probing, until it exits, fails a probe, or the pod is deleted.
         let probe_cancel = CancellationToken::new();
         let (verdicts_tx, mut verdicts) = mpsc::channel(4);
-        if !init {
+        let probed = container.readiness_probe.is_some()
+            || container.liveness_probe.is_some()
+            || container.startup_probe.is_some();
+        if probed && !init {
             tokio::spawn(super::probes::run(container.clone(), ctx.node_ip, verdicts_tx, probe_cancel.clone()));
+        } else if !init {
+            // No probes: ready as soon as it runs, and no task per container to say so.
+            shared.update(init, index, |c| {
+                c.ready = true;
+                c.started = true;
+            });
         }
         let mut stopped_by_us = false;
         let exit = loop {

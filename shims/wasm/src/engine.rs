@@ -73,9 +73,18 @@ fn pooling(max_instances: u32) -> PoolingAllocationConfig {
         .total_stacks(n)
         .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
         .max_memories_per_component(MEMORIES_PER_COMPONENT)
-        .max_tables_per_component(TABLES_PER_COMPONENT);
+        .max_tables_per_component(TABLES_PER_COMPONENT)
+        // Reusing a slot zeroes this much with memset instead of madvise: an HTTP guest takes a slot per
+        // request, and each madvise costs TLB-shootdown interrupts across the agent's threads. Small enough
+        // that slots of idle pods keep little extra resident.
+        .linear_memory_keep_resident(KEEP_RESIDENT)
+        .table_keep_resident(KEEP_RESIDENT)
+        .async_stack_keep_resident(KEEP_RESIDENT);
     pool
 }
+
+/// Bytes of a reused pool slot's memory, table and stack that are zeroed in place rather than released.
+const KEEP_RESIDENT: usize = 64 * 1024;
 
 /// Advances the engine epoch every [`EPOCH_TICK`] on its own OS thread (a tokio timer would stall exactly
 /// when a runtime thread is busy in a guest, which is when the tick matters). Dropping the ticker ends the

@@ -62,6 +62,9 @@ impl Server {
                             continue;
                         }
                     };
+                    // Responses leave as a head and a body write; without NODELAY the second waits for the
+                    // client's delayed ACK (~40 ms), which was the whole p99.
+                    let _ = stream.set_nodelay(true);
                     let server = self.clone();
                     let request_force = force.clone();
                     let service = hyper::service::service_fn(move |req| {
