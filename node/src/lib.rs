@@ -107,6 +107,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         pods_dir: config.data_dir.join("pods"),
         backoff: config.backoff,
         events: pods::Recorder::new(client.clone(), config.name.clone()),
+        max_pods: config.max_pods,
     });
     let heartbeat = registration::heartbeat(client.clone(), identity, shutdown.clone());
     let image_gc = collect_images(ctx.clone(), shutdown.clone());

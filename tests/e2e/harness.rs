@@ -347,10 +347,16 @@ pub struct Agent {
     server: String,
     token_file: PathBuf,
     log: PathBuf,
+    flags: Vec<String>,
 }
 
 impl Agent {
     pub fn join(cluster: &Cluster, name: &str) -> anyhow::Result<Self> {
+        Self::join_with(cluster, name, &[])
+    }
+
+    /// Joins with extra `skiff agent` flags.
+    pub fn join_with(cluster: &Cluster, name: &str, flags: &[&str]) -> anyhow::Result<Self> {
         let data_dir = cluster.dir.path().join(format!("agent-{name}"));
         let mut agent = Agent {
             child: None,
@@ -359,6 +365,7 @@ impl Agent {
             token_file: cluster.data_dir().join("node-token"),
             log: cluster.dir.path().join(format!("agent-{name}.log")),
             data_dir,
+            flags: flags.iter().map(|f| f.to_string()).collect(),
         };
         agent.launch(cluster)?;
         Ok(agent)
@@ -378,7 +385,9 @@ impl Agent {
                 "--kubelet-port",
                 "0",
             ])
-            .args(["--backoff-initial", "1s", "--backoff-max", "8s", "--token-file"])
+            .args(["--backoff-initial", "1s", "--backoff-max", "8s"])
+            .args(&self.flags)
+            .arg("--token-file")
             .arg(&self.token_file)
             .arg("--data-dir")
             .arg(&self.data_dir)

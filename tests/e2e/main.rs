@@ -609,6 +609,11 @@ fn node_bad_images_report_kubelet_reasons() {
 }
 
 #[test]
+fn node_pods_beyond_capacity_are_refused_out_of_pods() {
+    node::pods_beyond_capacity_are_refused_out_of_pods();
+}
+
+#[test]
 fn node_killing_the_agent_neither_loses_nor_doubles_pods() {
     node::killing_the_agent_neither_loses_nor_doubles_pods();
 }

@@ -16,9 +16,13 @@ struct NodeCluster {
 
 impl NodeCluster {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    fn start_with(flags: &[&str]) -> Self {
         let registry = Registry::start().unwrap();
         let cluster = Cluster::start(Backend::Embedded).unwrap();
-        let agent = Agent::join(&cluster, "node-1").unwrap();
+        let agent = Agent::join_with(&cluster, "node-1", flags).unwrap();
         NodeCluster { cluster, agent, registry }
     }
 
@@ -272,4 +276,19 @@ pub fn killing_the_agent_neither_loses_nor_doubles_pods() {
     let ticks = node.cluster.ok(&["logs", "ticker"]);
     assert!(ticks.lines().count() >= 2, "one ticker, logging: {ticks}");
     node.cluster.ok(&["delete", "pod", "ticker", "--timeout=30s"]);
+}
+
+pub fn pods_beyond_capacity_are_refused_out_of_pods() {
+    let node = NodeCluster::start_with(&["--max-pods", "2"]);
+    let capacity = node.cluster.ok(&["get", "node", "node-1", "-o", "jsonpath={.status.capacity.pods}"]);
+    assert_eq!(capacity, "2");
+    let ticker = node.registry.push_sample("ticker");
+    node.ticker("one", &ticker);
+    node.ticker("two", &ticker);
+    node.wait_phase("one", "Running");
+    node.wait_phase("two", "Running");
+    node.ticker("three", &ticker);
+    let pod = node.wait_phase("three", "Failed");
+    assert_eq!(pod["status"]["reason"], "OutOfpods", "{pod}");
+    assert_eq!(node.get("one")["status"]["phase"], "Running", "admitted pods keep running");
 }

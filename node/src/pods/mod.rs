@@ -51,6 +51,8 @@ pub struct Context {
     pub pods_dir: PathBuf,
     pub backoff: BackoffConfig,
     pub events: Recorder,
+    /// `capacity.pods`: pods beyond it are refused at admission, as the kubelet does.
+    pub max_pods: u32,
 }
 
 /// Watches this node's pods and keeps a worker per pod until `shutdown`.
@@ -107,10 +109,35 @@ fn apply(ctx: &Arc<Context>, workers: &mut HashMap<String, Worker>, mut pod: Pod
     let Some(uid) = pod.metadata.uid.clone() else { return };
     // Workers keep copies of their pod; field ownership is the largest part of it and nothing here reads it.
     pod.metadata.managed_fields = None;
-    match workers.get(&uid) {
-        Some(worker) => worker.update(pod),
-        None => {
-            workers.insert(uid, Worker::spawn(ctx.clone(), pod));
-        }
+    if let Some(worker) = workers.get(&uid) {
+        worker.update(pod);
+        return;
+    }
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    let terminal = matches!(phase, Some("Succeeded" | "Failed"));
+    let active = workers.values().filter(|w| w.is_active()).count();
+    if !terminal && pod.metadata.deletion_timestamp.is_none() && active >= ctx.max_pods as usize {
+        tokio::spawn(refuse(ctx.clone(), pod, active));
+        return;
+    }
+    workers.insert(uid, Worker::spawn(ctx.clone(), pod));
+}
+
+/// Kubelet admission: a pod that would exceed `capacity.pods` fails with reason OutOfpods instead of
+/// starting (a wasm guest beyond the pool would only crash-loop on a full instance pool).
+async fn refuse(ctx: Arc<Context>, pod: Pod, active: usize) {
+    let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let message = format!(
+        "Pod was rejected: Node didn't have enough resource: pods, requested: 1, used: {active}, capacity: {}",
+        ctx.max_pods
+    );
+    tracing::warn!(pod = %name, "{message}");
+    ctx.events.record(&pod, None, events::Kind::Warning, "OutOfpods", &message);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let status = serde_json::json!({"status": {"phase": "Failed", "reason": "OutOfpods", "message": message}});
+    if let Err(e) = pods.patch_status(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(status)).await
+    {
+        tracing::warn!(pod = %name, error = %e, "cannot record the rejection");
     }
 }

@@ -58,6 +58,12 @@ impl Worker {
     pub fn is_finished(&self) -> bool {
         self.task.is_finished()
     }
+
+    /// Whether the pod still holds a place on the node: not yet Succeeded or Failed.
+    pub fn is_active(&self) -> bool {
+        let pod = self.pod.borrow();
+        !matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+    }
 }
 
 /// Shared between a pod's worker, its supervisors and its status writer.
