@@ -12,7 +12,7 @@
 //!
 //! `SKIFF_BENCH_ONLY=startup,memory,http` runs parts; `SKIFF_BENCH_PODS=1000,2000` sets the memory steps
 //! (cumulative pod counts). Every child process (server, agent) is killed when its guard drops. Results:
-//! benches/NODE-RESULTS.md.
+//! README.md, Performance.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::TcpListener;

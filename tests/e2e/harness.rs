@@ -351,11 +351,7 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn join(cluster: &Cluster, name: &str) -> anyhow::Result<Self> {
-        Self::join_with(cluster, name, &[])
-    }
-
-    /// Joins with extra `skiff agent` flags.
+    /// Joins `cluster` as node `name`, with extra `skiff agent` flags.
     pub fn join_with(cluster: &Cluster, name: &str, flags: &[&str]) -> anyhow::Result<Self> {
         let data_dir = cluster.dir.path().join(format!("agent-{name}"));
         let mut agent = Agent {
