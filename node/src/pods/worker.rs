@@ -105,11 +105,11 @@ async fn run(ctx: Arc<Context>, pod_rx: watch::Receiver<Pod>, abandon: Cancellat
         ctx: ctx.clone(),
     });
     let stop = CancellationToken::new();
-    let writer = tokio::spawn(write_status(shared.clone(), abandon.clone()));
     // A pod that already ended (before an agent restart) is not run again.
     let finished = matches!(phase.as_str(), "Succeeded" | "Failed");
     let runner = (!finished).then(|| tokio::spawn(run_containers(shared.clone(), spec.clone(), stop.clone())));
     let mut pod_rx = pod_rx;
+    // The worker writes the status itself whenever it changes: one task per pod for that, not two.
     loop {
         if pod_rx.borrow().metadata.deletion_timestamp.is_some() {
             break;
@@ -120,9 +120,9 @@ async fn run(ctx: Arc<Context>, pod_rx: watch::Receiver<Pod>, abandon: Cancellat
                 if let Some(runner) = runner {
                     let _ = runner.await;
                 }
-                let _ = writer.await;
                 return;
             }
+            _ = shared.changed.notified() => flush_status(&shared).await,
             changed = pod_rx.changed() => if changed.is_err() { return },
         }
     }
@@ -132,9 +132,6 @@ async fn run(ctx: Arc<Context>, pod_rx: watch::Receiver<Pod>, abandon: Cancellat
     if let Some(runner) = runner {
         let _ = runner.await;
     }
-    shared.changed.notify_one();
-    abandon.cancel();
-    let _ = writer.await;
     flush_status(&shared).await;
     delete_pod(&ctx, &shared.pod()).await;
 }
@@ -257,7 +254,9 @@ async fn supervise(
     let reference = container.image.clone().unwrap_or_default();
     loop {
         // Pull.
-        let image = match pull(shared, &container).await {
+        // Pulling and starting are boxed so that a supervisor waiting on its container keeps only its own
+        // small state, not the larger state of those steps: it waits for as long as the pod runs.
+        let image = match Box::pin(pull(shared, &container)).await {
             Ok(image) => image,
             Err((reason, message, retry)) => {
                 shared.update(init, index, |c| {
@@ -292,7 +291,7 @@ async fn supervise(
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let log_dir = ctx.pods_dir.join(&uid).join("logs").join(&name);
         let image_id = image_id(&image);
-        let started = start(shared, volumes, &container, image, &log_dir, restart_count).await;
+        let started = Box::pin(start(shared, volumes, &container, image, &log_dir, restart_count)).await;
         let (mut running, log, shim_name, id) = match started {
             Ok(started) => started,
             Err(message) => {
@@ -561,16 +560,6 @@ fn pod_label(pod: &Pod) -> String {
 fn human(delay: Duration) -> String {
     let seconds = delay.as_secs();
     if seconds >= 60 { format!("{}m{}s", seconds / 60, seconds % 60) } else { format!("{seconds}s") }
-}
-
-/// Writes the status whenever it changes, until `done`.
-async fn write_status(shared: Arc<Shared>, done: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = done.cancelled() => return,
-            _ = shared.changed.notified() => flush_status(&shared).await,
-        }
-    }
 }
 
 async fn flush_status(shared: &Shared) {
