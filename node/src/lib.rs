@@ -172,11 +172,6 @@ async fn collect_images(ctx: Arc<pods::Context>, shutdown: CancellationToken) {
     }
 }
 
-/// Kubernetes' `Time`: RFC 3339 in UTC, whole seconds.
-pub(crate) fn format_time(when: jiff::Timestamp) -> String {
-    when.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
-}
-
 pub(crate) fn now() -> String {
-    format_time(jiff::Timestamp::now())
+    skiff_api::format_time(jiff::Timestamp::now())
 }

@@ -45,20 +45,12 @@ fn labels(identity: &NodeIdentity) -> Value {
     let mut labels = json!({
         "kubernetes.io/hostname": identity.name,
         "kubernetes.io/os": std::env::consts::OS,
-        "kubernetes.io/arch": go_arch(),
+        "kubernetes.io/arch": skiff_api::go_arch(),
     });
     for runtime in &identity.runtimes {
         labels[format!("skiff.dev/runtime.{runtime}")] = json!("true");
     }
     labels
-}
-
-fn go_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    }
 }
 
 /// Creates or updates the Node, then sets its status.
@@ -130,7 +122,7 @@ fn status(identity: &NodeIdentity) -> Value {
             "kubeletVersion": format!("v1.33.0-skiff.{}", env!("CARGO_PKG_VERSION")),
             "kubeProxyVersion": "",
             "operatingSystem": std::env::consts::OS,
-            "architecture": go_arch(),
+            "architecture": skiff_api::go_arch(),
         },
         "runtimeHandlers": identity.runtimes.iter().map(|r| json!({"name": r, "features": {"recursiveReadOnlyMounts": false, "userNamespaces": false}})).collect::<Vec<_>>(),
     })

@@ -15,3 +15,18 @@ pub mod resources;
 pub mod selectors;
 pub mod table;
 pub mod validation;
+
+/// Kubernetes' `Time` format: RFC 3339 in UTC, whole seconds (`2026-11-27T03:00:00Z`).
+pub fn format_time(when: jiff::Timestamp) -> String {
+    when.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// This machine's architecture in Go's (and so Kubernetes') naming: `amd64`, `arm64`, ... Clients compare
+/// it with their own in `/version`, and nodes label themselves with it.
+pub fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}

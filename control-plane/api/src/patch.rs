@@ -791,7 +791,7 @@ fn fields_v1(fields: &FieldSet) -> Value {
 }
 
 fn now() -> Value {
-    Value::String(jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+    Value::String(crate::format_time(jiff::Timestamp::now()))
 }
 
 /// Writes the entries into the object; an object owned by nobody has no managedFields.

@@ -213,7 +213,7 @@ impl Obj {
             return Ok(self);
         }
         let ts = jiff::Timestamp::from_second(seconds).map_err(|_| ProtobufError::Timestamp { seconds })?;
-        Ok(self.set(key, ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string().into()))
+        Ok(self.set(key, crate::format_time(ts).into()))
     }
 
     fn message<T>(self, key: &str, v: Option<&T>, f: impl FnOnce(&T) -> Json) -> Result<Self, ProtobufError> {

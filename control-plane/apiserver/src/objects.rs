@@ -898,7 +898,7 @@ fn mark_for_deletion(def: &ResourceDef, current: &Value, options: &DeleteOptions
     }
     if meta.get("deletionTimestamp").is_none() {
         let when = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace);
-        meta.insert("deletionTimestamp".into(), json!(rfc3339(when)));
+        meta.insert("deletionTimestamp".into(), json!(skiff_api::format_time(when)));
         meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
     } else if grace == 0 && def.plural == "pods" {
         // A second delete with a zero grace period forces the pod out, as `kubectl delete --force` expects.
@@ -1033,10 +1033,5 @@ fn random_suffix() -> String {
 }
 
 pub fn now_rfc3339() -> String {
-    rfc3339(jiff::Timestamp::now())
-}
-
-/// Kubernetes' `Time` format: RFC 3339 in UTC, whole seconds.
-pub fn rfc3339(when: jiff::Timestamp) -> String {
-    when.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    skiff_api::format_time(jiff::Timestamp::now())
 }

@@ -94,17 +94,8 @@ async fn version() -> axum::Json<Value> {
         "buildDate": "",
         "goVersion": "",
         "compiler": "rustc",
-        "platform": format!("{}/{}", std::env::consts::OS, go_arch()),
+        "platform": format!("{}/{}", std::env::consts::OS, skiff_api::go_arch()),
     }))
-}
-
-/// Go's name for the machine architecture, which clients compare against their own.
-pub fn go_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    }
 }
 
 async fn healthy() -> &'static str {

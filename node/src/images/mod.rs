@@ -141,7 +141,7 @@ pub async fn push_wasm(wasm: &[u8], reference: &str, auth: &RegistryAuth) -> Res
 
 fn now_rfc3339() -> String {
     // Whole seconds in UTC, as other tools write `created`.
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    skiff_api::format_time(jiff::Timestamp::now())
 }
 
 /// Locks shared by every [`ImageStore`] open on one directory in this process.

@@ -161,7 +161,7 @@ fn initial_state(pod: &Pod, host_ip: &str) -> PodState {
     let main = carry(&spec.containers, status.container_statuses.as_deref().unwrap_or_default());
     let mut state = PodState::new(init, main, host_ip.to_string());
     if let Some(start) = status.start_time {
-        state.start_time = crate::format_time(start.0);
+        state.start_time = skiff_api::format_time(start.0);
     }
     if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
         state.initialized = true;
