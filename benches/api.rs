@@ -12,10 +12,11 @@
 //! `SKIFF_BENCH_CLIENTS` (see [`Settings`]) run parts and experiments. Every child process (skiff, etcd) is
 //! killed when its guard drops, so an error leaves nothing behind. Results: README.md, Performance.
 
+mod common;
+
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -23,6 +24,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use futures::StreamExt;
 use serde_json::{Value, json};
+
+use common::{Guard, Latency, free_port, load, mb, ms, wait_until};
 
 /// Concurrent clients for the create benchmark (the figure).
 const CREATE_CLIENTS: usize = 16;
@@ -75,14 +78,6 @@ impl Settings {
     fn runs(&self, section: &str) -> bool {
         self.sections.iter().any(|s| s == section)
     }
-}
-
-/// The 1-minute load average: other work on the machine shows here and skews every figure.
-fn load() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_default()
 }
 
 async fn run(settings: Settings) -> anyhow::Result<()> {
@@ -193,35 +188,6 @@ fn print_churn(churn: &Churn) {
 
 // ---------------------------------------------------------------------------------------------------------
 // Processes
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut ready: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if ready().await {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("{what} not ready after {timeout:?}")
-}
-
-/// A child process killed (and reaped) on drop.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Debian's etcd 3.4 with its defaults (fsync on every commit), a private data dir and free loopback ports.
 struct Etcd {
@@ -338,36 +304,6 @@ impl Skiff {
 
 // ---------------------------------------------------------------------------------------------------------
 // Statistics
-
-#[derive(Clone, Copy, Debug, Default)]
-struct Latency {
-    p50: Duration,
-    p99: Duration,
-    max: Duration,
-}
-
-impl Latency {
-    fn of(mut samples: Vec<Duration>) -> Self {
-        samples.sort_unstable();
-        let at = |q: f64| {
-            if samples.is_empty() {
-                return Duration::ZERO;
-            }
-            // Nearest rank: the smallest sample with at least q of all samples at or below it.
-            let rank = (q * samples.len() as f64).ceil() as usize;
-            samples[rank.clamp(1, samples.len()) - 1]
-        };
-        Latency { p50: at(0.50), p99: at(0.99), max: at(1.0) }
-    }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn mb(bytes: u64) -> f64 {
-    bytes as f64 / (1024.0 * 1024.0)
-}
 
 // ---------------------------------------------------------------------------------------------------------
 // 1. Creates

@@ -14,16 +14,19 @@
 //! (cumulative pod counts). Every child process (server, agent) is killed when its guard drops. Results:
 //! README.md, Performance.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use futures::StreamExt;
 use serde_json::{Value, json};
+
+use common::{Guard, Latency, free_port, load, mb, ms, wait_until};
 use tokio::sync::watch;
 
 /// Pods timed one at a time in the startup run.
@@ -133,35 +136,6 @@ fn build_samples() -> anyhow::Result<PathBuf> {
 
 // ---------------------------------------------------------------------------------------------------------
 // Processes
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut ready: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if ready().await {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("{what} not ready after {timeout:?}")
-}
-
-/// Kills the child when dropped.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A `skiff server` on the embedded store and one `skiff agent` joined to it, each logging to a file.
 struct Cluster {
@@ -818,41 +792,3 @@ fn print_http((generator, runs): &(String, Vec<HttpRun>)) {
 
 // ---------------------------------------------------------------------------------------------------------
 // Statistics
-
-#[derive(Clone, Copy, Debug, Default)]
-struct Latency {
-    p50: Duration,
-    p99: Duration,
-    max: Duration,
-}
-
-impl Latency {
-    fn of(mut samples: Vec<Duration>) -> Self {
-        samples.sort_unstable();
-        let at = |q: f64| {
-            if samples.is_empty() {
-                return Duration::ZERO;
-            }
-            // Nearest rank: the smallest sample with at least q of all samples at or below it.
-            let rank = (q * samples.len() as f64).ceil() as usize;
-            samples[rank.clamp(1, samples.len()) - 1]
-        };
-        Latency { p50: at(0.50), p99: at(0.99), max: at(1.0) }
-    }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn mb(bytes: u64) -> f64 {
-    bytes as f64 / (1024.0 * 1024.0)
-}
-
-/// The 1-minute load average: other work on the machine shows here and skews every figure.
-fn load() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_default()
-}
