@@ -147,6 +147,10 @@ pub fn a_trapping_module_crash_loops_with_growing_back_off() {
         "back-off grows: {back_offs:?}"
     );
     assert!(node.cluster.ok(&["get", "pod", "trap"]).contains("CrashLoopBackOff"));
+    let previous = node.cluster.ok(&["logs", "trap", "--previous"]);
+    assert!(previous.contains("arg[0]=trap"), "--previous shows the last crashed run's output: {previous}");
+    let recent = node.cluster.ok(&["logs", "trap", "--since=1h", "--tail=1"]);
+    assert_eq!(recent.lines().count(), 1, "--since keeps recent lines and --tail the last one: {recent}");
 }
 
 fn seconds(delay: &str) -> u64 {
