@@ -85,7 +85,15 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         ..skiff_wasm::WasmConfig::new(config.data_dir.join("wasm-cache"))
     };
     let wasm = skiff_wasm::WasmShim::new(wasm_config).map_err(|e| AgentError::Wasm(Box::new(e)))?;
-    let shims: Vec<Arc<dyn Shim>> = vec![Arc::new(wasm)];
+    // Wasm is asked first; containers run where the host can run them (as root, with cgroups).
+    let mut shims: Vec<Arc<dyn Shim>> = vec![Arc::new(wasm)];
+    if skiff_oci::OciShim::available() {
+        let oci = skiff_oci::OciShim::new(skiff_oci::OciConfig { state_dir: config.data_dir.join("oci") })
+            .map_err(|e| AgentError::Config(format!("OCI runtime: {e}")))?;
+        shims.push(Arc::new(oci));
+    } else {
+        tracing::info!("no OCI runtime on this node (needs root and cgroups): wasm only");
+    }
     let identity = registration::NodeIdentity {
         name: config.name.clone(),
         ip: config.node_ip,

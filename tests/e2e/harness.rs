@@ -281,25 +281,75 @@ impl Registry {
 
     /// Uploads `bytes` as a CNCF wasm artifact by hand, bypassing skiff's own checks (for bad modules).
     pub fn push_raw_artifact(&self, name: &str, bytes: &[u8]) -> String {
+        let config = br#"{"architecture":"wasm","os":"wasip1","layerDigests":[]}"#;
+        self.push_image(name, "application/vnd.wasm.config.v0+json", config, "application/wasm", bytes)
+    }
+
+    /// Builds a busybox OCI image from Debian's busybox-static (`/bin/busybox` and sh, echo, sleep, cat,
+    /// env links) and pushes it: a plain container image for the OCI shim.
+    pub fn push_busybox(&self, name: &str) -> String {
+        use sha2::Digest;
+        let mut layer = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+        let header = |kind: tar::EntryType, mode: u32, size: u64| {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(kind);
+            header.set_mode(mode);
+            header.set_uid(0);
+            header.set_gid(0);
+            header.set_mtime(0);
+            header.set_size(size);
+            header
+        };
+        for dir in ["bin", "tmp", "proc", "dev", "sys", "etc"] {
+            layer.append_data(&mut header(tar::EntryType::Directory, 0o755, 0), dir, &[][..]).unwrap();
+        }
+        let busybox = std::fs::read("/bin/busybox").expect("busybox-static is installed");
+        let mut file = header(tar::EntryType::Regular, 0o755, busybox.len() as u64);
+        layer.append_data(&mut file, "bin/busybox", &busybox[..]).unwrap();
+        for link in ["sh", "echo", "sleep", "cat", "env"] {
+            layer
+                .append_link(&mut header(tar::EntryType::Symlink, 0o777, 0), format!("bin/{link}"), "busybox")
+                .unwrap();
+        }
+        let compressed = layer.into_inner().unwrap().finish().unwrap();
+        let mut uncompressed = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&compressed[..]), &mut uncompressed).unwrap();
+        let config = serde_json::json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"]},
+            "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", hex::encode(sha2::Sha256::digest(&uncompressed)))]},
+        });
+        let config = config.to_string().into_bytes();
+        self.push_image(
+            name,
+            "application/vnd.oci.image.config.v1+json",
+            &config,
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            &compressed,
+        )
+    }
+
+    /// Uploads a one-layer image by hand over the registry's HTTP API; returns its reference.
+    fn push_image(&self, name: &str, config_type: &str, config: &[u8], layer_type: &str, layer: &[u8]) -> String {
         use sha2::Digest;
         let client = reqwest::blocking::Client::new();
         let base = format!("http://{}", self.address);
         let digest = |b: &[u8]| format!("sha256:{}", hex::encode(sha2::Sha256::digest(b)));
-        let config = br#"{"architecture":"wasm","os":"wasip1","layerDigests":[]}"#.to_vec();
-        for blob in [bytes.to_vec(), config.clone()] {
+        for blob in [layer, config] {
             let upload = client.post(format!("{base}/v2/{name}/blobs/uploads/")).send().unwrap();
             let location = upload.headers()["location"].to_str().unwrap().to_string();
             let location = if location.starts_with("http") { location } else { format!("{base}{location}") };
             let separator = if location.contains('?') { '&' } else { '?' };
             let put =
-                client.put(format!("{location}{separator}digest={}", digest(&blob))).body(blob.clone()).send().unwrap();
+                client.put(format!("{location}{separator}digest={}", digest(blob))).body(blob.to_vec()).send().unwrap();
             assert!(put.status().is_success(), "blob upload: {}", put.status());
         }
         let manifest = serde_json::json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.wasm.config.v0+json", "digest": digest(&config), "size": config.len()},
-            "layers": [{"mediaType": "application/wasm", "digest": digest(bytes), "size": bytes.len()}],
+            "config": {"mediaType": config_type, "digest": digest(config), "size": config.len()},
+            "layers": [{"mediaType": layer_type, "digest": digest(layer), "size": layer.len()}],
         });
         let put = client
             .put(format!("{base}/v2/{name}/manifests/latest"))

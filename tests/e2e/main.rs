@@ -614,6 +614,11 @@ fn node_pods_beyond_capacity_are_refused_out_of_pods() {
 }
 
 #[test]
+fn node_wasm_and_container_side_by_side_in_one_pod() {
+    node::wasm_and_container_side_by_side_in_one_pod();
+}
+
+#[test]
 fn node_killing_the_agent_neither_loses_nor_doubles_pods() {
     node::killing_the_agent_neither_loses_nor_doubles_pods();
 }

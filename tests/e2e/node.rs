@@ -50,10 +50,20 @@ impl NodeCluster {
     }
 
     fn wait_phase(&self, name: &str, phase: &str) -> Value {
-        eventually(&format!("pod {name} {phase}\n{}", self.agent.log()), Duration::from_secs(60), || {
+        let started = Instant::now();
+        loop {
             let pod = self.get(name);
-            (pod["status"]["phase"] == phase).then_some(pod)
-        })
+            if pod["status"]["phase"] == phase {
+                return pod;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "pod {name} not {phase} after 60 s; status: {}\nagent log:\n{}",
+                pod["status"],
+                self.agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
@@ -295,4 +305,31 @@ pub fn pods_beyond_capacity_are_refused_out_of_pods() {
     let pod = node.wait_phase("three", "Failed");
     assert_eq!(pod["status"]["reason"], "OutOfpods", "{pod}");
     assert_eq!(node.get("one")["status"]["phase"], "Running", "admitted pods keep running");
+}
+
+pub fn wasm_and_container_side_by_side_in_one_pod() {
+    let node = NodeCluster::start();
+    let runtimes = node.cluster.ok(&["get", "node", "node-1", "-o", "jsonpath={.status.runtimeHandlers[*].name}"]);
+    assert_eq!(runtimes, "wasm oci", "as root the node has both runtimes");
+    let hello = node.registry.push_sample("hello");
+    let busybox = node.registry.push_busybox("tools/busybox");
+    node.pod(
+        "mixed",
+        "Never",
+        &format!(
+            "  - name: module\n    image: {hello}\n    args: [from-wasm]\n  - name: box\n    image: {busybox}\n    command: [sh, -c, 'echo from a container; exit 4']\n    resources: {{limits: {{memory: 64Mi}}}}\n"
+        ),
+    );
+    let pod = node.wait_phase("mixed", "Failed");
+    let statuses = pod["status"]["containerStatuses"].as_array().unwrap();
+    let by_name = |name: &str| statuses.iter().find(|s| s["name"] == name).unwrap().clone();
+    assert!(
+        by_name("module")["containerID"].as_str().unwrap().starts_with("wasm://"),
+        "the module ran in the wasm shim"
+    );
+    assert!(by_name("box")["containerID"].as_str().unwrap().starts_with("oci://"), "the container ran in the OCI shim");
+    assert_eq!(by_name("module")["state"]["terminated"]["exitCode"], 0);
+    assert_eq!(by_name("box")["state"]["terminated"]["exitCode"], 4);
+    assert!(node.cluster.ok(&["logs", "mixed", "-c", "module"]).contains("arg[1]=from-wasm"));
+    assert_eq!(node.cluster.ok(&["logs", "mixed", "-c", "box"]), "from a container\n");
 }

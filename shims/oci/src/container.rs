@@ -1,0 +1,256 @@
+//! A running Linux container: its init process, output pumps, exit status and clean-up.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
+use nix::unistd::Pid;
+use skiff_shim::{Exit, ExitReason, OutputSink, Stream};
+use tokio::sync::watch;
+
+/// How long the output of an ended container may keep flowing before its exit is reported anyway (a pipe
+/// can only stay open that long if something outside the container holds it).
+const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
+
+/// A container started by the OCI shim. Dropping it kills the container.
+pub struct OciContainer {
+    exit: watch::Receiver<Option<Exit>>,
+    init: Arc<Init>,
+}
+
+/// The container's init process. Signals go to its pid only while it is not yet reaped: until then the
+/// zombie holds the pid, so a signal can never hit a process that reused it.
+struct Init {
+    pid: Pid,
+    ended: Mutex<bool>,
+    ended_cv: Condvar,
+}
+
+impl Init {
+    fn is_ended(&self) -> bool {
+        *self.ended.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn signal(&self, signal: Signal) {
+        let ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        if !*ended && let Err(e) = kill(self.pid, signal) {
+            tracing::warn!(pid = self.pid.as_raw(), ?signal, error = %e, "cannot signal the container");
+        }
+    }
+}
+
+/// What the reaper cleans up once the init process has ended.
+pub(crate) struct Cleanup {
+    pub container: libcontainer::container::Container,
+    pub bundle: PathBuf,
+    pub cgroup: String,
+}
+
+impl OciContainer {
+    /// Watches a started container: pumps `stdout`/`stderr` into `output` and reaps `pid` on a thread of its
+    /// own, then deletes the container and its bundle.
+    pub(crate) fn watch(
+        pid: Pid,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+        output: Arc<dyn OutputSink>,
+        cleanup: Cleanup,
+    ) -> Result<Self, std::io::Error> {
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        for (fd, stream) in [(stdout, Stream::Stdout), (stderr, Stream::Stderr)] {
+            let output = output.clone();
+            let done = done_tx.clone();
+            std::thread::Builder::new().name("oci-output".into()).spawn(move || {
+                pump(File::from(fd), stream, &*output);
+                drop(done);
+            })?;
+        }
+        drop(done_tx);
+        let init = Arc::new(Init { pid, ended: Mutex::new(false), ended_cv: Condvar::new() });
+        let (tx, rx) = watch::channel(None);
+        let reaper_init = init.clone();
+        std::thread::Builder::new().name("oci-reaper".into()).spawn(move || {
+            let exit = reap(&reaper_init, done_rx, cleanup);
+            let _ = tx.send(Some(exit));
+        })?;
+        Ok(OciContainer { exit: rx, init })
+    }
+}
+
+fn pump(mut pipe: File, stream: Stream, output: &dyn OutputSink) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match pipe.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => output.write(stream, &buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the container's output");
+                return;
+            }
+        }
+    }
+}
+
+fn reap(init: &Init, output_done: mpsc::Receiver<()>, mut cleanup: Cleanup) -> Exit {
+    // Wait without reaping first, so `stop` can signal safely until the ended flag is set.
+    while let Err(Errno::EINTR) = waitid(Id::Pid(init.pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {}
+    *init.ended.lock().unwrap_or_else(|p| p.into_inner()) = true;
+    init.ended_cv.notify_all();
+    let status = loop {
+        match waitpid(init.pid, None) {
+            Err(Errno::EINTR) => continue,
+            other => break other,
+        }
+    };
+    let oom_kills = oom_kills(&cleanup.cgroup);
+    let deadline = Instant::now() + OUTPUT_DRAIN;
+    // The pumps hold the senders: the channel disconnects when both reached the end of their pipe.
+    if let Err(mpsc::RecvTimeoutError::Timeout) =
+        output_done.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+    {
+        tracing::warn!("the container's output is still open after it ended");
+    }
+    if let Err(e) = cleanup.container.delete(true) {
+        tracing::warn!(id = cleanup.container.id(), error = %e, "cannot delete the container");
+    }
+    remove_bundle(&cleanup.bundle);
+    match status {
+        Ok(status) => exit_from(status, oom_kills),
+        Err(e) => Exit {
+            code: 255,
+            reason: ExitReason::Error,
+            message: Some(format!("lost the container's exit status: {e}")),
+        },
+    }
+}
+
+pub(crate) fn remove_bundle(bundle: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(bundle)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(bundle = %bundle.display(), error = %e, "cannot remove the container's bundle");
+    }
+}
+
+/// How many processes of the cgroup the kernel's OOM killer killed (v1 `memory.oom_control`, v2
+/// `memory.events`); 0 when unknown.
+fn oom_kills(cgroup: &str) -> u64 {
+    let relative = cgroup.trim_start_matches('/');
+    let candidates = [
+        Path::new("/sys/fs/cgroup/memory").join(relative).join("memory.oom_control"),
+        Path::new("/sys/fs/cgroup").join(relative).join("memory.events"),
+    ];
+    candidates
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .find_map(|text| parse_oom_kills(&text))
+        .unwrap_or(0)
+}
+
+/// The `oom_kill N` line of a memory.oom_control or memory.events file.
+fn parse_oom_kills(text: &str) -> Option<u64> {
+    text.lines().find_map(|line| line.strip_prefix("oom_kill ")).and_then(|n| n.trim().parse().ok())
+}
+
+/// The kubelet's view of how the init process ended. Any failure of a container whose cgroup saw an OOM
+/// kill is an OOM kill (containerd's rule too): the killed process may be a child of init.
+fn exit_from(status: WaitStatus, oom_kills: u64) -> Exit {
+    let (code, message) = match status {
+        WaitStatus::Exited(_, code) => (code, None),
+        WaitStatus::Signaled(_, signal, _) => (128 + signal as i32, Some(format!("killed by {signal}"))),
+        other => (255, Some(format!("unexpected wait status {other:?}"))),
+    };
+    if code == 0 {
+        return Exit { code, reason: ExitReason::Completed, message: None };
+    }
+    if oom_kills > 0 {
+        return Exit {
+            code,
+            reason: ExitReason::OomKilled,
+            message: Some(format!("the memory limit was exceeded ({oom_kills} OOM kills)")),
+        };
+    }
+    Exit { code, reason: ExitReason::Error, message }
+}
+
+#[async_trait::async_trait]
+impl skiff_shim::Container for OciContainer {
+    async fn wait(&mut self) -> Exit {
+        match self.exit.wait_for(Option::is_some).await {
+            Ok(exit) => exit.clone().unwrap_or_else(lost),
+            Err(_) => lost(),
+        }
+    }
+
+    fn stop(&self, grace: Duration) {
+        self.init.signal(Signal::SIGTERM);
+        if self.init.is_ended() {
+            return;
+        }
+        let init = self.init.clone();
+        let spawned = std::thread::Builder::new().name("oci-stop".into()).spawn(move || {
+            let ended = init.ended.lock().unwrap_or_else(|p| p.into_inner());
+            let (ended, _) =
+                init.ended_cv.wait_timeout_while(ended, grace, |ended| !*ended).unwrap_or_else(|p| p.into_inner());
+            drop(ended);
+            init.signal(Signal::SIGKILL);
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start the stop timer; killing the container now");
+            self.init.signal(Signal::SIGKILL);
+        }
+    }
+}
+
+fn lost() -> Exit {
+    Exit { code: 255, reason: ExitReason::Error, message: Some("the container's reaper ended without a status".into()) }
+}
+
+impl Drop for OciContainer {
+    fn drop(&mut self) {
+        self.init.signal(Signal::SIGKILL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pid() -> Pid {
+        Pid::from_raw(1)
+    }
+
+    #[test]
+    fn exits_map_to_kubelet_reasons() {
+        assert_eq!(exit_from(WaitStatus::Exited(pid(), 0), 0).reason, ExitReason::Completed);
+        // A clean exit stays Completed even if a child was OOM-killed on the way.
+        assert_eq!(exit_from(WaitStatus::Exited(pid(), 0), 2).reason, ExitReason::Completed);
+        let e = exit_from(WaitStatus::Exited(pid(), 3), 0);
+        assert_eq!((e.code, e.reason, e.message), (3, ExitReason::Error, None));
+        let e = exit_from(WaitStatus::Signaled(pid(), Signal::SIGTERM, false), 0);
+        assert_eq!((e.code, e.reason), (143, ExitReason::Error));
+        assert_eq!(e.message.as_deref(), Some("killed by SIGTERM"));
+        let e = exit_from(WaitStatus::Signaled(pid(), Signal::SIGKILL, false), 1);
+        assert_eq!((e.code, e.reason), (137, ExitReason::OomKilled));
+        let e = exit_from(WaitStatus::Exited(pid(), 137), 1);
+        assert_eq!((e.code, e.reason), (137, ExitReason::OomKilled));
+        let e = exit_from(WaitStatus::Signaled(pid(), Signal::SIGKILL, false), 0);
+        assert_eq!((e.code, e.reason), (137, ExitReason::Error));
+    }
+
+    #[test]
+    fn oom_counters_parse_from_v1_and_v2_files() {
+        assert_eq!(parse_oom_kills("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n"), Some(2));
+        assert_eq!(parse_oom_kills("low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\noom_group_kill 0\n"), Some(1));
+        assert_eq!(parse_oom_kills("oom_kill_disable 0\nunder_oom 0\n"), None);
+        assert_eq!(oom_kills("/skiff/no-such-container-here"), 0);
+    }
+}

@@ -1,0 +1,231 @@
+#![doc = include_str!("../README.md")]
+
+mod container;
+mod rootfs;
+mod spec;
+
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::fcntl::OFlag;
+use nix::unistd::pipe2;
+use skiff_shim::{Container, ContainerSpec, Image, ShimError};
+
+pub use container::OciContainer;
+
+/// Layer media types the shim unpacks: OCI tar and tar+gzip, and Docker's gzipped rootfs diff.
+const LAYER_MEDIA_TYPES: [&str; 3] = [
+    "application/vnd.oci.image.layer.v1.tar",
+    "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip",
+];
+
+/// Held while libcontainer creates and starts a container: it briefly changes the process's working
+/// directory to reach its notify socket by a short relative path, so two starts at once connect to each
+/// other's sockets (or none).
+static START_LOCK: Mutex<()> = Mutex::new(());
+
+/// Settings of the OCI shim.
+#[derive(Clone, Debug)]
+pub struct OciConfig {
+    /// Where containers' bundles (root filesystem, `config.json`) and runtime state live, one directory per
+    /// container id, removed when the container ends.
+    pub state_dir: PathBuf,
+}
+
+/// Why the shim could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    /// The state directory cannot be created.
+    #[error("cannot create the oci state directory {path}")]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs Linux containers from OCI images with youki's libcontainer, forked from the agent (no daemon, no
+/// systemd). Each container gets its own pid, mount, ipc and uts namespaces, shares the host network, and
+/// lives in the cgroup `/skiff/<id>` with the spec's memory and CPU limits.
+pub struct OciShim {
+    state_dir: PathBuf,
+}
+
+impl OciShim {
+    pub fn new(config: OciConfig) -> Result<Self, OciError> {
+        std::fs::create_dir_all(&config.state_dir)
+            .map_err(|source| OciError::StateDir { path: config.state_dir.clone(), source })?;
+        Ok(OciShim { state_dir: config.state_dir })
+    }
+
+    /// Whether this host can run containers: the agent runs as root and a cgroup hierarchy with a memory
+    /// controller is mounted (v1, or v2 unified).
+    pub fn available() -> bool {
+        nix::unistd::geteuid().is_root()
+            && (Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists()
+                || Path::new("/sys/fs/cgroup/cgroup.controllers").exists())
+    }
+}
+
+fn is_wasm_media_type(media_type: &str) -> bool {
+    media_type.contains("wasm")
+}
+
+fn setup_error(message: String, source: impl std::error::Error + Send + Sync + 'static) -> ShimError {
+    ShimError::Setup { message, source: Some(Box::new(source)) }
+}
+
+/// Container ids become directory names and cgroup names: only characters libcontainer accepts, and no
+/// leading dot.
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && !id.starts_with('.')
+        && id.len() <= 1024
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'+' | b'-' | b'.'))
+}
+
+#[async_trait::async_trait]
+impl skiff_shim::Shim for OciShim {
+    fn name(&self) -> &'static str {
+        "oci"
+    }
+
+    fn can_handle(&self, image: &Image) -> bool {
+        !is_wasm_media_type(&image.config_media_type)
+            && image.architecture != "wasm"
+            && !image.layers.is_empty()
+            && image.layers.iter().all(|l| LAYER_MEDIA_TYPES.contains(&l.media_type.as_str()))
+    }
+
+    async fn start(&self, spec: ContainerSpec) -> Result<Box<dyn Container>, ShimError> {
+        if !valid_id(&spec.id) {
+            return Err(ShimError::Setup { message: format!("invalid container id {:?}", spec.id), source: None });
+        }
+        let bundle = self.state_dir.join(&spec.id);
+        let task_bundle = bundle.clone();
+        // Unpacking is blocking IO and libcontainer forks from the calling thread.
+        let started = tokio::task::spawn_blocking(move || create(&task_bundle, &spec))
+            .await
+            .map_err(|e| setup_error("the container start task failed".into(), e));
+        match started {
+            Ok(Ok(container)) => Ok(Box::new(container)),
+            Ok(Err(e)) | Err(e) => {
+                container::remove_bundle(&bundle);
+                Err(e)
+            }
+        }
+    }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), ShimError> {
+    // Close-on-exec, so a container started at the same time on another thread cannot inherit our ends.
+    pipe2(OFlag::O_CLOEXEC).map_err(|e| setup_error(format!("cannot create an output pipe: {e}"), e))
+}
+
+fn create(bundle: &Path, spec: &ContainerSpec) -> Result<OciContainer, ShimError> {
+    let _span = tracing::info_span!("oci_start", container = %spec.name, id = %spec.id).entered();
+    if bundle.exists() {
+        return Err(ShimError::Setup { message: format!("container {} already exists", spec.id), source: None });
+    }
+    let rootfs = bundle.join("rootfs");
+    let state = bundle.join("state");
+    for dir in [&rootfs, &state] {
+        std::fs::create_dir_all(dir).map_err(|e| setup_error(format!("cannot create {}: {e}", dir.display()), e))?;
+    }
+    rootfs::unpack_layers(&spec.image.layers, &rootfs)?;
+    let oci = spec::runtime_spec(spec)?;
+    let config = bundle.join("config.json");
+    oci.save(&config).map_err(|e| setup_error(format!("cannot write {}: {e}", config.display()), e))?;
+
+    let stdin = File::open("/dev/null").map_err(|e| setup_error(format!("cannot open /dev/null: {e}"), e))?;
+    let (stdout_r, stdout_w) = pipe()?;
+    let (stderr_r, stderr_w) = pipe()?;
+    let runtime_error = |what: &str, e: libcontainer::error::LibcontainerError| {
+        setup_error(format!("cannot {what} container {}: {e}", spec.id), e)
+    };
+    let start_guard = START_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let mut container = ContainerBuilder::new(spec.id.clone(), SyscallType::default())
+        .with_root_path(&state)
+        .map_err(|e| runtime_error("prepare", e))?
+        .with_stdin(stdin)
+        .with_stdout(stdout_w)
+        .with_stderr(stderr_w)
+        .as_init(bundle)
+        .with_systemd(false)
+        .build()
+        .map_err(|e| runtime_error("create", e))?;
+    let started = container.start().map_err(|e| runtime_error("start", e)).and_then(|()| {
+        container.pid().ok_or_else(|| ShimError::Setup {
+            message: format!("container {} started without a pid", spec.id),
+            source: None,
+        })
+    });
+    drop(start_guard);
+    let pid = match started {
+        Ok(pid) => pid,
+        Err(e) => {
+            if let Err(delete) = container.delete(true) {
+                tracing::warn!(error = %delete, "cannot delete the container that failed to start");
+            }
+            return Err(e);
+        }
+    };
+    tracing::debug!(pid = pid.as_raw(), "container started");
+    let cleanup = container::Cleanup { container, bundle: bundle.to_path_buf(), cgroup: spec::cgroups_path(&spec.id) };
+    OciContainer::watch(pid, stdout_r, stderr_r, spec.output.clone(), cleanup)
+        .map_err(|e| setup_error(format!("cannot start the threads watching container {}: {e}", spec.id), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff_shim::{Layer, Shim};
+
+    fn image(config: &str, arch: &str, layer_types: &[&str]) -> Image {
+        Image {
+            config_media_type: config.into(),
+            architecture: arch.into(),
+            layers: layer_types
+                .iter()
+                .map(|t| Layer { media_type: (*t).into(), digest: String::new(), path: PathBuf::new() })
+                .collect(),
+            ..Image::default()
+        }
+    }
+
+    #[test]
+    fn handles_linux_images_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let shim = OciShim::new(OciConfig { state_dir: dir.path().join("s") }).unwrap();
+        assert_eq!(shim.name(), "oci");
+        let oci_config = "application/vnd.oci.image.config.v1+json";
+        assert!(shim.can_handle(&image(oci_config, "amd64", &[LAYER_MEDIA_TYPES[1], LAYER_MEDIA_TYPES[0]])));
+        assert!(shim.can_handle(&image(
+            "application/vnd.docker.container.image.v1+json",
+            "amd64",
+            &["application/vnd.docker.image.rootfs.diff.tar.gzip"]
+        )));
+        assert!(!shim.can_handle(&image("application/vnd.wasm.config.v0+json", "wasm", &["application/wasm"])));
+        assert!(!shim.can_handle(&image(oci_config, "wasm", &[LAYER_MEDIA_TYPES[1]])));
+        assert!(!shim.can_handle(&image(
+            oci_config,
+            "amd64",
+            &["application/vnd.bytecodealliance.wasm.component.layer.v0+wasm"]
+        )));
+        assert!(!shim.can_handle(&image(oci_config, "amd64", &[])));
+        assert!(!shim.can_handle(&image(oci_config, "amd64", &["application/vnd.oci.image.layer.v1.tar+zstd"])));
+    }
+
+    #[test]
+    fn ids_are_checked() {
+        assert!(valid_id("abc-123_x.y"));
+        for bad in ["", ".hidden", "a/b", "..", "a b"] {
+            assert!(!valid_id(bad), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! The OCI runtime spec (`config.json`) of a container.
+
+use oci_spec::runtime::{
+    LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceType, Mount as OciMount, MountBuilder, Spec,
+};
+use skiff_shim::{ContainerSpec, ShimError};
+
+/// The CFS period the CPU quota is expressed in (the kernel's and the kubelet's default, 100 ms).
+pub(crate) const CPU_PERIOD_US: u64 = 100_000;
+/// The smallest CFS quota the kernel accepts (1 ms).
+const MIN_CPU_QUOTA_US: i64 = 1_000;
+/// Used when neither the container nor the image sets PATH, as containerd and the Docker engine do.
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The cgroup a container gets, relative to each hierarchy's root. Set explicitly: without it youki makes
+/// `:youki:<id>` directories under every v1 controller of a hybrid host.
+pub(crate) fn cgroups_path(id: &str) -> String {
+    format!("/skiff/{id}")
+}
+
+fn invalid_spec(what: &str, e: impl std::fmt::Display) -> ShimError {
+    ShimError::Setup { message: format!("cannot build the runtime spec ({what}): {e}"), source: None }
+}
+
+/// The process's argv: the spec's, else the image's entrypoint and cmd.
+pub(crate) fn argv(spec: &ContainerSpec) -> Result<Vec<String>, ShimError> {
+    let argv = if spec.argv.is_empty() {
+        spec.image.entrypoint.iter().chain(&spec.image.cmd).cloned().collect()
+    } else {
+        spec.argv.clone()
+    };
+    if argv.is_empty() {
+        return Err(ShimError::InvalidImage(format!(
+            "image {} has no entrypoint or cmd and the container names no command",
+            spec.image.reference
+        )));
+    }
+    Ok(argv)
+}
+
+/// The image's environment overridden by the container's, with a default PATH.
+pub(crate) fn env(spec: &ContainerSpec) -> Vec<String> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    let image = spec.image.env.iter().map(|kv| match kv.split_once('=') {
+        Some((k, v)) => (k.to_owned(), v.to_owned()),
+        None => (kv.clone(), String::new()),
+    });
+    for (key, value) in image.chain(spec.env.iter().cloned()) {
+        match env.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None => env.push((key, value)),
+        }
+    }
+    let mut out: Vec<String> = env.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if !out.iter().any(|kv| kv.starts_with("PATH=")) {
+        out.push(DEFAULT_PATH.to_owned());
+    }
+    out
+}
+
+/// Builds the runtime spec for `spec`; the bundle's root filesystem is `rootfs` next to `config.json`.
+pub(crate) fn runtime_spec(spec: &ContainerSpec) -> Result<Spec, ShimError> {
+    let mut oci = Spec::default();
+    if let Some(root) = oci.root_mut() {
+        root.set_readonly(Some(false));
+    }
+    // The pod's name, as the kubelet sets it (the node shares the host network for now, so this only
+    // names the UTS namespace).
+    let hostname = spec.name.split('/').nth(1).filter(|p| !p.is_empty()).unwrap_or(&spec.id);
+    oci.set_hostname(Some(hostname.to_owned()));
+
+    let cwd = spec.working_dir.clone().or_else(|| spec.image.working_dir.clone()).filter(|d| !d.is_empty());
+    let cwd = cwd.unwrap_or_else(|| "/".to_owned());
+    if !cwd.starts_with('/') {
+        return Err(ShimError::Setup {
+            message: format!("the working directory {cwd:?} is not absolute"),
+            source: None,
+        });
+    }
+    if let Some(process) = oci.process_mut() {
+        process.set_args(Some(argv(spec)?));
+        process.set_env(Some(env(spec)));
+        process.set_cwd(cwd.into());
+    }
+
+    let mut mounts = oci.mounts().clone().unwrap_or_default();
+    for mount in &spec.mounts {
+        mounts.push(bind_mount(mount)?);
+    }
+    oci.set_mounts(Some(mounts));
+
+    if let Some(linux) = oci.linux_mut() {
+        // Pod networking comes later: share the host network (and keep the host's cgroup view, which the
+        // v1 hierarchy of a hybrid host needs no namespace for).
+        let keep =
+            [LinuxNamespaceType::Pid, LinuxNamespaceType::Mount, LinuxNamespaceType::Ipc, LinuxNamespaceType::Uts];
+        let namespaces = linux.namespaces().clone().unwrap_or_default();
+        linux.set_namespaces(Some(namespaces.into_iter().filter(|ns| keep.contains(&ns.typ())).collect()));
+        linux.set_cgroups_path(Some(cgroups_path(&spec.id).into()));
+        if let Some(resources) = linux.resources_mut() {
+            if let Some(bytes) = spec.limits.memory_bytes {
+                let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+                // swap = memory + swap: equal to the limit means no swap, so going over is an OOM kill.
+                let memory = LinuxMemoryBuilder::default()
+                    .limit(bytes)
+                    .swap(bytes)
+                    .build()
+                    .map_err(|e| invalid_spec("memory", e))?;
+                resources.set_memory(Some(memory));
+            }
+            if let Some(millis) = spec.limits.cpu_millis {
+                let quota = i64::try_from(millis.saturating_mul(CPU_PERIOD_US) / 1000).unwrap_or(i64::MAX);
+                let cpu = LinuxCpuBuilder::default()
+                    .quota(quota.max(MIN_CPU_QUOTA_US))
+                    .period(CPU_PERIOD_US)
+                    .build()
+                    .map_err(|e| invalid_spec("cpu", e))?;
+                resources.set_cpu(Some(cpu));
+            }
+        }
+    }
+    Ok(oci)
+}
+
+fn bind_mount(mount: &skiff_shim::Mount) -> Result<OciMount, ShimError> {
+    if !mount.container_path.starts_with('/') {
+        return Err(ShimError::Setup {
+            message: format!("the mount path {:?} is not absolute", mount.container_path),
+            source: None,
+        });
+    }
+    let mode = if mount.read_only { "ro" } else { "rw" };
+    MountBuilder::default()
+        .destination(&mount.container_path)
+        .typ("bind")
+        .source(&mount.host_path)
+        .options(vec!["rbind".to_owned(), mode.to_owned()])
+        .build()
+        .map_err(|e| invalid_spec("mount", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff_shim::{Image, Limits, Mount, OutputSink, Stream};
+    use std::sync::Arc;
+
+    struct Discard;
+    impl OutputSink for Discard {
+        fn write(&self, _: Stream, _: &[u8]) {}
+    }
+
+    fn spec() -> ContainerSpec {
+        ContainerSpec {
+            id: "c1".into(),
+            name: "ns/pod-a/app".into(),
+            image: Image {
+                entrypoint: vec!["/bin/sh".into()],
+                cmd: vec!["-c".into(), "true".into()],
+                env: vec!["A=image".into(), "B=image".into()],
+                working_dir: Some("/srv".into()),
+                ..Image::default()
+            },
+            argv: vec![],
+            env: vec![("B".into(), "container".into())],
+            working_dir: None,
+            mounts: vec![Mount { host_path: "/data".into(), container_path: "/mnt".into(), read_only: true }],
+            limits: Limits { memory_bytes: Some(32 << 20), cpu_millis: Some(250) },
+            ports: vec![],
+            host_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            output: Arc::new(Discard),
+        }
+    }
+
+    #[test]
+    fn the_spec_carries_process_mounts_and_limits() {
+        let oci = runtime_spec(&spec()).unwrap();
+        let process = oci.process().as_ref().unwrap();
+        assert_eq!(process.args().as_ref().unwrap(), &["/bin/sh", "-c", "true"]);
+        let env = process.env().as_ref().unwrap();
+        assert!(env.contains(&"A=image".to_owned()) && env.contains(&"B=container".to_owned()));
+        assert!(!env.contains(&"B=image".to_owned()));
+        assert!(env.iter().any(|kv| kv.starts_with("PATH=")));
+        assert_eq!(process.cwd().to_str(), Some("/srv"));
+        assert_eq!(oci.hostname().as_deref(), Some("pod-a"));
+        assert_eq!(oci.root().as_ref().unwrap().readonly(), Some(false));
+
+        let mounts = oci.mounts().as_ref().unwrap();
+        assert!(mounts.iter().any(|m| m.destination().to_str() == Some("/proc")));
+        let bind = mounts.iter().find(|m| m.destination().to_str() == Some("/mnt")).unwrap();
+        assert_eq!(bind.options().as_ref().unwrap(), &["rbind", "ro"]);
+
+        let linux = oci.linux().as_ref().unwrap();
+        assert_eq!(linux.cgroups_path().as_ref().unwrap().to_str(), Some("/skiff/c1"));
+        let kinds: Vec<_> = linux.namespaces().as_ref().unwrap().iter().map(|n| n.typ()).collect();
+        assert!(kinds.contains(&LinuxNamespaceType::Pid) && kinds.contains(&LinuxNamespaceType::Mount));
+        assert!(!kinds.contains(&LinuxNamespaceType::Network));
+        let resources = linux.resources().as_ref().unwrap();
+        let memory = resources.memory().as_ref().unwrap();
+        assert_eq!((memory.limit(), memory.swap()), (Some(32 << 20), Some(32 << 20)));
+        let cpu = resources.cpu().as_ref().unwrap();
+        assert_eq!((cpu.quota(), cpu.period()), (Some(25_000), Some(100_000)));
+    }
+
+    #[test]
+    fn tiny_cpu_limits_get_the_kernel_minimum_and_argv_wins() {
+        let mut s = spec();
+        s.limits.cpu_millis = Some(1);
+        s.argv = vec!["echo".into(), "hi".into()];
+        s.working_dir = Some("/w".into());
+        let oci = runtime_spec(&s).unwrap();
+        let cpu = oci.linux().as_ref().unwrap().resources().as_ref().unwrap().cpu().clone().unwrap();
+        assert_eq!(cpu.quota(), Some(1_000));
+        let process = oci.process().as_ref().unwrap();
+        assert_eq!(process.args().as_ref().unwrap(), &["echo", "hi"]);
+        assert_eq!(process.cwd().to_str(), Some("/w"));
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        let mut s = spec();
+        s.image.entrypoint.clear();
+        s.image.cmd.clear();
+        assert!(matches!(runtime_spec(&s), Err(ShimError::InvalidImage(_))));
+        let mut s = spec();
+        s.mounts[0].container_path = "relative".into();
+        assert!(matches!(runtime_spec(&s), Err(ShimError::Setup { .. })));
+        let mut s = spec();
+        s.working_dir = Some("rel".into());
+        assert!(matches!(runtime_spec(&s), Err(ShimError::Setup { .. })));
+    }
+
+    #[test]
+    fn image_path_is_kept() {
+        let mut s = spec();
+        s.image.env.push("PATH=/custom".into());
+        let env = env(&s);
+        assert_eq!(env.iter().filter(|kv| kv.starts_with("PATH=")).collect::<Vec<_>>(), ["PATH=/custom"]);
+    }
+}

@@ -1,0 +1,269 @@
+//! The OCI shim against real containers: a busybox image built in the test (no registry), run as root.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use skiff_oci::{OciConfig, OciShim};
+use skiff_shim::{ContainerSpec, Exit, ExitReason, Image, Layer, Limits, Mount, OutputSink, Shim, Stream};
+
+const APPLETS: [&str; 10] = ["sh", "echo", "sleep", "cat", "head", "tail", "touch", "ls", "dd", "true"];
+
+/// Collects everything a container writes.
+#[derive(Default)]
+struct Capture(Mutex<Vec<(Stream, Vec<u8>)>>);
+
+impl OutputSink for Capture {
+    fn write(&self, stream: Stream, bytes: &[u8]) {
+        self.0.lock().unwrap().push((stream, bytes.to_vec()));
+    }
+}
+
+impl Capture {
+    fn text(&self, which: Stream) -> String {
+        let chunks = self.0.lock().unwrap();
+        let bytes: Vec<u8> = chunks.iter().filter(|(s, _)| *s == which).flat_map(|(_, b)| b.clone()).collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+/// An OCI layer (tar+gzip) holding busybox-static and its applet links, as `umoci repack` would make.
+fn busybox_layer(dir: &Path) -> Layer {
+    let path = dir.join("busybox.tar.gz");
+    let encoder = GzEncoder::new(std::fs::File::create(&path).unwrap(), Compression::fast());
+    let mut tar = tar::Builder::new(encoder);
+    for d in ["bin", "tmp", "proc", "dev", "sys", "etc"] {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Directory);
+        header.set_mode(if d == "tmp" { 0o1777 } else { 0o755 });
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header.set_size(0);
+        tar.append_data(&mut header, d, &[][..]).unwrap();
+    }
+    tar.append_path_with_name("/bin/busybox", "bin/busybox").unwrap();
+    for applet in APPLETS {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Symlink);
+        header.set_mode(0o777);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header.set_size(0);
+        tar.append_link(&mut header, format!("bin/{applet}"), "busybox").unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap();
+    Layer { media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(), digest: "sha256:busybox".into(), path }
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    shim: OciShim,
+    image: Image,
+}
+
+/// None (with the reason printed) where containers cannot run.
+fn fixture() -> Option<Fixture> {
+    if !OciShim::available() {
+        eprintln!("skipping: not root or no cgroups, the OCI shim is unavailable here");
+        return None;
+    }
+    if !Path::new("/bin/busybox").exists() {
+        eprintln!("skipping: /bin/busybox (Debian busybox-static) is not installed");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let shim = OciShim::new(OciConfig { state_dir: dir.path().join("state") }).unwrap();
+    let image = Image {
+        reference: "local/busybox:test".into(),
+        config_media_type: "application/vnd.oci.image.config.v1+json".into(),
+        architecture: "amd64".into(),
+        layers: vec![busybox_layer(dir.path())],
+        ..Image::default()
+    };
+    Some(Fixture { dir, shim, image })
+}
+
+static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+impl Fixture {
+    fn spec(&self, argv: &[&str]) -> (ContainerSpec, Arc<Capture>) {
+        let capture = Arc::new(Capture::default());
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let spec = ContainerSpec {
+            id: format!("skiff-oci-test-{}-{n}", std::process::id()),
+            name: "default/busybox/main".into(),
+            image: self.image.clone(),
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            env: vec![("GREETING".into(), "hello".into())],
+            working_dir: None,
+            mounts: vec![],
+            limits: Limits::default(),
+            ports: vec![],
+            host_ip: Ipv4Addr::LOCALHOST.into(),
+            output: capture.clone(),
+        };
+        (spec, capture)
+    }
+
+    fn bundle(&self, spec: &ContainerSpec) -> PathBuf {
+        self.dir.path().join("state").join(&spec.id)
+    }
+}
+
+async fn run(fx: &Fixture, spec: ContainerSpec) -> Exit {
+    let bundle = fx.bundle(&spec);
+    let mut container = fx.shim.start(spec).await.unwrap_or_else(|e| panic!("{e:?}"));
+    let exit = tokio::time::timeout(Duration::from_secs(30), container.wait()).await.expect("container ended");
+    assert!(!bundle.exists(), "the bundle is removed once the container ended");
+    exit
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_prints_and_completes() {
+    let Some(fx) = fixture() else { return };
+    let (spec, out) = fx.spec(&["sh", "-c", "echo $GREETING; echo oops >&2"]);
+    let exit = run(&fx, spec).await;
+    assert_eq!(exit, Exit { code: 0, reason: ExitReason::Completed, message: None }, "{}", out.text(Stream::Stderr));
+    assert_eq!(out.text(Stream::Stdout), "hello\n");
+    assert_eq!(out.text(Stream::Stderr), "oops\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_command_reports_its_code() {
+    let Some(fx) = fixture() else { return };
+    let (spec, out) = fx.spec(&["sh", "-c", "exit 3"]);
+    let exit = run(&fx, spec).await;
+    assert_eq!((exit.code, exit.reason), (3, ExitReason::Error), "{}", out.text(Stream::Stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_image_entrypoint_is_used_without_argv() {
+    let Some(mut fx) = fixture() else { return };
+    fx.image.entrypoint = vec!["echo".into()];
+    fx.image.cmd = vec!["from".into(), "image".into()];
+    let (spec, out) = fx.spec(&[]);
+    assert_eq!(run(&fx, spec).await.code, 0);
+    assert_eq!(out.text(Stream::Stdout), "from image\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_ends_a_sleeper_within_the_grace_period() {
+    let Some(fx) = fixture() else { return };
+    // `sleep` as pid 1 ignores SIGTERM (no handler, and init is immune to default actions): SIGKILL ends it.
+    let (spec, _) = fx.spec(&["sleep", "100"]);
+    let mut container = fx.shim.start(spec).await.unwrap_or_else(|e| panic!("{e:?}"));
+    let stopped = Instant::now();
+    container.stop(Duration::from_millis(500));
+    let exit = tokio::time::timeout(Duration::from_secs(10), container.wait()).await.expect("stopped in time");
+    assert!(stopped.elapsed() < Duration::from_secs(3), "took {:?}", stopped.elapsed());
+    assert_eq!((exit.code, exit.reason), (137, ExitReason::Error));
+    // wait() can be asked again.
+    assert_eq!(container.wait().await.code, 137);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shell_that_traps_sigterm_exits_at_once() {
+    let Some(fx) = fixture() else { return };
+    let (spec, out) =
+        fx.spec(&["sh", "-c", "trap 'echo bye; exit 0' TERM; echo ready; while true; do sleep 0.1; done"]);
+    let mut container = fx.shim.start(spec).await.unwrap_or_else(|e| panic!("{e:?}"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !out.text(Stream::Stdout).contains("ready") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopped = Instant::now();
+    container.stop(Duration::from_secs(20));
+    let exit = tokio::time::timeout(Duration::from_secs(10), container.wait()).await.expect("stopped in time");
+    assert!(stopped.elapsed() < Duration::from_secs(5));
+    assert_eq!((exit.code, exit.reason), (0, ExitReason::Completed));
+    assert!(out.text(Stream::Stdout).contains("bye"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_bind_mounts_are_visible_but_not_writable() {
+    let Some(fx) = fixture() else { return };
+    let host = fx.dir.path().join("data");
+    std::fs::create_dir(&host).unwrap();
+    std::fs::write(host.join("in.txt"), "from the host").unwrap();
+    let rw = fx.dir.path().join("rw");
+    std::fs::create_dir(&rw).unwrap();
+    let (mut spec, out) =
+        fx.spec(&["sh", "-c", "cat /data/in.txt; echo; touch /data/x && echo wrote-ro; touch /rw/y && echo wrote-rw"]);
+    spec.mounts = vec![
+        Mount { host_path: host.clone(), container_path: "/data".into(), read_only: true },
+        Mount { host_path: rw.clone(), container_path: "/rw".into(), read_only: false },
+    ];
+    let exit = run(&fx, spec).await;
+    let stdout = out.text(Stream::Stdout);
+    assert_eq!(exit.code, 0, "{stdout} {}", out.text(Stream::Stderr));
+    assert!(stdout.starts_with("from the host\n"), "{stdout}");
+    assert!(!stdout.contains("wrote-ro"), "{stdout}");
+    assert!(stdout.contains("wrote-rw"), "{stdout}");
+    assert!(!host.join("x").exists());
+    assert!(rw.join("y").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exceeding_the_memory_limit_is_an_oom_kill() {
+    let Some(fx) = fixture() else { return };
+    // tail keeps its whole input when it has no newline: 200 MiB against a 32 MiB limit.
+    let (mut spec, out) = fx.spec(&["sh", "-c", "head -c 200m /dev/zero | tail"]);
+    spec.limits = Limits { memory_bytes: Some(32 << 20), cpu_millis: Some(500) };
+    let exit = run(&fx, spec).await;
+    assert_eq!((exit.code, exit.reason), (137, ExitReason::OomKilled), "{exit:?} {}", out.text(Stream::Stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_command_fails_to_start_and_cleans_up() {
+    let Some(fx) = fixture() else { return };
+    let (spec, _) = fx.spec(&["/no/such/binary"]);
+    let bundle = fx.bundle(&spec);
+    let err = fx.shim.start(spec).await.err().expect("a missing binary fails the start");
+    assert!(err.to_string().contains("/no/such/binary"), "{err}");
+    assert!(!bundle.exists());
+}
+
+#[test]
+fn can_handle_oci_layers_not_wasm() {
+    let dir = tempfile::tempdir().unwrap();
+    let shim = OciShim::new(OciConfig { state_dir: dir.path().join("state") }).unwrap();
+    let layer = |media_type: &str| Layer { media_type: media_type.into(), digest: String::new(), path: PathBuf::new() };
+    let oci = Image {
+        config_media_type: "application/vnd.oci.image.config.v1+json".into(),
+        architecture: "amd64".into(),
+        layers: vec![layer("application/vnd.oci.image.layer.v1.tar+gzip")],
+        ..Image::default()
+    };
+    assert!(shim.can_handle(&oci));
+    let wasm = Image {
+        config_media_type: "application/vnd.wasm.config.v0+json".into(),
+        architecture: "wasm".into(),
+        layers: vec![layer("application/wasm")],
+        ..Image::default()
+    };
+    assert!(!shim.can_handle(&wasm));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_starts_do_not_interfere() {
+    let Some(fx) = fixture() else { return };
+    let fx = Arc::new(fx);
+    let runs = (0..8).map(|i| {
+        let fx = fx.clone();
+        tokio::spawn(async move {
+            let (spec, out) = fx.spec(&["sh", "-c", &format!("echo {i}")]);
+            let exit = run(&fx, spec).await;
+            (exit, out.text(Stream::Stdout), out.text(Stream::Stderr), i)
+        })
+    });
+    for run in runs.collect::<Vec<_>>() {
+        let (exit, stdout, stderr, i) = run.await.unwrap();
+        assert_eq!(exit.code, 0, "{stderr}");
+        assert_eq!(stdout, format!("{i}\n"));
+    }
+}
