@@ -338,6 +338,26 @@ impl CpuMeter {
     }
 }
 
+/// Joins the client tasks of a create run (each returns its latencies) into its throughput figures.
+async fn throughput(
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<Vec<Duration>>>>,
+    started: Instant,
+    meter: &CpuMeter,
+) -> anyhow::Result<Throughput> {
+    let mut latencies = Vec::with_capacity(CREATES);
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let elapsed = started.elapsed();
+    let (server_cpu, client_cpu) = meter.per_op(latencies.len())?;
+    Ok(Throughput {
+        rate: latencies.len() as f64 / elapsed.as_secs_f64(),
+        latency: Latency::of(latencies),
+        server_cpu,
+        client_cpu,
+    })
+}
+
 fn cpu_of(pids: &[u32]) -> anyhow::Result<Duration> {
     pids.iter().map(|pid| cpu_time(&pid.to_string())).sum()
 }
@@ -416,18 +436,7 @@ async fn http_creates(
             })
         })
         .collect();
-    let mut latencies = Vec::with_capacity(CREATES);
-    for task in tasks {
-        latencies.extend(task.await??);
-    }
-    let elapsed = started.elapsed();
-    let (server_cpu, client_cpu) = meter.per_op(latencies.len())?;
-    Ok(Throughput {
-        rate: latencies.len() as f64 / elapsed.as_secs_f64(),
-        latency: Latency::of(latencies),
-        server_cpu,
-        client_cpu,
-    })
+    throughput(tasks, started, &meter).await
 }
 
 /// The embedded store in this process, no HTTP: the ceiling the API server's create path works under.
@@ -453,19 +462,9 @@ async fn store_creates(clients: usize) -> anyhow::Result<Throughput> {
             })
         })
         .collect();
-    let mut latencies = Vec::with_capacity(CREATES);
-    for task in tasks {
-        latencies.extend(task.await??);
-    }
-    let elapsed = started.elapsed();
-    let (server_cpu, client_cpu) = meter.per_op(latencies.len())?;
+    let result = throughput(tasks, started, &meter).await;
     store.close().await;
-    Ok(Throughput {
-        rate: latencies.len() as f64 / elapsed.as_secs_f64(),
-        latency: Latency::of(latencies),
-        server_cpu,
-        client_cpu,
-    })
+    result
 }
 
 async fn etcd_puts(etcd: &Etcd, count: usize) -> anyhow::Result<Throughput> {
@@ -497,18 +496,7 @@ async fn etcd_puts(etcd: &Etcd, count: usize) -> anyhow::Result<Throughput> {
             })
         })
         .collect();
-    let mut latencies = Vec::with_capacity(CREATES);
-    for task in tasks {
-        latencies.extend(task.await??);
-    }
-    let elapsed = started.elapsed();
-    let (server_cpu, client_cpu) = meter.per_op(latencies.len())?;
-    Ok(Throughput {
-        rate: latencies.len() as f64 / elapsed.as_secs_f64(),
-        latency: Latency::of(latencies),
-        server_cpu,
-        client_cpu,
-    })
+    throughput(tasks, started, &meter).await
 }
 
 // ---------------------------------------------------------------------------------------------------------
