@@ -123,28 +123,22 @@ pub async fn start(
 /// What a store event means to a watcher with these selectors: objects entering the selection are ADDED,
 /// leaving it DELETED, as kube-apiserver's watch cache reports them.
 fn translate(list: &ListOptions, event: &Event) -> Result<Option<(&'static str, Value)>, ApiError> {
-    let previous = match &event.prev {
-        Some(prev) => Some(objects::decode(prev)?),
-        None => None,
+    // Only a selective watch needs the previous state (to see objects enter or leave the selection);
+    // decoding it for every event of every plain watch would be wasted work.
+    let was_selected = match &event.prev {
+        None => false,
+        Some(_) if list.labels.is_none() && list.fields.is_none() => true,
+        Some(prev) => list.matches(&objects::decode(prev)?),
     };
-    let was_selected = previous.as_ref().is_some_and(|p| list.matches(p));
-    match event.kind {
-        EventKind::Put => {
-            let object = objects::decode(&event.kv)?;
-            let selected = list.matches(&object);
-            Ok(match (was_selected, selected) {
-                (_, true) if previous.is_none() => Some(("ADDED", object)),
-                (true, true) => Some(("MODIFIED", object)),
-                (false, true) => Some(("ADDED", object)),
-                (true, false) => Some(("DELETED", object)),
-                (false, false) => None,
-            })
-        }
-        EventKind::Delete => {
-            let object = objects::decode(&event.kv)?;
-            Ok((was_selected || list.matches(&object)).then_some(("DELETED", object)))
-        }
-    }
+    let object = objects::decode(&event.kv)?;
+    let selected = list.matches(&object);
+    Ok(match (event.kind, was_selected, selected) {
+        (EventKind::Delete, was, now) => (was || now).then_some(("DELETED", object)),
+        (EventKind::Put, true, true) => Some(("MODIFIED", object)),
+        (EventKind::Put, false, true) => Some(("ADDED", object)),
+        (EventKind::Put, true, false) => Some(("DELETED", object)),
+        (EventKind::Put, false, false) => None,
+    })
 }
 
 fn bookmark(def: &ResourceDef, revision: Revision, initial_events_end: bool) -> Value {
@@ -179,5 +173,42 @@ impl Encoder {
         let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
         line.push(b'\n');
         Bytes::from(line)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff_api::selectors::LabelSelector;
+    use skiff_store::KeyValue;
+
+    fn kv(revision: i64, labels: Value) -> KeyValue {
+        let object = json!({"metadata": {"name": "a", "labels": labels}});
+        KeyValue { key: "/k".into(), value: object.to_string().into(), create_revision: 1, mod_revision: revision }
+    }
+
+    fn put(prev: Option<Value>, now: Value) -> Event {
+        Event { kind: EventKind::Put, kv: kv(3, now), prev: prev.map(|p| kv(2, p)) }
+    }
+
+    fn kind(list: &ListOptions, event: &Event) -> Option<&'static str> {
+        translate(list, event).unwrap().map(|(kind, _)| kind)
+    }
+
+    #[test]
+    fn objects_entering_and_leaving_a_selection_are_added_and_deleted() {
+        let list = ListOptions { labels: Some(LabelSelector::parse("app=web").unwrap()), ..ListOptions::default() };
+        let web = json!({"app": "web"});
+        let other = json!({"app": "db"});
+        assert_eq!(kind(&list, &put(None, web.clone())), Some("ADDED"));
+        assert_eq!(kind(&list, &put(Some(web.clone()), web.clone())), Some("MODIFIED"));
+        assert_eq!(kind(&list, &put(Some(other.clone()), web.clone())), Some("ADDED"), "entering the selection");
+        assert_eq!(kind(&list, &put(Some(web.clone()), other.clone())), Some("DELETED"), "leaving the selection");
+        assert_eq!(kind(&list, &put(Some(other.clone()), other.clone())), None);
+        let deleted = Event { kind: EventKind::Delete, kv: kv(4, web.clone()), prev: Some(kv(3, web)) };
+        assert_eq!(kind(&list, &deleted), Some("DELETED"));
+
+        let everything = ListOptions::default();
+        assert_eq!(kind(&everything, &put(Some(other.clone()), other)), Some("MODIFIED"));
     }
 }
