@@ -15,17 +15,17 @@
 mod common;
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
-use futures::StreamExt;
+use anyhow::{Context, ensure};
 use serde_json::{Value, json};
 
-use common::{Guard, Latency, free_port, load, mb, ms, wait_until};
+use common::{Guard, Latency, Server, free_port, load, mb, ms, read_watch, wait_until};
 
 /// Concurrent clients for the create benchmark (the figure).
 const CREATE_CLIENTS: usize = 16;
@@ -239,62 +239,29 @@ impl Etcd {
 
 /// A `skiff server` with its own data dir; `store` is its `--store` argument.
 struct Skiff {
-    child: Guard,
+    server: Server,
     dir: tempfile::TempDir,
-    base: String,
-    ca: reqwest::Certificate,
-    token: String,
 }
 
 impl Skiff {
     async fn start(store: &str) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
-        let data = dir.path().join("data");
-        let listen = format!("127.0.0.1:{}", free_port()?);
-        let log = std::fs::File::create(dir.path().join("server.log"))?;
-        let child = Command::new(env!("CARGO_BIN_EXE_skiff"))
-            .args(["server", "--listen", &listen, "--store", store, "--data-dir"])
-            .arg(&data)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("cannot start skiff")?;
-        let child = Guard(child);
-        wait_until("skiff credentials", Duration::from_secs(30), || {
-            let ready = data.join("admin-token").exists() && data.join("ca.crt").exists();
-            async move { ready }
-        })
-        .await?;
-        // The token and CA may exist a moment before their contents are written; a short pause avoids a torn read.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let ca = reqwest::Certificate::from_pem(&std::fs::read(data.join("ca.crt"))?)?;
-        let token = std::fs::read_to_string(data.join("admin-token"))?.trim().to_owned();
-        let skiff = Skiff { child, dir, base: format!("https://{listen}"), ca, token };
-        let probe = skiff.client()?;
-        wait_until("skiff /readyz", Duration::from_secs(30), || {
-            let request = probe.get(format!("{}/readyz", skiff.base)).timeout(Duration::from_secs(2)).send();
-            async move { request.await.is_ok_and(|r| r.status().is_success()) }
-        })
-        .await
-        .with_context(|| std::fs::read_to_string(skiff.dir.path().join("server.log")).unwrap_or_default())?;
-        Ok(skiff)
+        let server = Server::start(&dir.path().join("data"), store, "info", &dir.path().join("server.log")).await?;
+        Ok(Skiff { server, dir })
     }
 
     /// A client with its own connection pool: every benchmark client is its own connection, like separate
     /// controllers or kubectl processes.
     fn client(&self) -> anyhow::Result<reqwest::Client> {
-        let mut headers = reqwest::header::HeaderMap::new();
-        headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {}", self.token).parse()?);
-        Ok(reqwest::Client::builder().add_root_certificate(self.ca.clone()).default_headers(headers).build()?)
+        self.server.client()
     }
 
     fn configmaps(&self) -> String {
-        format!("{}/api/v1/namespaces/{NAMESPACE}/configmaps", self.base)
+        format!("{}/api/v1/namespaces/{NAMESPACE}/configmaps", self.server.base)
     }
 
     fn pid(&self) -> u32 {
-        self.child.0.id()
+        self.server.pid()
     }
 
     fn store_dir(&self) -> PathBuf {
@@ -397,7 +364,7 @@ fn runtime_class(name: &str) -> Value {
 }
 
 async fn skiff_cluster_creates(skiff: &Skiff, servers: &[u32], clients: usize) -> anyhow::Result<Throughput> {
-    let url = format!("{}/apis/node.k8s.io/v1/runtimeclasses", skiff.base);
+    let url = format!("{}/apis/node.k8s.io/v1/runtimeclasses", skiff.server.base);
     http_creates(skiff, servers, clients, url, runtime_class).await
 }
 
@@ -549,19 +516,12 @@ async fn skiff_watch(skiff: &Skiff) -> anyhow::Result<WatchLatency> {
         .error_for_status()?;
     let reader = tokio::spawn(async move {
         let mut seen = HashMap::with_capacity(WATCH_EVENTS);
-        let mut stream = response.bytes_stream();
-        let mut buffer = Vec::new();
-        while seen.len() < WATCH_EVENTS {
-            let Some(chunk) = stream.next().await else { bail!("watch ended after {} events", seen.len()) };
-            let arrived = Instant::now();
-            buffer.extend_from_slice(&chunk?);
-            while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buffer.drain(..=end).collect();
-                let event: Value = serde_json::from_slice(&line)?;
-                ensure!(event["type"] != "ERROR", "watch error: {}", event["object"]);
-                seen.insert(resource_version(&event["object"])?, arrived);
-            }
-        }
+        read_watch(response, |object, arrived| {
+            seen.insert(resource_version(object)?, arrived);
+            Ok(if seen.len() < WATCH_EVENTS { ControlFlow::Continue(()) } else { ControlFlow::Break(()) })
+        })
+        .await
+        .with_context(|| format!("after {} events", seen.len()))?;
         anyhow::Ok(seen)
     });
 

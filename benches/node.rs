@@ -10,23 +10,36 @@
 //!    loaded by a closed-loop generator over keep-alive connections: Debian's `wrk` when installed, else
 //!    reqwest clients in this process. Requests/s and latency at 1, 4, 16 and 64 connections.
 //!
-//! `SKIFF_BENCH_ONLY=startup,memory,http` runs parts; `SKIFF_BENCH_PODS=1000,2000` sets the memory steps
+//! 4. A Deployment of 1,000 ticker replicas (no nodeName: the scheduler places them, the agent takes
+//!    `--max-pods 1100`), from the create until its status shows every replica Ready; then the server's CPU
+//!    (API server, scheduler and controllers) and the agent's over 30 s with those 1,000 pods idle.
+//! 5. OCI pods (as root): a busybox image from a real registry on loopback, pulled once by a warm-up pod;
+//!    then 50 pods (`sleep`) created one at a time, create -> running seen by the watch as in 1 (each pod
+//!    gets its network namespace from the CNI plugins first); and the agent's RSS before and with those 50
+//!    idle containers, the runtime's cost per container beyond the containers' own processes.
+//!
+//! `SKIFF_BENCH_ONLY=startup,memory,http,deploy,oci` runs parts; `SKIFF_BENCH_PODS=1000,2000` sets the memory steps
 //! (cumulative pod counts). Every child process (server, agent) is killed when its guard drops. Results:
 //! README.md, Performance.
 
 mod common;
+// The end-to-end tests' registry (docker-registry on loopback) and busybox image builder; the rest of that
+// harness is unused here.
+#[path = "../tests/e2e/harness.rs"]
+#[allow(dead_code)]
+mod harness;
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use futures::StreamExt;
 use serde_json::{Value, json};
 
-use common::{Guard, Latency, free_port, load, mb, ms, wait_until};
+use common::{Guard, Latency, Server, free_port, load, mb, ms, read_watch, wait_until};
 use tokio::sync::watch;
 
 /// Pods timed one at a time in the startup run.
@@ -69,7 +82,7 @@ struct Settings {
 impl Settings {
     fn from_env() -> anyhow::Result<Self> {
         let sections = std::env::var("SKIFF_BENCH_ONLY")
-            .unwrap_or_else(|_| "startup,memory,http".into())
+            .unwrap_or_else(|_| "startup,memory,http,deploy,oci".into())
             .split(',')
             .map(|s| s.trim().to_owned())
             .collect();
@@ -95,7 +108,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         nofile("self")?
     );
     if settings.runs("startup") || settings.runs("memory") {
-        let cluster = Cluster::start(&[(samples.join("ticker.wasm"), TICKER_IMAGE)]).await?;
+        let cluster = Cluster::start(&[(samples.join("ticker.wasm"), TICKER_IMAGE)], &[]).await?;
         let idle = Footprint::of(cluster.agent.pid()).await?;
         println!(
             "agent started with nofile {} (raised from {})",
@@ -119,9 +132,15 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         }
     }
     if settings.runs("http") {
-        let cluster = Cluster::start(&[(samples.join("http-hello.wasm"), HTTP_IMAGE)]).await?;
+        let cluster = Cluster::start(&[(samples.join("http-hello.wasm"), HTTP_IMAGE)], &[]).await?;
         let runs = http(&cluster).await?;
         print_http(&runs);
+    }
+    if settings.runs("deploy") {
+        deploy(&samples).await?;
+    }
+    if settings.runs("oci") {
+        oci().await?;
     }
     Ok(())
 }
@@ -141,11 +160,9 @@ fn build_samples() -> anyhow::Result<PathBuf> {
 struct Cluster {
     // Declared first so the agent is killed before the server it reports to.
     agent: Agent,
-    _server: Guard,
+    server: Server,
     dir: tempfile::TempDir,
     base: String,
-    ca: reqwest::Certificate,
-    token: String,
     client: reqwest::Client,
 }
 
@@ -160,36 +177,14 @@ impl Agent {
 }
 
 impl Cluster {
-    /// Starts both, with `images` imported into the agent's store beforehand.
-    async fn start(images: &[(PathBuf, &str)]) -> anyhow::Result<Self> {
+    /// Starts both, with `images` imported into the agent's store beforehand and `agent_flags` added to the
+    /// agent's command line.
+    async fn start(images: &[(PathBuf, &str)], agent_flags: &[&str]) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let data = dir.path().join("server");
-        let listen = format!("127.0.0.1:{}", free_port()?);
-        let server = Command::new(env!("CARGO_BIN_EXE_skiff"))
-            .args(["server", "--listen", &listen, "--store", "embedded", "--data-dir"])
-            .arg(&data)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("server.log"))?)
-            .spawn()
-            .context("cannot start skiff server")?;
-        let server = Guard(server);
-        wait_until("skiff credentials", Duration::from_secs(30), || {
-            let ready = ["admin-token", "ca.crt", "node-token"].iter().all(|f| data.join(f).exists());
-            async move { ready }
-        })
-        .await?;
-        // The files may exist a moment before their contents are written; a short pause avoids a torn read.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let ca = reqwest::Certificate::from_pem(&std::fs::read(data.join("ca.crt"))?)?;
-        let token = std::fs::read_to_string(data.join("admin-token"))?.trim().to_owned();
-        let base = format!("https://{listen}");
-        let client = client(&ca, &token)?;
-        wait_until("skiff /readyz", Duration::from_secs(30), || {
-            let request = client.get(format!("{base}/readyz")).timeout(Duration::from_secs(2)).send();
-            async move { request.await.is_ok_and(|r| r.status().is_success()) }
-        })
-        .await?;
+        let server = Server::start(&data, "embedded", "warn", &dir.path().join("server.log")).await?;
+        let base = server.base.clone();
+        let client = server.client()?;
 
         let agent_dir = dir.path().join("agent");
         for (file, reference) in images {
@@ -207,7 +202,9 @@ impl Cluster {
         let script = format!("ulimit -n {AGENT_NOFILE} 2>/dev/null || ulimit -n \"$(ulimit -Hn)\"; exec \"$0\" \"$@\"");
         let agent = Command::new("bash")
             .args(["-c", &script, env!("CARGO_BIN_EXE_skiff"), "agent", "--server", &base, "--name", NODE])
-            .args(["--node-ip", "127.0.0.1", "--kubelet-port", "0", "--token-file"])
+            .args(["--node-ip", "127.0.0.1", "--kubelet-port", "0"])
+            .args(agent_flags)
+            .arg("--token-file")
             .arg(data.join("node-token"))
             .arg("--data-dir")
             .arg(&agent_dir)
@@ -216,7 +213,7 @@ impl Cluster {
             .stderr(std::fs::File::create(dir.path().join("agent.log"))?)
             .spawn()
             .context("cannot start skiff agent")?;
-        let cluster = Cluster { agent: Agent { child: Guard(agent) }, _server: server, dir, base, ca, token, client };
+        let cluster = Cluster { agent: Agent { child: Guard(agent) }, server, dir, base, client };
         let node = format!("{}/api/v1/nodes/{NODE}", cluster.base);
         wait_until("node Ready", Duration::from_secs(30), || {
             let request = cluster.client.get(&node).send();
@@ -235,7 +232,7 @@ impl Cluster {
 
     /// A client with its own connection pool.
     fn client(&self) -> anyhow::Result<reqwest::Client> {
-        client(&self.ca, &self.token)
+        self.server.client()
     }
 
     fn pods(&self) -> String {
@@ -251,12 +248,6 @@ impl Cluster {
         let tail: Vec<&str> = log.lines().rev().take(20).collect();
         tail.into_iter().rev().collect::<Vec<_>>().join("\n")
     }
-}
-
-fn client(ca: &reqwest::Certificate, token: &str) -> anyhow::Result<reqwest::Client> {
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse()?);
-    Ok(reqwest::Client::builder().add_root_certificate(ca.clone()).default_headers(headers).build()?)
 }
 
 async fn create(client: &reqwest::Client, url: &str, pod: &Value) -> anyhow::Result<()> {
@@ -320,22 +311,11 @@ impl PodWatch {
         let seen = Arc::new(Mutex::new(HashMap::new()));
         let (tx, events) = watch::channel(0);
         let map = Arc::clone(&seen);
-        let reader = tokio::spawn(async move {
-            let mut stream = response.bytes_stream();
-            let mut buffer = Vec::new();
-            while let Some(chunk) = stream.next().await {
-                let arrived = Instant::now();
-                buffer.extend_from_slice(&chunk?);
-                while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = buffer.drain(..=end).collect();
-                    let event: Value = serde_json::from_slice(&line)?;
-                    ensure!(event["type"] != "ERROR", "watch error: {}", event["object"]);
-                    record(&map, &event["object"], arrived);
-                    tx.send_modify(|n| *n += 1);
-                }
-            }
-            bail!("the pod watch ended")
-        });
+        let reader = tokio::spawn(read_watch(response, move |pod, arrived| {
+            record(&map, pod, arrived);
+            tx.send_modify(|n| *n += 1);
+            Ok(ControlFlow::Continue(()))
+        }));
         Ok(PodWatch { seen, events, reader })
     }
 
@@ -664,12 +644,24 @@ async fn http(cluster: &Cluster) -> anyhow::Result<(String, Vec<HttpRun>)> {
         },
     });
     cluster.create(&pod).await?;
-    let url = format!("http://127.0.0.1:{port}/");
-    let probe = reqwest::Client::new();
-    // The first request compiles the component; later ones reuse it.
+    // The pod serves on its own address (the node's with `--pod-network host`).
+    let mut ip = None;
+    while ip.is_none() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let pod: Value = cluster.client.get(format!("{}/http-hello", cluster.pods())).send().await?.json().await?;
+        ip = pod["status"]["podIP"].as_str().map(str::to_owned);
+    }
+    let url = format!("http://{}:{port}/", ip.unwrap_or_default());
+    let probe = reqwest::Client::builder().no_proxy().build()?;
+    // The first request compiles the component; later ones reuse it. Only the sample's own answer counts.
     wait_until("http-hello answering", Duration::from_secs(120), || {
         let request = probe.get(&url).timeout(Duration::from_secs(10)).send();
-        async move { request.await.is_ok_and(|r| r.status().is_success()) }
+        async move {
+            match request.await {
+                Ok(response) => response.text().await.is_ok_and(|body| body.contains("hello from skiff")),
+                Err(_) => false,
+            }
+        }
     })
     .await
     .with_context(|| cluster.agent_log())?;
@@ -792,3 +784,151 @@ fn print_http((generator, runs): &(String, Vec<HttpRun>)) {
 
 // ---------------------------------------------------------------------------------------------------------
 // Statistics
+
+// ---------------------------------------------------------------------------------------------------------
+// 4. A Deployment of 1,000 replicas
+
+const DEPLOY_REPLICAS: i64 = 1_000;
+const IDLE_WINDOW: Duration = Duration::from_secs(30);
+
+async fn deploy(samples: &Path) -> anyhow::Result<()> {
+    let cluster = Cluster::start(&[(samples.join("ticker.wasm"), TICKER_IMAGE)], &["--max-pods", "1100"]).await?;
+    let pods = PodWatch::start(&cluster).await?;
+    cluster.create(&ticker_pod("warm-up")).await?;
+    pods.wait_running("warm-up", Duration::from_secs(120)).await?;
+    let deployment = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "fleet"},
+        "spec": {
+            "replicas": DEPLOY_REPLICAS,
+            "selector": {"matchLabels": {"app": "fleet"}},
+            "template": {
+                "metadata": {"labels": {"app": "fleet"}},
+                "spec": {"containers": [{
+                    "name": "ticker",
+                    "image": TICKER_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "env": [{"name": "INTERVAL_MS", "value": TICKER_INTERVAL_MS}],
+                }]},
+            },
+        },
+    });
+    let url = format!("{}/apis/apps/v1/namespaces/{NAMESPACE}/deployments", cluster.base);
+    let started = Instant::now();
+    create(&cluster.client, &url, &deployment).await?;
+    let mut ready = 0;
+    while ready < DEPLOY_REPLICAS && started.elapsed() < Duration::from_secs(180) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let status: Value = cluster.client.get(format!("{url}/fleet")).send().await?.error_for_status()?.json().await?;
+        ready = status["status"]["readyReplicas"].as_i64().unwrap_or(0);
+    }
+    let took = started.elapsed();
+    println!(
+        "Deployment of {DEPLOY_REPLICAS} wasm replicas on one node, create -> status readyReplicas (load {})",
+        load()
+    );
+    println!("   target: all Ready within 10 s of the create");
+    println!("   {ready} Ready after {:.1} s", took.as_secs_f64());
+    ensure!(ready == DEPLOY_REPLICAS, "not every replica became Ready: {:?}", pods.not_running());
+
+    tokio::time::sleep(SETTLE).await;
+    let (server, agent) = (cluster.server.pid(), cluster.agent.pid());
+    let before = (cpu_time(server)?, cpu_time(agent)?, Instant::now());
+    tokio::time::sleep(IDLE_WINDOW).await;
+    let window = before.2.elapsed().as_secs_f64();
+    let share = |now: Duration, then: Duration| now.saturating_sub(then).as_secs_f64() / window * 100.0;
+    println!("idle with {} pods, CPU over {} s (load {})", DEPLOY_REPLICAS + 1, IDLE_WINDOW.as_secs(), load());
+    println!("   target: controller-manager work < 5% of a core");
+    println!(
+        "   server (API server, scheduler, controllers) {:.1}% of a core, agent {:.1}%",
+        share(cpu_time(server)?, before.0),
+        share(cpu_time(agent)?, before.1)
+    );
+    println!();
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// 5. OCI pods
+
+const OCI_PODS: usize = 50;
+
+fn busybox_pod(name: &str, image: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "nodeName": NODE,
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{"name": "main", "image": image, "imagePullPolicy": "IfNotPresent", "command": ["sleep", "3600"]}],
+        },
+    })
+}
+
+async fn oci() -> anyhow::Result<()> {
+    if !nix_is_root() {
+        println!("OCI pods: skipped (containers need root)");
+        return Ok(());
+    }
+    let registry = tokio::task::block_in_place(harness::Registry::start)?;
+    let image = tokio::task::block_in_place(|| registry.push_busybox("bench/busybox"));
+    let cluster = Cluster::start(&[], &[]).await?;
+    let pods = PodWatch::start(&cluster).await?;
+    let pulled = Instant::now();
+    cluster.create(&busybox_pod("oci-warm-up", &image)).await?;
+    pods.wait_running("oci-warm-up", Duration::from_secs(120)).await.with_context(|| cluster.agent_log())?;
+    println!("OCI warm-up pod running after {:.0} ms (image pulled, layer unpacked once)", ms(pulled.elapsed()));
+    let before = Footprint::of(cluster.agent.pid()).await?;
+    let mut samples = Vec::new();
+    for i in 0..OCI_PODS {
+        let name = format!("oci-{i}");
+        cluster.create(&busybox_pod(&name, &image)).await?;
+        let acked = Instant::now();
+        let running = pods.wait_running(&name, Duration::from_secs(60)).await.with_context(|| cluster.agent_log())?;
+        samples.push(running.saturating_duration_since(acked));
+    }
+    let startup = Latency::of(samples);
+    let after = Footprint::of(cluster.agent.pid()).await?;
+    println!("OCI pod startup: {OCI_PODS} busybox pods created one at a time, until the watch shows them running");
+    println!("   target: p50 < 100 ms");
+    println!(
+        "   create response -> running       p50 {:.1} ms   p99 {:.1} ms   max {:.1} ms (load {})",
+        ms(startup.p50),
+        ms(startup.p99),
+        ms(startup.max),
+        load()
+    );
+    let per_container = after.rss.saturating_sub(before.rss) as f64 / OCI_PODS as f64;
+    println!(
+        "OCI agent memory: RSS {:.1} MB with 1 container, {:.1} MB with {}",
+        mb(before.rss),
+        mb(after.rss),
+        OCI_PODS + 1
+    );
+    println!("   target: < 1 MB per idle container beyond its own processes");
+    println!(
+        "   per container: {:.0} KiB (agent anonymous {:.1} -> {:.1} MB)",
+        per_container / 1024.0,
+        mb(before.anonymous),
+        mb(after.anonymous)
+    );
+    // The containers outlive the agent by design: delete the pods so nothing is left running.
+    let response = cluster.client.delete(cluster.pods()).send().await?;
+    ensure!(response.status().is_success(), "deleting the pods answered {}", response.status());
+    let containers = cluster.dir.path().join("agent/oci");
+    wait_until("the containers removed", Duration::from_secs(120), || {
+        let left = std::fs::read_dir(&containers)
+            .map(|entries| entries.flatten().any(|e| !e.file_name().to_string_lossy().starts_with('.')))
+            .unwrap_or(false);
+        async move { !left }
+    })
+    .await?;
+    Ok(())
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+}

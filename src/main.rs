@@ -57,6 +57,19 @@ struct ServerArgs {
     /// Storage: `embedded` (in the data directory) or `etcd://HOST:PORT[,HOST:PORT...]`.
     #[arg(long, default_value = "embedded")]
     store: String,
+    #[command(flatten)]
+    controllers: ControllerArgs,
+}
+
+/// Tunables of the controllers.
+#[derive(clap::Args)]
+struct ControllerArgs {
+    /// How long a node's Lease may go unrenewed before the node is Unknown and tainted unreachable.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    node_grace_period: std::time::Duration,
+    /// How long pods stay on an unreachable or not-ready node before eviction, unless they tolerate it otherwise.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pod_eviction_timeout: std::time::Duration,
 }
 
 #[derive(clap::Args)]
@@ -66,12 +79,14 @@ struct UpArgs {
     #[arg(long, default_value = "127.0.0.1:6443")]
     listen: SocketAddr,
     #[command(flatten)]
+    controllers: ControllerArgs,
+    #[command(flatten)]
     node: NodeArgs,
 }
 
 #[derive(clap::Args)]
 struct AgentArgs {
-    /// The API server's URL.
+    /// The API server's URL, or several separated by commas (the agent fails over between them).
     #[arg(long, default_value = "https://127.0.0.1:6443")]
     server: String,
     /// The server's `node-token` file (its data directory has it).
@@ -90,7 +105,7 @@ struct NodeArgs {
     /// The Node's name [default: the host name]
     #[arg(long)]
     name: Option<String>,
-    /// The address the node reports and serves pods on (until pod networking, pods share it).
+    /// The address the node reports and serves on (and its pods' address with `--pod-network host`).
     #[arg(long, default_value = "127.0.0.1")]
     node_ip: std::net::IpAddr,
     /// Port of the agent's HTTPS endpoint for logs (0 picks a free port).
@@ -104,6 +119,19 @@ struct NodeArgs {
     /// Pods this node takes (its `capacity.pods`); each reserves a wasm instance slot.
     #[arg(long, default_value_t = skiff_node::DEFAULT_MAX_PODS)]
     max_pods: u32,
+    /// auto: each pod gets its own address from the node's pod range where that works (as root, with the
+    /// CNI plugins in /usr/lib/cni): wasm-only pods an address on the node's bridge, other pods a network
+    /// namespace through CNI; else pods share the node's network. cni: the same, or refuse to start.
+    /// host: pods share the node's network.
+    #[arg(long, default_value = "auto")]
+    pod_network: skiff_node::network::Mode,
+    /// The node's pod range, unless its Node names one [default: a free range of 10.42.0.0/16 holding
+    /// --max-pods pods: a /22 for 1,000]
+    #[arg(long)]
+    pod_cidr: Option<skiff_node::network::Ipv4Cidr>,
+    /// Run wasm only, even where the host could run containers (an edge node with no container runtime).
+    #[arg(long)]
+    no_oci: bool,
 }
 
 #[derive(Subcommand)]
@@ -147,6 +175,9 @@ impl NodeArgs {
             node_ip: self.node_ip,
             kubelet_port: self.kubelet_port,
             max_pods: self.max_pods,
+            pod_network: self.pod_network,
+            pod_cidr: self.pod_cidr,
+            oci: !self.no_oci,
             backoff: skiff_node::BackoffConfig {
                 initial: self.backoff_initial,
                 max: self.backoff_max,
@@ -170,7 +201,12 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Server(args) => serve(args, None),
         Command::Up(args) => {
-            let server = ServerArgs { data_dir: args.data_dir, listen: args.listen, store: "embedded".into() };
+            let server = ServerArgs {
+                data_dir: args.data_dir,
+                listen: args.listen,
+                store: "embedded".into(),
+                controllers: args.controllers,
+            };
             serve(server, Some(args.node))
         }
         Command::Agent(args) => agent(args),
@@ -229,6 +265,12 @@ async fn serve(args: ServerArgs, node: Option<NodeArgs>) -> anyhow::Result<()> {
         "ready: export KUBECONFIG={}",
         data_dir.join("kubeconfig").display()
     );
+    let tunables = skiff_controllers::Config {
+        node_grace: args.controllers.node_grace_period,
+        eviction_toleration: args.controllers.pod_eviction_timeout,
+    };
+    let controllers =
+        tokio::spawn(controller_manager(data_dir.clone(), server.url().to_string(), tunables, shutdown.clone()));
     let agent = match node {
         Some(node) => {
             let token =
@@ -245,10 +287,44 @@ async fn serve(args: ServerArgs, node: Option<NodeArgs>) -> anyhow::Result<()> {
         None => None,
     };
     server.run().await;
+    let _ = controllers.await;
     if let Some(agent) = agent {
         let _ = agent.await;
     }
     Ok(())
+}
+
+/// Runs the scheduler and controllers whenever this server holds the leader Lease, as an API client of the
+/// server itself with the admin credentials.
+async fn controller_manager(
+    data_dir: PathBuf,
+    url: String,
+    config: skiff_controllers::Config,
+    shutdown: CancellationToken,
+) {
+    let client = match loopback_client(&data_dir, &url) {
+        Ok(client) => client,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "cannot start the controllers");
+            return shutdown.cancel();
+        }
+    };
+    let election = skiff_controllers::leader::Election {
+        leases: kube::Api::namespaced(client.clone(), "kube-system"),
+        name: "skiff-controller-manager".into(),
+        identity: format!("{}_{}", hostname(), std::process::id()),
+    };
+    election.run(shutdown, |term| skiff_controllers::run(client.clone(), config.clone(), term)).await;
+}
+
+fn loopback_client(data_dir: &Path, url: &str) -> anyhow::Result<kube::Client> {
+    let ca = std::fs::read(data_dir.join("ca.crt")).context("no ca.crt in the data dir")?;
+    let token = std::fs::read_to_string(data_dir.join("admin-token")).context("no admin-token in the data dir")?;
+    let mut config = kube::Config::new(url.parse().context("the server's URL")?);
+    let roots = rustls_pemfile::certs(&mut ca.as_slice()).map(|c| c.map(|c| c.to_vec())).collect::<Result<_, _>>()?;
+    config.root_cert = Some(roots);
+    config.auth_info.token = Some(token.trim().to_string().into());
+    Ok(kube::Client::try_from(config)?)
 }
 
 #[tokio::main]

@@ -4,14 +4,19 @@
 //!
 //! Code map: [`connect`] (join: CA check, client), [`registration`] (Node, Lease), [`pods`] (the watch, one
 //! worker per pod, specs, status, probes, events), [`images`] (the content store and registry pulls),
-//! [`logs`] (CRI-format log files), [`server`] (the HTTPS endpoint for logs).
+//! [`network`] (each pod's address: a network namespace through CNI, or for wasm-only pods an address on the
+//! node's bridge), [`logs`] (CRI-format log files), [`server`] (the HTTPS endpoint for logs and exec),
+//! [`exec`] (running containers, the exec channel protocol).
 //!
 //! Architecture invariant: the shims get a `skiff_shim::ContainerSpec` and know nothing of Pods; this crate
 //! knows nothing of the API server's internals, only the Kubernetes API.
 
+mod balancer;
 mod connect;
+mod exec;
 pub mod images;
 mod logs;
+pub mod network;
 pub mod pods;
 mod registration;
 mod server;
@@ -20,7 +25,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use skiff_api::join::{InvalidJoinToken, JoinToken};
 use skiff_shim::Shim;
 use tokio_util::sync::CancellationToken;
@@ -36,14 +41,14 @@ pub const DEFAULT_MAX_PODS: u32 = skiff_wasm::DEFAULT_MAX_INSTANCES;
 
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
-    /// The API server's URL (`https://HOST:PORT`).
+    /// The API servers' URLs (`https://HOST:PORT`, several separated by commas for failover).
     pub server: String,
     /// The cluster's join token (`K10<ca hash>::node:<secret>`, the server's `node-token` file).
     pub join_token: String,
     /// The Node's name.
     pub name: String,
     pub data_dir: PathBuf,
-    /// The address the node reports and serves on (and, until pod networking, its pods' address).
+    /// The address the node reports and serves on (and its pods' address with host networking).
     pub node_ip: IpAddr,
     /// Port of the agent's HTTPS endpoint (0 picks a free one).
     pub kubelet_port: u16,
@@ -51,6 +56,13 @@ pub struct AgentConfig {
     /// Pods this node takes: the wasm runtime reserves an instance slot for each (HTTP guests' per-request
     /// instances share the slots), and the Node reports it as `capacity.pods`.
     pub max_pods: u32,
+    /// Whether pods get their own address, and a network namespace unless all their containers are wasm
+    /// (`--pod-network`).
+    pub pod_network: network::Mode,
+    /// The node's pod range (`--pod-cidr`), unless the Node names one; picked by the agent if neither does.
+    pub pod_cidr: Option<network::Ipv4Cidr>,
+    /// Whether containers may run where the host can run them; off makes a wasm-only node (`--no-oci`).
+    pub oci: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +79,8 @@ pub enum AgentError {
     Client(#[source] kube::Error),
     #[error("image store")]
     Images(#[from] images::ImageError),
+    #[error("pod network: {0}")]
+    Network(#[from] network::NetworkError),
     #[error("wasm runtime")]
     Wasm(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -74,7 +88,8 @@ pub enum AgentError {
 /// Runs the agent until `shutdown`: registration, heartbeats, the pod workers and the log endpoint.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     let token = JoinToken::parse(&config.join_token)?;
-    let client = connect::connect(&config.server, &token).await?;
+    let server = balancer::start(&config.server, shutdown.clone()).await?;
+    let client = connect::connect(&server, &token).await?;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| AgentError::Config(format!("cannot create {}: {e}", config.data_dir.display())))?;
     let kubelet =
@@ -87,12 +102,12 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let wasm = skiff_wasm::WasmShim::new(wasm_config).map_err(|e| AgentError::Wasm(Box::new(e)))?;
     // Wasm is asked first; containers run where the host can run them (as root, with cgroups).
     let mut shims: Vec<Arc<dyn Shim>> = vec![Arc::new(wasm)];
-    if skiff_oci::OciShim::available() {
+    if config.oci && skiff_oci::OciShim::available() {
         let oci = skiff_oci::OciShim::new(skiff_oci::OciConfig { state_dir: config.data_dir.join("oci") })
             .map_err(|e| AgentError::Config(format!("OCI runtime: {e}")))?;
         shims.push(Arc::new(oci));
     } else {
-        tracing::info!("no OCI runtime on this node (needs root and cgroups): wasm only");
+        tracing::info!("no OCI runtime on this node (--no-oci, or not root with cgroups): wasm only");
     }
     let identity = registration::NodeIdentity {
         name: config.name.clone(),
@@ -106,6 +121,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let nodes: kube::Api<Node> = kube::Api::all(client.clone());
     registration::register(&nodes, &identity).await?;
     tracing::info!(node = %config.name, runtimes = ?identity.runtimes, "node registered");
+    let network = start_network(&config, &nodes).await?;
     let ctx = Arc::new(pods::Context {
         client: client.clone(),
         node_name: config.name.clone(),
@@ -116,14 +132,45 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         backoff: config.backoff,
         events: pods::Recorder::new(client.clone(), config.name.clone()),
         max_pods: config.max_pods,
+        network,
+        running: Arc::new(exec::Running::default()),
     });
     let heartbeat = registration::heartbeat(client.clone(), identity, shutdown.clone());
     let image_gc = collect_images(ctx.clone(), shutdown.clone());
-    let logs = kubelet.run(client.clone(), ctx.pods_dir.clone(), token.secret.clone(), shutdown.clone());
+    let logs =
+        kubelet.run(client.clone(), ctx.pods_dir.clone(), token.secret.clone(), ctx.running.clone(), shutdown.clone());
     let pods = pods::run(ctx, shutdown.clone());
     tokio::join!(heartbeat, logs, pods, image_gc);
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// Sets up the pod network, reports the pod range on the Node when the agent chose it, and releases the
+/// networks of pods that went away while the agent was down (before any pod worker starts).
+async fn start_network(config: &AgentConfig, nodes: &kube::Api<Node>) -> Result<network::Network, AgentError> {
+    let node_cidr = registration::pod_cidr(nodes, &config.name).await?;
+    let network = network::Network::new(network::NetworkConfig {
+        mode: config.pod_network,
+        pod_cidr: config.pod_cidr,
+        node_pod_cidr: node_cidr.as_deref(),
+        node_name: &config.name,
+        node_ip: config.node_ip,
+        data_dir: &config.data_dir,
+        max_pods: config.max_pods,
+    })?;
+    if let Some(cidr) = network.pod_cidr()
+        && node_cidr.is_none()
+    {
+        registration::set_pod_cidr(nodes, &config.name, &cidr.to_string()).await?;
+    }
+    let pods: kube::Api<Pod> = kube::Api::all(nodes.clone().into_client());
+    let params = kube::api::ListParams::default().fields(&format!("spec.nodeName={}", config.name));
+    let list = pods.list(&params).await.map_err(AgentError::Client)?;
+    let ended =
+        |pod: &&Pod| matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"));
+    let running = list.items.iter().filter(|pod| !ended(pod)).filter_map(|pod| pod.metadata.uid.clone());
+    network.collect(&running.collect()).await;
+    Ok(network)
 }
 
 /// Each running container holds its log file open, so the agent raises its soft open-files limit to the hard
@@ -176,6 +223,14 @@ async fn collect_images(ctx: Arc<pods::Context>, shutdown: CancellationToken) {
             Ok(0) => {}
             Ok(freed) => tracing::info!(freed, "removed unused images"),
             Err(e) => tracing::warn!(error = %e, "image GC failed"),
+        }
+        match ctx.images.blobs() {
+            Ok(live) => {
+                for shim in &ctx.shims {
+                    shim.release_layers(&live).await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot list the images' layers"),
         }
     }
 }

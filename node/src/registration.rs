@@ -77,6 +77,19 @@ pub async fn register(nodes: &Api<Node>, identity: &NodeIdentity) -> Result<(), 
     update_status(nodes, identity).await
 }
 
+/// The Node's `spec.podCIDR`, if something set it.
+pub async fn pod_cidr(nodes: &Api<Node>, name: &str) -> Result<Option<String>, AgentError> {
+    let node = nodes.get_opt(name).await.map_err(AgentError::Client)?;
+    Ok(node.and_then(|node| node.spec?.pod_cidr))
+}
+
+/// Reports the pod range the agent chose as the Node's `spec.podCIDR` and `podCIDRs`.
+pub async fn set_pod_cidr(nodes: &Api<Node>, name: &str, cidr: &str) -> Result<(), AgentError> {
+    let patch = Patch::Merge(json!({"spec": {"podCIDR": cidr, "podCIDRs": [cidr]}}));
+    nodes.patch(name, &PatchParams::default(), &patch).await.map_err(AgentError::Client)?;
+    Ok(())
+}
+
 async fn update_status(nodes: &Api<Node>, identity: &NodeIdentity) -> Result<(), AgentError> {
     let patch = Patch::Merge(json!({"status": status(identity)}));
     nodes.patch_status(&identity.name, &PatchParams::default(), &patch).await.map_err(AgentError::Client)?;

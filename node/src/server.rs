@@ -1,6 +1,7 @@
 //! The agent's HTTPS endpoint, which only the API server uses: `GET /containerLogs/{ns}/{pod}/{container}`
-//! with the kubelet's query parameters. The certificate is self-signed; the API server pins its SHA-256 from
-//! the Node's annotation, and must present the cluster's node token.
+//! with the kubelet's query parameters, and `GET /exec/{ns}/{pod}/{uid}/{container}?command=..`, a WebSocket
+//! upgrade the API server passes through from the client. The certificate is self-signed; the API server pins
+//! its SHA-256 from the Node's annotation, and must present the cluster's node token.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,8 +21,10 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::AgentError;
+use crate::exec::{self, ExecOptions, Protocol, Running};
 use crate::logs::{self, LogQuery};
 
 pub struct KubeletServer {
@@ -35,6 +38,7 @@ struct Handler {
     client: kube::Client,
     pods_dir: PathBuf,
     token: String,
+    running: Arc<Running>,
 }
 
 impl KubeletServer {
@@ -61,8 +65,15 @@ impl KubeletServer {
         self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
     }
 
-    pub async fn run(self, client: kube::Client, pods_dir: PathBuf, token: String, shutdown: CancellationToken) {
-        let handler = Arc::new(Handler { client, pods_dir, token });
+    pub async fn run(
+        self,
+        client: kube::Client,
+        pods_dir: PathBuf,
+        token: String,
+        running: Arc<Running>,
+        shutdown: CancellationToken,
+    ) {
+        let handler = Arc::new(Handler { client, pods_dir, token, running });
         loop {
             let (tcp, _) = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -82,7 +93,7 @@ impl KubeletServer {
                     async move { Ok::<_, Infallible>(handler.serve(request).await) }
                 });
                 let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                let connection = builder.serve_connection(TokioIo::new(tls), service);
+                let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
                 tokio::select! {
                     _ = connection => {}
                     _ = shutdown.cancelled() => {}
@@ -107,6 +118,10 @@ impl Handler {
             return text(StatusCode::UNAUTHORIZED, "Unauthorized".into());
         }
         let path: Vec<&str> = request.uri().path().trim_matches('/').split('/').collect();
+        if let ["exec", namespace, pod, uid, container] = path.as_slice() {
+            let (pod, uid, container) = (format!("{namespace}/{pod}"), uid.to_string(), container.to_string());
+            return self.exec(&pod, &uid, &container, request);
+        }
         let ["containerLogs", namespace, pod, container] = path.as_slice() else {
             return text(StatusCode::NOT_FOUND, "not found".into());
         };
@@ -143,6 +158,62 @@ impl Handler {
                 response
             }
             Err(e) => text(StatusCode::BAD_REQUEST, e.to_string()),
+        }
+    }
+}
+
+impl Handler {
+    /// Accepts the WebSocket upgrade and runs the exec on the upgraded connection. What goes wrong with the
+    /// container itself (not running, a runtime without exec) is told on the error channel, as the kubelet does.
+    fn exec(&self, pod: &str, uid: &str, container: &str, mut request: Request<Incoming>) -> Response<Body> {
+        let options = match ExecOptions::parse(request.uri().query().unwrap_or("")) {
+            Ok(options) => options,
+            Err(message) => return text(StatusCode::BAD_REQUEST, message),
+        };
+        let headers = request.headers();
+        let upgrade = headers.get(http::header::UPGRADE).and_then(|v| v.to_str().ok());
+        let key = headers.get(http::header::SEC_WEBSOCKET_KEY).map(|k| k.as_bytes());
+        let (Some(true), Some(key)) = (upgrade.map(|u| u.eq_ignore_ascii_case("websocket")), key) else {
+            return text(StatusCode::BAD_REQUEST, "exec needs a WebSocket upgrade request".into());
+        };
+        let offered = headers.get_all(http::header::SEC_WEBSOCKET_PROTOCOL).iter().filter_map(|v| v.to_str().ok());
+        let Some(protocol) = Protocol::negotiate(offered) else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("exec speaks {} or {}", Protocol::V5.name(), Protocol::V4.name()),
+            );
+        };
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key);
+        let target = self.running.exec(uid, container, pod);
+        let span = tracing::info_span!("exec", %pod, %container, command = ?options.command);
+        let upgraded = hyper::upgrade::on(&mut request);
+        tokio::spawn(
+            async move {
+                match upgraded.await {
+                    Ok(upgraded) => {
+                        let role = tokio_tungstenite::tungstenite::protocol::Role::Server;
+                        let ws =
+                            tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(upgraded), role, None)
+                                .await;
+                        exec::session(ws, protocol, target, options).await;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "exec upgrade failed"),
+                }
+            }
+            .instrument(span),
+        );
+        let mut response = Response::new(Full::new(Bytes::new()).boxed());
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert(http::header::UPGRADE, http::HeaderValue::from_static("websocket"));
+        headers.insert(http::header::CONNECTION, http::HeaderValue::from_static("Upgrade"));
+        headers.insert(http::header::SEC_WEBSOCKET_PROTOCOL, http::HeaderValue::from_static(protocol.name()));
+        match http::HeaderValue::from_str(&accept) {
+            Ok(accept) => {
+                headers.insert(http::header::SEC_WEBSOCKET_ACCEPT, accept);
+                response
+            }
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
     }
 }

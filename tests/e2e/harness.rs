@@ -61,6 +61,77 @@ impl Etcd {
     }
 }
 
+/// A real etcd cluster of several members on loopback, for HA tests.
+pub struct EtcdCluster {
+    members: Vec<Option<Child>>,
+    pub endpoints: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl EtcdCluster {
+    pub fn start(size: usize) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
+        let initial = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("member{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members = Vec::new();
+        let mut endpoints = Vec::new();
+        for (i, (client, peer)) in ports.iter().enumerate() {
+            let endpoint = format!("127.0.0.1:{client}");
+            let child = Command::new("etcd")
+                .args(["--name", &format!("member{i}"), "--data-dir"])
+                .arg(dir.path().join(format!("member{i}")))
+                .arg(format!("--listen-client-urls=http://{endpoint}"))
+                .arg(format!("--advertise-client-urls=http://{endpoint}"))
+                .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
+                .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"))
+                .arg(format!("--initial-cluster={initial}"))
+                .args(["--initial-cluster-state", "new", "--initial-cluster-token", "skiff-test"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("cannot start etcd (Debian package etcd-server; scripts/setup installs it)")?;
+            members.push(Some(child));
+            endpoints.push(endpoint);
+        }
+        let cluster = EtcdCluster { members, endpoints, _dir: dir };
+        wait_until("etcd cluster", Duration::from_secs(30), || {
+            // etcd answers /health with true once the member sees a leader.
+            cluster.endpoints.iter().all(|e| {
+                reqwest::blocking::get(format!("http://{e}/health"))
+                    .and_then(|r| r.text())
+                    .is_ok_and(|body| body.contains(r#""health":"true""#))
+            })
+        })?;
+        Ok(cluster)
+    }
+
+    /// The `--store` URL naming every member.
+    pub fn store_url(&self) -> String {
+        format!("etcd://{}", self.endpoints.join(","))
+    }
+
+    /// SIGKILL one member.
+    pub fn kill(&mut self, member: usize) {
+        if let Some(mut child) = self.members[member].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for member in 0..self.members.len() {
+            self.kill(member);
+        }
+    }
+}
+
 impl Drop for Etcd {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -95,8 +166,20 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// A server on a store that outlives it (`etcd://...`), e.g. one of several servers sharing an etcd.
+    pub fn start_on(store: String) -> anyhow::Result<Self> {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let mut cluster = Cluster { child: None, dir: tempfile::tempdir()?, listen, store, _etcd: None };
+        cluster.launch()?;
+        Ok(cluster)
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn kubeconfig(&self) -> PathBuf {
@@ -194,6 +277,37 @@ impl Cluster {
         child.wait_with_output().expect("kubectl finishes")
     }
 
+    /// Creates pod `name` bound to `node`; `spec` is YAML lines under `spec:` (indented by two spaces).
+    pub fn create_pod(&self, name: &str, node: &str, spec: &str) {
+        let manifest =
+            format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  nodeName: {node}\n{spec}");
+        let out = self.with_stdin(&["apply", "-f", "-"], &manifest);
+        assert!(out.status.success(), "{}\n{manifest}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Pod `name` as JSON.
+    pub fn pod(&self, name: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["get", "pod", name, "-o", "json"])).expect("a pod as JSON")
+    }
+
+    /// Waits until pod `name` is in `phase`; a timeout fails with its status and the agent's log.
+    pub fn wait_pod_phase(&self, name: &str, phase: &str, timeout: Duration, agent: &Agent) -> serde_json::Value {
+        let started = Instant::now();
+        loop {
+            let pod = self.pod(name);
+            if pod["status"]["phase"] == phase {
+                return pod;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "pod {name} not {phase} after {timeout:?}; status: {}\nagent log:\n{}",
+                pod["status"],
+                agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// A file in the cluster's temporary directory.
     pub fn write_file(&self, name: &str, contents: &str) -> PathBuf {
         let path = self.dir.path().join(name);
@@ -288,6 +402,12 @@ impl Registry {
     /// Builds a busybox OCI image from Debian's busybox-static (`/bin/busybox` and sh, echo, sleep, cat,
     /// env links) and pushes it: a plain container image for the OCI shim.
     pub fn push_busybox(&self, name: &str) -> String {
+        self.push_busybox_with(name, serde_json::json!({"Env": ["PATH=/bin"], "Cmd": ["sh"]}), &[])
+    }
+
+    /// A busybox image with its own image config `exec` (`Entrypoint`, `Cmd`, `User`, ...) and extra
+    /// `files` (path, contents) such as `etc/passwd`.
+    pub fn push_busybox_with(&self, name: &str, exec: serde_json::Value, files: &[(&str, &str)]) -> String {
         use sha2::Digest;
         let mut layer = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
         let header = |kind: tar::EntryType, mode: u32, size: u64| {
@@ -311,13 +431,17 @@ impl Registry {
                 .append_link(&mut header(tar::EntryType::Symlink, 0o777, 0), format!("bin/{link}"), "busybox")
                 .unwrap();
         }
+        for (path, contents) in files {
+            let mut file = header(tar::EntryType::Regular, 0o644, contents.len() as u64);
+            layer.append_data(&mut file, path, contents.as_bytes()).unwrap();
+        }
         let compressed = layer.into_inner().unwrap().finish().unwrap();
         let mut uncompressed = Vec::new();
         std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&compressed[..]), &mut uncompressed).unwrap();
         let config = serde_json::json!({
             "architecture": "amd64",
             "os": "linux",
-            "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"]},
+            "config": exec,
             "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", hex::encode(sha2::Sha256::digest(&uncompressed)))]},
         });
         let config = config.to_string().into_bytes();
@@ -403,11 +527,16 @@ pub struct Agent {
 impl Agent {
     /// Joins `cluster` as node `name`, with extra `skiff agent` flags.
     pub fn join_with(cluster: &Cluster, name: &str, flags: &[&str]) -> anyhow::Result<Self> {
+        Self::join_servers(cluster, &[cluster], name, flags)
+    }
+
+    /// Joins through several servers of one cluster (`--server URL,URL,...`); `cluster` is used for kubectl.
+    pub fn join_servers(cluster: &Cluster, servers: &[&Cluster], name: &str, flags: &[&str]) -> anyhow::Result<Self> {
         let data_dir = cluster.dir.path().join(format!("agent-{name}"));
         let mut agent = Agent {
             child: None,
             name: name.to_string(),
-            server: format!("https://{}", cluster.listen),
+            server: servers.iter().map(|s| format!("https://{}", s.listen)).collect::<Vec<_>>().join(","),
             token_file: cluster.data_dir().join("node-token"),
             log: cluster.dir.path().join(format!("agent-{name}.log")),
             data_dir,
@@ -480,6 +609,36 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill();
+        stop_containers(&self.data_dir.join("oci"));
+    }
+}
+
+/// OCI containers outlive a killed agent by design (a restarted agent adopts them), so a test's agent takes
+/// the containers it leaves along when it is dropped: their processes, root mounts and cgroups.
+fn stop_containers(state_dir: &Path) {
+    for entry in std::fs::read_dir(state_dir).into_iter().flatten().flatten() {
+        let id = entry.file_name().to_string_lossy().into_owned();
+        if id.starts_with('.') {
+            continue;
+        }
+        let in_cgroup = |pid: i64| {
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| c.contains(&format!("/skiff/{id}")))
+        };
+        let state = entry.path().join("state").join(&id).join("state.json");
+        let pid = std::fs::read(state)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+            .and_then(|state| state["pid"].as_i64());
+        if let Some(pid) = pid.filter(|pid| in_cgroup(*pid)) {
+            // The init of a pid namespace takes every process of the container with it.
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            let _ = wait_until("container ended", Duration::from_secs(5), || !in_cgroup(pid));
+        }
+        let _ = Command::new("umount").arg("-l").arg(entry.path().join("rootfs")).stderr(Stdio::null()).status();
+        for controller in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+            let _ = std::fs::remove_dir(controller.path().join("skiff").join(&id));
+        }
+        let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup/skiff").join(&id));
     }
 }
 

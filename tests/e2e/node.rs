@@ -28,12 +28,10 @@ impl NodeCluster {
 
     /// Creates a pod bound to node-1 from a container spec in YAML (indented for `containers:`).
     fn pod(&self, name: &str, restart_policy: &str, containers: &str) {
-        let manifest = format!(
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  nodeName: {}\n  restartPolicy: {restart_policy}\n  terminationGracePeriodSeconds: 5\n  containers:\n{containers}",
-            self.agent.name
+        let spec = format!(
+            "  restartPolicy: {restart_policy}\n  terminationGracePeriodSeconds: 5\n  containers:\n{containers}"
         );
-        let out = self.cluster.with_stdin(&["apply", "-f", "-"], &manifest);
-        assert!(out.status.success(), "{}\n{manifest}", String::from_utf8_lossy(&out.stderr));
+        self.cluster.create_pod(name, &self.agent.name, &spec);
     }
 
     /// A pod running the ticker sample, ticking every 100 ms.
@@ -46,24 +44,11 @@ impl NodeCluster {
     }
 
     fn get(&self, name: &str) -> Value {
-        serde_json::from_str(&self.cluster.ok(&["get", "pod", name, "-o", "json"])).unwrap()
+        self.cluster.pod(name)
     }
 
     fn wait_phase(&self, name: &str, phase: &str) -> Value {
-        let started = Instant::now();
-        loop {
-            let pod = self.get(name);
-            if pod["status"]["phase"] == phase {
-                return pod;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "pod {name} not {phase} after 60 s; status: {}\nagent log:\n{}",
-                pod["status"],
-                self.agent.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.cluster.wait_pod_phase(name, phase, Duration::from_secs(60), &self.agent)
     }
 }
 
@@ -104,7 +89,8 @@ pub fn hello_runs_to_completion_with_logs_exit_codes_and_events() {
     assert!(first_done <= main_started, "init containers run first");
     assert!(node.cluster.ok(&["logs", "wired", "-c", "second"]).contains("arg[1]=init-two"));
     let logs = node.cluster.ok(&["logs", "wired", "-c", "main"]);
-    for line in ["COLOR=blue", "SECRET_TOKEN=s3cret", "POD_NAME=wired", "POD_IP=127.0.0.1"] {
+    let pod_ip = format!("POD_IP={}", pod["status"]["podIP"].as_str().unwrap_or_default());
+    for line in ["COLOR=blue", "SECRET_TOKEN=s3cret", "POD_NAME=wired", &pod_ip] {
         assert!(logs.contains(line), "{line} in the environment: {logs}");
     }
     let image_id = pod["status"]["containerStatuses"][0]["imageID"].as_str().unwrap_or_default();
@@ -213,7 +199,9 @@ pub fn http_sample_answers_and_logs_follow() {
         let pod = node.get("web");
         pod["status"]["containerStatuses"][0]["ready"].as_bool().filter(|r| *r)
     });
-    let body = reqwest::blocking::get(format!("http://127.0.0.1:{port}/hi/there")).unwrap().text().unwrap();
+    // The pod's own address (the node's with host networking).
+    let ip = node.get("web")["status"]["podIP"].as_str().unwrap().to_string();
+    let body = reqwest::blocking::get(format!("http://{ip}:{port}/hi/there")).unwrap().text().unwrap();
     assert!(body.contains("hello from skiff") && body.contains("/hi/there") && body.contains("howdy"), "{body}");
 
     node.wait_phase("ticker", "Running");

@@ -56,6 +56,32 @@ pub fn apply(def: &ResourceDef, object: &mut Value) {
     }
 }
 
+/// What the server fills in once a new object has its uid: a Job's selector and pod labels (kube-apiserver's
+/// `generateSelector`), unless the Job chose `manualSelector`.
+pub fn on_create(def: &ResourceDef, object: &mut Value) {
+    if (def.group, def.plural) != ("batch", "jobs") || object.pointer("/spec/manualSelector") == Some(&json!(true)) {
+        return;
+    }
+    let uid = object.pointer("/metadata/uid").cloned().unwrap_or(Value::Null);
+    let name = object.pointer("/metadata/name").cloned().unwrap_or(Value::Null);
+    let spec = &mut object["spec"];
+    if spec.get("selector").is_none_or(Value::is_null) {
+        spec["selector"] = json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
+    }
+    let labels = &mut spec["template"]["metadata"]["labels"];
+    if !labels.is_object() {
+        *labels = json!({});
+    }
+    for (key, value) in [
+        ("batch.kubernetes.io/controller-uid", &uid),
+        ("controller-uid", &uid),
+        ("batch.kubernetes.io/job-name", &name),
+        ("job-name", &name),
+    ] {
+        set(labels, key, value.clone());
+    }
+}
+
 fn template(spec: &mut Value) {
     if spec.pointer("/template/spec").is_some() {
         pod_spec(&mut spec["template"]["spec"]);
@@ -137,6 +163,18 @@ mod tests {
         assert_eq!(containers[1]["imagePullPolicy"], "IfNotPresent");
         assert_eq!(containers[0]["ports"][0]["protocol"], "TCP");
         assert_eq!(deploy["spec"]["template"]["spec"]["restartPolicy"], "Always");
+    }
+
+    #[test]
+    fn a_new_job_gets_its_selector_and_pod_labels() {
+        let def = crate::resources::find("batch", "v1", "jobs").unwrap();
+        let mut job = json!({"metadata": {"name": "j", "uid": "u-1"}, "spec": {"template": {"spec": {}}}});
+        on_create(def, &mut job);
+        assert_eq!(job["spec"]["selector"], json!({"matchLabels": {"batch.kubernetes.io/controller-uid": "u-1"}}));
+        assert_eq!(job["spec"]["template"]["metadata"]["labels"]["job-name"], "j");
+        let mut manual = json!({"metadata": {"uid": "u-2"}, "spec": {"manualSelector": true, "template": {}}});
+        on_create(def, &mut manual);
+        assert!(manual["spec"].get("selector").is_none());
     }
 
     #[test]

@@ -47,6 +47,13 @@ pub fn subresources(def: &ResourceDef) -> Vec<Subresource> {
     if def.group.is_empty() && def.plural == "pods" {
         subs.push(Subresource { name: "binding", group: "", version: "", kind: "Binding", verbs: &["create"] });
         subs.push(Subresource { name: "log", group: "", version: "", kind: "Pod", verbs: &["get"] });
+        subs.push(Subresource {
+            name: "exec",
+            group: "",
+            version: "",
+            kind: "PodExecOptions",
+            verbs: &["create", "get"],
+        });
     }
     if def.scale_subresource {
         subs.push(Subresource {

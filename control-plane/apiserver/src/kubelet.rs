@@ -1,11 +1,16 @@
-//! Reaching a node's agent for `pods/{name}/log`: the agent's address and port come from its Node, its
-//! self-signed certificate is pinned by the SHA-256 the Node publishes, and the server authenticates with the
-//! cluster's node token.
+//! Reaching a node's agent for `pods/{name}/log` and `pods/{name}/exec`: the agent's address and port come
+//! from its Node, its self-signed certificate is pinned by the SHA-256 the Node publishes, and the server
+//! authenticates with the cluster's node token. An exec is a WebSocket upgrade passed through to the agent,
+//! as kube-apiserver does with the kubelet: the agent speaks the channel protocol, this server splices bytes.
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::response::Response;
+use http::header;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -13,9 +18,11 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde_json::Value;
 use sha2::Digest;
 use skiff_api::resources;
+use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::objects::Objects;
+use crate::router::AppState;
 
 /// The Node annotation holding the agent certificate's SHA-256 (set by the node agent).
 pub const CERT_ANNOTATION: &str = "skiff.dev/kubelet-cert-sha256";
@@ -28,6 +35,120 @@ pub async fn pod_logs(
     name: &str,
     query: &str,
 ) -> Result<Response, ApiError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).unwrap_or_default();
+    let target = locate(objects, ns, name, &pairs).await?;
+    let mut sender = target.connect().await?;
+    let path = format!("/containerLogs/{ns}/{name}/{}?{}", target.container, target.forwarded(&pairs));
+    let request =
+        target.request(path, node_token).body(Empty::<bytes::Bytes>::new()).map_err(|e| target.unreachable(e))?;
+    let response = sender.send_request(request).await.map_err(|e| target.unreachable(e))?;
+    if !response.status().is_success() {
+        return Err(refusal(response).await);
+    }
+    let mut out = Response::new(Body::new(response.into_body()));
+    out.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
+    Ok(out)
+}
+
+/// Runs a command in a container (`kubectl exec`): checks the request, asks the agent on the pod's node to
+/// upgrade, answers the client with the agent's 101, and splices the two upgraded connections until either
+/// side closes or the server shuts down.
+pub async fn pod_exec(
+    state: &AppState,
+    ns: &str,
+    name: &str,
+    request: &mut http::request::Parts,
+) -> Result<Response, ApiError> {
+    let query = request.uri.query().unwrap_or("");
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(query).map_err(|e| ApiError::BadRequest(format!("malformed query string: {e}")))?;
+    if !pairs.iter().any(|(k, v)| k == "command" && !v.is_empty()) {
+        return Err(ApiError::BadRequest("you must specify at least one command for the container".into()));
+    }
+    let target = locate(&state.objects, ns, name, &pairs).await?;
+    if let Some(phase @ ("Succeeded" | "Failed")) = target.pod.pointer("/status/phase").and_then(Value::as_str) {
+        return Err(ApiError::BadRequest(format!(
+            "cannot exec into a container in a completed pod; current phase is {phase}"
+        )));
+    }
+    let websocket = request
+        .headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if !websocket || !request.headers.contains_key(header::SEC_WEBSOCKET_KEY) {
+        return Err(ApiError::BadRequest("Upgrade request required: exec is served over WebSocket".into()));
+    }
+    // HTTP/2 requests carry no upgrade.
+    let client = request
+        .extensions
+        .remove::<hyper::upgrade::OnUpgrade>()
+        .ok_or_else(|| ApiError::BadRequest("exec needs an HTTP/1.1 connection to upgrade".into()))?;
+    let uid = target.pod.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default();
+    let path = format!("/exec/{ns}/{name}/{uid}/{}?{}", target.container, target.forwarded(&pairs));
+    let mut upgrade = target
+        .request(path, &state.node_token)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "websocket");
+    for key in [header::SEC_WEBSOCKET_KEY, header::SEC_WEBSOCKET_VERSION, header::SEC_WEBSOCKET_PROTOCOL] {
+        for value in request.headers.get_all(&key) {
+            upgrade = upgrade.header(&key, value);
+        }
+    }
+    let upgrade = upgrade.body(Empty::<bytes::Bytes>::new()).map_err(|e| target.unreachable(e))?;
+    let mut sender = target.connect().await?;
+    let mut response = sender.send_request(upgrade).await.map_err(|e| target.unreachable(e))?;
+    if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+        return Err(refusal(response).await);
+    }
+    let agent = hyper::upgrade::on(&mut response);
+    let shutdown = state.shutdown.clone();
+    let span = tracing::info_span!("exec", pod = %format!("{ns}/{name}"), container = %target.container);
+    tokio::spawn(
+        async move {
+            let (client, agent) = match tokio::try_join!(client, agent) {
+                Ok(upgraded) => upgraded,
+                Err(e) => {
+                    tracing::debug!(error = %e, "exec upgrade failed");
+                    return;
+                }
+            };
+            let (mut client, mut agent) = (TokioIo::new(client), TokioIo::new(agent));
+            tokio::select! {
+                copied = tokio::io::copy_bidirectional(&mut client, &mut agent) => {
+                    if let Err(e) = copied {
+                        tracing::debug!(error = %e, "exec connection ended with an error");
+                    }
+                }
+                _ = shutdown.cancelled() => {}
+            }
+        }
+        .instrument(span),
+    );
+    let mut out = Response::new(Body::empty());
+    *out.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+    for key in [header::UPGRADE, header::CONNECTION, header::SEC_WEBSOCKET_ACCEPT, header::SEC_WEBSOCKET_PROTOCOL] {
+        if let Some(value) = response.headers().get(&key) {
+            out.headers_mut().insert(key, value.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// A pod's container and how to reach the agent of the node it is bound to.
+struct Target {
+    pod: Value,
+    container: String,
+    node_name: String,
+    /// `host:port` of the agent's endpoint.
+    address: String,
+    /// The agent certificate's SHA-256, lowercase hex.
+    pin: String,
+}
+
+/// Finds the pod, the container the client named (or the only one), and its node's agent: the checks the
+/// kube-apiserver makes before it reaches a kubelet.
+async fn locate(objects: &Objects, ns: &str, name: &str, pairs: &[(String, String)]) -> Result<Target, ApiError> {
     let pods = resources::find("", "v1", "pods").ok_or(ApiError::NoRoute)?;
     let nodes = resources::find("", "v1", "nodes").ok_or(ApiError::NoRoute)?;
     let pod = objects.get(pods, Some(ns), name).await?;
@@ -36,7 +157,6 @@ pub async fn pod_logs(
         .flat_map(|list| pod["spec"][list].as_array().into_iter().flatten())
         .filter_map(|c| c["name"].as_str())
         .collect();
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).unwrap_or_default();
     let container =
         match pairs.iter().find(|(k, _)| k == "container").map(|(_, v)| v.as_str()).filter(|v| !v.is_empty()) {
             Some(container) if containers.contains(&container) => container.to_string(),
@@ -53,8 +173,8 @@ pub async fn pod_logs(
         };
     let node_name = pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty());
     let node_name =
-        node_name.ok_or_else(|| ApiError::BadRequest(format!("pod {name} does not have a host assigned")))?;
-    let node = objects.get(nodes, None, node_name).await?;
+        node_name.ok_or_else(|| ApiError::BadRequest(format!("pod {name} does not have a host assigned")))?.to_string();
+    let node = objects.get(nodes, None, &node_name).await?;
     let address = node["status"]["addresses"]
         .as_array()
         .into_iter()
@@ -63,49 +183,58 @@ pub async fn pod_logs(
         .and_then(|a| a["address"].as_str())
         .ok_or_else(|| ApiError::BadRequest(format!("node {node_name} reports no InternalIP")))?;
     let port = node.pointer("/status/daemonEndpoints/kubeletEndpoint/Port").and_then(Value::as_u64).unwrap_or(10250);
+    let host = if address.contains(':') { format!("[{address}]") } else { address.to_string() };
     let pin =
         node.pointer(&format!("/metadata/annotations/{}", CERT_ANNOTATION.replace('/', "~1"))).and_then(Value::as_str);
     let pin = pin.ok_or_else(|| ApiError::BadRequest(format!("node {node_name} publishes no agent certificate")))?;
-    let forwarded: Vec<(String, String)> = pairs.into_iter().filter(|(k, _)| k != "container").collect();
-    let forwarded = serde_urlencoded::to_string(&forwarded).unwrap_or_default();
-    let path = format!("/containerLogs/{ns}/{name}/{container}?{forwarded}");
-    let unreachable = |e: String| ApiError::Internal(format!("cannot reach the agent on node {node_name}: {e}"));
-    let host = if address.contains(':') { format!("[{address}]") } else { address.to_string() };
-    let tcp = tokio::net::TcpStream::connect(format!("{host}:{port}")).await.map_err(|e| unreachable(e.to_string()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier =
-        Arc::new(Pinned { sha256: pin.to_ascii_lowercase(), algorithms: provider.signature_verification_algorithms });
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone() as Arc<CryptoProvider>)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| unreachable(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
-    let server_name = ServerName::try_from(node_name.to_string()).map_err(|e| unreachable(e.to_string()))?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(server_name, tcp)
-        .await
-        .map_err(|e| unreachable(e.to_string()))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-        .await
-        .map_err(|e| unreachable(e.to_string()))?;
-    tokio::spawn(connection);
-    let request = http::Request::get(path)
-        .header(http::header::HOST, node_name)
-        .header(http::header::AUTHORIZATION, format!("Bearer {node_token}"))
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .map_err(|e| unreachable(e.to_string()))?;
-    let response = sender.send_request(request).await.map_err(|e| unreachable(e.to_string()))?;
-    if !response.status().is_success() {
-        use http_body_util::BodyExt;
-        let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-        let message = String::from_utf8_lossy(&body).into_owned();
-        // The agent's refusals (no such container, no previous instance) are the client's problem, as in Kubernetes.
-        return Err(ApiError::BadRequest(message.trim().to_string()));
+    Ok(Target { container, address: format!("{host}:{port}"), pin: pin.to_ascii_lowercase(), node_name, pod })
+}
+
+impl Target {
+    fn unreachable(&self, e: impl std::fmt::Display) -> ApiError {
+        ApiError::Internal(format!("cannot reach the agent on node {}: {e}", self.node_name))
     }
-    let mut out = Response::new(Body::new(response.into_body()));
-    out.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
-    Ok(out)
+
+    /// The client's query without `container`, which the agent's path carries.
+    fn forwarded(&self, pairs: &[(String, String)]) -> String {
+        let forwarded: Vec<&(String, String)> = pairs.iter().filter(|(k, _)| k != "container").collect();
+        serde_urlencoded::to_string(forwarded).unwrap_or_default()
+    }
+
+    fn request(&self, path: String, node_token: &str) -> http::request::Builder {
+        http::Request::get(path)
+            .header(header::HOST, &self.node_name)
+            .header(header::AUTHORIZATION, format!("Bearer {node_token}"))
+    }
+
+    /// An HTTP/1.1 connection to the agent over TLS with its pinned certificate, able to upgrade.
+    async fn connect(&self) -> Result<SendRequest<Empty<bytes::Bytes>>, ApiError> {
+        let tcp = tokio::net::TcpStream::connect(&self.address).await.map_err(|e| self.unreachable(e))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier =
+            Arc::new(Pinned { sha256: self.pin.clone(), algorithms: provider.signature_verification_algorithms });
+        let config = rustls::ClientConfig::builder_with_provider(provider.clone() as Arc<CryptoProvider>)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| self.unreachable(e))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        let server_name = ServerName::try_from(self.node_name.clone()).map_err(|e| self.unreachable(e))?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| self.unreachable(e))?;
+        tokio::spawn(connection.with_upgrades());
+        Ok(sender)
+    }
+}
+
+/// The agent's refusals (no such container, no previous instance) are the client's problem, as in Kubernetes.
+async fn refusal(response: http::Response<hyper::body::Incoming>) -> ApiError {
+    let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    ApiError::BadRequest(String::from_utf8_lossy(&body).trim().to_string())
 }
 
 /// Accepts exactly the certificate whose SHA-256 the Node published, with signatures checked as usual.

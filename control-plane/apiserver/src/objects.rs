@@ -574,6 +574,7 @@ impl Objects {
             })?
             .to_string();
         let options = WriteOptions { field_manager: String::new(), ..WriteOptions::default() };
+        let now = now_rfc3339();
         self.read_modify_write(pods, Some(ns), name, Part::Binding, &options, |current, _| {
             match current.pointer("/spec/nodeName").and_then(Value::as_str) {
                 Some(bound) if !bound.is_empty() => Err(ApiError::Conflict {
@@ -584,20 +585,14 @@ impl Objects {
                 _ => {
                     let mut pod = current.clone();
                     pod["spec"]["nodeName"] = json!(node);
+                    let conditions = pod["status"]["conditions"].as_array().cloned().unwrap_or_default();
+                    let mut conditions: Vec<Value> =
+                        conditions.into_iter().filter(|c| c["type"] != "PodScheduled").collect();
+                    conditions.push(json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": now}));
+                    pod["status"]["conditions"] = Value::Array(conditions);
                     Ok(pod)
                 }
             }
-        })
-        .await?;
-        // The scheduled condition lives in status, which the main endpoint does not change.
-        let now = now_rfc3339();
-        self.read_modify_write(pods, Some(ns), name, Part::Status, &options, |current, _| {
-            let mut pod = current.clone();
-            let conditions = pod["status"]["conditions"].as_array().cloned().unwrap_or_default();
-            let mut conditions: Vec<Value> = conditions.into_iter().filter(|c| c["type"] != "PodScheduled").collect();
-            conditions.push(json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": now}));
-            pod["status"]["conditions"] = Value::Array(conditions);
-            Ok(pod)
         })
         .await?;
         Ok(())
@@ -720,6 +715,7 @@ fn prepare_create(def: &ResourceDef, ns: Option<&str>, object: &mut Value) -> Re
         meta.remove("generation");
     }
     initial_status(def, object);
+    skiff_api::defaults::on_create(def, object);
     Ok(())
 }
 
@@ -769,7 +765,10 @@ fn merge_update(def: &ResourceDef, part: Part, current: &Value, requested: Value
             object["status"] = requested.get("status").cloned().unwrap_or(json!({}));
             object
         }
-        Part::Main | Part::Scale | Part::Binding => {
+        // A binding is built by the server itself from the current pod: spec.nodeName and the PodScheduled
+        // condition in one write.
+        Part::Binding => requested,
+        Part::Main | Part::Scale => {
             let mut object = requested;
             if def.status_subresource {
                 match current.get("status") {

@@ -119,6 +119,49 @@ impl Credentials {
     }
 }
 
+/// What every server of a cluster must share: the CA (certificate and key) and the admin and node secrets.
+/// Servers on one etcd exchange it through the store, as k3s keeps its bootstrap data in the datastore, so a
+/// second server joins with nothing but the store's address. Like the Secrets beside it, it is stored in the
+/// clear: access to the store is access to the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClusterSecrets {
+    pub ca_cert_pem: String,
+    pub ca_key_pem: String,
+    pub admin_token: String,
+    pub node_secret: String,
+}
+
+impl ClusterSecrets {
+    /// The secrets in `dir` (made by [`Credentials::load_or_create`]).
+    pub fn read(credentials: &Credentials) -> Result<Self, PkiError> {
+        let ca_key_pem = read(&credentials.dir, "ca.key")?.ok_or_else(|| PkiError::Io {
+            path: credentials.dir.join("ca.key"),
+            source: std::io::ErrorKind::NotFound.into(),
+        })?;
+        Ok(Self {
+            ca_cert_pem: credentials.ca_cert_pem.clone(),
+            ca_key_pem,
+            admin_token: credentials.admin_token.clone(),
+            node_secret: credentials.node_token.clone(),
+        })
+    }
+
+    /// Makes `dir` hold these secrets; the next [`Credentials::load_or_create`] then signs a serving
+    /// certificate with this CA and writes the matching join token.
+    pub fn install(&self, dir: &Path) -> Result<(), PkiError> {
+        fs::create_dir_all(dir).map_err(|source| PkiError::Io { path: dir.to_path_buf(), source })?;
+        if read(dir, "ca.crt")?.as_deref() != Some(self.ca_cert_pem.as_str()) {
+            write_secret(dir, "ca.key", &self.ca_key_pem)?;
+            write_secret(dir, "ca.crt", &self.ca_cert_pem)?;
+            let _ = fs::remove_file(dir.join("server.crt"));
+            let _ = fs::remove_file(dir.join("server.names"));
+        }
+        write_secret(dir, "admin-token", &self.admin_token)?;
+        let token = JoinToken { ca_hash: ca_hash(&self.ca_cert_pem), secret: self.node_secret.clone() };
+        write_secret(dir, "node-token", &format!("{token}\n"))
+    }
+}
+
 /// The URL clients should use for a server listening on `listen`: an unspecified address becomes loopback.
 pub fn server_url(listen: SocketAddr) -> String {
     let ip = match listen.ip() {
@@ -229,6 +272,22 @@ mod tests {
         let mode = fs::metadata(dir.path().join("ca.key")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(first.kubeconfig("https://127.0.0.1:6443").contains(&first.admin_token));
+    }
+
+    #[test]
+    fn a_second_server_adopts_the_cluster_secrets() {
+        let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let first = Credentials::load_or_create(one.path(), "127.0.0.1:6443".parse().unwrap()).unwrap();
+        let own = Credentials::load_or_create(two.path(), "127.0.0.1:6444".parse().unwrap()).unwrap();
+        assert_ne!(own.ca_cert_pem, first.ca_cert_pem);
+        ClusterSecrets::read(&first).unwrap().install(two.path()).unwrap();
+        let second = Credentials::load_or_create(two.path(), "127.0.0.1:6444".parse().unwrap()).unwrap();
+        assert_eq!(
+            (&second.ca_cert_pem, &second.admin_token, &second.node_token),
+            (&first.ca_cert_pem, &first.admin_token, &first.node_token)
+        );
+        assert_ne!(second.server_cert_pem, own.server_cert_pem, "the serving certificate is signed by the new CA");
+        assert_eq!(fs::read(one.path().join("node-token")).unwrap(), fs::read(two.path().join("node-token")).unwrap());
     }
 
     #[test]

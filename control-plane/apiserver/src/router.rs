@@ -276,9 +276,17 @@ async fn resource(State(state): State<Arc<AppState>>, request: Request) -> Respo
 }
 
 async fn serve_resource(state: &AppState, request: Request) -> Result<Response, ApiError> {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let query = Query::parse(parts.uri.query())?;
     let target = parse_target(parts.uri.path())?;
+    // An exec upgrades the connection: it needs the request's upgrade handle, not its (empty) body.
+    if let Target::Item { def, ns: Some(ns), name, sub: Some(sub) } = &target
+        && def.group.is_empty()
+        && def.plural == "pods"
+        && sub == "exec"
+    {
+        return crate::kubelet::pod_exec(state, ns, name, &mut parts).await;
+    }
     let headers = &parts.headers;
     let body = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| ApiError::TooLarge)?;
     let objects = &state.objects;

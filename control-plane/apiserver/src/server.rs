@@ -2,7 +2,7 @@
 //! end watches and drain in-flight requests within a grace period.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
 use crate::objects::Objects;
-use crate::pki::{Credentials, PkiError};
+use crate::pki::{ClusterSecrets, Credentials, PkiError};
 use crate::router::{self, AppState};
 use crate::{lifecycle, pki::server_url};
 
@@ -39,8 +39,43 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot share the cluster's credentials through the store")]
+    SharedSecrets(#[source] skiff_store::Error),
+    #[error("the cluster's credentials in the store are unreadable")]
+    CorruptSecrets(#[source] serde_json::Error),
     #[error("cannot create the system namespaces: {0}")]
     Bootstrap(#[source] ApiError),
+}
+
+/// Where the servers of one cluster find its CA and tokens (outside `/registry/`, so no API lists it).
+const SECRETS_KEY: &str = "/skiff/cluster-secrets";
+
+/// Loads this server's credentials so that every server on the store shares one CA and one set of tokens:
+/// the first server publishes its own, later ones install those into their data dir before loading.
+async fn shared_credentials(dir: &Path, listen: SocketAddr, store: &dyn Store) -> Result<Credentials, ServerError> {
+    let published = async || -> Result<Option<ClusterSecrets>, ServerError> {
+        let Some(kv) = store.get(SECRETS_KEY).await.map_err(ServerError::SharedSecrets)? else { return Ok(None) };
+        serde_json::from_slice(&kv.value).map(Some).map_err(ServerError::CorruptSecrets)
+    };
+    if let Some(secrets) = published().await? {
+        secrets.install(dir)?;
+        return Ok(Credentials::load_or_create(dir, listen)?);
+    }
+    let credentials = Credentials::load_or_create(dir, listen)?;
+    let ours = ClusterSecrets::read(&credentials)?;
+    let value = serde_json::to_vec(&ours).map_err(ServerError::CorruptSecrets)?;
+    match store.create(SECRETS_KEY, value.into()).await {
+        Ok(_) => Ok(credentials),
+        // Another server published first: take its secrets instead.
+        Err(skiff_store::Error::AlreadyExists(_)) => {
+            let theirs = published()
+                .await?
+                .ok_or(ServerError::SharedSecrets(skiff_store::Error::NotFound(SECRETS_KEY.into())))?;
+            theirs.install(dir)?;
+            Ok(Credentials::load_or_create(dir, listen)?)
+        }
+        Err(e) => Err(ServerError::SharedSecrets(e)),
+    }
 }
 
 /// A bound server, ready to serve.
@@ -62,7 +97,7 @@ impl Server {
             .await
             .map_err(|source| ServerError::Bind { addr: config.listen, source })?;
         let local = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.listen, source })?;
-        let credentials = Credentials::load_or_create(&config.data_dir, local)?;
+        let credentials = shared_credentials(&config.data_dir, local, store.as_ref()).await?;
         let url = server_url(local);
         credentials.write_kubeconfig(&url)?;
         let acceptor = TlsAcceptor::from(Arc::new(credentials.server_config()?));

@@ -21,6 +21,8 @@ pub const DEFAULT_COMPACTION_INTERVAL: Duration = Duration::from_secs(5 * 60);
 
 /// How long `watch` waits for etcd to report the compaction revision once it knows the start is compacted.
 const COMPACTED_REPORT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a request rides out an etcd leader election (a member lost, a leader moved) before failing.
+const ELECTION_PATIENCE: Duration = Duration::from_secs(8);
 
 /// How to connect an [`EtcdStore`].
 #[derive(Clone, Debug)]
@@ -63,6 +65,40 @@ impl Drop for EtcdStore {
     }
 }
 
+/// Whether etcd was without a leader or a member unreachable for a moment. Reads may always be retried;
+/// writes only when they surely never reached etcd (a member refused the connection: the client balances
+/// over every endpoint, a dead one included) or etcd refused them before proposing (no leader), since a
+/// timed-out write may still be applied.
+fn transient(error: &etcd_client::Error, write: bool) -> bool {
+    match error {
+        etcd_client::Error::GRpcStatus(status) if status.code() == tonic::Code::Unavailable => {
+            !write || status.message().contains("no leader") || status.message().contains("connect error")
+        }
+        etcd_client::Error::TransportError(_) => !write,
+        _ => false,
+    }
+}
+
+/// Runs `request` again while it fails transiently, for up to [`ELECTION_PATIENCE`].
+async fn patiently<T, F, Fut>(write: bool, mut request: F) -> Result<T, etcd_client::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + ELECTION_PATIENCE;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match request().await {
+            Err(error) if transient(&error, write) && tokio::time::Instant::now() + pause < deadline => {
+                tracing::debug!(%error, "etcd is electing a leader; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(800));
+            }
+            result => return result,
+        }
+    }
+}
+
 impl EtcdStore {
     /// Connects with default settings and checks that the cluster answers.
     pub async fn connect(endpoints: &[String]) -> Result<Self, Error> {
@@ -82,7 +118,11 @@ impl EtcdStore {
 
     /// Runs `txn`; if its compares failed, reads the key (the `or_else` branch) to tell why.
     async fn write(&self, key: &str, expected: Option<Revision>, txn: Txn) -> Result<TxnResponse, Error> {
-        let resp = self.client.kv_client().txn(txn).await?;
+        let resp = patiently(true, || {
+            let (mut kv, txn) = (self.client.kv_client(), txn.clone());
+            async move { kv.txn(txn).await }
+        })
+        .await?;
         if resp.succeeded() {
             return Ok(resp);
         }
@@ -114,7 +154,11 @@ impl EtcdStore {
 #[async_trait::async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, Error> {
-        let resp = self.client.kv_client().get(key, None).await?;
+        let resp = patiently(false, || {
+            let mut kv = self.client.kv_client();
+            async move { kv.get(key, None).await }
+        })
+        .await?;
         resp.kvs().first().map(convert).transpose()
     }
 
@@ -128,7 +172,11 @@ impl Store for EtcdStore {
         if limit > 0 {
             options = options.with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
         }
-        let resp = self.client.kv_client().get(start, Some(options)).await?;
+        let resp = patiently(false, || {
+            let (mut kv, start, options) = (self.client.kv_client(), start.clone(), options.clone());
+            async move { kv.get(start, Some(options)).await }
+        })
+        .await?;
         let kvs = resp.kvs().iter().map(convert).collect::<Result<Vec<_>, _>>()?;
         Ok(ListPage { kvs, revision: header_revision(resp.header()), more: resp.more() })
     }
@@ -216,7 +264,11 @@ impl Store for EtcdStore {
     }
 
     async fn revision(&self) -> Result<Revision, Error> {
-        let resp = self.client.kv_client().get("\0", Some(GetOptions::new().with_count_only())).await?;
+        let resp = patiently(false, || {
+            let mut kv = self.client.kv_client();
+            async move { kv.get("\0", Some(GetOptions::new().with_count_only())).await }
+        })
+        .await?;
         Ok(header_revision(resp.header()))
     }
 }

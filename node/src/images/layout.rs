@@ -123,6 +123,7 @@ pub(crate) struct ConfigFields {
     pub cmd: Vec<String>,
     pub env: Vec<String>,
     pub working_dir: Option<String>,
+    pub user: Option<String>,
 }
 
 /// Reads the config fields leniently: a config that is not JSON, or has fields of unexpected types,
@@ -135,6 +136,7 @@ pub(crate) fn config_fields(config: &[u8]) -> ConfigFields {
         cmd: Option<Vec<String>>,
         env: Option<Vec<String>>,
         working_dir: Option<String>,
+        user: Option<String>,
     }
     #[derive(Deserialize)]
     struct ImageConfig {
@@ -156,6 +158,7 @@ pub(crate) fn config_fields(config: &[u8]) -> ConfigFields {
         cmd: exec.cmd.unwrap_or_default(),
         env: exec.env.unwrap_or_default(),
         working_dir: exec.working_dir.filter(|d| !d.is_empty()),
+        user: exec.user.filter(|u| !u.is_empty()),
     }
 }
 
@@ -308,7 +311,7 @@ mod tests {
     #[test]
     fn config_fields_reads_oci_and_wasm_configs() {
         let oci = br#"{"architecture":"amd64","os":"linux","config":{"Entrypoint":["/bin/sh"],"Cmd":["-c","echo hi"],
-            "Env":["PATH=/bin"],"WorkingDir":"/srv"}}"#;
+            "Env":["PATH=/bin"],"WorkingDir":"/srv","User":"nobody:nogroup"}}"#;
         assert_eq!(
             config_fields(oci),
             ConfigFields {
@@ -317,6 +320,7 @@ mod tests {
                 cmd: vec!["-c".to_owned(), "echo hi".to_owned()],
                 env: vec!["PATH=/bin".to_owned()],
                 working_dir: Some("/srv".to_owned()),
+                user: Some("nobody:nogroup".to_owned()),
             }
         );
         let wasm = br#"{"architecture":"wasm","os":"wasip2","layerDigests":["sha256:aa"]}"#;

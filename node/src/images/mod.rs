@@ -325,13 +325,7 @@ impl ImageStore {
             self.write_index(&index)?;
         }
 
-        let mut reachable: HashSet<String> = HashSet::new();
-        for manifest_digest in index.references.values() {
-            reachable.insert(manifest_digest.clone());
-            let manifest = self.read_manifest(manifest_digest)?;
-            reachable.insert(manifest.config.digest);
-            reachable.extend(manifest.layers.into_iter().map(|l| l.digest));
-        }
+        let reachable = self.blobs_of(&index)?;
         // Held while deleting, so a pull cannot pin a blob and find it present just before it goes.
         let pinned = lock(&self.shared.pinned);
 
@@ -363,6 +357,23 @@ impl ImageStore {
         }
         tracing::info!(removed = before - index.references.len(), freed, "image garbage collection");
         Ok(freed)
+    }
+
+    /// The digests of every blob (manifests, configs, layers) the images in the store need.
+    pub fn blobs(&self) -> Result<HashSet<String>, ImageError> {
+        let _index = lock(&self.shared.index);
+        self.blobs_of(&self.read_index()?)
+    }
+
+    fn blobs_of(&self, index: &IndexFile) -> Result<HashSet<String>, ImageError> {
+        let mut reachable: HashSet<String> = HashSet::new();
+        for manifest_digest in index.references.values() {
+            reachable.insert(manifest_digest.clone());
+            let manifest = self.read_manifest(manifest_digest)?;
+            reachable.insert(manifest.config.digest);
+            reachable.extend(manifest.layers.into_iter().map(|l| l.digest));
+        }
+        Ok(reachable)
     }
 
     async fn pull(
@@ -479,6 +490,7 @@ impl ImageStore {
             cmd: fields.cmd,
             env: fields.env,
             working_dir: fields.working_dir,
+            user: fields.user,
             layers,
         }))
     }

@@ -53,11 +53,16 @@ pub struct Context {
     pub events: Recorder,
     /// `capacity.pods`: pods beyond it are refused at admission, as the kubelet does.
     pub max_pods: u32,
+    /// Pods' network namespaces and addresses.
+    pub network: crate::network::Network,
+    /// The running containers, for `kubectl exec`.
+    pub running: Arc<crate::exec::Running>,
 }
 
 /// Watches this node's pods and keeps a worker per pod until `shutdown`.
 pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     let pods: Api<Pod> = Api::all(ctx.client.clone());
+    remove_orphans(&ctx, &pods).await;
     let config = watcher::Config::default().fields(&format!("spec.nodeName={}", ctx.node_name));
     let mut events = watcher(pods, config).boxed();
     let mut workers: HashMap<String, Worker> = HashMap::new();
@@ -79,8 +84,11 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
                 apply(&ctx, &mut workers, pod);
             }
             Ok(watcher::Event::Delete(pod)) => {
-                if let Some(worker) = pod.metadata.uid.as_ref().and_then(|uid| workers.remove(uid)) {
-                    worker.abandon().await;
+                if let Some(uid) = &pod.metadata.uid {
+                    if let Some(worker) = workers.remove(uid) {
+                        worker.abandon().await;
+                    }
+                    ctx.network.release(uid).await;
                 }
             }
             Ok(watcher::Event::Init) => listed.clear(),
@@ -91,6 +99,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
                     if let Some(worker) = workers.remove(&uid) {
                         worker.abandon().await;
                     }
+                    ctx.network.release(&uid).await;
                 }
             }
             Err(e) => {
@@ -102,6 +111,36 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     }
     for (_, worker) in workers.drain() {
         worker.abandon().await;
+    }
+}
+
+/// Before any worker starts: removes the containers an earlier run of the agent left for pods that are no
+/// longer bound here (deleted while the agent was away). Containers the pods' statuses name are kept for
+/// their workers to adopt.
+async fn remove_orphans(ctx: &Context, pods: &Api<Pod>) {
+    let params = kube::api::ListParams::default().fields(&format!("spec.nodeName={}", ctx.node_name));
+    let list = match pods.list(&params).await {
+        Ok(list) => list,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list this node's pods: leftover containers stay until the next start");
+            return;
+        }
+    };
+    let named: Vec<(String, String)> = list
+        .items
+        .iter()
+        .filter_map(|pod| pod.status.as_ref())
+        .flat_map(|status| {
+            status.container_statuses.iter().flatten().chain(status.init_container_statuses.iter().flatten())
+        })
+        .filter_map(|c| c.container_id.as_deref()?.split_once("://").map(|(shim, id)| (shim.to_owned(), id.to_owned())))
+        .collect();
+    for shim in &ctx.shims {
+        let keep: HashSet<String> = named.iter().filter(|(s, _)| s == shim.name()).map(|(_, id)| id.clone()).collect();
+        let removed = shim.remove_others(&keep).await;
+        if removed > 0 {
+            tracing::info!(shim = shim.name(), removed, "removed containers of pods deleted while the agent was away");
+        }
     }
 }
 

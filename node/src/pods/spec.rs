@@ -2,12 +2,15 @@
 //! materialised as host directories, limits. The shims never see the Pod.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Volume};
 use kube::Api;
-use skiff_shim::{ContainerSpec, Image, Limits, Mount, OutputSink};
+use skiff_shim::{ContainerSpec, Image, Limits, Mount, OutputSink, Security};
+
+use crate::network::PodAddress;
 
 /// A container that cannot be configured yet (a missing ConfigMap, an unsupported volume): the kubelet's
 /// CreateContainerConfigError.
@@ -145,13 +148,14 @@ pub async fn container_spec(
     image: Image,
     volumes: &Volumes,
     id: String,
-    host_ip: std::net::IpAddr,
+    node_ip: IpAddr,
+    address: &PodAddress,
     output: Arc<dyn OutputSink>,
 ) -> Result<ContainerSpec, ConfigError> {
     let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
     let pod_name = pod.metadata.name.clone().unwrap_or_default();
     let argv = argv(container, &image);
-    let env = environment(client, pod, container, &image, host_ip).await?;
+    let env = environment(client, pod, container, &image, node_ip, address.ip).await?;
     Ok(ContainerSpec {
         id,
         name: format!("{namespace}/{pod_name}/{}", container.name),
@@ -168,7 +172,11 @@ pub async fn container_spec(
             .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
             .filter_map(|p| u16::try_from(p.container_port).ok())
             .collect(),
-        host_ip,
+        // In its own namespace a pod listens on all its addresses, localhost included, as containers do;
+        // without one, on its own address (the node's with host networking).
+        host_ip: if address.netns.is_some() { Ipv4Addr::UNSPECIFIED.into() } else { address.ip },
+        netns: address.netns.clone(),
+        security: security(pod, container)?,
         image,
         output,
     })
@@ -194,7 +202,8 @@ async fn environment(
     pod: &Pod,
     container: &Container,
     image: &Image,
-    host_ip: std::net::IpAddr,
+    node_ip: IpAddr,
+    pod_ip: IpAddr,
 ) -> Result<Vec<(String, String)>, ConfigError> {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
     let maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
@@ -258,7 +267,7 @@ async fn environment(
                         }
                     }
                 } else if let Some(field) = &source.field_ref {
-                    field_value(pod, &field.field_path, host_ip)
+                    field_value(pod, &field.field_path, node_ip, pod_ip)
                         .ok_or_else(|| ConfigError(format!("unsupported fieldRef {}", field.field_path)))?
                 } else if let Some(resource) = &source.resource_field_ref {
                     resource_value(container, &resource.resource)
@@ -299,7 +308,7 @@ fn expand(value: &str, env: &[(String, String)]) -> String {
     out
 }
 
-fn field_value(pod: &Pod, path: &str, host_ip: std::net::IpAddr) -> Option<String> {
+fn field_value(pod: &Pod, path: &str, node_ip: IpAddr, pod_ip: IpAddr) -> Option<String> {
     let meta = &pod.metadata;
     let spec = pod.spec.as_ref();
     let quoted = |prefix: &str| path.strip_prefix(prefix)?.strip_suffix("']").map(str::to_string);
@@ -309,8 +318,8 @@ fn field_value(pod: &Pod, path: &str, host_ip: std::net::IpAddr) -> Option<Strin
         "metadata.uid" => meta.uid.clone()?,
         "spec.nodeName" => spec?.node_name.clone()?,
         "spec.serviceAccountName" => spec?.service_account_name.clone().unwrap_or_else(|| "default".into()),
-        // Until pods have their own network (issue 4), a pod's address is its node's.
-        "status.podIP" | "status.hostIP" | "status.podIPs" | "status.hostIPs" => host_ip.to_string(),
+        "status.podIP" | "status.podIPs" => pod_ip.to_string(),
+        "status.hostIP" | "status.hostIPs" => node_ip.to_string(),
         _ => {
             if let Some(key) = quoted("metadata.labels['") {
                 meta.labels.as_ref()?.get(&key).cloned().unwrap_or_default()
@@ -337,14 +346,58 @@ fn resource_value(container: &Container, resource: &str) -> Option<String> {
 }
 
 pub fn limits(container: &Container) -> Limits {
-    let limit = |name: &str| {
-        let quantity = container.resources.as_ref()?.limits.as_ref()?.get(name)?;
-        skiff_api::validation::parse_quantity(&quantity.0).filter(|v| *v > 0.0)
+    let resources = container.resources.as_ref();
+    let quantity = |map: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
+                    name: &str| {
+        skiff_api::validation::parse_quantity(&map?.get(name)?.0).filter(|v| *v > 0.0)
     };
+    let millis = |cores: f64| (cores * 1000.0).round().max(1.0) as u64;
+    let limit = |name: &str| quantity(resources.and_then(|r| r.limits.as_ref()), name);
+    // Kubernetes defaults a missing request to the limit.
+    let cpu_request = quantity(resources.and_then(|r| r.requests.as_ref()), "cpu").or_else(|| limit("cpu"));
     Limits {
         memory_bytes: limit("memory").map(|bytes| bytes as u64),
-        cpu_millis: limit("cpu").map(|cores| (cores * 1000.0).round().max(1.0) as u64),
+        cpu_millis: limit("cpu").map(millis),
+        cpu_request_millis: cpu_request.map(millis),
     }
+}
+
+/// The container's securityContext over its pod's (user, group, non-root and seccomp are inherited; the
+/// rest is per container).
+pub fn security(pod: &Pod, container: &Container) -> Result<Security, ConfigError> {
+    let pod_context = pod.spec.as_ref().and_then(|s| s.security_context.clone()).unwrap_or_default();
+    let context = container.security_context.clone().unwrap_or_default();
+    let id = |field: &str, value: Option<i64>| {
+        value
+            .map(|v| {
+                u32::try_from(v).map_err(|_| ConfigError(format!("securityContext.{field} {v} is not a valid id")))
+            })
+            .transpose()
+    };
+    let privileged = context.privileged.unwrap_or(false);
+    let seccomp = context.seccomp_profile.or(pod_context.seccomp_profile);
+    let seccomp_unconfined = match seccomp.as_ref().map(|p| p.type_.as_str()) {
+        None | Some("RuntimeDefault") => false,
+        Some("Unconfined") => true,
+        Some(other) => return Err(ConfigError(format!("seccompProfile type \"{other}\" is not supported"))),
+    };
+    let capabilities = context.capabilities.unwrap_or_default();
+    let mut supplemental_groups = Vec::new();
+    for group in pod_context.supplemental_groups.iter().flatten().copied().chain(pod_context.fs_group) {
+        supplemental_groups.extend(id("supplementalGroups", Some(group))?);
+    }
+    Ok(Security {
+        run_as_user: id("runAsUser", context.run_as_user.or(pod_context.run_as_user))?,
+        run_as_group: id("runAsGroup", context.run_as_group.or(pod_context.run_as_group))?,
+        run_as_non_root: context.run_as_non_root.or(pod_context.run_as_non_root).unwrap_or(false),
+        supplemental_groups,
+        read_only_root_filesystem: context.read_only_root_filesystem.unwrap_or(false),
+        capabilities_add: capabilities.add.unwrap_or_default(),
+        capabilities_drop: capabilities.drop.unwrap_or_default(),
+        no_new_privileges: !privileged && context.allow_privilege_escalation == Some(false),
+        privileged,
+        seccomp_unconfined: privileged || seccomp_unconfined,
+    })
 }
 
 /// Decodes a `.dockerconfigjson` secret value for image pulls.
@@ -380,8 +433,58 @@ mod tests {
     #[test]
     fn limits_parse_quantities() {
         let c = container(serde_json::json!({"name": "c", "resources": {"limits": {"cpu": "100m", "memory": "64Mi"}}}));
-        assert_eq!(limits(&c), Limits { memory_bytes: Some(64 << 20), cpu_millis: Some(100) });
+        assert_eq!(
+            limits(&c),
+            Limits { memory_bytes: Some(64 << 20), cpu_millis: Some(100), cpu_request_millis: Some(100) }
+        );
+        let c = container(serde_json::json!({"name": "c", "resources": {"requests": {"cpu": "1.5"}}}));
+        assert_eq!(limits(&c), Limits { cpu_request_millis: Some(1500), ..Limits::default() });
         assert_eq!(limits(&container(serde_json::json!({"name": "c"}))), Limits::default());
+    }
+
+    #[test]
+    fn security_contexts_merge_container_over_pod() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({"spec": {"containers": [], "securityContext": {
+            "runAsUser": 1000, "runAsGroup": 3000, "runAsNonRoot": true, "supplementalGroups": [4000], "fsGroup": 2000,
+            "seccompProfile": {"type": "Unconfined"}}}}))
+        .unwrap();
+        let c = container(serde_json::json!({"name": "c", "securityContext": {"runAsUser": 1001,
+            "readOnlyRootFilesystem": true, "allowPrivilegeEscalation": false,
+            "capabilities": {"add": ["NET_ADMIN"], "drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}}));
+        let merged = security(&pod, &c).unwrap();
+        assert_eq!(
+            merged,
+            Security {
+                run_as_user: Some(1001),
+                run_as_group: Some(3000),
+                run_as_non_root: true,
+                supplemental_groups: vec![4000, 2000],
+                read_only_root_filesystem: true,
+                capabilities_add: vec!["NET_ADMIN".into()],
+                capabilities_drop: vec!["ALL".into()],
+                no_new_privileges: true,
+                privileged: false,
+                seccomp_unconfined: false,
+            }
+        );
+        let plain = container(serde_json::json!({"name": "c"}));
+        assert!(security(&pod, &plain).unwrap().seccomp_unconfined, "the pod's profile is inherited");
+        let privileged = container(serde_json::json!({"name": "c", "securityContext": {"privileged": true}}));
+        let merged = security(&Pod::default(), &privileged).unwrap();
+        assert!(merged.privileged && merged.seccomp_unconfined && !merged.no_new_privileges);
+        let negative = container(serde_json::json!({"name": "c", "securityContext": {"runAsUser": -1}}));
+        assert!(security(&Pod::default(), &negative).is_err());
+        let localhost = container(serde_json::json!({"name": "c", "securityContext": {
+            "seccompProfile": {"type": "Localhost", "localhostProfile": "x.json"}}}));
+        assert!(security(&Pod::default(), &localhost).is_err());
+    }
+
+    #[test]
+    fn pod_and_host_addresses_differ_with_a_pod_network() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({"metadata": {"name": "p"}})).unwrap();
+        let (node, pod_ip): (IpAddr, IpAddr) = ("192.0.2.2".parse().unwrap(), "10.42.7.5".parse().unwrap());
+        assert_eq!(field_value(&pod, "status.podIP", node, pod_ip).as_deref(), Some("10.42.7.5"));
+        assert_eq!(field_value(&pod, "status.hostIP", node, pod_ip).as_deref(), Some("192.0.2.2"));
     }
 
     #[test]

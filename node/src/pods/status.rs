@@ -109,6 +109,8 @@ pub struct PodState {
     pub init_failed: bool,
     pub start_time: String,
     pub host_ip: String,
+    /// The pod's address once its network is set up (the node's with host networking).
+    pub pod_ip: Option<String>,
     /// Conditions' last transition times, kept so they only move when a condition changes.
     transitions: BTreeMap<&'static str, (bool, String)>,
 }
@@ -171,12 +173,13 @@ impl PodState {
             "conditions": conditions,
             "hostIP": self.host_ip,
             "hostIPs": [{"ip": self.host_ip}],
-            // Until pods get their own network namespace (issue 4), a pod's address is its node's.
-            "podIP": self.host_ip,
-            "podIPs": [{"ip": self.host_ip}],
             "startTime": self.start_time,
             "containerStatuses": self.main.iter().map(ContainerState::to_json).collect::<Vec<_>>(),
         });
+        if let Some(ip) = &self.pod_ip {
+            status["podIP"] = json!(ip);
+            status["podIPs"] = json!([{"ip": ip}]);
+        }
         if !self.init.is_empty() {
             status["initContainerStatuses"] = json!(self.init.iter().map(ContainerState::to_json).collect::<Vec<_>>());
         }
@@ -243,6 +246,13 @@ mod tests {
         let status = state.status();
         assert_eq!(status["phase"], "Failed");
         assert_eq!(status["containerStatuses"][0]["state"]["terminated"]["exitCode"], 3);
+        assert!(status.get("podIP").is_none(), "no address before the pod's network is set up");
+        state.pod_ip = Some("10.42.7.5".into());
+        let status = state.status();
+        assert_eq!(
+            (status["podIP"].as_str(), status["podIPs"][0]["ip"].as_str()),
+            (Some("10.42.7.5"), Some("10.42.7.5"))
+        );
         let ready = status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();
         assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("PodCompleted")));
         let first = ready["lastTransitionTime"].clone();

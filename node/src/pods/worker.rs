@@ -2,7 +2,7 @@
 //! (pull, start, wait, restart with back-off, probes), writes the pod's status on every change, and on
 //! deletion stops the containers within the grace period and removes the pod.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Container, Pod, Secret};
@@ -21,6 +21,10 @@ use super::spec::{self, ConfigError, Volumes};
 use super::status::{ContainerState, PodState, State, Terminated};
 use crate::images::{ImageError, PullPolicy, RegistryAuth};
 use crate::logs::ContainerLog;
+use crate::network::{Need, PodAddress};
+
+/// The shim whose containers run inside the agent: a pod of those alone needs no network namespace.
+const IN_PROCESS_SHIM: &str = "wasm";
 
 /// A running pod worker.
 pub struct Worker {
@@ -72,6 +76,15 @@ struct Shared {
     state: Mutex<PodState>,
     changed: Notify,
     pod: watch::Receiver<Pod>,
+    /// Set once the pod's network is up, before its first container starts.
+    sandbox: OnceLock<Sandbox>,
+}
+
+/// What all containers of a pod share: the network, and the `/etc/hosts` and `/etc/resolv.conf` files
+/// made for it.
+struct Sandbox {
+    address: PodAddress,
+    files: Vec<skiff_shim::Mount>,
 }
 
 impl Shared {
@@ -103,6 +116,7 @@ async fn run(ctx: Arc<Context>, pod_rx: watch::Receiver<Pod>, abandon: Cancellat
         changed: Notify::new(),
         pod: pod_rx.clone(),
         ctx: ctx.clone(),
+        sandbox: OnceLock::new(),
     });
     let stop = CancellationToken::new();
     // A pod that already ended (before an agent restart) is not run again.
@@ -132,12 +146,20 @@ async fn run(ctx: Arc<Context>, pod_rx: watch::Receiver<Pod>, abandon: Cancellat
     if let Some(runner) = runner {
         let _ = runner.await;
     }
+    ctx.network.release(pod.metadata.uid.as_deref().unwrap_or_default()).await;
     flush_status(&shared).await;
+    // Nothing of a deleted pod stays on the node: its volumes and logs go before the pod object does.
+    if let Some(uid) = pod.metadata.uid.as_deref().filter(|uid| !uid.is_empty())
+        && let Err(e) = std::fs::remove_dir_all(ctx.pods_dir.join(uid))
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(error = %e, "cannot remove the pod's directory");
+    }
     delete_pod(&ctx, &shared.pod()).await;
 }
 
 /// The state a worker starts from. After an agent restart the pod's reported restart counts carry on, and a
-/// container that was running when the agent died counts as restarted.
+/// container that was running when the agent died is adopted, or else counts as restarted.
 fn initial_state(pod: &Pod, host_ip: &str) -> PodState {
     let spec = pod.spec.clone().unwrap_or_default();
     let status = pod.status.clone().unwrap_or_default();
@@ -147,7 +169,8 @@ fn initial_state(pod: &Pod, host_ip: &str) -> PodState {
             .map(|c| {
                 let mut state = ContainerState::new(&c.name, c.image.as_deref().unwrap_or(""));
                 if let Some(old) = statuses.iter().find(|s| s.name == c.name) {
-                    let ran = old.state.as_ref().is_some_and(|s| s.running.is_some() || s.terminated.is_some());
+                    // A running one is counted when it cannot be adopted (see `adopt`).
+                    let ran = old.state.as_ref().is_some_and(|s| s.terminated.is_some());
                     state.restart_count = old.restart_count + i32::from(ran);
                 }
                 state
@@ -169,7 +192,16 @@ fn initial_state(pod: &Pod, host_ip: &str) -> PodState {
     state
 }
 
+/// Runs the pod's containers; once they have all ended for good (not stopped), its network goes.
 async fn run_containers(shared: Arc<Shared>, spec: k8s_openapi::api::core::v1::PodSpec, stop: CancellationToken) {
+    Box::pin(run_pod(&shared, spec, &stop)).await;
+    if !stop.is_cancelled() {
+        let uid = shared.pod().metadata.uid.unwrap_or_default();
+        shared.ctx.network.release(&uid).await;
+    }
+}
+
+async fn run_pod(shared: &Arc<Shared>, spec: k8s_openapi::api::core::v1::PodSpec, stop: &CancellationToken) {
     let pod = shared.pod();
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let pod_dir = shared.ctx.pods_dir.join(&uid);
@@ -194,12 +226,50 @@ async fn run_containers(shared: Arc<Shared>, spec: k8s_openapi::api::core::v1::P
         }
     };
     let volumes = Arc::new(volumes);
+    // Every image first (init containers' included): the shims that run them decide the network the pod
+    // needs. The pulls run together; a failed one is retried by its container's supervisor.
+    let init_containers = spec.init_containers.clone().unwrap_or_default();
+    let pulls = init_containers.iter().enumerate().map(|(i, c)| (true, i, c));
+    let pulls = pulls.chain(spec.containers.iter().enumerate().map(|(i, c)| (false, i, c)));
+    let mut pulled = futures::future::join_all(pulls.map(|(init, index, c)| pull(shared, init, index, c))).await;
+    let need = network_need(shared, &pod, &pulled).await;
+    let mut main_pulls = pulled.split_off(init_containers.len()).into_iter();
+    let mut init_pulls = pulled.into_iter();
+    // The pod's sandbox, before any container (init containers included).
+    let sandbox = loop {
+        match create_sandbox(shared, &pod, &pod_dir, need).await {
+            Ok(sandbox) => break sandbox,
+            Err(message) => {
+                for index in 0..spec.containers.len() {
+                    shared.update(false, index, |c| {
+                        c.state = State::Waiting { reason: "ContainerCreating".into(), message: Some(message.clone()) };
+                    });
+                }
+                shared.event(None, Kind::Warning, "FailedCreatePodSandBox", &message);
+                if !sleep_or_stop(shared.ctx.backoff.initial, stop).await {
+                    return;
+                }
+            }
+        }
+    };
+    for index in 0..spec.containers.len() {
+        shared.update(false, index, |c| {
+            if matches!(&c.state, State::Waiting { reason, .. } if reason == "ContainerCreating") {
+                c.state = State::Waiting { reason: "ContainerCreating".into(), message: None };
+            }
+        });
+    }
+    let ip = sandbox.address.ip.to_string();
+    let _ = shared.sandbox.set(sandbox);
+    shared.state.lock().unwrap_or_else(|p| p.into_inner()).pod_ip = Some(ip);
+    shared.changed.notify_one();
     let policy = spec.restart_policy.clone().unwrap_or_else(|| "Always".into());
-    for (index, container) in spec.init_containers.clone().unwrap_or_default().into_iter().enumerate() {
+    for (index, container) in init_containers.into_iter().enumerate() {
         // Init containers restart on failure unless the pod's policy is Never; they never restart on success.
         let init_policy = if policy == "Never" { "Never" } else { "OnFailure" };
+        let pulled = init_pulls.next().map(Box::new);
         // Boxed: inlined, the supervisor's state machine would make every pod's task as large as both.
-        let exit = Box::pin(supervise(&shared, &volumes, true, index, container, init_policy, &stop)).await;
+        let exit = Box::pin(supervise(shared, &volumes, true, index, container, pulled, init_policy, stop)).await;
         match exit {
             Some(exit) if exit.code == 0 => {}
             Some(_) => {
@@ -219,9 +289,10 @@ async fn run_containers(shared: Arc<Shared>, spec: k8s_openapi::api::core::v1::P
         .enumerate()
         .map(|(index, container)| {
             let (shared, volumes, policy, stop) = (shared.clone(), volumes.clone(), policy.clone(), stop.clone());
+            let pulled = main_pulls.next().map(Box::new);
             let span = tracing::info_span!("container", container = %container.name);
             tokio::spawn(
-                async move { supervise(&shared, &volumes, false, index, container, &policy, &stop).await }
+                async move { supervise(&shared, &volumes, false, index, container, pulled, &policy, &stop).await }
                     .instrument(span),
             )
         })
@@ -231,19 +302,49 @@ async fn run_containers(shared: Arc<Shared>, spec: k8s_openapi::api::core::v1::P
     }
 }
 
+/// What the pod needs of the network: only an address when every container's image goes to the in-process
+/// shim; a namespace when one does not, or when that is not known yet (a pull failed).
+async fn network_need(shared: &Shared, pod: &Pod, pulled: &[Pulled]) -> Need {
+    for pulled in pulled {
+        let Ok(image) = pulled else { return Need::Namespace };
+        match choose_shim(&shared.ctx, pod, image).await {
+            Ok(shim) if shim.name() == IN_PROCESS_SHIM => {}
+            _ => return Need::Namespace,
+        }
+    }
+    Need::Address
+}
+
+/// The pod's network, and the files naming it (only containers with a filesystem of their own read them).
+async fn create_sandbox(shared: &Shared, pod: &Pod, pod_dir: &std::path::Path, need: Need) -> Result<Sandbox, String> {
+    let failed = |e: &dyn std::fmt::Display| format!("Failed to create pod sandbox: {e}");
+    let address = shared.ctx.network.attach(pod, need).await.map_err(|e| failed(&e))?;
+    let files = match need {
+        Need::Address => Vec::new(),
+        Need::Namespace => {
+            let hostname = pod.metadata.name.as_deref().unwrap_or_default();
+            crate::network::write_pod_files(pod_dir, hostname, address.ip).map_err(|e| failed(&e))?
+        }
+    };
+    Ok(Sandbox { address, files })
+}
+
 /// Back-off of one container: the kubelet's 10 s doubling to 5 min, reset after 10 min of good running.
 struct Backoff {
     next: Duration,
 }
 
-/// Keeps one container running under `policy` until it is done or `stop` fires. Returns its last exit
-/// (None when stopped before it ran to an end).
+/// Keeps one container running under `policy` until it is done or `stop` fires, its first start from the
+/// image pulled before the pod's network was made (boxed: the supervisor keeps the slot as long as the
+/// container runs). Returns its last exit (None when stopped before it ran to an end).
+#[allow(clippy::too_many_arguments)]
 async fn supervise(
     shared: &Arc<Shared>,
     volumes: &Arc<Volumes>,
     init: bool,
     index: usize,
     container: Container,
+    mut pulled: Option<Box<Pulled>>,
     policy: &str,
     stop: &CancellationToken,
 ) -> Option<Exit> {
@@ -251,63 +352,19 @@ async fn supervise(
     let config = ctx.backoff;
     let mut backoff = Backoff { next: config.initial };
     let name = container.name.clone();
-    let reference = container.image.clone().unwrap_or_default();
+    let mut adopted = Box::pin(adopt(shared, init, index, &container)).await;
     loop {
-        // Pull.
-        // Pulling and starting are boxed so that a supervisor waiting on its container keeps only its own
-        // small state, not the larger state of those steps: it waits for as long as the pod runs.
-        let image = match Box::pin(pull(shared, &container)).await {
-            Ok(image) => image,
-            Err((reason, message, retry)) => {
-                shared.update(init, index, |c| {
-                    c.state = State::Waiting { reason: reason.into(), message: Some(message.clone()) }
-                });
-                if !retry {
-                    stop.cancelled().await;
-                    return None;
-                }
-                let delay = backoff.next;
-                backoff.next = (backoff.next * 2).min(config.max);
-                if !sleep_or_stop(delay, stop).await {
-                    return None;
-                }
-                shared.update(init, index, |c| {
-                    c.state = State::Waiting {
-                        reason: "ImagePullBackOff".into(),
-                        message: Some(format!("Back-off pulling image \"{reference}\": {message}")),
-                    }
-                });
-                shared.event(Some(&name), Kind::Normal, "BackOff", &format!("Back-off pulling image \"{reference}\""));
-                continue;
+        let launched = match adopted.take() {
+            Some(adopted) => adopted,
+            None => {
+                let first = pulled.take();
+                Box::pin(launch(shared, volumes, init, index, &container, first, &mut backoff, stop)).await?
             }
         };
-        // Start.
-        let restart_count = {
-            let state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
-            let list = if init { &state.init } else { &state.main };
-            list.get(index).map(|c| c.restart_count).unwrap_or(0)
-        };
+        let Launched { mut running, log, shim_name, id, image_id, started_at, fresh } = launched;
         let pod = shared.pod();
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let log_dir = ctx.pods_dir.join(&uid).join("logs").join(&name);
-        let image_id = image_id(&image);
-        let started = Box::pin(start(shared, volumes, &container, image, &log_dir, restart_count)).await;
-        let (mut running, log, shim_name, id) = match started {
-            Ok(started) => started,
-            Err(message) => {
-                shared.update(init, index, |c| {
-                    c.state = State::Waiting { reason: "CreateContainerError".into(), message: Some(message.clone()) }
-                });
-                shared.event(Some(&name), Kind::Warning, "Failed", &format!("Error: {message}"));
-                let delay = backoff.next;
-                backoff.next = (backoff.next * 2).min(config.max);
-                if !sleep_or_stop(delay, stop).await {
-                    return None;
-                }
-                continue;
-            }
-        };
-        let started_at = crate::now();
+        ctx.running.started(&uid, &name, &id, shim_name, running.exec());
         let container_id = format!("{shim_name}://{id}");
         let ran_since = Instant::now();
         shared.update(init, index, |c| {
@@ -317,8 +374,10 @@ async fn supervise(
             c.started = container.startup_probe.is_none();
             c.ready = false;
         });
-        shared.event(Some(&name), Kind::Normal, "Created", &format!("Created container: {name}"));
-        shared.event(Some(&name), Kind::Normal, "Started", &format!("Started container {name}"));
+        if fresh {
+            shared.event(Some(&name), Kind::Normal, "Created", &format!("Created container: {name}"));
+            shared.event(Some(&name), Kind::Normal, "Started", &format!("Started container {name}"));
+        }
 
         // Run, probing, until it exits, fails a probe, or the pod is deleted.
         let probe_cancel = CancellationToken::new();
@@ -327,7 +386,9 @@ async fn supervise(
             || container.liveness_probe.is_some()
             || container.startup_probe.is_some();
         if probed && !init {
-            tokio::spawn(super::probes::run(container.clone(), ctx.node_ip, verdicts_tx, probe_cancel.clone()));
+            // The kubelet probes the pod's address.
+            let ip = shared.sandbox.get().map_or(ctx.node_ip, |sandbox| sandbox.address.ip);
+            tokio::spawn(super::probes::run(container.clone(), ip, verdicts_tx, probe_cancel.clone()));
         } else if !init {
             // No probes: ready as soon as it runs, and no task per container to say so.
             shared.update(init, index, |c| {
@@ -356,6 +417,7 @@ async fn supervise(
             }
         };
         probe_cancel.cancel();
+        ctx.running.ended(&uid, &name, &id);
         log.finish();
         let terminated = Terminated {
             exit_code: exit.code,
@@ -411,8 +473,145 @@ async fn supervise(
     }
 }
 
-/// Pulls the container's image. Errors carry the waiting reason, a message, and whether to retry.
-async fn pull(shared: &Shared, container: &Container) -> Result<skiff_shim::Image, (&'static str, String, bool)> {
+/// A container to supervise: started by this worker, or adopted from before an agent restart.
+struct Launched {
+    running: Box<dyn skiff_shim::Container>,
+    log: Arc<ContainerLog>,
+    shim_name: &'static str,
+    id: String,
+    image_id: String,
+    started_at: String,
+    /// Started now rather than adopted.
+    fresh: bool,
+}
+
+/// Pulls (unless given the pull's outcome) and starts the container, retrying with back-off. None when
+/// stopped first.
+#[allow(clippy::too_many_arguments)]
+async fn launch(
+    shared: &Arc<Shared>,
+    volumes: &Arc<Volumes>,
+    init: bool,
+    index: usize,
+    container: &Container,
+    mut pulled: Option<Box<Pulled>>,
+    backoff: &mut Backoff,
+    stop: &CancellationToken,
+) -> Option<Launched> {
+    let ctx = shared.ctx.clone();
+    let config = ctx.backoff;
+    let name = container.name.clone();
+    let reference = container.image.clone().unwrap_or_default();
+    loop {
+        // Pull.
+        // Pulling and starting are boxed so that a supervisor waiting on its container keeps only its own
+        // small state, not the larger state of those steps: it waits for as long as the pod runs.
+        let pulled = match pulled.take() {
+            Some(pulled) => *pulled,
+            None => Box::pin(pull(shared, init, index, container)).await,
+        };
+        let image = match pulled {
+            Ok(image) => image,
+            Err(PullFailed { message, retry }) => {
+                if !retry {
+                    stop.cancelled().await;
+                    return None;
+                }
+                let delay = backoff.next;
+                backoff.next = (backoff.next * 2).min(config.max);
+                if !sleep_or_stop(delay, stop).await {
+                    return None;
+                }
+                shared.update(init, index, |c| {
+                    c.state = State::Waiting {
+                        reason: "ImagePullBackOff".into(),
+                        message: Some(format!("Back-off pulling image \"{reference}\": {message}")),
+                    }
+                });
+                shared.event(Some(&name), Kind::Normal, "BackOff", &format!("Back-off pulling image \"{reference}\""));
+                continue;
+            }
+        };
+        // Start.
+        let restart_count = {
+            let state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            let list = if init { &state.init } else { &state.main };
+            list.get(index).map(|c| c.restart_count).unwrap_or(0)
+        };
+        let pod = shared.pod();
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let log_dir = ctx.pods_dir.join(&uid).join("logs").join(&name);
+        let image_id = image_id(&image);
+        let started = Box::pin(start(shared, volumes, container, image, &log_dir, restart_count)).await;
+        match started {
+            Ok((running, log, shim_name, id)) => {
+                let started_at = crate::now();
+                return Some(Launched { running, log, shim_name, id, image_id, started_at, fresh: true });
+            }
+            Err((reason, message)) => {
+                shared.update(init, index, |c| {
+                    c.state = State::Waiting { reason: reason.into(), message: Some(message.clone()) }
+                });
+                shared.event(Some(&name), Kind::Warning, "Failed", &format!("Error: {message}"));
+                let delay = backoff.next;
+                backoff.next = (backoff.next * 2).min(config.max);
+                if !sleep_or_stop(delay, stop).await {
+                    return None;
+                }
+                continue;
+            }
+        }
+    }
+}
+
+/// Takes over the container an earlier run of the agent left running (its status says running, with a
+/// container id of a shim that still has it). The restart count stays; when nothing is adopted, the
+/// container that was running counts as restarted.
+async fn adopt(shared: &Shared, init: bool, index: usize, container: &Container) -> Option<Launched> {
+    let pod = shared.pod();
+    let status = pod.status.as_ref()?;
+    let statuses = if init { &status.init_container_statuses } else { &status.container_statuses };
+    let previous = statuses.as_deref()?.iter().find(|s| s.name == container.name)?;
+    let started_at = previous.state.as_ref()?.running.as_ref()?.started_at.as_ref().map(|t| t.0);
+    let adopted = async {
+        let (shim_name, id) = previous.container_id.as_deref()?.split_once("://")?;
+        let shim = shared.ctx.shims.iter().find(|s| s.name() == shim_name)?;
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let log_dir = shared.ctx.pods_dir.join(&uid).join("logs").join(&container.name);
+        // The log of the running start, appended to.
+        let log = ContainerLog::create(&log_dir, u32::try_from(previous.restart_count).ok()?).ok()?;
+        let log = Arc::new(log);
+        let running = shim.adopt(id, log.clone()).await?;
+        tracing::info!(container = %container.name, id, "adopted the running container");
+        Some(Launched {
+            running,
+            log,
+            shim_name: shim.name(),
+            id: id.to_owned(),
+            image_id: previous.image_id.clone(),
+            started_at: started_at.map(skiff_api::format_time).unwrap_or_else(crate::now),
+            fresh: false,
+        })
+    }
+    .await;
+    if adopted.is_none() {
+        shared.update(init, index, |c| c.restart_count += 1);
+    }
+    adopted
+}
+
+/// A pull's outcome.
+type Pulled = Result<skiff_shim::Image, PullFailed>;
+
+/// A failed pull, already shown as the container's waiting state.
+struct PullFailed {
+    message: String,
+    /// False when retrying cannot help.
+    retry: bool,
+}
+
+/// Pulls the container's image, with the kubelet's events; a failure becomes the container's waiting state.
+async fn pull(shared: &Shared, init: bool, index: usize, container: &Container) -> Pulled {
     let ctx = &shared.ctx;
     let reference = container.image.clone().unwrap_or_default();
     let policy = PullPolicy::from_k8s(container.image_pull_policy.as_deref(), &reference);
@@ -444,7 +643,10 @@ async fn pull(shared: &Shared, container: &Container) -> Result<skiff_shim::Imag
                 "Failed",
                 &format!("Failed to pull image \"{reference}\": {message}"),
             );
-            Err((reason, message, retry))
+            shared.update(init, index, |c| {
+                c.state = State::Waiting { reason: reason.into(), message: Some(message.clone()) }
+            });
+            Err(PullFailed { message, retry })
         }
     }
 }
@@ -481,20 +683,42 @@ async fn start(
     image: skiff_shim::Image,
     log_dir: &std::path::Path,
     restart_count: i32,
-) -> Result<Started, String> {
+) -> Result<Started, (&'static str, String)> {
+    const CREATE: &str = "CreateContainerError";
+    const CONFIG: &str = "CreateContainerConfigError";
     let ctx = &shared.ctx;
     let pod = shared.pod();
-    let shim = choose_shim(ctx, &pod, &image).await?;
+    let shim = choose_shim(ctx, &pod, &image).await.map_err(|e| (CREATE, e))?;
     let log = Arc::new(
         ContainerLog::create(log_dir, restart_count.max(0) as u32)
-            .map_err(|e| format!("cannot open the container log: {e}"))?,
+            .map_err(|e| (CREATE, format!("cannot open the container log: {e}")))?,
     );
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let id = format!("{}-{}-{restart_count}", &uid[..uid.len().min(8)], container.name);
-    let spec = spec::container_spec(&ctx.client, &pod, container, image, volumes, id.clone(), ctx.node_ip, log.clone())
-        .await
-        .map_err(|e| e.0)?;
-    let running = shim.start(spec).await.map_err(|e| e.to_string())?;
+    let sandbox = shared.sandbox.get().ok_or((CREATE, "the pod's network is not set up".to_owned()))?;
+    let mut spec = spec::container_spec(
+        &ctx.client,
+        &pod,
+        container,
+        image,
+        volumes,
+        id.clone(),
+        ctx.node_ip,
+        &sandbox.address,
+        log.clone(),
+    )
+    .await
+    .map_err(|e| (CONFIG, e.0))?;
+    // Containers get the pod's /etc/hosts and /etc/resolv.conf unless they mount their own there; wasm guests
+    // are given directories only.
+    if shim.name() == "oci" {
+        let own: Vec<String> = spec.mounts.iter().map(|m| m.container_path.clone()).collect();
+        spec.mounts.extend(sandbox.files.iter().filter(|f| !own.contains(&f.container_path)).cloned());
+    }
+    let running = shim.start(spec).await.map_err(|e| match e {
+        skiff_shim::ShimError::Config(message) => (CONFIG, message),
+        other => (CREATE, other.to_string()),
+    })?;
     Ok((running, log, shim.name(), id))
 }
 

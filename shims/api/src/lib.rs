@@ -1,8 +1,9 @@
 //! The shim interface: how the node agent runs one container, whatever the runtime.
 //!
 //! A shim gets a [`ContainerSpec`] (an image already in the local store, the argv, environment, mounts,
-//! limits, ports and where output goes) and gives back a running [`Container`] to wait on or stop. The node
-//! turns a Pod into specs; shims never see a Pod, the API or the store (the runwasi `RuntimeContext` idea).
+//! limits, ports and where output goes) and gives back a running [`Container`] to wait on, stop or exec into.
+//! The node turns a Pod into specs; shims never see a Pod, the API or the store (the runwasi `RuntimeContext`
+//! idea).
 //!
 //! The node picks a shim per container, never per pod: the first whose [`Shim::can_handle`] accepts the
 //! image (wasm first, then OCI), unless the pod's RuntimeClass forces one.
@@ -29,6 +30,9 @@ pub struct Image {
     /// The config's environment (`KEY=value`), overridden by the container's.
     pub env: Vec<String>,
     pub working_dir: Option<String>,
+    /// The config's `User` (`uid`, `uid:gid`, `name` or `name:group`), resolved by the shim in the image's
+    /// own `/etc/passwd` and `/etc/group`.
+    pub user: Option<String>,
     /// Layers in order, each a file in the content store.
     pub layers: Vec<Layer>,
 }
@@ -55,6 +59,32 @@ pub struct Limits {
     pub memory_bytes: Option<u64>,
     /// `limits.cpu` in millicores (1000 = one core).
     pub cpu_millis: Option<u64>,
+    /// `requests.cpu` in millicores: the container's share of contended CPU (cgroup shares or weight).
+    pub cpu_request_millis: Option<u64>,
+}
+
+/// The container's `securityContext` merged with its pod's, as far as a runtime applies it. The default is
+/// the kubelet's default: the image's user, a writable root, the default capabilities and seccomp profile.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Security {
+    /// `runAsUser`, overriding the image's user.
+    pub run_as_user: Option<u32>,
+    /// `runAsGroup`, overriding the image's group.
+    pub run_as_group: Option<u32>,
+    /// `runAsNonRoot`: refuse to start when the resolved user is root.
+    pub run_as_non_root: bool,
+    /// The pod's `supplementalGroups` (and `fsGroup`).
+    pub supplemental_groups: Vec<u32>,
+    pub read_only_root_filesystem: bool,
+    /// Capability names (`NET_ADMIN` or `CAP_NET_ADMIN`, `ALL`) added to and dropped from the default set.
+    pub capabilities_add: Vec<String>,
+    pub capabilities_drop: Vec<String>,
+    /// `allowPrivilegeEscalation: false` sets no_new_privs.
+    pub no_new_privileges: bool,
+    /// All capabilities, no masked or read-only paths, no seccomp filter.
+    pub privileged: bool,
+    /// `seccompProfile: Unconfined`; otherwise the runtime's default profile applies.
+    pub seccomp_unconfined: bool,
 }
 
 /// Which output stream a chunk came from.
@@ -86,8 +116,13 @@ pub struct ContainerSpec {
     pub limits: Limits,
     /// Declared container ports; an HTTP component serves on the first TCP one.
     pub ports: Vec<u16>,
-    /// The address ports are bound on (the node's or, with pod networking, the pod's).
+    /// The address ports are bound on: the node's, or with pod networking the unspecified address inside
+    /// the pod's network namespace.
     pub host_ip: std::net::IpAddr,
+    /// The network namespace to run in (a bind-mounted namespace file), shared by all containers of a pod;
+    /// None shares the node's network.
+    pub netns: Option<PathBuf>,
+    pub security: Security,
     pub output: Arc<dyn OutputSink>,
 }
 
@@ -127,6 +162,10 @@ pub enum ShimError {
     /// The image cannot run on this shim (not a valid module, unsupported layout): CreateContainerError.
     #[error("{0}")]
     InvalidImage(String),
+    /// The container's configuration contradicts its image (runAsNonRoot with a root user):
+    /// CreateContainerConfigError.
+    #[error("{0}")]
+    Config(String),
     /// The container could not be set up (a mount, a port, the runtime): CreateContainerError.
     #[error("{message}")]
     Setup {
@@ -147,6 +186,27 @@ pub trait Shim: Send + Sync {
 
     /// Starts a container. Returns when it runs (or failed to start), not when it ends.
     async fn start(&self, spec: ContainerSpec) -> Result<Box<dyn Container>, ShimError>;
+
+    /// Takes over container `id`, started by an earlier run of the agent, if it still runs: its output
+    /// flows to `output` from now on. None when there is no such container (an ended one is cleaned up) or
+    /// the runtime's containers do not outlive the agent.
+    async fn adopt(&self, id: &str, output: Arc<dyn OutputSink>) -> Option<Box<dyn Container>> {
+        let _ = (id, output);
+        None
+    }
+
+    /// Stops and removes every container an earlier run of the agent left that is not in `keep` (those of
+    /// pods deleted while the agent was away). Returns how many were removed.
+    async fn remove_others(&self, keep: &std::collections::HashSet<String>) -> usize {
+        let _ = keep;
+        0
+    }
+
+    /// Drops what the shim made from image layers (unpacked copies) for layers whose digests are not in
+    /// `live`; the node calls it after its image garbage collection.
+    async fn release_layers(&self, live: &std::collections::HashSet<String>) {
+        let _ = live;
+    }
 }
 
 /// A started container.
@@ -158,4 +218,56 @@ pub trait Container: Send + Sync {
     /// Asks the container to stop and forces it after `grace` (SIGTERM then SIGKILL; a wasm guest, which has
     /// no signals, is interrupted at once).
     fn stop(&self, grace: Duration);
+
+    /// Runs further processes in this container while it runs (`kubectl exec`). `None` where the runtime
+    /// has nothing to start a second process in (a wasm guest is one instance).
+    fn exec(&self) -> Option<Arc<dyn Exec>> {
+        None
+    }
+}
+
+/// A command to run inside a running container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecRequest {
+    pub argv: Vec<String>,
+    /// Whether the caller sends input; without it the process reads from an empty stdin.
+    pub stdin: bool,
+    /// Run on a terminal: stdout and stderr become one stream, and the size can change.
+    pub tty: bool,
+}
+
+/// A terminal's size in character cells.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TerminalSize {
+    pub width: u16,
+    pub height: u16,
+}
+
+/// A process started by [`Exec::exec`]. Dropping it before the process ended kills the process.
+pub struct ExecProcess {
+    /// The process's input, when asked for; dropping the sender closes it (end of file).
+    pub stdin: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
+    /// Output as it comes (all of it on [`Stream::Stdout`] with a tty); ends when the process and everything
+    /// it started closed their output.
+    pub output: tokio::sync::mpsc::Receiver<(Stream, Vec<u8>)>,
+    pub control: Box<dyn ExecControl>,
+}
+
+#[async_trait::async_trait]
+pub trait ExecControl: Send + Sync {
+    /// Sets the terminal's size; nothing without a tty.
+    fn resize(&self, size: TerminalSize);
+
+    /// Waits for the process to end: its exit code, 128 + the signal's number if a signal ended it.
+    /// Cancel-safe: it can be called again after a cancelled call.
+    async fn wait(&mut self) -> i32;
+}
+
+/// Starts processes in one running container.
+#[async_trait::async_trait]
+pub trait Exec: Send + Sync {
+    /// Starts `request.argv` in the container's namespaces and cgroup, with the environment, working
+    /// directory and user of its main process. Fails when the container no longer runs or the command cannot
+    /// be started.
+    async fn exec(&self, request: ExecRequest) -> Result<ExecProcess, ShimError>;
 }

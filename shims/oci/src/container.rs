@@ -15,6 +15,8 @@ use nix::unistd::Pid;
 use skiff_shim::{Exit, ExitReason, OutputSink, Stream};
 use tokio::sync::watch;
 
+use crate::exec::OciExec;
+
 /// How long the output of an ended container may keep flowing before its exit is reported anyway (a pipe
 /// can only stay open that long if something outside the container holds it).
 const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
@@ -22,26 +24,66 @@ const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
 /// A container started by the OCI shim. Dropping it kills the container.
 pub struct OciContainer {
     exit: watch::Receiver<Option<Exit>>,
-    init: Arc<Init>,
+    init: Arc<Child>,
+    exec: Arc<OciExec>,
 }
 
-/// The container's init process. Signals go to its pid only while it is not yet reaped: until then the
-/// zombie holds the pid, so a signal can never hit a process that reused it.
-struct Init {
+/// A process the shim forked (a container's init, an exec'd process). Signals go to its pid only while it
+/// is not yet reaped: until then the zombie holds the pid, so a signal can never hit a process that reused it.
+pub(crate) struct Child {
     pid: Pid,
+    /// Set for the init of a container adopted from an earlier run of the agent: not our child, so it is
+    /// waited on and signalled through this pidfd, and its exit status is unknown.
+    pidfd: Option<OwnedFd>,
     ended: Mutex<bool>,
     ended_cv: Condvar,
 }
 
-impl Init {
+impl Child {
+    pub(crate) fn new(pid: Pid) -> Self {
+        Child { pid, pidfd: None, ended: Mutex::new(false), ended_cv: Condvar::new() }
+    }
+
+    pub(crate) fn adopted(pid: Pid, pidfd: OwnedFd) -> Self {
+        Child { pidfd: Some(pidfd), ..Child::new(pid) }
+    }
+
     fn is_ended(&self) -> bool {
         *self.ended.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn signal(&self, signal: Signal) {
+    pub(crate) fn signal(&self, signal: Signal) {
         let ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
-        if !*ended && let Err(e) = kill(self.pid, signal) {
-            tracing::warn!(pid = self.pid.as_raw(), ?signal, error = %e, "cannot signal the container");
+        if *ended {
+            return;
+        }
+        let sent = match &self.pidfd {
+            Some(pidfd) => crate::adopt::pidfd_signal(pidfd, signal),
+            None => kill(self.pid, signal),
+        };
+        if let Err(e) = sent {
+            tracing::warn!(pid = self.pid.as_raw(), ?signal, error = %e, "cannot signal the process");
+        }
+    }
+
+    /// Blocks until the process ends, then reaps it.
+    /// An adopted process is only waited for (its parent reaps it): ECHILD.
+    pub(crate) fn reap(&self) -> nix::Result<WaitStatus> {
+        if let Some(pidfd) = &self.pidfd {
+            crate::adopt::wait_pidfd(pidfd);
+            *self.ended.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            self.ended_cv.notify_all();
+            return Err(Errno::ECHILD);
+        }
+        // Wait without reaping first, so `signal` stays safe until the ended flag is set.
+        while let Err(Errno::EINTR) = waitid(Id::Pid(self.pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {}
+        *self.ended.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.ended_cv.notify_all();
+        loop {
+            match waitpid(self.pid, None) {
+                Err(Errno::EINTR) => continue,
+                other => return other,
+            }
         }
     }
 }
@@ -53,15 +95,26 @@ pub(crate) struct Cleanup {
     pub cgroup: String,
 }
 
+impl Cleanup {
+    /// Deletes the container's runtime state and cgroup, then unmounts and removes its bundle.
+    pub(crate) fn remove(mut self) {
+        if let Err(e) = self.container.delete(true) {
+            tracing::warn!(id = self.container.id(), error = %e, "cannot delete the container");
+        }
+        remove_bundle(&self.bundle);
+    }
+}
+
 impl OciContainer {
-    /// Watches a started container: pumps `stdout`/`stderr` into `output` and reaps `pid` on a thread of its
+    /// Watches a started container: pumps `stdout`/`stderr` into `output` and reaps `init` on a thread of its
     /// own, then deletes the container and its bundle.
     pub(crate) fn watch(
-        pid: Pid,
+        init: Child,
         stdout: OwnedFd,
         stderr: OwnedFd,
         output: Arc<dyn OutputSink>,
         cleanup: Cleanup,
+        exec: OciExec,
     ) -> Result<Self, std::io::Error> {
         let (done_tx, done_rx) = mpsc::channel::<()>();
         for (fd, stream) in [(stdout, Stream::Stdout), (stderr, Stream::Stderr)] {
@@ -73,24 +126,26 @@ impl OciContainer {
             })?;
         }
         drop(done_tx);
-        let init = Arc::new(Init { pid, ended: Mutex::new(false), ended_cv: Condvar::new() });
+        let init = Arc::new(init);
         let (tx, rx) = watch::channel(None);
         let reaper_init = init.clone();
         std::thread::Builder::new().name("oci-reaper".into()).spawn(move || {
             let exit = reap(&reaper_init, done_rx, cleanup);
             let _ = tx.send(Some(exit));
         })?;
-        Ok(OciContainer { exit: rx, init })
+        Ok(OciContainer { exit: rx, init, exec: Arc::new(exec) })
     }
 }
 
-fn pump(mut pipe: File, stream: Stream, output: &dyn OutputSink) {
+pub(crate) fn pump(mut pipe: File, stream: Stream, output: &dyn OutputSink) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match pipe.read(&mut buf) {
             Ok(0) => return,
             Ok(n) => output.write(stream, &buf[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            // A terminal's master side reads EIO once the last process holding the terminal closed it.
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => return,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the container's output");
                 return;
@@ -99,17 +154,8 @@ fn pump(mut pipe: File, stream: Stream, output: &dyn OutputSink) {
     }
 }
 
-fn reap(init: &Init, output_done: mpsc::Receiver<()>, mut cleanup: Cleanup) -> Exit {
-    // Wait without reaping first, so `stop` can signal safely until the ended flag is set.
-    while let Err(Errno::EINTR) = waitid(Id::Pid(init.pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {}
-    *init.ended.lock().unwrap_or_else(|p| p.into_inner()) = true;
-    init.ended_cv.notify_all();
-    let status = loop {
-        match waitpid(init.pid, None) {
-            Err(Errno::EINTR) => continue,
-            other => break other,
-        }
-    };
+fn reap(init: &Child, output_done: mpsc::Receiver<()>, cleanup: Cleanup) -> Exit {
+    let status = init.reap();
     let oom_kills = oom_kills(&cleanup.cgroup);
     let deadline = Instant::now() + OUTPUT_DRAIN;
     // The pumps hold the senders: the channel disconnects when both reached the end of their pipe.
@@ -118,12 +164,10 @@ fn reap(init: &Init, output_done: mpsc::Receiver<()>, mut cleanup: Cleanup) -> E
     {
         tracing::warn!("the container's output is still open after it ended");
     }
-    if let Err(e) = cleanup.container.delete(true) {
-        tracing::warn!(id = cleanup.container.id(), error = %e, "cannot delete the container");
-    }
-    remove_bundle(&cleanup.bundle);
+    cleanup.remove();
     match status {
         Ok(status) => exit_from(status, oom_kills),
+        Err(Errno::ECHILD) if init.pidfd.is_some() => adopted_exit(oom_kills),
         Err(e) => Exit {
             code: 255,
             reason: ExitReason::Error,
@@ -132,7 +176,17 @@ fn reap(init: &Init, output_done: mpsc::Receiver<()>, mut cleanup: Cleanup) -> E
     }
 }
 
+/// The exit code a shell would report: the code, or 128 + the signal's number.
+pub(crate) fn exit_code(status: &WaitStatus) -> Option<i32> {
+    match *status {
+        WaitStatus::Exited(_, code) => Some(code),
+        WaitStatus::Signaled(_, signal, _) => Some(128 + signal as i32),
+        _ => None,
+    }
+}
+
 pub(crate) fn remove_bundle(bundle: &Path) {
+    crate::overlay::unmount(&bundle.join("rootfs"));
     if let Err(e) = std::fs::remove_dir_all(bundle)
         && e.kind() != std::io::ErrorKind::NotFound
     {
@@ -163,10 +217,10 @@ fn parse_oom_kills(text: &str) -> Option<u64> {
 /// The kubelet's view of how the init process ended. Any failure of a container whose cgroup saw an OOM
 /// kill is an OOM kill (containerd's rule too): the killed process may be a child of init.
 fn exit_from(status: WaitStatus, oom_kills: u64) -> Exit {
-    let (code, message) = match status {
-        WaitStatus::Exited(_, code) => (code, None),
-        WaitStatus::Signaled(_, signal, _) => (128 + signal as i32, Some(format!("killed by {signal}"))),
-        other => (255, Some(format!("unexpected wait status {other:?}"))),
+    let (code, message) = match (exit_code(&status), status) {
+        (Some(code), WaitStatus::Signaled(_, signal, _)) => (code, Some(format!("killed by {signal}"))),
+        (Some(code), _) => (code, None),
+        (None, other) => (255, Some(format!("unexpected wait status {other:?}"))),
     };
     if code == 0 {
         return Exit { code, reason: ExitReason::Completed, message: None };
@@ -207,6 +261,22 @@ impl skiff_shim::Container for OciContainer {
             tracing::warn!(error = %e, "cannot start the stop timer; killing the container now");
             self.init.signal(Signal::SIGKILL);
         }
+    }
+
+    fn exec(&self) -> Option<Arc<dyn skiff_shim::Exec>> {
+        Some(self.exec.clone())
+    }
+}
+
+/// How an adopted container ended, as far as its cgroup tells: only its parent learned the exit status.
+fn adopted_exit(oom_kills: u64) -> Exit {
+    if oom_kills > 0 {
+        return exit_from(WaitStatus::Signaled(Pid::from_raw(0), Signal::SIGKILL, false), oom_kills);
+    }
+    Exit {
+        code: 255,
+        reason: ExitReason::Error,
+        message: Some("the container was adopted after an agent restart: its exit status is unknown".into()),
     }
 }
 

@@ -1,26 +1,32 @@
 #![doc = include_str!("../README.md")]
 
+mod adopt;
+mod cgroups;
 mod container;
+mod exec;
+mod overlay;
 mod rootfs;
+mod security;
 mod spec;
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
 use nix::fcntl::OFlag;
 use nix::unistd::pipe2;
-use skiff_shim::{Container, ContainerSpec, Image, ShimError};
+use skiff_shim::{Container, ContainerSpec, Image, OutputSink, ShimError};
 
 pub use container::OciContainer;
 
 /// Layer media types the shim unpacks: OCI tar and tar+gzip, and Docker's gzipped rootfs diff.
-const LAYER_MEDIA_TYPES: [&str; 3] = [
+const LAYER_MEDIA_TYPES: [&str; 4] = [
     "application/vnd.oci.image.layer.v1.tar",
     "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd",
     "application/vnd.docker.image.rootfs.diff.tar.gzip",
 ];
 
@@ -50,25 +56,36 @@ pub enum OciError {
 }
 
 /// Runs Linux containers from OCI images with youki's libcontainer, forked from the agent (no daemon, no
-/// systemd). Each container gets its own pid, mount, ipc and uts namespaces, shares the host network, and
-/// lives in the cgroup `/skiff/<id>` with the spec's memory and CPU limits.
+/// systemd). Each container gets its own pid, mount, ipc and uts namespaces, joins its pod's network
+/// namespace (or shares the host network when it has none), and lives in the cgroup `/skiff/<id>` with the spec's memory and CPU limits.
 pub struct OciShim {
     state_dir: PathBuf,
+    layers: Arc<overlay::LayerCache>,
+    hierarchy: cgroups::Hierarchy,
 }
+
+/// The pids limit of every container (the kubelet leaves it to a flag; unlimited forks are a node-wide
+/// denial of service).
+const PIDS_LIMIT: i64 = 4096;
 
 impl OciShim {
     pub fn new(config: OciConfig) -> Result<Self, OciError> {
         std::fs::create_dir_all(&config.state_dir)
             .map_err(|source| OciError::StateDir { path: config.state_dir.clone(), source })?;
-        Ok(OciShim { state_dir: config.state_dir })
+        // A leading dot: no container id can name it.
+        let layers_dir = config.state_dir.join(".layers");
+        let layers = overlay::LayerCache::new(layers_dir.clone())
+            .map_err(|source| OciError::StateDir { path: layers_dir, source })?;
+        // Without a usable hierarchy the node does not offer this shim (`available`); v1 is assumed then.
+        let hierarchy = cgroups::Hierarchy::detect().unwrap_or(cgroups::Hierarchy::V1);
+        tracing::info!(?hierarchy, "oci shim ready");
+        Ok(OciShim { state_dir: config.state_dir, layers: Arc::new(layers), hierarchy })
     }
 
-    /// Whether this host can run containers: the agent runs as root and a cgroup hierarchy with a memory
-    /// controller is mounted (v1, or v2 unified).
+    /// Whether this host can run containers: the agent runs as root and a cgroup hierarchy with the memory
+    /// and cpu controllers is mounted (v1, hybrid, or v2 unified).
     pub fn available() -> bool {
-        nix::unistd::geteuid().is_root()
-            && (Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists()
-                || Path::new("/sys/fs/cgroup/cgroup.controllers").exists())
+        nix::unistd::geteuid().is_root() && cgroups::Hierarchy::detect().is_some()
     }
 }
 
@@ -108,17 +125,51 @@ impl skiff_shim::Shim for OciShim {
         }
         let bundle = self.state_dir.join(&spec.id);
         let task_bundle = bundle.clone();
-        // Unpacking is blocking IO and libcontainer forks from the calling thread.
-        let started = tokio::task::spawn_blocking(move || create(&task_bundle, &spec))
-            .await
-            .map_err(|e| setup_error("the container start task failed".into(), e));
+        let (layers, hierarchy) = (self.layers.clone(), self.hierarchy);
+        // Unpacking is blocking IO and libcontainer forks from the calling thread. A failed start is cleaned
+        // up on that thread too: the caller may have stopped waiting (a cancelled start, a runtime shutting
+        // down) and must not leave a mounted root behind.
+        let started = tokio::task::spawn_blocking(move || {
+            if task_bundle.exists() {
+                return Err(ShimError::Setup {
+                    message: format!("container {} already exists", spec.id),
+                    source: None,
+                });
+            }
+            let created = create(&task_bundle, &spec, &layers, hierarchy);
+            if created.is_err() {
+                container::remove_bundle(&task_bundle);
+            }
+            created
+        })
+        .await;
         match started {
             Ok(Ok(container)) => Ok(Box::new(container)),
-            Ok(Err(e)) | Err(e) => {
+            Ok(Err(e)) => Err(e),
+            Err(e) => {
                 container::remove_bundle(&bundle);
-                Err(e)
+                Err(setup_error("the container start task failed".into(), e))
             }
         }
+    }
+
+    async fn adopt(&self, id: &str, output: Arc<dyn OutputSink>) -> Option<Box<dyn Container>> {
+        if !valid_id(id) {
+            return None;
+        }
+        let (state_dir, id) = (self.state_dir.clone(), id.to_owned());
+        let adopted = tokio::task::spawn_blocking(move || adopt::adopt(&state_dir, &id, output)).await.ok()??;
+        Some(Box::new(adopted))
+    }
+
+    async fn release_layers(&self, live: &std::collections::HashSet<String>) {
+        let (layers, live) = (self.layers.clone(), live.clone());
+        let _ = tokio::task::spawn_blocking(move || layers.release(&live)).await;
+    }
+
+    async fn remove_others(&self, keep: &std::collections::HashSet<String>) -> usize {
+        let (state_dir, keep) = (self.state_dir.clone(), keep.clone());
+        tokio::task::spawn_blocking(move || adopt::remove_others(&state_dir, &keep)).await.unwrap_or(0)
     }
 }
 
@@ -127,24 +178,28 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), ShimError> {
     pipe2(OFlag::O_CLOEXEC).map_err(|e| setup_error(format!("cannot create an output pipe: {e}"), e))
 }
 
-fn create(bundle: &Path, spec: &ContainerSpec) -> Result<OciContainer, ShimError> {
+fn create(
+    bundle: &Path,
+    spec: &ContainerSpec,
+    layers: &overlay::LayerCache,
+    hierarchy: cgroups::Hierarchy,
+) -> Result<OciContainer, ShimError> {
     let _span = tracing::info_span!("oci_start", container = %spec.name, id = %spec.id).entered();
-    if bundle.exists() {
-        return Err(ShimError::Setup { message: format!("container {} already exists", spec.id), source: None });
-    }
     let rootfs = bundle.join("rootfs");
     let state = bundle.join("state");
     for dir in [&rootfs, &state] {
         std::fs::create_dir_all(dir).map_err(|e| setup_error(format!("cannot create {}: {e}", dir.display()), e))?;
     }
-    rootfs::unpack_layers(&spec.image.layers, &rootfs)?;
-    let oci = spec::runtime_spec(spec)?;
+    let made = layers.prepare(&spec.image.layers, bundle)?;
+    tracing::debug!(rootfs = ?made, "root filesystem ready");
+    let mut oci = spec::runtime_spec(spec)?;
+    security::apply(&mut oci, spec, &rootfs)?;
+    cgroups::apply(&mut oci, &spec.limits, Some(PIDS_LIMIT), hierarchy)?;
     let config = bundle.join("config.json");
     oci.save(&config).map_err(|e| setup_error(format!("cannot write {}: {e}", config.display()), e))?;
 
     let stdin = File::open("/dev/null").map_err(|e| setup_error(format!("cannot open /dev/null: {e}"), e))?;
-    let (stdout_r, stdout_w) = pipe()?;
-    let (stderr_r, stderr_w) = pipe()?;
+    let ((stdout_w, stderr_w), (stdout_r, stderr_r)) = adopt::output_fifos(bundle)?;
     let runtime_error = |what: &str, e: libcontainer::error::LibcontainerError| {
         setup_error(format!("cannot {what} container {}: {e}", spec.id), e)
     };
@@ -177,7 +232,8 @@ fn create(bundle: &Path, spec: &ContainerSpec) -> Result<OciContainer, ShimError
     };
     tracing::debug!(pid = pid.as_raw(), "container started");
     let cleanup = container::Cleanup { container, bundle: bundle.to_path_buf(), cgroup: spec::cgroups_path(&spec.id) };
-    OciContainer::watch(pid, stdout_r, stderr_r, spec.output.clone(), cleanup)
+    let exec = exec::OciExec::new(spec.id.clone(), bundle.to_path_buf());
+    OciContainer::watch(container::Child::new(pid), stdout_r, stderr_r, spec.output.clone(), cleanup, exec)
         .map_err(|e| setup_error(format!("cannot start the threads watching container {}: {e}", spec.id), e))
 }
 

@@ -1,4 +1,5 @@
-//! Unpacking image layers into a container's root filesystem.
+//! Unpacking image layers: each layer once into the shared layer cache (whiteouts kept as overlayfs
+//! whiteouts), or all layers stacked into one directory where overlayfs cannot be used.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
@@ -14,12 +15,26 @@ const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
 /// The first two bytes of a gzip stream, checked so a layer compressed differently from what its media type
 /// says still unpacks.
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+/// The first four bytes of a zstd frame.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+/// The xattr overlayfs reads to hide a lower directory's contents.
+const OVERLAY_OPAQUE: &str = "trusted.overlay.opaque";
+
+/// What a layer's whiteouts become.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Whiteouts {
+    /// Applied: the hidden files of the layers below (already in the directory) are deleted.
+    Apply,
+    /// Kept for overlayfs: a 0/0 character device for a deleted file, `trusted.overlay.opaque=y` on an
+    /// opaque directory; the layer's directory stays independent of the layers below.
+    Overlay,
+}
 
 /// Unpacks `layers` in order into `rootfs` (which must exist), applying each layer's whiteouts to the
 /// layers below.
 pub(crate) fn unpack_layers(layers: &[Layer], rootfs: &Path) -> Result<(), ShimError> {
     for layer in layers {
-        unpack_layer(layer, rootfs)?;
+        unpack_layer(layer, rootfs, Whiteouts::Apply)?;
     }
     Ok(())
 }
@@ -28,21 +43,27 @@ fn layer_name(layer: &Layer) -> String {
     if layer.digest.is_empty() { layer.path.display().to_string() } else { layer.digest.clone() }
 }
 
-fn unpack_layer(layer: &Layer, rootfs: &Path) -> Result<(), ShimError> {
+/// Unpacks one layer into `dir` (which must exist).
+pub(crate) fn unpack_layer(layer: &Layer, dir: &Path, whiteouts: Whiteouts) -> Result<(), ShimError> {
     let name = layer_name(layer);
-    if layer.media_type.ends_with("zstd") {
-        return Err(ShimError::InvalidImage(format!("layer {name}: zstd-compressed layers are not supported")));
-    }
     let file = File::open(&layer.path).map_err(|e| ShimError::Setup {
         message: format!("cannot open layer {name} at {}: {e}", layer.path.display()),
         source: Some(Box::new(e)),
     })?;
     let mut reader = BufReader::new(file);
-    let gzipped = reader
-        .fill_buf()
-        .map_err(|e| ShimError::Setup { message: format!("cannot read layer {name}: {e}"), source: Some(Box::new(e)) })?
-        .starts_with(&GZIP_MAGIC);
-    let reader: Box<dyn Read> = if gzipped { Box::new(GzDecoder::new(reader)) } else { Box::new(reader) };
+    let head = reader.fill_buf().map_err(|e| ShimError::Setup {
+        message: format!("cannot read layer {name}: {e}"),
+        source: Some(Box::new(e)),
+    })?;
+    let reader: Box<dyn Read> = if head.starts_with(&GZIP_MAGIC) {
+        Box::new(GzDecoder::new(reader))
+    } else if head.starts_with(&ZSTD_MAGIC) {
+        let decoder = ruzstd::decoding::StreamingDecoder::new(reader)
+            .map_err(|e| ShimError::InvalidImage(format!("layer {name} is not valid zstd: {e}")))?;
+        Box::new(decoder)
+    } else {
+        Box::new(reader)
+    };
     let invalid = |e: std::io::Error| ShimError::InvalidImage(format!("layer {name} is not a valid tar archive: {e}"));
     let mut archive = tar::Archive::new(reader);
     archive.set_preserve_permissions(true);
@@ -60,29 +81,55 @@ fn unpack_layer(layer: &Layer, rootfs: &Path) -> Result<(), ShimError> {
         let file_name = relative.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
         if let Some(hidden) = file_name.strip_prefix(WHITEOUT_PREFIX) {
             let parent = relative.parent().unwrap_or(Path::new(""));
-            if file_name == OPAQUE_WHITEOUT {
-                if let Some(dir) = safe_join(rootfs, parent) {
-                    clear_dir(&dir).map_err(|e| setup(&name, &dir, e))?;
-                }
-            } else if let Some(target) = safe_join(rootfs, &parent.join(hidden)) {
-                remove_any(&target).map_err(|e| setup(&name, &target, e))?;
+            let target = if file_name == OPAQUE_WHITEOUT {
+                safe_join(dir, parent)
+            } else {
+                safe_join(dir, &parent.join(hidden))
+            };
+            if let Some(target) = target {
+                let applied = match (whiteouts, file_name == OPAQUE_WHITEOUT) {
+                    (Whiteouts::Apply, true) => clear_dir(&target),
+                    (Whiteouts::Apply, false) => remove_any(&target),
+                    (Whiteouts::Overlay, true) => mark_opaque(&target),
+                    (Whiteouts::Overlay, false) => overlay_whiteout(&target),
+                };
+                applied.map_err(|e| setup(&name, &target, e))?;
             }
             continue;
         }
         // A non-directory replacing a directory of a lower layer: tar would fail to overwrite it.
         if !entry.header().entry_type().is_dir()
-            && let Some(target) = safe_join(rootfs, &relative)
+            && let Some(target) = safe_join(dir, &relative)
             && target.symlink_metadata().is_ok_and(|m| m.is_dir())
         {
             std::fs::remove_dir_all(&target).map_err(|e| setup(&name, &target, e))?;
         }
-        // unpack_in refuses entries that would land outside `rootfs` (through `..` or a symlink).
-        entry.unpack_in(rootfs).map_err(|e| ShimError::Setup {
+        // unpack_in refuses entries that would land outside `dir` (through `..` or a symlink).
+        entry.unpack_in(dir).map_err(|e| ShimError::Setup {
             message: format!("cannot unpack {} of layer {name}: {e}", relative.display()),
             source: Some(Box::new(e)),
         })?;
     }
     Ok(())
+}
+
+/// Marks a directory of an overlay layer opaque, creating it when the layer has no entry of its own for it.
+fn mark_opaque(dir: &Path) -> std::io::Result<()> {
+    if dir.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    xattr::set(dir, OVERLAY_OPAQUE, b"y")
+}
+
+/// An overlayfs whiteout: a character device with device number 0/0 where the hidden file was.
+fn overlay_whiteout(path: &Path) -> std::io::Result<()> {
+    remove_any(path)?;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    nix::sys::stat::mknod(path, nix::sys::stat::SFlag::S_IFCHR, nix::sys::stat::Mode::empty(), 0)
+        .map_err(std::io::Error::from)
 }
 
 fn setup(layer: &str, path: &Path, e: std::io::Error) -> ShimError {
@@ -269,14 +316,31 @@ mod tests {
     }
 
     #[test]
-    fn zstd_and_missing_layers_are_errors() {
+    fn zstd_layers_unpack() {
         let dir = tempfile::tempdir().unwrap();
-        let zstd = Layer {
-            media_type: "application/vnd.oci.image.layer.v1.tar+zstd".into(),
-            digest: String::new(),
-            path: dir.path().join("z"),
-        };
-        assert!(matches!(unpack_layers(&[zstd], dir.path()), Err(ShimError::InvalidImage(_))));
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header.set_size(5);
+        builder.append_data(&mut header, "etc/zstd", &b"hello"[..]).unwrap();
+        let tar = builder.into_inner().unwrap();
+        let compressed = ruzstd::encoding::compress_to_vec(&tar[..], ruzstd::encoding::CompressionLevel::Fastest);
+        let path = dir.path().join("layer.tar.zst");
+        std::fs::write(&path, compressed).unwrap();
+        let zstd =
+            Layer { media_type: "application/vnd.oci.image.layer.v1.tar+zstd".into(), digest: String::new(), path };
+        let root = dir.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        unpack_layers(&[zstd], &root).unwrap();
+        assert_eq!(std::fs::read_to_string(root.join("etc/zstd")).unwrap(), "hello");
+    }
+
+    #[test]
+    fn missing_layers_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
         let missing = Layer { media_type: String::new(), digest: String::new(), path: dir.path().join("nope") };
         assert!(matches!(unpack_layers(&[missing], dir.path()), Err(ShimError::Setup { .. })));
     }

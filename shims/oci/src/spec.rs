@@ -1,7 +1,8 @@
 //! The OCI runtime spec (`config.json`) of a container.
 
 use oci_spec::runtime::{
-    LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceType, Mount as OciMount, MountBuilder, Spec,
+    LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, Mount as OciMount, MountBuilder,
+    Spec,
 };
 use skiff_shim::{ContainerSpec, ShimError};
 
@@ -64,8 +65,7 @@ pub(crate) fn runtime_spec(spec: &ContainerSpec) -> Result<Spec, ShimError> {
     if let Some(root) = oci.root_mut() {
         root.set_readonly(Some(false));
     }
-    // The pod's name, as the kubelet sets it (the node shares the host network for now, so this only
-    // names the UTS namespace).
+    // The pod's name, as the kubelet sets it.
     let hostname = spec.name.split('/').nth(1).filter(|p| !p.is_empty()).unwrap_or(&spec.id);
     oci.set_hostname(Some(hostname.to_owned()));
 
@@ -90,12 +90,22 @@ pub(crate) fn runtime_spec(spec: &ContainerSpec) -> Result<Spec, ShimError> {
     oci.set_mounts(Some(mounts));
 
     if let Some(linux) = oci.linux_mut() {
-        // Pod networking comes later: share the host network (and keep the host's cgroup view, which the
-        // v1 hierarchy of a hybrid host needs no namespace for).
+        // The pod's network namespace is joined by path (all its containers share it); without one the
+        // container shares the host network. The host's cgroup view is kept: the v1 hierarchy of a hybrid
+        // host needs no namespace.
         let keep =
             [LinuxNamespaceType::Pid, LinuxNamespaceType::Mount, LinuxNamespaceType::Ipc, LinuxNamespaceType::Uts];
         let namespaces = linux.namespaces().clone().unwrap_or_default();
-        linux.set_namespaces(Some(namespaces.into_iter().filter(|ns| keep.contains(&ns.typ())).collect()));
+        let mut namespaces: Vec<_> = namespaces.into_iter().filter(|ns| keep.contains(&ns.typ())).collect();
+        if let Some(netns) = &spec.netns {
+            let network = LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::Network)
+                .path(netns.clone())
+                .build()
+                .map_err(|e| invalid_spec("network namespace", e))?;
+            namespaces.push(network);
+        }
+        linux.set_namespaces(Some(namespaces));
         linux.set_cgroups_path(Some(cgroups_path(&spec.id).into()));
         if let Some(resources) = linux.resources_mut() {
             if let Some(bytes) = spec.limits.memory_bytes {
@@ -165,9 +175,11 @@ mod tests {
             env: vec![("B".into(), "container".into())],
             working_dir: None,
             mounts: vec![Mount { host_path: "/data".into(), container_path: "/mnt".into(), read_only: true }],
-            limits: Limits { memory_bytes: Some(32 << 20), cpu_millis: Some(250) },
+            limits: Limits { memory_bytes: Some(32 << 20), cpu_millis: Some(250), cpu_request_millis: Some(500) },
             ports: vec![],
             host_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            netns: None,
+            security: Default::default(),
             output: Arc::new(Discard),
         }
     }
@@ -194,12 +206,22 @@ mod tests {
         assert_eq!(linux.cgroups_path().as_ref().unwrap().to_str(), Some("/skiff/c1"));
         let kinds: Vec<_> = linux.namespaces().as_ref().unwrap().iter().map(|n| n.typ()).collect();
         assert!(kinds.contains(&LinuxNamespaceType::Pid) && kinds.contains(&LinuxNamespaceType::Mount));
-        assert!(!kinds.contains(&LinuxNamespaceType::Network));
+        assert!(!kinds.contains(&LinuxNamespaceType::Network), "no pod network: the host's");
         let resources = linux.resources().as_ref().unwrap();
         let memory = resources.memory().as_ref().unwrap();
         assert_eq!((memory.limit(), memory.swap()), (Some(32 << 20), Some(32 << 20)));
         let cpu = resources.cpu().as_ref().unwrap();
         assert_eq!((cpu.quota(), cpu.period()), (Some(25_000), Some(100_000)));
+    }
+
+    #[test]
+    fn a_pod_network_namespace_is_joined_by_path() {
+        let mut s = spec();
+        s.netns = Some("/run/skiff/n/netns/uid".into());
+        let oci = runtime_spec(&s).unwrap();
+        let namespaces = oci.linux().as_ref().unwrap().namespaces().clone().unwrap();
+        let network = namespaces.iter().find(|n| n.typ() == LinuxNamespaceType::Network).unwrap();
+        assert_eq!(network.path().as_deref(), Some(std::path::Path::new("/run/skiff/n/netns/uid")));
     }
 
     #[test]

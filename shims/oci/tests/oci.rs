@@ -105,6 +105,8 @@ impl Fixture {
             limits: Limits::default(),
             ports: vec![],
             host_ip: Ipv4Addr::LOCALHOST.into(),
+            netns: None,
+            security: Default::default(),
             output: capture.clone(),
         };
         (spec, capture)
@@ -213,7 +215,7 @@ async fn exceeding_the_memory_limit_is_an_oom_kill() {
     let Some(fx) = fixture() else { return };
     // tail keeps its whole input when it has no newline: 200 MiB against a 32 MiB limit.
     let (mut spec, out) = fx.spec(&["sh", "-c", "head -c 200m /dev/zero | tail"]);
-    spec.limits = Limits { memory_bytes: Some(32 << 20), cpu_millis: Some(500) };
+    spec.limits = Limits { memory_bytes: Some(32 << 20), cpu_millis: Some(500), cpu_request_millis: None };
     let exit = run(&fx, spec).await;
     assert_eq!((exit.code, exit.reason), (137, ExitReason::OomKilled), "{exit:?} {}", out.text(Stream::Stderr));
 }
@@ -266,4 +268,68 @@ async fn concurrent_starts_do_not_interfere() {
         assert_eq!(exit.code, 0, "{stderr}");
         assert_eq!(stdout, format!("{i}\n"));
     }
+}
+
+/// Everything an exec'd process writes until its output closes, stdout and stderr apart.
+async fn exec_output(process: &mut skiff_shim::ExecProcess) -> (String, String) {
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let read = async {
+        while let Some((stream, bytes)) = process.output.recv().await {
+            if stream == Stream::Stdout { stdout.extend(bytes) } else { stderr.extend(bytes) }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read).await.expect("the exec's output ended");
+    (String::from_utf8_lossy(&stdout).into_owned(), String::from_utf8_lossy(&stderr).into_owned())
+}
+
+fn exec_request(argv: &[&str], stdin: bool, tty: bool) -> skiff_shim::ExecRequest {
+    skiff_shim::ExecRequest { argv: argv.iter().map(|s| s.to_string()).collect(), stdin, tty }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_runs_commands_inside_the_running_container() {
+    let Some(fx) = fixture() else { return };
+    let (spec, _) = fx.spec(&["sleep", "100"]);
+    let mut container = fx.shim.start(spec).await.unwrap_or_else(|e| panic!("{e:?}"));
+    let exec = container.exec().expect("OCI containers take exec");
+
+    // The container's environment and pid namespace (pid 1 is its sleep), output apart, the exit code.
+    let argv = ["sh", "-c", "echo $GREETING; cat /proc/1/cmdline; echo oops >&2; exit 7"];
+    let mut process = exec.exec(exec_request(&argv, false, false)).await.unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(process.stdin.is_none());
+    let (stdout, stderr) = exec_output(&mut process).await;
+    assert_eq!((stdout.as_str(), stderr.as_str()), ("hello\nsleep\x00100\x00", "oops\n"));
+    assert_eq!(process.control.wait().await, 7);
+
+    // Input, closed by dropping the sender.
+    let mut process = exec.exec(exec_request(&["cat"], true, false)).await.unwrap_or_else(|e| panic!("{e:?}"));
+    let stdin = process.stdin.take().expect("stdin was asked for");
+    stdin.send(b"ping\n".to_vec()).await.unwrap();
+    drop(stdin);
+    assert_eq!(exec_output(&mut process).await, ("ping\n".to_string(), String::new()));
+    assert_eq!(process.control.wait().await, 0);
+
+    // A terminal: the process sees one, of the size given, and its output comes as one stream.
+    let argv = ["sh", "-c", "read line; test -t 0 && echo \"tty $line\""];
+    let mut process = exec.exec(exec_request(&argv, true, true)).await.unwrap_or_else(|e| panic!("{e:?}"));
+    process.control.resize(skiff_shim::TerminalSize { width: 100, height: 40 });
+    process.stdin.take().expect("stdin was asked for").send(b"typed\n".to_vec()).await.unwrap();
+    let (stdout, stderr) = exec_output(&mut process).await;
+    // The terminal echoes the input and turns newlines into CR LF.
+    assert_eq!((stdout.as_str(), stderr.as_str()), ("typed\r\ntty typed\r\n", ""));
+    assert_eq!(process.control.wait().await, 0);
+
+    // A command that does not exist is an error, not a process.
+    match exec.exec(exec_request(&["no-such-command"], false, false)).await {
+        Err(e) => assert!(e.to_string().contains("no-such-command"), "{e}"),
+        Ok(_) => panic!("a missing command started"),
+    }
+
+    // Dropping a running exec kills it; the container goes on.
+    let process = exec.exec(exec_request(&["sleep", "100"], false, false)).await.unwrap_or_else(|e| panic!("{e:?}"));
+    drop(process);
+    container.stop(Duration::from_millis(100));
+    tokio::time::timeout(Duration::from_secs(10), container.wait()).await.expect("stopped in time");
+    let ended = exec.exec(exec_request(&["true"], false, false)).await;
+    assert!(ended.is_err(), "exec into an ended container");
 }

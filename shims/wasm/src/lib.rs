@@ -3,6 +3,7 @@
 mod cache;
 mod engine;
 mod http;
+mod netns;
 mod run;
 mod state;
 

@@ -133,11 +133,15 @@ pub(crate) async fn start(inner: Arc<Inner>, guest: &Guest, spec: ContainerSpec)
                 source: None,
             })?;
             let addr = std::net::SocketAddr::new(spec.host_ip, port);
-            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| ShimError::Setup {
+            let listener = match &spec.netns {
+                Some(netns) => crate::netns::bind(netns, addr).await,
+                None => tokio::net::TcpListener::bind(addr).await,
+            };
+            let listener = listener.map_err(|e| ShimError::Setup {
                 message: format!("cannot listen on {addr}: {e}"),
                 source: Some(Box::new(e)),
             })?;
-            tracing::info!(container = %spec.name, %addr, "wasi:http component listening");
+            tracing::info!(container = %spec.name, %addr, netns = ?spec.netns, "wasi:http component listening");
             let server = http::Server::new(inner, pre.clone(), guest_spec);
             tokio::spawn(async move {
                 let exit = server.serve(listener, stop_rx).await;

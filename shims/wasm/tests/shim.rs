@@ -201,6 +201,8 @@ fn spec(image: Image, output: Arc<Capture>) -> ContainerSpec {
         limits: Limits::default(),
         ports: vec![],
         host_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        netns: None,
+        security: Default::default(),
         output,
     }
 }

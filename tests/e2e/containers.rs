@@ -1,0 +1,308 @@
+//! OCI containers end to end (issue 4): busybox images from a real registry run by a real `skiff agent`
+//! through libcontainer, observed with kubectl and on the host (/proc, /proc/mounts, the cgroup tree, the
+//! agent's data dir). Needs root, as the OCI shim does; skipped otherwise.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::harness::{Agent, Backend, Cluster, Registry, eventually};
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Dropped agent first: it takes its containers (and their root mounts) along before the cluster's
+/// directory, which holds the agent's data dir, is removed.
+struct Node {
+    agent: Agent,
+    cluster: Cluster,
+    registry: Registry,
+}
+
+impl Node {
+    fn start() -> Option<Self> {
+        if !nix_is_root() {
+            eprintln!("skipping: OCI containers need root");
+            return None;
+        }
+        let registry = Registry::start().unwrap();
+        let cluster = Cluster::start(Backend::Embedded).unwrap();
+        let agent = Agent::join_with(&cluster, "node-1", &[]).unwrap();
+        Some(Node { agent, cluster, registry })
+    }
+
+    /// Creates a pod bound to the agent from YAML lines for its spec (indented by two spaces).
+    fn pod(&self, name: &str, spec: &str) {
+        self.cluster.create_pod(name, &self.agent.name, &format!("  terminationGracePeriodSeconds: 2\n{spec}"));
+    }
+
+    fn get(&self, name: &str) -> Value {
+        self.cluster.pod(name)
+    }
+
+    fn wait_phase(&self, name: &str, phase: &str) -> Value {
+        self.cluster.wait_pod_phase(name, phase, TIMEOUT, &self.agent)
+    }
+
+    fn status(&self, pod: &str, container: &str) -> Value {
+        let pod = self.get(pod);
+        let statuses = pod["status"]["containerStatuses"].as_array().cloned().unwrap_or_default();
+        statuses.into_iter().find(|s| s["name"] == container).unwrap_or(Value::Null)
+    }
+
+    fn logs(&self, pod: &str, container: &str) -> String {
+        self.cluster.ok(&["logs", pod, "-c", container])
+    }
+
+    /// The OCI shim's id of a running container, from its containerID (`oci://<id>`).
+    fn container_id(&self, pod: &str, container: &str) -> String {
+        eventually("the container running", TIMEOUT, || {
+            let status = self.status(pod, container);
+            let id = status["containerID"].as_str()?.strip_prefix("oci://")?.to_owned();
+            status["state"]["running"].is_object().then_some(id)
+        })
+    }
+
+    /// The host pid of a container's init process, from libcontainer's state in the agent's data dir.
+    fn init_pid(&self, id: &str) -> i32 {
+        let state = self.agent.data_dir().join("oci").join(id).join("state").join(id).join("state.json");
+        let state: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+        state["pid"].as_i64().expect("a running container has a pid") as i32
+    }
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+}
+
+/// Whether `pid` is a live process (not gone, not a zombie).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
+}
+
+/// The container's cgroup directories on this host (v1 controllers and the unified hierarchy).
+fn cgroup_dirs(id: &str) -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    let mut dirs = vec![root.join("skiff").join(id), root.join("unified/skiff").join(id)];
+    for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        dirs.push(entry.path().join("skiff").join(id));
+    }
+    dirs
+}
+
+/// CPU time the container's cgroup used, in nanoseconds (v1 cpuacct, or v2 cpu.stat).
+fn cpu_usage_ns(id: &str) -> Option<u64> {
+    let root = Path::new("/sys/fs/cgroup");
+    if let Ok(text) = std::fs::read_to_string(root.join("cpuacct/skiff").join(id).join("cpuacct.usage"))
+        .or_else(|_| std::fs::read_to_string(root.join("cpu,cpuacct/skiff").join(id).join("cpuacct.usage")))
+    {
+        return text.trim().parse().ok();
+    }
+    let stat = std::fs::read_to_string(root.join("skiff").join(id).join("cpu.stat")).ok()?;
+    let usec: u64 = stat.lines().find_map(|l| l.strip_prefix("usage_usec "))?.trim().parse().ok()?;
+    Some(usec * 1000)
+}
+
+#[test]
+fn commands_exit_codes_and_the_images_own_entrypoint_and_user() {
+    let Some(node) = Node::start() else { return };
+    let busybox = node.registry.push_busybox("tools/busybox");
+    let exec = json!({
+        "Env": ["PATH=/bin"],
+        "Entrypoint": ["/bin/sh", "-c"],
+        "Cmd": ["echo from the image as $(busybox id -u):$(busybox id -g) in $(busybox pwd)"],
+        "User": "app",
+        "WorkingDir": "/tmp",
+    });
+    let files = [
+        ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001:app:/tmp:/bin/sh\n"),
+        ("etc/group", "root:x:0:\napp:x:1001:\n"),
+    ];
+    let own = node.registry.push_busybox_with("tools/own", exec, &files);
+    node.pod(
+        "hello",
+        &format!("  restartPolicy: Never\n  containers:\n  - name: main\n    image: {busybox}\n    command: [sh, -c, 'echo hello; exit 0']\n"),
+    );
+    node.pod(
+        "three",
+        &format!("  restartPolicy: Never\n  containers:\n  - name: main\n    image: {busybox}\n    command: [sh, -c, 'exit 3']\n"),
+    );
+    node.pod("own", &format!("  restartPolicy: Never\n  containers:\n  - name: main\n    image: {own}\n"));
+
+    let hello = node.wait_phase("hello", "Succeeded");
+    assert_eq!(hello["status"]["containerStatuses"][0]["state"]["terminated"]["reason"], "Completed");
+    assert_eq!(node.logs("hello", "main"), "hello\n");
+
+    let three = node.wait_phase("three", "Failed");
+    let terminated = &three["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!((terminated["exitCode"].as_i64(), terminated["reason"].as_str()), (Some(3), Some("Error")));
+
+    node.wait_phase("own", "Succeeded");
+    assert_eq!(node.logs("own", "main"), "from the image as 1000:1001 in /tmp\n", "Entrypoint, Cmd, User, WorkingDir");
+}
+
+#[test]
+fn security_context_user_read_only_root_capabilities_and_seccomp() {
+    let Some(node) = Node::start() else { return };
+    let busybox = node.registry.push_busybox("tools/busybox");
+    let status = "busybox grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status";
+    node.pod(
+        "secure",
+        &format!(
+            "  restartPolicy: Never
+  containers:
+  - name: ids
+    image: {busybox}
+    command: [sh, -c, 'busybox id -u; busybox id -g']
+    securityContext: {{runAsUser: 1234, runAsGroup: 5678}}
+  - name: readonly
+    image: {busybox}
+    command: [sh, -c, 'if echo x 2>/dev/null > /probe; then echo writable; else echo read-only; fi']
+    securityContext: {{readOnlyRootFilesystem: true}}
+  - name: default
+    image: {busybox}
+    command: [sh, -c, \"{status}; echo x > /probe && echo writable\"]
+  - name: narrow
+    image: {busybox}
+    command: [sh, -c, \"{status}\"]
+    securityContext:
+      allowPrivilegeEscalation: false
+      capabilities: {{drop: [ALL], add: [NET_BIND_SERVICE]}}
+"
+        ),
+    );
+    node.wait_phase("secure", "Succeeded");
+    assert_eq!(node.logs("secure", "ids"), "1234\n5678\n");
+    let readonly = node.logs("secure", "readonly");
+    assert_eq!(readonly, "read-only\n", "a write to a read-only root fails");
+    // containerd's default set: CHOWN DAC_OVERRIDE FSETID FOWNER MKNOD NET_RAW SETGID SETUID SETFCAP SETPCAP
+    // NET_BIND_SERVICE SYS_CHROOT KILL AUDIT_WRITE; the default seccomp filter (mode 2).
+    let default = node.logs("secure", "default");
+    assert!(default.contains("CapEff:\t00000000a80425fb"), "{default}");
+    assert!(default.contains("NoNewPrivs:\t0") && default.contains("Seccomp:\t2"), "{default}");
+    assert!(default.ends_with("writable\n"), "{default}");
+    let narrow = node.logs("secure", "narrow");
+    assert!(narrow.contains("CapEff:\t0000000000000400") && narrow.contains("NoNewPrivs:\t1"), "{narrow}");
+
+    // runAsNonRoot with an image that runs as root is refused, as the kubelet does.
+    node.pod(
+        "nonroot",
+        &format!(
+            "  securityContext: {{runAsNonRoot: true}}\n  containers:\n  - name: main\n    image: {busybox}\n    command: [sleep, '60']\n"
+        ),
+    );
+    let waiting = eventually("the runAsNonRoot refusal", TIMEOUT, || {
+        let waiting = node.status("nonroot", "main")["state"]["waiting"].clone();
+        (waiting["reason"] == "CreateContainerConfigError").then_some(waiting)
+    });
+    assert_eq!(waiting["message"], "container has runAsNonRoot and image will run as root", "{waiting}");
+}
+
+#[test]
+fn memory_limit_oom_kills_and_cpu_limit_throttles() {
+    let Some(node) = Node::start() else { return };
+    let busybox = node.registry.push_busybox("tools/busybox");
+    node.pod(
+        "hog",
+        &format!(
+            "  restartPolicy: Never\n  containers:\n  - name: main\n    image: {busybox}\n    command: [sh, -c, 'busybox head -c 200m /dev/zero | busybox tail']\n    resources: {{limits: {{memory: 32Mi}}}}\n"
+        ),
+    );
+    node.pod(
+        "spin",
+        &format!(
+            "  containers:\n  - name: main\n    image: {busybox}\n    command: [sh, -c, 'while :; do :; done']\n    resources: {{limits: {{cpu: 200m}}}}\n"
+        ),
+    );
+    let hog = node.wait_phase("hog", "Failed");
+    let terminated = &hog["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(terminated["reason"], "OOMKilled", "{terminated}");
+
+    let id = node.container_id("spin", "main");
+    let first = eventually("cpu usage of the busy loop", TIMEOUT, || cpu_usage_ns(&id).map(|ns| (ns, Instant::now())));
+    std::thread::sleep(Duration::from_secs(4));
+    let used = cpu_usage_ns(&id).unwrap() - first.0;
+    let share = used as f64 / first.1.elapsed().as_nanos() as f64;
+    assert!((0.12..=0.30).contains(&share), "a 200m limit holds a busy loop near 20% of a core: {:.1}%", share * 100.0);
+    node.cluster.ok(&["delete", "pod", "spin", "--timeout=60s"]);
+}
+
+#[test]
+fn a_killed_agent_adopts_its_running_container_and_deleting_the_pod_leaves_nothing() {
+    let Some(mut node) = Node::start() else { return };
+    let busybox = node.registry.push_busybox("tools/busybox");
+    node.pod(
+        "ticker",
+        &format!(
+            "  containers:\n  - name: main\n    image: {busybox}\n    command: [sh, -c, 'i=0; while :; do echo tick $i; i=$((i+1)); sleep 0.2; done']\n"
+        ),
+    );
+    let id = node.container_id("ticker", "main");
+    let pid = node.init_pid(&id);
+    let uid = node.get("ticker")["metadata"]["uid"].as_str().unwrap().to_owned();
+    eventually("ticks in the log", TIMEOUT, || (node.logs("ticker", "main").lines().count() >= 3).then_some(()));
+
+    node.agent.kill();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(alive(pid), "the container outlives the agent");
+    node.agent.launch(&node.cluster).unwrap();
+
+    let ticks_before = node.logs("ticker", "main").lines().count();
+    eventually("the log flowing again", TIMEOUT, || {
+        (node.logs("ticker", "main").lines().count() > ticks_before + 5).then_some(())
+    });
+    let status = node.status("ticker", "main");
+    assert_eq!(status["containerID"], format!("oci://{id}"), "the same container: {status}");
+    assert_eq!(status["restartCount"], 0, "adopted, not restarted: {status}");
+    assert!(status["state"]["running"].is_object(), "{status}");
+    assert!(alive(pid), "the same process");
+    assert_eq!(node.init_pid(&id), pid);
+    let log = node.logs("ticker", "main");
+    let numbers: Vec<u64> = log.lines().filter_map(|l| l.strip_prefix("tick ")?.parse().ok()).collect();
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "one ticker, no gap and no restart: {log}");
+    assert!(node.agent.log().contains("adopted"), "{}", node.agent.log());
+
+    node.cluster.ok(&["delete", "pod", "ticker", "--timeout=60s"]);
+    eventually("the container's process gone", TIMEOUT, || (!alive(pid)).then_some(()));
+    let data_dir = node.agent.data_dir().to_path_buf();
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    let ours: Vec<&str> = mounts.lines().filter(|l| l.contains(data_dir.join("oci").to_str().unwrap())).collect();
+    assert!(ours.is_empty(), "no mounts left: {ours:?}");
+    let left: Vec<PathBuf> = cgroup_dirs(&id).into_iter().filter(|d| d.exists()).collect();
+    assert!(left.is_empty(), "no cgroups left: {left:?}");
+    assert!(!data_dir.join("oci").join(&id).exists(), "the bundle is gone");
+    assert!(!data_dir.join("pods").join(&uid).exists(), "the pod's directory is gone");
+    let processes: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("cgroup")).ok())
+        .filter(|cgroup| cgroup.contains(&format!("/skiff/{id}")))
+        .collect();
+    assert!(processes.is_empty(), "no process left in the container's cgroup: {processes:?}");
+}
+
+#[test]
+fn a_pod_deleted_while_the_agent_was_down_leaves_nothing_after_it_returns() {
+    let Some(mut node) = Node::start() else { return };
+    let busybox = node.registry.push_busybox("tools/busybox");
+    node.pod("orphan", &format!("  containers:\n  - name: main\n    image: {busybox}\n    command: [sleep, '3600']\n"));
+    let id = node.container_id("orphan", "main");
+    let pid = node.init_pid(&id);
+
+    node.agent.kill();
+    // What `kubectl delete --force` does to a pod whose node is gone: the object goes at once.
+    node.cluster.ok(&["delete", "pod", "orphan", "--force", "--grace-period=0"]);
+    assert!(alive(pid), "the container outlives the agent");
+    node.agent.launch(&node.cluster).unwrap();
+
+    eventually("the orphaned container stopped", TIMEOUT, || (!alive(pid)).then_some(()));
+    let data_dir = node.agent.data_dir().to_path_buf();
+    eventually("its bundle and cgroups removed", TIMEOUT, || {
+        let left = cgroup_dirs(&id).into_iter().any(|d| d.exists()) || data_dir.join("oci").join(&id).exists();
+        (!left).then_some(())
+    });
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(!mounts.contains(data_dir.join("oci").join(&id).to_str().unwrap()), "no mount left");
+}
