@@ -234,10 +234,45 @@ fn main() -> anyhow::Result<()> {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(UnlockedStderr::new());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Log output to stderr without std's stderr lock. libcontainer forks the agent to start a container, and
+/// the child logs before it execs: had another thread held the lock at the fork, the child would wait for it
+/// forever (and with it the container, and any file lock it inherited). Each event is one `write` of a
+/// duplicate of fd 2, which no lock guards.
+#[derive(Clone)]
+struct UnlockedStderr(Option<Arc<std::fs::File>>);
+
+impl UnlockedStderr {
+    fn new() -> Self {
+        use std::os::fd::AsFd;
+        Self(std::io::stderr().as_fd().try_clone_to_owned().ok().map(|fd| Arc::new(std::fs::File::from(fd))))
+    }
+}
+
+impl std::io::Write for UnlockedStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match &self.0 {
+            Some(file) => (&**file).write(buf),
+            None => std::io::stderr().write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for UnlockedStderr {
+    type Writer = UnlockedStderr;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
     }
 }
 

@@ -129,7 +129,7 @@ impl skiff_shim::Shim for OciShim {
         // Unpacking is blocking IO and libcontainer forks from the calling thread. A failed start is cleaned
         // up on that thread too: the caller may have stopped waiting (a cancelled start, a runtime shutting
         // down) and must not leave a mounted root behind.
-        let started = tokio::task::spawn_blocking(move || {
+        let mut task = tokio::task::spawn_blocking(move || {
             if task_bundle.exists() {
                 return Err(ShimError::Setup {
                     message: format!("container {} already exists", spec.id),
@@ -141,8 +141,15 @@ impl skiff_shim::Shim for OciShim {
                 container::remove_bundle(&task_bundle);
             }
             created
-        })
-        .await;
+        });
+        let started = match tokio::time::timeout(START_TIMEOUT, &mut task).await {
+            Ok(started) => started,
+            Err(_) => {
+                tracing::warn!(timeout = ?START_TIMEOUT, "the container start hung: killing its unfinished processes");
+                kill_unfinished_starts();
+                task.await
+            }
+        };
         match started {
             Ok(Ok(container)) => Ok(Box::new(container)),
             Ok(Err(e)) => Err(e),
@@ -170,6 +177,28 @@ impl skiff_shim::Shim for OciShim {
     async fn remove_others(&self, keep: &std::collections::HashSet<String>) -> usize {
         let (state_dir, keep) = (self.state_dir.clone(), keep.clone());
         tokio::task::spawn_blocking(move || adopt::remove_others(&state_dir, &keep)).await.unwrap_or(0)
+    }
+}
+
+/// How long a container may take from create to started before its start is declared hung.
+const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// libcontainer makes a container's first processes with a raw `clone` from this multi-threaded process, so
+/// glibc's fork handlers do not run: a child can inherit a malloc lock another thread held at that moment
+/// and wait on it forever (seen about once in 50 starts). Such children still run this binary; a started
+/// container's processes run the image's. Starts hold [`START_LOCK`], so every child of ours still running
+/// this binary belongs to the hung start: killing them makes it fail, and the node retries it.
+fn kill_unfinished_starts() {
+    let Ok(own) = std::fs::read_link("/proc/self/exe") else { return };
+    let tasks = std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten();
+    let children = tasks
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| list.split_whitespace().filter_map(|pid| pid.parse::<i32>().ok()).collect::<Vec<_>>());
+    for pid in children {
+        if std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == own) {
+            tracing::warn!(pid, "killing a container process that never started");
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
     }
 }
 
