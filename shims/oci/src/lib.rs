@@ -303,7 +303,7 @@ mod tests {
             &["application/vnd.bytecodealliance.wasm.component.layer.v0+wasm"]
         )));
         assert!(!shim.can_handle(&image(oci_config, "amd64", &[])));
-        assert!(!shim.can_handle(&image(oci_config, "amd64", &["application/vnd.oci.image.layer.v1.tar+zstd"])));
+        assert!(shim.can_handle(&image(oci_config, "amd64", &["application/vnd.oci.image.layer.v1.tar+zstd"])));
     }
 
     #[test]
