@@ -868,7 +868,7 @@ fn busybox_pod(name: &str, image: &str) -> Value {
 }
 
 async fn oci() -> anyhow::Result<()> {
-    if !nix_is_root() {
+    if !harness::is_root() {
         println!("OCI pods: skipped (containers need root)");
         return Ok(());
     }
@@ -926,9 +926,4 @@ async fn oci() -> anyhow::Result<()> {
     })
     .await?;
     Ok(())
-}
-
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
 }

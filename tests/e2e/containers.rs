@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{Agent, Backend, Cluster, Registry, eventually};
+use crate::harness::{Agent, Backend, Cluster, Registry, eventually, is_root};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -21,7 +21,7 @@ struct Node {
 
 impl Node {
     fn start() -> Option<Self> {
-        if !nix_is_root() {
+        if !is_root() {
             eprintln!("skipping: OCI containers need root");
             return None;
         }
@@ -69,11 +69,6 @@ impl Node {
         let state: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
         state["pid"].as_i64().expect("a running container has a pid") as i32
     }
-}
-
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
 }
 
 /// Whether `pid` is a live process (not gone, not a zombie).

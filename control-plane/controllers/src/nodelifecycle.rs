@@ -354,20 +354,6 @@ mod tests {
     const FIVE: Duration = Duration::from_secs(5);
 
     #[test]
-    fn tolerations_match_kubernetes_rules() {
-        let unreachable = taint(UNREACHABLE, NO_EXECUTE, 0);
-        assert!(tolerates(&toleration(UNREACHABLE, "Exists", NO_EXECUTE, None), &unreachable));
-        assert!(tolerates(&toleration(UNREACHABLE, "Exists", "", None), &unreachable), "empty effect: any");
-        assert!(tolerates(&toleration("", "Exists", "", None), &unreachable), "empty key with Exists: any");
-        assert!(!tolerates(&toleration(UNREACHABLE, "Exists", NO_SCHEDULE, None), &unreachable));
-        assert!(!tolerates(&toleration(NOT_READY, "Exists", NO_EXECUTE, None), &unreachable));
-        let valued = Taint { value: Some("gpu".into()), ..taint("dedicated", NO_SCHEDULE, 0) };
-        let equal = Toleration { value: Some("gpu".into()), ..toleration("dedicated", "Equal", NO_SCHEDULE, None) };
-        assert!(tolerates(&equal, &valued));
-        assert!(!tolerates(&Toleration { value: Some("cpu".into()), ..equal }, &valued));
-    }
-
-    #[test]
     fn eviction_waits_for_the_toleration_or_the_default() {
         let taints = [taint(UNREACHABLE, NO_SCHEDULE, 0), taint(UNREACHABLE, NO_EXECUTE, 10)];
         assert_eq!(eviction_time(&[], &taints, FIVE, at(12)), Some(at(15)), "the default toleration");

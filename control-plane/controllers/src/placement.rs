@@ -82,6 +82,8 @@ mod tests {
         assert!(tolerates(&toleration("gpu", "Exists", "", ""), &gpu), "empty effect: every effect");
         assert!(tolerates(&toleration("", "Exists", "", ""), &gpu), "empty key with Exists: every taint");
         assert!(!tolerates(&toleration("gpu", "Exists", "", "NoExecute"), &gpu));
+        let unset = Toleration { operator: Some("Exists".into()), ..Toleration::default() };
+        assert!(tolerates(&unset, &gpu), "no key and no effect with Exists: every taint");
     }
 
     #[test]
