@@ -1,7 +1,9 @@
 //! `cargo bench --bench oci` (as root): container start on the OCI path, side by side with crun and runc on
 //! the same busybox root filesystem and command, in one run on this machine.
 //!
-//! 1. Start: `/bin/true` from create to exit and removal, 100 times each (after 5 warm-ups): Skiff's OCI
+//! 1. Start: `/bin/true` from create to exit and removal, 100 times each (after 5 warm-ups), back to back
+//!    and again with a pause before each start (a node starts containers now and then, not every few
+//!    milliseconds; after a pause the kernel's cgroup migration lock waits for an RCU grace period): Skiff's OCI
 //!    shim in this process (youki's libcontainer, no shim process; the root filesystem made from the image's
 //!    layer as it is for a pod), `crun run` and `runc run` on a bundle holding the same files. crun refuses
 //!    this hybrid cgroup host unless it runs in a private mount namespace with an empty file over
@@ -34,6 +36,8 @@ use common::{Latency, load, mb, ms};
 const RUNS: usize = 100;
 const WARMUP: usize = 5;
 const IDLE_CONTAINERS: usize = 100;
+/// The quiet spell before each start in the second round: longer than an RCU grace period here (10-20 ms).
+const PAUSE: Duration = Duration::from_millis(50);
 const APPLETS: [&str; 3] = ["sh", "true", "sleep"];
 const CGROUP2_CONTROLLERS: &str = "/sys/fs/cgroup/unified/cgroup.controllers";
 
@@ -60,13 +64,19 @@ fn main() -> anyhow::Result<()> {
         ..Image::default()
     };
 
-    println!("OCI container start, /bin/true from create to exit and removal, {RUNS} runs each (load {})", load());
-    let skiff = runtime.block_on(time_skiff(&shim, &image))?;
-    report("skiff (libcontainer in-process)", &skiff);
-    for (name, runtime) in [("crun run", "crun"), ("runc run", "runc")] {
-        match time_peer(runtime, &bundle) {
-            Ok(latency) => report(name, &latency),
-            Err(e) => println!("  {name:<32} unavailable: {e:#}"),
+    for pause in [Duration::ZERO, PAUSE] {
+        println!(
+            "OCI container start, /bin/true from create to exit and removal, {RUNS} runs each, {} (load {})",
+            if pause.is_zero() { "back to back".to_owned() } else { format!("{} ms apart", pause.as_millis()) },
+            load()
+        );
+        let skiff = runtime.block_on(time_skiff(&shim, &image, pause))?;
+        report("skiff (libcontainer in-process)", &skiff);
+        for (name, runtime) in [("crun run", "crun"), ("runc run", "runc")] {
+            match time_peer(runtime, &bundle, pause) {
+                Ok(latency) => report(name, &latency),
+                Err(e) => println!("  {name:<32} unavailable: {e:#}"),
+            }
         }
     }
 
@@ -122,11 +132,12 @@ fn spec(image: &Image, id: &str, argv: &[&str]) -> ContainerSpec {
     }
 }
 
-async fn time_skiff(shim: &OciShim, image: &Image) -> anyhow::Result<Latency> {
+async fn time_skiff(shim: &OciShim, image: &Image, pause: Duration) -> anyhow::Result<Latency> {
     let mut samples = Vec::new();
     for n in 0..WARMUP + RUNS {
+        tokio::time::sleep(pause).await;
         let started = Instant::now();
-        let mut container = shim.start(spec(image, &format!("true-{n}"), &["true"])).await?;
+        let mut container = shim.start(spec(image, &format!("true-{}-{n}", pause.as_millis()), &["true"])).await?;
         let exit = container.wait().await;
         ensure!(exit.code == 0, "skiff: /bin/true exited {exit:?}");
         if n >= WARMUP {
@@ -136,7 +147,7 @@ async fn time_skiff(shim: &OciShim, image: &Image) -> anyhow::Result<Latency> {
     Ok(Latency::of(samples))
 }
 
-fn time_peer(runtime: &str, bundle: &Path) -> anyhow::Result<Latency> {
+fn time_peer(runtime: &str, bundle: &Path, pause: Duration) -> anyhow::Result<Latency> {
     let private_cgroup_view = runtime == "crun";
     let empty = bundle.join("empty");
     std::fs::write(&empty, "")?;
@@ -147,7 +158,7 @@ fn time_peer(runtime: &str, bundle: &Path) -> anyhow::Result<Latency> {
         command
             .args(["run", "--bundle"])
             .arg(bundle)
-            .arg(format!("bench-{runtime}-{}-{n}", std::process::id()))
+            .arg(format!("bench-{runtime}-{}-{}-{n}", std::process::id(), pause.as_millis()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -169,6 +180,7 @@ fn time_peer(runtime: &str, bundle: &Path) -> anyhow::Result<Latency> {
                 });
             }
         }
+        std::thread::sleep(pause);
         let started = Instant::now();
         let output = command.output().with_context(|| format!("cannot run {runtime}"))?;
         let elapsed = started.elapsed();

@@ -13,6 +13,7 @@
 
 mod auth;
 mod layout;
+mod reference;
 mod registry;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -106,7 +107,7 @@ impl PullPolicy {
     /// Kubernetes' defaulting: `Always` when the tag is `latest`, explicit or implied (no tag and no
     /// digest), else `IfNotPresent`.
     pub fn default_for(image: &str) -> PullPolicy {
-        match Reference::try_from(image) {
+        match reference::parse(image) {
             Ok(reference) if reference.tag() == Some("latest") => PullPolicy::Always,
             _ => PullPolicy::IfNotPresent,
         }
@@ -123,7 +124,7 @@ impl PullPolicy {
 
 /// Parses a reference, applying Docker Hub's defaults (`nginx` -> `docker.io/library/nginx:latest`).
 fn parse_reference(reference: &str) -> Result<Reference, ImageError> {
-    Reference::try_from(reference)
+    reference::parse(reference)
         .map_err(|e| ImageError::InvalidReference { reference: reference.to_owned(), reason: e.to_string() })
 }
 
@@ -315,8 +316,7 @@ impl ImageStore {
     /// Forgets every image whose reference is not in `in_use` and deletes the blobs no remaining image
     /// needs. Returns the bytes freed. `in_use` must include images of pods still pulling or starting.
     pub fn garbage_collect(&self, in_use: &HashSet<String>) -> Result<u64, ImageError> {
-        let keep: HashSet<String> =
-            in_use.iter().filter_map(|r| Reference::try_from(r.as_str()).ok()).map(|r| r.whole()).collect();
+        let keep: HashSet<String> = in_use.iter().filter_map(|r| reference::parse(r).ok()).map(|r| r.whole()).collect();
         let _index = lock(&self.shared.index);
         let mut index = self.read_index()?;
         let before = index.references.len();

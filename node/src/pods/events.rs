@@ -7,11 +7,13 @@
 
 use std::collections::HashMap;
 
-use k8s_openapi::api::core::v1::{Event, Pod};
+use k8s_openapi::api::core::v1::Event;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
 use tokio::sync::mpsc;
+
+use super::PodRef;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -34,7 +36,7 @@ enum Message {
 }
 
 struct Request {
-    pod: Pod,
+    pod: PodRef,
     container: Option<String>,
     kind: Kind,
     reason: String,
@@ -68,7 +70,7 @@ impl Recorder {
 
     /// Queues an event about `pod` (and its `container`, if given). Never fails: an event that cannot be
     /// written must not stop a pod.
-    pub fn record(&self, pod: &Pod, container: Option<&str>, kind: Kind, reason: &str, message: &str) {
+    pub fn record(&self, pod: &PodRef, container: Option<&str>, kind: Kind, reason: &str, message: &str) {
         let request = Request {
             pod: pod.clone(),
             container: container.map(str::to_string),
@@ -90,8 +92,7 @@ impl Writer {
     async fn record(&mut self, request: Request) {
         let Request { pod, container, kind, reason, message, time: now } = request;
         let (container, reason, message) = (container.as_deref(), reason.as_str(), message.as_str());
-        let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let PodRef { namespace, name: pod_name, uid } = pod;
         let field_path = container.map(|c| format!("spec.containers{{{c}}}")).unwrap_or_default();
         let key = (uid.clone(), field_path.clone(), reason.to_string(), message.to_string());
         let events: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
@@ -106,7 +107,6 @@ impl Writer {
                 result
             }
             None => {
-                let pod_name = pod.metadata.name.clone().unwrap_or_default();
                 let name = format!("{pod_name}.{:016x}", rand::random::<u64>());
                 let mut involved =
                     json!({"kind": "Pod", "apiVersion": "v1", "namespace": namespace, "name": pod_name, "uid": uid});

@@ -39,6 +39,31 @@ impl Default for BackoffConfig {
     }
 }
 
+/// Who a pod is: what events, status writes and the final delete name. Kept instead of copies of the pod,
+/// which cost kilobytes each.
+#[derive(Clone, Debug, Default)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+impl PodRef {
+    pub fn of(pod: &Pod) -> Self {
+        let meta = &pod.metadata;
+        PodRef {
+            namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
+            name: meta.name.clone().unwrap_or_default(),
+            uid: meta.uid.clone().unwrap_or_default(),
+        }
+    }
+
+    /// The kubelet's `name_namespace(uid)` form in messages.
+    fn label(&self) -> String {
+        format!("{}_{}({})", self.name, self.namespace, self.uid)
+    }
+}
+
 /// What every pod worker shares.
 pub struct Context {
     pub client: kube::Client,
@@ -172,7 +197,7 @@ async fn refuse(ctx: Arc<Context>, pod: Pod, active: usize) {
         ctx.max_pods
     );
     tracing::warn!(pod = %name, "{message}");
-    ctx.events.record(&pod, None, events::Kind::Warning, "OutOfpods", &message);
+    ctx.events.record(&PodRef::of(&pod), None, events::Kind::Warning, "OutOfpods", &message);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     let status = serde_json::json!({"status": {"phase": "Failed", "reason": "OutOfpods", "message": message}});
     if let Err(e) = pods.patch_status(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(status)).await

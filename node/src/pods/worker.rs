@@ -15,10 +15,10 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::Context;
 use super::events::Kind;
 use super::spec::{self, ConfigError, Volumes};
 use super::status::{ContainerState, PodState, State, Terminated};
+use super::{Context, PodRef};
 use crate::images::{ImageError, PullPolicy, RegistryAuth};
 use crate::logs::ContainerLog;
 use crate::network::{Need, PodAddress};
@@ -76,6 +76,8 @@ struct Shared {
     state: Mutex<PodState>,
     changed: Notify,
     pod: watch::Receiver<Pod>,
+    /// The pod's identity, which never changes.
+    who: PodRef,
     /// Set once the pod's network is up, before its first container starts.
     sandbox: OnceLock<Sandbox>,
 }
@@ -92,6 +94,10 @@ impl Shared {
         self.pod.borrow().clone()
     }
 
+    fn grace_period(&self) -> Duration {
+        grace_period(&self.pod.borrow())
+    }
+
     fn update(&self, init: bool, index: usize, change: impl FnOnce(&mut ContainerState)) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let list = if init { &mut state.init } else { &mut state.main };
@@ -103,25 +109,28 @@ impl Shared {
     }
 
     fn event(&self, container: Option<&str>, kind: Kind, reason: &str, message: &str) {
-        self.ctx.events.record(&self.pod(), container, kind, reason, message);
+        self.ctx.events.record(&self.who, container, kind, reason, message);
     }
 }
 
 async fn run(ctx: Arc<Context>, pod_rx: watch::Receiver<Pod>, abandon: CancellationToken) {
-    let pod = pod_rx.borrow().clone();
-    let spec = pod.spec.clone().unwrap_or_default();
-    let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
-    let shared = Arc::new(Shared {
-        state: Mutex::new(initial_state(&pod, &ctx.node_ip.to_string())),
-        changed: Notify::new(),
-        pod: pod_rx.clone(),
-        ctx: ctx.clone(),
-        sandbox: OnceLock::new(),
-    });
+    let (shared, spec, finished) = {
+        let pod = pod_rx.borrow();
+        let shared = Arc::new(Shared {
+            state: Mutex::new(initial_state(&pod, &ctx.node_ip.to_string())),
+            changed: Notify::new(),
+            pod: pod_rx.clone(),
+            who: PodRef::of(&pod),
+            ctx: ctx.clone(),
+            sandbox: OnceLock::new(),
+        });
+        // A pod that already ended (before an agent restart) is not run again.
+        let finished = matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"));
+        // Boxed: the spec (1.4 KB inline) passes through two futures that live as long as the pod.
+        (shared, Box::new(pod.spec.clone().unwrap_or_default()), finished)
+    };
     let stop = CancellationToken::new();
-    // A pod that already ended (before an agent restart) is not run again.
-    let finished = matches!(phase.as_str(), "Succeeded" | "Failed");
-    let runner = (!finished).then(|| tokio::spawn(run_containers(shared.clone(), spec.clone(), stop.clone())));
+    let runner = (!finished).then(|| tokio::spawn(run_containers(shared.clone(), spec, stop.clone())));
     let mut pod_rx = pod_rx;
     // The worker writes the status itself whenever it changes: one task per pod for that, not two.
     loop {
@@ -136,7 +145,9 @@ async fn run(ctx: Arc<Context>, pod_rx: watch::Receiver<Pod>, abandon: Cancellat
                 }
                 return;
             }
-            _ = shared.changed.notified() => flush_status(&shared).await,
+            // Boxed, as are the other API calls here: this task lives as long as the pod, and inlined
+            // request futures would make it kilobytes larger for all that time.
+            _ = shared.changed.notified() => Box::pin(flush_status(&shared)).await,
             changed = pod_rx.changed() => if changed.is_err() { return },
         }
     }
@@ -146,16 +157,17 @@ async fn run(ctx: Arc<Context>, pod_rx: watch::Receiver<Pod>, abandon: Cancellat
     if let Some(runner) = runner {
         let _ = runner.await;
     }
-    ctx.network.release(pod.metadata.uid.as_deref().unwrap_or_default()).await;
-    flush_status(&shared).await;
+    let uid = shared.who.uid.as_str();
+    Box::pin(ctx.network.release(uid)).await;
+    Box::pin(flush_status(&shared)).await;
     // Nothing of a deleted pod stays on the node: its volumes and logs go before the pod object does.
-    if let Some(uid) = pod.metadata.uid.as_deref().filter(|uid| !uid.is_empty())
+    if !uid.is_empty()
         && let Err(e) = std::fs::remove_dir_all(ctx.pods_dir.join(uid))
         && e.kind() != std::io::ErrorKind::NotFound
     {
         tracing::warn!(error = %e, "cannot remove the pod's directory");
     }
-    delete_pod(&ctx, &shared.pod()).await;
+    Box::pin(delete_pod(&ctx, &shared.who)).await;
 }
 
 /// The state a worker starts from. After an agent restart the pod's reported restart counts carry on, and a
@@ -193,20 +205,21 @@ fn initial_state(pod: &Pod, host_ip: &str) -> PodState {
 }
 
 /// Runs the pod's containers; once they have all ended for good (not stopped), its network goes.
-async fn run_containers(shared: Arc<Shared>, spec: k8s_openapi::api::core::v1::PodSpec, stop: CancellationToken) {
+async fn run_containers(shared: Arc<Shared>, spec: Box<k8s_openapi::api::core::v1::PodSpec>, stop: CancellationToken) {
     Box::pin(run_pod(&shared, spec, &stop)).await;
     if !stop.is_cancelled() {
-        let uid = shared.pod().metadata.uid.unwrap_or_default();
-        shared.ctx.network.release(&uid).await;
+        Box::pin(shared.ctx.network.release(&shared.who.uid)).await;
     }
 }
 
-async fn run_pod(shared: &Arc<Shared>, spec: k8s_openapi::api::core::v1::PodSpec, stop: &CancellationToken) {
+async fn run_pod(shared: &Arc<Shared>, mut spec: Box<k8s_openapi::api::core::v1::PodSpec>, stop: &CancellationToken) {
+    // A copy for preparing the pod, dropped before its containers run: they live long, copies cost.
     let pod = shared.pod();
-    let uid = pod.metadata.uid.clone().unwrap_or_default();
-    let pod_dir = shared.ctx.pods_dir.join(&uid);
+    let pod_dir = shared.ctx.pods_dir.join(&shared.who.uid);
     let volumes = loop {
-        match Volumes::prepare(&shared.ctx.client, &pod, &pod_dir).await {
+        // The steps before the containers run are boxed: inlined, each would make this future (kept for the
+        // pod's whole life) as large as its largest step.
+        match Box::pin(Volumes::prepare(&shared.ctx.client, &pod, &pod_dir)).await {
             Ok(volumes) => break volumes,
             Err(ConfigError(message)) => {
                 for index in 0..spec.containers.len() {
@@ -228,16 +241,17 @@ async fn run_pod(shared: &Arc<Shared>, spec: k8s_openapi::api::core::v1::PodSpec
     let volumes = Arc::new(volumes);
     // Every image first (init containers' included): the shims that run them decide the network the pod
     // needs. The pulls run together; a failed one is retried by its container's supervisor.
-    let init_containers = spec.init_containers.clone().unwrap_or_default();
+    let init_containers = spec.init_containers.take().unwrap_or_default();
     let pulls = init_containers.iter().enumerate().map(|(i, c)| (true, i, c));
     let pulls = pulls.chain(spec.containers.iter().enumerate().map(|(i, c)| (false, i, c)));
-    let mut pulled = futures::future::join_all(pulls.map(|(init, index, c)| pull(shared, init, index, c))).await;
-    let need = network_need(shared, &pod, &pulled).await;
+    let mut pulled =
+        Box::pin(futures::future::join_all(pulls.map(|(init, index, c)| pull(shared, init, index, c)))).await;
+    let need = Box::pin(network_need(shared, &pod, &pulled)).await;
     let mut main_pulls = pulled.split_off(init_containers.len()).into_iter();
     let mut init_pulls = pulled.into_iter();
     // The pod's sandbox, before any container (init containers included).
     let sandbox = loop {
-        match create_sandbox(shared, &pod, &pod_dir, need).await {
+        match Box::pin(create_sandbox(shared, &pod, &pod_dir, need)).await {
             Ok(sandbox) => break sandbox,
             Err(message) => {
                 for index in 0..spec.containers.len() {
@@ -259,6 +273,7 @@ async fn run_pod(shared: &Arc<Shared>, spec: k8s_openapi::api::core::v1::PodSpec
             }
         });
     }
+    drop(pod);
     let ip = sandbox.address.ip.to_string();
     let _ = shared.sandbox.set(sandbox);
     shared.state.lock().unwrap_or_else(|p| p.into_inner()).pod_ip = Some(ip);
@@ -269,7 +284,8 @@ async fn run_pod(shared: &Arc<Shared>, spec: k8s_openapi::api::core::v1::PodSpec
         let init_policy = if policy == "Never" { "Never" } else { "OnFailure" };
         let pulled = init_pulls.next().map(Box::new);
         // Boxed: inlined, the supervisor's state machine would make every pod's task as large as both.
-        let exit = Box::pin(supervise(shared, &volumes, true, index, container, pulled, init_policy, stop)).await;
+        let exit =
+            Box::pin(supervise(shared, &volumes, true, index, Box::new(container), pulled, init_policy, stop)).await;
         match exit {
             Some(exit) if exit.code == 0 => {}
             Some(_) => {
@@ -282,15 +298,15 @@ async fn run_pod(shared: &Arc<Shared>, spec: k8s_openapi::api::core::v1::PodSpec
     }
     shared.state.lock().unwrap_or_else(|p| p.into_inner()).initialized = true;
     shared.changed.notify_one();
-    let supervisors: Vec<_> = spec
-        .containers
-        .iter()
-        .cloned()
+    let supervisors: Vec<_> = std::mem::take(&mut spec.containers)
+        .into_iter()
         .enumerate()
         .map(|(index, container)| {
             let (shared, volumes, policy, stop) = (shared.clone(), volumes.clone(), policy.clone(), stop.clone());
             let pulled = main_pulls.next().map(Box::new);
             let span = tracing::info_span!("container", container = %container.name);
+            // Boxed: the container (2 KB inline) would sit both in this block and in the supervisor.
+            let container = Box::new(container);
             tokio::spawn(
                 async move { supervise(&shared, &volumes, false, index, container, pulled, &policy, &stop).await }
                     .instrument(span),
@@ -343,7 +359,7 @@ async fn supervise(
     volumes: &Arc<Volumes>,
     init: bool,
     index: usize,
-    container: Container,
+    container: Box<Container>,
     mut pulled: Option<Box<Pulled>>,
     policy: &str,
     stop: &CancellationToken,
@@ -362,9 +378,8 @@ async fn supervise(
             }
         };
         let Launched { mut running, log, shim_name, id, image_id, started_at, fresh } = launched;
-        let pod = shared.pod();
-        let uid = pod.metadata.uid.clone().unwrap_or_default();
-        ctx.running.started(&uid, &name, &id, shim_name, running.exec());
+        let uid = shared.who.uid.as_str();
+        ctx.running.started(uid, &name, &id, shim_name, running.exec());
         let container_id = format!("{shim_name}://{id}");
         let ran_since = Instant::now();
         shared.update(init, index, |c| {
@@ -388,7 +403,7 @@ async fn supervise(
         if probed && !init {
             // The kubelet probes the pod's address.
             let ip = shared.sandbox.get().map_or(ctx.node_ip, |sandbox| sandbox.address.ip);
-            tokio::spawn(super::probes::run(container.clone(), ip, verdicts_tx, probe_cancel.clone()));
+            tokio::spawn(super::probes::run(Container::clone(&container), ip, verdicts_tx, probe_cancel.clone()));
         } else if !init {
             // No probes: ready as soon as it runs, and no task per container to say so.
             shared.update(init, index, |c| {
@@ -402,7 +417,7 @@ async fn supervise(
                 exit = running.wait() => break exit,
                 _ = stop.cancelled(), if !stopped_by_us => {
                     stopped_by_us = true;
-                    let grace = grace_period(&shared.pod());
+                    let grace = shared.grace_period();
                     shared.event(Some(&name), Kind::Normal, "Killing", &format!("Stopping container {name}"));
                     running.stop(grace);
                 }
@@ -411,13 +426,13 @@ async fn supervise(
                     super::probes::Verdict::Restart(message) => {
                         shared.event(Some(&name), Kind::Warning, "Unhealthy", &message);
                         shared.event(Some(&name), Kind::Normal, "Killing", &format!("Container {name} failed a probe, will be restarted"));
-                        running.stop(grace_period(&shared.pod()));
+                        running.stop(shared.grace_period());
                     }
                 },
             }
         };
         probe_cancel.cancel();
-        ctx.running.ended(&uid, &name, &id);
+        ctx.running.ended(uid, &name, &id);
         log.finish();
         let terminated = Terminated {
             exit_code: exit.code,
@@ -446,7 +461,7 @@ async fn supervise(
                 Some(&name),
                 Kind::Warning,
                 "BackOff",
-                &format!("Back-off restarting failed container {name} in pod {}", pod_label(&pod)),
+                &format!("Back-off restarting failed container {name} in pod {}", shared.who.label()),
             );
         }
         // Back-off before the restart, shown as CrashLoopBackOff like the kubelet.
@@ -462,7 +477,7 @@ async fn supervise(
                 message: Some(format!(
                     "back-off {} restarting failed container={name} pod={}",
                     human(delay),
-                    pod_label(&pod)
+                    shared.who.label()
                 )),
             };
         });
@@ -538,9 +553,7 @@ async fn launch(
             let list = if init { &state.init } else { &state.main };
             list.get(index).map(|c| c.restart_count).unwrap_or(0)
         };
-        let pod = shared.pod();
-        let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let log_dir = ctx.pods_dir.join(&uid).join("logs").join(&name);
+        let log_dir = ctx.pods_dir.join(&shared.who.uid).join("logs").join(&name);
         let image_id = image_id(&image);
         let started = Box::pin(start(shared, volumes, container, image, &log_dir, restart_count)).await;
         match started {
@@ -771,15 +784,6 @@ async fn sleep_or_stop(delay: Duration, stop: &CancellationToken) -> bool {
     }
 }
 
-fn pod_label(pod: &Pod) -> String {
-    format!(
-        "{}_{}({})",
-        pod.metadata.name.as_deref().unwrap_or(""),
-        pod.metadata.namespace.as_deref().unwrap_or(""),
-        pod.metadata.uid.as_deref().unwrap_or("")
-    )
-}
-
 /// Durations as the kubelet prints them in back-off messages (`10s`, `5m0s`).
 fn human(delay: Duration) -> String {
     let seconds = delay.as_secs();
@@ -788,12 +792,9 @@ fn human(delay: Duration) -> String {
 
 async fn flush_status(shared: &Shared) {
     let status = shared.state.lock().unwrap_or_else(|p| p.into_inner()).status();
-    let pod = shared.pod();
-    let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    let pods: Api<Pod> = Api::namespaced(shared.ctx.client.clone(), &namespace);
+    let pods: Api<Pod> = Api::namespaced(shared.ctx.client.clone(), &shared.who.namespace);
     let patch = Patch::Merge(json!({"status": status}));
-    if let Err(e) = pods.patch_status(&name, &PatchParams::default(), &patch).await {
+    if let Err(e) = pods.patch_status(&shared.who.name, &PatchParams::default(), &patch).await {
         match e {
             kube::Error::Api(ref status) if status.code == 404 => {}
             e => tracing::warn!(error = %e, "cannot write the pod status"),
@@ -802,21 +803,17 @@ async fn flush_status(shared: &Shared) {
 }
 
 /// Removes a pod whose containers have stopped: a delete with no grace, for this pod's uid only.
-async fn delete_pod(ctx: &Context, pod: &Pod) {
-    let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+async fn delete_pod(ctx: &Context, pod: &PodRef) {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace);
     let params = DeleteParams {
         grace_period_seconds: Some(0),
-        preconditions: Some(Preconditions { uid: pod.metadata.uid.clone(), resource_version: None }),
+        preconditions: Some(Preconditions { uid: Some(pod.uid.clone()), resource_version: None }),
         ..DeleteParams::default()
     };
-    match pods.delete(&name, &params).await {
+    match pods.delete(&pod.name, &params).await {
         Ok(_) => {}
         Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {}
         Err(e) => tracing::warn!(error = %e, "cannot remove the deleted pod"),
     }
-    if let Some(uid) = &pod.metadata.uid {
-        ctx.events.forget(uid);
-    }
+    ctx.events.forget(&pod.uid);
 }

@@ -135,7 +135,7 @@ pub(crate) fn adopt(state_dir: &Path, id: &str, output: Arc<dyn OutputSink>) -> 
         }
         _ => None,
     };
-    let cleanup = Cleanup { container, bundle: bundle.clone(), cgroup: spec::cgroups_path(id) };
+    let cleanup = Cleanup { bundle: bundle.clone(), cgroup: spec::cgroups_path(id) };
     let Some((pid, pidfd)) = alive else {
         tracing::info!("the container ended while the agent was away: removing it");
         cleanup.remove();
@@ -186,7 +186,7 @@ pub(crate) fn remove_others(state_dir: &Path, keep: &HashSet<String>) -> usize {
                     let _ = pidfd_signal(&pidfd, Signal::SIGKILL);
                     wait_pidfd(&pidfd);
                 }
-                Cleanup { container, bundle, cgroup: spec::cgroups_path(&id) }.remove();
+                Cleanup { bundle, cgroup: spec::cgroups_path(&id) }.remove();
             }
             Err(_) => crate::container::remove_bundle(&bundle),
         }

@@ -90,17 +90,15 @@ impl Child {
 
 /// What the reaper cleans up once the init process has ended.
 pub(crate) struct Cleanup {
-    pub container: libcontainer::container::Container,
     pub bundle: PathBuf,
     pub cgroup: String,
 }
 
 impl Cleanup {
-    /// Deletes the container's runtime state and cgroup, then unmounts and removes its bundle.
-    pub(crate) fn remove(mut self) {
-        if let Err(e) = self.container.delete(true) {
-            tracing::warn!(id = self.container.id(), error = %e, "cannot delete the container");
-        }
+    /// Removes the container's cgroup (killing anything left in it), then unmounts and removes its bundle,
+    /// which holds libcontainer's state too.
+    pub(crate) fn remove(self) {
+        crate::cgroups::remove(&self.cgroup);
         remove_bundle(&self.bundle);
     }
 }

@@ -260,7 +260,7 @@ fn create(
         }
     };
     tracing::debug!(pid = pid.as_raw(), "container started");
-    let cleanup = container::Cleanup { container, bundle: bundle.to_path_buf(), cgroup: spec::cgroups_path(&spec.id) };
+    let cleanup = container::Cleanup { bundle: bundle.to_path_buf(), cgroup: spec::cgroups_path(&spec.id) };
     let exec = exec::OciExec::new(spec.id.clone(), bundle.to_path_buf());
     OciContainer::watch(container::Child::new(pid), stdout_r, stderr_r, spec.output.clone(), cleanup, exec)
         .map_err(|e| setup_error(format!("cannot start the threads watching container {}: {e}", spec.id), e))
