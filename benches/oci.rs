@@ -36,7 +36,7 @@ use common::{Latency, load, mb, ms};
 const RUNS: usize = 100;
 const WARMUP: usize = 5;
 const IDLE_CONTAINERS: usize = 100;
-/// The quiet spell before each start in the second round: longer than an RCU grace period here (10-20 ms).
+/// The quiet spell before each start in the second round: longer than an RCU grace period here (10-16 ms).
 const PAUSE: Duration = Duration::from_millis(50);
 const APPLETS: [&str; 3] = ["sh", "true", "sleep"];
 const CGROUP2_CONTROLLERS: &str = "/sys/fs/cgroup/unified/cgroup.controllers";

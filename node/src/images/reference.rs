@@ -5,7 +5,7 @@
 //! grammar is small enough to check by hand; the result is the same `Reference` (a test compares the two
 //! parsers), except that tags are ASCII only, as the distribution spec has them.
 
-use oci_client::Reference;
+use oci_client::{ParseError, Reference};
 
 const DOCKER_HUB: &str = "docker.io";
 const DOCKER_HUB_LEGACY: &str = "index.docker.io";
@@ -14,27 +14,10 @@ const DEFAULT_TAG: &str = "latest";
 const NAME_MAX: usize = 255;
 const TAG_MAX: usize = 128;
 
-/// Why a reference was refused (the reason in an `InvalidImageName` message).
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ReferenceError {
-    #[error("repository name must have at least one component")]
-    Empty,
-    #[error("invalid reference format")]
-    Format,
-    #[error("repository name must not be more than {NAME_MAX} characters")]
-    NameTooLong,
-    #[error("invalid checksum digest format")]
-    DigestFormat,
-    #[error("invalid checksum digest length")]
-    DigestLength,
-    #[error("unsupported digest algorithm")]
-    DigestAlgorithm,
-}
-
 /// Parses `reference`, applying Docker Hub's defaults (`nginx` -> `docker.io/library/nginx:latest`).
-pub fn parse(reference: &str) -> Result<Reference, ReferenceError> {
+pub fn parse(reference: &str) -> Result<Reference, ParseError> {
     if reference.is_empty() {
-        return Err(ReferenceError::Empty);
+        return Err(ParseError::NameEmpty);
     }
     let (rest, digest) = match reference.split_once('@') {
         Some((rest, digest)) => (rest, Some(digest)),
@@ -47,11 +30,11 @@ pub fn parse(reference: &str) -> Result<Reference, ReferenceError> {
         None => (rest, None),
     };
     if !valid_name(name) || !tag.is_none_or(valid_tag) || !digest.is_none_or(digest_format) {
-        return Err(ReferenceError::Format);
+        return Err(ParseError::ReferenceInvalidFormat);
     }
     let (registry, repository) = split_domain(name);
     if repository.len() > NAME_MAX {
-        return Err(ReferenceError::NameTooLong);
+        return Err(ParseError::NameTooLong);
     }
     if let Some(digest) = digest {
         check_digest_length(digest)?;
@@ -132,15 +115,15 @@ fn digest_format(digest: &str) -> bool {
     algorithm.split(['-', '_', '+', '.']).all(run) && hex.len() >= 32 && hex.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-fn check_digest_length(digest: &str) -> Result<(), ReferenceError> {
-    let (algorithm, hex) = digest.split_once(':').ok_or(ReferenceError::DigestFormat)?;
+fn check_digest_length(digest: &str) -> Result<(), ParseError> {
+    let (algorithm, hex) = digest.split_once(':').ok_or(ParseError::DigestInvalidFormat)?;
     let expected = match algorithm {
         "sha256" => 64,
         "sha384" => 96,
         "sha512" => 128,
-        _ => return Err(ReferenceError::DigestAlgorithm),
+        _ => return Err(ParseError::DigestUnsupported),
     };
-    if hex.len() == expected { Ok(()) } else { Err(ReferenceError::DigestLength) }
+    if hex.len() == expected { Ok(()) } else { Err(ParseError::DigestInvalidLength) }
 }
 
 /// Docker's normalisation: a first part that looks like a host (a dot, a port, or `localhost`) is the
@@ -205,6 +188,14 @@ mod tests {
             "büsybox",
             "a/b@",
             "a@b@c",
+            "a:1/b:2",
+            "Upper/app",
+            "example.com./app",
+            "a_-b",
+            "localhost:5000:tag",
+            &format!("busybox:{}", "t".repeat(128)),
+            &format!("a/{}", "b".repeat(253)),
+            &format!("a/{}", "b".repeat(254)),
             &long,
             &long_tag,
         ];
@@ -224,14 +215,15 @@ mod tests {
 
     #[test]
     fn errors_say_what_is_wrong() {
-        assert_eq!(parse("").unwrap_err(), ReferenceError::Empty);
-        assert_eq!(parse("Upper:1").unwrap_err(), ReferenceError::Format);
+        let fails = |reference: &str| parse(reference).unwrap_err().to_string();
+        assert_eq!(fails(""), ParseError::NameEmpty.to_string());
+        assert_eq!(fails("Upper:1"), ParseError::ReferenceInvalidFormat.to_string());
         // Tags are ASCII in the distribution spec; oci-spec's Unicode `\w` would take this one.
-        assert_eq!(parse("busybox:tä").unwrap_err(), ReferenceError::Format);
-        assert_eq!(parse("busybox@sha256:e3b0c44298fc1c149afbf4c8996fb924").unwrap_err(), ReferenceError::DigestLength);
+        assert_eq!(fails("busybox:tä"), ParseError::ReferenceInvalidFormat.to_string());
         assert_eq!(
-            parse("busybox@sha1:e3b0c44298fc1c149afbf4c8996fb924").unwrap_err(),
-            ReferenceError::DigestAlgorithm
+            fails("busybox@sha256:e3b0c44298fc1c149afbf4c8996fb924"),
+            ParseError::DigestInvalidLength.to_string()
         );
+        assert_eq!(fails("busybox@sha1:e3b0c44298fc1c149afbf4c8996fb924"), ParseError::DigestUnsupported.to_string());
     }
 }

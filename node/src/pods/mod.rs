@@ -41,7 +41,7 @@ impl Default for BackoffConfig {
 
 /// Who a pod is: what events, status writes and the final delete name. Kept instead of copies of the pod,
 /// which cost kilobytes each.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct PodRef {
     pub namespace: String,
     pub name: String,
@@ -171,7 +171,7 @@ async fn remove_orphans(ctx: &Context, pods: &Api<Pod>) {
 
 fn apply(ctx: &Arc<Context>, workers: &mut HashMap<String, Worker>, mut pod: Pod) {
     let Some(uid) = pod.metadata.uid.clone() else { return };
-    // Workers keep copies of their pod; field ownership is the largest part of it and nothing here reads it.
+    // A worker's watch channel keeps its pod; field ownership is the largest part of it and nothing reads it.
     pod.metadata.managed_fields = None;
     if let Some(worker) = workers.get(&uid) {
         worker.update(pod);

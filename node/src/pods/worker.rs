@@ -278,7 +278,10 @@ async fn run_pod(shared: &Arc<Shared>, mut spec: Box<k8s_openapi::api::core::v1:
     let _ = shared.sandbox.set(sandbox);
     shared.state.lock().unwrap_or_else(|p| p.into_inner()).pod_ip = Some(ip);
     shared.changed.notify_one();
-    let policy = spec.restart_policy.clone().unwrap_or_else(|| "Always".into());
+    let policy = spec.restart_policy.take().unwrap_or_else(|| "Always".into());
+    // The containers are all this task needs of the spec from here on, for as long as the pod runs.
+    let containers = std::mem::take(&mut spec.containers);
+    drop(spec);
     for (index, container) in init_containers.into_iter().enumerate() {
         // Init containers restart on failure unless the pod's policy is Never; they never restart on success.
         let init_policy = if policy == "Never" { "Never" } else { "OnFailure" };
@@ -298,7 +301,7 @@ async fn run_pod(shared: &Arc<Shared>, mut spec: Box<k8s_openapi::api::core::v1:
     }
     shared.state.lock().unwrap_or_else(|p| p.into_inner()).initialized = true;
     shared.changed.notify_one();
-    let supervisors: Vec<_> = std::mem::take(&mut spec.containers)
+    let supervisors: Vec<_> = containers
         .into_iter()
         .enumerate()
         .map(|(index, container)| {

@@ -3,7 +3,7 @@
 //! `cpu.weight`) depending on that.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use oci_spec::runtime::{LinuxCpuBuilder, LinuxPidsBuilder, Spec};
 use skiff_shim::{Limits, ShimError};
@@ -91,8 +91,9 @@ pub(crate) fn apply(
 
 /// Where the host mounts its cgroup hierarchies.
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-/// How long the processes left in a removed container's cgroup get to die.
-const REMOVE_ATTEMPTS: u32 = 100;
+/// How long the processes left in a removed container's cgroup get to die (a pid namespace's processes
+/// die with its init, but not at once) before the cgroup is left behind with a warning.
+const REMOVE_PATIENCE: Duration = Duration::from_secs(1);
 const REMOVE_RETRY: Duration = Duration::from_millis(10);
 
 /// Removes the cgroup `path` (such as `/skiff/<id>`) from every hierarchy it is in, killing whatever still
@@ -104,20 +105,21 @@ pub(crate) fn remove(path: &str) {
 
 fn remove_in(root: &Path, path: &str) {
     let relative = path.trim_start_matches('/');
+    let deadline = Instant::now() + REMOVE_PATIENCE;
     // v2 has the cgroup under the root; v1 under each controller's mount (`cpu` and `cpuacct` may be links
     // to one mount: the second finds it gone).
     let controllers = std::fs::read_dir(root).into_iter().flatten().flatten().map(|entry| entry.path());
     for dir in std::iter::once(root.to_path_buf()).chain(controllers).map(|base| base.join(relative)) {
-        remove_dir(&dir);
+        remove_dir(&dir, deadline);
     }
 }
 
-fn remove_dir(dir: &Path) {
-    for attempt in 1..=REMOVE_ATTEMPTS {
+fn remove_dir(dir: &Path, deadline: Instant) {
+    loop {
         match std::fs::remove_dir(dir) {
             Ok(()) => return,
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => return,
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && attempt < REMOVE_ATTEMPTS => {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
                 kill_members(dir);
                 std::thread::sleep(REMOVE_RETRY);
             }
@@ -129,7 +131,11 @@ fn remove_dir(dir: &Path) {
     }
 }
 
+/// v2's `cgroup.kill` takes the whole subtree at once, forks in flight included; v1 has only the list.
 fn kill_members(dir: &Path) {
+    if std::fs::write(dir.join("cgroup.kill"), "1").is_ok() {
+        return;
+    }
     let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) else { return };
     for pid in procs.lines().filter_map(|line| line.trim().parse::<i32>().ok()) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);

@@ -26,7 +26,7 @@ pub(super) trait Controller {
 /// Skiff's patch: moves `pid` into the v1 cgroup at `cgroup_path`. A single-threaded process moving itself
 /// writes "0" to `tasks`, for which the kernel skips the global threadgroup lock (kernel/cgroup/cgroup.c,
 /// `cgroup_procs_write_start`): the first writer to `cgroup.procs` after a quiet spell waits for an RCU
-/// grace period, 10-20 ms on the 2-core hosts Skiff targets, and that was most of a container's start.
+/// grace period, 10-16 ms on the 2-core hosts Skiff targets, and that was most of a container's start.
 pub(super) fn attach(pid: Pid, cgroup_path: &Path) -> Result<(), WrappedIoError> {
     if pid == nix::unistd::getpid() && single_threaded() {
         return common::write_cgroup_file(cgroup_path.join(CGROUP_TASKS), 0);
