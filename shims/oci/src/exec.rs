@@ -25,7 +25,7 @@ use skiff_shim::{ExecControl, ExecProcess, ExecRequest, OutputSink, ShimError, S
 use tokio::sync::{mpsc, watch};
 
 use crate::container::{Child, exit_code, pump};
-use crate::{START_LOCK, pipe, setup_error};
+use crate::{lock_start, pipe, setup_error};
 
 /// How many output chunks and input writes may wait between the process and the connection.
 const QUEUE: usize = 64;
@@ -130,7 +130,7 @@ fn start(id: &str, bundle: &Path, sequence: u64, request: ExecRequest) -> Result
 fn build(tenant: TenantContainerBuilder, files: &ExecFiles) -> Result<Pid, LibcontainerError> {
     let built = {
         // libcontainer changes the process's working directory to reach its sockets by short names.
-        let _guard = START_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = lock_start();
         tenant.with_process(Some(&files.process)).build()
     };
     if built.is_err()

@@ -12,7 +12,7 @@ mod spec;
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
@@ -32,8 +32,33 @@ const LAYER_MEDIA_TYPES: [&str; 4] = [
 
 /// Held while libcontainer creates and starts a container: it briefly changes the process's working
 /// directory to reach its notify socket by a short relative path, so two starts at once connect to each
-/// other's sockets (or none).
+/// other's sockets (or none). Taken through [`lock_start`].
 static START_LOCK: Mutex<()> = Mutex::new(());
+
+/// [`START_LOCK`], and the working directory to return to. On some errors (a refused notify socket)
+/// libcontainer returns without changing the directory back; once that container's bundle is removed, every
+/// later start would fail to read its working directory.
+pub(crate) struct StartGuard {
+    cwd: PathBuf,
+    _lock: MutexGuard<'static, ()>,
+}
+
+pub(crate) fn lock_start() -> StartGuard {
+    let lock = START_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    StartGuard { cwd, _lock: lock }
+}
+
+impl Drop for StartGuard {
+    // Runs before the lock is released: the fields drop after this.
+    fn drop(&mut self) {
+        if std::env::current_dir().ok().as_ref() != Some(&self.cwd)
+            && let Err(e) = std::env::set_current_dir(&self.cwd)
+        {
+            tracing::warn!(cwd = %self.cwd.display(), error = %e, "cannot restore the working directory");
+        }
+    }
+}
 
 /// Settings of the OCI shim.
 #[derive(Clone, Debug)]
@@ -232,7 +257,7 @@ fn create(
     let runtime_error = |what: &str, e: libcontainer::error::LibcontainerError| {
         setup_error(format!("cannot {what} container {}: {e}", spec.id), e)
     };
-    let start_guard = START_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let start_guard = lock_start();
     let mut container = ContainerBuilder::new(spec.id.clone(), SyscallType::default())
         .with_root_path(&state)
         .map_err(|e| runtime_error("prepare", e))?
@@ -304,6 +329,17 @@ mod tests {
         )));
         assert!(!shim.can_handle(&image(oci_config, "amd64", &[])));
         assert!(shim.can_handle(&image(oci_config, "amd64", &["application/vnd.oci.image.layer.v1.tar+zstd"])));
+    }
+
+    #[test]
+    fn the_working_directory_is_restored_after_a_start() {
+        let before = std::env::current_dir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let _guard = lock_start();
+            std::env::set_current_dir(dir.path()).unwrap();
+        }
+        assert_eq!(std::env::current_dir().unwrap(), before);
     }
 
     #[test]
