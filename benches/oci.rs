@@ -16,6 +16,10 @@
 //! Results: README.md, Performance.
 
 mod common;
+// The end-to-end tests' busybox layer; the rest of that harness is unused here.
+#[path = "../tests/e2e/harness.rs"]
+#[allow(dead_code)]
+mod harness;
 
 use std::ffi::CString;
 use std::os::unix::process::CommandExt;
@@ -25,8 +29,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use flate2::Compression;
-use flate2::write::GzEncoder;
 use serde_json::Value;
 use skiff_oci::{OciConfig, OciShim};
 use skiff_shim::{ContainerSpec, Image, Layer, Limits, OutputSink, Shim, Stream};
@@ -38,7 +40,6 @@ const WARMUP: usize = 5;
 const IDLE_CONTAINERS: usize = 100;
 /// The quiet spell before each start in the second round: longer than an RCU grace period here (10-16 ms).
 const PAUSE: Duration = Duration::from_millis(50);
-const APPLETS: [&str; 3] = ["sh", "true", "sleep"];
 const CGROUP2_CONTROLLERS: &str = "/sys/fs/cgroup/unified/cgroup.controllers";
 
 struct Discard;
@@ -198,29 +199,10 @@ fn c_path(path: &Path) -> anyhow::Result<CString> {
     Ok(CString::new(path.as_os_str().as_encoded_bytes())?)
 }
 
-/// The image's only layer: busybox-static and a few applet links, gzipped as registries serve it.
+/// The image's only layer, the end-to-end tests' busybox image layer, gzipped as registries serve it.
 fn busybox_layer(dir: &Path) -> anyhow::Result<Layer> {
     let path = dir.join("busybox.tar.gz");
-    let encoder = GzEncoder::new(std::fs::File::create(&path)?, Compression::fast());
-    let mut tar = tar::Builder::new(encoder);
-    let entry = |kind: tar::EntryType, mode: u32| {
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(kind);
-        header.set_mode(mode);
-        header.set_uid(0);
-        header.set_gid(0);
-        header.set_mtime(0);
-        header.set_size(0);
-        header
-    };
-    for d in ["bin", "tmp", "proc", "dev", "sys", "etc"] {
-        tar.append_data(&mut entry(tar::EntryType::Directory, 0o755), d, &[][..])?;
-    }
-    tar.append_path_with_name("/bin/busybox", "bin/busybox")?;
-    for applet in APPLETS {
-        tar.append_link(&mut entry(tar::EntryType::Symlink, 0o777), format!("bin/{applet}"), "busybox")?;
-    }
-    tar.into_inner()?.finish()?;
+    std::fs::write(&path, harness::busybox_layer(&[]))?;
     Ok(Layer { media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(), digest: "sha256:bench".into(), path })
 }
 
