@@ -1,4 +1,4 @@
-//! The `skiff` binary: command-line parsing, wiring and signals only.
+//! The `skiff` binary: command-line parsing, wiring, signals and the start-up trim of its own pages.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use skiff_apiserver::{Server, ServerConfig};
 use skiff_store::Store;
 use tokio_util::sync::CancellationToken;
+
+mod trim;
 
 #[derive(Parser)]
 #[command(name = "skiff", version, about = "A Kubernetes-style orchestrator, WebAssembly first")]
@@ -294,6 +296,7 @@ async fn serve(args: ServerArgs, node: Option<NodeArgs>) -> anyhow::Result<()> {
     let shutdown = cancel_on_signal();
     let config = ServerConfig { data_dir: data_dir.clone(), listen: args.listen };
     let server = Server::bind(config, store, shutdown.clone()).await?;
+    trim::after_start_up();
     tracing::info!(
         kubeconfig = %data_dir.join("kubeconfig").display(),
         url = server.url(),
@@ -368,6 +371,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let token = std::fs::read_to_string(&args.token_file)
         .with_context(|| format!("cannot read the join token {}", args.token_file.display()))?;
     let config = args.node.config(args.server, token, data_dir);
+    trim::after_start_up();
     skiff_node::run(config, cancel_on_signal()).await?;
     Ok(())
 }
