@@ -88,12 +88,14 @@ impl Manager {
     pub fn new(cgroup_path: &Path) -> Result<Self, V1ManagerError> {
         // Skiff: mountinfo and /proc/self/cgroup are read once for all controllers, not once each
         // (each read opens and verifies a procfs handle; 24 of them took ~2 ms of every container start).
-        let mounts = util::cgroup_mounts()?;
-        let process_cgroups = ProcessCGroups::from_read(ProcfsHandle::new()?.open(
-            ProcfsBase::ProcSelf,
-            "cgroup",
-            OpenFlags::O_RDONLY | OpenFlags::O_CLOEXEC,
-        )?)?;
+        // A failed read leaves every controller unsupported, as the per-controller reads did.
+        let (mounts, process_cgroups) = match Self::read_mounts_and_cgroups() {
+            Ok(read) => read,
+            Err(e) => {
+                tracing::warn!("cannot read this process's cgroup mounts: {e}");
+                (Vec::new(), ProcessCGroups(Vec::new()))
+            }
+        };
         let mut subsystems = HashMap::new();
         for subsystem in CONTROLLERS {
             match Self::get_subsystem_path(cgroup_path, subsystem, &mounts, &process_cgroups) {
@@ -105,6 +107,16 @@ impl Manager {
         }
 
         Ok(Manager { subsystems })
+    }
+
+    fn read_mounts_and_cgroups() -> Result<(Vec<MountInfo>, ProcessCGroups), V1ManagerError> {
+        let mounts = util::cgroup_mounts()?;
+        let process_cgroups = ProcessCGroups::from_read(ProcfsHandle::new()?.open(
+            ProcfsBase::ProcSelf,
+            "cgroup",
+            OpenFlags::O_RDONLY | OpenFlags::O_CLOEXEC,
+        )?)?;
+        Ok((mounts, process_cgroups))
     }
 
     fn get_subsystem_path(

@@ -50,8 +50,11 @@ pub fn list_subsystem_mount_points() -> Result<Vec<PathBuf>, V1MountPointError> 
 /// List the mount points of all currently supported cgroup subsystems.
 pub fn list_supported_mount_points() -> Result<HashMap<ControllerType, PathBuf>, V1MountPointError>
 {
-    // Skiff: mountinfo is read once, not once per controller.
-    let mounts = cgroup_mounts()?;
+    // Skiff: mountinfo is read once, not once per controller; unreadable, no controller is supported, as
+    // before.
+    let Ok(mounts) = cgroup_mounts() else {
+        return Ok(HashMap::new());
+    };
     Ok(CONTROLLERS
         .iter()
         .filter_map(|controller| {
