@@ -3,6 +3,7 @@
 //! process behind.
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -502,6 +503,8 @@ pub struct Agent {
     token_file: PathBuf,
     log: PathBuf,
     flags: Vec<String>,
+    /// The unprivileged user the agent runs as; root when `None`.
+    user: Option<u32>,
 }
 
 impl Agent {
@@ -521,6 +524,33 @@ impl Agent {
             log: cluster.dir.path().join(format!("agent-{name}.log")),
             data_dir,
             flags: flags.iter().map(|f| f.to_string()).collect(),
+            user: None,
+        };
+        agent.launch(cluster)?;
+        Ok(agent)
+    }
+
+    /// Joins `cluster` as node `name` running as the unprivileged user `uid` and group `uid`, with a data
+    /// dir and a copy of the join token of its own, as on an edge box where the agent only runs wasm.
+    pub fn join_as_user(cluster: &Cluster, name: &str, uid: u32) -> anyhow::Result<Self> {
+        use std::os::unix::fs::{PermissionsExt, chown};
+        // The cluster's temporary directory is root's alone; the agent must reach its data dir inside it.
+        std::fs::set_permissions(cluster.dir.path(), std::fs::Permissions::from_mode(0o711))?;
+        let data_dir = cluster.dir.path().join(format!("agent-{name}"));
+        std::fs::create_dir(&data_dir)?;
+        let token_file = data_dir.join("node-token");
+        std::fs::copy(cluster.data_dir().join("node-token"), &token_file)?;
+        chown(&data_dir, Some(uid), Some(uid))?;
+        chown(&token_file, Some(uid), Some(uid))?;
+        let mut agent = Agent {
+            child: None,
+            name: name.to_string(),
+            server: format!("https://{}", cluster.listen),
+            token_file,
+            log: cluster.dir.path().join(format!("agent-{name}.log")),
+            data_dir,
+            flags: Vec::new(),
+            user: Some(uid),
         };
         agent.launch(cluster)?;
         Ok(agent)
@@ -528,7 +558,8 @@ impl Agent {
 
     pub fn launch(&mut self, cluster: &Cluster) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
-        let child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_skiff"));
+        command
             .args([
                 "agent",
                 "--server",
@@ -548,10 +579,11 @@ impl Agent {
             .arg(&self.data_dir)
             .env("RUST_LOG", "info,skiff_node=debug")
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("cannot start skiff agent")?;
-        self.child = Some(child);
+            .stderr(log);
+        if let Some(uid) = self.user {
+            command.uid(uid).gid(uid);
+        }
+        self.child = Some(command.spawn().context("cannot start skiff agent")?);
         let name = self.name.clone();
         wait_until("node Ready", Duration::from_secs(30), || {
             let out = cluster.kubectl(&[

@@ -654,6 +654,11 @@ fn node_killing_the_agent_neither_loses_nor_doubles_pods() {
 }
 
 #[test]
+fn node_an_agent_without_root_runs_wasm_pods() {
+    node::an_agent_without_root_runs_wasm_pods();
+}
+
+#[test]
 fn exec_kubectl_exec_runs_commands_in_containers() {
     exec::kubectl_exec_runs_commands_in_containers();
 }

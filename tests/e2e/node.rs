@@ -7,6 +7,9 @@ use serde_json::Value;
 
 use crate::harness::{Agent, Backend, Cluster, Registry, eventually};
 
+/// The unprivileged user an agent without root runs as.
+const NOBODY: u32 = 65534;
+
 /// A cluster with one agent (`node-1`) and a registry holding the samples.
 struct NodeCluster {
     cluster: Cluster,
@@ -320,4 +323,26 @@ pub fn wasm_and_container_side_by_side_in_one_pod() {
     assert_eq!(by_name("box")["state"]["terminated"]["exitCode"], 4);
     assert!(node.cluster.ok(&["logs", "mixed", "-c", "module"]).contains("arg[1]=from-wasm"));
     assert_eq!(node.cluster.ok(&["logs", "mixed", "-c", "box"]), "from a container\n");
+}
+
+/// Without root the agent runs wasm only: it registers without the OCI runtime and runs wasm pods.
+pub fn an_agent_without_root_runs_wasm_pods() {
+    let registry = Registry::start().unwrap();
+    let cluster = Cluster::start(Backend::Embedded).unwrap();
+    let agent = Agent::join_as_user(&cluster, "edge-1", NOBODY).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
+    let uid = status.lines().find_map(|line| line.strip_prefix("Uid:")).unwrap_or_default();
+    assert!(uid.split_whitespace().all(|id| id == NOBODY.to_string()), "the agent runs as {uid}");
+    let labels: Value =
+        serde_json::from_str(&cluster.ok(&["get", "node", "edge-1", "-o", "jsonpath={.metadata.labels}"])).unwrap();
+    assert_eq!(labels["skiff.dev/runtime.wasm"], "true", "{labels}");
+    assert!(labels.get("skiff.dev/runtime.oci").is_none(), "a node without root offers no OCI runtime: {labels}");
+
+    let image = registry.push_sample("hello");
+    let spec =
+        format!("  restartPolicy: Never\n  containers:\n  - name: hello\n    image: {image}\n    args: [edge]\n");
+    cluster.create_pod("hello", &agent.name, &spec);
+    cluster.wait_pod_phase("hello", "Succeeded", Duration::from_secs(60), &agent);
+    let logs = cluster.ok(&["logs", "hello"]);
+    assert!(logs.contains("arg[1]=edge"), "{logs}");
 }
