@@ -27,7 +27,7 @@ pub fn after_start_up() {
         let trimmed =
             tokio::task::spawn_blocking(page_out_binary).await.unwrap_or_else(|e| Err(std::io::Error::other(e)));
         match trimmed {
-            Ok(bytes) => tracing::debug!(mapped = bytes, "start-up pages of the binary released"),
+            Ok(bytes) => tracing::debug!(bytes, "start-up pages of the binary released"),
             Err(e) => tracing::warn!(error = %e, "cannot release the start-up pages of the binary"),
         }
     });

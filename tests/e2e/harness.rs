@@ -515,17 +515,7 @@ impl Agent {
 
     /// Joins through several servers of one cluster (`--server URL,URL,...`); `cluster` is used for kubectl.
     pub fn join_servers(cluster: &Cluster, servers: &[&Cluster], name: &str, flags: &[&str]) -> anyhow::Result<Self> {
-        let data_dir = cluster.dir.path().join(format!("agent-{name}"));
-        let mut agent = Agent {
-            child: None,
-            name: name.to_string(),
-            server: servers.iter().map(|s| format!("https://{}", s.listen)).collect::<Vec<_>>().join(","),
-            token_file: cluster.data_dir().join("node-token"),
-            log: cluster.dir.path().join(format!("agent-{name}.log")),
-            data_dir,
-            flags: flags.iter().map(|f| f.to_string()).collect(),
-            user: None,
-        };
+        let mut agent = Self::unlaunched(cluster, servers, name, flags);
         agent.launch(cluster)?;
         Ok(agent)
     }
@@ -536,24 +526,30 @@ impl Agent {
         use std::os::unix::fs::{PermissionsExt, chown};
         // The cluster's temporary directory is root's alone; the agent must reach its data dir inside it.
         std::fs::set_permissions(cluster.dir.path(), std::fs::Permissions::from_mode(0o711))?;
-        let data_dir = cluster.dir.path().join(format!("agent-{name}"));
-        std::fs::create_dir(&data_dir)?;
-        let token_file = data_dir.join("node-token");
-        std::fs::copy(cluster.data_dir().join("node-token"), &token_file)?;
-        chown(&data_dir, Some(uid), Some(uid))?;
+        let mut agent = Self::unlaunched(cluster, &[cluster], name, &[]);
+        std::fs::create_dir(&agent.data_dir)?;
+        let token_file = agent.data_dir.join("node-token");
+        std::fs::copy(&agent.token_file, &token_file)?;
+        chown(&agent.data_dir, Some(uid), Some(uid))?;
         chown(&token_file, Some(uid), Some(uid))?;
-        let mut agent = Agent {
-            child: None,
-            name: name.to_string(),
-            server: format!("https://{}", cluster.listen),
-            token_file,
-            log: cluster.dir.path().join(format!("agent-{name}.log")),
-            data_dir,
-            flags: Vec::new(),
-            user: Some(uid),
-        };
+        agent.token_file = token_file;
+        agent.user = Some(uid);
         agent.launch(cluster)?;
         Ok(agent)
+    }
+
+    /// Node `name` of `cluster` as root, with its data dir in the cluster's directory; not started yet.
+    fn unlaunched(cluster: &Cluster, servers: &[&Cluster], name: &str, flags: &[&str]) -> Self {
+        Agent {
+            child: None,
+            name: name.to_string(),
+            server: servers.iter().map(|s| format!("https://{}", s.listen)).collect::<Vec<_>>().join(","),
+            token_file: cluster.data_dir().join("node-token"),
+            log: cluster.dir.path().join(format!("agent-{name}.log")),
+            data_dir: cluster.dir.path().join(format!("agent-{name}")),
+            flags: flags.iter().map(|f| f.to_string()).collect(),
+            user: None,
+        }
     }
 
     pub fn launch(&mut self, cluster: &Cluster) -> anyhow::Result<()> {

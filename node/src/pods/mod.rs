@@ -190,18 +190,18 @@ fn apply(ctx: &Arc<Context>, workers: &mut HashMap<String, Worker>, mut pod: Pod
 /// Kubelet admission: a pod that would exceed `capacity.pods` fails with reason OutOfpods instead of
 /// starting (a wasm guest beyond the pool would only crash-loop on a full instance pool).
 async fn refuse(ctx: Arc<Context>, pod: Pod, active: usize) {
-    let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-    let name = pod.metadata.name.clone().unwrap_or_default();
+    let who = PodRef::of(&pod);
     let message = format!(
         "Pod was rejected: Node didn't have enough resource: pods, requested: 1, used: {active}, capacity: {}",
         ctx.max_pods
     );
-    tracing::warn!(pod = %name, "{message}");
-    ctx.events.record(&PodRef::of(&pod), None, events::Kind::Warning, "OutOfpods", &message);
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    tracing::warn!(pod = %who.name, "{message}");
+    ctx.events.record(&who, None, events::Kind::Warning, "OutOfpods", &message);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &who.namespace);
     let status = serde_json::json!({"status": {"phase": "Failed", "reason": "OutOfpods", "message": message}});
-    if let Err(e) = pods.patch_status(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(status)).await
+    if let Err(e) =
+        pods.patch_status(&who.name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(status)).await
     {
-        tracing::warn!(pod = %name, error = %e, "cannot record the rejection");
+        tracing::warn!(pod = %who.name, error = %e, "cannot record the rejection");
     }
 }

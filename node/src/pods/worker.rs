@@ -669,11 +669,10 @@ async fn pull(shared: &Shared, init: bool, index: usize, container: &Container) 
 
 /// Credentials from the pod's imagePullSecrets.
 async fn registry_auth(shared: &Shared) -> RegistryAuth {
-    let pod = shared.pod();
-    let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-    let secrets: Api<Secret> = Api::namespaced(shared.ctx.client.clone(), &namespace);
+    let references = shared.pod.borrow().spec.as_ref().and_then(|s| s.image_pull_secrets.clone()).unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(shared.ctx.client.clone(), &shared.who.namespace);
     let mut auth = RegistryAuth::anonymous();
-    for reference in pod.spec.as_ref().and_then(|s| s.image_pull_secrets.clone()).unwrap_or_default() {
+    for reference in references {
         match secrets.get_opt(&reference.name).await {
             Ok(Some(secret)) => {
                 match spec::docker_config(&secret).map(|json| RegistryAuth::from_docker_config_json(&json)) {
@@ -709,7 +708,7 @@ async fn start(
         ContainerLog::create(log_dir, restart_count.max(0) as u32)
             .map_err(|e| (CREATE, format!("cannot open the container log: {e}")))?,
     );
-    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let uid = &shared.who.uid;
     let id = format!("{}-{}-{restart_count}", &uid[..uid.len().min(8)], container.name);
     let sandbox = shared.sandbox.get().ok_or((CREATE, "the pod's network is not set up".to_owned()))?;
     let mut spec = spec::container_spec(

@@ -118,11 +118,22 @@ impl Fixture {
 }
 
 async fn run(fx: &Fixture, spec: ContainerSpec) -> Exit {
-    let bundle = fx.bundle(&spec);
+    let (bundle, id) = (fx.bundle(&spec), spec.id.clone());
     let mut container = fx.shim.start(spec).await.unwrap_or_else(|e| panic!("{e:?}"));
     let exit = tokio::time::timeout(Duration::from_secs(30), container.wait()).await.expect("container ended");
     assert!(!bundle.exists(), "the bundle is removed once the container ended");
+    assert_eq!(cgroups_left(&id), Vec::<PathBuf>::new(), "the cgroups are removed once the container ended");
     exit
+}
+
+/// The container's cgroup directories still present, in every hierarchy (each v1 controller, cgroup2).
+fn cgroups_left(id: &str) -> Vec<PathBuf> {
+    let hierarchies = std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten().map(|e| e.path());
+    hierarchies
+        .chain([PathBuf::from("/sys/fs/cgroup")])
+        .map(|h| h.join("skiff").join(id))
+        .filter(|p| p.exists())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,12 +169,14 @@ async fn stop_ends_a_sleeper_within_the_grace_period() {
     let Some(fx) = fixture() else { return };
     // `sleep` as pid 1 ignores SIGTERM (no handler, and init is immune to default actions): SIGKILL ends it.
     let (spec, _) = fx.spec(&["sleep", "100"]);
+    let id = spec.id.clone();
     let mut container = fx.shim.start(spec).await.unwrap_or_else(|e| panic!("{e:?}"));
     let stopped = Instant::now();
     container.stop(Duration::from_millis(500));
     let exit = tokio::time::timeout(Duration::from_secs(10), container.wait()).await.expect("stopped in time");
     assert!(stopped.elapsed() < Duration::from_secs(3), "took {:?}", stopped.elapsed());
     assert_eq!((exit.code, exit.reason), (137, ExitReason::Error));
+    assert_eq!(cgroups_left(&id), Vec::<PathBuf>::new(), "a stopped container's cgroups are removed");
     // wait() can be asked again.
     assert_eq!(container.wait().await.code, 137);
 }
@@ -224,10 +237,11 @@ async fn exceeding_the_memory_limit_is_an_oom_kill() {
 async fn a_missing_command_fails_to_start_and_cleans_up() {
     let Some(fx) = fixture() else { return };
     let (spec, _) = fx.spec(&["/no/such/binary"]);
-    let bundle = fx.bundle(&spec);
+    let (bundle, id) = (fx.bundle(&spec), spec.id.clone());
     let err = fx.shim.start(spec).await.err().expect("a missing binary fails the start");
     assert!(err.to_string().contains("/no/such/binary"), "{err}");
     assert!(!bundle.exists());
+    assert_eq!(cgroups_left(&id), Vec::<PathBuf>::new());
 }
 
 #[test]
