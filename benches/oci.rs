@@ -16,10 +16,9 @@
 //! Results: README.md, Performance.
 
 mod common;
-// The end-to-end tests' busybox layer; the rest of that harness is unused here.
-#[path = "../tests/e2e/harness.rs"]
-#[allow(dead_code)]
-mod harness;
+// The end-to-end tests' busybox layer.
+#[path = "../tests/e2e/busybox.rs"]
+mod busybox;
 
 use std::ffi::CString;
 use std::os::unix::process::CommandExt;
@@ -202,7 +201,7 @@ fn c_path(path: &Path) -> anyhow::Result<CString> {
 /// The image's only layer, the end-to-end tests' busybox image layer, gzipped as registries serve it.
 fn busybox_layer(dir: &Path) -> anyhow::Result<Layer> {
     let path = dir.join("busybox.tar.gz");
-    std::fs::write(&path, harness::busybox_layer(&[]))?;
+    std::fs::write(&path, busybox::busybox_layer(&[]))?;
     Ok(Layer { media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(), digest: "sha256:bench".into(), path })
 }
 

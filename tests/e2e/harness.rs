@@ -676,32 +676,6 @@ pub fn lines(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<Str
     rx
 }
 
-/// A gzipped layer of Debian's busybox-static (`/bin/busybox` with sh, echo, sleep, cat, env and true links)
-/// and extra `files` (path, contents) such as `etc/passwd`.
-pub fn busybox_layer(files: &[(&str, &str)]) -> Vec<u8> {
-    let mut layer = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
-    let header = |kind: tar::EntryType, mode: u32, size: u64| {
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(kind);
-        header.set_mode(mode);
-        header.set_uid(0);
-        header.set_gid(0);
-        header.set_mtime(0);
-        header.set_size(size);
-        header
-    };
-    for dir in ["bin", "tmp", "proc", "dev", "sys", "etc"] {
-        layer.append_data(&mut header(tar::EntryType::Directory, 0o755, 0), dir, &[][..]).unwrap();
-    }
-    let busybox = std::fs::read("/bin/busybox").expect("busybox-static is installed");
-    let mut file = header(tar::EntryType::Regular, 0o755, busybox.len() as u64);
-    layer.append_data(&mut file, "bin/busybox", &busybox[..]).unwrap();
-    for link in ["sh", "echo", "sleep", "cat", "env", "true"] {
-        layer.append_link(&mut header(tar::EntryType::Symlink, 0o777, 0), format!("bin/{link}"), "busybox").unwrap();
-    }
-    for (path, contents) in files {
-        let mut file = header(tar::EntryType::Regular, 0o644, contents.len() as u64);
-        layer.append_data(&mut file, path, contents.as_bytes()).unwrap();
-    }
-    layer.into_inner().unwrap().finish().unwrap()
-}
+#[path = "busybox.rs"]
+mod busybox;
+pub use busybox::busybox_layer;

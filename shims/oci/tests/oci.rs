@@ -5,12 +5,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use flate2::Compression;
-use flate2::write::GzEncoder;
+#[path = "../../../tests/e2e/busybox.rs"]
+mod busybox;
+
 use skiff_oci::{OciConfig, OciShim};
 use skiff_shim::{ContainerSpec, Exit, ExitReason, Image, Layer, Limits, Mount, OutputSink, Shim, Stream};
-
-const APPLETS: [&str; 10] = ["sh", "echo", "sleep", "cat", "head", "tail", "touch", "ls", "dd", "true"];
 
 /// Collects everything a container writes.
 #[derive(Default)]
@@ -30,33 +29,10 @@ impl Capture {
     }
 }
 
-/// An OCI layer (tar+gzip) holding busybox-static and its applet links, as `umoci repack` would make.
+/// The end-to-end tests' busybox layer, as a file the shim reads.
 fn busybox_layer(dir: &Path) -> Layer {
     let path = dir.join("busybox.tar.gz");
-    let encoder = GzEncoder::new(std::fs::File::create(&path).unwrap(), Compression::fast());
-    let mut tar = tar::Builder::new(encoder);
-    for d in ["bin", "tmp", "proc", "dev", "sys", "etc"] {
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(tar::EntryType::Directory);
-        header.set_mode(if d == "tmp" { 0o1777 } else { 0o755 });
-        header.set_uid(0);
-        header.set_gid(0);
-        header.set_mtime(0);
-        header.set_size(0);
-        tar.append_data(&mut header, d, &[][..]).unwrap();
-    }
-    tar.append_path_with_name("/bin/busybox", "bin/busybox").unwrap();
-    for applet in APPLETS {
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(tar::EntryType::Symlink);
-        header.set_mode(0o777);
-        header.set_uid(0);
-        header.set_gid(0);
-        header.set_mtime(0);
-        header.set_size(0);
-        tar.append_link(&mut header, format!("bin/{applet}"), "busybox").unwrap();
-    }
-    tar.into_inner().unwrap().finish().unwrap();
+    std::fs::write(&path, busybox::busybox_layer(&[])).unwrap();
     Layer { media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(), digest: "sha256:busybox".into(), path }
 }
 
@@ -221,6 +197,26 @@ async fn read_only_bind_mounts_are_visible_but_not_writable() {
     assert!(stdout.contains("wrote-rw"), "{stdout}");
     assert!(!host.join("x").exists());
     assert!(rw.join("y").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mount_destinations_are_created_inside_the_root_through_its_symlinks() {
+    let Some(fx) = fixture() else { return };
+    let secrets = fx.dir.path().join("secrets");
+    std::fs::create_dir(&secrets).unwrap();
+    std::fs::write(secrets.join("token"), "t0ken").unwrap();
+    let settings = fx.dir.path().join("settings.conf");
+    std::fs::write(&settings, "level=3").unwrap();
+    let (mut spec, out) = fx.spec(&["sh", "-c", "cat /run/skiff-test-secrets/token; echo; cat /etc/app/settings.conf"]);
+    spec.mounts = vec![
+        Mount { host_path: secrets, container_path: "/var/run/skiff-test-secrets".into(), read_only: true },
+        Mount { host_path: settings, container_path: "/etc/app/settings.conf".into(), read_only: true },
+    ];
+    let exit = run(&fx, spec).await;
+    let stdout = out.text(Stream::Stdout);
+    assert_eq!(exit.code, 0, "{stdout} {}", out.text(Stream::Stderr));
+    assert_eq!(stdout, "t0ken\nlevel=3");
+    assert!(!Path::new("/run/skiff-test-secrets").exists(), "the absolute symlink was followed on the host");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

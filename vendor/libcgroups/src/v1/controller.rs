@@ -36,7 +36,9 @@ pub(super) fn attach(pid: Pid, cgroup_path: &Path) -> Result<(), WrappedIoError>
 
 const CGROUP_TASKS: &str = "tasks";
 
+/// procfs gives /proc/self/task two links plus one per thread: one statx, where reading
+/// /proc/self/status (its Threads: line) made the kernel format the whole file once per controller.
 fn single_threaded() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .is_ok_and(|status| status.lines().any(|line| line.split_whitespace().eq(["Threads:", "1"])))
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata("/proc/self/task").is_ok_and(|task| task.nlink() == 3)
 }
