@@ -5,7 +5,7 @@
 //! one mount's options), the container gets a full copy of its layers instead.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use nix::mount::{MntFlags, MsFlags};
 use skiff_shim::{Layer, ShimError};
@@ -15,6 +15,8 @@ use crate::rootfs::{self, Whiteouts};
 /// The mount options overlayfs accepts fit in one page.
 const MAX_MOUNT_OPTIONS: usize = 4000;
 const VOLATILE: &str = ",volatile";
+/// Set once a mount without `volatile` worked where one with it was refused.
+static VOLATILE_REFUSED: AtomicBool = AtomicBool::new(false);
 
 /// Names the temporary directory each unpack writes to before it is renamed into place.
 static NEXT_UNPACK: AtomicU64 = AtomicU64::new(0);
@@ -123,16 +125,26 @@ impl LayerCache {
         })?;
         // The upper directory dies with the container, so nothing of it needs to reach the disk: `volatile`
         // (Linux 5.10) drops overlayfs's syncs of it, which made every unmount wait for the upper filesystem.
-        // Older kernels refuse the option (EINVAL) and mount without it.
+        // Older kernels refuse the option (EINVAL): the first mount that then works without it settles that
+        // for the process. A work directory once mounted volatile cannot be mounted again, and is not: every
+        // container's is new.
         let mount = |options: &str| {
             nix::mount::mount(Some("overlay"), rootfs, Some("overlay"), MsFlags::empty(), Some(options))
         };
-        mount(&format!("{options}{VOLATILE}"))
-            .or_else(|e| if e == nix::errno::Errno::EINVAL { mount(&options) } else { Err(e) })
-            .map_err(|e| ShimError::Setup {
-                message: format!("cannot mount overlayfs: {e}"),
-                source: Some(Box::new(e)),
-            })
+        let setup_error = |e: nix::errno::Errno| ShimError::Setup {
+            message: format!("cannot mount overlayfs: {e}"),
+            source: Some(Box::new(e)),
+        };
+        if !VOLATILE_REFUSED.load(Ordering::Relaxed) {
+            match mount(&format!("{options}{VOLATILE}")) {
+                Err(nix::errno::Errno::EINVAL) => {}
+                mounted => return mounted.map_err(setup_error),
+            }
+            mount(&options).map_err(setup_error)?;
+            VOLATILE_REFUSED.store(true, Ordering::Relaxed);
+            return Ok(());
+        }
+        mount(&options).map_err(setup_error)
     }
 }
 

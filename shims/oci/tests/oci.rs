@@ -207,15 +207,21 @@ async fn mount_destinations_are_created_inside_the_root_through_its_symlinks() {
     std::fs::write(secrets.join("token"), "t0ken").unwrap();
     let settings = fx.dir.path().join("settings.conf");
     std::fs::write(&settings, "level=3").unwrap();
-    let (mut spec, out) = fx.spec(&["sh", "-c", "cat /run/skiff-test-secrets/token; echo; cat /etc/app/settings.conf"]);
+    let (mut spec, out) = fx.spec(&[
+        "sh",
+        "-c",
+        "cat /run/skiff-test-secrets/token; echo; cat /etc/app/settings.conf; echo; cat /srv/copy/token",
+    ]);
     spec.mounts = vec![
-        Mount { host_path: secrets, container_path: "/var/run/skiff-test-secrets".into(), read_only: true },
+        Mount { host_path: secrets.clone(), container_path: "/var/run/skiff-test-secrets".into(), read_only: true },
         Mount { host_path: settings, container_path: "/etc/app/settings.conf".into(), read_only: true },
+        // With "..": libcontainer's published (pathrs) path.
+        Mount { host_path: secrets, container_path: "/etc/../srv/copy".into(), read_only: true },
     ];
     let exit = run(&fx, spec).await;
     let stdout = out.text(Stream::Stdout);
     assert_eq!(exit.code, 0, "{stdout} {}", out.text(Stream::Stderr));
-    assert_eq!(stdout, "t0ken\nlevel=3");
+    assert_eq!(stdout, "t0ken\nlevel=3\nt0ken");
     assert!(!Path::new("/run/skiff-test-secrets").exists(), "the absolute symlink was followed on the host");
 }
 

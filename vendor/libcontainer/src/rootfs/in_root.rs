@@ -2,32 +2,36 @@
 //! with openat2(2)'s `RESOLVE_IN_ROOT`, as pathrs's openat2 resolver does, without pathrs's checks of
 //! its procfs handle and re-opens through /proc before and after each step (~60 syscalls per mount,
 //! ~1,100 per container start). The kernel keeps every lookup inside the root, symlinks and ".."
-//! included; directories are created one component at a time under a directory fd and re-opened with
-//! `O_NOFOLLOW`, so a symlink swapped in meanwhile fails the mount instead of redirecting it.
-//! Kernels without openat2 (before 5.6) get `None` from [`InRoot::open`] and the caller uses pathrs.
+//! included; missing directories are created one component at a time under the parent's fd and
+//! re-opened with `O_NOFOLLOW`, so a symlink swapped in for a directory this makes fails the mount
+//! instead of redirecting it (existing components are followed, inside the root). Where openat2 is
+//! unavailable or refused (ENOSYS, or EPERM from a seccomp filter), [`InRoot::open`] gives `None` and
+//! the caller uses pathrs, which emulates it.
 
 use std::ffi::{CString, OsStr};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::OnceLock;
 
-/// openat2 gives EAGAIN when a concurrent rename or mount might have let ".." escape; pathrs retries too.
-const EAGAIN_RETRIES: usize = 32;
+/// openat2 gives EAGAIN when a rename or mount anywhere on the host might have let a ".." (of a symlink
+/// such as `var/run -> ../run`) escape; pathrs retries as often.
+const EAGAIN_RETRIES: usize = 128;
 
 pub(super) struct InRoot {
     root: OwnedFd,
 }
 
 impl InRoot {
-    /// The root at `rootfs`, or `None` where the kernel has no openat2.
+    /// The root at `rootfs`, or `None` where openat2 cannot be used (probed once per process).
     pub fn open(rootfs: &Path) -> io::Result<Option<Self>> {
+        static USABLE: OnceLock<bool> = OnceLock::new();
         let root = openat(libc::AT_FDCWD, rootfs.as_os_str(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC, 0)?;
-        match openat2_in_root(&root, OsStr::new("."), libc::O_PATH | libc::O_DIRECTORY) {
-            Ok(_) => Ok(Some(Self { root })),
-            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => Ok(None),
-            Err(e) => Err(e),
-        }
+        // As pathrs decides: any failure of a trivial openat2 means it is missing or filtered.
+        let usable =
+            *USABLE.get_or_init(|| openat2_in_root(&root, OsStr::new("."), libc::O_PATH | libc::O_DIRECTORY).is_ok());
+        Ok(usable.then_some(Self { root }))
     }
 
     /// An `O_PATH` handle on `path`, a trailing symlink followed, all within the root.

@@ -570,7 +570,7 @@ impl Mount {
     fn destination_in_root(root: &InRoot, dest: &Path, is_dir: bool) -> Result<OwnedFd> {
         let failed = |err: std::io::Error| {
             tracing::error!("cannot prepare mount destination {dest:?}: {err}");
-            MountError::Io(err)
+            MountError::Other(format!("cannot prepare mount destination {dest:?}: {err}").into())
         };
         if is_dir {
             root.mkdir_all(dest, 0o755).map_err(failed)
@@ -580,7 +580,7 @@ impl Mount {
         }
     }
 
-    /// The mount's destination through pathrs, where the kernel has no openat2.
+    /// The mount's destination through pathrs, where openat2 cannot be used or the path has "..".
     fn destination_by_pathrs(rootfs: &Path, container_dest: &Path, is_dir: bool) -> Result<OwnedFd> {
         let root = Root::open(rootfs)?;
         let dir_perm = Permissions::from_mode(0o755);
