@@ -208,10 +208,11 @@ impl skiff_shim::Shim for OciShim {
 /// How long a container may take from create to started before its start is declared hung.
 const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// libcontainer makes a container's first processes with a raw `clone` from this multi-threaded process, so
-/// glibc's fork handlers do not run: a child can inherit a malloc lock another thread held at that moment
-/// and wait on it forever (seen about once in 50 starts). Such children still run this binary; a started
-/// container's processes run the image's. Starts hold [`START_LOCK`], so every child of ours still running
+/// libcontainer forks a container's first process from this multi-threaded process. Through a raw `clone`,
+/// as published, the child could inherit a malloc lock another thread held at that moment and wait on it
+/// forever (about once in 50 starts); the vendored libcontainer forks through glibc, which resets those
+/// locks, so this is the backstop for any other lock a child might inherit. Such children still run this
+/// binary; a started container's processes run the image's. Starts hold [`START_LOCK`], so every child of ours still running
 /// this binary belongs to the hung start: killing them makes it fail, and the node retries it.
 fn kill_unfinished_starts() {
     let Ok(own) = std::fs::read_link("/proc/self/exe") else { return };

@@ -308,6 +308,18 @@ async fn exec_runs_commands_inside_the_running_container() {
     let (spec, _) = fx.spec(&["sleep", "100"]);
     let mut container = fx.shim.start(spec).await.unwrap_or_else(|e| panic!("{e:?}"));
     let exec = container.exec().expect("OCI containers take exec");
+    // The start returns once the init process was told to exec, as runc's does; it may not have yet.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let request = exec_request(&["cat", "/proc/1/cmdline"], false, false);
+        let mut process = exec.exec(request).await.unwrap_or_else(|e| panic!("{e:?}"));
+        let (cmdline, _) = exec_output(&mut process).await;
+        process.control.wait().await;
+        if cmdline.starts_with("sleep") || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     // The container's environment and pid namespace (pid 1 is its sleep), output apart, the exit code.
     let argv = ["sh", "-c", "echo $GREETING; cat /proc/1/cmdline; echo oops >&2; exit 7"];

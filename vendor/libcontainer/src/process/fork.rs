@@ -1,7 +1,6 @@
 use std::ffi::c_int;
 use std::num::NonZeroUsize;
 
-use libc::SIGCHLD;
 use nix::sys::{mman, resource};
 use nix::unistd::Pid;
 
@@ -51,8 +50,18 @@ pub fn container_clone_sibling(cb: CloneCb) -> Result<Pid, CloneError> {
 }
 
 // Clone a child process and execute the callback.
-pub fn container_clone(cb: CloneCb) -> Result<Pid, CloneError> {
-    clone_internal(cb, 0, Some(SIGCHLD as u64))
+//
+// Skiff patch (see PATCHED.md): through glibc's fork(3), not a raw clone3. The caller may have other
+// threads (an agent running libcontainer in-process does); glibc's fork takes the malloc arena locks
+// across the fork and resets them in the child, whereas a raw clone3 can copy a lock another thread
+// held, and the child then hangs at its first allocation (~1 start in 50-100 on a busy 2-core host).
+pub fn container_clone(mut cb: CloneCb) -> Result<Pid, CloneError> {
+    // SAFETY: the child only runs the callback and exits; fork(3) makes malloc safe to use there.
+    match unsafe { libc::fork() } {
+        -1 => Err(CloneError::Clone(nix::Error::last())),
+        0 => std::process::exit(cb()),
+        pid => Ok(Pid::from_raw(pid)),
+    }
 }
 
 // An internal wrapper to manage the clone3 vs clone fallback logic.
