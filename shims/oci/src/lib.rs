@@ -210,10 +210,11 @@ const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// libcontainer forks a container's first process from this multi-threaded process. Through a raw `clone`,
 /// as published, the child could inherit a malloc lock another thread held at that moment and wait on it
-/// forever (about once in 50 starts); the vendored libcontainer forks through glibc, which resets those
-/// locks, so this is the backstop for any other lock a child might inherit. Such children still run this
-/// binary; a started container's processes run the image's. Starts hold [`START_LOCK`], so every child of ours still running
-/// this binary belongs to the hung start: killing them makes it fail, and the node retries it.
+/// forever (about once in 50-100 starts); the vendored libcontainer forks through glibc, which resets those
+/// locks, so this is the backstop for any other lock a child might inherit (Rust's own: the environment's,
+/// a log writer's). Such children still run this binary; a started container's processes run the image's.
+/// Starts hold [`START_LOCK`], so every child of ours still running this binary belongs to the hung start:
+/// killing them makes it fail, and the node retries it.
 fn kill_unfinished_starts() {
     let Ok(own) = std::fs::read_link("/proc/self/exe") else { return };
     let tasks = std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten();
