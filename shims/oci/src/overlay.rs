@@ -140,11 +140,10 @@ impl LayerCache {
                 Err(nix::errno::Errno::EINVAL) => {}
                 mounted => return mounted.map_err(setup_error),
             }
-            mount(&options).map_err(setup_error)?;
-            VOLATILE_REFUSED.store(true, Ordering::Relaxed);
-            return Ok(());
         }
-        mount(&options).map_err(setup_error)
+        mount(&options).map_err(setup_error)?;
+        VOLATILE_REFUSED.store(true, Ordering::Relaxed);
+        Ok(())
     }
 }
 

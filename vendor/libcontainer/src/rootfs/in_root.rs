@@ -46,8 +46,7 @@ impl InRoot {
         let mut existing = parts.len();
         let mut dir = loop {
             let prefix: PathBuf = parts[..existing].iter().collect();
-            let prefix = if existing == 0 { OsStr::new(".") } else { prefix.as_os_str() };
-            match openat2_in_root(&self.root, prefix, libc::O_PATH | libc::O_DIRECTORY) {
+            match openat2_in_root(&self.root, prefix.as_os_str(), libc::O_PATH | libc::O_DIRECTORY) {
                 Ok(dir) => break dir,
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) && existing > 0 => existing -= 1,
                 Err(e) => return Err(e),
