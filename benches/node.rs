@@ -930,13 +930,17 @@ async fn oci() -> anyhow::Result<()> {
     // The containers outlive the agent by design: delete the pods so nothing is left running.
     let response = cluster.client.delete(cluster.pods()).send().await?;
     ensure!(response.status().is_success(), "deleting the pods answered {}", response.status());
-    let containers = cluster.dir.path().join("agent/oci");
+    let oci = cluster.dir.path().join("agent/oci");
     wait_until("the containers removed", Duration::from_secs(120), || {
-        let left = std::fs::read_dir(&containers)
-            .map(|entries| entries.flatten().any(|e| !e.file_name().to_string_lossy().starts_with('.')))
-            .unwrap_or(false);
+        let left = ["run", "upper", "work"]
+            .iter()
+            .any(|dir| std::fs::read_dir(oci.join(dir)).is_ok_and(|mut entries| entries.next().is_some()));
         async move { !left }
     })
     .await?;
+    // The shim's tmpfs for runtime files outlives a killed agent too (a new one adopts the containers in it).
+    drop(cluster.agent);
+    let unmounted = Command::new("umount").arg("-l").arg(oci.join("run")).status()?;
+    ensure!(unmounted.success(), "cannot unmount {}", oci.join("run").display());
     Ok(())
 }

@@ -9,7 +9,8 @@
 //!    this hybrid cgroup host unless it runs in a private mount namespace with an empty file over
 //!    /sys/fs/cgroup/unified/cgroup.controllers (../shared/PLATFORM.md), which each crun child gets from
 //!    `pre_exec`. The peers' config is `crun spec` with the network namespace left out, as Skiff's
-//!    containers join their pod's.
+//!    containers join their pod's. Each runtime keeps its state on a tmpfs, as on a host whose `/run` is
+//!    one (this VM's is not): Skiff's shim mounts its own, the peers get `--root` on one the bench mounts.
 //! 2. Memory: this process's RSS before and with 100 idle containers (`sleep`) held by the shim: what the
 //!    runtime costs per container beyond the container's own processes.
 //!
@@ -53,6 +54,7 @@ fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let layer = busybox_layer(dir.path())?;
     let bundle = peer_bundle(dir.path(), &layer)?;
+    let peer_state = PeerState::mount(&dir.path().join("peer-state"))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let shim = OciShim::new(OciConfig { state_dir: dir.path().join("skiff") })?;
     let image = Image {
@@ -73,7 +75,7 @@ fn main() -> anyhow::Result<()> {
         let skiff = runtime.block_on(time_skiff(&shim, &image, pause))?;
         report("skiff (libcontainer in-process)", &skiff);
         for (name, runtime) in [("crun run", "crun"), ("runc run", "runc")] {
-            match time_peer(runtime, &bundle, pause) {
+            match time_peer(runtime, &bundle, &peer_state.0, pause) {
                 Ok(latency) => report(name, &latency),
                 Err(e) => println!("  {name:<32} unavailable: {e:#}"),
             }
@@ -147,7 +149,25 @@ async fn time_skiff(shim: &OciShim, image: &Image, pause: Duration) -> anyhow::R
     Ok(Latency::of(samples))
 }
 
-fn time_peer(runtime: &str, bundle: &Path, pause: Duration) -> anyhow::Result<Latency> {
+/// A tmpfs for the peers' `--root`, unmounted when dropped.
+struct PeerState(PathBuf);
+
+impl PeerState {
+    fn mount(dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir(dir)?;
+        let status = Command::new("mount").args(["-t", "tmpfs", "-o", "mode=0700", "tmpfs"]).arg(dir).status()?;
+        ensure!(status.success(), "cannot mount a tmpfs on {}", dir.display());
+        Ok(PeerState(dir.to_path_buf()))
+    }
+}
+
+impl Drop for PeerState {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn time_peer(runtime: &str, bundle: &Path, state: &Path, pause: Duration) -> anyhow::Result<Latency> {
     let private_cgroup_view = runtime == "crun";
     let empty = bundle.join("empty");
     std::fs::write(&empty, "")?;
@@ -156,6 +176,8 @@ fn time_peer(runtime: &str, bundle: &Path, pause: Duration) -> anyhow::Result<La
     for n in 0..WARMUP + RUNS {
         let mut command = Command::new(runtime);
         command
+            .arg("--root")
+            .arg(state)
             .args(["run", "--bundle"])
             .arg(bundle)
             .arg(format!("bench-{runtime}-{}-{}-{n}", std::process::id(), pause.as_millis()))

@@ -65,10 +65,30 @@ impl Node {
 
     /// The host pid of a container's init process, from libcontainer's state in the agent's data dir.
     fn init_pid(&self, id: &str) -> i32 {
-        let state = self.agent.data_dir().join("oci").join(id).join("state").join(id).join("state.json");
+        let state = container_files(self.agent.data_dir(), id)[0].join("state").join(id).join("state.json");
         let state: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
         state["pid"].as_i64().expect("a running container has a pid") as i32
     }
+}
+
+/// Where the OCI shim keeps a container's files: its runtime files (the OCI bundle, libcontainer's state)
+/// on the shim's tmpfs, and its writable layer.
+fn container_files(data_dir: &Path, id: &str) -> [PathBuf; 3] {
+    ["run", "upper", "work"].map(|dir| data_dir.join("oci").join(dir).join(id))
+}
+
+/// The mount points under the OCI shim's directory but its tmpfs for runtime files, which lives as long as
+/// the agent's shim does.
+fn container_mounts(data_dir: &Path) -> Vec<String> {
+    let oci = data_dir.join("oci");
+    let run_dir = oci.join("run");
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    mounts
+        .lines()
+        .filter_map(|line| line.split(' ').nth(1))
+        .filter(|point| Path::new(point).starts_with(&oci) && Path::new(point) != run_dir)
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Whether `pid` is a live process (not gone, not a zombie).
@@ -262,12 +282,12 @@ fn a_killed_agent_adopts_its_running_container_and_deleting_the_pod_leaves_nothi
     node.cluster.ok(&["delete", "pod", "ticker", "--timeout=60s"]);
     eventually("the container's process gone", TIMEOUT, || (!alive(pid)).then_some(()));
     let data_dir = node.agent.data_dir().to_path_buf();
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
-    let ours: Vec<&str> = mounts.lines().filter(|l| l.contains(data_dir.join("oci").to_str().unwrap())).collect();
+    let ours = container_mounts(&data_dir);
     assert!(ours.is_empty(), "no mounts left: {ours:?}");
     let left: Vec<PathBuf> = cgroup_dirs(&id).into_iter().filter(|d| d.exists()).collect();
     assert!(left.is_empty(), "no cgroups left: {left:?}");
-    assert!(!data_dir.join("oci").join(&id).exists(), "the bundle is gone");
+    let files = container_files(&data_dir, &id);
+    assert!(!files.iter().any(|f| f.exists()), "the container's files are gone: {files:?}");
     assert!(!data_dir.join("pods").join(&uid).exists(), "the pod's directory is gone");
     let processes: Vec<String> = std::fs::read_dir("/proc")
         .unwrap()
@@ -295,9 +315,10 @@ fn a_pod_deleted_while_the_agent_was_down_leaves_nothing_after_it_returns() {
     eventually("the orphaned container stopped", TIMEOUT, || (!alive(pid)).then_some(()));
     let data_dir = node.agent.data_dir().to_path_buf();
     eventually("its bundle and cgroups removed", TIMEOUT, || {
-        let left = cgroup_dirs(&id).into_iter().any(|d| d.exists()) || data_dir.join("oci").join(&id).exists();
+        let left = cgroup_dirs(&id).into_iter().any(|d| d.exists())
+            || container_files(&data_dir, &id).iter().any(|f| f.exists());
         (!left).then_some(())
     });
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
-    assert!(!mounts.contains(data_dir.join("oci").join(&id).to_str().unwrap()), "no mount left");
+    let ours = container_mounts(&data_dir);
+    assert!(ours.is_empty(), "no mount left: {ours:?}");
 }

@@ -622,13 +622,12 @@ impl Drop for Agent {
 }
 
 /// OCI containers outlive a killed agent by design (a restarted agent adopts them), so a test's agent takes
-/// the containers it leaves along when it is dropped: their processes, root mounts and cgroups.
+/// the containers it leaves along when it is dropped: their processes, root mounts and cgroups, and the
+/// shim's tmpfs for their runtime files.
 fn stop_containers(state_dir: &Path) {
-    for entry in std::fs::read_dir(state_dir).into_iter().flatten().flatten() {
+    let run_dir = state_dir.join("run");
+    for entry in std::fs::read_dir(&run_dir).into_iter().flatten().flatten() {
         let id = entry.file_name().to_string_lossy().into_owned();
-        if id.starts_with('.') {
-            continue;
-        }
         let in_cgroup = |pid: i64| {
             std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| c.contains(&format!("/skiff/{id}")))
         };
@@ -648,6 +647,7 @@ fn stop_containers(state_dir: &Path) {
         }
         let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup/skiff").join(&id));
     }
+    let _ = Command::new("umount").arg("-l").arg(&run_dir).stderr(Stdio::null()).status();
 }
 
 /// Polls `check` until it returns Some, or fails with `what` after `timeout`.

@@ -21,6 +21,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use skiff_shim::{OutputSink, ShimError};
 
+use crate::bundle::{Bundle, Dirs};
 use crate::container::{Child, Cleanup, OciContainer};
 use crate::{exec, setup_error, spec};
 
@@ -73,7 +74,7 @@ pub(crate) fn output_fifos(bundle: &Path) -> Result<(Streams, Streams), ShimErro
 }
 
 /// A pidfd for `pid`: a handle that keeps naming that process even after its pid is reused.
-fn pidfd_open(pid: Pid) -> std::io::Result<OwnedFd> {
+pub(crate) fn pidfd_open(pid: Pid) -> std::io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new file descriptor or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
     if fd < 0 {
@@ -114,18 +115,18 @@ fn in_container_cgroup(pid: Pid, id: &str) -> bool {
         .is_ok_and(|text| text.lines().any(|line| line.rsplit(':').next() == Some(cgroup.as_str())))
 }
 
-/// Takes over container `id` of `state_dir` if it still runs; cleans up what is left of it otherwise.
-pub(crate) fn adopt(state_dir: &Path, id: &str, output: Arc<dyn OutputSink>) -> Option<OciContainer> {
+/// Takes over container `id`, whose files are `bundle`, if it still runs; cleans up what is left of it
+/// otherwise.
+pub(crate) fn adopt(bundle: Bundle, id: &str, output: Arc<dyn OutputSink>) -> Option<OciContainer> {
     let _span = tracing::info_span!("oci_adopt", id).entered();
-    let bundle = state_dir.join(id);
-    if !bundle.is_dir() {
+    if !bundle.exists() {
         return None;
     }
-    let container = match Container::load(bundle.join("state").join(id)) {
+    let container = match Container::load(bundle.state().join(id)) {
         Ok(container) => container,
         Err(e) => {
-            tracing::info!(error = %e, "no runtime state for the container: removing its bundle");
-            crate::container::remove_bundle(&bundle);
+            tracing::info!(error = %e, "no runtime state for the container: removing its files");
+            bundle.remove();
             return None;
         }
     };
@@ -135,13 +136,13 @@ pub(crate) fn adopt(state_dir: &Path, id: &str, output: Arc<dyn OutputSink>) -> 
         }
         _ => None,
     };
-    let cleanup = Cleanup { bundle: bundle.clone(), cgroup: spec::cgroups_path(id) };
+    let cleanup = Cleanup { bundle, cgroup: spec::cgroups_path(id) };
     let Some((pid, pidfd)) = alive else {
         tracing::info!("the container ended while the agent was away: removing it");
         cleanup.remove();
         return None;
     };
-    let (stdout, stderr) = match open_readers(&bundle) {
+    let (stdout, stderr) = match open_readers(cleanup.bundle.dir()) {
         Ok(readers) => readers,
         Err(e) => {
             // Without its output the container cannot be supervised as before: stop it rather than lose it.
@@ -152,7 +153,7 @@ pub(crate) fn adopt(state_dir: &Path, id: &str, output: Arc<dyn OutputSink>) -> 
             return None;
         }
     };
-    let exec = exec::OciExec::new(id.to_owned(), bundle);
+    let exec = exec::OciExec::new(id.to_owned(), cleanup.bundle.dir().to_path_buf());
     match OciContainer::watch(Child::adopted(pid, pidfd), stdout, stderr, output, cleanup, exec) {
         Ok(adopted) => {
             tracing::info!(pid = pid.as_raw(), "adopted a running container");
@@ -165,19 +166,13 @@ pub(crate) fn adopt(state_dir: &Path, id: &str, output: Arc<dyn OutputSink>) -> 
     }
 }
 
-/// Stops and removes the containers of `state_dir` whose ids are not in `keep`.
-pub(crate) fn remove_others(state_dir: &Path, keep: &HashSet<String>) -> usize {
-    let Ok(entries) = std::fs::read_dir(state_dir) else { return 0 };
+/// Stops and removes the containers of `dirs` whose ids are not in `keep`.
+pub(crate) fn remove_others(dirs: &Dirs, keep: &HashSet<String>) -> usize {
     let mut removed = 0;
-    for entry in entries.flatten() {
-        let Some(id) = entry.file_name().to_str().map(str::to_owned) else { continue };
-        // Not a container: the layer cache and anything else that is not a container id.
-        if !crate::valid_id(&id) || keep.contains(&id) || !entry.path().is_dir() {
-            continue;
-        }
+    for id in dirs.ids().into_iter().filter(|id| !keep.contains(id)) {
         let _span = tracing::info_span!("oci_remove_orphan", id).entered();
-        let bundle = entry.path();
-        match Container::load(bundle.join("state").join(&id)) {
+        let bundle = dirs.bundle(&id);
+        match Container::load(bundle.state().join(&id)) {
             Ok(container) => {
                 if let (ContainerStatus::Running, Some(pid)) = (container.status(), container.pid())
                     && in_container_cgroup(pid, &id)
@@ -188,7 +183,7 @@ pub(crate) fn remove_others(state_dir: &Path, keep: &HashSet<String>) -> usize {
                 }
                 Cleanup { bundle, cgroup: spec::cgroups_path(&id) }.remove();
             }
-            Err(_) => crate::container::remove_bundle(&bundle),
+            Err(_) => bundle.remove(),
         }
         tracing::info!("removed a container no pod on this node owns");
         removed += 1;

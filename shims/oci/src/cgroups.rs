@@ -44,6 +44,17 @@ impl Hierarchy {
         Some(if root.join("unified/cgroup.controllers").exists() { Hierarchy::Hybrid } else { Hierarchy::V1 })
     }
 
+    /// Has the patched libcgroups read this host's v1 mounts now, in the agent, and keep them: every
+    /// container's intermediate process, a fork of the agent, then finds them in its copy instead of
+    /// reading mountinfo again.
+    pub(crate) fn remember_mounts(self) {
+        if self != Hierarchy::V2
+            && let Err(e) = libcgroups::v1::util::cgroup_mounts()
+        {
+            tracing::debug!(error = %e, "cannot read the cgroup v1 mounts: each start reads them");
+        }
+    }
+
     fn has_pids_controller(self) -> bool {
         match self {
             Hierarchy::V2 => std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")

@@ -1,20 +1,21 @@
-//! A running Linux container: its init process, output pumps, exit status and clean-up.
+//! A running Linux container: its init process, its supervision (output, exit status, clean-up).
 
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
 use nix::unistd::Pid;
 use skiff_shim::{Exit, ExitReason, OutputSink, Stream};
 use tokio::sync::watch;
 
+use crate::bundle::Bundle;
 use crate::exec::OciExec;
 
 /// How long the output of an ended container may keep flowing before its exit is reported anyway (a pipe
@@ -88,24 +89,25 @@ impl Child {
     }
 }
 
-/// What the reaper cleans up once the init process has ended.
+/// What the container's thread cleans up once the init process has ended.
 pub(crate) struct Cleanup {
-    pub bundle: PathBuf,
+    pub bundle: Bundle,
     pub cgroup: String,
 }
 
 impl Cleanup {
-    /// Removes the container's cgroup (killing anything left in it), then unmounts and removes its bundle,
-    /// which holds libcontainer's state too.
+    /// Removes the container's cgroup (killing anything left in it), then unmounts and removes its files,
+    /// libcontainer's state among them.
     pub(crate) fn remove(self) {
         crate::cgroups::remove(&self.cgroup);
-        remove_bundle(&self.bundle);
+        self.bundle.remove();
     }
 }
 
 impl OciContainer {
-    /// Watches a started container: pumps `stdout`/`stderr` into `output` and reaps `init` on a thread of its
-    /// own, then deletes the container and its bundle.
+    /// Watches a started container on one thread of its own: pumps `stdout`/`stderr` into `output`, reaps
+    /// `init` when it ends, then removes the container's cgroup and files. Where that thread cannot be had,
+    /// the container is stopped and removed rather than left running unseen.
     pub(crate) fn watch(
         init: Child,
         stdout: OwnedFd,
@@ -114,24 +116,36 @@ impl OciContainer {
         cleanup: Cleanup,
         exec: OciExec,
     ) -> Result<Self, std::io::Error> {
-        let (done_tx, done_rx) = mpsc::channel::<()>();
-        for (fd, stream) in [(stdout, Stream::Stdout), (stderr, Stream::Stderr)] {
-            let output = output.clone();
-            let done = done_tx.clone();
-            std::thread::Builder::new().name("oci-output".into()).spawn(move || {
-                pump(File::from(fd), stream, &*output);
-                drop(done);
-            })?;
-        }
-        drop(done_tx);
         let init = Arc::new(init);
         let (tx, rx) = watch::channel(None);
-        let reaper_init = init.clone();
-        std::thread::Builder::new().name("oci-reaper".into()).spawn(move || {
-            let exit = reap(&reaper_init, done_rx, cleanup);
-            let _ = tx.send(Some(exit));
-        })?;
+        // What the thread needs beyond the init goes over once it runs, so that a failed spawn leaves it here.
+        let (handoff, handed) = std::sync::mpsc::sync_channel::<(OwnedFd, OwnedFd, Cleanup)>(1);
+        let supervised = init.clone();
+        let spawned = own_pidfd(&init).and_then(|pidfd| {
+            std::thread::Builder::new().name("oci-container".into()).spawn(move || {
+                let Ok((stdout, stderr, cleanup)) = handed.recv() else { return };
+                let streams = [(File::from(stdout), Stream::Stdout), (File::from(stderr), Stream::Stderr)];
+                let exit = supervise(&supervised, &pidfd, streams, &*output, cleanup);
+                let _ = tx.send(Some(exit));
+            })
+        });
+        if let Err(e) = spawned {
+            init.signal(Signal::SIGKILL);
+            let _ = init.reap();
+            cleanup.remove();
+            return Err(e);
+        }
+        let _ = handoff.send((stdout, stderr, cleanup));
         Ok(OciContainer { exit: rx, init, exec: Arc::new(exec) })
+    }
+}
+
+/// A pidfd of `init` for its supervising thread: a copy of an adopted init's, or a new one for our own
+/// child, opened while it is unreaped (so its pid cannot have been reused).
+fn own_pidfd(init: &Child) -> std::io::Result<OwnedFd> {
+    match &init.pidfd {
+        Some(pidfd) => pidfd.try_clone(),
+        None => crate::adopt::pidfd_open(init.pid),
     }
 }
 
@@ -152,16 +166,71 @@ pub(crate) fn pump(mut pipe: File, stream: Stream, output: &dyn OutputSink) {
     }
 }
 
-fn reap(init: &Child, output_done: mpsc::Receiver<()>, cleanup: Cleanup) -> Exit {
-    let status = init.reap();
-    let oom_kills = oom_kills(&cleanup.cgroup);
-    let deadline = Instant::now() + OUTPUT_DRAIN;
-    // The pumps hold the senders: the channel disconnects when both reached the end of their pipe.
-    if let Err(mpsc::RecvTimeoutError::Timeout) =
-        output_done.recv_timeout(deadline.saturating_duration_since(Instant::now()))
-    {
-        tracing::warn!("the container's output is still open after it ended");
+/// The container's life after its start: its output pumped until `init` (`pidfd`) ended and both streams
+/// reached their end, or [`OUTPUT_DRAIN`] after the end (what is written later is dropped); then its exit,
+/// and its clean-up. One thread and one poll per container, not a thread per stream and one to wait.
+fn supervise(
+    init: &Child,
+    pidfd: &OwnedFd,
+    streams: [(File, Stream); 2],
+    output: &dyn OutputSink,
+    cleanup: Cleanup,
+) -> Exit {
+    let mut open = Vec::from(streams);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut ended: Option<(nix::Result<WaitStatus>, u64, Instant)> = None;
+    loop {
+        let timeout = match &ended {
+            None => PollTimeout::NONE,
+            Some(_) if open.is_empty() => break,
+            Some((_, _, drained_by)) => {
+                let left = drained_by.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    tracing::warn!("the container's output is still open after it ended");
+                    break;
+                }
+                // Rounded up: poll counts whole milliseconds, and a zero would spin.
+                PollTimeout::try_from(left.as_millis() + 1).unwrap_or(PollTimeout::MAX)
+            }
+        };
+        let mut fds: Vec<PollFd> = open.iter().map(|(file, _)| PollFd::new(file.as_fd(), PollFlags::POLLIN)).collect();
+        if ended.is_none() {
+            fds.push(PollFd::new(pidfd.as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => {
+                // Unread, its output would fill the pipes and block it for good.
+                tracing::warn!(error = %e, "cannot poll the container's output: stopping it");
+                init.signal(Signal::SIGKILL);
+                break;
+            }
+        }
+        // Events nix cannot name count as ready: the read tells.
+        let ready: Vec<bool> = fds.iter().map(|fd| fd.any().unwrap_or(true)).collect();
+        drop(fds);
+        if ended.is_none() && ready[open.len()] {
+            let status = init.reap();
+            // Read before the clean-up removes the cgroup.
+            ended = Some((status, oom_kills(&cleanup.cgroup), Instant::now() + OUTPUT_DRAIN));
+        }
+        let mut closed = Vec::new();
+        for (i, (file, stream)) in open.iter_mut().enumerate().filter(|(i, _)| ready[*i]) {
+            match file.read(&mut buf) {
+                Ok(0) => closed.push(i),
+                Ok(n) => output.write(*stream, &buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the container's output");
+                    closed.push(i);
+                }
+            }
+        }
+        for i in closed.into_iter().rev() {
+            open.remove(i);
+        }
     }
+    let (status, oom_kills, _) = ended.unwrap_or_else(|| (init.reap(), oom_kills(&cleanup.cgroup), Instant::now()));
     cleanup.remove();
     match status {
         Ok(status) => exit_from(status, oom_kills),
@@ -180,15 +249,6 @@ pub(crate) fn exit_code(status: &WaitStatus) -> Option<i32> {
         WaitStatus::Exited(_, code) => Some(code),
         WaitStatus::Signaled(_, signal, _) => Some(128 + signal as i32),
         _ => None,
-    }
-}
-
-pub(crate) fn remove_bundle(bundle: &Path) {
-    crate::overlay::unmount(&bundle.join("rootfs"));
-    if let Err(e) = std::fs::remove_dir_all(bundle)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::warn!(bundle = %bundle.display(), error = %e, "cannot remove the container's bundle");
     }
 }
 
@@ -279,7 +339,11 @@ fn adopted_exit(oom_kills: u64) -> Exit {
 }
 
 fn lost() -> Exit {
-    Exit { code: 255, reason: ExitReason::Error, message: Some("the container's reaper ended without a status".into()) }
+    Exit {
+        code: 255,
+        reason: ExitReason::Error,
+        message: Some("the thread supervising the container ended without a status".into()),
+    }
 }
 
 impl Drop for OciContainer {

@@ -207,7 +207,7 @@ impl OutputSink for ChannelSink {
     }
 }
 
-/// Connects the process's stdio to channels and starts its reaper: threads, as for a container's output.
+/// Connects the process's stdio to channels and starts its reaper: a thread per stream and one to wait.
 fn wire(process: Arc<Child>, stdio: Stdio, stdin_wanted: bool) -> Result<ExecProcess, std::io::Error> {
     let (output_tx, output) = mpsc::channel(QUEUE);
     let (stdin_tx, stdin_rx) = mpsc::channel::<Vec<u8>>(QUEUE);

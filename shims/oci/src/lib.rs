@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod adopt;
+mod bundle;
 mod cgroups;
 mod container;
 mod exec;
@@ -11,7 +12,7 @@ mod spec;
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use libcontainer::container::builder::ContainerBuilder;
@@ -63,8 +64,8 @@ impl Drop for StartGuard {
 /// Settings of the OCI shim.
 #[derive(Clone, Debug)]
 pub struct OciConfig {
-    /// Where containers' bundles (root filesystem, `config.json`) and runtime state live, one directory per
-    /// container id, removed when the container ends.
+    /// Where the layer cache and the containers' files live (`layers`, `upper`, `work`, and `run` for the
+    /// runtime files, on a tmpfs the shim mounts there); a container's are removed when it ends.
     pub state_dir: PathBuf,
 }
 
@@ -84,7 +85,8 @@ pub enum OciError {
 /// systemd). Each container gets its own pid, mount, ipc and uts namespaces, joins its pod's network
 /// namespace (or shares the host network when it has none), and lives in the cgroup `/skiff/<id>` with the spec's memory and CPU limits.
 pub struct OciShim {
-    state_dir: PathBuf,
+    /// Shared with starts and sweeps under way, which may outlive the shim: the last holder unmounts.
+    dirs: Arc<bundle::Dirs>,
     layers: Arc<overlay::LayerCache>,
     hierarchy: cgroups::Hierarchy,
 }
@@ -95,16 +97,16 @@ const PIDS_LIMIT: i64 = 4096;
 
 impl OciShim {
     pub fn new(config: OciConfig) -> Result<Self, OciError> {
-        std::fs::create_dir_all(&config.state_dir)
+        let dirs = bundle::Dirs::create(&config.state_dir)
             .map_err(|source| OciError::StateDir { path: config.state_dir.clone(), source })?;
-        // A leading dot: no container id can name it.
-        let layers_dir = config.state_dir.join(".layers");
+        let layers_dir = dirs.layers();
         let layers = overlay::LayerCache::new(layers_dir.clone())
             .map_err(|source| OciError::StateDir { path: layers_dir, source })?;
         // Without a usable hierarchy the node does not offer this shim (`available`); v1 is assumed then.
         let hierarchy = cgroups::Hierarchy::detect().unwrap_or(cgroups::Hierarchy::V1);
+        hierarchy.remember_mounts();
         tracing::info!(?hierarchy, "oci shim ready");
-        Ok(OciShim { state_dir: config.state_dir, layers: Arc::new(layers), hierarchy })
+        Ok(OciShim { dirs: Arc::new(dirs), layers: Arc::new(layers), hierarchy })
     }
 
     /// Whether this host can run containers: the agent runs as root and a cgroup hierarchy with the memory
@@ -148,9 +150,9 @@ impl skiff_shim::Shim for OciShim {
         if !valid_id(&spec.id) {
             return Err(ShimError::Setup { message: format!("invalid container id {:?}", spec.id), source: None });
         }
-        let bundle = self.state_dir.join(&spec.id);
+        let bundle = self.dirs.bundle(&spec.id);
         let task_bundle = bundle.clone();
-        let (layers, hierarchy) = (self.layers.clone(), self.hierarchy);
+        let (dirs, layers, hierarchy) = (self.dirs.clone(), self.layers.clone(), self.hierarchy);
         // Unpacking is blocking IO and libcontainer forks from the calling thread. A failed start is cleaned
         // up on that thread too: the caller may have stopped waiting (a cancelled start, a runtime shutting
         // down) and must not leave a mounted root behind.
@@ -163,8 +165,10 @@ impl skiff_shim::Shim for OciShim {
             }
             let created = create(&task_bundle, &spec, &layers, hierarchy);
             if created.is_err() {
-                container::remove_bundle(&task_bundle);
+                task_bundle.remove();
             }
+            // Held until here, so the run directory's tmpfs outlives this start (see `OciShim::dirs`).
+            drop(dirs);
             created
         });
         let started = match tokio::time::timeout(START_TIMEOUT, &mut task).await {
@@ -179,7 +183,7 @@ impl skiff_shim::Shim for OciShim {
             Ok(Ok(container)) => Ok(Box::new(container)),
             Ok(Err(e)) => Err(e),
             Err(e) => {
-                container::remove_bundle(&bundle);
+                bundle.remove();
                 Err(setup_error("the container start task failed".into(), e))
             }
         }
@@ -189,8 +193,9 @@ impl skiff_shim::Shim for OciShim {
         if !valid_id(id) {
             return None;
         }
-        let (state_dir, id) = (self.state_dir.clone(), id.to_owned());
-        let adopted = tokio::task::spawn_blocking(move || adopt::adopt(&state_dir, &id, output)).await.ok()??;
+        let bundle = self.dirs.bundle(id);
+        let id = id.to_owned();
+        let adopted = tokio::task::spawn_blocking(move || adopt::adopt(bundle, &id, output)).await.ok()??;
         Some(Box::new(adopted))
     }
 
@@ -200,8 +205,8 @@ impl skiff_shim::Shim for OciShim {
     }
 
     async fn remove_others(&self, keep: &std::collections::HashSet<String>) -> usize {
-        let (state_dir, keep) = (self.state_dir.clone(), keep.clone());
-        tokio::task::spawn_blocking(move || adopt::remove_others(&state_dir, &keep)).await.unwrap_or(0)
+        let (dirs, keep) = (self.dirs.clone(), keep.clone());
+        tokio::task::spawn_blocking(move || adopt::remove_others(&dirs, &keep)).await.unwrap_or(0)
     }
 }
 
@@ -235,27 +240,27 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), ShimError> {
 }
 
 fn create(
-    bundle: &Path,
+    bundle: &bundle::Bundle,
     spec: &ContainerSpec,
     layers: &overlay::LayerCache,
     hierarchy: cgroups::Hierarchy,
 ) -> Result<OciContainer, ShimError> {
     let _span = tracing::info_span!("oci_start", container = %spec.name, id = %spec.id).entered();
-    let rootfs = bundle.join("rootfs");
-    let state = bundle.join("state");
-    for dir in [&rootfs, &state] {
+    let state = bundle.state();
+    for dir in [&bundle.mount_point(), &state] {
         std::fs::create_dir_all(dir).map_err(|e| setup_error(format!("cannot create {}: {e}", dir.display()), e))?;
     }
     let made = layers.prepare(&spec.image.layers, bundle)?;
     tracing::debug!(rootfs = ?made, "root filesystem ready");
-    let mut oci = spec::runtime_spec(spec)?;
+    let rootfs = bundle.root(made);
+    let mut oci = spec::runtime_spec(spec, &rootfs)?;
     security::apply(&mut oci, spec, &rootfs)?;
     cgroups::apply(&mut oci, &spec.limits, Some(PIDS_LIMIT), hierarchy)?;
-    let config = bundle.join("config.json");
+    let config = bundle.dir().join("config.json");
     oci.save(&config).map_err(|e| setup_error(format!("cannot write {}: {e}", config.display()), e))?;
 
     let stdin = File::open("/dev/null").map_err(|e| setup_error(format!("cannot open /dev/null: {e}"), e))?;
-    let ((stdout_w, stderr_w), (stdout_r, stderr_r)) = adopt::output_fifos(bundle)?;
+    let ((stdout_w, stderr_w), (stdout_r, stderr_r)) = adopt::output_fifos(bundle.dir())?;
     let runtime_error = |what: &str, e: libcontainer::error::LibcontainerError| {
         setup_error(format!("cannot {what} container {}: {e}", spec.id), e)
     };
@@ -266,7 +271,7 @@ fn create(
         .with_stdin(stdin)
         .with_stdout(stdout_w)
         .with_stderr(stderr_w)
-        .as_init(bundle)
+        .as_init(bundle.dir())
         .with_systemd(false)
         .build()
         .map_err(|e| runtime_error("create", e))?;
@@ -287,10 +292,10 @@ fn create(
         }
     };
     tracing::debug!(pid = pid.as_raw(), "container started");
-    let cleanup = container::Cleanup { bundle: bundle.to_path_buf(), cgroup: spec::cgroups_path(&spec.id) };
-    let exec = exec::OciExec::new(spec.id.clone(), bundle.to_path_buf());
+    let cleanup = container::Cleanup { bundle: bundle.clone(), cgroup: spec::cgroups_path(&spec.id) };
+    let exec = exec::OciExec::new(spec.id.clone(), bundle.dir().to_path_buf());
     OciContainer::watch(container::Child::new(pid), stdout_r, stderr_r, spec.output.clone(), cleanup, exec)
-        .map_err(|e| setup_error(format!("cannot start the threads watching container {}: {e}", spec.id), e))
+        .map_err(|e| setup_error(format!("cannot start the thread watching container {}: {e}", spec.id), e))
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Copy-on-write root filesystems: every layer is unpacked once, by digest, into the shim's layer cache and
 //! shared by all containers of all images that have it; each container gets an overlayfs mount of its
-//! image's layers with an upper and a work directory of its own in its bundle. Where overlayfs cannot be
+//! image's layers with an upper and a work directory of its own on disk. Where overlayfs cannot be
 //! mounted (no overlay module, an upper directory on a filesystem overlayfs refuses, too many layers for
 //! one mount's options), the container gets a full copy of its layers instead.
 
@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use nix::mount::{MntFlags, MsFlags};
 use skiff_shim::{Layer, ShimError};
 
+use crate::bundle::Bundle;
 use crate::rootfs::{self, Whiteouts};
 
 /// The mount options overlayfs accepts fit in one page.
@@ -89,37 +90,35 @@ impl LayerCache {
         }
     }
 
-    /// Makes `bundle/rootfs` (which must exist) the container's root: an overlay of the cached layers,
-    /// else a copy of them.
-    pub(crate) fn prepare(&self, layers: &[Layer], bundle: &Path) -> Result<Rootfs, ShimError> {
-        let rootfs = bundle.join("rootfs");
-        match self.mount_overlay(layers, bundle, &rootfs) {
+    /// Makes the container's root (see [`Bundle::root`]; the mount point must exist): an overlay of the
+    /// cached layers, else a copy of them.
+    pub(crate) fn prepare(&self, layers: &[Layer], bundle: &Bundle) -> Result<Rootfs, ShimError> {
+        match self.mount_overlay(layers, bundle) {
             Ok(()) => Ok(Rootfs::Overlay),
             Err(e) => {
                 tracing::debug!(error = %e, "overlayfs is not usable here: unpacking a full copy of the image");
-                for dir in ["upper", "work"] {
-                    let _ = std::fs::remove_dir_all(bundle.join(dir));
+                for dir in [bundle.upper(), bundle.work()] {
+                    let _ = std::fs::remove_dir_all(dir);
                 }
+                let rootfs = bundle.root(Rootfs::Copy);
+                std::fs::create_dir_all(&rootfs).map_err(|e| create_error(&rootfs, e))?;
                 rootfs::unpack_layers(layers, &rootfs)?;
                 Ok(Rootfs::Copy)
             }
         }
     }
 
-    fn mount_overlay(&self, layers: &[Layer], bundle: &Path, rootfs: &Path) -> Result<(), ShimError> {
+    fn mount_overlay(&self, layers: &[Layer], bundle: &Bundle) -> Result<(), ShimError> {
         let mut lower = Vec::with_capacity(layers.len());
         // overlayfs lists the top layer first.
         for layer in layers.iter().rev() {
             lower.push(self.layer_dir(layer)?);
         }
-        let (upper, work) = (bundle.join("upper"), bundle.join("work"));
-        for dir in [&upper, &work] {
-            std::fs::create_dir(dir).map_err(|e| ShimError::Setup {
-                message: format!("cannot create {}: {e}", dir.display()),
-                source: Some(Box::new(e)),
-            })?;
+        let (upper, work) = (bundle.upper(), bundle.work());
+        for dir in [upper, work] {
+            std::fs::create_dir(dir).map_err(|e| create_error(dir, e))?;
         }
-        let options = overlay_options(&lower, &upper, &work).ok_or_else(|| ShimError::Setup {
+        let options = overlay_options(&lower, upper, work).ok_or_else(|| ShimError::Setup {
             message: "the layer paths do not fit overlayfs mount options".into(),
             source: None,
         })?;
@@ -128,8 +127,9 @@ impl LayerCache {
         // Older kernels refuse the option (EINVAL): the first mount that then works without it settles that
         // for the process. A work directory once mounted volatile cannot be mounted again, and is not: every
         // container's is new.
+        let rootfs = bundle.mount_point();
         let mount = |options: &str| {
-            nix::mount::mount(Some("overlay"), rootfs, Some("overlay"), MsFlags::empty(), Some(options))
+            nix::mount::mount(Some("overlay"), &rootfs, Some("overlay"), MsFlags::empty(), Some(options))
         };
         let setup_error = |e: nix::errno::Errno| ShimError::Setup {
             message: format!("cannot mount overlayfs: {e}"),
@@ -145,6 +145,10 @@ impl LayerCache {
         VOLATILE_REFUSED.store(true, Ordering::Relaxed);
         Ok(())
     }
+}
+
+fn create_error(dir: &Path, e: std::io::Error) -> ShimError {
+    ShimError::Setup { message: format!("cannot create {}: {e}", dir.display()), source: Some(Box::new(e)) }
 }
 
 /// Unmounts a container's overlay root, if it has one (a copied root is no mount: EINVAL).
@@ -177,6 +181,7 @@ fn overlay_options(lower: &[PathBuf], upper: &Path, work: &Path) -> Option<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bundle::Dirs;
 
     fn layer(dir: &Path, name: &str, files: &[(&str, &str)]) -> Layer {
         let mut builder = tar::Builder::new(Vec::new());
@@ -205,24 +210,29 @@ mod tests {
         let lower = layer(dir.path(), "aa", &[("etc/a", "a"), ("etc/b", "b"), ("var/old", "old")]);
         let upper = layer(dir.path(), "bb", &[("etc/.wh.a", ""), ("var/.wh..wh..opq", ""), ("var/new", "new")]);
         let layers = [lower, upper];
-        let mut bundles = Vec::new();
-        for name in ["one", "two"] {
-            let bundle = dir.path().join(name);
-            std::fs::create_dir_all(bundle.join("rootfs")).unwrap();
-            assert_eq!(cache.prepare(&layers, &bundle).unwrap(), Rootfs::Overlay);
-            bundles.push(bundle);
+        let dirs = Dirs::create(&dir.path().join("oci")).unwrap();
+        let bundles = ["one", "two"].map(|id| dirs.bundle(id));
+        for bundle in &bundles {
+            std::fs::create_dir_all(bundle.mount_point()).unwrap();
+            assert_eq!(cache.prepare(&layers, bundle).unwrap(), Rootfs::Overlay);
         }
-        let root = bundles[0].join("rootfs");
+        let root = bundles[0].root(Rootfs::Overlay);
         assert!(!root.join("etc/a").exists(), "a whiteout hides the lower file");
         assert_eq!(std::fs::read_to_string(root.join("etc/b")).unwrap(), "b");
         assert!(!root.join("var/old").exists(), "an opaque directory hides the lower contents");
         assert_eq!(std::fs::read_to_string(root.join("var/new")).unwrap(), "new");
         std::fs::write(root.join("etc/b"), "changed").unwrap();
-        assert_eq!(std::fs::read_to_string(bundles[1].join("rootfs/etc/b")).unwrap(), "b", "copy-on-write");
+        assert_eq!(
+            std::fs::read_to_string(bundles[1].root(Rootfs::Overlay).join("etc/b")).unwrap(),
+            "b",
+            "copy-on-write"
+        );
         assert_eq!(std::fs::read_to_string(dir.path().join("layers/sha256-aa/etc/b")).unwrap(), "b");
+        assert_eq!(std::fs::read_to_string(bundles[0].upper().join("etc/b")).unwrap(), "changed", "written to disk");
         for bundle in &bundles {
-            unmount(&bundle.join("rootfs"));
+            bundle.remove();
         }
+        drop(dirs);
         let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
         assert!(!mounts.contains(dir.path().to_str().unwrap()), "unmounted");
     }

@@ -1,5 +1,7 @@
 //! The OCI runtime spec (`config.json`) of a container.
 
+use std::path::Path;
+
 use oci_spec::runtime::{
     LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, Mount as OciMount, MountBuilder,
     Spec,
@@ -59,11 +61,11 @@ pub(crate) fn env(spec: &ContainerSpec) -> Vec<String> {
     out
 }
 
-/// Builds the runtime spec for `spec`; the bundle's root filesystem is `rootfs` next to `config.json`.
-pub(crate) fn runtime_spec(spec: &ContainerSpec) -> Result<Spec, ShimError> {
+/// Builds the runtime spec for `spec`, whose root filesystem is `rootfs`.
+pub(crate) fn runtime_spec(spec: &ContainerSpec, rootfs: &Path) -> Result<Spec, ShimError> {
     let mut oci = Spec::default();
     if let Some(root) = oci.root_mut() {
-        root.set_readonly(Some(false));
+        root.set_path(rootfs.to_path_buf()).set_readonly(Some(false));
     }
     // The pod's name, as the kubelet sets it.
     let hostname = spec.name.split('/').nth(1).filter(|p| !p.is_empty()).unwrap_or(&spec.id);
@@ -186,7 +188,7 @@ mod tests {
 
     #[test]
     fn the_spec_carries_process_mounts_and_limits() {
-        let oci = runtime_spec(&spec()).unwrap();
+        let oci = runtime_spec(&spec(), Path::new("/run/c/rootfs")).unwrap();
         let process = oci.process().as_ref().unwrap();
         assert_eq!(process.args().as_ref().unwrap(), &["/bin/sh", "-c", "true"]);
         let env = process.env().as_ref().unwrap();
@@ -195,7 +197,8 @@ mod tests {
         assert!(env.iter().any(|kv| kv.starts_with("PATH=")));
         assert_eq!(process.cwd().to_str(), Some("/srv"));
         assert_eq!(oci.hostname().as_deref(), Some("pod-a"));
-        assert_eq!(oci.root().as_ref().unwrap().readonly(), Some(false));
+        let root = oci.root().as_ref().unwrap();
+        assert_eq!((root.path().to_str(), root.readonly()), (Some("/run/c/rootfs"), Some(false)));
 
         let mounts = oci.mounts().as_ref().unwrap();
         assert!(mounts.iter().any(|m| m.destination().to_str() == Some("/proc")));
@@ -218,7 +221,7 @@ mod tests {
     fn a_pod_network_namespace_is_joined_by_path() {
         let mut s = spec();
         s.netns = Some("/run/skiff/n/netns/uid".into());
-        let oci = runtime_spec(&s).unwrap();
+        let oci = runtime_spec(&s, Path::new("/run/c/rootfs")).unwrap();
         let namespaces = oci.linux().as_ref().unwrap().namespaces().clone().unwrap();
         let network = namespaces.iter().find(|n| n.typ() == LinuxNamespaceType::Network).unwrap();
         assert_eq!(network.path().as_deref(), Some(std::path::Path::new("/run/skiff/n/netns/uid")));
@@ -230,7 +233,7 @@ mod tests {
         s.limits.cpu_millis = Some(1);
         s.argv = vec!["echo".into(), "hi".into()];
         s.working_dir = Some("/w".into());
-        let oci = runtime_spec(&s).unwrap();
+        let oci = runtime_spec(&s, Path::new("/run/c/rootfs")).unwrap();
         let cpu = oci.linux().as_ref().unwrap().resources().as_ref().unwrap().cpu().clone().unwrap();
         assert_eq!(cpu.quota(), Some(1_000));
         let process = oci.process().as_ref().unwrap();
@@ -243,13 +246,13 @@ mod tests {
         let mut s = spec();
         s.image.entrypoint.clear();
         s.image.cmd.clear();
-        assert!(matches!(runtime_spec(&s), Err(ShimError::InvalidImage(_))));
+        assert!(matches!(runtime_spec(&s, Path::new("/run/c/rootfs")), Err(ShimError::InvalidImage(_))));
         let mut s = spec();
         s.mounts[0].container_path = "relative".into();
-        assert!(matches!(runtime_spec(&s), Err(ShimError::Setup { .. })));
+        assert!(matches!(runtime_spec(&s, Path::new("/run/c/rootfs")), Err(ShimError::Setup { .. })));
         let mut s = spec();
         s.working_dir = Some("rel".into());
-        assert!(matches!(runtime_spec(&s), Err(ShimError::Setup { .. })));
+        assert!(matches!(runtime_spec(&s, Path::new("/run/c/rootfs")), Err(ShimError::Setup { .. })));
     }
 
     #[test]

@@ -36,10 +36,11 @@ fn busybox_layer(dir: &Path) -> Layer {
     Layer { media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(), digest: "sha256:busybox".into(), path }
 }
 
+// The shim drops before the directory: it unmounts its run directory's tmpfs.
 struct Fixture {
-    dir: tempfile::TempDir,
     shim: OciShim,
     image: Image,
+    dir: tempfile::TempDir,
 }
 
 /// None (with the reason printed) where containers cannot run.
@@ -62,6 +63,18 @@ fn fixture() -> Option<Fixture> {
         ..Image::default()
     };
     Some(Fixture { dir, shim, image })
+}
+
+impl Drop for Fixture {
+    /// A dropped container is removed by its own thread; the shim unmounts its tmpfs only once no
+    /// container has files in it.
+    fn drop(&mut self) {
+        let run = self.dir.path().join("state/run");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_dir(&run).is_ok_and(|mut entries| entries.next().is_some()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -88,16 +101,18 @@ impl Fixture {
         (spec, capture)
     }
 
-    fn bundle(&self, spec: &ContainerSpec) -> PathBuf {
-        self.dir.path().join("state").join(&spec.id)
+    /// The container's files: its runtime files on the shim's tmpfs, its writable layer on disk.
+    fn files(&self, spec: &ContainerSpec) -> [PathBuf; 3] {
+        let state = self.dir.path().join("state");
+        ["run", "upper", "work"].map(|dir| state.join(dir).join(&spec.id))
     }
 }
 
 async fn run(fx: &Fixture, spec: ContainerSpec) -> Exit {
-    let (bundle, id) = (fx.bundle(&spec), spec.id.clone());
+    let (files, id) = (fx.files(&spec), spec.id.clone());
     let mut container = fx.shim.start(spec).await.unwrap_or_else(|e| panic!("{e:?}"));
     let exit = tokio::time::timeout(Duration::from_secs(30), container.wait()).await.expect("container ended");
-    assert!(!bundle.exists(), "the bundle is removed once the container ended");
+    assert!(!files.iter().any(|f| f.exists()), "the files are removed once the container ended: {files:?}");
     assert_eq!(cgroups_left(&id), Vec::<PathBuf>::new(), "the cgroups are removed once the container ended");
     exit
 }
@@ -239,10 +254,10 @@ async fn exceeding_the_memory_limit_is_an_oom_kill() {
 async fn a_missing_command_fails_to_start_and_cleans_up() {
     let Some(fx) = fixture() else { return };
     let (spec, _) = fx.spec(&["/no/such/binary"]);
-    let (bundle, id) = (fx.bundle(&spec), spec.id.clone());
+    let (files, id) = (fx.files(&spec), spec.id.clone());
     let err = fx.shim.start(spec).await.err().expect("a missing binary fails the start");
     assert!(err.to_string().contains("/no/such/binary"), "{err}");
-    assert!(!bundle.exists());
+    assert!(!files.iter().any(|f| f.exists()), "{files:?}");
     assert_eq!(cgroups_left(&id), Vec::<PathBuf>::new());
 }
 
@@ -300,6 +315,34 @@ async fn exec_output(process: &mut skiff_shim::ExecProcess) -> (String, String) 
 
 fn exec_request(argv: &[&str], stdin: bool, tty: bool) -> skiff_shim::ExecRequest {
     skiff_shim::ExecRequest { argv: argv.iter().map(|s| s.to_string()).collect(), stdin, tty }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_files_live_on_tmpfs_and_the_container_writes_to_disk() {
+    use nix::sys::statfs::{TMPFS_MAGIC, statfs};
+    let Some(fx) = fixture() else { return };
+    if statfs(fx.dir.path()).unwrap().filesystem_type() == TMPFS_MAGIC {
+        eprintln!("skipping: the temporary directory is a tmpfs already");
+        return;
+    }
+    let (spec, _) = fx.spec(&["sh", "-c", "echo kept > /written; sleep 100"]);
+    let [run, upper, work] = fx.files(&spec);
+    let mut container = fx.shim.start(spec).await.unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(statfs(&run.join("config.json")).unwrap().filesystem_type(), TMPFS_MAGIC);
+    let written = upper.join("written");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !written.exists() {
+        assert!(Instant::now() < deadline, "the container's write never reached {}", written.display());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_ne!(statfs(&written).unwrap().filesystem_type(), TMPFS_MAGIC);
+    container.stop(Duration::ZERO);
+    container.wait().await;
+    assert!(![run, upper, work].iter().any(|dir| dir.exists()));
+    let dir = fx.dir.path().to_str().unwrap().to_owned();
+    drop(fx);
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(!mounts.contains(&dir), "the shim's tmpfs is gone with it: {mounts}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,210 @@
+//! Where a container's files live. Its runtime files (`config.json`, libcontainer's state, the output FIFOs,
+//! exec's files, the mount point of its root) go in the shim's run directory, a tmpfs like containerd's
+//! `/run`: a start makes and a removal deletes about fifteen of them, which on a disk cost tens of
+//! microseconds each, and none of them needs to outlive a reboot, which the containers do not outlive either.
+//! Its writable layer (the overlay's upper and work directories, or a full copy of its image where overlayfs
+//! is unusable) stays on disk beside the layer cache: what a container writes is not the node's memory.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use nix::mount::MsFlags;
+use nix::sys::statfs::{TMPFS_MAGIC, statfs};
+
+use crate::overlay::Rootfs;
+
+/// The shim's directories under its state directory: `layers` (the layer cache), `upper` and `work` (the
+/// containers' writable layers, one directory each per container, so a start makes two directories on
+/// disk rather than three) and `run` (the runtime files, on tmpfs). Dropped, it unmounts the tmpfs it
+/// mounted if no container is left in it; one that holds containers stays for the next agent to adopt them.
+#[derive(Debug)]
+pub(crate) struct Dirs {
+    state: PathBuf,
+    run: PathBuf,
+    upper: PathBuf,
+    work: PathBuf,
+    mounted: bool,
+}
+
+impl Dirs {
+    /// Makes the directories, and a tmpfs on the run directory unless it is on one already (the state
+    /// directory lies in a tmpfs, or an agent restarted over the one it mounted before) or holds files
+    /// already (an agent that could not mount one left containers there, which a tmpfs would hide). Where
+    /// no tmpfs can be mounted the run directory stays on disk: slower, not wrong.
+    pub(crate) fn create(state_dir: &Path) -> std::io::Result<Dirs> {
+        let mut dirs = Dirs {
+            state: state_dir.to_path_buf(),
+            run: state_dir.join("run"),
+            upper: state_dir.join("upper"),
+            work: state_dir.join("work"),
+            mounted: false,
+        };
+        for dir in [&dirs.run, &dirs.upper, &dirs.work] {
+            std::fs::create_dir_all(dir)?;
+        }
+        if statfs(&dirs.run).is_ok_and(|fs| fs.filesystem_type() == TMPFS_MAGIC) {
+            return Ok(dirs);
+        }
+        if !is_empty(&dirs.run) {
+            tracing::warn!(run_dir = %dirs.run.display(), "containers' runtime files are on disk: no tmpfs over them");
+            return Ok(dirs);
+        }
+        let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        match nix::mount::mount(Some("tmpfs"), &dirs.run, Some("tmpfs"), flags, Some("mode=0700")) {
+            Ok(()) => dirs.mounted = true,
+            Err(e) => {
+                tracing::warn!(run_dir = %dirs.run.display(), error = %e, "cannot mount a tmpfs: runtime files stay on disk")
+            }
+        }
+        Ok(dirs)
+    }
+
+    pub(crate) fn layers(&self) -> PathBuf {
+        self.state.join("layers")
+    }
+
+    pub(crate) fn bundle(&self, id: &str) -> Bundle {
+        Bundle { run: self.run.join(id), upper: self.upper.join(id), work: self.work.join(id) }
+    }
+
+    /// The ids of the containers with files in any place.
+    pub(crate) fn ids(&self) -> BTreeSet<String> {
+        [&self.run, &self.upper, &self.work]
+            .into_iter()
+            .filter_map(|dir| std::fs::read_dir(dir).ok())
+            .flat_map(|entries| entries.flatten())
+            .filter(|entry| entry.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|entry| entry.file_name().into_string().ok())
+            .filter(|name| crate::valid_id(name))
+            .collect()
+    }
+}
+
+impl Drop for Dirs {
+    fn drop(&mut self) {
+        if !self.mounted || !is_empty(&self.run) {
+            return;
+        }
+        // Detached: a container starting elsewhere in this process at that moment holds a copy of every mount
+        // until it pivots into its root (EBUSY), and nothing can be using an empty run directory.
+        if let Err(e) = nix::mount::umount2(&self.run, nix::mount::MntFlags::MNT_DETACH) {
+            tracing::warn!(run_dir = %self.run.display(), error = %e, "cannot unmount the run directory");
+        }
+    }
+}
+
+fn is_empty(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none())
+}
+
+/// One container's directories; `run` is its OCI bundle.
+#[derive(Clone, Debug)]
+pub(crate) struct Bundle {
+    run: PathBuf,
+    upper: PathBuf,
+    work: PathBuf,
+}
+
+impl Bundle {
+    /// The OCI bundle: `config.json`, the output FIFOs, exec's files.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.run
+    }
+
+    /// libcontainer's state directory.
+    pub(crate) fn state(&self) -> PathBuf {
+        self.run.join("state")
+    }
+
+    /// Where the overlay root is mounted.
+    pub(crate) fn mount_point(&self) -> PathBuf {
+        self.run.join("rootfs")
+    }
+
+    /// The overlay's upper directory, and the copy of the image where there is no overlay.
+    pub(crate) fn upper(&self) -> &Path {
+        &self.upper
+    }
+
+    /// The overlay's work directory.
+    pub(crate) fn work(&self) -> &Path {
+        &self.work
+    }
+
+    /// The container's root filesystem, made as `kind`.
+    pub(crate) fn root(&self, kind: Rootfs) -> PathBuf {
+        match kind {
+            Rootfs::Overlay => self.mount_point(),
+            Rootfs::Copy => self.upper.clone(),
+        }
+    }
+
+    pub(crate) fn exists(&self) -> bool {
+        [&self.run, &self.upper, &self.work].iter().any(|dir| dir.exists())
+    }
+
+    /// Unmounts the container's root and removes its directories.
+    pub(crate) fn remove(&self) {
+        crate::overlay::unmount(&self.mount_point());
+        for dir in [&self.run, &self.upper, &self.work] {
+            if let Err(e) = std::fs::remove_dir_all(dir)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the container's files");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_run_directory_is_a_tmpfs_released_once_empty() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipping: mounting a tmpfs needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        if statfs(dir.path()).unwrap().filesystem_type() == TMPFS_MAGIC {
+            eprintln!("skipping: the temporary directory is a tmpfs already");
+            return;
+        }
+        let state = dir.path().join("oci");
+        let run = state.join("run");
+        let mounts = || std::fs::read_to_string("/proc/mounts").unwrap().matches(run.to_str().unwrap()).count();
+        let dirs = Dirs::create(&state).unwrap();
+        assert_eq!(statfs(&run).unwrap().filesystem_type(), TMPFS_MAGIC);
+        let bundle = dirs.bundle("one");
+        std::fs::create_dir_all(bundle.state()).unwrap();
+        std::fs::create_dir_all(bundle.upper().join("etc")).unwrap();
+        let two = dirs.bundle("two");
+        std::fs::create_dir_all(two.work()).unwrap();
+        assert_eq!(dirs.ids(), ["one", "two"].map(String::from).into(), "ids from every place, once each");
+
+        drop(dirs);
+        assert_eq!(mounts(), 1, "kept while a container has files in it");
+        let again = Dirs::create(&state).unwrap();
+        assert_eq!(mounts(), 1, "a restarted shim finds its tmpfs and its containers");
+        assert!(bundle.state().exists());
+        for bundle in [bundle, two] {
+            bundle.remove();
+            assert!(!bundle.exists());
+        }
+        drop(again);
+        assert_eq!(mounts(), 1, "left to the shim that mounted it");
+        let _ = nix::mount::umount2(&run, nix::mount::MntFlags::MNT_DETACH);
+
+        std::fs::create_dir(run.join("on-disk")).unwrap();
+        let on_disk = Dirs::create(&state).unwrap();
+        assert_eq!(mounts(), 0, "no tmpfs hides the files of containers on disk");
+        std::fs::remove_dir(run.join("on-disk")).unwrap();
+        drop(on_disk);
+
+        let fresh = Dirs::create(&state).unwrap();
+        assert_eq!(mounts(), 1);
+        drop(fresh);
+        assert_eq!(mounts(), 0, "unmounted by the shim that mounted it, once empty");
+    }
+}
