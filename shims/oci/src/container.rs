@@ -149,23 +149,6 @@ fn own_pidfd(init: &Child) -> std::io::Result<OwnedFd> {
     }
 }
 
-pub(crate) fn pump(mut pipe: File, stream: Stream, output: &dyn OutputSink) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match pipe.read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => output.write(stream, &buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            // A terminal's master side reads EIO once the last process holding the terminal closed it.
-            Err(e) if e.raw_os_error() == Some(libc::EIO) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the container's output");
-                return;
-            }
-        }
-    }
-}
-
 /// The container's life after its start: its output pumped until `init` (`pidfd`) ended and both streams
 /// reached their end, or [`OUTPUT_DRAIN`] after the end (what is written later is dropped); then its exit,
 /// and its clean-up. One thread and one poll per container, not a thread per stream and one to wait.

@@ -5,7 +5,7 @@
 //! terminal, so job control and ^C work) and hands the master side over a console socket.
 
 use std::fs::File;
-use std::io::{IoSliceMut, Write};
+use std::io::{IoSliceMut, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -24,7 +24,7 @@ use oci_spec::runtime::Spec;
 use skiff_shim::{ExecControl, ExecProcess, ExecRequest, OutputSink, ShimError, Stream, TerminalSize};
 use tokio::sync::{mpsc, watch};
 
-use crate::container::{Child, exit_code, pump};
+use crate::container::{Child, exit_code};
 use crate::{lock_start, pipe, setup_error};
 
 /// How many output chunks and input writes may wait between the process and the connection.
@@ -204,6 +204,24 @@ impl OutputSink for ChannelSink {
     fn write(&self, stream: Stream, bytes: &[u8]) {
         // A closed channel means the caller went away: the pump keeps draining until the process ends.
         let _ = self.0.blocking_send((stream, bytes.to_vec()));
+    }
+}
+
+/// Carries one stream of the process into `output` until its end.
+fn pump(mut pipe: File, stream: Stream, output: &dyn OutputSink) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match pipe.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => output.write(stream, &buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            // A terminal's master side reads EIO once the last process holding the terminal closed it.
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the exec'd process's output");
+                return;
+            }
+        }
     }
 }
 

@@ -93,12 +93,12 @@ impl Manager {
             Ok(read) => read,
             Err(e) => {
                 tracing::warn!("cannot read this process's cgroup mounts: {e}");
-                (Vec::new(), ProcessCGroups(Vec::new()))
+                (&[][..], ProcessCGroups(Vec::new()))
             }
         };
         let mut subsystems = HashMap::new();
         for subsystem in CONTROLLERS {
-            match Self::get_subsystem_path(cgroup_path, subsystem, &mounts, &process_cgroups) {
+            match Self::get_subsystem_path(cgroup_path, subsystem, mounts, &process_cgroups) {
                 Ok(subsystem_path) => {
                     subsystems.insert(*subsystem, subsystem_path);
                 }
@@ -109,7 +109,7 @@ impl Manager {
         Ok(Manager { subsystems })
     }
 
-    fn read_mounts_and_cgroups() -> Result<(Vec<MountInfo>, ProcessCGroups), V1ManagerError> {
+    fn read_mounts_and_cgroups() -> Result<(&'static [MountInfo], ProcessCGroups), V1ManagerError> {
         let mounts = util::cgroup_mounts()?;
         let process_cgroups = ProcessCGroups::from_read(ProcfsHandle::new()?.open(
             ProcfsBase::ProcSelf,

@@ -27,7 +27,7 @@ pub enum V1MountPointError {
 /// subsystems, comounted controllers and named hierarchies.
 pub fn list_subsystem_mount_points() -> Result<Vec<PathBuf>, V1MountPointError> {
     // Skiff: from the mounts kept by `cgroup_mounts`, not from another read of mountinfo.
-    Ok(cgroup_mounts()?.into_iter().map(|m| m.mount_point).collect())
+    Ok(cgroup_mounts()?.iter().map(|m| m.mount_point.clone()).collect())
 }
 
 /// List the mount points of all currently supported cgroup subsystems.
@@ -41,7 +41,7 @@ pub fn list_supported_mount_points() -> Result<HashMap<ControllerType, PathBuf>,
     Ok(CONTROLLERS
         .iter()
         .filter_map(|controller| {
-            find_subsystem_mount_point(&mounts, controller)
+            find_subsystem_mount_point(mounts, controller)
                 .ok()
                 .map(|mount_point| (*controller, mount_point))
         })
@@ -49,7 +49,7 @@ pub fn list_supported_mount_points() -> Result<HashMap<ControllerType, PathBuf>,
 }
 
 pub fn get_subsystem_mount_point(subsystem: &ControllerType) -> Result<PathBuf, V1MountPointError> {
-    find_subsystem_mount_point(&cgroup_mounts()?, subsystem)
+    find_subsystem_mount_point(cgroup_mounts()?, subsystem)
 }
 
 /// Skiff: the cgroup v1 mounts, read from mountinfo once per process and kept.
@@ -60,12 +60,12 @@ static CGROUP_MOUNTS: OnceLock<Vec<MountInfo>> = OnceLock::new();
 /// copy they inherited instead of having the kernel format every mount of the host again (the more
 /// containers run, the more mounts; ~0.25 ms of every start with a few). Hosts mount their v1 hierarchies
 /// at boot and do not move them. A failed read is not kept.
-pub fn cgroup_mounts() -> Result<Vec<MountInfo>, V1MountPointError> {
+pub fn cgroup_mounts() -> Result<&'static [MountInfo], V1MountPointError> {
     if let Some(mounts) = CGROUP_MOUNTS.get() {
-        return Ok(mounts.clone());
+        return Ok(mounts);
     }
     let mounts = read_cgroup_mounts()?;
-    Ok(CGROUP_MOUNTS.get_or_init(|| mounts).clone())
+    Ok(CGROUP_MOUNTS.get_or_init(|| mounts))
 }
 
 fn read_cgroup_mounts() -> Result<Vec<MountInfo>, V1MountPointError> {
