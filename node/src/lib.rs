@@ -119,9 +119,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         max_pods: config.max_pods,
     };
     let nodes: kube::Api<Node> = kube::Api::all(client.clone());
-    registration::register(&nodes, &identity).await?;
-    tracing::info!(node = %config.name, runtimes = ?identity.runtimes, "node registered");
     let network = start_network(&config, &nodes).await?;
+    let pod_cidr = network.pod_cidr().map(|cidr| cidr.to_string());
+    registration::register(&nodes, &identity, pod_cidr.as_deref()).await?;
+    tracing::info!(node = %config.name, runtimes = ?identity.runtimes, pod_cidr, "node registered");
     let ctx = Arc::new(pods::Context {
         client: client.clone(),
         node_name: config.name.clone(),
@@ -145,8 +146,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     Ok(())
 }
 
-/// Sets up the pod network, reports the pod range on the Node when the agent chose it, and releases the
-/// networks of pods that went away while the agent was down (before any pod worker starts).
+/// Sets up the pod network (in the range the Node names, if it names one) and releases the networks of pods
+/// that went away while the agent was down (before any pod worker starts).
 async fn start_network(config: &AgentConfig, nodes: &kube::Api<Node>) -> Result<network::Network, AgentError> {
     let node_cidr = registration::pod_cidr(nodes, &config.name).await?;
     let network = network::Network::new(network::NetworkConfig {
@@ -158,11 +159,6 @@ async fn start_network(config: &AgentConfig, nodes: &kube::Api<Node>) -> Result<
         data_dir: &config.data_dir,
         max_pods: config.max_pods,
     })?;
-    if let Some(cidr) = network.pod_cidr()
-        && node_cidr.is_none()
-    {
-        registration::set_pod_cidr(nodes, &config.name, &cidr.to_string()).await?;
-    }
     let pods: kube::Api<Pod> = kube::Api::all(nodes.clone().into_client());
     let params = kube::api::ListParams::default().fields(&format!("spec.nodeName={}", config.name));
     let list = pods.list(&params).await.map_err(AgentError::Client)?;

@@ -53,13 +53,15 @@ fn labels(identity: &NodeIdentity) -> Value {
     labels
 }
 
-/// Creates or updates the Node, then sets its status.
-pub async fn register(nodes: &Api<Node>, identity: &NodeIdentity) -> Result<(), AgentError> {
+/// Creates or updates the Node with the pod range the agent uses (`spec.podCIDR`, if it has one), then sets
+/// its status. The range goes in with the first write: a Node is Ready only once its pods can get addresses.
+pub async fn register(nodes: &Api<Node>, identity: &NodeIdentity, pod_cidr: Option<&str>) -> Result<(), AgentError> {
     let metadata = json!({"labels": labels(identity), "annotations": {CERT_ANNOTATION: identity.cert_sha256}});
+    let spec = pod_cidr.map(|cidr| json!({"podCIDR": cidr, "podCIDRs": [cidr]}));
     match nodes.get_opt(&identity.name).await.map_err(AgentError::Client)? {
         None => {
-            let node: Node = serde_json::from_value(json!({"metadata": {"name": identity.name, "labels": metadata["labels"], "annotations": metadata["annotations"]}, "status": status(identity)}))
-                .map_err(|e| AgentError::Config(e.to_string()))?;
+            let node = json!({"metadata": {"name": identity.name, "labels": metadata["labels"], "annotations": metadata["annotations"]}, "spec": spec, "status": status(identity)});
+            let node: Node = serde_json::from_value(node).map_err(|e| AgentError::Config(e.to_string()))?;
             match nodes.create(&PostParams::default(), &node).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.code == 409 => {}
@@ -67,9 +69,12 @@ pub async fn register(nodes: &Api<Node>, identity: &NodeIdentity) -> Result<(), 
             }
         }
         Some(_) => {
-            let patch = Patch::Merge(json!({"metadata": metadata}));
+            let mut patch = json!({"metadata": metadata});
+            if let Some(spec) = spec {
+                patch["spec"] = spec;
+            }
             nodes
-                .patch(&identity.name, &PatchParams::apply(FIELD_MANAGER), &patch)
+                .patch(&identity.name, &PatchParams::apply(FIELD_MANAGER), &Patch::Merge(patch))
                 .await
                 .map_err(AgentError::Client)?;
         }
@@ -81,13 +86,6 @@ pub async fn register(nodes: &Api<Node>, identity: &NodeIdentity) -> Result<(), 
 pub async fn pod_cidr(nodes: &Api<Node>, name: &str) -> Result<Option<String>, AgentError> {
     let node = nodes.get_opt(name).await.map_err(AgentError::Client)?;
     Ok(node.and_then(|node| node.spec?.pod_cidr))
-}
-
-/// Reports the pod range the agent chose as the Node's `spec.podCIDR` and `podCIDRs`.
-pub async fn set_pod_cidr(nodes: &Api<Node>, name: &str, cidr: &str) -> Result<(), AgentError> {
-    let patch = Patch::Merge(json!({"spec": {"podCIDR": cidr, "podCIDRs": [cidr]}}));
-    nodes.patch(name, &PatchParams::default(), &patch).await.map_err(AgentError::Client)?;
-    Ok(())
 }
 
 async fn update_status(nodes: &Api<Node>, identity: &NodeIdentity) -> Result<(), AgentError> {

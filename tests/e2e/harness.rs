@@ -498,6 +498,10 @@ pub fn samples_dir() -> PathBuf {
 pub struct Agent {
     child: Option<Child>,
     pub name: String,
+    /// Its data dir and log. Its own, not in the cluster's directory: the agent keeps a tmpfs mounted in its
+    /// data dir while it runs, so a directory holding it can only be removed once the agent is gone, and a
+    /// test's guards may drop in any order.
+    dir: tempfile::TempDir,
     data_dir: PathBuf,
     server: String,
     token_file: PathBuf,
@@ -515,7 +519,7 @@ impl Agent {
 
     /// Joins through several servers of one cluster (`--server URL,URL,...`); `cluster` is used for kubectl.
     pub fn join_servers(cluster: &Cluster, servers: &[&Cluster], name: &str, flags: &[&str]) -> anyhow::Result<Self> {
-        let mut agent = Self::unlaunched(cluster, servers, name, flags);
+        let mut agent = Self::unlaunched(cluster, servers, name, flags)?;
         agent.launch(cluster)?;
         Ok(agent)
     }
@@ -524,9 +528,9 @@ impl Agent {
     /// dir and a copy of the join token of its own, as on an edge box where the agent only runs wasm.
     pub fn join_as_user(cluster: &Cluster, name: &str, uid: u32) -> anyhow::Result<Self> {
         use std::os::unix::fs::{PermissionsExt, chown};
-        // The cluster's temporary directory is root's alone; the agent must reach its data dir inside it.
-        std::fs::set_permissions(cluster.dir.path(), std::fs::Permissions::from_mode(0o711))?;
-        let mut agent = Self::unlaunched(cluster, &[cluster], name, &[]);
+        let mut agent = Self::unlaunched(cluster, &[cluster], name, &[])?;
+        // The temporary directory is root's alone; the agent must reach its data dir inside it.
+        std::fs::set_permissions(agent.dir.path(), std::fs::Permissions::from_mode(0o711))?;
         std::fs::create_dir(&agent.data_dir)?;
         let token_file = agent.data_dir.join("node-token");
         std::fs::copy(&agent.token_file, &token_file)?;
@@ -538,18 +542,20 @@ impl Agent {
         Ok(agent)
     }
 
-    /// Node `name` of `cluster` as root, with its data dir in the cluster's directory; not started yet.
-    fn unlaunched(cluster: &Cluster, servers: &[&Cluster], name: &str, flags: &[&str]) -> Self {
-        Agent {
+    /// Node `name` of `cluster` as root; not started yet.
+    fn unlaunched(cluster: &Cluster, servers: &[&Cluster], name: &str, flags: &[&str]) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        Ok(Agent {
             child: None,
             name: name.to_string(),
             server: servers.iter().map(|s| format!("https://{}", s.listen)).collect::<Vec<_>>().join(","),
             token_file: cluster.data_dir().join("node-token"),
-            log: cluster.dir.path().join(format!("agent-{name}.log")),
-            data_dir: cluster.dir.path().join(format!("agent-{name}")),
+            log: dir.path().join(format!("agent-{name}.log")),
+            data_dir: dir.path().join(format!("agent-{name}")),
+            dir,
             flags: flags.iter().map(|f| f.to_string()).collect(),
             user: None,
-        }
+        })
     }
 
     pub fn launch(&mut self, cluster: &Cluster) -> anyhow::Result<()> {
@@ -618,6 +624,12 @@ impl Drop for Agent {
     fn drop(&mut self) {
         self.kill();
         stop_containers(&self.data_dir.join("oci"));
+        // A data dir left behind keeps its pod range claimed on this machine for good (see the network's
+        // claims), so failing to remove it fails the test, unless it is failing already.
+        let removed = std::fs::remove_dir_all(self.dir.path());
+        if !std::thread::panicking() {
+            removed.unwrap_or_else(|e| panic!("cannot remove agent {}'s directory: {e}", self.name));
+        }
     }
 }
 
