@@ -163,7 +163,6 @@ fn build_samples() -> anyhow::Result<PathBuf> {
 
 /// A `skiff server` on the embedded store and one `skiff agent` joined to it, each logging to a file.
 struct Cluster {
-    // Declared first so the agent is killed before the server it reports to.
     agent: Agent,
     server: Server,
     dir: tempfile::TempDir,
@@ -173,6 +172,24 @@ struct Cluster {
 
 struct Agent {
     child: Guard,
+    /// The OCI shim's tmpfs for runtime files, which outlives a killed agent (a new one adopts the containers
+    /// in it).
+    oci_run: PathBuf,
+}
+
+impl Drop for Cluster {
+    /// Stops both processes and removes the directory before the fields drop, so that a directory left
+    /// behind is seen: it would keep the pod range the agent claimed on this machine claimed for good.
+    fn drop(&mut self) {
+        for child in [&mut self.agent.child.0, &mut self.server.child.0] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = Command::new("umount").arg("-l").arg(&self.agent.oci_run).stderr(Stdio::null()).status();
+        if let Err(e) = std::fs::remove_dir_all(self.dir.path()) {
+            eprintln!("warning: cannot remove the benchmark's directory {}: {e}", self.dir.path().display());
+        }
+    }
 }
 
 impl Agent {
@@ -226,7 +243,8 @@ impl Cluster {
             .stderr(std::fs::File::create(dir.path().join("agent.log"))?)
             .spawn()
             .context("cannot start skiff agent")?;
-        let cluster = Cluster { agent: Agent { child: Guard(agent) }, server, dir, base, client };
+        let agent = Agent { child: Guard(agent), oci_run: agent_dir.join("oci/run") };
+        let cluster = Cluster { agent, server, dir, base, client };
         let node = format!("{}/api/v1/nodes/{NODE}", cluster.base);
         wait_until("node Ready", Duration::from_secs(30), || {
             let request = cluster.client.get(&node).send();
@@ -938,9 +956,5 @@ async fn oci() -> anyhow::Result<()> {
         async move { !left }
     })
     .await?;
-    // The shim's tmpfs for runtime files outlives a killed agent too (a new one adopts the containers in it).
-    drop(cluster.agent);
-    let unmounted = Command::new("umount").arg("-l").arg(oci.join("run")).status()?;
-    ensure!(unmounted.success(), "cannot unmount {}", oci.join("run").display());
     Ok(())
 }

@@ -53,32 +53,34 @@ fn labels(identity: &NodeIdentity) -> Value {
     labels
 }
 
-/// Creates or updates the Node with the pod range the agent uses (`spec.podCIDR`, if it has one), then sets
-/// its status. The range goes in with the first write: a Node is Ready only once its pods can get addresses.
+/// Creates or updates the Node, then sets its status. The pod range the agent uses goes in with that first
+/// write, so a Node is Ready only once its pods can get addresses; a range the Node has already (the agent's
+/// from before, or one an administrator set) is left as it is.
 pub async fn register(nodes: &Api<Node>, identity: &NodeIdentity, pod_cidr: Option<&str>) -> Result<(), AgentError> {
     let metadata = json!({"labels": labels(identity), "annotations": {CERT_ANNOTATION: identity.cert_sha256}});
     let spec = pod_cidr.map(|cidr| json!({"podCIDR": cidr, "podCIDRs": [cidr]}));
-    match nodes.get_opt(&identity.name).await.map_err(AgentError::Client)? {
-        None => {
-            let node = json!({"metadata": {"name": identity.name, "labels": metadata["labels"], "annotations": metadata["annotations"]}, "spec": spec, "status": status(identity)});
-            let node: Node = serde_json::from_value(node).map_err(|e| AgentError::Config(e.to_string()))?;
-            match nodes.create(&PostParams::default(), &node).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 409 => {}
-                Err(e) => return Err(AgentError::Client(e)),
+    let mut existing = nodes.get_opt(&identity.name).await.map_err(AgentError::Client)?;
+    if existing.is_none() {
+        let node = json!({"metadata": {"name": identity.name, "labels": metadata["labels"], "annotations": metadata["annotations"]}, "spec": spec, "status": status(identity)});
+        let node: Node = serde_json::from_value(node).map_err(|e| AgentError::Config(e.to_string()))?;
+        match nodes.create(&PostParams::default(), &node).await {
+            Ok(_) => return update_status(nodes, identity).await,
+            // Made meanwhile (by an administrator, or an agent of the same name): updated below.
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                existing = nodes.get_opt(&identity.name).await.map_err(AgentError::Client)?;
             }
-        }
-        Some(_) => {
-            let mut patch = json!({"metadata": metadata});
-            if let Some(spec) = spec {
-                patch["spec"] = spec;
-            }
-            nodes
-                .patch(&identity.name, &PatchParams::apply(FIELD_MANAGER), &Patch::Merge(patch))
-                .await
-                .map_err(AgentError::Client)?;
+            Err(e) => return Err(AgentError::Client(e)),
         }
     }
+    let has_range = existing.and_then(|node| node.spec?.pod_cidr).is_some();
+    let mut patch = json!({"metadata": metadata});
+    if let Some(spec) = spec.filter(|_| !has_range) {
+        patch["spec"] = spec;
+    }
+    nodes
+        .patch(&identity.name, &PatchParams::apply(FIELD_MANAGER), &Patch::Merge(patch))
+        .await
+        .map_err(AgentError::Client)?;
     update_status(nodes, identity).await
 }
 
