@@ -88,7 +88,8 @@ fn start(id: &str, bundle: &Path, sequence: u64, request: ExecRequest) -> Result
     let builder = ContainerBuilder::new(id.to_owned(), SyscallType::default())
         .with_root_path(bundle.join("state"))
         .and_then(|b| b.with_pid_file(Some(&files.pid)))
-        .map_err(not_running)?;
+        .map_err(not_running)?
+        .with_executor(crate::executor::Execve::default());
     let (process, stdio) = if request.tty {
         let listener = UnixListener::bind(&files.console)
             .map_err(|e| setup_error(format!("cannot listen on {}: {e}", files.console.display()), e))?;

@@ -301,6 +301,31 @@ async fn concurrent_starts_do_not_interfere() {
     }
 }
 
+/// The agent runs processes of its own (CNI plugins, `umount`) while containers start, and `Command::spawn`
+/// holds Rust's environment lock across its fork: a container's init, a copy of this process that may be made
+/// in that window, must not wait for that lock (libcontainer's default executor sets the environment through
+/// it, and such starts hung until their deadline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_start_while_other_threads_spawn_processes() {
+    let Some(fx) = fixture() else { return };
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spawner = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = std::process::Command::new("/bin/true").status();
+            }
+        })
+    };
+    for _ in 0..20 {
+        let (spec, out) = fx.spec(&["sh", "-c", "echo $GREETING"]);
+        let exit = run(&fx, spec).await;
+        assert_eq!((exit.code, out.text(Stream::Stdout)), (0, "hello\n".to_string()), "{}", out.text(Stream::Stderr));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    spawner.join().unwrap();
+}
+
 /// Everything an exec'd process writes until its output closes, stdout and stderr apart.
 async fn exec_output(process: &mut skiff_shim::ExecProcess) -> (String, String) {
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
