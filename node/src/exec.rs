@@ -27,6 +27,9 @@ pub const CLOSE: u8 = 255;
 /// session ends with the exit code, as the kubelet's does.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
 
+/// How long the session waits for the client to answer its close.
+const CLOSE_REPLY: Duration = Duration::from_secs(2);
+
 /// The containers running on this node, by pod uid and container name: what an exec can reach.
 #[derive(Default)]
 pub struct Running {
@@ -226,6 +229,10 @@ pub async fn session<S>(
     // kubectl takes any close but a normal one (1000) as an error of the error stream.
     let normal = CloseFrame { code: CloseCode::Normal, reason: "".into() };
     let _ = ws.close(Some(normal)).await;
+    // Until the client answers the close, reading what it sent meanwhile (input, a resize): a connection
+    // dropped with unread input is reset rather than closed, and a reset makes the API server in between drop
+    // what it had not yet passed on to kubectl, the status among it ("close 1006 (abnormal closure)").
+    let _ = tokio::time::timeout(CLOSE_REPLY, async { while let Some(Ok(_)) = ws.next().await {} }).await;
 }
 
 /// Carries the process's streams until it ended and its output closed (or drained for [`OUTPUT_DRAIN`]):
@@ -338,6 +345,27 @@ mod tests {
             (Some("Failure"), Some("exec is not supported for wasm containers: x"))
         );
         assert!(refused.get("details").is_none());
+    }
+
+    /// A client still sending when the session closes: the session reads on until the client's close reply,
+    /// so nothing the client sent is left unread when the connection ends.
+    #[tokio::test]
+    async fn the_session_reads_until_the_client_answers_its_close() {
+        use tokio_tungstenite::tungstenite::protocol::Role;
+        let (server, client) = tokio::io::duplex(1024);
+        let server = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
+        let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        let options = ExecOptions::parse("command=true&stdin=true").unwrap();
+        let session = tokio::spawn(session(server, Protocol::V5, Err("not running".into()), options));
+        // Input in flight as the session ends, more than the pipe holds: it goes through only if the session
+        // reads on after its close.
+        let sent = client.send(Message::binary(frame(STDIN, &[b'x'; 4096]))).await;
+        assert!(sent.is_ok(), "the session stopped reading before the client's close reply: {sent:?}");
+        let status = client.next().await.unwrap().unwrap().into_data();
+        assert_eq!(status[0], ERROR);
+        assert!(matches!(client.next().await, Some(Ok(Message::Close(_)))), "then the session closes");
+        while client.next().await.is_some_and(|m| m.is_ok()) {}
+        session.await.unwrap();
     }
 
     #[test]
