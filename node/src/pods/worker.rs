@@ -537,7 +537,10 @@ async fn launch(
                 }
                 let delay = backoff.next;
                 backoff.next = (backoff.next * 2).min(config.max);
-                if !sleep_or_stop(delay, stop).await {
+                // As from the kubelet: the pull's ErrImagePull first, then ImagePullBackOff until the next pull.
+                // Each shows for half the wait, long enough to be seen, where a back-off shown only between
+                // the wait and the next pull lasted a few milliseconds.
+                if !sleep_or_stop(delay / 2, stop).await {
                     return None;
                 }
                 shared.update(init, index, |c| {
@@ -547,6 +550,9 @@ async fn launch(
                     }
                 });
                 shared.event(Some(&name), Kind::Normal, "BackOff", &format!("Back-off pulling image \"{reference}\""));
+                if !sleep_or_stop(delay - delay / 2, stop).await {
+                    return None;
+                }
                 continue;
             }
         };
