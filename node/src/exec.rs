@@ -359,7 +359,9 @@ mod tests {
         let session = tokio::spawn(session(server, Protocol::V5, Err("not running".into()), options));
         // Input in flight as the session ends, more than the pipe holds: it goes through only if the session
         // reads on after its close.
-        let sent = client.send(Message::binary(frame(STDIN, &[b'x'; 4096]))).await;
+        let sent = tokio::time::timeout(CLOSE_REPLY, client.send(Message::binary(frame(STDIN, &[b'x'; 4096]))))
+            .await
+            .expect("the send neither went through nor failed");
         assert!(sent.is_ok(), "the session stopped reading before the client's close reply: {sent:?}");
         let status = client.next().await.unwrap().unwrap().into_data();
         assert_eq!(status[0], ERROR);

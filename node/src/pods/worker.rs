@@ -503,6 +503,9 @@ struct Launched {
     fresh: bool,
 }
 
+/// How long a failed pull shows as ErrImagePull before ImagePullBackOff: the kubelet's next sync.
+const ERR_IMAGE_PULL_SHOWN: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Pulls (unless given the pull's outcome) and starts the container, retrying with back-off. None when
 /// stopped first.
 #[allow(clippy::too_many_arguments)]
@@ -537,10 +540,11 @@ async fn launch(
                 }
                 let delay = backoff.next;
                 backoff.next = (backoff.next * 2).min(config.max);
-                // As from the kubelet: the pull's ErrImagePull first, then ImagePullBackOff until the next pull.
-                // Each shows for half the wait, long enough to be seen, where a back-off shown only between
-                // the wait and the next pull lasted a few milliseconds.
-                if !sleep_or_stop(delay / 2, stop).await {
+                // As from the kubelet: the pull's ErrImagePull until the next sync (half the wait, 10 s at most),
+                // then ImagePullBackOff until the next pull. Shown only between the wait and the next pull, the
+                // back-off lasted a few milliseconds.
+                let shown = (delay / 2).min(ERR_IMAGE_PULL_SHOWN);
+                if !sleep_or_stop(shown, stop).await {
                     return None;
                 }
                 shared.update(init, index, |c| {
@@ -550,7 +554,7 @@ async fn launch(
                     }
                 });
                 shared.event(Some(&name), Kind::Normal, "BackOff", &format!("Back-off pulling image \"{reference}\""));
-                if !sleep_or_stop(delay - delay / 2, stop).await {
+                if !sleep_or_stop(delay - shown, stop).await {
                     return None;
                 }
                 continue;
