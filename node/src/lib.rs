@@ -119,9 +119,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         max_pods: config.max_pods,
     };
     let nodes: kube::Api<Node> = kube::Api::all(client.clone());
-    let network = start_network(&config, &nodes).await?;
+    let existing = nodes.get_opt(&config.name).await.map_err(AgentError::Client)?;
+    let node_cidr = existing.as_ref().and_then(|node| node.spec.as_ref()?.pod_cidr.clone());
+    let network = start_network(&config, &nodes, node_cidr.as_deref()).await?;
     let pod_cidr = network.pod_cidr().map(|cidr| cidr.to_string());
-    registration::register(&nodes, &identity, pod_cidr.as_deref()).await?;
+    registration::register(&nodes, &identity, existing, pod_cidr.as_deref()).await?;
     tracing::info!(node = %config.name, runtimes = ?identity.runtimes, pod_cidr, "node registered");
     let ctx = Arc::new(pods::Context {
         client: client.clone(),
@@ -146,14 +148,17 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     Ok(())
 }
 
-/// Sets up the pod network (in the range the Node names, if it names one) and releases the networks of pods
-/// that went away while the agent was down (before any pod worker starts).
-async fn start_network(config: &AgentConfig, nodes: &kube::Api<Node>) -> Result<network::Network, AgentError> {
-    let node_cidr = registration::pod_cidr(nodes, &config.name).await?;
+/// Sets up the pod network (in `node_cidr`, the range the Node names, if it names one) and releases the
+/// networks of pods that went away while the agent was down (before any pod worker starts).
+async fn start_network(
+    config: &AgentConfig,
+    nodes: &kube::Api<Node>,
+    node_cidr: Option<&str>,
+) -> Result<network::Network, AgentError> {
     let network = network::Network::new(network::NetworkConfig {
         mode: config.pod_network,
         pod_cidr: config.pod_cidr,
-        node_pod_cidr: node_cidr.as_deref(),
+        node_pod_cidr: node_cidr,
         node_name: &config.name,
         node_ip: config.node_ip,
         data_dir: &config.data_dir,

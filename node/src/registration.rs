@@ -53,13 +53,18 @@ fn labels(identity: &NodeIdentity) -> Value {
     labels
 }
 
-/// Creates or updates the Node, then sets its status. The pod range the agent uses goes in with that first
-/// write, so a Node is Ready only once its pods can get addresses; a range the Node has already (the agent's
-/// from before, or one an administrator set) is left as it is.
-pub async fn register(nodes: &Api<Node>, identity: &NodeIdentity, pod_cidr: Option<&str>) -> Result<(), AgentError> {
+/// Creates the Node, or updates `existing` (the Node as read before the pod network was set up), then sets its
+/// status. The pod range the agent uses goes in with that first write, so a Node is Ready only once its pods
+/// can get addresses; a range the Node has already (the agent's from before, or one an administrator set) is
+/// left as it is.
+pub async fn register(
+    nodes: &Api<Node>,
+    identity: &NodeIdentity,
+    mut existing: Option<Node>,
+    pod_cidr: Option<&str>,
+) -> Result<(), AgentError> {
     let metadata = json!({"labels": labels(identity), "annotations": {CERT_ANNOTATION: identity.cert_sha256}});
     let spec = pod_cidr.map(|cidr| json!({"podCIDR": cidr, "podCIDRs": [cidr]}));
-    let mut existing = nodes.get_opt(&identity.name).await.map_err(AgentError::Client)?;
     if existing.is_none() {
         let node = json!({"metadata": {"name": identity.name, "labels": metadata["labels"], "annotations": metadata["annotations"]}, "spec": spec, "status": status(identity)});
         let node: Node = serde_json::from_value(node).map_err(|e| AgentError::Config(e.to_string()))?;
@@ -82,12 +87,6 @@ pub async fn register(nodes: &Api<Node>, identity: &NodeIdentity, pod_cidr: Opti
         .await
         .map_err(AgentError::Client)?;
     update_status(nodes, identity).await
-}
-
-/// The Node's `spec.podCIDR`, if something set it.
-pub async fn pod_cidr(nodes: &Api<Node>, name: &str) -> Result<Option<String>, AgentError> {
-    let node = nodes.get_opt(name).await.map_err(AgentError::Client)?;
-    Ok(node.and_then(|node| node.spec?.pod_cidr))
 }
 
 async fn update_status(nodes: &Api<Node>, identity: &NodeIdentity) -> Result<(), AgentError> {

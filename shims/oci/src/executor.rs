@@ -28,7 +28,8 @@ impl Executor for Execve {
         let name = args.first().ok_or(ExecutorError::InvalidArg)?;
         let env = self.env.get().map(Vec::as_slice).unwrap_or_default();
         let search = env.iter().find_map(|entry| entry.to_str().ok()?.strip_prefix("PATH=")).unwrap_or_default();
-        let program = program_path(name, search).ok_or_else(|| not_found(name))?;
+        let program = program_path(name, search)
+            .ok_or_else(|| ExecutorError::Execution(format!("executable {name:?} not found in $PATH").into()))?;
         let program =
             CString::new(program.into_os_string().into_encoded_bytes()).map_err(|_| ExecutorError::InvalidArg)?;
         let argv = args.iter().map(|arg| CString::new(arg.as_bytes())).collect::<Result<Vec<_>, _>>();
@@ -49,10 +50,6 @@ impl Executor for Execve {
             .map_err(|e| ExecutorSetEnvsError::Other(format!("invalid environment variable: {e}")))?;
         self.env.set(entries).map_err(|_| ExecutorSetEnvsError::Other("the environment was set twice".into()))
     }
-}
-
-fn not_found(name: &str) -> ExecutorError {
-    ExecutorError::Execution(format!("executable {name:?} not found in $PATH").into())
 }
 
 /// Where `name` is: itself if it has a slash, else the first entry of `search` (PATH) holding it, as
