@@ -6,6 +6,7 @@
 //! is unusable) stays on disk beside the layer cache: what a container writes is not the node's memory.
 
 use std::collections::BTreeSet;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
@@ -41,6 +42,9 @@ impl Dirs {
         };
         for dir in [&dirs.run, &dirs.upper, &dirs.work] {
             std::fs::create_dir_all(dir)?;
+        }
+        for dir in [&dirs.upper, &dirs.work] {
+            spread_subdirectories(dir);
         }
         if statfs(&dirs.run).is_ok_and(|fs| fs.filesystem_type() == TMPFS_MAGIC) {
             return Ok(dirs);
@@ -90,6 +94,44 @@ impl Drop for Dirs {
         if let Err(e) = nix::mount::umount2(&self.run, nix::mount::MntFlags::MNT_DETACH) {
             tracing::warn!(run_dir = %self.run.display(), error = %e, "cannot unmount the run directory");
         }
+    }
+}
+
+/// ext4's `FS_TOPDIR_FL` (`chattr +T`): the subdirectories of a directory so marked are placed as top-level
+/// ones are, each in a block group of its own choosing (the Orlov allocator), rather than beside their parent.
+const FS_TOPDIR_FL: libc::c_int = 0x0002_0000;
+
+/// Marks `dir` so that each container's writable layer lands in a block group of its own. A start and a
+/// removal make and delete about nine inodes there (its directories, and the ones overlayfs makes and deletes
+/// in the work directory at every mount), and a journal-less ext4 skips every inode deleted in the last
+/// minute when it looks for a free one (`recently_deleted` in fs/ext4/ialloc.c): all in the parent's group,
+/// each start scanned past the last minute's deletions of every container, up to 4.5 ms a start when
+/// containers start back to back. Where the file system has no such flag, nothing changes.
+fn spread_subdirectories(dir: &Path) {
+    let marked = std::fs::File::open(dir).and_then(|dir| {
+        let flags = inode_flags(&dir)?;
+        if flags & FS_TOPDIR_FL != 0 {
+            return Ok(());
+        }
+        let flags = flags | FS_TOPDIR_FL;
+        // SAFETY: the ioctl reads one int at a pointer valid for the call.
+        match unsafe { libc::ioctl(dir.as_raw_fd(), libc::FS_IOC_SETFLAGS, &flags) } {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        }
+    });
+    if let Err(e) = marked {
+        tracing::debug!(dir = %dir.display(), error = %e, "containers' writable layers are not spread over the disk");
+    }
+}
+
+/// The inode flags `lsattr` shows, where the file system has them.
+fn inode_flags(file: &std::fs::File) -> std::io::Result<libc::c_int> {
+    let mut flags: libc::c_int = 0;
+    // SAFETY: the ioctl writes one int at a pointer valid for the call.
+    match unsafe { libc::ioctl(file.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) } {
+        0 => Ok(flags),
+        _ => Err(std::io::Error::last_os_error()),
     }
 }
 
@@ -206,5 +248,19 @@ mod tests {
         assert_eq!(mounts(), 1);
         drop(fresh);
         assert_eq!(mounts(), 0, "unmounted by the shim that mounted it, once empty");
+    }
+
+    #[test]
+    fn writable_layers_are_spread_over_an_ext4_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        if statfs(dir.path()).unwrap().filesystem_type() != nix::sys::statfs::EXT4_SUPER_MAGIC {
+            eprintln!("skipping: the temporary directory is not on ext4");
+            return;
+        }
+        let dirs = Dirs::create(&dir.path().join("oci")).unwrap();
+        for parent in [&dirs.upper, &dirs.work] {
+            let flags = inode_flags(&std::fs::File::open(parent).unwrap()).unwrap();
+            assert_ne!(flags & FS_TOPDIR_FL, 0, "{} is marked as a top directory", parent.display());
+        }
     }
 }
