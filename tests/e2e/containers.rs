@@ -288,6 +288,11 @@ fn a_killed_agent_adopts_its_running_container_and_deleting_the_pod_leaves_nothi
     assert!(left.is_empty(), "no cgroups left: {left:?}");
     let files = container_files(&data_dir, &id);
     assert!(!files.iter().any(|f| f.exists()), "the container's files are gone: {files:?}");
+    let trash = data_dir.join("oci/trash");
+    eventually("its writable layer deleted", TIMEOUT, || {
+        let mut left = std::fs::read_dir(&trash).unwrap().flatten();
+        (!left.any(|entry| entry.file_name().to_string_lossy().starts_with(&id))).then_some(())
+    });
     assert!(!data_dir.join("pods").join(&uid).exists(), "the pod's directory is gone");
     let processes: Vec<String> = std::fs::read_dir("/proc")
         .unwrap()

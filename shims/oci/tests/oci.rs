@@ -66,13 +66,15 @@ fn fixture() -> Option<Fixture> {
 }
 
 impl Drop for Fixture {
-    /// A dropped container is removed by its own thread; the shim unmounts its tmpfs only once no
-    /// container has files in it.
+    /// A dropped container is removed by its own thread, and its writable layer by the shim's trash thread;
+    /// the shim unmounts its tmpfs only once no container has files in it.
     fn drop(&mut self) {
-        let run = self.dir.path().join("state/run");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::fs::read_dir(&run).is_ok_and(|mut entries| entries.next().is_some()) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
+        for dir in ["state/run", "state/trash"].map(|dir| self.dir.path().join(dir)) {
+            while std::fs::read_dir(&dir).is_ok_and(|mut entries| entries.next().is_some()) && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
     }
 }
