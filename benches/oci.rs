@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use serde_json::Value;
 use skiff_oci::{OciConfig, OciShim};
-use skiff_shim::{ContainerSpec, Image, Layer, Limits, OutputSink, Shim, Stream};
+use skiff_shim::{Container, ContainerSpec, Image, Layer, Limits, OutputSink, Shim, Stream};
 
 use common::{Latency, load, mb, ms};
 
@@ -86,7 +86,14 @@ fn main() -> anyhow::Result<()> {
     let held = runtime.block_on(async {
         let mut held = Vec::new();
         for n in 0..IDLE_CONTAINERS {
-            held.push(shim.start(spec(&image, &format!("idle-{n}"), &["sleep", "3600"])).await?);
+            match shim.start(spec(&image, &format!("idle-{n}"), &["sleep", "3600"])).await {
+                Ok(container) => held.push(container),
+                Err(e) => {
+                    // Removed before the error ends the process, which would cut their removal short.
+                    stop_all(held).await;
+                    return Err(e.into());
+                }
+            }
         }
         anyhow::Ok(held)
     })?;
@@ -98,13 +105,15 @@ fn main() -> anyhow::Result<()> {
         mb(after),
         (after.saturating_sub(before)) as f64 / 1024.0 / IDLE_CONTAINERS as f64
     );
-    runtime.block_on(async {
-        for mut container in held {
-            container.stop(Duration::ZERO);
-            container.wait().await;
-        }
-    });
+    runtime.block_on(stop_all(held));
     Ok(())
+}
+
+async fn stop_all(containers: Vec<Box<dyn Container>>) {
+    for mut container in containers {
+        container.stop(Duration::ZERO);
+        container.wait().await;
+    }
 }
 
 fn report(name: &str, latency: &Latency) {

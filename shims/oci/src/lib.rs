@@ -217,8 +217,9 @@ const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// libcontainer forks a container's first process from this multi-threaded process. Through a raw `clone`,
 /// as published, the child could inherit a malloc lock another thread held at that moment and wait on it
 /// forever (about once in 50-100 starts); the vendored libcontainer forks through glibc, which resets those
-/// locks, and the init process sets no environment through Rust's lock ([`executor`]), so this is the
-/// backstop for any other lock a child might inherit (a log writer's). Such children still run this binary;
+/// locks, ends its children with `_exit` rather than through std's clean-up (which took a lock of std's),
+/// and the init process sets no environment through Rust's lock ([`executor`]), so this is the backstop
+/// for any other lock a child might inherit (a log writer's). Such children still run this binary;
 /// a started container's processes run the image's.
 /// Starts hold [`START_LOCK`], so every child of ours still running this binary belongs to the hung start:
 /// killing them makes it fail, and the node retries it.

@@ -328,6 +328,32 @@ async fn containers_start_while_other_threads_spawn_processes() {
     spawner.join().unwrap();
 }
 
+/// A container's intermediate process is a copy of this process made on the starting thread, and must end
+/// without running exit-time code (std's clean-up, the thread's thread-local destructors): such code takes
+/// locks another thread may have held at the fork, which stay locked in the copy (std's stack-overflow
+/// handler lock, taken at every thread start and end, hung about one start in a few hundred). Here a
+/// thread-local destructor of the one thread that runs starts waits for a lock this thread holds.
+#[test]
+fn the_intermediate_process_ends_without_running_exit_time_code() {
+    static HELD: Mutex<()> = Mutex::new(());
+    struct WaitsForHeld;
+    impl Drop for WaitsForHeld {
+        fn drop(&mut self) {
+            drop(HELD.lock());
+        }
+    }
+    thread_local! { static ON_EXIT: WaitsForHeld = const { WaitsForHeld }; }
+
+    let Some(fx) = fixture() else { return };
+    let runtime = tokio::runtime::Builder::new_current_thread().max_blocking_threads(1).enable_all().build().unwrap();
+    let held = HELD.lock().unwrap();
+    runtime.block_on(async { tokio::task::spawn_blocking(|| ON_EXIT.with(|_| ())).await }).unwrap();
+    let (spec, out) = fx.spec(&["sh", "-c", "echo $GREETING"]);
+    let exit = runtime.block_on(run(&fx, spec));
+    assert_eq!((exit.code, out.text(Stream::Stdout)), (0, "hello\n".to_string()), "{}", out.text(Stream::Stderr));
+    drop(held);
+}
+
 /// Everything an exec'd process writes until its output closes, stdout and stderr apart.
 async fn exec_output(process: &mut skiff_shim::ExecProcess) -> (String, String) {
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());

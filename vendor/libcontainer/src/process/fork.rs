@@ -59,9 +59,18 @@ pub fn container_clone(mut cb: CloneCb) -> Result<Pid, CloneError> {
     // SAFETY: the child only runs the callback and exits; fork(3) makes malloc safe to use there.
     match unsafe { libc::fork() } {
         -1 => Err(CloneError::Clone(nix::Error::last())),
-        0 => std::process::exit(cb()),
+        0 => exit_child(cb()),
         pid => Ok(Pid::from_raw(pid)),
     }
+}
+
+/// Ends a cloned child. Skiff patch (see PATCHED.md): `_exit(2)`, not `exit(3)`. The child is a copy of
+/// a multi-threaded process, and exit runs its handlers and this thread's thread-local destructors, which
+/// may take a lock another thread of the parent held at the fork: copied locked, it is never released, and
+/// the intermediate process hung there once in a few hundred starts. Nothing here is left to flush.
+fn exit_child(code: i32) -> ! {
+    // SAFETY: _exit is async-signal-safe and ends the process.
+    unsafe { libc::_exit(code) }
 }
 
 // An internal wrapper to manage the clone3 vs clone fallback logic.
@@ -127,7 +136,7 @@ fn clone3(cb: &mut CloneCb, flags: u64, exit_signal: Option<u64>) -> Result<Pid,
         0 => {
             // Inside the cloned process, we execute the callback and exit with
             // the return code.
-            std::process::exit(cb());
+            exit_child(cb());
         }
         ret if ret >= 0 => Ok(Pid::from_raw(ret as i32)),
         ret => Err(CloneError::UnknownErrno(ret as i32)),
