@@ -950,7 +950,7 @@ async fn oci() -> anyhow::Result<()> {
     ensure!(response.status().is_success(), "deleting the pods answered {}", response.status());
     let oci = cluster.dir.path().join("agent/oci");
     wait_until("the containers removed", Duration::from_secs(120), || {
-        let left = ["run", "upper", "work"]
+        let left = ["run", "upper", "work", "trash"]
             .iter()
             .any(|dir| std::fs::read_dir(oci.join(dir)).is_ok_and(|mut entries| entries.next().is_some()));
         async move { !left }

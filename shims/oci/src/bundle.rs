@@ -161,8 +161,8 @@ struct Trash {
     sweeper: mpsc::Sender<PathBuf>,
 }
 
-/// Names directories moved to the trash, so that a container id reused before its last layer is gone
-/// does not collide with it.
+/// Numbers the directories moved to the trash: a container's upper and work directories share its id, and
+/// an id may come back before its last layer is gone.
 static TRASHED: AtomicU64 = AtomicU64::new(0);
 
 impl Trash {
@@ -185,8 +185,7 @@ impl Trash {
     /// cannot be moved (another file system).
     fn discard(&self, dir: &Path) {
         let Some(name) = dir.file_name().and_then(|name| name.to_str()) else { return remove_now(dir) };
-        let kind = dir.parent().and_then(Path::file_name).and_then(|kind| kind.to_str()).unwrap_or("dir");
-        let trashed = self.dir.join(format!("{name}.{kind}.{}", TRASHED.fetch_add(1, Ordering::Relaxed)));
+        let trashed = self.dir.join(format!("{name}.{}", TRASHED.fetch_add(1, Ordering::Relaxed)));
         match std::fs::rename(dir, &trashed) {
             Ok(()) => self.sweep(trashed),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -323,7 +322,7 @@ mod tests {
     fn removed_writable_layers_leave_at_once_and_are_deleted_in_the_background() {
         let dir = tempfile::tempdir().unwrap();
         let trash_dir = dir.path().join("trash");
-        std::fs::create_dir_all(trash_dir.join("left.upper.0/etc")).unwrap();
+        std::fs::create_dir_all(trash_dir.join("left.0/etc")).unwrap();
         let trash = Trash::open(trash_dir.clone()).unwrap();
         let upper = dir.path().join("upper/one");
         std::fs::create_dir_all(upper.join("etc")).unwrap();
