@@ -18,6 +18,7 @@ pub mod images;
 mod logs;
 pub mod network;
 pub mod pods;
+mod proxy;
 mod registration;
 mod server;
 
@@ -81,6 +82,8 @@ pub enum AgentError {
     Images(#[from] images::ImageError),
     #[error("pod network: {0}")]
     Network(#[from] network::NetworkError),
+    #[error("service proxy: {0}")]
+    Proxy(#[from] proxy::ProxyError),
     #[error("wasm runtime")]
     Wasm(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -122,7 +125,12 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let existing = nodes.get_opt(&config.name).await.map_err(AgentError::Client)?;
     let node_cidr = existing.as_ref().and_then(|node| node.spec.as_ref()?.pod_cidr.clone());
     let network = start_network(&config, &nodes, node_cidr.as_deref()).await?;
-    let pod_cidr = network.pod_cidr().map(|cidr| cidr.to_string());
+    let own_range = network.pod_cidr();
+    // Services and routes between nodes ride on the pod network: with host networking there is neither.
+    if own_range.is_some() {
+        proxy::check()?;
+    }
+    let pod_cidr = own_range.map(|cidr| cidr.to_string());
     registration::register(&nodes, &identity, existing, pod_cidr.as_deref()).await?;
     tracing::info!(node = %config.name, runtimes = ?identity.runtimes, pod_cidr, "node registered");
     let ctx = Arc::new(pods::Context {
@@ -143,7 +151,13 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let logs =
         kubelet.run(client.clone(), ctx.pods_dir.clone(), token.secret.clone(), ctx.running.clone(), shutdown.clone());
     let pods = pods::run(ctx, shutdown.clone());
-    tokio::join!(heartbeat, logs, pods, image_gc);
+    let proxy = async {
+        if let Some(range) = own_range {
+            let range = proxy::PodRange { network: range.network(), prefix: range.prefix() };
+            proxy::run(client.clone(), config.name.clone(), Some(range), shutdown.clone()).await;
+        }
+    };
+    tokio::join!(heartbeat, logs, pods, image_gc, proxy);
     tracing::info!("agent stopped");
     Ok(())
 }

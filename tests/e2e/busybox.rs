@@ -5,7 +5,7 @@ const APPLETS: [&str; 11] = ["sh", "echo", "sleep", "cat", "env", "head", "tail"
 
 /// A gzipped layer of `/bin/busybox` with links for its applets, the usual top-level directories (`/tmp`
 /// sticky and world-writable), an absolute `/var/run -> /run` link, and extra `files` (path, contents)
-/// such as `etc/passwd`.
+/// such as `etc/passwd`, executable when they start with `#!`.
 pub fn busybox_layer(files: &[(&str, &str)]) -> Vec<u8> {
     let mut layer = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
     let header = |kind: tar::EntryType, mode: u32, size: u64| {
@@ -30,7 +30,9 @@ pub fn busybox_layer(files: &[(&str, &str)]) -> Vec<u8> {
         layer.append_link(&mut header(tar::EntryType::Symlink, 0o777, 0), link, target).unwrap();
     }
     for (path, contents) in files {
-        let mut file = header(tar::EntryType::Regular, 0o644, contents.len() as u64);
+        // Scripts are executable (CGI programs, entry points).
+        let mode = if contents.starts_with("#!") { 0o755 } else { 0o644 };
+        let mut file = header(tar::EntryType::Regular, mode, contents.len() as u64);
         layer.append_data(&mut file, path, contents.as_bytes()).unwrap();
     }
     layer.into_inner().unwrap().finish().unwrap()

@@ -157,6 +157,11 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start(backend: Backend) -> anyhow::Result<Self> {
+        Self::start_listening(backend, std::net::Ipv4Addr::LOCALHOST)
+    }
+
+    /// A server listening on `ip` (a test network's bridge address, which agents in namespaces reach).
+    pub fn start_listening(backend: Backend, ip: std::net::Ipv4Addr) -> anyhow::Result<Self> {
         let etcd = match backend {
             Backend::Embedded => None,
             Backend::Etcd => Some(Etcd::start()?),
@@ -165,7 +170,7 @@ impl Cluster {
         let mut cluster = Cluster {
             child: None,
             dir: tempfile::tempdir()?,
-            listen: format!("127.0.0.1:{}", free_port()),
+            listen: format!("{ip}:{}", free_port()),
             store,
             _etcd: etcd,
         };
@@ -509,6 +514,10 @@ pub struct Agent {
     flags: Vec<String>,
     /// The unprivileged user the agent runs as; root when `None`.
     user: Option<u32>,
+    /// The address it reports and serves on.
+    pub node_ip: String,
+    /// The network namespace (a file under /run/netns) it runs in: a node of its own on a test network.
+    netns: Option<String>,
 }
 
 impl Agent {
@@ -555,12 +564,38 @@ impl Agent {
             dir,
             flags: flags.iter().map(|f| f.to_string()).collect(),
             user: None,
+            node_ip: "127.0.0.1".into(),
+            netns: None,
         })
+    }
+
+    /// Joins `cluster` as node `name` from inside the network namespace `netns`, where its address is
+    /// `ip`: a node of its own, as on another machine.
+    pub fn join_in(
+        cluster: &Cluster,
+        name: &str,
+        netns: &str,
+        ip: std::net::Ipv4Addr,
+        flags: &[&str],
+    ) -> anyhow::Result<Self> {
+        let mut agent = Self::unlaunched(cluster, &[cluster], name, flags)?;
+        agent.node_ip = ip.to_string();
+        agent.netns = Some(netns.to_string());
+        agent.launch(cluster)?;
+        Ok(agent)
     }
 
     pub fn launch(&mut self, cluster: &Cluster) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
-        let mut command = Command::new(env!("CARGO_BIN_EXE_skiff"));
+        // `nsenter --net`, not `ip netns exec`, which remounts /sys and hides the cgroups from the agent.
+        let mut command = match &self.netns {
+            Some(netns) => {
+                let mut command = Command::new("nsenter");
+                command.arg(format!("--net=/run/netns/{netns}")).arg(env!("CARGO_BIN_EXE_skiff"));
+                command
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_skiff")),
+        };
         command
             .args([
                 "agent",
@@ -569,7 +604,7 @@ impl Agent {
                 "--name",
                 &self.name,
                 "--node-ip",
-                "127.0.0.1",
+                &self.node_ip,
                 "--kubelet-port",
                 "0",
             ])
@@ -603,6 +638,14 @@ impl Agent {
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for the agent to finish its shutdown.
+    pub fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
             let _ = child.wait();
         }
     }

@@ -8,15 +8,19 @@ mod exec;
 mod ha;
 mod harness;
 mod lifecycle;
+mod multinode;
 mod network;
 mod node;
 mod scheduling;
+mod services;
+mod testnet;
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use harness::{Backend, Cluster};
 use serde_json::Value;
+use services::services_track_pods_and_allocate_ports;
 
 const MANIFEST: &str = r#"
 apiVersion: v1
@@ -683,6 +687,11 @@ fn network_wasm_pods_get_addresses_of_their_own_without_namespaces() {
     network::wasm_pods_get_addresses_of_their_own_without_namespaces();
 }
 
+#[test]
+fn multinode_pods_and_services_span_nodes() {
+    multinode::pods_and_services_span_nodes();
+}
+
 scenarios!(
     api_resources_and_get_all,
     apply_diff_and_server_side_apply,
@@ -694,4 +703,5 @@ scenarios!(
     acknowledged_writes_survive_kill_9,
     paging_watch_replay_and_finalizers,
     cli_prints_kubeconfig_and_version,
+    services_track_pods_and_allocate_ports,
 );

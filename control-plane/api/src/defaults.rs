@@ -11,6 +11,12 @@ pub fn apply(def: &ResourceDef, object: &mut Value) {
         ("", "pods") => pod_spec(&mut object["spec"]),
         ("", "services") => service_spec(&mut object["spec"]),
         ("", "secrets") => set(object, "type", json!("Opaque")),
+        ("discovery.k8s.io", "endpointslices") => {
+            for port in object.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten() {
+                set(port, "name", json!(""));
+                set(port, "protocol", json!("TCP"));
+            }
+        }
         ("apps", "deployments") => {
             let spec = &mut object["spec"];
             set(spec, "replicas", json!(1));
@@ -175,6 +181,17 @@ mod tests {
         let mut manual = json!({"metadata": {"uid": "u-2"}, "spec": {"manualSelector": true, "template": {}}});
         on_create(def, &mut manual);
         assert!(manual["spec"].get("selector").is_none());
+    }
+
+    #[test]
+    fn endpoint_slice_ports_get_a_name_and_a_protocol() {
+        let mut slice =
+            json!({"addressType": "IPv4", "ports": [{"port": 80}, {"name": "dns", "port": 53, "protocol": "UDP"}]});
+        apply(find("discovery.k8s.io", "v1", "endpointslices").unwrap(), &mut slice);
+        assert_eq!(
+            slice["ports"],
+            json!([{"name": "", "port": 80, "protocol": "TCP"}, {"name": "dns", "port": 53, "protocol": "UDP"}])
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::sync::LazyLock;
 
-use k8s_openapi::api::{apps, batch, coordination, core, node};
+use k8s_openapi::api::{apps, batch, coordination, core, discovery, node};
 use k8s_openapi::{ListableResource, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -116,6 +116,7 @@ static RESOURCES: LazyLock<Vec<ResourceDef>> = LazyLock::new(|| {
         ),
         def::<batch::v1::Job>(true, Traits { categories: ALL, status: true, generation: true, ..PLAIN }),
         def::<coordination::v1::Lease>(true, PLAIN),
+        def::<discovery::v1::EndpointSlice>(true, PLAIN),
         def::<node::v1::RuntimeClass>(false, PLAIN),
     ]
 });
@@ -158,6 +159,19 @@ mod tests {
         assert_eq!(find("", "v1", "pods").map(|r| r.api_version()), Some("v1".to_string()));
         assert!(find_kind("node.k8s.io/v1", "RuntimeClass").is_some_and(|r| !r.namespaced));
         assert_eq!(group_versions().first(), Some(&("", "v1")));
+    }
+
+    #[test]
+    fn endpointslices_are_served_in_discovery_k8s_io() {
+        let slices = find("discovery.k8s.io", "v1", "endpointslices").expect("endpointslices registered");
+        assert_eq!(
+            (slices.kind, slices.list_kind, slices.singular.as_str()),
+            ("EndpointSlice", "EndpointSliceList", "endpointslice")
+        );
+        assert!(slices.namespaced && !slices.status_subresource && !slices.tracks_generation);
+        assert_eq!(slices.qualified_name(), "endpointslices.discovery.k8s.io");
+        assert!(find_kind("discovery.k8s.io/v1", "EndpointSlice").is_some());
+        assert!(group_versions().contains(&("discovery.k8s.io", "v1")));
     }
 
     #[test]

@@ -144,6 +144,28 @@ fn printer(def: &ResourceDef) -> Printer {
             service_row,
         ),
         ("", "endpoints") => (vec![NAME, col("Endpoints", "string", "Endpoints of the service"), AGE], endpoints_row),
+        ("discovery.k8s.io", "endpointslices") => (
+            vec![
+                NAME,
+                col(
+                    "AddressType",
+                    "string",
+                    "addressType specifies the type of address carried by this EndpointSlice. All addresses in this slice must be the same type. This field is immutable after creation. The following address types are currently supported: * IPv4: Represents an IPv4 Address. * IPv6: Represents an IPv6 Address. * FQDN: Represents a Fully Qualified Domain Name.",
+                ),
+                col(
+                    "Ports",
+                    "string",
+                    "ports specifies the list of network ports exposed by each endpoint in this slice. Each port must have a unique name. When ports is empty, it indicates that there are no defined ports. When a port is defined with a nil port value, it indicates \"all ports\". Each slice may include a maximum of 100 ports.",
+                ),
+                col(
+                    "Endpoints",
+                    "string",
+                    "endpoints is a list of unique endpoints in this slice. Each slice may include a maximum of 1000 endpoints.",
+                ),
+                AGE,
+            ],
+            endpointslice_row,
+        ),
         ("", "configmaps") => {
             (vec![NAME, col("Data", "string", "Number of entries in data and binaryData"), AGE], configmap_row)
         }
@@ -657,34 +679,63 @@ fn service_row(service: &Value, now: Timestamp) -> Vec<Value> {
     ]
 }
 
+/// The first three of `values` joined with commas, then `+ N more...` for the rest, as kube's printers list
+/// endpoints and ports; `empty` when there are none.
+fn first_three(values: impl Iterator<Item = String>, empty: &str) -> String {
+    const MAX: usize = 3;
+    let mut shown = Vec::new();
+    let mut count = 0;
+    for value in values {
+        if shown.len() < MAX {
+            shown.push(value);
+        }
+        count += 1;
+    }
+    match count {
+        0 => empty.to_string(),
+        _ if count > MAX => format!("{} + {} more...", shown.join(","), count - MAX),
+        _ => shown.join(","),
+    }
+}
+
 /// `ip:port` for up to three endpoints, then `+ N more...`, as kube's formatEndpoints.
 fn endpoints_row(endpoints: &Value, now: Timestamp) -> Vec<Value> {
-    const MAX: usize = 3;
-    let subsets = items(endpoints, "/subsets");
-    let cell = if subsets.is_empty() {
-        NONE.to_string()
-    } else {
-        let mut list: Vec<String> = Vec::new();
-        let mut count = 0;
-        for subset in subsets {
+    let cell = first_three(
+        items(endpoints, "/subsets").iter().flat_map(|subset| {
             let addresses: Vec<&str> = items(subset, "/addresses").iter().map(|a| text(a, "/ip")).collect();
-            let ports = items(subset, "/ports");
-            if ports.is_empty() {
-                count += addresses.len();
-                list.extend(addresses.iter().take(MAX.saturating_sub(list.len())).map(|ip| ip.to_string()));
-            } else {
-                for port in ports {
-                    count += addresses.len();
-                    let port = int(port, "/port");
-                    for ip in addresses.iter().take(MAX.saturating_sub(list.len())) {
-                        list.push(if ip.contains(':') { format!("[{ip}]:{port}") } else { format!("{ip}:{port}") });
-                    }
-                }
-            }
-        }
-        if count > list.len() { format!("{} + {} more...", list.join(","), count - list.len()) } else { list.join(",") }
-    };
+            let ports: Vec<Option<i64>> = match items(subset, "/ports") {
+                [] => vec![None],
+                ports => ports.iter().map(|p| Some(int(p, "/port"))).collect(),
+            };
+            ports.into_iter().flat_map(move |port| {
+                addresses.clone().into_iter().map(move |ip| match port {
+                    None => ip.to_string(),
+                    Some(port) if ip.contains(':') => format!("[{ip}]:{port}"),
+                    Some(port) => format!("{ip}:{port}"),
+                })
+            })
+        }),
+        NONE,
+    );
     vec![name(endpoints), cell.into(), age(endpoints, now)]
+}
+
+/// kube's printEndpointSlice: up to three ports (a port without a number by its name, or `*`) and
+/// addresses, `<unset>` for none.
+fn endpointslice_row(slice: &Value, now: Timestamp) -> Vec<Value> {
+    const UNSET: &str = "<unset>";
+    let ports = items(slice, "/ports").iter().map(|p| match p.get("port").and_then(Value::as_i64) {
+        Some(port) => port.to_string(),
+        None => p.get("name").and_then(Value::as_str).unwrap_or("*").to_string(),
+    });
+    let addresses = items(slice, "/endpoints").iter().flat_map(|e| strings_at(e, "/addresses")).map(str::to_string);
+    vec![
+        name(slice),
+        text(slice, "/addressType").into(),
+        first_three(ports, UNSET).into(),
+        first_three(addresses, UNSET).into(),
+        age(slice, now),
+    ]
 }
 
 fn configmap_row(object: &Value, now: Timestamp) -> Vec<Value> {
@@ -973,6 +1024,20 @@ mod tests {
         let ep = json!({"metadata": {"name": "e"}, "subsets": [{"addresses": [{"ip": "1.1.1.1"}, {"ip": "2.2.2.2"}, {"ip": "fd00::1"}, {"ip": "4.4.4.4"}], "ports": [{"port": 80}]}]});
         assert_eq!(cell(&row("", "endpoints", ep), "Endpoints"), "1.1.1.1:80,2.2.2.2:80,[fd00::1]:80 + 1 more...");
         assert_eq!(cell(&row("", "endpoints", json!({"metadata": {"name": "e"}})), "Endpoints"), "<none>");
+        let headless = json!({"metadata": {"name": "e"}, "subsets": [{"addresses": [{"ip": "1.1.1.1"}]}]});
+        assert_eq!(cell(&row("", "endpoints", headless), "Endpoints"), "1.1.1.1");
+        let slice = json!({"metadata": {"name": "web-abc"}, "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080}, {"name": "all"}, {"port": 53}, {"port": 54}],
+            "endpoints": [{"addresses": ["10.42.0.1"]}, {"addresses": ["10.42.0.2"]}]});
+        let row_slice = row("discovery.k8s.io", "endpointslices", slice);
+        let names: Vec<&str> = row_slice.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["Name", "AddressType", "Ports", "Endpoints", "Age"]);
+        assert_eq!(cell(&row_slice, "AddressType"), "IPv4");
+        assert_eq!(cell(&row_slice, "Ports"), "8080,all,53 + 1 more...");
+        assert_eq!(cell(&row_slice, "Endpoints"), "10.42.0.1,10.42.0.2");
+        let empty = json!({"metadata": {"name": "web-abc"}, "addressType": "IPv4", "endpoints": []});
+        let row_empty = row("discovery.k8s.io", "endpointslices", empty);
+        assert_eq!((cell(&row_empty, "Ports"), cell(&row_empty, "Endpoints")), (json!("<unset>"), json!("<unset>")));
         let node = json!({"metadata": {"name": "n", "labels": {"node-role.kubernetes.io/control-plane": ""}},
             "spec": {"unschedulable": true},
             "status": {"conditions": [{"type": "Ready", "status": "True"}], "nodeInfo": {"kubeletVersion": "v1.33.0"},

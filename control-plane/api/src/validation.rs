@@ -42,6 +42,7 @@ pub fn validate(def: &ResourceDef, object: &Value, old: Option<&Value>) -> Vec<C
         "ConfigMap" => validate_config_map(&mut e, object),
         "Secret" => validate_secret(&mut e, object),
         "Endpoints" => validate_endpoints(&mut e, object),
+        "EndpointSlice" => validate_endpoint_slice(&mut e, object),
         "RuntimeClass" => validate_runtime_class(&mut e, object),
         "Lease" => validate_lease(&mut e, object),
         "Event" => validate_event(&mut e, object),
@@ -67,6 +68,7 @@ pub fn validate(def: &ResourceDef, object: &Value, old: Option<&Value>) -> Vec<C
                 }
             }
             "RuntimeClass" => immutable(&mut e, object, old, &["handler"]),
+            "EndpointSlice" => immutable(&mut e, object, old, &["addressType"]),
             _ => {}
         }
     }
@@ -407,6 +409,10 @@ impl Errors {
 
     fn forbidden(&mut self, field: impl Into<String>, detail: &str) {
         self.push("FieldValueForbidden", field, format!("Forbidden: {detail}"));
+    }
+
+    fn too_many(&mut self, field: impl Into<String>, count: usize, max: usize) {
+        self.push("FieldValueTooMany", field, format!("Too many: {count}: must have at most {max} items"));
     }
 
     fn too_long(&mut self, field: impl Into<String>, max: usize) {
@@ -1016,6 +1022,77 @@ fn validate_endpoints(e: &mut Errors, object: &Value) {
     }
 }
 
+/// Kubernetes' limits on one EndpointSlice.
+const SLICE_MAX_ENDPOINTS: usize = 1000;
+const SLICE_MAX_ADDRESSES: usize = 100;
+const SLICE_MAX_PORTS: usize = 100;
+
+fn validate_endpoint_slice(e: &mut Errors, object: &Value) {
+    const ADDRESS_TYPES: &[&str] = &["IPv4", "IPv6", "FQDN"];
+    let address_type = get_str(object, "addressType").unwrap_or("");
+    if address_type.is_empty() {
+        e.required("addressType", "");
+    } else if !ADDRESS_TYPES.contains(&address_type) {
+        e.not_supported("addressType", address_type, ADDRESS_TYPES);
+    }
+    let endpoints = get_array(object, "endpoints");
+    if endpoints.len() > SLICE_MAX_ENDPOINTS {
+        e.too_many("endpoints", endpoints.len(), SLICE_MAX_ENDPOINTS);
+    }
+    for (i, endpoint) in endpoints.iter().enumerate() {
+        let path = format!("endpoints[{i}]");
+        let addresses = get_array(endpoint, "addresses");
+        if addresses.is_empty() {
+            e.required(child(&path, "addresses"), "must contain at least 1 address");
+        } else if addresses.len() > SLICE_MAX_ADDRESSES {
+            e.too_many(child(&path, "addresses"), addresses.len(), SLICE_MAX_ADDRESSES);
+        }
+        for (j, address) in addresses.iter().enumerate() {
+            let field = format!("{path}.addresses[{j}]");
+            let address = address.as_str().unwrap_or("");
+            match address_type {
+                "IPv4" if address.parse::<std::net::Ipv4Addr>().is_err() => {
+                    e.invalid(field, address, "must be a valid IPv4 address")
+                }
+                "IPv6" if address.parse::<std::net::Ipv6Addr>().is_err() => {
+                    e.invalid(field, address, "must be a valid IPv6 address")
+                }
+                "FQDN" => e.invalid_each(&field, address, dns1123_subdomain_errors(address)),
+                _ => {}
+            }
+        }
+        if let Some(node) = get_str(endpoint, "nodeName") {
+            e.invalid_each(&child(&path, "nodeName"), node, dns1123_subdomain_errors(node));
+        }
+        if let Some(hostname) = get_str(endpoint, "hostname") {
+            e.invalid_each(&child(&path, "hostname"), hostname, dns1123_label_errors(hostname));
+        }
+    }
+    let ports = get_array(object, "ports");
+    if ports.len() > SLICE_MAX_PORTS {
+        e.too_many("ports", ports.len(), SLICE_MAX_PORTS);
+    }
+    let mut names = HashSet::new();
+    for (i, port) in ports.iter().enumerate() {
+        let path = format!("ports[{i}]");
+        // The name is optional here (one unnamed port), but a name given must be a label and unique.
+        let name = get_str(port, "name").unwrap_or("");
+        if !name.is_empty() {
+            e.invalid_each(&child(&path, "name"), name, dns1123_label_errors(name));
+        }
+        if !names.insert(name) {
+            e.duplicate(child(&path, "name"), name);
+        }
+        // An absent port means "all ports".
+        if let Some(number) = get_i64(port, "port")
+            && !valid_port(number)
+        {
+            e.invalid(child(&path, "port"), number, PORT_RANGE);
+        }
+        validate_protocol(e, port, &path);
+    }
+}
+
 fn validate_runtime_class(e: &mut Errors, object: &Value) {
     match get_str(object, "handler").filter(|h| !h.is_empty()) {
         None => e.required("handler", ""),
@@ -1616,6 +1693,54 @@ mod tests {
         let causes = check_update("Service", svc(Some("10.0.0.5")), svc(Some("10.0.0.6")));
         assert_eq!(fields(&causes), vec![("FieldValueInvalid", "spec.clusterIP")]);
         assert_eq!(causes[0].message, r#"Invalid value: "10.0.0.6": field is immutable"#);
+    }
+
+    #[test]
+    fn endpoint_slice_rules() {
+        let slice = |address_type: &str, endpoints: Value, ports: Value| json!({"metadata": {"name": "web-abc"}, "addressType": address_type, "endpoints": endpoints, "ports": ports});
+        let good = slice(
+            "IPv4",
+            json!([{"addresses": ["10.42.0.5"], "nodeName": "node-a", "conditions": {"ready": true}}]),
+            json!([{"name": "http", "port": 8080, "protocol": "TCP"}, {"name": "dns", "protocol": "UDP"}]),
+        );
+        assert_eq!(check("EndpointSlice", good.clone()), vec![]);
+        assert_eq!(
+            check("EndpointSlice", slice("FQDN", json!([{"addresses": ["db.example.com"]}]), json!([]))),
+            vec![]
+        );
+
+        let causes = check(
+            "EndpointSlice",
+            slice(
+                "IPv4",
+                json!([{"addresses": ["fd00::1"]}, {"addresses": [], "nodeName": "Bad_Node"}]),
+                json!([{"port": 0}, {"name": "", "protocol": "HTTP"}, {"name": "Web"}]),
+            ),
+        );
+        assert_eq!(
+            fields(&causes),
+            vec![
+                ("FieldValueInvalid", "endpoints[0].addresses[0]"),
+                ("FieldValueRequired", "endpoints[1].addresses"),
+                ("FieldValueInvalid", "endpoints[1].nodeName"),
+                ("FieldValueInvalid", "ports[0].port"),
+                ("FieldValueDuplicate", "ports[1].name"),
+                ("FieldValueNotSupported", "ports[1].protocol"),
+                ("FieldValueInvalid", "ports[2].name"),
+            ]
+        );
+        assert_eq!(causes[0].message, r#"Invalid value: "fd00::1": must be a valid IPv4 address"#);
+        let causes = check("EndpointSlice", slice("", json!([]), json!([])));
+        assert_eq!(fields(&causes), vec![("FieldValueRequired", "addressType")]);
+        let causes = check("EndpointSlice", slice("IP", json!([]), json!([])));
+        assert_eq!(fields(&causes), vec![("FieldValueNotSupported", "addressType")]);
+        let many: Vec<Value> =
+            (0..1001).map(|i| json!({"addresses": [format!("10.0.{}.{}", i / 250, i % 250)]})).collect();
+        let causes = check("EndpointSlice", slice("IPv4", Value::Array(many), json!([])));
+        assert_eq!(causes[0].message, "Too many: 1001: must have at most 1000 items");
+
+        let ipv6 = slice("IPv6", json!([]), json!([]));
+        assert_eq!(fields(&check_update("EndpointSlice", good, ipv6)), vec![("FieldValueInvalid", "addressType")]);
     }
 
     #[test]

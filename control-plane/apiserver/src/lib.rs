@@ -2,11 +2,13 @@
 //!
 //! Code map: [`router`] is the HTTP surface (paths, negotiation, auth); [`objects`] the object semantics
 //! (metadata, concurrency, subresources, deletion); [`watch`] the watch stream; [`lifecycle`] the server's
-//! own bookkeeping (system namespaces, default ServiceAccounts, namespace deletion); [`pki`] first-start
-//! credentials; [`server`] the TLS listener and graceful drain. Pure API machinery lives in `skiff-api`.
+//! own bookkeeping (system namespaces, default ServiceAccounts, namespace deletion); [`kubernetes_service`]
+//! the `kubernetes` Service and the API servers as its endpoints; [`pki`] first-start credentials; [`server`]
+//! the TLS listener and graceful drain. Pure API machinery lives in `skiff-api`.
 
 pub mod error;
 pub mod kubelet;
+pub mod kubernetes_service;
 pub mod lifecycle;
 pub mod objects;
 pub mod pki;

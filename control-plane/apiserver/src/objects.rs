@@ -20,6 +20,15 @@ use crate::error::ApiError;
 /// The first two octets of the service virtual IP range, 10.43.0.0/16 as in k3s.
 const SERVICE_CIDR_PREFIX: &str = "10.43";
 
+/// Where Services' node ports come from: Kubernetes' default `--service-node-port-range`, kept clear of the
+/// ephemeral ports Linux hands out (32768 and up) so a node port never collides with an outgoing connection.
+const NODE_PORTS: std::ops::RangeInclusive<i64> = 30000..=32767;
+
+/// The `kubernetes` Service's address: the first of the service range, which allocation never hands out.
+pub fn kubernetes_service_ip() -> String {
+    format!("{SERVICE_CIDR_PREFIX}.0.1")
+}
+
 /// How many times a read-modify-write retries after losing a compare-and-swap race before giving up.
 const MAX_RETRIES: usize = 16;
 
@@ -190,6 +199,7 @@ impl Objects {
         if !causes.is_empty() {
             return Err(ApiError::invalid(def, &name, causes));
         }
+        self.allocate_node_ports(def, ns, &mut object, None).await?;
         if let Some(ns) = ns {
             self.check_namespace_open(ns).await?;
         }
@@ -214,7 +224,7 @@ impl Objects {
     /// asked for one. Two creates racing for the same address is possible and harmless until services get
     /// a data path (pod networking), which will move allocation to a store-backed bitmap.
     async fn allocate_cluster_ip(&self, def: &ResourceDef, object: &mut Value) -> Result<(), ApiError> {
-        if !(def.group.is_empty() && def.plural == "services") {
+        if !is_service(def) {
             return Ok(());
         }
         let spec = &object["spec"];
@@ -246,6 +256,45 @@ impl Objects {
             }
         }
         Err(ApiError::Internal("the service IP range is exhausted".into()))
+    }
+
+    /// Gives each port of a NodePort or LoadBalancer Service that has no node port one from [`NODE_PORTS`],
+    /// and refuses a node port asked for that is out of the range or held by another Service, as Kubernetes'
+    /// allocator does (422, with its wording). `current` is the stored Service on an update: the ports it
+    /// already holds are its own. The list of Services is read only when a port needs a look; two writes
+    /// racing for one port can both win, as with cluster IPs (see [`Objects::allocate_cluster_ip`]).
+    async fn allocate_node_ports(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        object: &mut Value,
+        current: Option<&Value>,
+    ) -> Result<(), ApiError> {
+        if !is_service(def) || !needs_node_ports(&object["spec"]) {
+            return Ok(());
+        }
+        let held: std::collections::HashSet<i64> = current.map(node_ports).unwrap_or_default();
+        let to_check =
+            service_ports(object).iter().any(|p| p["nodePort"].as_i64().is_none_or(|n| n == 0 || !held.contains(&n)));
+        if !to_check {
+            return Ok(());
+        }
+        let namespace = ns.unwrap_or_default();
+        let name = name_of(object).to_string();
+        let others = self.list(def, None, &ListOptions::default()).await?.items;
+        let used = others
+            .iter()
+            .filter(|s| {
+                !(name_of(s) == name && s.pointer("/metadata/namespace").and_then(Value::as_str) == Some(namespace))
+            })
+            .flat_map(node_ports)
+            .collect();
+        use rand::Rng;
+        let start = rand::rng().random_range(NODE_PORTS);
+        assign_node_ports(object, &used, start).map_err(|causes| match causes {
+            Some(causes) => ApiError::invalid(def, &name, causes),
+            None => ApiError::Internal("the node port range is exhausted".into()),
+        })
     }
 
     async fn check_namespace_open(&self, ns: &str) -> Result<(), ApiError> {
@@ -407,6 +456,7 @@ impl Objects {
         if !causes.is_empty() {
             return Err(ApiError::invalid(def, &name, causes));
         }
+        self.allocate_node_ports(def, ns, &mut object, None).await?;
         if let Some(ns) = ns {
             self.check_namespace_open(ns).await?;
         }
@@ -450,6 +500,9 @@ impl Objects {
             };
             if !causes.is_empty() {
                 return Err(ApiError::invalid(def, name, causes));
+            }
+            if part == Part::Main {
+                self.allocate_node_ports(def, ns, &mut object, Some(&current)).await?;
             }
             if !options.field_manager.is_empty() {
                 let subresource = match part {
@@ -719,6 +772,107 @@ fn prepare_create(def: &ResourceDef, ns: Option<&str>, object: &mut Value) -> Re
     Ok(())
 }
 
+fn is_service(def: &ResourceDef) -> bool {
+    def.group.is_empty() && def.plural == "services"
+}
+
+/// NodePort Services, and LoadBalancer ones unless they opt out, are reached on a port of every node.
+fn needs_node_ports(spec: &Value) -> bool {
+    match spec["type"].as_str() {
+        Some("NodePort") => true,
+        Some("LoadBalancer") => spec["allocateLoadBalancerNodePorts"] != false,
+        _ => false,
+    }
+}
+
+fn service_ports(service: &Value) -> &[Value] {
+    service.pointer("/spec/ports").and_then(Value::as_array).map_or(&[], Vec::as_slice)
+}
+
+/// The node ports a Service holds.
+fn node_ports(service: &Value) -> std::collections::HashSet<i64> {
+    service_ports(service).iter().filter_map(|p| p["nodePort"].as_i64()).filter(|n| *n != 0).collect()
+}
+
+/// Whether two Service ports are the same port across an update: by name when named (a Service with several
+/// ports names them all), else by number, and by protocol.
+fn same_service_port(a: &Value, b: &Value) -> bool {
+    let (name_a, name_b) = (a["name"].as_str().unwrap_or_default(), b["name"].as_str().unwrap_or_default());
+    a["protocol"].as_str().unwrap_or("TCP") == b["protocol"].as_str().unwrap_or("TCP")
+        && if name_a.is_empty() || name_b.is_empty() { a["port"] == b["port"] } else { name_a == name_b }
+}
+
+/// Like Kubernetes, an update that leaves a port's nodePort out keeps the one the same port holds, while the
+/// Service still needs node ports; one that stops needing them loses those it was given (unless it asks for
+/// another).
+fn keep_node_ports(object: &mut Value, current: &Value) {
+    let needs = needs_node_ports(&object["spec"]);
+    let old_ports = service_ports(current).to_vec();
+    for port in object.pointer_mut("/spec/ports").and_then(Value::as_array_mut).into_iter().flatten() {
+        let held = old_ports.iter().find(|old| same_service_port(old, port)).and_then(|old| old["nodePort"].as_i64());
+        let Some(held) = held.filter(|n| *n != 0) else { continue };
+        let asked = port["nodePort"].as_i64().unwrap_or(0);
+        if needs && asked == 0 {
+            port["nodePort"] = json!(held);
+        } else if !needs
+            && asked == held
+            && let Some(port) = port.as_object_mut()
+        {
+            port.remove("nodePort");
+        }
+    }
+}
+
+/// Checks the node ports `service` asks for against those `used` by other Services (the causes of a 422 on
+/// failure), then gives each port without one the first free port of [`NODE_PORTS`] from `start` on (None on
+/// failure when the range is full).
+fn assign_node_ports(
+    service: &mut Value,
+    used: &std::collections::HashSet<i64>,
+    start: i64,
+) -> Result<(), Option<Vec<Cause>>> {
+    let mut causes = Vec::new();
+    for (i, port) in service_ports(service).iter().enumerate() {
+        let asked = port["nodePort"].as_i64().unwrap_or(0);
+        let problem = if asked == 0 {
+            continue;
+        } else if !NODE_PORTS.contains(&asked) {
+            format!(
+                "provided port is not in the valid range. The range of valid ports is {}-{}",
+                NODE_PORTS.start(),
+                NODE_PORTS.end()
+            )
+        } else if used.contains(&asked) {
+            "provided port is already allocated".to_string()
+        } else {
+            continue;
+        };
+        causes.push(Cause {
+            reason: "FieldValueInvalid",
+            message: format!("Invalid value: {asked}: {problem}"),
+            field: format!("spec.ports[{i}].nodePort"),
+        });
+    }
+    if !causes.is_empty() {
+        return Err(Some(causes));
+    }
+    let mut taken = used.clone();
+    taken.extend(node_ports(service));
+    let span = NODE_PORTS.end() - NODE_PORTS.start() + 1;
+    for port in service.pointer_mut("/spec/ports").and_then(Value::as_array_mut).into_iter().flatten() {
+        if port["nodePort"].as_i64().is_some_and(|n| n != 0) {
+            continue;
+        }
+        let free = (0..span)
+            .map(|offset| NODE_PORTS.start() + (start - NODE_PORTS.start() + offset).rem_euclid(span))
+            .find(|candidate| !taken.contains(candidate))
+            .ok_or(None)?;
+        taken.insert(free);
+        port["nodePort"] = json!(free);
+    }
+    Ok(())
+}
+
 /// What status a new object starts with, as the Kubernetes registry strategies set it.
 fn initial_status(def: &ResourceDef, object: &mut Value) {
     match (def.group, def.plural) {
@@ -784,7 +938,7 @@ fn merge_update(def: &ResourceDef, part: Part, current: &Value, requested: Value
         }
     };
     // Like Kubernetes, an update that leaves the allocated cluster IP out keeps it.
-    if def.group.is_empty() && def.plural == "services" {
+    if is_service(def) {
         for field in ["clusterIP", "clusterIPs"] {
             if object.pointer(&format!("/spec/{field}")).is_none_or(|v| v == "" || v.is_null())
                 && let Some(allocated) = current.pointer(&format!("/spec/{field}"))
@@ -792,6 +946,7 @@ fn merge_update(def: &ResourceDef, part: Part, current: &Value, requested: Value
                 object["spec"][field] = allocated.clone();
             }
         }
+        keep_node_ports(&mut object, current);
     }
     let meta = object
         .get_mut("metadata")
@@ -1033,4 +1188,84 @@ fn random_suffix() -> String {
 
 pub fn now_rfc3339() -> String {
     skiff_api::format_time(jiff::Timestamp::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    fn services() -> &'static ResourceDef {
+        skiff_api::resources::find("", "v1", "services").unwrap()
+    }
+
+    fn service(kind: &str, ports: Value) -> Value {
+        json!({"metadata": {"name": "web", "namespace": "default"}, "spec": {"type": kind, "clusterIP": "10.43.0.9", "ports": ports}})
+    }
+
+    #[test]
+    fn node_ports_are_given_from_the_range_and_conflicts_refused() {
+        let mut svc =
+            service("NodePort", json!([{"name": "a", "port": 80}, {"name": "b", "port": 81, "nodePort": 30005}]));
+        let used = HashSet::from([32767, 30000]);
+        assign_node_ports(&mut svc, &used, 32767).unwrap();
+        assert_eq!(svc["spec"]["ports"][0]["nodePort"], 30001, "wraps around past the used ports and its own 30005");
+        assert_eq!(svc["spec"]["ports"][1]["nodePort"], 30005);
+
+        let mut taken = service("NodePort", json!([{"port": 80, "nodePort": 30000}, {"port": 81, "nodePort": 80}]));
+        let causes = assign_node_ports(&mut taken, &used, 30000).unwrap_err().unwrap();
+        let messages: Vec<String> = causes.iter().map(|c| format!("{}: {}", c.field, c.message)).collect();
+        assert_eq!(
+            messages,
+            [
+                "spec.ports[0].nodePort: Invalid value: 30000: provided port is already allocated",
+                "spec.ports[1].nodePort: Invalid value: 80: provided port is not in the valid range. The range of valid ports is 30000-32767",
+            ]
+        );
+        let error = ApiError::invalid(services(), "web", causes[..1].to_vec());
+        assert_eq!(
+            error.to_string(),
+            "Service \"web\" is invalid: spec.ports[0].nodePort: Invalid value: 30000: provided port is already allocated"
+        );
+
+        let full: HashSet<i64> = NODE_PORTS.collect();
+        let mut svc = service("NodePort", json!([{"port": 80}]));
+        assert_eq!(assign_node_ports(&mut svc, &full, 30000), Err(None));
+    }
+
+    #[test]
+    fn updates_keep_node_ports_like_the_cluster_ip() {
+        let current = service(
+            "NodePort",
+            json!([{"name": "http", "port": 80, "protocol": "TCP", "nodePort": 30080},
+                   {"name": "dns", "port": 53, "protocol": "UDP", "nodePort": 30053}]),
+        );
+        // Left out, reordered, one port renumbered: kept by name; a new port gets none here (allocation does).
+        let requested = json!({"metadata": {"name": "web"}, "spec": {"type": "NodePort", "ports": [
+            {"name": "dns", "port": 5353, "protocol": "UDP"}, {"name": "http", "port": 80, "protocol": "TCP"},
+            {"name": "extra", "port": 90, "protocol": "TCP"}]}});
+        let updated = merge_update(services(), Part::Main, &current, requested).unwrap();
+        let node_ports: Vec<&Value> =
+            updated["spec"]["ports"].as_array().unwrap().iter().map(|p| &p["nodePort"]).collect();
+        assert_eq!(node_ports, [&json!(30053), &json!(30080), &Value::Null]);
+        assert_eq!(updated["spec"]["clusterIP"], "10.43.0.9");
+
+        // Unnamed ports match by number and protocol.
+        let current = service("LoadBalancer", json!([{"port": 80, "protocol": "TCP", "nodePort": 31000}]));
+        let requested = service("LoadBalancer", json!([{"port": 80, "protocol": "TCP"}]));
+        let updated = merge_update(services(), Part::Main, &current, requested).unwrap();
+        assert_eq!(updated["spec"]["ports"][0]["nodePort"], 31000);
+        let udp = service("LoadBalancer", json!([{"port": 80, "protocol": "UDP"}]));
+        assert!(
+            merge_update(services(), Part::Main, &current, udp).unwrap()["spec"]["ports"][0].get("nodePort").is_none()
+        );
+
+        // Back to ClusterIP: the node port goes, as Kubernetes drops it.
+        let requested = service("ClusterIP", json!([{"port": 80, "protocol": "TCP", "nodePort": 31000}]));
+        let updated = merge_update(services(), Part::Main, &current, requested).unwrap();
+        assert!(updated["spec"]["ports"][0].get("nodePort").is_none());
+        let opted_out = json!({"metadata": {"name": "web"}, "spec": {"type": "LoadBalancer", "allocateLoadBalancerNodePorts": false}});
+        assert!(!needs_node_ports(&opted_out["spec"]));
+    }
 }

@@ -181,6 +181,11 @@ fn ca_params() -> Result<CertificateParams, PkiError> {
 
 fn subject_names(listen: SocketAddr) -> Vec<String> {
     let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string(), "skiff".to_string()];
+    // Pods reach the API through the `kubernetes` Service, by its address or its DNS names.
+    names.push(crate::objects::kubernetes_service_ip());
+    let service_names =
+        ["kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"];
+    names.extend(service_names.map(String::from));
     if !listen.ip().is_unspecified() && !listen.ip().is_loopback() {
         names.push(listen.ip().to_string());
     }

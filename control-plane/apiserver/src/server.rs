@@ -19,7 +19,7 @@ use crate::error::ApiError;
 use crate::objects::Objects;
 use crate::pki::{ClusterSecrets, Credentials, PkiError};
 use crate::router::{self, AppState};
-use crate::{lifecycle, pki::server_url};
+use crate::{kubernetes_service, lifecycle, pki::server_url};
 
 /// How long in-flight requests may run after shutdown starts before their connections are dropped.
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
@@ -43,7 +43,7 @@ pub enum ServerError {
     SharedSecrets(#[source] skiff_store::Error),
     #[error("the cluster's credentials in the store are unreadable")]
     CorruptSecrets(#[source] serde_json::Error),
-    #[error("cannot create the system namespaces: {0}")]
+    #[error("cannot create the system namespaces and services: {0}")]
     Bootstrap(#[source] ApiError),
 }
 
@@ -84,6 +84,8 @@ pub struct Server {
     acceptor: TlsAcceptor,
     state: Arc<AppState>,
     url: String,
+    /// Where pods reach this server: listed in the `kubernetes` Service's endpoints.
+    advertise: SocketAddr,
 }
 
 impl Server {
@@ -103,6 +105,8 @@ impl Server {
         let acceptor = TlsAcceptor::from(Arc::new(credentials.server_config()?));
         let objects = Objects::new(store);
         lifecycle::bootstrap(&objects).await.map_err(ServerError::Bootstrap)?;
+        kubernetes_service::ensure_service(&objects, local.port()).await.map_err(ServerError::Bootstrap)?;
+        let advertise = SocketAddr::new(kubernetes_service::advertise_address(local.ip()), local.port());
         let state = Arc::new(AppState {
             objects,
             tokens: vec![credentials.admin_token.clone(), credentials.node_token.clone()],
@@ -111,7 +115,16 @@ impl Server {
             ca_cert_pem: credentials.ca_cert_pem.clone(),
             node_token: credentials.node_token.clone(),
         });
-        Ok(Self { listener, acceptor, state, url })
+        Ok(Self { listener, acceptor, state, url, advertise })
+    }
+
+    /// Advertises this server in the `kubernetes` Service's endpoints at `address` (and its listen port)
+    /// instead of the address derived from the listen address (see
+    /// [`kubernetes_service::advertise_address`]): for a machine whose default route is not where pods
+    /// reach it.
+    pub fn with_advertise_address(mut self, address: std::net::IpAddr) -> Self {
+        self.advertise.set_ip(address);
+        self
     }
 
     /// The URL clients reach this server at.
@@ -121,9 +134,10 @@ impl Server {
 
     /// Serves until the shutdown token is cancelled, then drains.
     pub async fn run(self) {
-        let Server { listener, acceptor, state, url } = self;
+        let Server { listener, acceptor, state, url, advertise } = self;
         let shutdown = state.shutdown.clone();
         let controller = tokio::spawn(lifecycle::run(state.objects.clone(), shutdown.clone()));
+        let endpoints = tokio::spawn(kubernetes_service::run(state.objects.clone(), advertise, shutdown.clone()));
         let app = router::router(state);
         let graceful = GracefulShutdown::new();
         tracing::info!(%url, "serving the Kubernetes API");
@@ -163,6 +177,6 @@ impl Server {
             _ = graceful.shutdown() => tracing::info!("all connections closed"),
             _ = tokio::time::sleep(DRAIN_GRACE) => tracing::warn!("drain grace period over, dropping connections"),
         }
-        let _ = controller.await;
+        let _ = tokio::join!(controller, endpoints);
     }
 }

@@ -159,10 +159,7 @@ async fn sync(set: &DaemonSet, context: &Context) -> Result<Action, Error> {
 
 /// A short, stable hash of the pod template: pods carrying another one are from an older version.
 fn template_hash(spec: &DaemonSetSpec) -> String {
-    // FNV-1a, so that the hash is the same in every build and process.
-    let text = serde_json::to_string(&spec.template).unwrap_or_default();
-    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
-    format!("{:010x}", hash & 0xff_ffff_ffff)
+    crate::stable_hash(&serde_json::to_string(&spec.template).unwrap_or_default())
 }
 
 /// The tolerations Kubernetes gives every daemon pod: it stays through node trouble, as node agents do.

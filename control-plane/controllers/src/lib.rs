@@ -3,10 +3,13 @@
 //! leader Lease, as kube-controller-manager and kube-scheduler are.
 //!
 //! Code map: [`scheduler`] (pure `filter` and `score`, and the bind loop), `replicaset`, `deployment`,
-//! `daemonset`, `job`, `nodelifecycle`, `gc` (ownerReferences), [`events`], [`leader`].
+//! `daemonset`, `job`, `nodelifecycle`, `gc` (ownerReferences), `endpointslice` (a Service's pods as
+//! EndpointSlices and Endpoints), `servicelb` (LoadBalancer status from the Ready nodes), [`events`],
+//! [`leader`].
 
 mod daemonset;
 mod deployment;
+mod endpointslice;
 pub mod events;
 mod gc;
 mod job;
@@ -15,6 +18,7 @@ mod nodelifecycle;
 mod placement;
 mod replicaset;
 pub mod scheduler;
+mod servicelb;
 
 use std::time::Duration;
 
@@ -51,6 +55,15 @@ pub async fn run(client: kube::Client, config: Config, shutdown: CancellationTok
         gc::run(client.clone(), shutdown.clone()),
         nodelifecycle::run(client.clone(), config, shutdown.clone()),
         job::run(client.clone(), shutdown.clone()),
+        endpointslice::run(client.clone(), shutdown.clone()),
+        servicelb::run(client.clone(), shutdown.clone()),
         daemonset::run(client, shutdown),
     );
+}
+
+/// A short hash of `text` that is the same in every build and process (FNV-1a, 40 bits as 10 hex digits),
+/// for names and labels derived from content.
+pub(crate) fn stable_hash(text: &str) -> String {
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    format!("{:010x}", hash & 0xff_ffff_ffff)
 }

@@ -93,6 +93,14 @@ pub struct InvalidCidr {
 }
 
 impl Ipv4Cidr {
+    pub fn network(&self) -> Ipv4Addr {
+        self.network
+    }
+
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
     fn mask(prefix: u8) -> u32 {
         if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix)) }
     }
@@ -559,7 +567,7 @@ impl Cni {
     }
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no arguments and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }

@@ -182,8 +182,9 @@ pub async fn container_spec(
     })
 }
 
-/// Kubernetes' rules: `command` replaces the image's entrypoint, `args` its cmd. A wasm artifact usually has
-/// neither, so argv[0] is the container's name, as runwasi does.
+/// Kubernetes' rules: `command` replaces the image's entrypoint, `args` its cmd, and an image without an
+/// entrypoint runs its cmd (or the args) as the command, as Docker does. A wasm artifact usually has
+/// neither entrypoint nor cmd, so argv[0] is the container's name, as runwasi does.
 fn argv(container: &Container, image: &Image) -> Vec<String> {
     let command = container.command.clone().filter(|c| !c.is_empty());
     let args = container.args.clone();
@@ -192,7 +193,8 @@ fn argv(container: &Container, image: &Image) -> Vec<String> {
         (None, Some(args)) => (image.entrypoint.clone(), args),
         (None, None) => (image.entrypoint.clone(), image.cmd.clone()),
     };
-    let mut argv = if entry.is_empty() { vec![container.name.clone()] } else { entry };
+    let unnamed = entry.is_empty() && image.entrypoint.is_empty() && image.cmd.is_empty();
+    let mut argv = if unnamed { vec![container.name.clone()] } else { entry };
     argv.extend(rest);
     argv
 }
@@ -428,6 +430,11 @@ mod tests {
         assert_eq!(argv(&c, &image), ["run", "y"]);
         let c = container(serde_json::json!({"name": "hello", "args": ["a", "b"]}));
         assert_eq!(argv(&c, &Image::default()), ["hello", "a", "b"], "wasm artifacts have no entrypoint");
+        let cmd_only = Image { cmd: vec!["httpd".into(), "-f".into()], ..Image::default() };
+        let c = container(serde_json::json!({"name": "web"}));
+        assert_eq!(argv(&c, &cmd_only), ["httpd", "-f"], "an image's cmd without an entrypoint is the command");
+        let c = container(serde_json::json!({"name": "web", "args": ["sh"]}));
+        assert_eq!(argv(&c, &cmd_only), ["sh"]);
     }
 
     #[test]

@@ -1,0 +1,407 @@
+//! The node's part of the cluster network, as kube-proxy and a host-gw network plugin do it: routes to the
+//! other nodes' pod ranges ([`routes`]), masquerade for pods' traffic leaving the pod ranges, and the
+//! service proxy: every Service's virtual addresses and node ports load-balanced to its endpoints in the
+//! kernel ([`nft`]), never through a process.
+//!
+//! One loop watches Services, EndpointSlices and Nodes (kube-runtime watchers), notes which Services an
+//! event touches, and after each burst of events programs only those ([`model`] computes what one Service
+//! needs; [`nft::Transaction`] turns the difference into one nftables transaction). A relist (watch
+//! restart) marks everything to be compared again, so the loop is level-triggered: a missed event heals.
+//! A transaction the kernel refuses rebuilds the table from the caches. On shutdown the table and the
+//! routes are removed.
+
+mod model;
+mod nft;
+mod routes;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use tokio_util::sync::CancellationToken;
+
+use model::{SERVICE_NAME_LABEL, ServiceKey, ServicePort};
+pub use routes::PodRange;
+use routes::Routes;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("the service proxy needs the nft program (Debian package nftables)")]
+    NoNft,
+    #[error(transparent)]
+    Routes(#[from] routes::RouteError),
+    #[error("nftables refused the transaction: {0}")]
+    Nft(#[source] nftables::helper::NftablesError),
+}
+
+/// How long to wait before rebuilding after the kernel refused a transaction.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Checks that the proxy can run here: root (checked by the caller, with the pod network) and `nft`.
+pub fn check() -> Result<(), ProxyError> {
+    let found = std::process::Command::new("nft")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if found { Ok(()) } else { Err(ProxyError::NoNft) }
+}
+
+/// What the watches have shown.
+#[derive(Default)]
+struct Caches {
+    services: HashMap<ServiceKey, Service>,
+    /// By Service, then by slice name.
+    slices: HashMap<ServiceKey, HashMap<String, EndpointSlice>>,
+    /// The Service of each slice, by the slice's namespace and name: a slice whose label changes leaves
+    /// its old Service.
+    slice_services: HashMap<(String, String), ServiceKey>,
+    /// Nodes' pod ranges and addresses, by node name.
+    nodes: HashMap<String, (PodRange, Ipv4Addr)>,
+}
+
+/// What the next sync must look at.
+#[derive(Default)]
+struct Dirty {
+    services: HashSet<ServiceKey>,
+    nodes: bool,
+    /// Every Service (after a relist).
+    all: bool,
+}
+
+enum Change {
+    /// Boxed: Services and slices are large beside what is kept of a Node.
+    Service(Box<watcher::Event<Service>>),
+    Slice(Box<watcher::Event<EndpointSlice>>),
+    Node(watcher::Event<NodeRoute>),
+}
+
+/// What the loop keeps of a Node: its pod range and address, once it has both.
+struct NodeRoute {
+    name: String,
+    route: Option<(PodRange, Ipv4Addr)>,
+}
+
+impl NodeRoute {
+    fn of(node: Node) -> Self {
+        NodeRoute { route: node_range(&node), name: node.name_any() }
+    }
+}
+
+/// The same event with the object turned into what the loop keeps of it.
+fn map_event<K, T>(event: watcher::Event<K>, f: impl Fn(K) -> T) -> watcher::Event<T> {
+    match event {
+        watcher::Event::Apply(object) => watcher::Event::Apply(f(object)),
+        watcher::Event::Delete(object) => watcher::Event::Delete(f(object)),
+        watcher::Event::InitApply(object) => watcher::Event::InitApply(f(object)),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitDone => watcher::Event::InitDone,
+    }
+}
+
+fn key_of<K: ResourceExt>(object: &K) -> ServiceKey {
+    ServiceKey { namespace: object.namespace().unwrap_or_else(|| "default".into()), name: object.name_any() }
+}
+
+/// The Service a slice belongs to, by its label; slices without one are no Service's.
+fn slice_service(slice: &EndpointSlice) -> Option<ServiceKey> {
+    let name = slice.labels().get(SERVICE_NAME_LABEL)?;
+    Some(ServiceKey { namespace: slice.namespace().unwrap_or_else(|| "default".into()), name: name.clone() })
+}
+
+fn node_range(node: &Node) -> Option<(PodRange, Ipv4Addr)> {
+    let cidr = node.spec.as_ref()?.pod_cidr.as_deref()?;
+    let (network, prefix) = cidr.split_once('/')?;
+    let range = PodRange { network: network.parse().ok()?, prefix: prefix.parse().ok()? };
+    let addresses = node.status.as_ref()?.addresses.as_ref()?;
+    let ip = addresses.iter().find(|a| a.type_ == "InternalIP")?.address.parse().ok()?;
+    Some((range, ip))
+}
+
+impl Caches {
+    fn remove_slice(&mut self, slice: &EndpointSlice, dirty: &mut Dirty) {
+        let id = (slice.namespace().unwrap_or_else(|| "default".into()), slice.name_any());
+        if let Some(key) = self.slice_services.remove(&id) {
+            if let Some(slices) = self.slices.get_mut(&key) {
+                slices.remove(&id.1);
+                if slices.is_empty() {
+                    self.slices.remove(&key);
+                }
+            }
+            dirty.services.insert(key);
+        }
+    }
+
+    fn apply(&mut self, change: Change, dirty: &mut Dirty) {
+        match change {
+            Change::Service(event) => match *event {
+                watcher::Event::Apply(service) | watcher::Event::InitApply(service) => {
+                    let key = key_of(&service);
+                    dirty.services.insert(key.clone());
+                    self.services.insert(key, service);
+                }
+                watcher::Event::Delete(service) => {
+                    let key = key_of(&service);
+                    self.services.remove(&key);
+                    dirty.services.insert(key);
+                }
+                watcher::Event::Init => {}
+                // A relist: what it did not list is gone.
+                watcher::Event::InitDone => dirty.all = true,
+            },
+            Change::Slice(event) => match *event {
+                watcher::Event::Apply(slice) | watcher::Event::InitApply(slice) => {
+                    self.remove_slice(&slice, dirty);
+                    if let Some(key) = slice_service(&slice) {
+                        dirty.services.insert(key.clone());
+                        let id = (key.namespace.clone(), slice.name_any());
+                        self.slice_services.insert(id.clone(), key.clone());
+                        self.slices.entry(key).or_default().insert(id.1, slice);
+                    }
+                }
+                watcher::Event::Delete(slice) => self.remove_slice(&slice, dirty),
+                watcher::Event::Init => {}
+                watcher::Event::InitDone => dirty.all = true,
+            },
+            Change::Node(event) => {
+                match event {
+                    watcher::Event::Apply(node) | watcher::Event::InitApply(node) => match node.route {
+                        Some(route) => self.nodes.insert(node.name, route),
+                        None => self.nodes.remove(&node.name),
+                    },
+                    watcher::Event::Delete(node) => self.nodes.remove(&node.name),
+                    watcher::Event::Init | watcher::Event::InitDone => None,
+                };
+                dirty.nodes = true;
+            }
+        }
+    }
+}
+
+/// The keys one relist (a watch restart: Init, InitApply..., InitDone) listed, so that what it did not
+/// list (deleted while the watch was down) leaves the caches.
+struct Relist<T> {
+    listed: Option<HashSet<T>>,
+}
+
+impl<T> Default for Relist<T> {
+    fn default() -> Self {
+        Relist { listed: None }
+    }
+}
+
+impl<T: std::hash::Hash + Eq> Relist<T> {
+    /// Follows the relist; at its end returns what it listed.
+    fn observe<K>(&mut self, event: &watcher::Event<K>, key: impl Fn(&K) -> Option<T>) -> Option<HashSet<T>> {
+        match event {
+            watcher::Event::Init => self.listed = Some(HashSet::new()),
+            watcher::Event::InitApply(object) => {
+                if let (Some(listed), Some(key)) = (self.listed.as_mut(), key(object)) {
+                    listed.insert(key);
+                }
+            }
+            watcher::Event::InitDone => return self.listed.take(),
+            _ => {}
+        }
+        None
+    }
+}
+
+/// The proxy of node `node_name`: runs until `shutdown`, then removes what it programmed.
+pub async fn run(client: Client, node_name: String, own_range: Option<PodRange>, shutdown: CancellationToken) {
+    let table = format!("skiff-{node_name}");
+    let mut routes = match Routes::open().await {
+        Ok(routes) => Some(routes),
+        Err(e) => {
+            tracing::error!(error = %e, "pod routes between nodes are off");
+            None
+        }
+    };
+    enable_forwarding();
+    let services = watcher(Api::<Service>::all(client.clone()), watcher::Config::default())
+        .map(|e| e.map(|event| Change::Service(Box::new(event))));
+    let slices = watcher(Api::<EndpointSlice>::all(client.clone()), watcher::Config::default())
+        .map(|e| e.map(|event| Change::Slice(Box::new(event))));
+    let nodes = watcher(Api::<Node>::all(client), watcher::Config::default())
+        .map(|e| e.map(|event| Change::Node(map_event(event, NodeRoute::of))));
+    let mut changes = futures::stream::select_all([services.boxed(), slices.boxed(), nodes.boxed()]);
+    let mut caches = Caches::default();
+    let mut relists = Relists::default();
+    let mut applied: HashMap<ServiceKey, Vec<ServicePort>> = HashMap::new();
+    let mut dirty = Dirty::default();
+    let mut fresh_table = true;
+    let mut retry = false;
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            change = changes.next() => change,
+            // A refused transaction is tried again, from scratch.
+            _ = tokio::time::sleep(RETRY), if retry => None,
+        };
+        // Everything already waiting joins this sync: under a burst of events, fewer, larger transactions.
+        let mut batch: Vec<Result<Change, watcher::Error>> = first.into_iter().collect();
+        while let Some(Some(change)) = changes.next().now_or_never() {
+            batch.push(change);
+        }
+        for change in batch {
+            match change {
+                Ok(change) => {
+                    prune_relisted(&change, &mut relists, &mut caches);
+                    caches.apply(change, &mut dirty);
+                }
+                Err(e) => tracing::warn!(error = %e, "service proxy watch failed; retrying"),
+            }
+        }
+        if let Some(routes) = routes.as_mut()
+            && dirty.nodes
+        {
+            let wanted: BTreeMap<PodRange, Ipv4Addr> =
+                caches.nodes.iter().filter(|(name, _)| **name != node_name).map(|(_, r)| *r).collect();
+            if let Err(e) = routes.reconcile(&wanted).await {
+                tracing::warn!(error = %e, "cannot program the routes to other nodes' pods");
+            }
+        }
+        match sync(&table, &caches, &node_name, own_range, &mut applied, &mut dirty, fresh_table).await {
+            Ok(()) => (fresh_table, retry) = (false, false),
+            Err(e) => {
+                tracing::error!(error = %e, "service rules not applied: rebuilding the table");
+                (fresh_table, retry) = (true, true);
+            }
+        }
+    }
+    let mut transaction = nft::Transaction::new(&table);
+    transaction.delete_table();
+    if let Err(e) = apply(transaction).await {
+        tracing::warn!(error = %e, "cannot remove the service proxy's table");
+    }
+    if let Some(routes) = routes.as_mut()
+        && let Err(e) = routes.remove_all().await
+    {
+        tracing::warn!(error = %e, "cannot remove the routes to other nodes' pods");
+    }
+    tracing::info!("service proxy stopped");
+}
+
+#[derive(Default)]
+struct Relists {
+    services: Relist<ServiceKey>,
+    /// Slices by namespace and name.
+    slices: Relist<(String, String)>,
+    nodes: Relist<String>,
+}
+
+/// At the end of a relist, drops from the caches what the relist no longer has.
+fn prune_relisted(change: &Change, relists: &mut Relists, caches: &mut Caches) {
+    match change {
+        Change::Service(event) => {
+            if let Some(listed) = relists.services.observe(event.as_ref(), |service| Some(key_of(service))) {
+                caches.services.retain(|key, _| listed.contains(key));
+            }
+        }
+        Change::Slice(event) => {
+            let key = |slice: &EndpointSlice| Some((slice.namespace()?, slice.name_any()));
+            if let Some(listed) = relists.slices.observe(event.as_ref(), key) {
+                caches.slice_services.retain(|id, _| listed.contains(id));
+                for (service, slices) in &mut caches.slices {
+                    slices.retain(|name, _| listed.contains(&(service.namespace.clone(), name.clone())));
+                }
+            }
+        }
+        Change::Node(event) => {
+            if let Some(listed) = relists.nodes.observe(event, |node| Some(node.name.clone())) {
+                caches.nodes.retain(|name, _| listed.contains(name));
+            }
+        }
+    }
+}
+
+/// Programs what `dirty` names: one transaction, all or nothing.
+async fn sync(
+    table: &str,
+    caches: &Caches,
+    node_name: &str,
+    own_range: Option<PodRange>,
+    applied: &mut HashMap<ServiceKey, Vec<ServicePort>>,
+    dirty: &mut Dirty,
+    fresh_table: bool,
+) -> Result<(), ProxyError> {
+    let mut transaction = nft::Transaction::new(table);
+    if fresh_table {
+        transaction.recreate_table();
+        applied.clear();
+        dirty.nodes = true;
+        dirty.all = true;
+    }
+    if dirty.nodes {
+        let mut ranges: Vec<(Ipv4Addr, u8)> = caches.nodes.values().map(|(r, _)| (r.network, r.prefix)).collect();
+        ranges.extend(own_range.map(|r| (r.network, r.prefix)));
+        ranges.sort();
+        ranges.dedup();
+        transaction.set_pod_ranges(&ranges);
+    }
+    let keys: Vec<ServiceKey> = if dirty.all {
+        caches.services.keys().chain(applied.keys()).cloned().collect::<HashSet<_>>().into_iter().collect()
+    } else {
+        dirty.services.iter().cloned().collect()
+    };
+    let mut next: Vec<(ServiceKey, Vec<ServicePort>)> = Vec::with_capacity(keys.len());
+    for key in keys {
+        let no_slices = HashMap::new();
+        let slices = caches.slices.get(&key).unwrap_or(&no_slices);
+        let desired = caches
+            .services
+            .get(&key)
+            .map(|service| model::service_ports(service, slices.values(), node_name))
+            .unwrap_or_default();
+        let old = applied.get(&key).map(Vec::as_slice).unwrap_or_default();
+        let same = |a: &ServicePort, b: &ServicePort| a.name == b.name && a.protocol == b.protocol;
+        for port in old {
+            transaction.update_port(Some(port), desired.iter().find(|d| same(d, port)));
+        }
+        for port in desired.iter().filter(|d| !old.iter().any(|o| same(o, d))) {
+            transaction.update_port(None, Some(port));
+        }
+        next.push((key, desired));
+    }
+    if !transaction.is_empty() {
+        let started = std::time::Instant::now();
+        apply(transaction).await?;
+        tracing::debug!(services = next.len(), elapsed = ?started.elapsed(), "service rules applied");
+    }
+    for (key, ports) in next {
+        if ports.is_empty() {
+            applied.remove(&key);
+        } else {
+            applied.insert(key, ports);
+        }
+    }
+    *dirty = Dirty::default();
+    Ok(())
+}
+
+/// Runs the transaction through `nft -j -f -`: one netlink batch, applied whole or not at all.
+async fn apply(transaction: nft::Transaction<'_>) -> Result<(), ProxyError> {
+    let document = transaction.into_document();
+    let no_args: [&str; 0] = [];
+    nftables::helper::apply_ruleset_raw_async(&document, None::<&str>, no_args).await.map_err(ProxyError::Nft)?;
+    Ok(())
+}
+
+/// Pods on other nodes and service endpoints are reached through this node: it forwards, and bridged
+/// traffic between its own pods passes the NAT rules too (kube-proxy needs the same two settings).
+fn enable_forwarding() {
+    for (path, what) in [
+        ("/proc/sys/net/ipv4/ip_forward", "IP forwarding"),
+        ("/proc/sys/net/bridge/bridge-nf-call-iptables", "netfilter on bridged traffic (br_netfilter)"),
+    ] {
+        if let Err(e) = std::fs::write(path, "1") {
+            tracing::warn!(path, error = %e, "cannot turn on {what}: Services may not answer");
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! A test network of nodes on one machine: a bridge on the host (`10.231.S.1/24`) and one network namespace
+//! per node, joined to it by a veth pair (`10.231.S.N`, default route via the host), so routes between
+//! nodes are real routes. The host relays the loopback registry into each namespace, where agents expect
+//! it at the same `127.0.0.1:PORT`. Everything made is removed when the guard drops.
+
+use std::net::Ipv4Addr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// The third octet of the next test network; tests in one run share the machine.
+static NEXT_SUBNET: AtomicU8 = AtomicU8::new(0);
+
+pub struct TestNet {
+    /// The third octet: the network is 10.231.S.0/24.
+    subnet: u8,
+    bridge: String,
+    namespaces: Vec<String>,
+    relays: Vec<Child>,
+}
+
+/// Runs `ip ARGS` (or another program), failing the test with its error output.
+pub fn run(program: &str, args: &[&str]) {
+    let output = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(output.status.success(), "{program} {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
+}
+
+/// Runs a program inside the namespace `netns`; returns its standard output.
+pub fn in_netns(netns: &str, program: &str, args: &[&str]) -> std::process::Output {
+    Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{netns}"))
+        .arg(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program} in {netns}: {e}"))
+}
+
+impl TestNet {
+    pub fn new() -> Self {
+        let routes = String::from_utf8(Command::new("ip").args(["-4", "route"]).output().unwrap().stdout).unwrap();
+        let start = (std::process::id() % 200) as u8;
+        let subnet = (0..200)
+            .map(|_| start.wrapping_add(NEXT_SUBNET.fetch_add(1, Ordering::Relaxed)) % 200 + 20)
+            .find(|s| !routes.contains(&format!("10.231.{s}.")))
+            .expect("a free test network in 10.231.0.0/16");
+        let bridge = format!("sktest{subnet}");
+        let net = TestNet { subnet, bridge, namespaces: Vec::new(), relays: Vec::new() };
+        run("ip", &["link", "add", &net.bridge, "type", "bridge"]);
+        run("ip", &["address", "add", &format!("{}/24", net.gateway()), "dev", &net.bridge]);
+        run("ip", &["link", "set", &net.bridge, "up"]);
+        net
+    }
+
+    /// The host's address on the test network (the nodes' default gateway).
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 231, self.subnet, 1)
+    }
+
+    /// Makes node `index`'s namespace (`sktest<S>-<index>`) and returns its name and address.
+    pub fn add_node(&mut self, index: u8) -> (String, Ipv4Addr) {
+        let netns = format!("sktest{}-{index}", self.subnet);
+        let ip = Ipv4Addr::new(10, 231, self.subnet, 10 + index);
+        let (host_end, node_end) = (format!("skh{}-{index}", self.subnet), format!("skn{}-{index}", self.subnet));
+        run("ip", &["netns", "add", &netns]);
+        self.namespaces.push(netns.clone());
+        run("ip", &["link", "add", &host_end, "type", "veth", "peer", "name", &node_end]);
+        run("ip", &["link", "set", &host_end, "master", &self.bridge, "up"]);
+        run("ip", &["link", "set", &node_end, "netns", &netns]);
+        let inside = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", &netns, "ip"];
+            all.extend_from_slice(args);
+            run("ip", &all);
+        };
+        inside(&["link", "set", "lo", "up"]);
+        inside(&["link", "set", &node_end, "name", "eth0"]);
+        inside(&["address", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        inside(&["link", "set", "eth0", "up"]);
+        inside(&["route", "add", "default", "via", &self.gateway().to_string()]);
+        (netns, ip)
+    }
+
+    /// Makes the host's `127.0.0.1:port` (a registry) reachable as `127.0.0.1:port` in every namespace made
+    /// so far: a relay on the bridge address, and one in each namespace to it.
+    pub fn relay_loopback(&mut self, port: u16) {
+        let socat = |args: Vec<String>| {
+            Command::new(&args[0])
+                .args(&args[1..])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("socat (Debian package socat; scripts/setup installs it)")
+        };
+        let bridge_end = format!("{}:{port}", self.gateway());
+        self.relays.push(socat(vec![
+            "socat".into(),
+            format!("TCP-LISTEN:{port},bind={},fork,reuseaddr", self.gateway()),
+            format!("TCP:127.0.0.1:{port}"),
+        ]));
+        for netns in &self.namespaces {
+            self.relays.push(socat(vec![
+                "nsenter".into(),
+                format!("--net=/run/netns/{netns}"),
+                "socat".into(),
+                format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr"),
+                format!("TCP:{bridge_end}"),
+            ]));
+        }
+        for netns in &self.namespaces {
+            crate::harness::eventually("the registry relay", std::time::Duration::from_secs(10), || {
+                let probe = in_netns(netns, "socat", &["-u", "/dev/null", &format!("TCP:127.0.0.1:{port}")]);
+                probe.status.success().then_some(())
+            });
+        }
+    }
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        for relay in &mut self.relays {
+            let _ = relay.kill();
+            let _ = relay.wait();
+        }
+        // A namespace takes its veth end with it, and the peer on the host goes too.
+        for netns in &self.namespaces {
+            let _ = Command::new("ip").args(["netns", "delete", netns]).status();
+        }
+        let _ = Command::new("ip").args(["link", "delete", &self.bridge]).status();
+    }
+}
