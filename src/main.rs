@@ -60,7 +60,18 @@ struct ServerArgs {
     #[arg(long, default_value = "embedded")]
     store: String,
     #[command(flatten)]
+    tls: TlsArgs,
+    #[command(flatten)]
     controllers: ControllerArgs,
+}
+
+/// The serving certificate's names.
+#[derive(clap::Args)]
+struct TlsArgs {
+    /// A further host name or IP address for the serving certificate (repeatable, as k3s's flag); listening
+    /// on an unspecified address, the certificate already names every address of the machine.
+    #[arg(long = "tls-san", value_name = "NAME|IP")]
+    sans: Vec<String>,
 }
 
 /// Tunables of the controllers.
@@ -80,6 +91,8 @@ struct UpArgs {
     data_dir: Option<PathBuf>,
     #[arg(long, default_value = "127.0.0.1:6443")]
     listen: SocketAddr,
+    #[command(flatten)]
+    tls: TlsArgs,
     #[command(flatten)]
     controllers: ControllerArgs,
     #[command(flatten)]
@@ -131,9 +144,27 @@ struct NodeArgs {
     /// --max-pods pods: a /22 for 1,000]
     #[arg(long)]
     pod_cidr: Option<skiff_node::network::Ipv4Cidr>,
+    /// How this node reaches other nodes' pods: host-gw (directly via their nodes' addresses where they
+    /// share a link, over VXLAN where they do not) or vxlan (over VXLAN always).
+    #[arg(long, default_value = "host-gw")]
+    pod_routes: skiff_node::proxy::RouteMode,
     /// Run wasm only, even where the host could run containers (an edge node with no container runtime).
     #[arg(long)]
     no_oci: bool,
+    /// The cluster DNS Service's address, pods' nameserver (the kubelet's flag; k3s's default).
+    #[arg(long, default_value = "10.43.0.10")]
+    cluster_dns: std::net::IpAddr,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// The node's resolver configuration: the upstream of the cluster DNS, and what `dnsPolicy: Default`
+    /// pods get.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    resolv_conf: PathBuf,
+    /// Mirrors, TLS and credentials for image pulls, in k3s's registries.yaml format
+    /// [default: /etc/skiff/registries.yaml if it exists]
+    #[arg(long)]
+    registries: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -168,8 +199,20 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 }
 
 impl NodeArgs {
-    fn config(&self, server: String, join_token: String, data_dir: PathBuf) -> skiff_node::AgentConfig {
+    /// The registries file, read and checked now so a bad one stops the command before anything starts.
+    fn registries(&self) -> anyhow::Result<skiff_node::images::Registries> {
+        Ok(skiff_node::images::Registries::load_or_default(self.registries.as_deref())?)
+    }
+
+    fn config(
+        &self,
+        server: String,
+        join_token: String,
+        data_dir: PathBuf,
+        registries: skiff_node::images::Registries,
+    ) -> skiff_node::AgentConfig {
         skiff_node::AgentConfig {
+            registries,
             server,
             join_token,
             name: self.name.clone().unwrap_or_else(hostname),
@@ -179,7 +222,13 @@ impl NodeArgs {
             max_pods: self.max_pods,
             pod_network: self.pod_network,
             pod_cidr: self.pod_cidr,
+            pod_routes: self.pod_routes,
             oci: !self.no_oci,
+            dns: skiff_node::dns::DnsConfig {
+                cluster_dns: self.cluster_dns,
+                domain: self.cluster_domain.clone(),
+                resolv_conf: self.resolv_conf.clone(),
+            },
             backoff: skiff_node::BackoffConfig {
                 initial: self.backoff_initial,
                 max: self.backoff_max,
@@ -207,6 +256,7 @@ fn main() -> anyhow::Result<()> {
                 data_dir: args.data_dir,
                 listen: args.listen,
                 store: "embedded".into(),
+                tls: args.tls,
                 controllers: args.controllers,
             };
             serve(server, Some(args.node))
@@ -292,9 +342,10 @@ fn default_data_dir() -> PathBuf {
 async fn serve(args: ServerArgs, node: Option<NodeArgs>) -> anyhow::Result<()> {
     let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let registries = node.as_ref().map(NodeArgs::registries).transpose()?;
     let store = open_store(&args.store, &data_dir).await?;
     let shutdown = cancel_on_signal();
-    let config = ServerConfig { data_dir: data_dir.clone(), listen: args.listen };
+    let config = ServerConfig { data_dir: data_dir.clone(), listen: args.listen, tls_sans: args.tls.sans };
     let server = Server::bind(config, store, shutdown.clone()).await?;
     trim::after_start_up();
     tracing::info!(
@@ -309,11 +360,11 @@ async fn serve(args: ServerArgs, node: Option<NodeArgs>) -> anyhow::Result<()> {
     };
     let controllers =
         tokio::spawn(controller_manager(data_dir.clone(), server.url().to_string(), tunables, shutdown.clone()));
-    let agent = match node {
-        Some(node) => {
+    let agent = match node.zip(registries) {
+        Some((node, registries)) => {
             let token =
                 std::fs::read_to_string(data_dir.join("node-token")).context("the server wrote no node-token")?;
-            let config = node.config(server.url().to_string(), token, data_dir.clone());
+            let config = node.config(server.url().to_string(), token, data_dir.clone(), registries);
             let shutdown = shutdown.clone();
             Some(tokio::spawn(async move {
                 if let Err(e) = skiff_node::run(config, shutdown.clone()).await {
@@ -370,7 +421,8 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
     let token = std::fs::read_to_string(&args.token_file)
         .with_context(|| format!("cannot read the join token {}", args.token_file.display()))?;
-    let config = args.node.config(args.server, token, data_dir);
+    let registries = args.node.registries()?;
+    let config = args.node.config(args.server, token, data_dir, registries);
     trim::after_start_up();
     skiff_node::run(config, cancel_on_signal()).await?;
     Ok(())

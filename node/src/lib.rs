@@ -13,12 +13,15 @@
 
 mod balancer;
 mod connect;
+pub mod dns;
 mod exec;
 pub mod images;
 mod logs;
 pub mod network;
 pub mod pods;
-mod proxy;
+mod policy;
+mod portforward;
+pub mod proxy;
 mod registration;
 mod server;
 
@@ -60,10 +63,16 @@ pub struct AgentConfig {
     /// Whether pods get their own address, and a network namespace unless all their containers are wasm
     /// (`--pod-network`).
     pub pod_network: network::Mode,
+    /// How this node reaches other nodes' pods (`--pod-routes`).
+    pub pod_routes: proxy::RouteMode,
     /// The node's pod range (`--pod-cidr`), unless the Node names one; picked by the agent if neither does.
     pub pod_cidr: Option<network::Ipv4Cidr>,
     /// Whether containers may run where the host can run them; off makes a wasm-only node (`--no-oci`).
     pub oci: bool,
+    /// Cluster DNS: served by this agent, and named in pods' resolv.conf, where the node has a pod network.
+    pub dns: dns::DnsConfig,
+    /// Mirrors, TLS and credentials for image pulls (`--registries`), loaded and checked before start.
+    pub registries: images::Registries,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +135,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let node_cidr = existing.as_ref().and_then(|node| node.spec.as_ref()?.pod_cidr.clone());
     let network = start_network(&config, &nodes, node_cidr.as_deref()).await?;
     let own_range = network.pod_cidr();
+    let network_id = network.id().unwrap_or_default().to_string();
     // Services and routes between nodes ride on the pod network: with host networking there is neither.
     if own_range.is_some() {
         proxy::check()?;
@@ -133,17 +143,21 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let pod_cidr = own_range.map(|cidr| cidr.to_string());
     registration::register(&nodes, &identity, existing, pod_cidr.as_deref()).await?;
     tracing::info!(node = %config.name, runtimes = ?identity.runtimes, pod_cidr, "node registered");
+    let caches = proxy::SharedCaches::default();
     let ctx = Arc::new(pods::Context {
         client: client.clone(),
         node_name: config.name.clone(),
         node_ip: config.node_ip,
-        images: images::ImageStore::open(config.data_dir.join("images"))?,
+        images: images::ImageStore::open(config.data_dir.join("images"))?.with_registries(config.registries.clone()),
         shims,
         pods_dir: config.data_dir.join("pods"),
         backoff: config.backoff,
         events: pods::Recorder::new(client.clone(), config.name.clone()),
         max_pods: config.max_pods,
         network,
+        // Services and their names exist only where pods have addresses of their own.
+        dns: own_range.is_some().then(|| config.dns.clone()),
+        services: caches.clone(),
         running: Arc::new(exec::Running::default()),
     });
     let heartbeat = registration::heartbeat(client.clone(), identity, shutdown.clone());
@@ -153,11 +167,41 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let pods = pods::run(ctx, shutdown.clone());
     let proxy = async {
         if let Some(range) = own_range {
-            let range = proxy::PodRange { network: range.network(), prefix: range.prefix() };
-            proxy::run(client.clone(), config.name.clone(), Some(range), shutdown.clone()).await;
+            let node = proxy::NodeNetwork {
+                name: config.name.clone(),
+                network_id: network_id.clone(),
+                ip: match config.node_ip {
+                    IpAddr::V4(ip) => ip,
+                    IpAddr::V6(_) => std::net::Ipv4Addr::UNSPECIFIED,
+                },
+                range: proxy::PodRange { network: range.network(), prefix: range.prefix() },
+                routes: config.pod_routes,
+            };
+            proxy::run(client.clone(), node, caches.clone(), shutdown.clone()).await;
         }
     };
-    tokio::join!(heartbeat, logs, pods, image_gc, proxy);
+    // NetworkPolicies, like Services, act on pods with addresses of their own.
+    let policy = async {
+        if own_range.is_some() {
+            policy::run(client.clone(), config.name.clone(), &network_id, shutdown.clone()).await;
+        }
+    };
+    let dns = async {
+        match own_range {
+            None => {}
+            // Pods reach the node's DNS through a DNAT to the node's address, which the kernel does not route
+            // to loopback: a node on 127.0.0.1 serves no cluster DNS (nor node ports), as kube-proxy's nodes.
+            Some(_) if config.node_ip.is_loopback() => {
+                tracing::warn!(node_ip = %config.node_ip, "no cluster DNS: pods cannot reach a node on a loopback address (set --node-ip)");
+            }
+            Some(_) => {
+                if let Err(e) = dns::serve(config.node_ip, &config.dns, caches.clone(), shutdown.clone()).await {
+                    tracing::error!(error = %e, "no cluster DNS on this node");
+                }
+            }
+        }
+    };
+    tokio::join!(heartbeat, logs, pods, image_gc, proxy, policy, dns);
     tracing::info!("agent stopped");
     Ok(())
 }

@@ -1,18 +1,21 @@
 //! The agent's HTTPS endpoint, which only the API server uses: `GET /containerLogs/{ns}/{pod}/{container}`
-//! with the kubelet's query parameters, and `GET /exec/{ns}/{pod}/{uid}/{container}?command=..`, a WebSocket
-//! upgrade the API server passes through from the client. The certificate is self-signed; the API server pins
-//! its SHA-256 from the Node's annotation, and must present the cluster's node token.
+//! with the kubelet's query parameters; `GET /exec/{ns}/{pod}/{uid}/{container}?command=..`, a WebSocket
+//! upgrade, and `/portForward/{ns}/{pod}/{uid}`, an upgrade to SPDY (in WebSocket or not), both passed through
+//! by the API server from the client. The certificate is self-signed; the API server pins its SHA-256 from the
+//! Node's annotation, and must present the cluster's node token.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use http::{Request, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
+use hyper::upgrade::Upgraded;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
@@ -20,12 +23,15 @@ use sha2::Digest;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::AgentError;
 use crate::exec::{self, ExecOptions, Protocol, Running};
 use crate::logs::{self, LogQuery};
+use crate::portforward::{self, PodTarget, Transport};
 
 pub struct KubeletServer {
     listener: TcpListener,
@@ -122,6 +128,10 @@ impl Handler {
             let (pod, uid, container) = (format!("{namespace}/{pod}"), uid.to_string(), container.to_string());
             return self.exec(&pod, &uid, &container, request);
         }
+        if let ["portForward", namespace, pod, uid] = path.as_slice() {
+            let (pod, uid) = (format!("{namespace}/{pod}"), uid.to_string());
+            return self.port_forward(pod, uid, request);
+        }
         let ["containerLogs", namespace, pod, container] = path.as_slice() else {
             return text(StatusCode::NOT_FOUND, "not found".into());
         };
@@ -183,37 +193,83 @@ impl Handler {
                 format!("exec speaks {} or {}", Protocol::V5.name(), Protocol::V4.name()),
             );
         };
-        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key);
+        let response = websocket_accepted(key, protocol.name());
         let target = self.running.exec(uid, container, pod);
         let span = tracing::info_span!("exec", %pod, %container, command = ?options.command);
-        let upgraded = hyper::upgrade::on(&mut request);
-        tokio::spawn(
-            async move {
-                match upgraded.await {
-                    Ok(upgraded) => {
-                        let role = tokio_tungstenite::tungstenite::protocol::Role::Server;
-                        let ws =
-                            tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(upgraded), role, None)
-                                .await;
-                        exec::session(ws, protocol, target, options).await;
-                    }
-                    Err(e) => tracing::debug!(error = %e, "exec upgrade failed"),
-                }
+        on_upgrade(&mut request, span, move |upgraded| async move {
+            let ws = WebSocketStream::from_raw_socket(upgraded, Role::Server, None).await;
+            exec::session(ws, protocol, target, options).await;
+        });
+        response
+    }
+
+    /// Accepts the upgrade to SPDY (tunnelled in WebSocket, or not) and serves the port-forward on the
+    /// upgraded connection, to the pod's address on this node.
+    fn port_forward(&self, pod: String, uid: String, mut request: Request<Incoming>) -> Response<Body> {
+        let ip = match self.running.address(&uid, &pod) {
+            Ok(ip) => ip,
+            Err(message) => return text(StatusCode::NOT_FOUND, message),
+        };
+        let transport = match Transport::of(request.headers()) {
+            Ok(transport) => transport,
+            Err(message) => return text(StatusCode::BAD_REQUEST, message),
+        };
+        let response = match transport {
+            Transport::WebSocket => {
+                let key = request.headers().get(http::header::SEC_WEBSOCKET_KEY).map(|k| k.as_bytes());
+                websocket_accepted(key.unwrap_or_default(), portforward::TUNNEL_PROTOCOL)
             }
-            .instrument(span),
-        );
-        let mut response = Response::new(Full::new(Bytes::new()).boxed());
-        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        let headers = response.headers_mut();
-        headers.insert(http::header::UPGRADE, http::HeaderValue::from_static("websocket"));
-        headers.insert(http::header::CONNECTION, http::HeaderValue::from_static("Upgrade"));
-        headers.insert(http::header::SEC_WEBSOCKET_PROTOCOL, http::HeaderValue::from_static(protocol.name()));
-        match http::HeaderValue::from_str(&accept) {
-            Ok(accept) => {
-                headers.insert(http::header::SEC_WEBSOCKET_ACCEPT, accept);
-                response
+            Transport::Spdy => switching_protocols([
+                (http::header::UPGRADE, HeaderValue::from_static(portforward::SPDY_UPGRADE)),
+                (
+                    HeaderName::from_static(portforward::STREAM_PROTOCOL_HEADER),
+                    HeaderValue::from_static(portforward::PROTOCOL),
+                ),
+            ]),
+        };
+        let span = tracing::info_span!("portforward", %pod);
+        let target = PodTarget { name: pod, uid, ip };
+        on_upgrade(&mut request, span, move |upgraded| portforward::session(upgraded, transport, target));
+        response
+    }
+}
+
+/// Runs `serve` on the connection once the upgrade the response agrees to has gone through.
+fn on_upgrade<F, Fut>(request: &mut Request<Incoming>, span: tracing::Span, serve: F)
+where
+    F: FnOnce(TokioIo<Upgraded>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let upgraded = hyper::upgrade::on(request);
+    tokio::spawn(
+        async move {
+            match upgraded.await {
+                Ok(upgraded) => serve(TokioIo::new(upgraded)).await,
+                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
             }
-            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
+        .instrument(span),
+    );
+}
+
+/// `101 Switching Protocols` with `headers` and `Connection: Upgrade`.
+fn switching_protocols<const N: usize>(headers: [(HeaderName, HeaderValue); N]) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::new()).boxed());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    response.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    response.headers_mut().extend(headers.map(|(name, value)| (Some(name), value)));
+    response
+}
+
+/// Accepts a WebSocket upgrade whose `Sec-WebSocket-Key` is `key`, speaking `protocol`.
+fn websocket_accepted(key: &[u8], protocol: &'static str) -> Response<Body> {
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key);
+    match HeaderValue::from_str(&accept) {
+        Ok(accept) => switching_protocols([
+            (http::header::UPGRADE, HeaderValue::from_static("websocket")),
+            (http::header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(protocol)),
+            (http::header::SEC_WEBSOCKET_ACCEPT, accept),
+        ]),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

@@ -10,7 +10,9 @@ mod harness;
 mod lifecycle;
 mod multinode;
 mod network;
+mod networkpolicy;
 mod node;
+mod portforward;
 mod scheduling;
 mod services;
 mod testnet;
@@ -663,8 +665,23 @@ fn node_an_agent_without_root_runs_wasm_pods() {
 }
 
 #[test]
+fn node_registries_file_sends_pulls_to_mirrors() {
+    node::registries_file_sends_pulls_to_mirrors();
+}
+
+#[test]
+fn node_a_bad_registries_file_stops_the_agent() {
+    node::a_bad_registries_file_stops_the_agent();
+}
+
+#[test]
 fn exec_kubectl_exec_runs_commands_in_containers() {
     exec::kubectl_exec_runs_commands_in_containers();
+}
+
+#[test]
+fn portforward_kubectl_port_forward_reaches_pods_and_services() {
+    portforward::kubectl_port_forward_reaches_pods_and_services();
 }
 
 #[test]

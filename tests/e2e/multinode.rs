@@ -11,24 +11,27 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::harness::{Agent, Backend, Cluster, Registry, eventually};
-use crate::testnet::{TestNet, in_netns};
+use crate::testnet::{OutsideResolver, TestNet, in_netns};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
+/// What the stand-in for the outside world's DNS answers for every name.
+const OUTSIDE_ANSWER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 44);
 
 /// A CGI program answering with the pod's name and the client's address as the pod sees it (busybox's
 /// httpd listens on IPv6 too, and shows IPv4 clients as `[::ffff:a.b.c.d]`).
 const WHO: &str = "#!/bin/sh\necho Content-Type: text/plain\necho\nclient=${REMOTE_ADDR#[::ffff:}\necho \"$(/bin/busybox hostname) ${client%]}\"\n";
 
 /// Fields drop in order: agents stop before the network they live on goes.
-struct Nodes {
+pub(crate) struct Nodes {
     agents: Vec<Agent>,
-    cluster: Cluster,
+    pub(crate) cluster: Cluster,
     registry: Registry,
-    _net: TestNet,
+    _outside: OutsideResolver,
+    net: TestNet,
     /// Each node's namespace and address, in the agents' order.
     hosts: Vec<(String, Ipv4Addr)>,
-    shop: String,
-    busybox: String,
+    pub(crate) shop: String,
+    pub(crate) busybox: String,
 }
 
 impl Nodes {
@@ -39,15 +42,39 @@ impl Nodes {
         let port: u16 = registry.address.rsplit(':').next().unwrap().parse().unwrap();
         net.relay_loopback(port);
         let cluster = Cluster::start_listening(Backend::Embedded, net.gateway()).unwrap();
-        let agents = ["node-a", "node-b"]
+        // The nodes' upstream resolver: names outside the cluster go there.
+        let outside = OutsideResolver::start(net.gateway(), OUTSIDE_ANSWER);
+        let resolv_conf = cluster.write_file("node-resolv.conf", &format!("nameserver {}\n", net.gateway()));
+        let resolv_conf = resolv_conf.to_str().unwrap();
+        // The registry is on the host's loopback, which is not the nodes': they pull through a mirror.
+        let registries =
+            format!("mirrors:\n  \"127.0.0.1:{port}\":\n    endpoint: [\"http://{}:{port}\"]\n", net.gateway());
+        let registries = cluster.write_file("registries.yaml", &registries);
+        let registries = registries.to_str().unwrap();
+        // node-a reaches node-b directly over their shared link (host-gw), node-b reaches node-a over VXLAN:
+        // each direction of every exchange between them crosses one of the two.
+        let nodes = [("node-a", "host-gw"), ("node-b", "vxlan")];
+        let agents = nodes
             .iter()
             .zip(&hosts)
-            .map(|(name, (netns, ip))| Agent::join_in(&cluster, name, netns, *ip, &["--pod-network", "cni"]).unwrap())
+            .map(|((name, routes), (netns, ip))| {
+                let flags = [
+                    "--pod-network",
+                    "cni",
+                    "--resolv-conf",
+                    resolv_conf,
+                    "--pod-routes",
+                    routes,
+                    "--registries",
+                    registries,
+                ];
+                Agent::join_in(&cluster, name, netns, *ip, &flags).unwrap()
+            })
             .collect();
         let web = json!({"Env": ["PATH=/bin"], "Cmd": ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]});
         let shop = registry.push_busybox_with("shop", web, &[("www/cgi-bin/who", WHO)]);
         let busybox = registry.push_busybox("tools/busybox");
-        Nodes { agents, cluster, registry, _net: net, hosts, shop, busybox }
+        Nodes { agents, cluster, registry, _outside: outside, net, hosts, shop, busybox }
     }
 
     fn logs(&self) -> String {
@@ -77,7 +104,9 @@ impl Nodes {
     /// `count` requests from the client pod to `url`: how many each pod answered, the pod told by `pod`
     /// from a line of an answer.
     fn spread_by(&self, url: &str, count: usize, pod: fn(&str) -> Option<&str>) -> BTreeMap<String, usize> {
-        let script = format!("for i in $(/bin/busybox seq {count}); do /bin/busybox wget -qO- {url}; done");
+        let script = format!(
+            "for i in $(/bin/busybox seq {count}); do /bin/busybox timeout 5 /bin/busybox wget -qO- {url}; done"
+        );
         let mut answers = BTreeMap::new();
         for name in self.in_client(&script).lines().filter_map(pod) {
             *answers.entry(name.to_string()).or_default() += 1;
@@ -90,13 +119,49 @@ impl Nodes {
         self.spread_by(url, count, |line| line.split_whitespace().next())
     }
 
-    fn nft(&self, node: usize, args: &[&str]) -> String {
+    pub(crate) fn nft(&self, node: usize, args: &[&str]) -> String {
         let out = in_netns(&self.hosts[node].0, "nft", args);
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
 
-fn ready_endpoints(cluster: &Cluster, service: &str) -> usize {
+/// A node's routes, neighbours, overlay entries and addresses, for a failure's message.
+fn network_state(netns: &str) -> String {
+    let commands: [&[&str]; 5] = [
+        &["ip", "route"],
+        &["ip", "neigh"],
+        &["bridge", "fdb", "show", "dev", "skiff.vxlan"],
+        &["ip", "-d", "link", "show", "skiff.vxlan"],
+        &["ip", "address"],
+    ];
+    let mut state = format!("--- {netns}\n");
+    for command in commands {
+        let out = in_netns(netns, command[0], &command[1..]);
+        state.push_str(&format!(
+            "$ {}\n{}{}",
+            command.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    state
+}
+
+/// Asks `server`'s DNS for `name` from the host, outside the cluster; the answer's code.
+fn query_from_host(server: Ipv4Addr, name: &str) -> hickory_proto::op::ResponseCode {
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::{Name, RecordType};
+    let mut query = Message::query();
+    query.queries.push(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    socket.send_to(&query.to_vec().unwrap(), (server, 53)).unwrap();
+    let mut buffer = [0u8; 1500];
+    let length = socket.recv(&mut buffer).expect("an answer");
+    Message::from_vec(&buffer[..length]).unwrap().metadata.response_code
+}
+
+pub(crate) fn ready_endpoints(cluster: &Cluster, service: &str) -> usize {
     let selector = format!("kubernetes.io/service-name={service}");
     let slices: Value =
         serde_json::from_str(&cluster.ok(&["get", "endpointslices", "-l", &selector, "-o", "json"])).unwrap();
@@ -114,6 +179,19 @@ pub fn pods_and_services_span_nodes() {
         .collect();
     assert_ne!(ranges[0], ranges[1], "each node has its own pod range");
 
+    // Routes between the nodes: node-a's direct, node-b's over the overlay.
+    let routes = |node: usize| {
+        let out = in_netns(&nodes.hosts[node].0, "ip", &["route", "show", "proto", "83"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let direct = eventually("node-a's route to node-b's pods", TIMEOUT, || Some(routes(0)).filter(|r| !r.is_empty()));
+    assert!(direct.starts_with(&format!("{} via {} dev eth0", ranges[1], nodes.hosts[1].1)), "{direct}");
+    let overlay = eventually("node-b's route to node-a's pods", TIMEOUT, || Some(routes(1)).filter(|r| !r.is_empty()));
+    assert!(
+        overlay.starts_with(&format!("{} via {} dev skiff.vxlan", ranges[0], ranges[0].split('/').next().unwrap())),
+        "{overlay}"
+    );
+
     // Pod to pod across nodes, by address, the source kept.
     let grace = "  terminationGracePeriodSeconds: 1\n";
     cluster.create_pod(
@@ -128,16 +206,21 @@ pub fn pods_and_services_span_nodes() {
     );
     let client = nodes.running_ip("client");
     let server = nodes.running_ip("server-a");
-    let answer = eventually("the client reaching the server on the other node", TIMEOUT, || {
-        let script = format!("/bin/busybox wget -qO- http://{server}:8080/cgi-bin/who");
+    let started = std::time::Instant::now();
+    let answer = loop {
+        let script = format!("/bin/busybox timeout 5 /bin/busybox wget -qO- http://{server}:8080/cgi-bin/who");
         let out = cluster.kubectl(&["exec", "client", "--", "sh", "-c", &script]);
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-    });
+        if out.status.success() {
+            break String::from_utf8_lossy(&out.stdout).trim().to_string();
+        }
+        let state = || nodes.hosts.iter().map(|(netns, _)| network_state(netns)).collect::<Vec<_>>().join("\n");
+        assert!(started.elapsed() < TIMEOUT, "the client cannot reach the server on the other node:\n{}", state());
+    };
     assert_eq!(answer, format!("server-a {client}"), "the server sees the client's own address");
 
     // The shop: five replicas over both nodes behind a Service.
     let manifest = format!(
-        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: shop}}\nspec:\n  replicas: 5\n  selector: {{matchLabels: {{app: shop}}}}\n  template:\n    metadata: {{labels: {{app: shop}}}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: web\n        image: {}\n        ports: [{{name: http, containerPort: 8080}}]\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: shop}}\nspec:\n  type: NodePort\n  selector: {{app: shop}}\n  ports: [{{port: 80, targetPort: http}}]\n",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: shop}}\nspec:\n  replicas: 5\n  selector: {{matchLabels: {{app: shop}}}}\n  template:\n    metadata: {{labels: {{app: shop}}}}\n    spec:\n      terminationGracePeriodSeconds: 2\n      containers:\n      - name: web\n        image: {}\n        ports: [{{name: http, containerPort: 8080}}]\n        readinessProbe: {{httpGet: {{path: /cgi-bin/who, port: http}}, periodSeconds: 1}}\n        command: [sh, -c, 'trap \"exit 0\" TERM; /bin/busybox httpd -f -p 8080 -h /www & wait']\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: shop}}\nspec:\n  type: NodePort\n  selector: {{app: shop}}\n  ports: [{{port: 80, targetPort: http}}]\n",
         nodes.shop
     );
     let out = cluster.with_stdin(&["apply", "-f", "-"], &manifest);
@@ -172,6 +255,42 @@ pub fn pods_and_services_span_nodes() {
         assert!(body.starts_with("shop-"), "{url}: {body}");
     }
 
+    // By name: the Service's full and short names, through the cluster DNS.
+    for name in ["shop.default.svc.cluster.local", "shop"] {
+        let answer =
+            nodes.in_client(&format!("/bin/busybox timeout 5 /bin/busybox wget -qO- http://{name}/cgi-bin/who"));
+        assert!(answer.starts_with("shop-"), "{name}: {answer}");
+    }
+    let lookup = |args: &str| {
+        let out = cluster.kubectl(&["exec", "client", "--", "sh", "-c", &format!("/bin/busybox nslookup {args}")]);
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (found, text) = lookup("shop.default.svc.cluster.local");
+    assert!(found && text.contains(&cluster_ip), "nslookup of the Service: {text}");
+    let headless = "apiVersion: v1\nkind: Service\nmetadata: {name: shop-pods}\nspec:\n  clusterIP: None\n  selector: {app: shop}\n  ports: [{name: http, port: 80, targetPort: http}]\n";
+    let out = cluster.with_stdin(&["apply", "-f", "-"], headless);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pod_ips: Vec<String> = cluster
+        .ok(&["get", "pods", "-l", "app=shop", "-o", "jsonpath={.items[*].status.podIP}"])
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    eventually("the headless Service's name giving every pod's address", TIMEOUT, || {
+        let (found, text) = lookup("shop-pods.default.svc.cluster.local");
+        (found && pod_ips.iter().all(|ip| text.contains(ip.as_str()))).then_some(())
+    });
+    let (found, text) = lookup("-type=SRV _http._tcp.shop-pods.default.svc.cluster.local");
+    assert!(found && text.matches("8080").count() >= 5, "SRV records of each endpoint's port: {text}");
+    let (found, text) = lookup("missing.default.svc.cluster.local");
+    assert!(!found || text.contains("NXDOMAIN"), "a missing name: {text}");
+    let (found, text) = lookup("www.outside.test");
+    assert!(found && text.contains(&OUTSIDE_ANSWER.to_string()), "an outside name, forwarded upstream: {text}");
+    assert_eq!(
+        query_from_host(nodes.hosts[0].1, "www.outside.test."),
+        hickory_proto::op::ResponseCode::Refused,
+        "the node's DNS is no open resolver for clients outside the cluster"
+    );
+
     // The same with wasi:http replicas, guests inside the agents: each greets with its pod's name.
     let http = nodes.registry.push_sample("http-hello");
     let manifest = format!(
@@ -189,6 +308,74 @@ pub fn pods_and_services_span_nodes() {
         (spread.len() == 4).then_some(spread)
     });
     assert!(spread.values().all(|n| *n >= 40), "roughly even, no wasm replica under 10%: {spread:?}");
+
+    // Session affinity: a client keeps reaching one pod.
+    let sticky = "apiVersion: v1\nkind: Service\nmetadata: {name: sticky}\nspec:\n  selector: {app: shop}\n  sessionAffinity: ClientIP\n  ports: [{port: 80, targetPort: http}]\n";
+    let out = cluster.with_stdin(&["apply", "-f", "-"], sticky);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eventually("five ready endpoints of the sticky Service", TIMEOUT, || {
+        (ready_endpoints(cluster, "sticky") == 5).then_some(())
+    });
+    let sticky_ip = cluster.ok(&["get", "service", "sticky", "-o", "jsonpath={.spec.clusterIP}"]);
+    let spread = nodes.spread(&format!("http://{sticky_ip}/cgi-bin/who"), 50);
+    assert_eq!(spread.len(), 1, "one client, one pod: {spread:?}");
+
+    // A LoadBalancer with externalTrafficPolicy Local in front of the one pod on node-a: reached from
+    // outside the cluster (the host) at node-a's address with the client's own address kept, and not at
+    // node-b's, which has no endpoint of it.
+    cluster.ok(&["label", "pod", "server-a", "app=solo"]);
+    let solo = "apiVersion: v1\nkind: Service\nmetadata: {name: solo}\nspec:\n  type: LoadBalancer\n  externalTrafficPolicy: Local\n  selector: {app: solo}\n  ports: [{port: 8081, targetPort: 8080}]\n";
+    let out = cluster.with_stdin(&["apply", "-f", "-"], solo);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eventually("the solo Service's endpoint", TIMEOUT, || (ready_endpoints(cluster, "solo") == 1).then_some(()));
+    let ingress: Vec<String> = eventually("load balancer addresses", TIMEOUT, || {
+        let ips = cluster.ok(&["get", "service", "solo", "-o", "jsonpath={.status.loadBalancer.ingress[*].ip}"]);
+        let ips: Vec<String> = ips.split_whitespace().map(str::to_string).collect();
+        (ips.len() == 2).then_some(ips)
+    });
+    let (node_a, node_b) = (nodes.hosts[0].1.to_string(), nodes.hosts[1].1.to_string());
+    assert_eq!(ingress, [node_a.clone(), node_b.clone()], "every Ready node's address");
+    let node_port = cluster.ok(&["get", "service", "solo", "-o", "jsonpath={.spec.ports[0].nodePort}"]);
+    let host = nodes.net.gateway().to_string();
+    let get = |url: &str| -> Option<String> {
+        let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(3)).no_proxy().build().ok()?;
+        client.get(url).send().ok()?.text().ok()
+    };
+    for url in [format!("http://{node_a}:{node_port}/cgi-bin/who"), format!("http://{node_a}:8081/cgi-bin/who")] {
+        let body = eventually(&format!("{url} answering"), TIMEOUT, || get(&url));
+        assert_eq!(body.trim(), format!("server-a {host}"), "{url}: the client's address is kept");
+    }
+    for url in [format!("http://{node_b}:{node_port}/cgi-bin/who"), format!("http://{node_b}:8081/cgi-bin/who")] {
+        assert_eq!(get(&url), None, "{url}: no local endpoint, no answer");
+    }
+
+    // A rolling restart under steady load fails no request: old pods leave the endpoints before they stop
+    // (the shop's server exits at once on SIGTERM, as most do), new ones join once their readiness probe
+    // passes.
+    let load = {
+        let mut command = cluster.kubectl_command(&[
+            "exec",
+            "client",
+            "--",
+            "sh",
+            "-c",
+            &format!("n=0; f=0; while [ ! -e /tmp/stop ]; do /bin/busybox timeout 5 /bin/busybox wget -qO /dev/null http://{cluster_ip}/cgi-bin/who || f=$((f+1)); n=$((n+1)); done; echo $n $f"),
+        ]);
+        command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap()
+    };
+    cluster.ok(&["rollout", "restart", "deployment/shop"]);
+    let rollout = cluster.kubectl(&["rollout", "status", "deployment/shop", "--timeout=120s"]);
+    assert!(rollout.status.success(), "rollout: {}\n{}", String::from_utf8_lossy(&rollout.stderr), nodes.logs());
+    eventually("the old pods gone", TIMEOUT, || {
+        let pods = cluster.ok(&["get", "pods", "-l", "app=shop", "-o", "name"]);
+        (pods.lines().count() == 5).then_some(())
+    });
+    nodes.in_client("/bin/busybox touch /tmp/stop");
+    let output = load.wait_with_output().unwrap();
+    let counts = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (sent, failed) = counts.trim().split_once(' ').unwrap_or_else(|| panic!("load counts: {counts:?} {output:?}"));
+    assert_eq!(failed, "0", "no request failed during the rollout ({sent} sent)");
+    assert!(sent.parse::<u32>().unwrap() > 100, "the load ran all along: {sent} requests");
 
     // Scaled down, only the remaining pods answer, soon.
     cluster.ok(&["scale", "deployment/shop", "--replicas=2"]);
@@ -212,9 +399,11 @@ pub fn pods_and_services_span_nodes() {
     for node in 0..nodes.hosts.len() {
         eventually("the Service's rules gone", Duration::from_secs(30), || {
             let rules = nodes.nft(node, &["list", "ruleset"]);
-            (!rules.contains("default/shop/") && rules.contains("skiff-node-")).then_some(())
+            (!rules.contains("default/shop/") && rules.contains("table ip skiff-")).then_some(())
         });
     }
+
+    crate::networkpolicy::network_policies(&nodes);
 
     // Agents that stop take their rules and routes along.
     let Nodes { mut agents, hosts, .. } = nodes;
@@ -226,5 +415,7 @@ pub fn pods_and_services_span_nodes() {
         assert!(!tables.contains("skiff"), "{netns}: {tables}");
         let routes = in_netns(netns, "ip", &["route", "show", "proto", "83"]);
         assert_eq!(String::from_utf8_lossy(&routes.stdout).trim(), "", "{netns}: routes to other nodes' pods left");
+        let overlay = in_netns(netns, "ip", &["link", "show", "skiff.vxlan"]);
+        assert!(!overlay.status.success(), "{netns}: the overlay device left");
     }
 }

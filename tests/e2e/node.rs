@@ -346,3 +346,78 @@ pub fn an_agent_without_root_runs_wasm_pods() {
     let logs = cluster.ok(&["logs", "hello"]);
     assert!(logs.contains("arg[1]=edge"), "{logs}");
 }
+
+pub fn registries_file_sends_pulls_to_mirrors() {
+    let registry = Registry::start().unwrap();
+    let cluster = Cluster::start(Backend::Embedded).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let registries = dir.path().join("registries.yaml");
+    // A made-up registry, reachable only through its mirror, over plain HTTP because the file says so.
+    std::fs::write(
+        &registries,
+        format!(
+            "mirrors:\n  registry.example:5000:\n    endpoint: [\"http://{}\"]\n    rewrite: {{\"^mirrored/(.*)\": \"samples/$1\"}}\n",
+            registry.address
+        ),
+    )
+    .unwrap();
+    let agent = Agent::join_with(&cluster, "node-1", &["--registries", registries.to_str().unwrap()]).unwrap();
+    let node = NodeCluster { cluster, agent, registry };
+    node.registry.push_sample("ticker");
+
+    node.ticker("mirrored", "registry.example:5000/mirrored/ticker:latest");
+    node.wait_phase("mirrored", "Running");
+    eventually("ticks from the mirrored image", Duration::from_secs(30), || {
+        (!node.cluster.ok(&["logs", "mirrored"]).is_empty()).then_some(())
+    });
+
+    node.ticker("unmirrored", "unmirrored.example:5000/samples/ticker:latest");
+    let waiting = eventually("ErrImagePull without a mirror", Duration::from_secs(90), || {
+        let waiting = node.get("unmirrored")["status"]["containerStatuses"][0]["state"]["waiting"].clone();
+        (waiting["reason"] == "ErrImagePull").then_some(waiting)
+    });
+    assert!(
+        waiting["message"].as_str().is_some_and(|m| m.contains("unmirrored.example")),
+        "the message names the registry tried: {waiting}"
+    );
+}
+
+pub fn a_bad_registries_file_stops_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("node-token");
+    std::fs::write(&token, "K10unused::node:unused").unwrap();
+    for (name, contents) in [
+        ("not-yaml.yaml", "mirrors: ["),
+        ("bad-url.yaml", "mirrors:\n  docker.io:\n    endpoint: [\"mirror.example:5000\"]\n"),
+        ("missing-ca.yaml", "configs:\n  mirror.example:\n    tls: {ca_file: /nonexistent/ca.crt}\n"),
+    ] {
+        let file = dir.path().join(name);
+        std::fs::write(&file, contents).unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .args(["agent", "--server", "https://127.0.0.1:1", "--name", "refused", "--registries"])
+            .arg(&file)
+            .arg("--token-file")
+            .arg(&token)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                panic!("the agent started with {name}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(!status.success(), "{name}: {stderr}");
+        assert!(stderr.contains(&file.display().to_string()), "{name}: the error names the file: {stderr}");
+    }
+}

@@ -1,7 +1,9 @@
 //! A test network of nodes on one machine: a bridge on the host (`10.231.S.1/24`) and one network namespace
-//! per node, joined to it by a veth pair (`10.231.S.N`, default route via the host), so routes between
-//! nodes are real routes. The host relays the loopback registry into each namespace, where agents expect
-//! it at the same `127.0.0.1:PORT`. Everything made is removed when the guard drops.
+//! per node, joined to it by a veth pair (`10.231.S.N`), so routes between nodes are real routes. Nodes get
+//! no default route: what they do not route themselves (a pod range before its route is made, anything
+//! outside) fails at once instead of leaving through the host. The host relays the loopback registry onto
+//! the test network, where agents reach it through a registries file mirroring `127.0.0.1:PORT` there.
+//! Everything made is removed when the guard drops.
 
 use std::net::Ipv4Addr;
 use std::process::{Child, Command, Stdio};
@@ -74,42 +76,24 @@ impl TestNet {
         inside(&["link", "set", &node_end, "name", "eth0"]);
         inside(&["address", "add", &format!("{ip}/24"), "dev", "eth0"]);
         inside(&["link", "set", "eth0", "up"]);
-        inside(&["route", "add", "default", "via", &self.gateway().to_string()]);
         (netns, ip)
     }
 
-    /// Makes the host's `127.0.0.1:port` (a registry) reachable as `127.0.0.1:port` in every namespace made
-    /// so far: a relay on the bridge address, and one in each namespace to it.
+    /// Makes the host's `127.0.0.1:port` (a registry) reachable on the test network, at the bridge address
+    /// and the same port, through a relay.
     pub fn relay_loopback(&mut self, port: u16) {
-        let socat = |args: Vec<String>| {
-            Command::new(&args[0])
-                .args(&args[1..])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("socat (Debian package socat; scripts/setup installs it)")
-        };
-        let bridge_end = format!("{}:{port}", self.gateway());
-        self.relays.push(socat(vec![
-            "socat".into(),
-            format!("TCP-LISTEN:{port},bind={},fork,reuseaddr", self.gateway()),
-            format!("TCP:127.0.0.1:{port}"),
-        ]));
-        for netns in &self.namespaces {
-            self.relays.push(socat(vec![
-                "nsenter".into(),
-                format!("--net=/run/netns/{netns}"),
-                "socat".into(),
-                format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr"),
-                format!("TCP:{bridge_end}"),
-            ]));
-        }
-        for netns in &self.namespaces {
-            crate::harness::eventually("the registry relay", std::time::Duration::from_secs(10), || {
-                let probe = in_netns(netns, "socat", &["-u", "/dev/null", &format!("TCP:127.0.0.1:{port}")]);
-                probe.status.success().then_some(())
-            });
-        }
+        let relay = Command::new("socat")
+            .arg(format!("TCP-LISTEN:{port},bind={},fork,reuseaddr", self.gateway()))
+            .arg(format!("TCP:127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat (Debian package socat; scripts/setup installs it)");
+        self.relays.push(relay);
+        let address = std::net::SocketAddr::from((self.gateway(), port));
+        crate::harness::eventually("the registry relay", std::time::Duration::from_secs(10), || {
+            std::net::TcpStream::connect(address).ok().map(|_| ())
+        });
     }
 }
 
@@ -124,5 +108,57 @@ impl Drop for TestNet {
             let _ = Command::new("ip").args(["netns", "delete", netns]).status();
         }
         let _ = Command::new("ip").args(["link", "delete", &self.bridge]).status();
+    }
+}
+
+/// A DNS server standing for the world outside the cluster, on the test network: it answers every A query
+/// with one address, so a test can tell a forwarded name from a cluster one.
+pub struct OutsideResolver {
+    socket: std::sync::Arc<std::net::UdpSocket>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    pub address: std::net::SocketAddr,
+}
+
+impl OutsideResolver {
+    pub fn start(ip: Ipv4Addr, answer: Ipv4Addr) -> Self {
+        use hickory_proto::op::{Message, MessageType};
+        use hickory_proto::rr::rdata::A;
+        use hickory_proto::rr::{RData, Record, RecordType};
+        let socket = std::sync::Arc::new(std::net::UdpSocket::bind((ip, 53)).expect("port 53 on the test network"));
+        socket.set_read_timeout(Some(std::time::Duration::from_millis(100))).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let address = socket.local_addr().unwrap();
+        let thread = {
+            let (socket, stop) = (socket.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut buffer = [0u8; 1500];
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok((length, peer)) = socket.recv_from(&mut buffer) else { continue };
+                    let Ok(query) = Message::from_vec(&buffer[..length]) else { continue };
+                    let mut reply = Message::response(query.metadata.id, query.metadata.op_code);
+                    reply.metadata.message_type = MessageType::Response;
+                    reply.metadata.recursion_available = true;
+                    reply.queries = query.queries.clone();
+                    for question in &query.queries {
+                        if question.query_type == RecordType::A {
+                            reply.answers.push(Record::from_rdata(question.name.clone(), 60, RData::A(A(answer))));
+                        }
+                    }
+                    let _ = socket.send_to(&reply.to_vec().unwrap(), peer);
+                }
+            })
+        };
+        OutsideResolver { socket, stop, thread: Some(thread), address }
+    }
+}
+
+impl Drop for OutsideResolver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.socket.send_to(&[], self.address);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }

@@ -17,6 +17,7 @@ pub fn apply(def: &ResourceDef, object: &mut Value) {
                 set(port, "protocol", json!("TCP"));
             }
         }
+        ("networking.k8s.io", "networkpolicies") => network_policy_spec(object),
         ("apps", "deployments") => {
             let spec = &mut object["spec"];
             set(spec, "replicas", json!(1));
@@ -144,6 +145,24 @@ fn service_spec(spec: &mut Value) {
     }
 }
 
+/// Kubernetes' `SetDefaults_NetworkPolicy`: every pod of the namespace when no selector is given; policy
+/// types from the rules (Ingress always, Egress when there are egress rules); TCP for ports.
+fn network_policy_spec(object: &mut Value) {
+    set(object, "spec", json!({}));
+    let spec = &mut object["spec"];
+    set(spec, "podSelector", json!({}));
+    if spec.get("policyTypes").and_then(Value::as_array).is_none_or(Vec::is_empty) {
+        let egress = spec.get("egress").and_then(Value::as_array).is_some_and(|rules| !rules.is_empty());
+        spec["policyTypes"] = if egress { json!(["Ingress", "Egress"]) } else { json!(["Ingress"]) };
+    }
+    for direction in ["ingress", "egress"] {
+        let rules = spec.get_mut(direction).and_then(Value::as_array_mut).into_iter().flatten();
+        for port in rules.filter_map(|rule| rule.get_mut("ports")?.as_array_mut()).flatten() {
+            set(port, "protocol", json!("TCP"));
+        }
+    }
+}
+
 fn set(object: &mut Value, field: &str, value: Value) {
     if let Some(map) = object.as_object_mut() {
         map.entry(field).or_insert(value);
@@ -192,6 +211,24 @@ mod tests {
             slice["ports"],
             json!([{"name": "", "port": 80, "protocol": "TCP"}, {"name": "dns", "port": 53, "protocol": "UDP"}])
         );
+    }
+
+    #[test]
+    fn network_policies_get_their_policy_types_and_port_protocols() {
+        let def = find("networking.k8s.io", "v1", "networkpolicies").unwrap();
+        let mut deny = json!({"metadata": {"name": "deny"}});
+        apply(def, &mut deny);
+        assert_eq!(deny["spec"], json!({"podSelector": {}, "policyTypes": ["Ingress"]}));
+        let mut egress = json!({"spec": {"egress": [{"ports": [{"port": 53, "protocol": "UDP"}, {"port": 80}]}]}});
+        apply(def, &mut egress);
+        assert_eq!(egress["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+        assert_eq!(
+            egress["spec"]["egress"][0]["ports"],
+            json!([{"port": 53, "protocol": "UDP"}, {"port": 80, "protocol": "TCP"}])
+        );
+        let mut chosen = json!({"spec": {"policyTypes": ["Egress"], "ingress": [{}]}});
+        apply(def, &mut chosen);
+        assert_eq!(chosen["spec"]["policyTypes"], json!(["Egress"]));
     }
 
     #[test]

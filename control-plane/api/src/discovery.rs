@@ -54,6 +54,13 @@ pub fn subresources(def: &ResourceDef) -> Vec<Subresource> {
             kind: "PodExecOptions",
             verbs: &["create", "get"],
         });
+        subs.push(Subresource {
+            name: "portforward",
+            group: "",
+            version: "",
+            kind: "PodPortForwardOptions",
+            verbs: &["create", "get"],
+        });
     }
     if def.scale_subresource {
         subs.push(Subresource {

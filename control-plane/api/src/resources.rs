@@ -3,7 +3,7 @@
 
 use std::sync::LazyLock;
 
-use k8s_openapi::api::{apps, batch, coordination, core, discovery, node};
+use k8s_openapi::api::{apps, batch, coordination, core, discovery, networking, node};
 use k8s_openapi::{ListableResource, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -117,6 +117,7 @@ static RESOURCES: LazyLock<Vec<ResourceDef>> = LazyLock::new(|| {
         def::<batch::v1::Job>(true, Traits { categories: ALL, status: true, generation: true, ..PLAIN }),
         def::<coordination::v1::Lease>(true, PLAIN),
         def::<discovery::v1::EndpointSlice>(true, PLAIN),
+        def::<networking::v1::NetworkPolicy>(true, Traits { short_names: &["netpol"], generation: true, ..PLAIN }),
         def::<node::v1::RuntimeClass>(false, PLAIN),
     ]
 });
@@ -172,6 +173,18 @@ mod tests {
         assert_eq!(slices.qualified_name(), "endpointslices.discovery.k8s.io");
         assert!(find_kind("discovery.k8s.io/v1", "EndpointSlice").is_some());
         assert!(group_versions().contains(&("discovery.k8s.io", "v1")));
+    }
+
+    #[test]
+    fn network_policies_are_served_in_networking_k8s_io() {
+        let policies = find("networking.k8s.io", "v1", "networkpolicies").expect("networkpolicies registered");
+        assert_eq!(
+            (policies.kind, policies.list_kind, policies.singular.as_str(), policies.short_names),
+            ("NetworkPolicy", "NetworkPolicyList", "networkpolicy", &["netpol"][..])
+        );
+        assert!(policies.namespaced && !policies.status_subresource && policies.tracks_generation);
+        assert_eq!(policies.qualified_name(), "networkpolicies.networking.k8s.io");
+        assert!(group_versions().contains(&("networking.k8s.io", "v1")));
     }
 
     #[test]

@@ -166,6 +166,18 @@ fn printer(def: &ResourceDef) -> Printer {
             ],
             endpointslice_row,
         ),
+        ("networking.k8s.io", "networkpolicies") => (
+            vec![
+                NAME,
+                col(
+                    "Pod-Selector",
+                    "string",
+                    "Selects the pods to which this NetworkPolicy object applies. The array of ingress rules is applied to any pods selected by this field. Multiple network policies can select the same set of pods. In this case, the ingress rules for each are combined additively. This field is NOT optional and follows standard label selector semantics. An empty podSelector matches all pods in this namespace.",
+                ),
+                AGE,
+            ],
+            networkpolicy_row,
+        ),
         ("", "configmaps") => {
             (vec![NAME, col("Data", "string", "Number of entries in data and binaryData"), AGE], configmap_row)
         }
@@ -738,6 +750,13 @@ fn endpointslice_row(slice: &Value, now: Timestamp) -> Vec<Value> {
     ]
 }
 
+/// kube's printNetworkPolicy: the pod selector as `metav1.FormatLabelSelector` prints it, `<none>` when
+/// empty (every pod of the namespace).
+fn networkpolicy_row(policy: &Value, now: Timestamp) -> Vec<Value> {
+    let selector = format_selector(policy.pointer("/spec/podSelector"));
+    vec![name(policy), or_none(&selector).into(), age(policy, now)]
+}
+
 fn configmap_row(object: &Value, now: Timestamp) -> Vec<Value> {
     let count = len_of(object, "/data") + len_of(object, "/binaryData");
     vec![name(object), count.into(), age(object, now)]
@@ -1067,6 +1086,18 @@ mod tests {
         assert_eq!(cell(&row_ev, "Source"), "scheduler");
         let lease = json!({"metadata": {"name": "l"}, "spec": {"holderIdentity": "me"}});
         assert_eq!(cell(&row("coordination.k8s.io", "leases", lease), "Holder"), "me");
+    }
+
+    #[test]
+    fn network_policy_columns() {
+        let policy = json!({"metadata": {"name": "p"}, "spec": {"podSelector": {"matchLabels": {"role": "db"},
+            "matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["web"]}]}}});
+        let row_policy = row("networking.k8s.io", "networkpolicies", policy);
+        let names: Vec<&str> = row_policy.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["Name", "Pod-Selector", "Age"]);
+        assert_eq!(cell(&row_policy, "Pod-Selector"), "role=db,tier notin (web)");
+        let every_pod = json!({"metadata": {"name": "deny-all"}, "spec": {"podSelector": {}}});
+        assert_eq!(cell(&row("networking.k8s.io", "networkpolicies", every_pod), "Pod-Selector"), "<none>");
     }
 
     #[test]

@@ -43,6 +43,7 @@ pub fn validate(def: &ResourceDef, object: &Value, old: Option<&Value>) -> Vec<C
         "Secret" => validate_secret(&mut e, object),
         "Endpoints" => validate_endpoints(&mut e, object),
         "EndpointSlice" => validate_endpoint_slice(&mut e, object),
+        "NetworkPolicy" => validate_network_policy(&mut e, object),
         "RuntimeClass" => validate_runtime_class(&mut e, object),
         "Lease" => validate_lease(&mut e, object),
         "Event" => validate_event(&mut e, object),
@@ -1093,6 +1094,161 @@ fn validate_endpoint_slice(e: &mut Errors, object: &Value) {
     }
 }
 
+const POLICY_TYPES: &[&str] = &["Ingress", "Egress"];
+const CIDR_FORMAT: &str = "must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)";
+
+/// Kubernetes' `ValidateNetworkPolicySpec`: the selectors, each rule's ports and peers, and `policyTypes`.
+fn validate_network_policy(e: &mut Errors, object: &Value) {
+    let empty = Value::Null;
+    let spec = get(object, "spec").unwrap_or(&empty);
+    if let Some(selector) = get(spec, "podSelector") {
+        validate_selector(e, selector, "spec.podSelector");
+    }
+    for (i, rule) in get_array(spec, "ingress").iter().enumerate() {
+        let path = format!("spec.ingress[{i}]");
+        for (j, port) in get_array(rule, "ports").iter().enumerate() {
+            validate_policy_port(e, port, &format!("{path}.ports[{j}]"));
+        }
+        for (j, peer) in get_array(rule, "from").iter().enumerate() {
+            validate_policy_peer(e, peer, &format!("{path}.from[{j}]"));
+        }
+    }
+    for (i, rule) in get_array(spec, "egress").iter().enumerate() {
+        let path = format!("spec.egress[{i}]");
+        for (j, peer) in get_array(rule, "to").iter().enumerate() {
+            validate_policy_peer(e, peer, &format!("{path}.to[{j}]"));
+        }
+        for (j, port) in get_array(rule, "ports").iter().enumerate() {
+            validate_policy_port(e, port, &format!("{path}.ports[{j}]"));
+        }
+    }
+    let types = get_array(spec, "policyTypes");
+    if types.len() > POLICY_TYPES.len() {
+        e.invalid("spec.policyTypes", types.to_vec(), "may not specify more than two policyTypes");
+        return;
+    }
+    for (i, policy_type) in types.iter().enumerate() {
+        let policy_type = policy_type.as_str().unwrap_or("");
+        if !POLICY_TYPES.contains(&policy_type) {
+            e.not_supported(format!("spec.policyTypes[{i}]"), policy_type, POLICY_TYPES);
+        }
+    }
+}
+
+/// A port is a number (with an optional `endPort` no lower than it) or a container port's name (without
+/// one); a rule's port without either may not have an `endPort`.
+fn validate_policy_port(e: &mut Errors, port: &Value, path: &str) {
+    validate_protocol(e, port, path);
+    let end_port = get_i64(port, "endPort");
+    let end_field = child(path, "endPort");
+    match port.get("port") {
+        Some(Value::Number(number)) => {
+            let number = number.as_i64().unwrap_or(0);
+            if !valid_port(number) {
+                e.invalid(child(path, "port"), number, PORT_RANGE);
+            }
+            if let Some(end) = end_port {
+                if end < number {
+                    e.invalid(&*end_field, number, "must be greater than or equal to `port`");
+                }
+                if !valid_port(end) {
+                    e.invalid(&*end_field, end, PORT_RANGE);
+                }
+            }
+        }
+        Some(Value::String(name)) => {
+            if let Some(end) = end_port {
+                e.invalid(&*end_field, end, "may not be specified when `port` is non-numeric");
+            }
+            e.invalid_each(&child(path, "port"), name, port_name_errors(name));
+        }
+        _ => {
+            if let Some(end) = end_port {
+                e.invalid(end_field, end, "may not be specified when `port` is not specified");
+            }
+        }
+    }
+}
+
+/// A peer names pods (by their own or their namespace's labels, or both) or an address block, never both.
+fn validate_policy_peer(e: &mut Errors, peer: &Value, path: &str) {
+    let mut kinds = 0;
+    for key in ["podSelector", "namespaceSelector"] {
+        if let Some(selector) = get(peer, key) {
+            kinds += 1;
+            validate_selector(e, selector, &child(path, key));
+        }
+    }
+    let ip_block = get(peer, "ipBlock");
+    if let Some(block) = ip_block {
+        kinds += 1;
+        validate_ip_block(e, block, &child(path, "ipBlock"));
+    }
+    if kinds == 0 {
+        e.required(path, "must specify a peer");
+    } else if kinds > 1 && ip_block.is_some() {
+        e.forbidden(path, "may not specify both ipBlock and another peer");
+    }
+}
+
+/// The block's CIDR, and exceptions that are strictly inside it.
+fn validate_ip_block(e: &mut Errors, block: &Value, path: &str) {
+    let cidr = get_str(block, "cidr").unwrap_or("");
+    if cidr.is_empty() {
+        e.required(child(path, "cidr"), "");
+        return;
+    }
+    let Some(outer) = Cidr::parse(cidr) else {
+        e.invalid(child(path, "cidr"), cidr, CIDR_FORMAT);
+        return;
+    };
+    for (i, except) in get_array(block, "except").iter().enumerate() {
+        let field = format!("{path}.except[{i}]");
+        let text = except.as_str().unwrap_or("");
+        match Cidr::parse(text) {
+            None => e.invalid(field, text, CIDR_FORMAT),
+            Some(inner) if !outer.strictly_contains(&inner) => {
+                e.invalid(field, text, "must be a strict subset of `cidr`")
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+/// An address block as Kubernetes parses one (host bits may be set: `10.0.0.1/24` is `10.0.0.0/24`).
+struct Cidr {
+    /// The address as a number, IPv4 in the low 32 bits.
+    bits: u128,
+    prefix: u32,
+    width: u32,
+}
+
+impl Cidr {
+    fn parse(text: &str) -> Option<Self> {
+        let (address, prefix) = text.split_once('/')?;
+        let prefix: u32 = prefix.parse().ok()?;
+        let (bits, width) = match address.parse::<IpAddr>().ok()? {
+            IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32),
+            IpAddr::V6(v6) => (u128::from(v6), 128),
+        };
+        (prefix <= width).then_some(Cidr { bits, prefix, width })
+    }
+
+    /// The address with the bits past `prefix` cleared.
+    fn network(&self, prefix: u32) -> u128 {
+        let host_bits = self.width - prefix;
+        if host_bits >= 128 { 0 } else { self.bits >> host_bits << host_bits }
+    }
+
+    /// Whether `inner` is a smaller block inside this one (Kubernetes: `cidr` contains the exception's
+    /// address and has a shorter prefix).
+    fn strictly_contains(&self, inner: &Cidr) -> bool {
+        self.width == inner.width
+            && self.prefix < inner.prefix
+            && inner.network(self.prefix) == self.network(self.prefix)
+    }
+}
+
 fn validate_runtime_class(e: &mut Errors, object: &Value) {
     match get_str(object, "handler").filter(|h| !h.is_empty()) {
         None => e.required("handler", ""),
@@ -1741,6 +1897,52 @@ mod tests {
 
         let ipv6 = slice("IPv6", json!([]), json!([]));
         assert_eq!(fields(&check_update("EndpointSlice", good, ipv6)), vec![("FieldValueInvalid", "addressType")]);
+    }
+
+    #[test]
+    fn network_policy_rules() {
+        let policy = |spec: Value| json!({"metadata": {"name": "p", "namespace": "default"}, "spec": spec});
+        let good = policy(json!({
+            "podSelector": {"matchLabels": {"app": "db"}},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"from": [{"podSelector": {}}, {"namespaceSelector": {"matchLabels": {"team": "a"}}, "podSelector": {}},
+                                  {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}}],
+                         "ports": [{"port": "http"}, {"protocol": "UDP", "port": 53}, {"port": 8000, "endPort": 8100}, {"protocol": "SCTP"}]}],
+            "egress": [{"to": [{"ipBlock": {"cidr": "2001:db8::/32", "except": ["2001:db8:1::/48"]}},
+                               {"ipBlock": {"cidr": "::/0", "except": ["fd00::/8"]}}]}],
+        }));
+        assert_eq!(check("NetworkPolicy", good), vec![]);
+        let bad = policy(json!({
+            "podSelector": {"matchExpressions": [{"key": "app", "operator": "In"}]},
+            "policyTypes": ["Ingress", "Sideways"],
+            "ingress": [{"from": [{}, {"podSelector": {}, "ipBlock": {"cidr": "10.0.0.0/8"}}],
+                         "ports": [{"port": 0}, {"port": "Not_A_Name", "endPort": 90}, {"port": 90, "endPort": 80},
+                                   {"endPort": 80}, {"protocol": "ICMP"}]}],
+            "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/33"}}, {"ipBlock": {"cidr": ""}},
+                               {"ipBlock": {"cidr": "10.0.0.0/16", "except": ["10.0.0.0/16", "10.1.0.0/24", "x"]}}]}],
+        }));
+        assert_eq!(
+            fields(&check("NetworkPolicy", bad)),
+            vec![
+                ("FieldValueRequired", "spec.podSelector.matchExpressions[0].values"),
+                ("FieldValueInvalid", "spec.ingress[0].ports[0].port"),
+                ("FieldValueInvalid", "spec.ingress[0].ports[1].endPort"),
+                ("FieldValueInvalid", "spec.ingress[0].ports[1].port"),
+                ("FieldValueInvalid", "spec.ingress[0].ports[2].endPort"),
+                ("FieldValueInvalid", "spec.ingress[0].ports[3].endPort"),
+                ("FieldValueNotSupported", "spec.ingress[0].ports[4].protocol"),
+                ("FieldValueRequired", "spec.ingress[0].from[0]"),
+                ("FieldValueForbidden", "spec.ingress[0].from[1]"),
+                ("FieldValueInvalid", "spec.egress[0].to[0].ipBlock.cidr"),
+                ("FieldValueRequired", "spec.egress[0].to[1].ipBlock.cidr"),
+                ("FieldValueInvalid", "spec.egress[0].to[2].ipBlock.except[0]"),
+                ("FieldValueInvalid", "spec.egress[0].to[2].ipBlock.except[1]"),
+                ("FieldValueInvalid", "spec.egress[0].to[2].ipBlock.except[2]"),
+                ("FieldValueNotSupported", "spec.policyTypes[1]"),
+            ]
+        );
+        let three = policy(json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress", "Ingress"]}));
+        assert_eq!(fields(&check("NetworkPolicy", three)), vec![("FieldValueInvalid", "spec.policyTypes")]);
     }
 
     #[test]

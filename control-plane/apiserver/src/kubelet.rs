@@ -1,13 +1,14 @@
-//! Reaching a node's agent for `pods/{name}/log` and `pods/{name}/exec`: the agent's address and port come
-//! from its Node, its self-signed certificate is pinned by the SHA-256 the Node publishes, and the server
-//! authenticates with the cluster's node token. An exec is a WebSocket upgrade passed through to the agent,
-//! as kube-apiserver does with the kubelet: the agent speaks the channel protocol, this server splices bytes.
+//! Reaching a node's agent for `pods/{name}/log`, `pods/{name}/exec` and `pods/{name}/portforward`: the
+//! agent's address and port come from its Node, its self-signed certificate is pinned by the SHA-256 the Node
+//! publishes, and the server authenticates with the cluster's node token. An exec or a port-forward is an
+//! upgrade passed through to the agent, as kube-apiserver does with the kubelet: the agent speaks the protocol
+//! (WebSocket channels for exec; SPDY, in WebSocket or not, for port-forward), this server splices bytes.
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::response::Response;
-use http::header;
+use http::header::{self, HeaderName};
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
@@ -27,6 +28,10 @@ use crate::router::AppState;
 /// The Node annotation holding the agent certificate's SHA-256 (set by the node agent).
 pub const CERT_ANNOTATION: &str = "skiff.dev/kubelet-cert-sha256";
 
+/// Where a SPDY client names the stream protocols it speaks (`portforward.k8s.io`), and the agent the one
+/// it chose.
+const STREAM_PROTOCOL: HeaderName = HeaderName::from_static("x-stream-protocol-version");
+
 /// Streams a container's log from the node running it. `query` is the client's query string, passed on.
 pub async fn pod_logs(
     objects: &Objects,
@@ -36,9 +41,10 @@ pub async fn pod_logs(
     query: &str,
 ) -> Result<Response, ApiError> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).unwrap_or_default();
-    let target = locate(objects, ns, name, &pairs).await?;
+    let target = locate(objects, ns, name).await?;
+    let container = container(&target.pod, name, &pairs)?;
     let mut sender = target.connect().await?;
-    let path = format!("/containerLogs/{ns}/{name}/{}?{}", target.container, target.forwarded(&pairs));
+    let path = format!("/containerLogs/{ns}/{name}/{container}?{}", forwarded(&pairs));
     let request =
         target.request(path, node_token).body(Empty::<bytes::Bytes>::new()).map_err(|e| target.unreachable(e))?;
     let response = sender.send_request(request).await.map_err(|e| target.unreachable(e))?;
@@ -50,9 +56,8 @@ pub async fn pod_logs(
     Ok(out)
 }
 
-/// Runs a command in a container (`kubectl exec`): checks the request, asks the agent on the pod's node to
-/// upgrade, answers the client with the agent's 101, and splices the two upgraded connections until either
-/// side closes or the server shuts down.
+/// Runs a command in a container (`kubectl exec`): checks the request, then passes its WebSocket upgrade
+/// through to the agent on the pod's node.
 pub async fn pod_exec(
     state: &AppState,
     ns: &str,
@@ -65,7 +70,8 @@ pub async fn pod_exec(
     if !pairs.iter().any(|(k, v)| k == "command" && !v.is_empty()) {
         return Err(ApiError::BadRequest("you must specify at least one command for the container".into()));
     }
-    let target = locate(&state.objects, ns, name, &pairs).await?;
+    let target = locate(&state.objects, ns, name).await?;
+    let container = container(&target.pod, name, &pairs)?;
     if let Some(phase @ ("Succeeded" | "Failed")) = target.pod.pointer("/status/phase").and_then(Value::as_str) {
         return Err(ApiError::BadRequest(format!(
             "cannot exec into a container in a completed pod; current phase is {phase}"
@@ -79,66 +85,32 @@ pub async fn pod_exec(
     if !websocket || !request.headers.contains_key(header::SEC_WEBSOCKET_KEY) {
         return Err(ApiError::BadRequest("Upgrade request required: exec is served over WebSocket".into()));
     }
-    // HTTP/2 requests carry no upgrade.
-    let client = request
-        .extensions
-        .remove::<hyper::upgrade::OnUpgrade>()
-        .ok_or_else(|| ApiError::BadRequest("exec needs an HTTP/1.1 connection to upgrade".into()))?;
-    let uid = target.pod.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default();
-    let path = format!("/exec/{ns}/{name}/{uid}/{}?{}", target.container, target.forwarded(&pairs));
-    let mut upgrade = target
-        .request(path, &state.node_token)
-        .header(header::CONNECTION, "Upgrade")
-        .header(header::UPGRADE, "websocket");
-    for key in [header::SEC_WEBSOCKET_KEY, header::SEC_WEBSOCKET_VERSION, header::SEC_WEBSOCKET_PROTOCOL] {
-        for value in request.headers.get_all(&key) {
-            upgrade = upgrade.header(&key, value);
-        }
-    }
-    let upgrade = upgrade.body(Empty::<bytes::Bytes>::new()).map_err(|e| target.unreachable(e))?;
-    let mut sender = target.connect().await?;
-    let mut response = sender.send_request(upgrade).await.map_err(|e| target.unreachable(e))?;
-    if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-        return Err(refusal(response).await);
-    }
-    let agent = hyper::upgrade::on(&mut response);
-    let shutdown = state.shutdown.clone();
-    let span = tracing::info_span!("exec", pod = %format!("{ns}/{name}"), container = %target.container);
-    tokio::spawn(
-        async move {
-            let (client, agent) = match tokio::try_join!(client, agent) {
-                Ok(upgraded) => upgraded,
-                Err(e) => {
-                    tracing::debug!(error = %e, "exec upgrade failed");
-                    return;
-                }
-            };
-            let (mut client, mut agent) = (TokioIo::new(client), TokioIo::new(agent));
-            tokio::select! {
-                copied = tokio::io::copy_bidirectional(&mut client, &mut agent) => {
-                    if let Err(e) = copied {
-                        tracing::debug!(error = %e, "exec connection ended with an error");
-                    }
-                }
-                _ = shutdown.cancelled() => {}
-            }
-        }
-        .instrument(span),
-    );
-    let mut out = Response::new(Body::empty());
-    *out.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
-    for key in [header::UPGRADE, header::CONNECTION, header::SEC_WEBSOCKET_ACCEPT, header::SEC_WEBSOCKET_PROTOCOL] {
-        if let Some(value) = response.headers().get(&key) {
-            out.headers_mut().insert(key, value.clone());
-        }
-    }
-    Ok(out)
+    let path = format!("/exec/{ns}/{name}/{}/{container}?{}", target.uid(), forwarded(&pairs));
+    let span = tracing::info_span!("exec", pod = %format!("{ns}/{name}"), %container);
+    target.splice(state, path, request, "exec", span).await
 }
 
-/// A pod's container and how to reach the agent of the node it is bound to.
+/// Forwards connections to a pod's ports (`kubectl port-forward`): passes the upgrade through to the agent
+/// on the pod's node, which speaks the port-forward protocol over whichever transport the client asked for
+/// (SPDY tunnelled in WebSocket, kubectl's first try, or plain SPDY, its fallback).
+pub async fn pod_port_forward(
+    state: &AppState,
+    ns: &str,
+    name: &str,
+    request: &mut http::request::Parts,
+) -> Result<Response, ApiError> {
+    let target = locate(&state.objects, ns, name).await?;
+    if !request.headers.contains_key(header::UPGRADE) {
+        return Err(ApiError::BadRequest("Upgrade request required: port-forward is served over SPDY".into()));
+    }
+    let path = format!("/portForward/{ns}/{name}/{}", target.uid());
+    let span = tracing::info_span!("portforward", pod = %format!("{ns}/{name}"));
+    target.splice(state, path, request, "port-forward", span).await
+}
+
+/// A pod and how to reach the agent of the node it is bound to.
 struct Target {
     pod: Value,
-    container: String,
     node_name: String,
     /// `host:port` of the agent's endpoint.
     address: String,
@@ -146,31 +118,11 @@ struct Target {
     pin: String,
 }
 
-/// Finds the pod, the container the client named (or the only one), and its node's agent: the checks the
-/// kube-apiserver makes before it reaches a kubelet.
-async fn locate(objects: &Objects, ns: &str, name: &str, pairs: &[(String, String)]) -> Result<Target, ApiError> {
+/// Finds the pod and its node's agent: the checks the kube-apiserver makes before it reaches a kubelet.
+async fn locate(objects: &Objects, ns: &str, name: &str) -> Result<Target, ApiError> {
     let pods = resources::find("", "v1", "pods").ok_or(ApiError::NoRoute)?;
     let nodes = resources::find("", "v1", "nodes").ok_or(ApiError::NoRoute)?;
     let pod = objects.get(pods, Some(ns), name).await?;
-    let containers: Vec<&str> = ["containers", "initContainers"]
-        .iter()
-        .flat_map(|list| pod["spec"][list].as_array().into_iter().flatten())
-        .filter_map(|c| c["name"].as_str())
-        .collect();
-    let container =
-        match pairs.iter().find(|(k, _)| k == "container").map(|(_, v)| v.as_str()).filter(|v| !v.is_empty()) {
-            Some(container) if containers.contains(&container) => container.to_string(),
-            Some(container) => {
-                return Err(ApiError::BadRequest(format!("container {container} is not valid for pod {name}")));
-            }
-            None if containers.len() == 1 => containers[0].to_string(),
-            None => {
-                return Err(ApiError::BadRequest(format!(
-                    "a container name must be specified for pod {name}, choose one of: [{}]",
-                    containers.join(" ")
-                )));
-            }
-        };
     let node_name = pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty());
     let node_name =
         node_name.ok_or_else(|| ApiError::BadRequest(format!("pod {name} does not have a host assigned")))?.to_string();
@@ -187,7 +139,31 @@ async fn locate(objects: &Objects, ns: &str, name: &str, pairs: &[(String, Strin
     let pin =
         node.pointer(&format!("/metadata/annotations/{}", CERT_ANNOTATION.replace('/', "~1"))).and_then(Value::as_str);
     let pin = pin.ok_or_else(|| ApiError::BadRequest(format!("node {node_name} publishes no agent certificate")))?;
-    Ok(Target { container, address: format!("{host}:{port}"), pin: pin.to_ascii_lowercase(), node_name, pod })
+    Ok(Target { address: format!("{host}:{port}"), pin: pin.to_ascii_lowercase(), node_name, pod })
+}
+
+/// The container of `pod` the client named, or its only one.
+fn container(pod: &Value, name: &str, pairs: &[(String, String)]) -> Result<String, ApiError> {
+    let containers: Vec<&str> = ["containers", "initContainers"]
+        .iter()
+        .flat_map(|list| pod["spec"][list].as_array().into_iter().flatten())
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    match pairs.iter().find(|(k, _)| k == "container").map(|(_, v)| v.as_str()).filter(|v| !v.is_empty()) {
+        Some(container) if containers.contains(&container) => Ok(container.to_string()),
+        Some(container) => Err(ApiError::BadRequest(format!("container {container} is not valid for pod {name}"))),
+        None if containers.len() == 1 => Ok(containers[0].to_string()),
+        None => Err(ApiError::BadRequest(format!(
+            "a container name must be specified for pod {name}, choose one of: [{}]",
+            containers.join(" ")
+        ))),
+    }
+}
+
+/// The client's query without `container`, which the agent's path carries.
+fn forwarded(pairs: &[(String, String)]) -> String {
+    let forwarded: Vec<&(String, String)> = pairs.iter().filter(|(k, _)| k != "container").collect();
+    serde_urlencoded::to_string(forwarded).unwrap_or_default()
 }
 
 impl Target {
@@ -195,10 +171,81 @@ impl Target {
         ApiError::Internal(format!("cannot reach the agent on node {}: {e}", self.node_name))
     }
 
-    /// The client's query without `container`, which the agent's path carries.
-    fn forwarded(&self, pairs: &[(String, String)]) -> String {
-        let forwarded: Vec<&(String, String)> = pairs.iter().filter(|(k, _)| k != "container").collect();
-        serde_urlencoded::to_string(forwarded).unwrap_or_default()
+    fn uid(&self) -> &str {
+        self.pod.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default()
+    }
+
+    /// Asks the agent at `path` to upgrade as the client asked for `what` (exec, port-forward), answers the
+    /// client with the agent's 101, and splices the two upgraded connections (in `span`) until either side
+    /// closes or the server shuts down.
+    async fn splice(
+        &self,
+        state: &AppState,
+        path: String,
+        request: &mut http::request::Parts,
+        what: &str,
+        span: tracing::Span,
+    ) -> Result<Response, ApiError> {
+        // HTTP/2 requests carry no upgrade.
+        let client = request
+            .extensions
+            .remove::<hyper::upgrade::OnUpgrade>()
+            .ok_or_else(|| ApiError::BadRequest(format!("{what} needs an HTTP/1.1 connection to upgrade")))?;
+        let mut upgrade = self.request(path, &state.node_token).header(header::CONNECTION, "Upgrade");
+        for key in [
+            header::UPGRADE,
+            header::SEC_WEBSOCKET_KEY,
+            header::SEC_WEBSOCKET_VERSION,
+            header::SEC_WEBSOCKET_PROTOCOL,
+            STREAM_PROTOCOL,
+        ] {
+            for value in request.headers.get_all(&key) {
+                upgrade = upgrade.header(&key, value);
+            }
+        }
+        let upgrade = upgrade.body(Empty::<bytes::Bytes>::new()).map_err(|e| self.unreachable(e))?;
+        let mut sender = self.connect().await?;
+        let mut response = sender.send_request(upgrade).await.map_err(|e| self.unreachable(e))?;
+        if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+            return Err(refusal(response).await);
+        }
+        let agent = hyper::upgrade::on(&mut response);
+        let shutdown = state.shutdown.clone();
+        tokio::spawn(
+            async move {
+                let (client, agent) = match tokio::try_join!(client, agent) {
+                    Ok(upgraded) => upgraded,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "upgrade failed");
+                        return;
+                    }
+                };
+                let (mut client, mut agent) = (TokioIo::new(client), TokioIo::new(agent));
+                tokio::select! {
+                    copied = tokio::io::copy_bidirectional(&mut client, &mut agent) => {
+                        if let Err(e) = copied {
+                            tracing::debug!(error = %e, "upgraded connection ended with an error");
+                        }
+                    }
+                    _ = shutdown.cancelled() => {}
+                }
+            }
+            .instrument(span),
+        );
+        let mut out = Response::new(Body::empty());
+        *out.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+        for key in [
+            header::UPGRADE,
+            header::CONNECTION,
+            header::SEC_WEBSOCKET_ACCEPT,
+            header::SEC_WEBSOCKET_PROTOCOL,
+            STREAM_PROTOCOL,
+        ] {
+            if let Some(value) = response.headers().get(&key) {
+                out.headers_mut().insert(key, value.clone());
+            }
+        }
+        Ok(out)
     }
 
     fn request(&self, path: String, node_token: &str) -> http::request::Builder {

@@ -90,6 +90,40 @@ pub async fn ensure_service(objects: &Objects, port: u16) -> Result<(), ApiError
     }
 }
 
+/// Creates the cluster DNS Service if it is missing: `kube-system/kube-dns` at [`objects::cluster_dns_ip`],
+/// port 53 over UDP and TCP, served by every node itself (each agent runs a DNS server on its own address:
+/// the servicelb controller lists the nodes as its endpoints, and `internalTrafficPolicy: Local` keeps
+/// every node's queries on the node).
+pub async fn ensure_cluster_dns(objects: &Objects) -> Result<(), ApiError> {
+    let services = def("", "services")?;
+    if objects.get(services, Some("kube-system"), "kube-dns").await.is_ok() {
+        return Ok(());
+    }
+    let ip = objects::cluster_dns_ip();
+    let service = json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": "kube-dns",
+            "labels": {"k8s-app": "kube-dns", "kubernetes.io/cluster-service": "true", "skiff.dev/served-by-nodes": "true"},
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": ip,
+            "clusterIPs": [ip],
+            "internalTrafficPolicy": "Local",
+            "ports": [
+                {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
+            ],
+        },
+    });
+    match objects.create(services, Some("kube-system"), service, &options()).await {
+        Ok(_) | Err(ApiError::AlreadyExists { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Renews this server's lease and keeps the Service and its endpoints in step until `shutdown`, then takes
 /// this server out of the endpoints.
 pub async fn run(objects: Objects, advertise: SocketAddr, shutdown: CancellationToken) {

@@ -29,6 +29,11 @@ pub fn kubernetes_service_ip() -> String {
     format!("{SERVICE_CIDR_PREFIX}.0.1")
 }
 
+/// The cluster DNS Service's address (`kube-system/kube-dns`), k3s's `--cluster-dns` default.
+pub fn cluster_dns_ip() -> String {
+    format!("{SERVICE_CIDR_PREFIX}.0.10")
+}
+
 /// How many times a read-modify-write retries after losing a compare-and-swap race before giving up.
 const MAX_RETRIES: usize = 16;
 
@@ -244,8 +249,9 @@ impl Objects {
         use rand::Rng;
         let mut rng = rand::rng();
         for _ in 0..64 {
-            // .0.1 is the `kubernetes` service's address in Kubernetes; skip the network and broadcast too.
-            let host: u16 = rng.random_range(2..u16::MAX);
+            // The lowest 256 addresses are kept for addresses asked for by name (the `kubernetes` Service's
+            // .0.1, the cluster DNS's .0.10), as Kubernetes keeps a static band; the broadcast too.
+            let host: u16 = rng.random_range(256..u16::MAX);
             let ip = format!("{}.{}.{}", SERVICE_CIDR_PREFIX, host >> 8, host & 0xff);
             if !used.contains(&ip) {
                 object["spec"]["clusterIP"] = json!(ip);

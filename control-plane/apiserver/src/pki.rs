@@ -40,9 +40,10 @@ pub struct Credentials {
 }
 
 impl Credentials {
-    /// Loads the credentials in `dir`, making any that are missing. The serving certificate is remade when
-    /// the listen address is not among its names, so moving the server to another address keeps working.
-    pub fn load_or_create(dir: &Path, listen: SocketAddr) -> Result<Self, PkiError> {
+    /// Loads the credentials in `dir`, making any that are missing. The serving certificate names the
+    /// listen address (every address of the machine when it is unspecified) and `tls_sans`, and is remade
+    /// when those names change, so moving the server to another address keeps working.
+    pub fn load_or_create(dir: &Path, listen: SocketAddr, tls_sans: &[String]) -> Result<Self, PkiError> {
         fs::create_dir_all(dir).map_err(|source| PkiError::Io { path: dir.to_path_buf(), source })?;
         let (ca_cert_pem, ca_key_pem) = match (read(dir, "ca.crt")?, read(dir, "ca.key")?) {
             (Some(cert), Some(key)) => (cert, key),
@@ -56,7 +57,7 @@ impl Credentials {
                 (cert.pem(), key.serialize_pem())
             }
         };
-        let names = subject_names(listen);
+        let names = subject_names(listen, tls_sans);
         let (server_cert_pem, server_key_pem) = match (read(dir, "server.crt")?, read(dir, "server.key")?) {
             (Some(cert), Some(key)) if read(dir, "server.names")?.as_deref() == Some(&names.join(",")) => (cert, key),
             _ => {
@@ -179,23 +180,83 @@ fn ca_params() -> Result<CertificateParams, PkiError> {
     Ok(params)
 }
 
-fn subject_names(listen: SocketAddr) -> Vec<String> {
+/// The serving certificate's names: loopback, the `kubernetes` Service's, the address the server listens
+/// on (or, listening on every address, each of the machine's, so agents can dial any of them), the host
+/// name, and the operator's `--tls-san`s.
+fn subject_names(listen: SocketAddr, tls_sans: &[String]) -> Vec<String> {
     let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string(), "skiff".to_string()];
     // Pods reach the API through the `kubernetes` Service, by its address or its DNS names.
     names.push(crate::objects::kubernetes_service_ip());
     let service_names =
         ["kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"];
     names.extend(service_names.map(String::from));
-    if !listen.ip().is_unspecified() && !listen.ip().is_loopback() {
+    if listen.ip().is_unspecified() {
+        names.extend(dialable(&interface_addresses()).iter().map(IpAddr::to_string));
+    } else if !listen.ip().is_loopback() {
         names.push(listen.ip().to_string());
     }
     if let Ok(host) = fs::read_to_string("/etc/hostname") {
-        let host = host.trim();
-        if !host.is_empty() && !names.iter().any(|n| n == host) {
-            names.push(host.to_string());
-        }
+        names.push(host.trim().to_string());
     }
+    names.extend(tls_sans.iter().map(|san| san.trim().to_string()));
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|name| !name.is_empty() && seen.insert(name.clone()));
     names
+}
+
+/// One address of a network interface: its name, the address and its prefix length.
+type InterfaceAddress = (String, IpAddr, u8);
+
+/// The addresses of the machine's interfaces (none if they cannot be listed: the certificate then names
+/// what it would for a loopback listener, and `--tls-san` adds the rest).
+fn interface_addresses() -> Vec<InterfaceAddress> {
+    let Ok(interfaces) = nix::ifaddrs::getifaddrs() else { return Vec::new() };
+    interfaces
+        .filter_map(|interface| {
+            let (address, netmask) = (interface.address?, interface.netmask?);
+            let (ip, prefix) = match (address.as_sockaddr_in(), netmask.as_sockaddr_in()) {
+                (Some(ip), Some(mask)) => (IpAddr::V4(ip.ip()), u32::from(mask.ip()).leading_ones()),
+                _ => {
+                    let (ip, mask) = (address.as_sockaddr_in6()?, netmask.as_sockaddr_in6()?);
+                    (IpAddr::V6(ip.ip()), u128::from(mask.ip()).leading_ones())
+                }
+            };
+            Some((interface.interface_name, ip, prefix as u8))
+        })
+        .collect()
+}
+
+/// Of the machine's addresses, those an agent may dial: not loopback, not IPv6 link-local (unusable without
+/// naming the interface, and one on every pod's veth), and not a single address inside a wider subnet its
+/// interface already has: that is how the node's bridge holds its wasm pods' addresses, which would grow
+/// the certificate with the pods. Sorted, so the names stay the same from one start to the next.
+fn dialable(addresses: &[InterfaceAddress]) -> Vec<IpAddr> {
+    let host_prefix = |ip: &IpAddr| if ip.is_ipv4() { 32 } else { 128 };
+    let within = |ip: IpAddr, network: IpAddr, prefix: u8| match (ip, network) {
+        (IpAddr::V4(ip), IpAddr::V4(network)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            u32::from(ip) & mask == u32::from(network) & mask
+        }
+        (IpAddr::V6(ip), IpAddr::V6(network)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+            u128::from(ip) & mask == u128::from(network) & mask
+        }
+        _ => false,
+    };
+    let mut dialable: Vec<IpAddr> = addresses
+        .iter()
+        .filter(|(_, ip, _)| !ip.is_loopback() && !matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local()))
+        .filter(|(interface, ip, prefix)| {
+            *prefix != host_prefix(ip)
+                || !addresses.iter().any(|(other, network, wider)| {
+                    other == interface && *wider < *prefix && within(*ip, *network, *wider)
+                })
+        })
+        .map(|(_, ip, _)| *ip)
+        .collect();
+    dialable.sort();
+    dialable.dedup();
+    dialable
 }
 
 fn read(dir: &Path, name: &str) -> Result<Option<String>, PkiError> {
@@ -266,8 +327,8 @@ mod tests {
     fn credentials_are_made_once_and_reused() {
         let dir = tempfile::tempdir().unwrap();
         let listen: SocketAddr = "127.0.0.1:6443".parse().unwrap();
-        let first = Credentials::load_or_create(dir.path(), listen).unwrap();
-        let again = Credentials::load_or_create(dir.path(), listen).unwrap();
+        let first = Credentials::load_or_create(dir.path(), listen, &[]).unwrap();
+        let again = Credentials::load_or_create(dir.path(), listen, &[]).unwrap();
         assert_eq!(first.admin_token, again.admin_token);
         assert_eq!(first.server_cert_pem, again.server_cert_pem);
         assert_ne!(first.admin_token, first.node_token);
@@ -282,17 +343,71 @@ mod tests {
     #[test]
     fn a_second_server_adopts_the_cluster_secrets() {
         let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let first = Credentials::load_or_create(one.path(), "127.0.0.1:6443".parse().unwrap()).unwrap();
-        let own = Credentials::load_or_create(two.path(), "127.0.0.1:6444".parse().unwrap()).unwrap();
+        let first = Credentials::load_or_create(one.path(), "127.0.0.1:6443".parse().unwrap(), &[]).unwrap();
+        let own = Credentials::load_or_create(two.path(), "127.0.0.1:6444".parse().unwrap(), &[]).unwrap();
         assert_ne!(own.ca_cert_pem, first.ca_cert_pem);
         ClusterSecrets::read(&first).unwrap().install(two.path()).unwrap();
-        let second = Credentials::load_or_create(two.path(), "127.0.0.1:6444".parse().unwrap()).unwrap();
+        let second = Credentials::load_or_create(two.path(), "127.0.0.1:6444".parse().unwrap(), &[]).unwrap();
         assert_eq!(
             (&second.ca_cert_pem, &second.admin_token, &second.node_token),
             (&first.ca_cert_pem, &first.admin_token, &first.node_token)
         );
         assert_ne!(second.server_cert_pem, own.server_cert_pem, "the serving certificate is signed by the new CA");
         assert_eq!(fs::read(one.path().join("node-token")).unwrap(), fs::read(two.path().join("node-token")).unwrap());
+    }
+
+    /// Whether a client trusting the cluster's CA accepts the serving certificate for `name`.
+    fn valid_for(credentials: &Credentials, name: &str) -> bool {
+        use rustls::client::danger::ServerCertVerifier;
+        let pem = |text: &str| rustls_pemfile::certs(&mut text.as_bytes()).next().unwrap().unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(pem(&credentials.ca_cert_pem)).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(roots.into(), provider).build().unwrap();
+        let name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+        let now = rustls::pki_types::UnixTime::now();
+        verifier.verify_server_cert(&pem(&credentials.server_cert_pem), &[], &name, &[], now).is_ok()
+    }
+
+    #[test]
+    fn the_certificate_names_the_tls_sans_and_the_machine_s_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        let sans = ["skiff.example.com".to_string(), "203.0.113.7".to_string()];
+        let any = Credentials::load_or_create(dir.path(), "0.0.0.0:6443".parse().unwrap(), &sans).unwrap();
+        let machine: Vec<String> = dialable(&interface_addresses()).iter().map(IpAddr::to_string).collect();
+        let names = ["localhost", "127.0.0.1", "skiff.example.com", "203.0.113.7", "kubernetes.default.svc"];
+        for name in names.iter().copied().chain(machine.iter().map(String::as_str)) {
+            assert!(valid_for(&any, name), "the certificate names {name}");
+        }
+        assert!(!valid_for(&any, "198.51.100.1") && !valid_for(&any, "other.example.com"));
+        // Listening on loopback without --tls-san: the certificate is remade without them.
+        let loopback = Credentials::load_or_create(dir.path(), "127.0.0.1:6443".parse().unwrap(), &[]).unwrap();
+        assert_ne!(loopback.server_cert_pem, any.server_cert_pem);
+        assert!(valid_for(&loopback, "127.0.0.1") && !valid_for(&loopback, "skiff.example.com"));
+        assert!(machine.iter().all(|ip| !valid_for(&loopback, ip)), "{machine:?}");
+    }
+
+    #[test]
+    fn agents_dial_the_machine_by_its_own_addresses_not_its_pods() {
+        let address = |interface: &str, ip: &str, prefix| (interface.to_string(), ip.parse().unwrap(), prefix);
+        let addresses = [
+            address("lo", "127.0.0.1", 8),
+            address("lo", "::1", 128),
+            address("eth0", "192.0.2.10", 24),
+            address("eth0", "2001:db8::10", 64),
+            address("eth0", "fe80::1", 64),
+            // The node's bridge: its gateway, and a wasm pod's address inside its range.
+            address("skf0", "10.42.0.1", 24),
+            address("skf0", "10.42.0.7", 32),
+            // A pod's veth: a link-local address only.
+            address("veth1", "fe80::2", 64),
+            // A cloud VM's address, a /32 of its own.
+            address("ens4", "198.51.100.4", 32),
+        ];
+        let expected =
+            ["10.42.0.1", "192.0.2.10", "198.51.100.4", "2001:db8::10"].map(|ip| ip.parse::<IpAddr>().unwrap());
+        assert_eq!(dialable(&addresses), expected);
     }
 
     #[test]

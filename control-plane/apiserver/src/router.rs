@@ -279,13 +279,17 @@ async fn serve_resource(state: &AppState, request: Request) -> Result<Response, 
     let (mut parts, body) = request.into_parts();
     let query = Query::parse(parts.uri.query())?;
     let target = parse_target(parts.uri.path())?;
-    // An exec upgrades the connection: it needs the request's upgrade handle, not its (empty) body.
+    // An exec or a port-forward upgrades the connection: it needs the request's upgrade handle, not its
+    // (empty) body.
     if let Target::Item { def, ns: Some(ns), name, sub: Some(sub) } = &target
         && def.group.is_empty()
         && def.plural == "pods"
-        && sub == "exec"
     {
-        return crate::kubelet::pod_exec(state, ns, name, &mut parts).await;
+        match sub.as_str() {
+            "exec" => return crate::kubelet::pod_exec(state, ns, name, &mut parts).await,
+            "portforward" => return crate::kubelet::pod_port_forward(state, ns, name, &mut parts).await,
+            _ => {}
+        }
     }
     let headers = &parts.headers;
     let body = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| ApiError::TooLarge)?;

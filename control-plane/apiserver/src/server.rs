@@ -27,6 +27,8 @@ const DRAIN_GRACE: Duration = Duration::from_secs(10);
 pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
+    /// Further names and addresses for the serving certificate (`--tls-san`).
+    pub tls_sans: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,16 +54,21 @@ const SECRETS_KEY: &str = "/skiff/cluster-secrets";
 
 /// Loads this server's credentials so that every server on the store shares one CA and one set of tokens:
 /// the first server publishes its own, later ones install those into their data dir before loading.
-async fn shared_credentials(dir: &Path, listen: SocketAddr, store: &dyn Store) -> Result<Credentials, ServerError> {
+async fn shared_credentials(
+    dir: &Path,
+    listen: SocketAddr,
+    tls_sans: &[String],
+    store: &dyn Store,
+) -> Result<Credentials, ServerError> {
     let published = async || -> Result<Option<ClusterSecrets>, ServerError> {
         let Some(kv) = store.get(SECRETS_KEY).await.map_err(ServerError::SharedSecrets)? else { return Ok(None) };
         serde_json::from_slice(&kv.value).map(Some).map_err(ServerError::CorruptSecrets)
     };
     if let Some(secrets) = published().await? {
         secrets.install(dir)?;
-        return Ok(Credentials::load_or_create(dir, listen)?);
+        return Ok(Credentials::load_or_create(dir, listen, tls_sans)?);
     }
-    let credentials = Credentials::load_or_create(dir, listen)?;
+    let credentials = Credentials::load_or_create(dir, listen, tls_sans)?;
     let ours = ClusterSecrets::read(&credentials)?;
     let value = serde_json::to_vec(&ours).map_err(ServerError::CorruptSecrets)?;
     match store.create(SECRETS_KEY, value.into()).await {
@@ -72,7 +79,7 @@ async fn shared_credentials(dir: &Path, listen: SocketAddr, store: &dyn Store) -
                 .await?
                 .ok_or(ServerError::SharedSecrets(skiff_store::Error::NotFound(SECRETS_KEY.into())))?;
             theirs.install(dir)?;
-            Ok(Credentials::load_or_create(dir, listen)?)
+            Ok(Credentials::load_or_create(dir, listen, tls_sans)?)
         }
         Err(e) => Err(ServerError::SharedSecrets(e)),
     }
@@ -99,13 +106,14 @@ impl Server {
             .await
             .map_err(|source| ServerError::Bind { addr: config.listen, source })?;
         let local = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.listen, source })?;
-        let credentials = shared_credentials(&config.data_dir, local, store.as_ref()).await?;
+        let credentials = shared_credentials(&config.data_dir, local, &config.tls_sans, store.as_ref()).await?;
         let url = server_url(local);
         credentials.write_kubeconfig(&url)?;
         let acceptor = TlsAcceptor::from(Arc::new(credentials.server_config()?));
         let objects = Objects::new(store);
         lifecycle::bootstrap(&objects).await.map_err(ServerError::Bootstrap)?;
         kubernetes_service::ensure_service(&objects, local.port()).await.map_err(ServerError::Bootstrap)?;
+        kubernetes_service::ensure_cluster_dns(&objects).await.map_err(ServerError::Bootstrap)?;
         let advertise = SocketAddr::new(kubernetes_service::advertise_address(local.ip()), local.port());
         let state = Arc::new(AppState {
             objects,

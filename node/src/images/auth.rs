@@ -58,7 +58,8 @@ impl RegistryAuth {
         let mut auth = Self::default();
         for (registry, entry) in entries {
             let credentials = match (entry.auth.filter(|a| !a.is_empty()), entry.username, entry.password) {
-                (Some(encoded), _, _) => decode_auth(&registry, &encoded)?,
+                (Some(encoded), _, _) => decode_auth(&encoded)
+                    .map_err(|why| ImageError::DockerConfig(format!("auth for {registry}: {why}")))?,
                 (None, Some(user), Some(pass)) => (user, pass),
                 _ => continue,
             };
@@ -74,25 +75,23 @@ impl RegistryAuth {
     }
 
     /// The oci-client credentials for a registry host (as `Reference::registry` spells it).
-    pub(crate) fn for_registry(&self, registry: &str) -> oci_client::secrets::RegistryAuth {
-        match self.basic.get(&normalise_registry(registry)) {
-            Some((user, pass)) => oci_client::secrets::RegistryAuth::Basic(user.clone(), pass.clone()),
-            None => oci_client::secrets::RegistryAuth::Anonymous,
-        }
+    pub(crate) fn get(&self, registry: &str) -> Option<oci_client::secrets::RegistryAuth> {
+        let (user, pass) = self.basic.get(&normalise_registry(registry))?;
+        Some(oci_client::secrets::RegistryAuth::Basic(user.clone(), pass.clone()))
     }
 }
 
-fn decode_auth(registry: &str, encoded: &str) -> Result<(String, String), ImageError> {
-    let bad = |why: &str| ImageError::DockerConfig(format!("auth for {registry}: {why}"));
-    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).map_err(|_| bad("not base64"))?;
-    let decoded = String::from_utf8(decoded).map_err(|_| bad("not UTF-8"))?;
-    let (user, pass) = decoded.split_once(':').ok_or_else(|| bad("not user:password"))?;
+/// base64(`user:password`), as docker configs and registries files carry credentials.
+pub(super) fn decode_auth(encoded: &str) -> Result<(String, String), &'static str> {
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).map_err(|_| "not base64")?;
+    let decoded = String::from_utf8(decoded).map_err(|_| "not UTF-8")?;
+    let (user, pass) = decoded.split_once(':').ok_or("not user:password")?;
     Ok((user.to_owned(), pass.to_owned()))
 }
 
 /// Reduces the ways docker configs name a registry (`https://index.docker.io/v1/`, `http://host:5000`,
 /// `Host:5000/`) to the host as image references name it, so lookups match.
-fn normalise_registry(registry: &str) -> String {
+pub(super) fn normalise_registry(registry: &str) -> String {
     let without_scheme =
         registry.strip_prefix("https://").or_else(|| registry.strip_prefix("http://")).unwrap_or(registry);
     let host = without_scheme.split('/').next().unwrap_or_default().to_ascii_lowercase();
@@ -125,18 +124,18 @@ mod tests {
             b64("carol:pass:with:colons")
         );
         let auth = RegistryAuth::from_docker_config_json(json.as_bytes()).unwrap();
-        assert_eq!(auth.for_registry("docker.io"), Oci::Basic("alice".into(), "s3cret".into()));
-        assert_eq!(auth.for_registry("registry.local:5000"), Oci::Basic("bob".into(), "p:w".into()));
-        assert_eq!(auth.for_registry("127.0.0.1:5000"), Oci::Basic("carol".into(), "pass:with:colons".into()));
-        assert_eq!(auth.for_registry("tokens.example"), Oci::Anonymous);
-        assert_eq!(auth.for_registry("registry.local"), Oci::Anonymous, "the port is part of the host");
+        assert_eq!(auth.get("docker.io"), Some(Oci::Basic("alice".into(), "s3cret".into())));
+        assert_eq!(auth.get("registry.local:5000"), Some(Oci::Basic("bob".into(), "p:w".into())));
+        assert_eq!(auth.get("127.0.0.1:5000"), Some(Oci::Basic("carol".into(), "pass:with:colons".into())));
+        assert_eq!(auth.get("tokens.example"), None);
+        assert_eq!(auth.get("registry.local"), None, "the port is part of the host");
     }
 
     #[test]
     fn parses_legacy_dockercfg() {
         let json = format!(r#"{{"quay.io": {{"auth": "{}"}}}}"#, b64("u:p"));
         let auth = RegistryAuth::from_docker_config_json(json.as_bytes()).unwrap();
-        assert_eq!(auth.for_registry("quay.io"), Oci::Basic("u".into(), "p".into()));
+        assert_eq!(auth.get("quay.io"), Some(Oci::Basic("u".into(), "p".into())));
     }
 
     #[test]
@@ -157,11 +156,11 @@ mod tests {
         let mut auth = RegistryAuth::basic("r.example", "old", "old-pass");
         auth.merge(RegistryAuth::basic("R.example", "new", "new-pass"));
         auth.merge(RegistryAuth::basic("other.example", "o", "o-pass"));
-        assert_eq!(auth.for_registry("r.example"), Oci::Basic("new".into(), "new-pass".into()));
-        assert_eq!(auth.for_registry("other.example"), Oci::Basic("o".into(), "o-pass".into()));
+        assert_eq!(auth.get("r.example"), Some(Oci::Basic("new".into(), "new-pass".into())));
+        assert_eq!(auth.get("other.example"), Some(Oci::Basic("o".into(), "o-pass".into())));
         let shown = format!("{auth:?}");
         assert!(!shown.contains("pass"), "{shown}");
         assert!(shown.contains("r.example"));
-        assert_eq!(RegistryAuth::anonymous().for_registry("r.example"), Oci::Anonymous);
+        assert_eq!(RegistryAuth::anonymous().get("r.example"), None);
     }
 }

@@ -14,6 +14,7 @@
 mod auth;
 mod layout;
 mod reference;
+mod registries;
 mod registry;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -28,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 pub use auth::RegistryAuth;
 pub use layout::{WASM_CONFIG_V0, WASM_LAYER};
+pub use registries::{DEFAULT_PATH as DEFAULT_REGISTRIES_PATH, Registries, RegistriesError};
 
 /// Why an image could not be resolved. [`ImageError::waiting_reason`] maps each to the container's
 /// waiting reason.
@@ -80,6 +82,23 @@ impl ImageError {
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
     move |source| ImageError::Io { path: path.to_owned(), source }
+}
+
+/// Where a pull's manifest came from, and so where its blobs come from.
+struct Source {
+    client: oci_client::Client,
+    /// The image as this endpoint names it.
+    reference: Reference,
+    auth: oci_client::secrets::RegistryAuth,
+}
+
+/// A failed pull: `NotFound` when the registry said the image does not exist, else `Pull`.
+fn pull_failure(reference: &str, not_found: bool, message: String) -> ImageError {
+    if not_found {
+        ImageError::NotFound { reference: reference.to_owned(), message }
+    } else {
+        ImageError::Pull { reference: reference.to_owned(), message }
+    }
 }
 
 /// A container's `imagePullPolicy`.
@@ -216,6 +235,8 @@ const STALE_TEMP_AGE: Duration = Duration::from_secs(3600);
 pub struct ImageStore {
     root: PathBuf,
     shared: Arc<Shared>,
+    /// Where pulls go: mirrors, TLS and credentials from the node's registries file.
+    registries: Arc<Registries>,
 }
 
 impl fmt::Debug for ImageStore {
@@ -234,7 +255,13 @@ impl ImageStore {
         }
         let root = dir.canonicalize().map_err(io_error(&dir))?;
         let shared = shared_for(&root);
-        Ok(ImageStore { root, shared })
+        Ok(ImageStore { root, shared, registries: Arc::default() })
+    }
+
+    /// Pulls through `registries` (the node's registries file) rather than straight from each image's
+    /// registry.
+    pub fn with_registries(self, registries: Registries) -> Self {
+        ImageStore { registries: Arc::new(registries), ..self }
     }
 
     /// Resolves a pod's image under its pull policy and returns it for the shims.
@@ -385,17 +412,10 @@ impl ImageStore {
     ) -> Result<skiff_shim::Image, ImageError> {
         let pull_error = |message: String| ImageError::Pull { reference: reference.to_owned(), message };
         let registry_error = |e: oci_client::errors::OciDistributionError| {
-            let message = registry::registry_message(&e);
-            if registry::is_not_found(&e) {
-                ImageError::NotFound { reference: reference.to_owned(), message }
-            } else {
-                ImageError::Pull { reference: reference.to_owned(), message }
-            }
+            pull_failure(reference, registry::is_not_found(&e), registry::registry_message(&e))
         };
-        let client = registry::client_for(parsed, auth).await.map_err(registry_error)?;
-
-        let (mut body, mut manifest_digest) =
-            registry::fetch_manifest(&client, parsed, auth).await.map_err(registry_error)?;
+        let (source, mut body, mut manifest_digest) = self.first_manifest(reference, parsed, auth).await?;
+        let Source { client, reference: parsed, auth } = &source;
         let manifest = match layout::parse_manifest(&body).map_err(pull_error)? {
             layout::ManifestKind::Image(manifest) => manifest,
             layout::ManifestKind::Index(index) => {
@@ -405,7 +425,7 @@ impl ImageStore {
                 })?;
                 let platform_ref = parsed.clone_with_digest(entry.digest.clone());
                 (body, manifest_digest) =
-                    registry::fetch_manifest(&client, &platform_ref, auth).await.map_err(registry_error)?;
+                    registry::fetch_manifest(client, &platform_ref, auth).await.map_err(registry_error)?;
                 match layout::parse_manifest(&body).map_err(pull_error)? {
                     layout::ManifestKind::Image(manifest) => manifest,
                     layout::ManifestKind::Index(_) => {
@@ -432,7 +452,7 @@ impl ImageStore {
             let tmp = self.temp_path();
             let downloaded = async {
                 let mut file = tokio::fs::File::create(&tmp).await.map_err(io_error(&tmp))?;
-                registry::fetch_blob(&client, parsed, descriptor, &mut file).await.map_err(pull_error)?;
+                registry::fetch_blob(client, parsed, descriptor, &mut file).await.map_err(pull_error)?;
                 file.sync_all().await.map_err(io_error(&tmp))?;
                 drop(file);
                 tokio::fs::rename(&tmp, &path).await.map_err(io_error(&path))
@@ -451,6 +471,46 @@ impl ImageStore {
             path: self.index_path(),
             message: format!("{key} vanished right after pull"),
         })
+    }
+
+    /// The image's manifest and its digest from the first endpoint that serves it (mirrors in order, then
+    /// the image's registry), and that endpoint, so its blobs come from the same place.
+    async fn first_manifest(
+        &self,
+        reference: &str,
+        parsed: &Reference,
+        secrets: &RegistryAuth,
+    ) -> Result<(Source, Vec<u8>, String), ImageError> {
+        let mut failures = Vec::new();
+        for endpoint in self.registries.endpoints(parsed) {
+            let attempt = async {
+                let (client, auth) = registry::client_for(&endpoint, secrets).await?;
+                let (body, digest) = registry::fetch_manifest(&client, &endpoint.reference, &auth).await?;
+                Ok((client, auth, body, digest))
+            };
+            match attempt.await {
+                Ok((client, auth, body, digest)) => {
+                    return Ok((Source { client, reference: endpoint.reference, auth }, body, digest));
+                }
+                Err(e) => {
+                    let message = registry::registry_message(&e);
+                    let registry = endpoint.reference.registry();
+                    tracing::warn!(image = reference, registry, error = %message, "cannot pull from this endpoint");
+                    failures.push((endpoint.reference.registry().to_owned(), registry::is_not_found(&e), message));
+                }
+            }
+        }
+        // Not found only when every endpoint said so; a mirror that is down does not make an image absent.
+        let not_found = failures.iter().all(|(_, not_found, _)| *not_found);
+        let message = match failures.as_slice() {
+            [(_, _, message)] => message.clone(),
+            _ => failures
+                .iter()
+                .map(|(registry, _, message)| format!("{registry}: {message}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        };
+        Err(pull_failure(reference, not_found, message))
     }
 
     /// The stored image for a normalised reference, or `None` when it is not recorded or a blob is

@@ -1,4 +1,4 @@
-//! Talking to registries through oci-client: one client per operation, plain HTTP for loopback only.
+//! Talking to registries through oci-client: one client per endpoint and operation.
 
 use std::net::IpAddr;
 
@@ -9,18 +9,24 @@ use oci_client::{Client, Reference};
 use sha2::Digest as _;
 use tokio::io::AsyncWriteExt as _;
 
+use oci_client::secrets::RegistryAuth as OciAuth;
+
 use super::RegistryAuth;
 use super::layout::{self, ACCEPTED_MANIFESTS, OCI_MANIFEST};
+use super::registries::{Endpoint, Registries};
 
-/// A client for `reference`'s registry, with its credentials registered.
-pub(crate) async fn client_for(reference: &Reference, auth: &RegistryAuth) -> Result<Client, OciDistributionError> {
+/// A client for one endpoint, and the [`credentials`] it uses there, registered with it.
+pub(crate) async fn client_for(
+    endpoint: &Endpoint,
+    secrets: &RegistryAuth,
+) -> Result<(Client, OciAuth), OciDistributionError> {
     // oci-client is built without a bundled rustls provider so the whole binary shares ring. Installing
     // fails only when a provider is already installed, which is just as good.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let registry = reference.resolve_registry();
     let config = ClientConfig {
-        // Plain HTTP only where it cannot leave the machine (test and edge-local registries); TLS elsewhere.
-        protocol: if is_loopback(registry) { ClientProtocol::Http } else { ClientProtocol::Https },
+        protocol: if endpoint.plain_http { ClientProtocol::Http } else { ClientProtocol::Https },
+        extra_root_certificates: endpoint.tls.ca_certificates.clone(),
+        accept_invalid_certificates: endpoint.tls.insecure_skip_verify,
         // We choose among index entries ourselves (wasm platforms first), so oci-client never does.
         platform_resolver: None,
         connect_timeout: Some(std::time::Duration::from_secs(30)),
@@ -28,8 +34,14 @@ pub(crate) async fn client_for(reference: &Reference, auth: &RegistryAuth) -> Re
         ..ClientConfig::default()
     };
     let client = Client::try_from(config)?;
-    client.store_auth_if_needed(registry, &auth.for_registry(reference.registry())).await;
-    Ok(client)
+    let auth = credentials(endpoint, secrets);
+    client.store_auth_if_needed(endpoint.reference.resolve_registry(), &auth).await;
+    Ok((client, auth))
+}
+
+/// A pod's pull secret for the endpoint's host, else the registries file's credentials for it, else none.
+fn credentials(endpoint: &Endpoint, secrets: &RegistryAuth) -> OciAuth {
+    secrets.get(endpoint.reference.registry()).or_else(|| endpoint.auth.clone()).unwrap_or(OciAuth::Anonymous)
 }
 
 /// `localhost`, `127.x.y.z` or `[::1]`, with or without a port.
@@ -47,10 +59,9 @@ pub(crate) fn is_loopback(registry: &str) -> bool {
 pub(crate) async fn fetch_manifest(
     client: &Client,
     reference: &Reference,
-    auth: &RegistryAuth,
+    auth: &OciAuth,
 ) -> Result<(Vec<u8>, String), OciDistributionError> {
-    let (body, _) =
-        client.pull_manifest_raw(reference, &auth.for_registry(reference.registry()), &ACCEPTED_MANIFESTS).await?;
+    let (body, _) = client.pull_manifest_raw(reference, auth, &ACCEPTED_MANIFESTS).await?;
     let digest = layout::sha256_digest(&body);
     if let Some(expected) = reference.digest()
         && expected != digest
@@ -97,13 +108,13 @@ pub(crate) async fn fetch_blob(
 /// Pushes the three blobs of a wasm artifact and returns the manifest digest.
 pub(crate) async fn push_artifact(
     reference: &Reference,
-    auth: &RegistryAuth,
+    secrets: &RegistryAuth,
     artifact: &layout::WasmArtifact,
     wasm: &[u8],
 ) -> Result<String, OciDistributionError> {
-    let client = client_for(reference, auth).await?;
+    let (client, auth) = client_for(&Registries::default().origin(reference), secrets).await?;
     // Authenticate for push up front: a bearer-token registry hands out a pull-only token otherwise.
-    client.auth(reference, &auth.for_registry(reference.registry()), oci_client::RegistryOperation::Push).await?;
+    client.auth(reference, &auth, oci_client::RegistryOperation::Push).await?;
     let config_digest = layout::sha256_digest(&artifact.config);
     client.push_blob(reference, artifact.config.clone(), &config_digest).await?;
     client.push_blob(reference, wasm.to_vec(), &artifact.layer_digest).await?;
@@ -177,6 +188,17 @@ mod tests {
         for host in ["registry.local:5000", "10.0.0.1:5000", "index.docker.io", "localhost.example.com", "[::2]:1"] {
             assert!(!is_loopback(host), "{host}");
         }
+    }
+
+    #[test]
+    fn pull_secrets_win_over_the_registries_file_for_the_same_host() {
+        let file = Registries::parse_for_tests("configs:\n  m.example:\n    auth: {username: file, password: f}\n");
+        let endpoint = |image: &str| file.endpoints(&super::super::reference::parse(image).unwrap()).remove(0);
+        let secrets = RegistryAuth::basic("m.example", "pod", "p");
+        let basic = |user: &str, pass: &str| OciAuth::Basic(user.into(), pass.into());
+        assert_eq!(credentials(&endpoint("m.example/a:1"), &secrets), basic("pod", "p"));
+        assert_eq!(credentials(&endpoint("m.example/a:1"), &RegistryAuth::anonymous()), basic("file", "f"));
+        assert_eq!(credentials(&endpoint("other.example/a:1"), &secrets), OciAuth::Anonymous);
     }
 
     fn envelope(code: OciErrorCode, message: &str) -> OciDistributionError {

@@ -347,6 +347,12 @@ impl Network {
         })
     }
 
+    /// Eight hex digits naming this agent's network on the machine (its bridge is `skf<id>`): what names
+    /// its other kernel objects too, unique even among agents sharing one machine's network.
+    pub fn id(&self) -> Option<&str> {
+        self.cni.as_ref().map(|cni| cni.bridge.trim_start_matches("skf"))
+    }
+
     /// The node's pod range, when pods have their own network.
     pub fn pod_cidr(&self) -> Option<Ipv4Cidr> {
         self.cni.as_ref().map(|cni| cni.cidr)
@@ -619,14 +625,19 @@ pub fn hosts_file(hostname: &str, ip: IpAddr) -> String {
     )
 }
 
-/// Writes the pod's `/etc/hosts` and `/etc/resolv.conf` (the node's resolvers, until cluster DNS) into its
-/// directory; returns them as the mounts containers get.
-pub fn write_pod_files(pod_dir: &Path, hostname: &str, ip: IpAddr) -> std::io::Result<Vec<skiff_shim::Mount>> {
+/// Writes the pod's `/etc/hosts` and `/etc/resolv.conf` (`resolv_conf`) into its directory; returns them as
+/// the mounts containers get.
+pub fn write_pod_files(
+    pod_dir: &Path,
+    hostname: &str,
+    ip: IpAddr,
+    resolv_conf: &str,
+) -> std::io::Result<Vec<skiff_shim::Mount>> {
     std::fs::create_dir_all(pod_dir)?;
     let hosts = pod_dir.join("etc-hosts");
     std::fs::write(&hosts, hosts_file(hostname, ip))?;
     let resolv = pod_dir.join("resolv.conf");
-    std::fs::write(&resolv, std::fs::read("/etc/resolv.conf").unwrap_or_default())?;
+    std::fs::write(&resolv, resolv_conf)?;
     let mount = |host_path: PathBuf, path: &str| skiff_shim::Mount {
         host_path,
         container_path: path.to_string(),

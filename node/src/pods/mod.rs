@@ -80,6 +80,10 @@ pub struct Context {
     pub max_pods: u32,
     /// Pods' network namespaces and addresses.
     pub network: crate::network::Network,
+    /// The cluster DNS pods are pointed at; None on a node without Services (host networking).
+    pub dns: Option<crate::dns::DnsConfig>,
+    /// The service proxy's view of Services and their endpoints (empty without a pod network).
+    pub services: crate::proxy::SharedCaches,
     /// The running containers, for `kubectl exec`.
     pub running: Arc<crate::exec::Running>,
 }

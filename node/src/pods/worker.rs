@@ -151,8 +151,10 @@ async fn run(ctx: Arc<Context>, pod_rx: watch::Receiver<Pod>, abandon: Cancellat
             changed = pod_rx.changed() => if changed.is_err() { return },
         }
     }
-    // Graceful deletion: stop the containers within the grace period, report, then remove the pod.
+    // Graceful deletion: leave the Services, stop the containers within the grace period, report, then
+    // remove the pod.
     tracing::info!("pod deleted: stopping its containers");
+    Box::pin(leave_endpoints(&shared)).await;
     stop.cancel();
     if let Some(runner) = runner {
         let _ = runner.await;
@@ -168,6 +170,34 @@ async fn run(ctx: Arc<Context>, pod_rx: watch::Receiver<Pod>, abandon: Cancellat
         tracing::warn!(error = %e, "cannot remove the pod's directory");
     }
     Box::pin(delete_pod(&ctx, &shared.who)).await;
+}
+
+/// How long other nodes' proxies get to stop sending a deleted pod new connections after this node's has:
+/// they follow the same watch events, and program them in milliseconds.
+const ENDPOINT_PROPAGATION: Duration = Duration::from_millis(500);
+/// How often the worker looks whether this node's proxy still sends the pod connections.
+const ENDPOINT_POLL: Duration = Duration::from_millis(20);
+
+/// Before its containers get SIGTERM, a deleted pod leaves the Services that send it traffic, so that a
+/// rolling update fails no request: the endpoint controller marks it terminating once the deletion is
+/// seen, and every node's proxy then stops choosing it for new connections. The worker waits until this
+/// node's proxy has seen that, plus [`ENDPOINT_PROPAGATION`] for the other nodes', within half the grace
+/// period (the rest is the containers'). A pod no Service sends traffic to stops at once.
+async fn leave_endpoints(shared: &Shared) {
+    let Some(ip) = shared.sandbox.get().map(|sandbox| sandbox.address.ip.to_string()) else { return };
+    let is_endpoint = || {
+        let services = shared.ctx.services.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        services.is_ready_endpoint(&ip)
+    };
+    let deadline = tokio::time::Instant::now() + shared.grace_period() / 2;
+    if shared.grace_period().is_zero() || !is_endpoint() {
+        return;
+    }
+    while is_endpoint() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(ENDPOINT_POLL).await;
+    }
+    tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + ENDPOINT_PROPAGATION)).await;
+    tracing::debug!(%ip, "the pod left its Services' endpoints");
 }
 
 /// The state a worker starts from. After an agent restart the pod's reported restart counts carry on, and a
@@ -342,7 +372,11 @@ async fn create_sandbox(shared: &Shared, pod: &Pod, pod_dir: &std::path::Path, n
         Need::Address => Vec::new(),
         Need::Namespace => {
             let hostname = pod.metadata.name.as_deref().unwrap_or_default();
-            crate::network::write_pod_files(pod_dir, hostname, address.ip).map_err(|e| failed(&e))?
+            let dns = shared.ctx.dns.as_ref();
+            let node_resolv_path = dns.map_or(std::path::Path::new("/etc/resolv.conf"), |d| d.resolv_conf.as_path());
+            let node_resolv = std::fs::read_to_string(node_resolv_path).unwrap_or_default();
+            let resolv = crate::dns::pod_resolv_conf(pod, dns, &node_resolv);
+            crate::network::write_pod_files(pod_dir, hostname, address.ip, &resolv).map_err(|e| failed(&e))?
         }
     };
     Ok(Sandbox { address, files })
@@ -382,7 +416,8 @@ async fn supervise(
         };
         let Launched { mut running, log, shim_name, id, image_id, started_at, fresh } = launched;
         let uid = shared.who.uid.as_str();
-        ctx.running.started(uid, &name, &id, shim_name, running.exec());
+        let pod_ip = shared.sandbox.get().map_or(ctx.node_ip, |sandbox| sandbox.address.ip);
+        ctx.running.started(uid, &name, &id, shim_name, running.exec(), pod_ip);
         let container_id = format!("{shim_name}://{id}");
         let ran_since = Instant::now();
         shared.update(init, index, |c| {
@@ -405,8 +440,7 @@ async fn supervise(
             || container.startup_probe.is_some();
         if probed && !init {
             // The kubelet probes the pod's address.
-            let ip = shared.sandbox.get().map_or(ctx.node_ip, |sandbox| sandbox.address.ip);
-            tokio::spawn(super::probes::run(Container::clone(&container), ip, verdicts_tx, probe_cancel.clone()));
+            tokio::spawn(super::probes::run(Container::clone(&container), pod_ip, verdicts_tx, probe_cancel.clone()));
         } else if !init {
             // No probes: ready as soon as it runs, and no task per container to say so.
             shared.update(init, index, |c| {

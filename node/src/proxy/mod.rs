@@ -25,9 +25,10 @@ use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
-use model::{SERVICE_NAME_LABEL, ServiceKey, ServicePort};
-pub use routes::PodRange;
+pub use model::ServiceKey;
+use model::{SERVICE_NAME_LABEL, ServicePort};
 use routes::Routes;
+pub use routes::{InvalidRouteMode, PodRange, RouteMode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -53,9 +54,9 @@ pub fn check() -> Result<(), ProxyError> {
     if found { Ok(()) } else { Err(ProxyError::NoNft) }
 }
 
-/// What the watches have shown.
+/// What the watches have shown: shared with the cluster DNS, which answers from it.
 #[derive(Default)]
-struct Caches {
+pub struct Caches {
     services: HashMap<ServiceKey, Service>,
     /// By Service, then by slice name.
     slices: HashMap<ServiceKey, HashMap<String, EndpointSlice>>,
@@ -124,7 +125,58 @@ fn node_range(node: &Node) -> Option<(PodRange, Ipv4Addr)> {
     Some((range, ip))
 }
 
+/// The caches, as the proxy loop writes them and the DNS server reads them.
+pub type SharedCaches = std::sync::Arc<std::sync::RwLock<Caches>>;
+
 impl Caches {
+    pub fn service(&self, key: &ServiceKey) -> Option<&Service> {
+        self.services.get(key)
+    }
+
+    /// The Service's EndpointSlices.
+    pub fn slices(&self, key: &ServiceKey) -> impl Iterator<Item = &EndpointSlice> + Clone {
+        self.slices.get(key).into_iter().flat_map(|slices| slices.values())
+    }
+
+    /// Whether some Service sends new connections to `ip`: a ready endpoint of one of its slices.
+    pub fn is_ready_endpoint(&self, ip: &str) -> bool {
+        self.slices.values().flat_map(HashMap::values).flat_map(|slice| &slice.endpoints).any(|endpoint| {
+            let conditions = endpoint.conditions.as_ref();
+            let ready = conditions.and_then(|c| c.ready).unwrap_or(true)
+                && !conditions.and_then(|c| c.terminating).unwrap_or(false);
+            ready && endpoint.addresses.iter().any(|address| address == ip)
+        })
+    }
+
+    /// Whether `ip` is in some node's pod range.
+    pub fn in_pod_ranges(&self, ip: Ipv4Addr) -> bool {
+        self.nodes.values().any(|(range, _)| {
+            let mask = u32::MAX.checked_shl(32 - u32::from(range.prefix)).unwrap_or(0);
+            u32::from(ip) & mask == u32::from(range.network) & mask
+        })
+    }
+
+    /// Whether any Service lives in `namespace`.
+    pub fn has_namespace(&self, namespace: &str) -> bool {
+        self.services.keys().any(|key| key.namespace == namespace)
+    }
+
+    /// Keeps `service`; returns its key.
+    pub(crate) fn insert_service(&mut self, service: Service) -> ServiceKey {
+        let key = key_of(&service);
+        self.services.insert(key.clone(), service);
+        key
+    }
+
+    /// Keeps `slice` under its Service; returns that Service's key (None for a slice of no Service).
+    pub(crate) fn insert_slice(&mut self, slice: EndpointSlice) -> Option<ServiceKey> {
+        let key = slice_service(&slice)?;
+        let id = (key.namespace.clone(), slice.name_any());
+        self.slice_services.insert(id.clone(), key.clone());
+        self.slices.entry(key.clone()).or_default().insert(id.1, slice);
+        Some(key)
+    }
+
     fn remove_slice(&mut self, slice: &EndpointSlice, dirty: &mut Dirty) {
         let id = (slice.namespace().unwrap_or_else(|| "default".into()), slice.name_any());
         if let Some(key) = self.slice_services.remove(&id) {
@@ -142,9 +194,7 @@ impl Caches {
         match change {
             Change::Service(event) => match *event {
                 watcher::Event::Apply(service) | watcher::Event::InitApply(service) => {
-                    let key = key_of(&service);
-                    dirty.services.insert(key.clone());
-                    self.services.insert(key, service);
+                    dirty.services.insert(self.insert_service(service));
                 }
                 watcher::Event::Delete(service) => {
                     let key = key_of(&service);
@@ -158,27 +208,24 @@ impl Caches {
             Change::Slice(event) => match *event {
                 watcher::Event::Apply(slice) | watcher::Event::InitApply(slice) => {
                     self.remove_slice(&slice, dirty);
-                    if let Some(key) = slice_service(&slice) {
-                        dirty.services.insert(key.clone());
-                        let id = (key.namespace.clone(), slice.name_any());
-                        self.slice_services.insert(id.clone(), key.clone());
-                        self.slices.entry(key).or_default().insert(id.1, slice);
-                    }
+                    dirty.services.extend(self.insert_slice(slice));
                 }
                 watcher::Event::Delete(slice) => self.remove_slice(&slice, dirty),
                 watcher::Event::Init => {}
                 watcher::Event::InitDone => dirty.all = true,
             },
             Change::Node(event) => {
-                match event {
+                // Heartbeats change Nodes every few seconds; routes and ranges only when these change.
+                let changed = match event {
                     watcher::Event::Apply(node) | watcher::Event::InitApply(node) => match node.route {
-                        Some(route) => self.nodes.insert(node.name, route),
-                        None => self.nodes.remove(&node.name),
+                        Some(route) => self.nodes.insert(node.name, route) != Some(route),
+                        None => self.nodes.remove(&node.name).is_some(),
                     },
-                    watcher::Event::Delete(node) => self.nodes.remove(&node.name),
-                    watcher::Event::Init | watcher::Event::InitDone => None,
+                    watcher::Event::Delete(node) => self.nodes.remove(&node.name).is_some(),
+                    watcher::Event::Init => false,
+                    watcher::Event::InitDone => true,
                 };
-                dirty.nodes = true;
+                dirty.nodes |= changed;
             }
         }
     }
@@ -213,10 +260,23 @@ impl<T: std::hash::Hash + Eq> Relist<T> {
     }
 }
 
-/// The proxy of node `node_name`: runs until `shutdown`, then removes what it programmed.
-pub async fn run(client: Client, node_name: String, own_range: Option<PodRange>, shutdown: CancellationToken) {
-    let table = format!("skiff-{node_name}");
-    let mut routes = match Routes::open().await {
+/// What the proxy is told about its node.
+pub struct NodeNetwork {
+    pub name: String,
+    /// Names the node's nftables table (`skiff-<id>`), as it names the node's bridge.
+    pub network_id: String,
+    /// The node's address: where node ports answer, and what the overlay encapsulates from.
+    pub ip: Ipv4Addr,
+    pub range: PodRange,
+    /// `--pod-routes`.
+    pub routes: RouteMode,
+}
+
+/// The proxy of a node: runs until `shutdown`, then removes what it programmed.
+pub async fn run(client: Client, node: NodeNetwork, caches: SharedCaches, shutdown: CancellationToken) {
+    let NodeNetwork { name: node_name, network_id, ip: node_ip, range: own_range, routes: route_mode } = node;
+    let table = format!("skiff-{network_id}");
+    let mut routes = match Routes::open(route_mode, own_range, node_ip).await {
         Ok(routes) => Some(routes),
         Err(e) => {
             tracing::error!(error = %e, "pod routes between nodes are off");
@@ -231,7 +291,6 @@ pub async fn run(client: Client, node_name: String, own_range: Option<PodRange>,
     let nodes = watcher(Api::<Node>::all(client), watcher::Config::default())
         .map(|e| e.map(|event| Change::Node(map_event(event, NodeRoute::of))));
     let mut changes = futures::stream::select_all([services.boxed(), slices.boxed(), nodes.boxed()]);
-    let mut caches = Caches::default();
     let mut relists = Relists::default();
     let mut applied: HashMap<ServiceKey, Vec<ServicePort>> = HashMap::new();
     let mut dirty = Dirty::default();
@@ -249,26 +308,50 @@ pub async fn run(client: Client, node_name: String, own_range: Option<PodRange>,
         while let Some(Some(change)) = changes.next().now_or_never() {
             batch.push(change);
         }
-        for change in batch {
-            match change {
-                Ok(change) => {
-                    prune_relisted(&change, &mut relists, &mut caches);
-                    caches.apply(change, &mut dirty);
+        let (plan, routes_wanted) = {
+            let mut caches = caches.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+            for change in batch {
+                match change {
+                    Ok(change) => {
+                        prune_relisted(&change, &mut relists, &mut caches);
+                        caches.apply(change, &mut dirty);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "service proxy watch failed; retrying"),
                 }
-                Err(e) => tracing::warn!(error = %e, "service proxy watch failed; retrying"),
             }
-        }
-        if let Some(routes) = routes.as_mut()
-            && dirty.nodes
+            let routes_wanted: Option<BTreeMap<PodRange, Ipv4Addr>> = dirty
+                .nodes
+                .then(|| caches.nodes.iter().filter(|(name, _)| **name != node_name).map(|(_, r)| *r).collect());
+            (plan(&table, &caches, &node_name, own_range, &applied, &mut dirty, fresh_table), routes_wanted)
+        };
+        if let (Some(routes), Some(wanted)) = (routes.as_mut(), routes_wanted)
+            && let Err(e) = routes.reconcile(&wanted).await
         {
-            let wanted: BTreeMap<PodRange, Ipv4Addr> =
-                caches.nodes.iter().filter(|(name, _)| **name != node_name).map(|(_, r)| *r).collect();
-            if let Err(e) = routes.reconcile(&wanted).await {
-                tracing::warn!(error = %e, "cannot program the routes to other nodes' pods");
-            }
+            tracing::warn!(error = %e, "cannot program the routes to other nodes' pods");
         }
-        match sync(&table, &caches, &node_name, own_range, &mut applied, &mut dirty, fresh_table).await {
-            Ok(()) => (fresh_table, retry) = (false, false),
+        let started = std::time::Instant::now();
+        let applying = match &plan.document {
+            Some(document) => apply(document).await,
+            None => Ok(()),
+        };
+        match applying {
+            Ok(()) => {
+                if plan.document.is_some() {
+                    tracing::debug!(services = plan.next.len(), elapsed = ?started.elapsed(), "service rules applied");
+                }
+                if fresh_table {
+                    applied.clear();
+                }
+                for (key, ports) in plan.next {
+                    if ports.is_empty() {
+                        applied.remove(&key);
+                    } else {
+                        applied.insert(key, ports);
+                    }
+                }
+                dirty = Dirty::default();
+                (fresh_table, retry) = (false, false);
+            }
             Err(e) => {
                 tracing::error!(error = %e, "service rules not applied: rebuilding the table");
                 (fresh_table, retry) = (true, true);
@@ -277,7 +360,7 @@ pub async fn run(client: Client, node_name: String, own_range: Option<PodRange>,
     }
     let mut transaction = nft::Transaction::new(&table);
     transaction.delete_table();
-    if let Err(e) = apply(transaction).await {
+    if let Err(e) = apply(&transaction.into_document()).await {
         tracing::warn!(error = %e, "cannot remove the service proxy's table");
     }
     if let Some(routes) = routes.as_mut()
@@ -321,26 +404,37 @@ fn prune_relisted(change: &Change, relists: &mut Relists, caches: &mut Caches) {
     }
 }
 
-/// Programs what `dirty` names: one transaction, all or nothing.
-async fn sync(
+/// What one sync will program: the transaction (None when nothing changed) and what each Service it looked
+/// at has once it is applied.
+struct Plan {
+    document: Option<String>,
+    next: Vec<(ServiceKey, Vec<ServicePort>)>,
+}
+
+/// Plans what `dirty` names: one transaction, all or nothing. A fresh table starts from nothing (what
+/// `applied` says is gone with the old table).
+fn plan(
     table: &str,
     caches: &Caches,
     node_name: &str,
-    own_range: Option<PodRange>,
-    applied: &mut HashMap<ServiceKey, Vec<ServicePort>>,
+    own_range: PodRange,
+    applied: &HashMap<ServiceKey, Vec<ServicePort>>,
     dirty: &mut Dirty,
     fresh_table: bool,
-) -> Result<(), ProxyError> {
+) -> Plan {
     let mut transaction = nft::Transaction::new(table);
-    if fresh_table {
+    let no_ports = HashMap::new();
+    let applied = if fresh_table {
         transaction.recreate_table();
-        applied.clear();
         dirty.nodes = true;
         dirty.all = true;
-    }
+        &no_ports
+    } else {
+        applied
+    };
     if dirty.nodes {
         let mut ranges: Vec<(Ipv4Addr, u8)> = caches.nodes.values().map(|(r, _)| (r.network, r.prefix)).collect();
-        ranges.extend(own_range.map(|r| (r.network, r.prefix)));
+        ranges.push((own_range.network, own_range.prefix));
         ranges.sort();
         ranges.dedup();
         transaction.set_pod_ranges(&ranges);
@@ -352,12 +446,9 @@ async fn sync(
     };
     let mut next: Vec<(ServiceKey, Vec<ServicePort>)> = Vec::with_capacity(keys.len());
     for key in keys {
-        let no_slices = HashMap::new();
-        let slices = caches.slices.get(&key).unwrap_or(&no_slices);
         let desired = caches
-            .services
-            .get(&key)
-            .map(|service| model::service_ports(service, slices.values(), node_name))
+            .service(&key)
+            .map(|service| model::service_ports(service, caches.slices(&key), node_name))
             .unwrap_or_default();
         let old = applied.get(&key).map(Vec::as_slice).unwrap_or_default();
         let same = |a: &ServicePort, b: &ServicePort| a.name == b.name && a.protocol == b.protocol;
@@ -369,27 +460,14 @@ async fn sync(
         }
         next.push((key, desired));
     }
-    if !transaction.is_empty() {
-        let started = std::time::Instant::now();
-        apply(transaction).await?;
-        tracing::debug!(services = next.len(), elapsed = ?started.elapsed(), "service rules applied");
-    }
-    for (key, ports) in next {
-        if ports.is_empty() {
-            applied.remove(&key);
-        } else {
-            applied.insert(key, ports);
-        }
-    }
-    *dirty = Dirty::default();
-    Ok(())
+    let document = (!transaction.is_empty()).then(|| transaction.into_document());
+    Plan { document, next }
 }
 
 /// Runs the transaction through `nft -j -f -`: one netlink batch, applied whole or not at all.
-async fn apply(transaction: nft::Transaction<'_>) -> Result<(), ProxyError> {
-    let document = transaction.into_document();
+async fn apply(document: &str) -> Result<(), ProxyError> {
     let no_args: [&str; 0] = [];
-    nftables::helper::apply_ruleset_raw_async(&document, None::<&str>, no_args).await.map_err(ProxyError::Nft)?;
+    nftables::helper::apply_ruleset_raw_async(document, None::<&str>, no_args).await.map_err(ProxyError::Nft)?;
     Ok(())
 }
 

@@ -6,7 +6,7 @@
 //! first packet's lookup (a hash map).
 //!
 //! ```text
-//! table ip skiff-NODE
+//! table ip skiff-ID (the id of the node's network, as in its bridge's name skfID)
 //!   prerouting, output (nat, dstnat): jump services
 //!   services:  ip daddr . l4proto . dport vmap @service-ips           -> svc-* (cluster IPs), ext-* (others)
 //!              fib daddr type local, l4proto . dport vmap @service-nodeports   -> ext-*
