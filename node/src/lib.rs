@@ -18,6 +18,7 @@ mod exec;
 pub mod images;
 mod logs;
 pub mod network;
+mod nft;
 pub mod pods;
 mod policy;
 mod portforward;

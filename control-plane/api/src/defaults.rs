@@ -8,6 +8,13 @@ use crate::resources::ResourceDef;
 /// Fills defaults into a normalized object of resource `def`.
 pub fn apply(def: &ResourceDef, object: &mut Value) {
     match (def.group, def.plural) {
+        ("", "namespaces") => {
+            // kube-apiserver labels every namespace with its name (since 1.21), so NetworkPolicies and
+            // other namespace selectors can pick one namespace by name.
+            if let Some(name) = object.pointer("/metadata/name").and_then(Value::as_str).map(str::to_string) {
+                object["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
+            }
+        }
         ("", "pods") => pod_spec(&mut object["spec"]),
         ("", "services") => service_spec(&mut object["spec"]),
         ("", "secrets") => set(object, "type", json!("Opaque")),
@@ -229,6 +236,18 @@ mod tests {
         let mut chosen = json!({"spec": {"policyTypes": ["Egress"], "ingress": [{}]}});
         apply(def, &mut chosen);
         assert_eq!(chosen["spec"]["policyTypes"], json!(["Egress"]));
+    }
+
+    #[test]
+    fn namespaces_are_labelled_with_their_name() {
+        let def = crate::resources::find("", "v1", "namespaces").unwrap();
+        let mut namespace = json!({"metadata": {"name": "shop"}});
+        apply(def, &mut namespace);
+        assert_eq!(namespace["metadata"]["labels"], json!({"kubernetes.io/metadata.name": "shop"}));
+        let mut labelled =
+            json!({"metadata": {"name": "shop", "labels": {"team": "a", "kubernetes.io/metadata.name": "x"}}});
+        apply(def, &mut labelled);
+        assert_eq!(labelled["metadata"]["labels"], json!({"team": "a", "kubernetes.io/metadata.name": "shop"}));
     }
 
     #[test]

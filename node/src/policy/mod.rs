@@ -24,12 +24,6 @@ use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-#[derive(Debug, thiserror::Error)]
-pub enum PolicyError {
-    #[error("nftables refused the transaction: {0}")]
-    Nft(#[source] nftables::helper::NftablesError),
-}
-
 /// How long to wait before making the table afresh after the kernel refused a transaction.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -101,7 +95,7 @@ async fn enforce(client: Client, node_name: String, table: String, shutdown: Can
             continue;
         };
         let started = std::time::Instant::now();
-        match apply(&document).await {
+        match crate::nft::apply(&document).await {
             Ok(()) => {
                 tracing::debug!(
                     chains = desired.chains.len(),
@@ -119,7 +113,7 @@ async fn enforce(client: Client, node_name: String, table: String, shutdown: Can
     }
     let mut transaction = nft::Transaction::new(&table);
     transaction.delete_table();
-    if let Err(e) = apply(&transaction.into_document()).await {
+    if let Err(e) = crate::nft::apply(&transaction.into_document()).await {
         tracing::warn!(error = %e, "cannot remove the network policy table");
     }
     tracing::info!("network policies no longer enforced");
@@ -164,11 +158,4 @@ fn slim(pod: &mut Pod) {
     if let Some(status) = pod.status.take() {
         pod.status = Some(PodStatus { phase: status.phase, pod_ip: status.pod_ip, ..PodStatus::default() });
     }
-}
-
-/// Runs the transaction through `nft -j -f -`: one netlink batch, applied whole or not at all.
-async fn apply(document: &str) -> Result<(), PolicyError> {
-    let no_args: [&str; 0] = [];
-    nftables::helper::apply_ruleset_raw_async(document, None::<&str>, no_args).await.map_err(PolicyError::Nft)?;
-    Ok(())
 }

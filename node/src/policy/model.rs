@@ -31,40 +31,14 @@ use serde_json::{Map, Value};
 use sha2::Digest;
 use skiff_api::selectors::LabelSelector;
 
-/// The label kube-apiserver gives every namespace (its name), which policies commonly select namespaces
-/// by. Skiff's API server does not write it, so a namespace is matched as if it had it.
+pub use crate::nft::Protocol;
+
+/// The label the API server gives every namespace (its name), which policies commonly select namespaces
+/// by. A namespace this node has not seen yet (its pods can come first) is matched as if it had it.
 const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 /// The longest name nftables takes for a chain or set (256 bytes with the terminating NUL).
 const NAME_MAX: usize = 255;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Protocol {
-    Tcp,
-    Udp,
-    Sctp,
-}
-
-impl Protocol {
-    /// A policy port's protocol, TCP when it names none.
-    fn parse(text: Option<&str>) -> Option<Self> {
-        match text.unwrap_or("TCP") {
-            "TCP" => Some(Protocol::Tcp),
-            "UDP" => Some(Protocol::Udp),
-            "SCTP" => Some(Protocol::Sctp),
-            _ => None,
-        }
-    }
-
-    /// nftables' name of the layer 4 protocol.
-    pub fn nft(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-            Protocol::Sctp => "sctp",
-        }
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Direction {

@@ -24,19 +24,16 @@
 //! layout covers both: every hook asks both maps.
 
 use std::borrow::Cow;
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
-use nftables::expr::{
-    Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression, Payload, PayloadField, Range, Verdict,
-};
-use nftables::schema::{
-    Chain, Element, FlushObject, NfCmd, NfListObject, NfObject, Rule, Set, SetFlag, SetType, SetTypeValue, Table,
-};
-use nftables::stmt::{JumpTarget, Match, Operator, Statement, VerdictMap};
-use nftables::types::{NfChainType, NfFamily, NfHook};
+use nftables::expr::{Expression, FibFlag, MetaKey, NamedExpression, Range, Verdict};
+use nftables::schema::{FlushObject, NfListObject, Set, SetFlag, SetType, SetTypeValue};
+use nftables::stmt::{JumpTarget, Operator, Statement, VerdictMap};
+use nftables::types::{NfChainType, NfHook};
 
 use super::model::{self, Direction, Elements, Ports, Rules};
+use crate::nft::{Document, field, is_local, matches, meta, s, set_ref};
 
 /// The filter hooks' standard priority: after DNAT (-100) and the service proxy's own filter (-110).
 const FILTER: i32 = 0;
@@ -47,32 +44,7 @@ const LOCAL_PODS: &str = "local-pods";
 /// One transaction on the table: commands gathered, then applied at once (`nft -j -f -` applies a
 /// document as one netlink batch: all or nothing).
 pub struct Transaction<'t> {
-    table: &'t str,
-    /// nft's JSON commands, in order.
-    commands: Vec<serde_json::Value>,
-}
-
-fn s(text: &str) -> Expression<'static> {
-    Expression::String(Cow::Owned(text.to_string()))
-}
-
-fn field(protocol: &'static str, name: &'static str) -> Expression<'static> {
-    Expression::Named(NamedExpression::Payload(Payload::PayloadField(PayloadField {
-        protocol: protocol.into(),
-        field: name.into(),
-    })))
-}
-
-fn meta(key: MetaKey) -> Expression<'static> {
-    Expression::Named(NamedExpression::Meta(Meta { key }))
-}
-
-fn matches(left: Expression<'static>, op: Operator, right: Expression<'static>) -> Statement<'static> {
-    Statement::Match(Match { left, right, op })
-}
-
-fn set_ref(name: &str) -> Expression<'static> {
-    s(&format!("@{name}"))
+    doc: Document<'t>,
 }
 
 /// The peer's address: the source of traffic to a pod, the destination of traffic from it.
@@ -85,12 +57,10 @@ fn peer_address(direction: Direction) -> Expression<'static> {
 
 /// Whether the peer's address is one of the node's own (`fib saddr type local` or `fib daddr ...`).
 fn peer_is_local(direction: Direction) -> Statement<'static> {
-    let flag = match direction {
+    is_local(match direction {
         Direction::Ingress => FibFlag::Saddr,
         Direction::Egress => FibFlag::Daddr,
-    };
-    let fib = Fib { result: FibResult::Type, flags: HashSet::from([flag]) };
-    matches(Expression::Named(NamedExpression::Fib(fib)), Operator::EQ, s("local"))
+    })
 }
 
 fn port_number(port: u16) -> Expression<'static> {
@@ -126,105 +96,44 @@ fn address_range((first, last): &(Ipv4Addr, Ipv4Addr)) -> Expression<'static> {
 
 impl<'t> Transaction<'t> {
     pub fn new(table: &'t str) -> Self {
-        Transaction { table, commands: Vec::new() }
+        Transaction { doc: Document::new(table) }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.commands.is_empty()
-    }
-
-    fn push(&mut self, command: NfCmd<'static>) {
-        let object = NfObject::CmdObject(command);
-        self.commands.push(serde_json::to_value(object).unwrap_or_default());
-    }
-
-    fn add(&mut self, object: NfListObject<'static>) {
-        self.push(NfCmd::Add(object));
-    }
-
-    fn delete(&mut self, object: NfListObject<'static>) {
-        self.push(NfCmd::Delete(object));
-    }
-
-    fn flush(&mut self, object: FlushObject<'static>) {
-        self.push(NfCmd::Flush(object));
-    }
-
-    fn table(&self) -> Table<'static> {
-        Table { family: NfFamily::IP, name: Cow::Owned(self.table.to_string()), handle: None }
-    }
-
-    fn chain(&self, name: &str) -> Chain<'static> {
-        Chain {
-            family: NfFamily::IP,
-            table: Cow::Owned(self.table.to_string()),
-            name: Cow::Owned(name.to_string()),
-            ..Chain::default()
-        }
-    }
-
-    fn rule(&mut self, chain: &str, statements: Vec<Statement<'static>>) {
-        self.add(NfListObject::Rule(Rule {
-            family: NfFamily::IP,
-            table: Cow::Owned(self.table.to_string()),
-            chain: Cow::Owned(chain.to_string()),
-            expr: Cow::Owned(statements),
-            handle: None,
-            index: None,
-            comment: None,
-        }));
+        self.doc.is_empty()
     }
 
     fn set(&self, name: &str, (kind, flags): (SetTypeValue<'static>, &[SetFlag])) -> Box<Set<'static>> {
-        Box::new(Set {
-            family: NfFamily::IP,
-            table: Cow::Owned(self.table.to_string()),
-            name: Cow::Owned(name.to_string()),
-            set_type: kind,
-            flags: (!flags.is_empty()).then(|| flags.iter().copied().collect()),
-            ..Set::default()
-        })
+        Box::new(self.doc.set(name, kind, flags))
     }
 
     fn elements(&mut self, add: bool, set: &str, elements: Vec<Expression<'static>>) {
         if elements.is_empty() {
             return;
         }
-        let element = NfListObject::Element(Element {
-            family: NfFamily::IP,
-            table: Cow::Owned(self.table.to_string()),
-            name: Cow::Owned(set.to_string()),
-            elem: Cow::Owned(elements),
-        });
-        if add { self.add(element) } else { self.delete(element) }
+        let element = self.doc.element(set, elements);
+        if add { self.doc.add(element) } else { self.doc.delete(element) }
     }
 
     /// A fresh table: whatever an earlier agent left is removed in the same transaction, so traffic meets
     /// either the old rules or the new ones. Its pods' chains and sets come from [`Self::update`] from
     /// nothing.
     pub fn recreate_table(&mut self) {
-        self.add(NfListObject::Table(self.table()));
-        self.delete(NfListObject::Table(self.table()));
-        self.add(NfListObject::Table(self.table()));
+        self.doc.recreate_table();
         for map in [INGRESS_MAP, EGRESS_MAP] {
-            // The crate's set types lack `verdict`, the value type of a verdict map: this one object is
-            // written as nft's JSON directly.
-            self.commands.push(serde_json::json!({"add": {"map": {
-                "family": "ip", "table": self.table, "name": map, "type": "ipv4_addr", "map": "verdict",
-            }}}));
+            self.doc.verdict_map(map, serde_json::json!("ipv4_addr"));
         }
         let local_pods = self.set(LOCAL_PODS, set_type(&Elements::Addresses(BTreeSet::new())));
-        self.add(NfListObject::Set(local_pods));
+        self.doc.add(NfListObject::Set(local_pods));
         for (name, hook) in [("input", NfHook::Input), ("forward", NfHook::Forward), ("output", NfHook::Output)] {
-            let chain =
-                Chain { _type: Some(NfChainType::Filter), hook: Some(hook), prio: Some(FILTER), ..self.chain(name) };
-            self.add(NfListObject::Chain(chain));
+            let chain = self.doc.base_chain(name, NfChainType::Filter, hook, FILTER);
+            self.doc.add(NfListObject::Chain(chain));
             let state = Expression::Named(NamedExpression::CT(nftables::expr::CT {
                 key: "state".into(),
                 family: None,
                 dir: None,
             }));
-            self.rule(
+            self.doc.rule(
                 name,
                 vec![
                     matches(state, Operator::IN, Expression::List(vec![s("established"), s("related")])),
@@ -234,7 +143,7 @@ impl<'t> Transaction<'t> {
             // Egress first: a verdict of the sender's chain that lets the packet go returns here, to the
             // receiver's.
             for (address, map) in [(field("ip", "saddr"), EGRESS_MAP), (field("ip", "daddr"), INGRESS_MAP)] {
-                self.rule(name, vec![Statement::VerdictMap(VerdictMap { key: address, data: set_ref(map) })]);
+                self.doc.rule(name, vec![Statement::VerdictMap(VerdictMap { key: address, data: set_ref(map) })]);
             }
         }
     }
@@ -248,7 +157,7 @@ impl<'t> Transaction<'t> {
         for (name, elements) in &new.sets {
             match old.sets.get(name) {
                 None => {
-                    self.add(NfListObject::Set(self.set(name, set_type(elements))));
+                    self.doc.add(NfListObject::Set(self.set(name, set_type(elements))));
                     self.fill(name, elements);
                 }
                 Some(before) if before != elements => self.update_set(name, before, elements),
@@ -268,13 +177,13 @@ impl<'t> Transaction<'t> {
         }
         let removed: Vec<&String> = old.chains.keys().filter(|name| !new.chains.contains_key(*name)).collect();
         for name in &removed {
-            self.flush(FlushObject::Chain(self.chain(name)));
+            self.doc.flush(FlushObject::Chain(self.doc.chain(name)));
         }
         for name in &removed {
-            self.delete(NfListObject::Chain(self.chain(name)));
+            self.doc.delete(NfListObject::Chain(self.doc.chain(name)));
         }
         for (name, elements) in old.sets.iter().filter(|(name, _)| !new.sets.contains_key(*name)) {
-            self.delete(NfListObject::Set(self.set(name, set_type(elements))));
+            self.doc.delete(NfListObject::Set(self.set(name, set_type(elements))));
         }
         for (map, before, after) in maps {
             let come = after.iter().filter(|(ip, chain)| before.get(ip) != Some(chain));
@@ -302,7 +211,7 @@ impl<'t> Transaction<'t> {
             // Intervals are rewritten whole: they change only with their policy, and removing one range of
             // an interval set that the kernel merged with a neighbour would fail.
             _ => {
-                self.flush(FlushObject::Set(self.set(name, set_type(new))));
+                self.doc.flush(FlushObject::Set(self.set(name, set_type(new))));
                 self.fill(name, new);
             }
         }
@@ -321,16 +230,16 @@ impl<'t> Transaction<'t> {
 
     /// Makes chain `name` (or empties it) and writes its rules.
     fn write_chain(&mut self, name: &str, chain: &model::Chain) {
-        self.add(NfListObject::Chain(self.chain(name)));
-        self.flush(FlushObject::Chain(self.chain(name)));
+        self.doc.add(NfListObject::Chain(self.doc.chain(name)));
+        self.doc.flush(FlushObject::Chain(self.doc.chain(name)));
         let direction = chain.direction;
         // The API's exceptions: a pod always reaches itself, and its node reaches it and is reached by it.
         // The node's addresses are the local ones that are no local pod's (wasm-only pods' are local too).
-        self.rule(
+        self.doc.rule(
             name,
             vec![matches(peer_address(direction), Operator::EQ, address(&chain.pod)), Statement::Return(None)],
         );
-        self.rule(
+        self.doc.rule(
             name,
             vec![
                 matches(peer_address(direction), Operator::NEQ, set_ref(LOCAL_PODS)),
@@ -369,21 +278,19 @@ impl<'t> Transaction<'t> {
                 }
             }
             statements.push(Statement::Return(None));
-            self.rule(name, statements);
+            self.doc.rule(name, statements);
         }
-        self.rule(name, vec![Statement::Drop(None)]);
+        self.doc.rule(name, vec![Statement::Drop(None)]);
     }
 
     /// Removes the whole table (the agent stops: nothing of it stays in the kernel).
     pub fn delete_table(&mut self) {
-        // Made first, so that removing it succeeds whether or not it exists.
-        self.add(NfListObject::Table(self.table()));
-        self.delete(NfListObject::Table(self.table()));
+        self.doc.delete_table();
     }
 
     /// The transaction as nft's JSON input (`nft -j -f -`).
     pub fn into_document(self) -> String {
-        serde_json::json!({"nftables": self.commands}).to_string()
+        self.doc.into_json()
     }
 }
 

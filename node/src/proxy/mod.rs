@@ -34,10 +34,6 @@ pub use routes::{InvalidRouteMode, PodRange, RouteMode};
 pub enum ProxyError {
     #[error("the service proxy needs the nft program (Debian package nftables)")]
     NoNft,
-    #[error(transparent)]
-    Routes(#[from] routes::RouteError),
-    #[error("nftables refused the transaction: {0}")]
-    Nft(#[source] nftables::helper::NftablesError),
 }
 
 /// How long to wait before rebuilding after the kernel refused a transaction.
@@ -331,7 +327,7 @@ pub async fn run(client: Client, node: NodeNetwork, caches: SharedCaches, shutdo
         }
         let started = std::time::Instant::now();
         let applying = match &plan.document {
-            Some(document) => apply(document).await,
+            Some(document) => crate::nft::apply(document).await,
             None => Ok(()),
         };
         match applying {
@@ -360,7 +356,7 @@ pub async fn run(client: Client, node: NodeNetwork, caches: SharedCaches, shutdo
     }
     let mut transaction = nft::Transaction::new(&table);
     transaction.delete_table();
-    if let Err(e) = apply(&transaction.into_document()).await {
+    if let Err(e) = crate::nft::apply(&transaction.into_document()).await {
         tracing::warn!(error = %e, "cannot remove the service proxy's table");
     }
     if let Some(routes) = routes.as_mut()
@@ -462,13 +458,6 @@ fn plan(
     }
     let document = (!transaction.is_empty()).then(|| transaction.into_document());
     Plan { document, next }
-}
-
-/// Runs the transaction through `nft -j -f -`: one netlink batch, applied whole or not at all.
-async fn apply(document: &str) -> Result<(), ProxyError> {
-    let no_args: [&str; 0] = [];
-    nftables::helper::apply_ruleset_raw_async(document, None::<&str>, no_args).await.map_err(ProxyError::Nft)?;
-    Ok(())
 }
 
 /// Pods on other nodes and service endpoints are reached through this node: it forwards, and bridged

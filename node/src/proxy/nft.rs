@@ -17,25 +17,21 @@
 //!   input, forward, output (filter): new connections to a service port without endpoints are rejected
 //! ```
 //!
-//! Built with the `nftables` crate: typed documents of nft's JSON API, applied by the `nft` program, as
-//! kube-proxy's knftables drives `nft -f`. The alternatives speak netlink directly (rustables) but do not
-//! cover verdict maps with concatenated keys, which the O(1) lookup depends on.
+//! Built with the `nftables` crate (see [`crate::nft`]): typed documents of nft's JSON API, applied by the
+//! `nft` program, as kube-proxy's knftables drives `nft -f`. The alternatives speak netlink directly
+//! (rustables) but do not cover verdict maps with concatenated keys, which the O(1) lookup depends on.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
-use nftables::expr::{
-    Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression, NgMode, Numgen, Payload, PayloadField, Prefix,
-    SetItem, Verdict,
-};
-use nftables::schema::{
-    Chain, Element, FlushObject, NfCmd, NfListObject, NfObject, Rule, Set, SetFlag, SetType, SetTypeValue, Table,
-};
-use nftables::stmt::{JumpTarget, Mangle, Match, NAT, NATFlag, Operator, Reject, Statement, VerdictMap};
-use nftables::types::{NfChainType, NfFamily, NfHook};
+use nftables::expr::{Expression, FibFlag, MetaKey, NamedExpression, NgMode, Numgen, SetItem};
+use nftables::schema::{FlushObject, NfListObject, Set, SetFlag, SetType, SetTypeValue};
+use nftables::stmt::{Mangle, NAT, NATFlag, Operator, Reject, Statement, VerdictMap};
+use nftables::types::{NfChainType, NfHook};
 
 use super::model::{Endpoint, ServicePort};
+use crate::nft::{Document, concat, field, goto, goto_verdict, is_local, jump, matches, meta, prefix, s, set_ref};
 
 /// The mark on packets to masquerade on their way out (kube-proxy's bit).
 const MASQUERADE_MARK: u32 = 0x4000;
@@ -57,49 +53,7 @@ const REJECT_CHAIN: &str = "reject-no-endpoints";
 
 /// One transaction on the table: commands gathered, then applied at once.
 pub struct Transaction<'t> {
-    table: &'t str,
-    /// nft's JSON commands, in order.
-    commands: Vec<serde_json::Value>,
-}
-
-fn s(text: &str) -> Expression<'static> {
-    Expression::String(Cow::Owned(text.to_string()))
-}
-
-fn field(protocol: &'static str, name: &'static str) -> Expression<'static> {
-    Expression::Named(NamedExpression::Payload(Payload::PayloadField(PayloadField {
-        protocol: protocol.into(),
-        field: name.into(),
-    })))
-}
-
-fn meta(key: MetaKey) -> Expression<'static> {
-    Expression::Named(NamedExpression::Meta(Meta { key }))
-}
-
-fn concat(parts: Vec<Expression<'static>>) -> Expression<'static> {
-    Expression::Named(NamedExpression::Concat(parts))
-}
-
-fn matches(left: Expression<'static>, op: Operator, right: Expression<'static>) -> Statement<'static> {
-    Statement::Match(Match { left, right, op })
-}
-
-fn fib_daddr_local() -> Statement<'static> {
-    let fib = Fib { result: FibResult::Type, flags: HashSet::from([FibFlag::Daddr]) };
-    matches(Expression::Named(NamedExpression::Fib(fib)), Operator::EQ, s("local"))
-}
-
-fn goto(chain: &str) -> Expression<'static> {
-    Expression::Verdict(Verdict::Goto(JumpTarget { target: Cow::Owned(chain.to_string()) }))
-}
-
-fn jump(chain: &str) -> Statement<'static> {
-    Statement::Jump(JumpTarget { target: Cow::Owned(chain.to_string()) })
-}
-
-fn set_ref(name: &str) -> Expression<'static> {
-    s(&format!("@{name}"))
+    doc: Document<'t>,
 }
 
 /// `ip daddr . meta l4proto . th dport`: a service's address, protocol and port.
@@ -152,99 +106,29 @@ impl Names {
 
 impl<'t> Transaction<'t> {
     pub fn new(table: &'t str) -> Self {
-        Transaction { table, commands: Vec::new() }
+        Transaction { doc: Document::new(table) }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.commands.is_empty()
-    }
-
-    fn push(&mut self, command: NfCmd<'static>) {
-        let object = NfObject::CmdObject(command);
-        self.commands.push(serde_json::to_value(object).unwrap_or_default());
-    }
-
-    fn add(&mut self, object: NfListObject<'static>) {
-        self.push(NfCmd::Add(object));
-    }
-
-    fn delete(&mut self, object: NfListObject<'static>) {
-        self.push(NfCmd::Delete(object));
-    }
-
-    fn flush(&mut self, object: FlushObject<'static>) {
-        self.push(NfCmd::Flush(object));
-    }
-
-    fn chain(&self, name: &str) -> Chain<'static> {
-        Chain {
-            family: NfFamily::IP,
-            table: Cow::Owned(self.table.to_string()),
-            name: Cow::Owned(name.to_string()),
-            ..Chain::default()
-        }
-    }
-
-    fn base_chain(&self, name: &str, kind: NfChainType, hook: NfHook, prio: i32) -> Chain<'static> {
-        Chain { _type: Some(kind), hook: Some(hook), prio: Some(prio), ..self.chain(name) }
-    }
-
-    fn rule(&mut self, chain: &str, statements: Vec<Statement<'static>>) {
-        self.add(NfListObject::Rule(Rule {
-            family: NfFamily::IP,
-            table: Cow::Owned(self.table.to_string()),
-            chain: Cow::Owned(chain.to_string()),
-            expr: Cow::Owned(statements),
-            handle: None,
-            index: None,
-            comment: None,
-        }));
-    }
-
-    fn set(&self, name: &str, kind: SetTypeValue<'static>, flags: &[SetFlag]) -> Set<'static> {
-        Set {
-            family: NfFamily::IP,
-            table: Cow::Owned(self.table.to_string()),
-            name: Cow::Owned(name.to_string()),
-            set_type: kind,
-            flags: (!flags.is_empty()).then(|| flags.iter().copied().collect()),
-            ..Set::default()
-        }
-    }
-
-    fn element(&self, set: &str, elements: Vec<Expression<'static>>) -> NfListObject<'static> {
-        NfListObject::Element(Element {
-            family: NfFamily::IP,
-            table: Cow::Owned(self.table.to_string()),
-            name: Cow::Owned(set.to_string()),
-            elem: Cow::Owned(elements),
-        })
+        self.doc.is_empty()
     }
 
     /// A fresh table: whatever an earlier agent left is removed in the same transaction, so traffic meets
     /// either the old rules or the new ones.
     pub fn recreate_table(&mut self) {
-        let table = Table { family: NfFamily::IP, name: Cow::Owned(self.table.to_string()), handle: None };
-        self.add(NfListObject::Table(table.clone()));
-        self.delete(NfListObject::Table(table.clone()));
-        self.add(NfListObject::Table(table));
+        self.doc.recreate_table();
         let address =
             SetTypeValue::Concatenated(Cow::Owned(vec![SetType::Ipv4Addr, SetType::InetProto, SetType::InetService]));
         let node_port = SetTypeValue::Concatenated(Cow::Owned(vec![SetType::InetProto, SetType::InetService]));
-        for (name, key) in [(SERVICE_IPS, address.clone()), (SERVICE_NODEPORTS, node_port.clone())] {
-            // The crate's set types lack `verdict`, the value type of a verdict map: this one object is
-            // written as nft's JSON directly.
-            self.commands.push(serde_json::json!({"add": {"map": {
-                "family": "ip", "table": self.table, "name": name, "type": key, "map": "verdict",
-            }}}));
-        }
+        self.doc.verdict_map(SERVICE_IPS, serde_json::json!(["ipv4_addr", "inet_proto", "inet_service"]));
+        self.doc.verdict_map(SERVICE_NODEPORTS, serde_json::json!(["inet_proto", "inet_service"]));
         let sets = [
-            self.set(NO_ENDPOINT_SERVICES, address, &[]),
-            self.set(NO_ENDPOINT_NODEPORTS, node_port, &[]),
-            self.set(POD_RANGES, SetTypeValue::Single(SetType::Ipv4Addr), &[SetFlag::Interval]),
+            self.doc.set(NO_ENDPOINT_SERVICES, address, &[]),
+            self.doc.set(NO_ENDPOINT_NODEPORTS, node_port, &[]),
+            self.doc.set(POD_RANGES, SetTypeValue::Single(SetType::Ipv4Addr), &[SetFlag::Interval]),
         ];
         for set in sets {
-            self.add(NfListObject::Set(Box::new(set)));
+            self.doc.add(NfListObject::Set(Box::new(set)));
         }
         for (name, kind, hook, prio) in [
             ("prerouting", NfChainType::NAT, NfHook::Prerouting, DSTNAT),
@@ -254,26 +138,26 @@ impl<'t> Transaction<'t> {
             ("filter-forward", NfChainType::Filter, NfHook::Forward, FILTER),
             ("filter-output", NfChainType::Filter, NfHook::Output, FILTER),
         ] {
-            let chain = self.base_chain(name, kind, hook, prio);
-            self.add(NfListObject::Chain(chain));
+            let chain = self.doc.base_chain(name, kind, hook, prio);
+            self.doc.add(NfListObject::Chain(chain));
         }
         for name in [SERVICES_CHAIN, MARK_CHAIN, MASQUERADE_CHAIN, REJECT_CHAIN] {
-            let chain = self.chain(name);
-            self.add(NfListObject::Chain(chain));
+            let chain = self.doc.chain(name);
+            self.doc.add(NfListObject::Chain(chain));
         }
-        self.rule("prerouting", vec![jump(SERVICES_CHAIN)]);
-        self.rule("output", vec![jump(SERVICES_CHAIN)]);
-        self.rule("postrouting", vec![jump(MASQUERADE_CHAIN)]);
-        self.rule(
+        self.doc.rule("prerouting", vec![jump(SERVICES_CHAIN)]);
+        self.doc.rule("output", vec![jump(SERVICES_CHAIN)]);
+        self.doc.rule("postrouting", vec![jump(MASQUERADE_CHAIN)]);
+        self.doc.rule(
             SERVICES_CHAIN,
             vec![Statement::VerdictMap(VerdictMap { key: address_key(), data: set_ref(SERVICE_IPS) })],
         );
         // Node ports answer on the node's own addresses, not on 127.0.0.1 (as kube-proxy's nftables mode:
         // the kernel would not route the DNATed packet out of loopback).
-        self.rule(
+        self.doc.rule(
             SERVICES_CHAIN,
             vec![
-                fib_daddr_local(),
+                is_local(FibFlag::Daddr),
                 matches(field("ip", "daddr"), Operator::NEQ, prefix(Ipv4Addr::LOCALHOST, 8)),
                 Statement::VerdictMap(VerdictMap { key: node_port_key(), data: set_ref(SERVICE_NODEPORTS) }),
             ],
@@ -283,7 +167,7 @@ impl<'t> Transaction<'t> {
             meta(MetaKey::Mark),
             Expression::Number(MASQUERADE_MARK),
         ])));
-        self.rule(MARK_CHAIN, vec![Statement::Mangle(Mangle { key: mark.clone(), value: or_mark })]);
+        self.doc.rule(MARK_CHAIN, vec![Statement::Mangle(Mangle { key: mark.clone(), value: or_mark })]);
         let marked = Expression::BinaryOperation(Box::new(nftables::expr::BinaryOperation::AND(
             meta(MetaKey::Mark),
             Expression::Number(MASQUERADE_MARK),
@@ -294,7 +178,7 @@ impl<'t> Transaction<'t> {
         )));
         let fully_random =
             Some(NAT { addr: None, family: None, port: None, flags: Some(HashSet::from([NATFlag::FullyRandom])) });
-        self.rule(
+        self.doc.rule(
             MASQUERADE_CHAIN,
             vec![
                 matches(marked, Operator::EQ, Expression::Number(MASQUERADE_MARK)),
@@ -303,7 +187,7 @@ impl<'t> Transaction<'t> {
             ],
         );
         // Pods reach every pod range by their own address; anything else sees the node's.
-        self.rule(
+        self.doc.rule(
             MASQUERADE_CHAIN,
             vec![
                 matches(field("ip", "saddr"), Operator::EQ, set_ref(POD_RANGES)),
@@ -317,7 +201,7 @@ impl<'t> Transaction<'t> {
             s("new"),
         );
         for chain in ["filter-input", "filter-forward", "filter-output"] {
-            self.rule(
+            self.doc.rule(
                 chain,
                 vec![
                     new.clone(),
@@ -326,26 +210,26 @@ impl<'t> Transaction<'t> {
                 ],
             );
         }
-        self.rule(
+        self.doc.rule(
             "filter-input",
             vec![
                 new,
-                fib_daddr_local(),
+                is_local(FibFlag::Daddr),
                 matches(node_port_key(), Operator::EQ, set_ref(NO_ENDPOINT_NODEPORTS)),
                 jump(REJECT_CHAIN),
             ],
         );
-        self.rule(REJECT_CHAIN, vec![Statement::Reject(Some(Reject::new(None, None)))]);
+        self.doc.rule(REJECT_CHAIN, vec![Statement::Reject(Some(Reject::new(None, None)))]);
     }
 
     /// The pod ranges of every node: their traffic among themselves keeps its addresses.
     pub fn set_pod_ranges(&mut self, ranges: &[(Ipv4Addr, u8)]) {
-        let set = self.set(POD_RANGES, SetTypeValue::Single(SetType::Ipv4Addr), &[SetFlag::Interval]);
-        self.flush(FlushObject::Set(Box::new(set)));
+        let set = self.doc.set(POD_RANGES, SetTypeValue::Single(SetType::Ipv4Addr), &[SetFlag::Interval]);
+        self.doc.flush(FlushObject::Set(Box::new(set)));
         if !ranges.is_empty() {
             let elements = ranges.iter().map(|(network, len)| prefix(*network, *len)).collect();
-            let element = self.element(POD_RANGES, elements);
-            self.add(element);
+            let element = self.doc.element(POD_RANGES, elements);
+            self.doc.add(element);
         }
     }
 
@@ -360,7 +244,7 @@ impl<'t> Transaction<'t> {
         let old_lookups = old.map(|port| self.lookups(port)).unwrap_or_default();
         let new_lookups = new.map(|port| self.lookups(port)).unwrap_or_default();
         for gone in old_lookups.iter().filter(|l| !new_lookups.contains(l)) {
-            self.delete(gone.clone());
+            self.doc.delete(gone.clone());
         }
         if let Some(new) = new {
             let names = Names::of(new);
@@ -376,7 +260,7 @@ impl<'t> Transaction<'t> {
             self.remove_chains(old, new);
         }
         for added in new_lookups.iter().filter(|l| !old_lookups.contains(l)) {
-            self.add(added.clone());
+            self.doc.add(added.clone());
         }
     }
 
@@ -387,7 +271,7 @@ impl<'t> Transaction<'t> {
         self.reset_chain(&service_chain);
         // Connections from outside the pod ranges (the node itself, another node) must come back through
         // this node to be un-DNATed.
-        self.rule(
+        self.doc.rule(
             &service_chain,
             vec![matches(field("ip", "saddr"), Operator::NEQ, set_ref(POD_RANGES)), jump(MARK_CHAIN)],
         );
@@ -399,24 +283,21 @@ impl<'t> Transaction<'t> {
         self.reset_chain(&external_chain);
         if port.external_local {
             // Pods using a node port or an external address are inside the cluster: any endpoint does.
-            self.rule(
+            self.doc.rule(
                 &external_chain,
-                vec![
-                    matches(field("ip", "saddr"), Operator::EQ, set_ref(POD_RANGES)),
-                    Statement::Goto(JumpTarget { target: Cow::Owned(service_chain) }),
-                ],
+                vec![matches(field("ip", "saddr"), Operator::EQ, set_ref(POD_RANGES)), goto(&service_chain)],
             );
         } else {
-            self.rule(&external_chain, vec![jump(MARK_CHAIN)]);
+            self.doc.rule(&external_chain, vec![jump(MARK_CHAIN)]);
         }
         self.dispatch(&external_chain, port, &port.external_endpoints());
     }
 
     /// Empties `chain`, making it if missing.
     fn reset_chain(&mut self, name: &str) {
-        let chain = self.chain(name);
-        self.add(NfListObject::Chain(chain.clone()));
-        self.flush(FlushObject::Chain(chain));
+        let chain = self.doc.chain(name);
+        self.doc.add(NfListObject::Chain(chain.clone()));
+        self.doc.flush(FlushObject::Chain(chain));
     }
 
     /// Sends what reaches `chain` to one of `endpoints`: the one a client with affinity last used, else
@@ -428,11 +309,11 @@ impl<'t> Transaction<'t> {
         let names = Names::of(port);
         if let Some(seconds) = port.affinity_seconds {
             for endpoint in endpoints {
-                self.rule(
+                self.doc.rule(
                     chain,
                     vec![
                         matches(field("ip", "saddr"), Operator::EQ, set_ref(&names.affinity(endpoint, seconds))),
-                        Statement::Goto(JumpTarget { target: Cow::Owned(names.endpoint(endpoint)) }),
+                        goto(&names.endpoint(endpoint)),
                     ],
                 );
             }
@@ -445,17 +326,19 @@ impl<'t> Transaction<'t> {
         let choices = endpoints
             .iter()
             .enumerate()
-            .map(|(i, endpoint)| SetItem::Mapping(Expression::Number(i as u32), goto(&names.endpoint(endpoint))))
+            .map(|(i, endpoint)| {
+                SetItem::Mapping(Expression::Number(i as u32), goto_verdict(&names.endpoint(endpoint)))
+            })
             .collect();
         let data = Expression::Named(NamedExpression::Set(choices));
-        self.rule(chain, vec![Statement::VerdictMap(VerdictMap { key: random, data })]);
+        self.doc.rule(chain, vec![Statement::VerdictMap(VerdictMap { key: random, data })]);
     }
 
     fn endpoint_chain(&mut self, names: &Names, port: &ServicePort, endpoint: &Endpoint) {
         let chain = names.endpoint(endpoint);
         self.reset_chain(&chain);
         // A pod reaching itself through the Service: its reply would not pass this node's NAT otherwise.
-        self.rule(
+        self.doc.rule(
             &chain,
             vec![matches(field("ip", "saddr"), Operator::EQ, s(&endpoint.ip.to_string())), jump(MARK_CHAIN)],
         );
@@ -463,10 +346,10 @@ impl<'t> Transaction<'t> {
             let affinity = names.affinity(endpoint, seconds);
             let set = Set {
                 timeout: Some(seconds),
-                ..self.set(&affinity, SetTypeValue::Single(SetType::Ipv4Addr), &[SetFlag::Timeout])
+                ..self.doc.set(&affinity, SetTypeValue::Single(SetType::Ipv4Addr), &[SetFlag::Timeout])
             };
-            self.add(NfListObject::Set(Box::new(set)));
-            self.rule(
+            self.doc.add(NfListObject::Set(Box::new(set)));
+            self.doc.rule(
                 &chain,
                 vec![Statement::Set(nftables::stmt::Set {
                     op: nftables::stmt::SetOp::Update,
@@ -481,7 +364,7 @@ impl<'t> Transaction<'t> {
             port: Some(Expression::Number(u32::from(endpoint.port))),
             flags: None,
         };
-        self.rule(
+        self.doc.rule(
             &chain,
             vec![matches(meta(MetaKey::L4proto), Operator::EQ, s(port.protocol.nft())), Statement::DNAT(Some(target))],
         );
@@ -502,18 +385,19 @@ impl<'t> Transaction<'t> {
         chains.extend(old.endpoints.iter().filter(|e| !kept(e)).map(|e| names.endpoint(e)));
         // All emptied before any goes: the external chain jumps to the service chain.
         for name in &chains {
-            let chain = self.chain(name);
-            self.flush(FlushObject::Chain(chain));
+            let chain = self.doc.chain(name);
+            self.doc.flush(FlushObject::Chain(chain));
         }
         for name in &chains {
-            let chain = self.chain(name);
-            self.delete(NfListObject::Chain(chain));
+            let chain = self.doc.chain(name);
+            self.doc.delete(NfListObject::Chain(chain));
         }
         if let Some(seconds) = old.affinity_seconds {
             let same_sets = new.is_some_and(|new| new.affinity_seconds == Some(seconds));
             for endpoint in old.endpoints.iter().filter(|e| !(same_sets && kept(e))) {
-                let set = self.set(&names.affinity(endpoint, seconds), SetTypeValue::Single(SetType::Ipv4Addr), &[]);
-                self.delete(NfListObject::Set(Box::new(set)));
+                let set =
+                    self.doc.set(&names.affinity(endpoint, seconds), SetTypeValue::Single(SetType::Ipv4Addr), &[]);
+                self.doc.delete(NfListObject::Set(Box::new(set)));
             }
         }
     }
@@ -527,25 +411,25 @@ impl<'t> Transaction<'t> {
         for ip in &port.cluster_ips {
             let key = address_element(*ip, port, port.port);
             found.push(if internal {
-                self.element(SERVICE_IPS, vec![Expression::List(vec![key, goto(&names.service())])])
+                self.doc.element(SERVICE_IPS, vec![Expression::List(vec![key, goto_verdict(&names.service())])])
             } else {
-                self.element(NO_ENDPOINT_SERVICES, vec![key])
+                self.doc.element(NO_ENDPOINT_SERVICES, vec![key])
             });
         }
         for ip in &port.external_ips {
             let key = address_element(*ip, port, port.port);
             found.push(if external {
-                self.element(SERVICE_IPS, vec![Expression::List(vec![key, goto(&names.external())])])
+                self.doc.element(SERVICE_IPS, vec![Expression::List(vec![key, goto_verdict(&names.external())])])
             } else {
-                self.element(NO_ENDPOINT_SERVICES, vec![key])
+                self.doc.element(NO_ENDPOINT_SERVICES, vec![key])
             });
         }
         if let Some(node_port) = port.node_port {
             let key = node_port_element(port, node_port);
             found.push(if external {
-                self.element(SERVICE_NODEPORTS, vec![Expression::List(vec![key, goto(&names.external())])])
+                self.doc.element(SERVICE_NODEPORTS, vec![Expression::List(vec![key, goto_verdict(&names.external())])])
             } else {
-                self.element(NO_ENDPOINT_NODEPORTS, vec![key])
+                self.doc.element(NO_ENDPOINT_NODEPORTS, vec![key])
             });
         }
         found
@@ -553,19 +437,13 @@ impl<'t> Transaction<'t> {
 
     /// Removes the whole table (the agent stops: nothing of it stays in the kernel).
     pub fn delete_table(&mut self) {
-        let table = Table { family: NfFamily::IP, name: Cow::Owned(self.table.to_string()), handle: None };
-        self.add(NfListObject::Table(table.clone()));
-        self.delete(NfListObject::Table(table));
+        self.doc.delete_table();
     }
 
     /// The transaction as nft's JSON input (`nft -j -f -`).
     pub fn into_document(self) -> String {
-        serde_json::json!({"nftables": self.commands}).to_string()
+        self.doc.into_json()
     }
-}
-
-fn prefix(network: Ipv4Addr, len: u8) -> Expression<'static> {
-    Expression::Named(NamedExpression::Prefix(Prefix { addr: Box::new(s(&network.to_string())), len: u32::from(len) }))
 }
 
 #[cfg(test)]
