@@ -40,6 +40,7 @@ struct Context {
     client: kube::Client,
     recorder: Recorder,
     nodes: Store<Node>,
+    shutdown: CancellationToken,
 }
 
 /// Runs the DaemonSet controller until `shutdown`.
@@ -64,6 +65,7 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
         recorder: Recorder::new(client.clone(), "daemonset-controller"),
         client: client.clone(),
         nodes,
+        shutdown: shutdown.clone(),
     });
     Controller::new(Api::<DaemonSet>::all(client.clone()), watcher::Config::default())
         .owns(Api::<Pod>::all(client), watcher::Config::default().labels(TEMPLATE_GENERATION))
@@ -109,7 +111,7 @@ async fn sync(set: &DaemonSet, context: &Context) -> Result<Action, Error> {
         tracing::warn!("daemonset selector is invalid; nothing to do");
         return Ok(Action::await_change());
     };
-    if context.nodes.wait_until_ready().await.is_err() {
+    if !crate::caches_ready(&context.shutdown, context.nodes.wait_until_ready()).await {
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     let pods: Api<Pod> = Api::namespaced(context.client.clone(), &namespace);

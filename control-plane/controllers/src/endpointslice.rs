@@ -51,6 +51,7 @@ struct Context {
     pods: Store<Pod>,
     slices: Store<EndpointSlice>,
     endpoints: Store<Endpoints>,
+    shutdown: CancellationToken,
 }
 
 /// Runs the controller until `shutdown`.
@@ -72,7 +73,7 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
             .default_backoff()
             .touched_objects();
     let listed = slices.clone();
-    let context = Arc::new(Context { client, pods, slices, endpoints });
+    let context = Arc::new(Context { client, pods, slices, endpoints, shutdown: shutdown.clone() });
     controller
         .watches_stream(pod_events, move |pod: Pod| services_of(&pod, &services, &listed))
         .owns_stream(slice_events)
@@ -146,13 +147,15 @@ async fn sync(service: &Service, context: &Context) -> Result<Action, Error> {
     if service.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let ready = futures::try_join!(
-        context.pods.wait_until_ready(),
-        context.slices.wait_until_ready(),
-        context.endpoints.wait_until_ready()
-    );
-    if ready.is_err() {
-        // A writer is gone: the controller is shutting down.
+    let caches = async {
+        futures::try_join!(
+            context.pods.wait_until_ready(),
+            context.slices.wait_until_ready(),
+            context.endpoints.wait_until_ready()
+        )
+        .map(drop)
+    };
+    if !crate::caches_ready(&context.shutdown, caches).await {
         return Ok(Action::await_change());
     }
     let name = service.name_any();

@@ -42,8 +42,23 @@ impl Default for Config {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("api request failed")]
+    #[error("api request failed: {0}")]
     Kube(#[from] kube::Error),
+}
+
+/// Waits until `ready` (a controller's caches have listed) unless `shutdown` comes first: a controller
+/// shutting down stops polling its watches, so a reconcile still waiting for them would hold the shutdown
+/// for ever (a server stopped right after it started never exited). False when shutting down, or when a
+/// cache is gone.
+pub(crate) async fn caches_ready<E>(
+    shutdown: &CancellationToken,
+    ready: impl std::future::Future<Output = Result<(), E>>,
+) -> bool {
+    tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => false,
+        result = ready => result.is_ok(),
+    }
 }
 
 /// Runs the scheduler and every controller until `shutdown`.

@@ -79,6 +79,7 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
         client,
         pods,
         expectations,
+        shutdown: shutdown.clone(),
     });
     controller
         .watches_stream(pod_events, move |pod: Pod| triggers(&pod, &replicasets, replicaset_selector))
@@ -93,6 +94,7 @@ struct Context {
     recorder: Recorder,
     pods: Store<Pod>,
     expectations: Arc<Expectations>,
+    shutdown: CancellationToken,
 }
 
 fn replicaset_selector(rs: &ReplicaSet) -> Option<&LabelSelector> {
@@ -114,7 +116,9 @@ async fn reconcile(rs: Arc<ReplicaSet>, context: Arc<Context>) -> Result<Action,
 }
 
 async fn sync(rs: &ReplicaSet, context: &Context) -> Result<Action, Error> {
-    context.pods.wait_until_ready().await.map_err(|_| Error::CacheGone)?;
+    if !crate::caches_ready(&context.shutdown, context.pods.wait_until_ready()).await {
+        return Err(Error::CacheGone);
+    }
     let namespace = rs.namespace().unwrap_or_default();
     let key = format!("{namespace}/{}", rs.name_any());
     let selector = parse_selector(replicaset_selector(rs))?;

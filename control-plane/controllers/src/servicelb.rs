@@ -38,6 +38,7 @@ const MANAGER: &str = "servicelb.skiff.dev";
 struct Context {
     client: kube::Client,
     nodes: Store<Node>,
+    shutdown: CancellationToken,
 }
 
 /// Runs the controller until `shutdown`.
@@ -59,7 +60,7 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
             };
             std::future::ready(changed.then_some(()))
         });
-    let context = Arc::new(Context { client: client.clone(), nodes });
+    let context = Arc::new(Context { client: client.clone(), nodes, shutdown: shutdown.clone() });
     Controller::new(Api::<Service>::all(client), watcher::Config::default())
         .reconcile_all_on(node_changes)
         .graceful_shutdown_on(shutdown.cancelled_owned())
@@ -80,7 +81,7 @@ async fn reconcile(service: Arc<Service>, context: Arc<Context>) -> Result<Actio
 
 async fn sync(service: &Service, context: &Context) -> Result<Action, Error> {
     let Some(namespace) = service.namespace() else { return Ok(Action::await_change()) };
-    if context.nodes.wait_until_ready().await.is_err() {
+    if !crate::caches_ready(&context.shutdown, context.nodes.wait_until_ready()).await {
         return Ok(Action::await_change());
     }
     let nodes = context.nodes.state();
