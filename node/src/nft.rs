@@ -210,6 +210,30 @@ impl<'t> Document<'t> {
     }
 }
 
+/// The table of network `id`'s service proxy (named as the node's bridge is, `skf<id>`, so that agents
+/// sharing one machine's network keep apart).
+pub fn proxy_table(network_id: &str) -> String {
+    format!("skiff-{network_id}")
+}
+
+/// The table of network `id`'s network policies.
+pub fn policy_table(network_id: &str) -> String {
+    format!("skiff-policy-{network_id}")
+}
+
+/// Removes network `id`'s tables: what an agent killed before its own shutdown could remove them left.
+pub fn remove_network_tables(network_id: &str) -> Result<(), nftables::helper::NftablesError> {
+    let mut commands = Vec::new();
+    for table in [proxy_table(network_id), policy_table(network_id)] {
+        let mut document = Document::new(&table);
+        document.delete_table();
+        commands.append(&mut document.commands);
+    }
+    let document = serde_json::json!({"nftables": commands}).to_string();
+    let no_args: [&str; 0] = [];
+    nftables::helper::apply_ruleset_raw(&document, None::<&str>, no_args).map(drop)
+}
+
 /// Applies a document through `nft -j -f -`: one netlink batch, applied whole or not at all.
 pub async fn apply(document: &str) -> Result<(), nftables::helper::NftablesError> {
     let no_args: [&str; 0] = [];

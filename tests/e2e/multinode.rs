@@ -214,7 +214,13 @@ pub fn pods_and_services_span_nodes() {
             break String::from_utf8_lossy(&out.stdout).trim().to_string();
         }
         let state = || nodes.hosts.iter().map(|(netns, _)| network_state(netns)).collect::<Vec<_>>().join("\n");
-        assert!(started.elapsed() < TIMEOUT, "the client cannot reach the server on the other node:\n{}", state());
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "the client cannot reach the server on the other node: {}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            state()
+        );
     };
     assert_eq!(answer, format!("server-a {client}"), "the server sees the client's own address");
 

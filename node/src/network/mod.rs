@@ -289,7 +289,13 @@ impl Network {
         std::fs::create_dir_all(&claims).map_err(io_error("cannot create", &claims))?;
         // What agents since removed from this machine left behind (tests' agents, killed with their pods).
         Claim::reap_stale(&claims);
-        let claim = Claim { data_dir: data_dir.clone(), bridge: bridge.clone(), run_dir: run_dir.clone() };
+        let claim = Claim {
+            data_dir: data_dir.clone(),
+            bridge: bridge.clone(),
+            run_dir: run_dir.clone(),
+            network_id: Some(id.clone()),
+            netns: sys::current_netns(),
+        };
         let chosen = match (config.node_pod_cidr, config.pod_cidr) {
             (Some(text), flag) => {
                 let cidr: Ipv4Cidr = text.parse()?;
@@ -681,12 +687,17 @@ fn parse_route(line: &str) -> Option<Ipv4Cidr> {
     Some(Ipv4Cidr { network, prefix })
 }
 
-/// A claim on a pod range by one agent on this machine: a file naming its data dir, bridge and namespace
-/// directory, so that once the data dir is gone (a test's agent) the range and what it left can be reclaimed.
+/// A claim on a pod range by one agent on this machine: a file naming its data dir, bridge, namespace
+/// directory, network id and network namespace, so that once the data dir is gone (a test's agent) the
+/// range and what the agent left in its network namespace can be reclaimed.
 struct Claim {
     data_dir: PathBuf,
     bridge: String,
     run_dir: PathBuf,
+    /// Names its nftables tables; claims written before it was recorded have none.
+    network_id: Option<String>,
+    /// Where its bridge and tables are (agents in network namespaces of their own share the claims).
+    netns: Option<String>,
 }
 
 impl Claim {
@@ -695,12 +706,22 @@ impl Claim {
     }
 
     fn encode(&self) -> String {
-        format!("{}\n{}\n{}\n", self.data_dir.display(), self.bridge, self.run_dir.display())
+        let optional = |value: &Option<String>| value.clone().unwrap_or_default();
+        format!(
+            "{}\n{}\n{}\n{}\n{}\n",
+            self.data_dir.display(),
+            self.bridge,
+            self.run_dir.display(),
+            optional(&self.network_id),
+            optional(&self.netns)
+        )
     }
 
     fn decode(text: &str) -> Option<Claim> {
         let mut lines = text.lines();
-        Some(Claim { data_dir: lines.next()?.into(), bridge: lines.next()?.into(), run_dir: lines.next()?.into() })
+        let (data_dir, bridge, run_dir) = (lines.next()?.into(), lines.next()?.into(), lines.next()?.into());
+        let mut optional = || lines.next().filter(|line| !line.is_empty()).map(str::to_string);
+        Some(Claim { data_dir, bridge, run_dir, network_id: optional(), netns: optional() })
     }
 
     /// Claims `cidr`; true when it is ours (now or already): no other agent's claim overlaps it. `force`
@@ -726,29 +747,51 @@ impl Claim {
         Ok(true)
     }
 
-    /// Removes the claims whose agent's data dir is gone, with the bridges and namespaces those agents left.
+    /// Removes the claims whose agent's data dir is gone, with what those agents left. What an agent left in
+    /// another network namespace is only reachable from there: its claim waits (keeping its range from
+    /// agents whose traffic that namespace's leftovers would catch) for an agent in that namespace, or for
+    /// the namespace to end, which takes the leftovers with it.
     fn reap_stale(claims: &Path) {
+        let here = sys::current_netns();
         for entry in std::fs::read_dir(claims).into_iter().flatten().flatten() {
             let path = entry.path();
             let Some(holder) = std::fs::read_to_string(&path).ok().and_then(|text| Self::decode(&text)) else {
                 continue;
             };
-            if !holder.data_dir.exists() {
-                holder.reap(&path);
+            if holder.data_dir.exists() {
+                continue;
+            }
+            match &holder.netns {
+                Some(netns) if here.as_ref() != Some(netns) => {
+                    if !sys::netns_exists(netns) {
+                        holder.release(&path);
+                    }
+                }
+                _ => holder.reap(&path),
             }
         }
     }
 
-    /// Its namespaces (their veths go with them), its bridge, its claim file at `path`.
+    /// Its bridge and nftables tables (in this namespace), then the rest of its claim.
     fn reap(&self, path: &Path) {
         tracing::info!(data_dir = %self.data_dir.display(), "reclaiming the pod range of a removed agent");
+        if let Err(e) = sys::delete_bridge(&self.bridge) {
+            tracing::warn!(bridge = %self.bridge, error = %e, "cannot remove a removed agent's bridge");
+        }
+        if let Some(id) = &self.network_id
+            && let Err(e) = crate::nft::remove_network_tables(id)
+        {
+            tracing::warn!(network = %id, error = %e, "cannot remove a removed agent's nftables tables");
+        }
+        self.release(path);
+    }
+
+    /// Its pods' namespaces (their veths go with them), its namespace directory, its claim file at `path`.
+    fn release(&self, path: &Path) {
         for entry in std::fs::read_dir(self.run_dir.join("netns")).into_iter().flatten().flatten() {
             let _ = sys::remove_netns(&entry.path());
         }
         let _ = std::fs::remove_dir_all(&self.run_dir);
-        if let Err(e) = sys::delete_bridge(&self.bridge) {
-            tracing::warn!(bridge = %self.bridge, error = %e, "cannot remove a removed agent's bridge");
-        }
         let _ = std::fs::remove_file(path);
     }
 }
@@ -847,12 +890,18 @@ mod tests {
         let cidr = POOL.subnet(24, 9);
         let data = dir.path().join("agent-a");
         std::fs::create_dir_all(&data).unwrap();
-        let a = Claim { data_dir: data.clone(), bridge: "skfnone0000".into(), run_dir: dir.path().join("run-a") };
-        let b = Claim {
-            data_dir: dir.path().join("agent-b"),
-            bridge: "skfnone0001".into(),
-            run_dir: dir.path().join("run-b"),
+        let here = sys::current_netns();
+        assert!(here.is_some(), "this process's network namespace");
+        let claim = |name: &str, bridge: &str| Claim {
+            data_dir: dir.path().join(format!("agent-{name}")),
+            bridge: bridge.into(),
+            run_dir: dir.path().join(format!("run-{name}")),
+            network_id: None,
+            netns: here.clone(),
         };
+        let a = claim("a", "skfnone0000");
+        let b = claim("b", "skfnone0001");
+        assert_eq!(data, a.data_dir);
         assert!(a.take(&claims, cidr, false).unwrap());
         assert!(a.take(&claims, cidr, false).unwrap(), "a claim is its holder's again");
         assert!(!b.take(&claims, cidr, false).unwrap(), "and nobody else's");
@@ -863,5 +912,29 @@ mod tests {
         std::fs::remove_dir_all(&data).unwrap();
         Claim::reap_stale(&claims);
         assert!(b.take(&claims, cidr, false).unwrap(), "a removed agent's claim is reclaimed");
+
+        // An agent that ran in another network namespace: its claim waits for that namespace to end.
+        assert!(is_root(), "the claims test makes a network namespace: run it as root");
+        let mut holder = std::process::Command::new("unshare").args(["--net", "sleep", "60"]).spawn().unwrap();
+        let namespace = format!("/proc/{}/ns/net", holder.id());
+        // unshare is in this namespace until it has made its own.
+        let elsewhere = (0..500)
+            .find_map(|_| {
+                let netns = sys::netns_of(Path::new(&namespace)).filter(|ns| Some(ns) != here.as_ref());
+                if netns.is_none() {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                netns
+            })
+            .expect("unshare makes a network namespace");
+        let away = Claim { netns: Some(elsewhere), ..claim("away", "skfnone0002") };
+        let range = POOL.subnet(24, 40);
+        assert!(away.take(&claims, range, false).unwrap());
+        Claim::reap_stale(&claims);
+        assert!(!b.take(&claims, range, false).unwrap(), "a claim from a namespace that still exists stays");
+        holder.kill().unwrap();
+        holder.wait().unwrap();
+        Claim::reap_stale(&claims);
+        assert!(b.take(&claims, range, false).unwrap(), "and goes with its namespace");
     }
 }

@@ -75,6 +75,31 @@ pub fn remove_netns(path: &Path) -> io::Result<()> {
     }
 }
 
+/// The network namespace this process runs in, named by its nsfs file's device and inode (`dev:ino`),
+/// which stay the same for as long as the namespace exists.
+pub fn current_netns() -> Option<String> {
+    netns_of(Path::new("/proc/self/ns/net"))
+}
+
+pub(super) fn netns_of(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = std::fs::metadata(path).ok()?;
+    Some(format!("{}:{}", metadata.dev(), metadata.ino()))
+}
+
+/// Whether the network namespace `id` (as [`current_netns`] names it) still exists: a process runs in it
+/// or a file under /run/netns (`ip netns`) holds it.
+pub fn netns_exists(id: &str) -> bool {
+    let named = std::fs::read_dir("/run/netns").into_iter().flatten().flatten().map(|entry| entry.path());
+    let processes = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .map(|entry| entry.path().join("ns/net"));
+    named.chain(processes).any(|path| netns_of(&path).as_deref() == Some(id))
+}
+
 /// An AF_INET datagram socket: what the interface and bridge ioctls are made on.
 fn inet_socket() -> io::Result<OwnedFd> {
     // SAFETY: socket has no memory arguments; the descriptor is owned right away.

@@ -40,7 +40,7 @@ enum Source {
 /// one machine's network keep apart).
 pub async fn run(client: Client, node_name: String, network_id: &str, shutdown: CancellationToken) {
     let span = tracing::info_span!("network_policy", node = %node_name);
-    let table = format!("skiff-policy-{network_id}");
+    let table = crate::nft::policy_table(network_id);
     enforce(client, node_name, table, shutdown).instrument(span).await;
 }
 

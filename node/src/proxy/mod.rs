@@ -271,7 +271,7 @@ pub struct NodeNetwork {
 /// The proxy of a node: runs until `shutdown`, then removes what it programmed.
 pub async fn run(client: Client, node: NodeNetwork, caches: SharedCaches, shutdown: CancellationToken) {
     let NodeNetwork { name: node_name, network_id, ip: node_ip, range: own_range, routes: route_mode } = node;
-    let table = format!("skiff-{network_id}");
+    let table = crate::nft::proxy_table(&network_id);
     let mut routes = match Routes::open(route_mode, own_range, node_ip).await {
         Ok(routes) => Some(routes),
         Err(e) => {
