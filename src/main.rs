@@ -148,6 +148,10 @@ struct NodeArgs {
     /// share a link, over VXLAN where they do not) or vxlan (over VXLAN always).
     #[arg(long, default_value = "host-gw")]
     pod_routes: skiff_node::proxy::RouteMode,
+    /// The memory limit of wasm containers that set no limits.memory: their memory is the agent's, so it is
+    /// never unbounded.
+    #[arg(long, default_value = "128Mi", value_parser = parse_memory)]
+    wasm_default_memory_limit: u64,
     /// Run wasm only, even where the host could run containers (an edge node with no container runtime).
     #[arg(long)]
     no_oci: bool,
@@ -198,6 +202,14 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     }
 }
 
+/// A memory quantity as Kubernetes writes one (`128Mi`, `1G`), in bytes.
+fn parse_memory(text: &str) -> Result<u64, String> {
+    skiff_api::validation::parse_quantity(text)
+        .filter(|bytes| *bytes >= 1.0)
+        .map(|bytes| bytes as u64)
+        .ok_or_else(|| format!("invalid memory quantity {text:?} (e.g. 128Mi)"))
+}
+
 impl NodeArgs {
     /// The registries file, read and checked now so a bad one stops the command before anything starts.
     fn registries(&self) -> anyhow::Result<skiff_node::images::Registries> {
@@ -220,6 +232,7 @@ impl NodeArgs {
             node_ip: self.node_ip,
             kubelet_port: self.kubelet_port,
             max_pods: self.max_pods,
+            wasm_default_memory_limit: self.wasm_default_memory_limit,
             pod_network: self.pod_network,
             pod_cidr: self.pod_cidr,
             pod_routes: self.pod_routes,

@@ -61,6 +61,8 @@ pub struct AgentConfig {
     /// Pods this node takes: the wasm runtime reserves an instance slot for each (HTTP guests' per-request
     /// instances share the slots), and the Node reports it as `capacity.pods`.
     pub max_pods: u32,
+    /// The memory limit of wasm containers that set none (`--wasm-default-memory-limit`).
+    pub wasm_default_memory_limit: u64,
     /// Whether pods get their own address, and a network namespace unless all their containers are wasm
     /// (`--pod-network`).
     pub pod_network: network::Mode,
@@ -110,6 +112,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     raise_open_files_limit(config.max_pods);
     let wasm_config = skiff_wasm::WasmConfig {
         max_instances: config.max_pods,
+        default_memory_limit: config.wasm_default_memory_limit,
         ..skiff_wasm::WasmConfig::new(config.data_dir.join("wasm-cache"))
     };
     let wasm = skiff_wasm::WasmShim::new(wasm_config).map_err(|e| AgentError::Wasm(Box::new(e)))?;

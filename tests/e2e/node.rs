@@ -164,6 +164,21 @@ pub fn memory_and_cpu_limits_hold() {
     let pod = node.wait_phase("oom", "Failed");
     assert_eq!(pod["status"]["containerStatuses"][0]["state"]["terminated"]["reason"], "OOMKilled");
 
+    // A guest with no limit that grows for ever: its memory is the agent's, so the node's default limit
+    // (128Mi) ends it, and the agent's peak stays far below what the guest asked for.
+    node.pod(
+        "hog",
+        "Never",
+        &format!("  - name: hog\n    image: {image}\n    env: [{{name: GROW_MB, value: \"8\"}}]\n"),
+    );
+    let pod = node.wait_phase("hog", "Failed");
+    let terminated = &pod["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(terminated["reason"], "OOMKilled", "{terminated}");
+    let message = terminated["message"].as_str().unwrap_or_default();
+    assert!(message.contains("134217728 bytes") && message.contains("node's default"), "{message}");
+    let peak = process_status_kib(node.agent.pid(), "VmHWM");
+    assert!(peak < 512 * 1024, "the agent's peak RSS reached {peak} KiB");
+
     node.pod("busy", "Never", &format!("  - name: busy\n    image: {image}\n    env: [{{name: SPIN, value: \"1\"}}]\n    resources: {{limits: {{cpu: 100m}}}}\n"));
     node.ticker("ticker", &ticker);
     node.wait_phase("busy", "Running");
@@ -181,6 +196,13 @@ pub fn memory_and_cpu_limits_hold() {
     assert!(times.len() >= 20, "the ticker kept ticking: {logs}");
     let worst = times.windows(2).map(|w| (w[1] - w[0]).get_milliseconds()).max().unwrap_or(0);
     assert!(worst < 600, "the ticker keeps its 100 ms rhythm beside the busy loop (worst gap {worst} ms)");
+}
+
+/// A `/proc/PID/status` figure in KiB (`VmRSS`, `VmHWM`).
+fn process_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let line = status.lines().find_map(|line| line.strip_prefix(&format!("{field}:"))).unwrap_or_default();
+    line.trim().trim_end_matches("kB").trim().parse().unwrap_or_else(|_| panic!("no {field} in /proc/{pid}/status"))
 }
 
 fn process_cpu_seconds(pid: u32) -> f64 {

@@ -5,6 +5,8 @@
 //! - `TRAP=1`: traps (wasm `unreachable`), the guest equivalent of a crash;
 //! - `ALLOC_MB=N`: allocates N MiB and writes to every page, then prints `allocated N MiB`; past the memory
 //!   limit the allocation fails and the guest traps, the guest equivalent of an OOM kill;
+//! - `GROW_MB=N`: allocates N MiB more, and writes to every page, again and again, keeping all of it: a
+//!   guest that never stops growing, until its memory limit ends it;
 //! - `SPIN=1`: busy-loops forever, for CPU-limit and deadline tests;
 //! - `EXIT_CODE=N`: exits with N (default 0). wasmtime accepts 0..=125; a larger code makes the host report
 //!   an error instead of an exit.
@@ -50,6 +52,10 @@ fn run(env: impl Fn(&str) -> Option<String>) -> Result<i32, String> {
         touch(bytes);
         println!("allocated {mb} MiB");
     }
+    if let Some(mb) = env("GROW_MB") {
+        let mb: usize = mb.trim().parse().map_err(|_| format!("GROW_MB={mb:?} is not a number of MiB"))?;
+        grow(mb.checked_mul(1 << 20).filter(|b| *b > 0).ok_or_else(|| format!("GROW_MB={mb} is out of range"))?);
+    }
     if flag(&env, "SPIN")? {
         spin();
     }
@@ -76,6 +82,17 @@ fn touch(bytes: usize) {
         *byte = 1;
     }
     black_box(&memory);
+}
+
+fn grow(step: usize) -> ! {
+    let mut kept = Vec::new();
+    loop {
+        let mut memory = vec![0u8; step];
+        for byte in memory.iter_mut().step_by(PAGE) {
+            *byte = 1;
+        }
+        kept.push(black_box(memory));
+    }
 }
 
 fn spin() -> ! {

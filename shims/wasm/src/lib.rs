@@ -43,6 +43,9 @@ const WASM_LAYER_MEDIA_TYPES: [&str; 3] = [
 /// plus one per in-flight request of a wasi:http container.
 pub const DEFAULT_MAX_INSTANCES: u32 = 1000;
 
+/// The memory a wasm container without `limits.memory` may use (`--wasm-default-memory-limit`).
+pub const DEFAULT_MEMORY_LIMIT: u64 = 128 << 20;
+
 /// Settings of the wasm shim.
 #[derive(Clone, Debug)]
 pub struct WasmConfig {
@@ -51,11 +54,17 @@ pub struct WasmConfig {
     pub cache_dir: PathBuf,
     /// The pooling allocator's capacity in live instances (see [`DEFAULT_MAX_INSTANCES`]).
     pub max_instances: u32,
+    /// The memory limit of guests whose container sets none (see [`DEFAULT_MEMORY_LIMIT`]).
+    pub default_memory_limit: u64,
 }
 
 impl WasmConfig {
     pub fn new(cache_dir: impl Into<PathBuf>) -> Self {
-        WasmConfig { cache_dir: cache_dir.into(), max_instances: DEFAULT_MAX_INSTANCES }
+        WasmConfig {
+            cache_dir: cache_dir.into(),
+            max_instances: DEFAULT_MAX_INSTANCES,
+            default_memory_limit: DEFAULT_MEMORY_LIMIT,
+        }
     }
 }
 
@@ -95,6 +104,7 @@ struct Inner {
     p2_linker: wasmtime::component::Linker<P2State>,
     /// Linked guests by layer digest, so a repeated start skips reading, hashing and loading.
     loaded: Mutex<HashMap<String, Arc<OnceCell<Arc<Guest>>>>>,
+    default_memory_limit: u64,
     /// Held by every running guest too (through `Inner`): the epoch keeps ticking while any guest runs.
     _ticker: engine::Ticker,
 }
@@ -126,6 +136,7 @@ impl WasmShim {
                 p1_linker,
                 p2_linker,
                 loaded: Mutex::new(HashMap::new()),
+                default_memory_limit: config.default_memory_limit,
                 _ticker: ticker,
             }),
         })

@@ -10,7 +10,7 @@ use wasmtime::{InstancePre, Store, Trap};
 use wasmtime_wasi::I32Exit;
 use wasmtime_wasi::p2::bindings::CommandPre;
 
-use crate::state::{CpuQuota, Ctl, GuestSpec, HasCtl, Metered, P1State, P2State, new_store};
+use crate::state::{CpuQuota, Ctl, GuestSpec, HasCtl, MemoryCap, Metered, P1State, P2State, new_store};
 use crate::{Guest, Inner, http};
 
 /// The exit code of a guest that trapped. 134 is 128 + SIGABRT, what a native process that aborts reports:
@@ -110,7 +110,7 @@ pub(crate) async fn start(inner: Arc<Inner>, guest: &Guest, spec: ContainerSpec)
         working_dir: spec.working_dir.clone(),
         mounts: spec.mounts.clone(),
         output: spec.output.clone(),
-        memory_limit: spec.limits.memory_bytes,
+        memory_limit: MemoryCap::new(spec.limits.memory_bytes, inner.default_memory_limit),
         cpu: spec.limits.cpu_millis.map(CpuQuota::new),
     });
     let (exit_tx, exit_rx) = watch::channel(None);
@@ -250,7 +250,7 @@ mod tests {
             working_dir: None,
             mounts: vec![],
             output: Arc::new(Discard),
-            memory_limit: Some(65536),
+            memory_limit: MemoryCap::new(Some(65536), 1 << 20),
             cpu: None,
         };
         let mut ctl = spec.ctl();

@@ -29,7 +29,7 @@ pub(crate) struct GuestSpec {
     pub working_dir: Option<String>,
     pub mounts: Vec<Mount>,
     pub output: Arc<dyn OutputSink>,
-    pub memory_limit: Option<u64>,
+    pub memory_limit: MemoryCap,
     /// Shared by all stores of the container (the instances of a wasi:http server), like a cgroup's quota.
     pub cpu: Option<Arc<CpuQuota>>,
 }
@@ -59,7 +59,7 @@ impl GuestSpec {
 
     pub(crate) fn ctl(&self) -> Ctl {
         Ctl {
-            memory: MemoryLimit { limit: self.memory_limit, used: 0, exceeded: false },
+            memory: MemoryLimit { cap: self.memory_limit, used: 0, exceeded: false },
             meter: self.cpu.as_ref().map(|q| Arc::new(TaskMeter::new(q.clone()))),
         }
     }
@@ -93,18 +93,41 @@ pub(crate) fn new_store<T: HasCtl>(engine: &Engine, data: T) -> Store<T> {
     store
 }
 
-/// `limits.memory` over all linear memories of a store. Growing past it traps (`memory.grow` does not
+/// What a guest's memories may hold in all: its container's `limits.memory`, else the node's default.
+/// Never unbounded: a guest's memory is the agent's, and one guest growing without end would take the
+/// agent and every other guest with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct MemoryCap {
+    pub bytes: u64,
+    /// Set by the node for a container without `limits.memory`.
+    pub node_default: bool,
+}
+
+impl MemoryCap {
+    pub(crate) fn new(limit: Option<u64>, node_default: u64) -> Self {
+        MemoryCap { bytes: limit.unwrap_or(node_default), node_default: limit.is_none() }
+    }
+}
+
+/// The [`MemoryCap`] over all linear memories of a store. Growing past it traps (`memory.grow` does not
 /// return -1): Kubernetes' answer to a container over its limit is OOMKilled, and most guests would abort
 /// on a failed allocation anyway.
 pub(crate) struct MemoryLimit {
-    limit: Option<u64>,
+    cap: MemoryCap,
     used: u64,
     pub exceeded: bool,
 }
 
 impl MemoryLimit {
     pub(crate) fn message(&self) -> String {
-        format!("memory limit of {} bytes exceeded", self.limit.unwrap_or(0))
+        let MemoryCap { bytes, node_default } = self.cap;
+        if node_default {
+            format!(
+                "memory limit of {bytes} bytes exceeded (the node's default for wasm containers without limits.memory)"
+            )
+        } else {
+            format!("memory limit of {bytes} bytes exceeded")
+        }
     }
 }
 
@@ -112,11 +135,9 @@ impl ResourceLimiter for MemoryLimit {
     fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         let grow = (desired as u64).saturating_sub(current as u64);
         let total = self.used.saturating_add(grow);
-        if let Some(limit) = self.limit
-            && total > limit
-        {
+        if total > self.cap.bytes {
             self.exceeded = true;
-            return Err(wasmtime::format_err!("memory limit of {limit} bytes exceeded"));
+            return Err(wasmtime::format_err!("{}", self.message()));
         }
         self.used = total;
         Ok(true)
@@ -366,15 +387,19 @@ mod tests {
 
     #[test]
     fn memory_limit_counts_all_memories_and_flags_the_excess() {
-        let mut m = MemoryLimit { limit: Some(4 * 65536), used: 0, exceeded: false };
+        let mut m = MemoryLimit { cap: MemoryCap::new(Some(4 * 65536), 65536), used: 0, exceeded: false };
         assert!(m.memory_growing(0, 2 * 65536, None).unwrap());
         assert!(m.memory_growing(0, 2 * 65536, None).unwrap());
         assert!(!m.exceeded);
         let err = m.memory_growing(2 * 65536, 3 * 65536, None).unwrap_err();
         assert_eq!(err.to_string(), "memory limit of 262144 bytes exceeded");
         assert!(m.exceeded);
-        let mut unlimited = MemoryLimit { limit: None, used: 0, exceeded: false };
-        assert!(unlimited.memory_growing(0, usize::MAX, None).unwrap());
+        let mut defaulted = MemoryLimit { cap: MemoryCap::new(None, 65536), used: 0, exceeded: false };
+        let err = defaulted.memory_growing(0, usize::MAX, None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "memory limit of 65536 bytes exceeded (the node's default for wasm containers without limits.memory)"
+        );
     }
 
     #[test]
