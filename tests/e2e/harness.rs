@@ -705,6 +705,13 @@ fn stop_containers(state_dir: &Path) {
     let _ = Command::new("umount").arg("-l").arg(&run_dir).stderr(Stdio::null()).status();
 }
 
+/// A `/proc/PID/status` figure in KiB (`VmRSS`, `VmHWM`).
+pub fn process_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let line = status.lines().find_map(|line| line.strip_prefix(&format!("{field}:"))).unwrap_or_default();
+    line.trim().trim_end_matches("kB").trim().parse().unwrap_or_else(|_| panic!("no {field} in /proc/{pid}/status"))
+}
+
 /// Polls `check` until it returns Some, or fails with `what` after `timeout`.
 pub fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();

@@ -2,6 +2,7 @@
 //! store backend (the `scenarios!` macro at the bottom), so both backends meet the same Kubernetes
 //! behaviour.
 
+mod abuse;
 mod containers;
 mod deployments;
 mod exec;
@@ -20,6 +21,7 @@ mod testnet;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use abuse::abuse_is_refused_and_the_server_stays_small;
 use harness::{Backend, Cluster};
 use serde_json::Value;
 use services::services_track_pods_and_allocate_ports;
@@ -721,4 +723,5 @@ scenarios!(
     paging_watch_replay_and_finalizers,
     cli_prints_kubeconfig_and_version,
     services_track_pods_and_allocate_ports,
+    abuse_is_refused_and_the_server_stays_small,
 );

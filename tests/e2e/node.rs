@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{Agent, Backend, Cluster, Registry, eventually};
+use crate::harness::{Agent, Backend, Cluster, Registry, eventually, process_status_kib};
 
 /// The unprivileged user an agent without root runs as.
 const NOBODY: u32 = 65534;
@@ -196,13 +196,6 @@ pub fn memory_and_cpu_limits_hold() {
     assert!(times.len() >= 20, "the ticker kept ticking: {logs}");
     let worst = times.windows(2).map(|w| (w[1] - w[0]).get_milliseconds()).max().unwrap_or(0);
     assert!(worst < 600, "the ticker keeps its 100 ms rhythm beside the busy loop (worst gap {worst} ms)");
-}
-
-/// A `/proc/PID/status` figure in KiB (`VmRSS`, `VmHWM`).
-fn process_status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let line = status.lines().find_map(|line| line.strip_prefix(&format!("{field}:"))).unwrap_or_default();
-    line.trim().trim_end_matches("kB").trim().parse().unwrap_or_else(|_| panic!("no {field} in /proc/{pid}/status"))
 }
 
 fn process_cpu_seconds(pid: u32) -> f64 {

@@ -8,6 +8,7 @@
 pub mod defaults;
 pub mod discovery;
 pub mod join;
+pub mod limits;
 pub mod openapi;
 pub mod patch;
 pub mod protobuf;

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value};
 
+use crate::limits::{MAX_JSON_PATCH_COPY_BYTES, MAX_JSON_PATCH_OPERATIONS};
 use crate::resources::ResourceDef;
 
 /// The four PATCH content types.
@@ -40,13 +41,23 @@ impl PatchType {
 }
 
 /// Why a patch could not be applied. Kubernetes answers 422 for [`PatchError::TestFailed`],
-/// [`PatchError::PathMissing`], [`PatchError::OperationFailed`] and [`PatchError::RetainKeysMismatch`],
-/// and 400 for the others (the body itself is malformed).
+/// [`PatchError::PathMissing`], [`PatchError::OperationFailed`], [`PatchError::CopyTooLarge`] and
+/// [`PatchError::RetainKeysMismatch`], 413 for [`PatchError::TooManyOperations`], and 400 for the others
+/// (the body itself is malformed).
 #[derive(Debug, thiserror::Error)]
 pub enum PatchError {
     /// The body of a JSON patch is not a list of RFC 6902 operations.
     #[error("invalid json patch: {0}")]
     InvalidJsonPatch(#[source] serde_json::Error),
+    /// A JSON patch has more than [`MAX_JSON_PATCH_OPERATIONS`] operations (kube-apiserver's wording).
+    #[error("The allowed maximum operations in a JSON patch is {MAX_JSON_PATCH_OPERATIONS}, got {count}")]
+    TooManyOperations { count: usize },
+    /// The `copy` operations of a JSON patch would add more than [`MAX_JSON_PATCH_COPY_BYTES`]
+    /// (evanphx/json-patch's wording, which kube-apiserver applies patches with).
+    #[error(
+        "Unable to complete the copy, the accumulated size increase of copy is {accumulated}, exceeding the limit {limit}"
+    )]
+    CopyTooLarge { accumulated: usize, limit: usize },
     /// A JSON patch `test` operation found another value.
     #[error("json patch test operation failed at '{path}': value did not match")]
     TestFailed { path: String },
@@ -147,7 +158,7 @@ pub fn patch(def: &ResourceDef, patch_type: PatchType, current: &Value, patch: &
                 serde_json::from_value(patch.clone()).map_err(PatchError::InvalidJsonPatch)?;
             let mut document = current.clone();
             // Working on a copy, so a failure halfway leaves nothing to undo.
-            json_patch::patch_unsafe(&mut document, &operations).map_err(json_patch_error)?;
+            apply_json_patch(&mut document, &operations)?;
             document
         }
         PatchType::Merge => {
@@ -172,6 +183,51 @@ pub fn patch(def: &ResourceDef, patch_type: PatchType, current: &Value, patch: &
         return Err(PatchError::ResultNotAnObject);
     }
     Ok(patched)
+}
+
+/// Applies RFC 6902 operations one at a time, as evanphx/json-patch does under kube-apiserver: at most
+/// [`MAX_JSON_PATCH_OPERATIONS`] of them, and each `copy` charged the JSON length of what it copies before
+/// it runs, so the copies together add at most [`MAX_JSON_PATCH_COPY_BYTES`]. The other operations cannot
+/// grow the document by more than the values they carry, which the request body bounds.
+fn apply_json_patch(document: &mut Value, operations: &[json_patch::PatchOperation]) -> Result<(), PatchError> {
+    if operations.len() > MAX_JSON_PATCH_OPERATIONS {
+        return Err(PatchError::TooManyOperations { count: operations.len() });
+    }
+    let mut copied = 0usize;
+    for (index, operation) in operations.iter().enumerate() {
+        if let json_patch::PatchOperation::Copy(copy) = operation
+            && let Some(source) = document.pointer(copy.from.as_str())
+        {
+            copied = copied.saturating_add(json_len(source));
+            if copied > MAX_JSON_PATCH_COPY_BYTES {
+                return Err(PatchError::CopyTooLarge { accumulated: copied, limit: MAX_JSON_PATCH_COPY_BYTES });
+            }
+        }
+        json_patch::patch_unsafe(document, std::slice::from_ref(operation)).map_err(|mut error| {
+            error.operation = index;
+            json_patch_error(error)
+        })?;
+    }
+    Ok(())
+}
+
+/// The length of `value` as compact JSON, counted without building the text. The document it is part of
+/// is bounded (the stored object, the patch's values and the copies so far), so counting is too.
+fn json_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a Value to a sink that never fails cannot fail either.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 fn json_patch_error(error: json_patch::PatchError) -> PatchError {
@@ -1184,6 +1240,54 @@ mod tests {
         assert!(matches!(run(json!({"op": "add"})), PatchError::InvalidJsonPatch(_)));
         assert!(matches!(run(json!([{"op": "frobnicate", "path": "/a"}])), PatchError::InvalidJsonPatch(_)));
         assert!(matches!(run(json!([{"op": "replace", "path": "", "value": 3}])), PatchError::ResultNotAnObject));
+    }
+
+    #[test]
+    fn json_patch_copies_are_bounded_while_they_apply() {
+        let current = json!({"metadata": {"name": "bomb"}, "data": {"k": "x".repeat(1024)}});
+        // Each copy of `data` into itself doubles it: 40 of them would ask for a terabyte.
+        let doubling: Vec<Value> =
+            (0..40).map(|i| json!({"op": "copy", "from": "/data", "path": format!("/data/d{i}")})).collect();
+        let started = std::time::Instant::now();
+        let error = patch(configmaps(), PatchType::Json, &current, &Value::Array(doubling)).unwrap_err();
+        assert!(started.elapsed() < std::time::Duration::from_secs(2), "refused in {:?}", started.elapsed());
+        let PatchError::CopyTooLarge { accumulated, limit } = error else { panic!("{error:?}") };
+        assert_eq!(limit, MAX_JSON_PATCH_COPY_BYTES);
+        // Refused at the first copy past the limit: the document never grew beyond twice the limit.
+        assert!(accumulated > limit && accumulated <= 2 * limit + 2048, "{accumulated}");
+        assert!(error.to_string().starts_with("Unable to complete the copy, the accumulated size increase of copy is"));
+
+        // Copies that stay within the limit, and ten ordinary operations, apply.
+        let ops = json!([
+            {"op": "copy", "from": "/data/k", "path": "/data/k2"},
+            {"op": "copy", "from": "/data", "path": "/metadata/annotations"},
+            {"op": "add", "path": "/metadata/labels", "value": {"app": "web"}},
+            {"op": "add", "path": "/metadata/labels/tier", "value": "fe"},
+            {"op": "replace", "path": "/data/k", "value": "v"},
+            {"op": "test", "path": "/data/k", "value": "v"},
+            {"op": "move", "from": "/data/k2", "path": "/data/k3"},
+            {"op": "remove", "path": "/metadata/annotations"},
+            {"op": "add", "path": "/data/k4", "value": "w"},
+            {"op": "remove", "path": "/data/k4"}
+        ]);
+        let patched = patch(configmaps(), PatchType::Json, &current, &ops).unwrap();
+        assert_eq!(
+            patched,
+            json!({"metadata": {"name": "bomb", "labels": {"app": "web", "tier": "fe"}},
+                   "data": {"k": "v", "k3": "x".repeat(1024)}})
+        );
+    }
+
+    #[test]
+    fn json_patches_have_at_most_10000_operations() {
+        let current = json!({"metadata": {"name": "a"}, "data": {"k": "v"}});
+        let test = json!({"op": "test", "path": "/data/k", "value": "v"});
+        let at_limit = Value::Array(vec![test.clone(); MAX_JSON_PATCH_OPERATIONS]);
+        assert_eq!(patch(configmaps(), PatchType::Json, &current, &at_limit).unwrap(), current);
+        let over = Value::Array(vec![test; MAX_JSON_PATCH_OPERATIONS + 1]);
+        let error = patch(configmaps(), PatchType::Json, &current, &over).unwrap_err();
+        assert!(matches!(error, PatchError::TooManyOperations { count: 10_001 }), "{error:?}");
+        assert_eq!(error.to_string(), "The allowed maximum operations in a JSON patch is 10000, got 10001");
     }
 
     #[test]

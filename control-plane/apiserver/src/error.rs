@@ -3,8 +3,13 @@
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use serde_json::{Value, json};
+use skiff_api::limits::MAX_OBJECT_BYTES;
+use skiff_api::patch::PatchError;
 use skiff_api::resources::ResourceDef;
 use skiff_api::validation::Cause;
+
+/// etcd's answer to a write larger than its request limit, which kube-apiserver passes on as the message.
+const ETCD_TOO_LARGE: &str = "etcdserver: request is too large";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -25,6 +30,10 @@ pub enum ApiError {
     Invalid { kind: String, group: &'static str, name: String, causes: Vec<Cause> },
     #[error("{0}")]
     BadRequest(String),
+    /// The request was understood but cannot be carried out, such as a JSON patch whose operations fail
+    /// (kube-apiserver's generic 422, reason Invalid, with no field causes).
+    #[error("{0}")]
+    Unprocessable(String),
     #[error("{0}")]
     Forbidden(String),
     #[error("Unauthorized")]
@@ -37,8 +46,10 @@ pub enum ApiError {
         "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf{0}"
     )]
     UnsupportedMediaType(String),
-    #[error("the request is too large: limit is 3145728 bytes")]
-    TooLarge,
+    /// A body, a patch or an object beyond the limits of `skiff_api::limits` (kube-apiserver's
+    /// `NewRequestEntityTooLargeError`).
+    #[error("Request entity too large: {0}")]
+    TooLarge(String),
     /// A watch or list asked for a resourceVersion older than the retained history.
     #[error("too old resource version: {requested} ({oldest})")]
     Expired { requested: i64, oldest: i64 },
@@ -69,19 +80,29 @@ impl ApiError {
         ApiError::Invalid { kind, group: def.group, name: name.to_string(), causes }
     }
 
+    /// An object whose encoding (`size` bytes, when known) the store refuses. kube-apiserver answers
+    /// etcd's refusal with a 500 that carries etcd's message (kubernetes/kubernetes#112152); Skiff keeps
+    /// the message and answers 413, since sending the same object again cannot succeed.
+    pub fn object_too_large(size: Option<usize>) -> Self {
+        ApiError::TooLarge(match size {
+            Some(size) => format!("{ETCD_TOO_LARGE} (the object is {size} bytes, limit is {MAX_OBJECT_BYTES})"),
+            None => ETCD_TOO_LARGE.to_string(),
+        })
+    }
+
     pub fn code(&self) -> StatusCode {
         match self {
             ApiError::NotFound { .. } | ApiError::NoRoute => StatusCode::NOT_FOUND,
             ApiError::AlreadyExists { .. } | ApiError::Conflict { .. } | ApiError::ApplyConflict { .. } => {
                 StatusCode::CONFLICT
             }
-            ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Invalid { .. } | ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Expired { .. } => StatusCode::GONE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -92,13 +113,13 @@ impl ApiError {
             ApiError::NotFound { .. } | ApiError::NoRoute => "NotFound",
             ApiError::AlreadyExists { .. } => "AlreadyExists",
             ApiError::Conflict { .. } | ApiError::ApplyConflict { .. } => "Conflict",
-            ApiError::Invalid { .. } => "Invalid",
+            ApiError::Invalid { .. } | ApiError::Unprocessable(_) => "Invalid",
             ApiError::BadRequest(_) => "BadRequest",
             ApiError::Forbidden(_) => "Forbidden",
             ApiError::Unauthorized => "Unauthorized",
             ApiError::MethodNotAllowed => "MethodNotAllowed",
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
-            ApiError::TooLarge => "RequestEntityTooLarge",
+            ApiError::TooLarge(_) => "RequestEntityTooLarge",
             ApiError::Expired { .. } => "Expired",
             ApiError::Internal(_) => "InternalError",
         }
@@ -154,7 +175,26 @@ impl From<skiff_store::Error> for ApiError {
             skiff_store::Error::Compacted { requested, compacted } => {
                 ApiError::Expired { requested, oldest: compacted }
             }
+            skiff_store::Error::TooLarge => ApiError::object_too_large(None),
             other => ApiError::Internal(format!("storage error: {other}")),
+        }
+    }
+}
+
+/// kube-apiserver's answers to a patch that cannot be applied: 413 for too many JSON patch operations, 422
+/// when the operations fail (it says only "the server rejected our request due to an error in our
+/// request"; Skiff keeps what went wrong), 400 when the body is malformed.
+impl From<PatchError> for ApiError {
+    fn from(error: PatchError) -> Self {
+        let message = format!("the patch could not be applied: {error}");
+        match error {
+            PatchError::TooManyOperations { .. } => ApiError::TooLarge(error.to_string()),
+            PatchError::TestFailed { .. }
+            | PatchError::PathMissing { .. }
+            | PatchError::OperationFailed(_)
+            | PatchError::CopyTooLarge { .. }
+            | PatchError::RetainKeysMismatch { .. } => ApiError::Unprocessable(message),
+            _ => ApiError::BadRequest(message),
         }
     }
 }
@@ -183,5 +223,38 @@ mod tests {
             "Deployment.apps \"web\" is invalid: [spec.selector: Required value, spec.replicas: Invalid value: -1]"
         );
         assert_eq!(status["details"]["causes"].as_array().map(Vec::len), Some(2));
+    }
+
+    #[test]
+    fn limits_answer_as_kube_apiserver_does() {
+        let body = ApiError::TooLarge(format!("limit is {}", skiff_api::limits::MAX_REQUEST_BODY_BYTES)).status();
+        assert_eq!((body["code"].as_u64(), body["reason"].as_str()), (Some(413), Some("RequestEntityTooLarge")));
+        assert_eq!(body["message"], "Request entity too large: limit is 3145728");
+
+        let operations = ApiError::from(PatchError::TooManyOperations { count: 10_001 }).status();
+        assert_eq!(operations["code"], 413);
+        assert_eq!(
+            operations["message"],
+            "Request entity too large: The allowed maximum operations in a JSON patch is 10000, got 10001"
+        );
+
+        let copy = ApiError::from(PatchError::CopyTooLarge { accumulated: 4_194_304, limit: 3_145_728 }).status();
+        assert_eq!((copy["code"].as_u64(), copy["reason"].as_str()), (Some(422), Some("Invalid")));
+        assert_eq!(
+            copy["message"],
+            "the patch could not be applied: Unable to complete the copy, the accumulated size increase of copy is 4194304, exceeding the limit 3145728"
+        );
+        assert_eq!(ApiError::from(PatchError::NotAnObject).code(), StatusCode::BAD_REQUEST);
+
+        let object = ApiError::object_too_large(Some(2_000_000)).status();
+        assert_eq!((object["code"].as_u64(), object["reason"].as_str()), (Some(413), Some("RequestEntityTooLarge")));
+        assert_eq!(
+            object["message"],
+            "Request entity too large: etcdserver: request is too large (the object is 2000000 bytes, limit is 1572864)"
+        );
+        assert_eq!(
+            ApiError::from(skiff_store::Error::TooLarge).status()["message"],
+            "Request entity too large: etcdserver: request is too large"
+        );
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use base64::Engine;
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
+use skiff_api::limits::MAX_OBJECT_BYTES;
 use skiff_api::patch::{self, ApplyError, PatchType};
 use skiff_api::resources::ResourceDef;
 use skiff_api::selectors::{FieldSelector, LabelSelector};
@@ -372,8 +373,7 @@ impl Objects {
         }
         self.read_modify_write(def, ns, name, part, options, |current, _| {
             let target = if part == Part::Scale { scale_of(current)? } else { current.clone() };
-            let patched = patch::patch(def, patch_type, &target, &body)
-                .map_err(|e| ApiError::BadRequest(format!("the patch could not be applied: {e}")))?;
+            let patched = patch::patch(def, patch_type, &target, &body)?;
             // A resourceVersion in the patch is a precondition, as in Kubernetes.
             let before = target.pointer("/metadata/resourceVersion");
             if patched.pointer("/metadata/resourceVersion").is_some_and(|rv| Some(rv) != before) {
@@ -1154,12 +1154,18 @@ pub fn decode(kv: &KeyValue) -> Result<Value, ApiError> {
     Ok(object)
 }
 
+/// The stored form of an object: JSON without its resourceVersion, at most [`MAX_OBJECT_BYTES`] long on
+/// every backend (etcd's own limit, which the embedded store does not have), checked before any write.
 fn encode(object: &Value) -> Result<Bytes, ApiError> {
     let mut stored = object.clone();
     if let Some(meta) = stored.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.remove("resourceVersion");
     }
-    serde_json::to_vec(&stored).map(Bytes::from).map_err(|e| ApiError::Internal(e.to_string()))
+    let bytes = serde_json::to_vec(&stored).map_err(|e| ApiError::Internal(e.to_string()))?;
+    if bytes.len() > MAX_OBJECT_BYTES {
+        return Err(ApiError::object_too_large(Some(bytes.len())));
+    }
+    Ok(Bytes::from(bytes))
 }
 
 pub fn set_resource_version(object: &mut Value, revision: Revision) {

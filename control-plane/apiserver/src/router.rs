@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use serde_json::{Value, json};
+use skiff_api::limits::{self, MAX_REQUEST_BODY_BYTES};
 use skiff_api::patch::PatchType;
 use skiff_api::resources::{self, ResourceDef};
 use skiff_api::selectors::{FieldSelector, LabelSelector};
@@ -24,10 +25,6 @@ use tracing::Instrument;
 use crate::error::ApiError;
 use crate::objects::{DeleteOptions, FieldValidation, ListOptions, Objects, Part, WriteOptions};
 use crate::watch::{self, WatchRequest};
-
-/// The largest request body accepted, as in kube-apiserver (etcd's request limit is 1.5 MiB per object;
-/// the API allows some slack for patches and metadata).
-pub const MAX_BODY: usize = 3 * 1024 * 1024;
 
 /// The Kubernetes version whose API Skiff follows; kubectl dispatchers pick their build from `minor`.
 pub const KUBERNETES_MINOR: &str = "33";
@@ -292,7 +289,7 @@ async fn serve_resource(state: &AppState, request: Request) -> Result<Response, 
         }
     }
     let headers = &parts.headers;
-    let body = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| ApiError::TooLarge)?;
+    let body = read_body(body).await?;
     let objects = &state.objects;
     match (target, &parts.method) {
         (Target::ResourceList { group, version }, &Method::GET) => discovery::api_resource_list(&group, &version)
@@ -413,8 +410,9 @@ async fn serve_item(
             let patch_type = PatchType::from_content_type(content_type)
                 .ok_or_else(|| ApiError::UnsupportedMediaType(format!("; got {content_type:?} for a patch")))?;
             let patch = match patch_type {
-                PatchType::Apply => serde_yaml::from_slice::<Value>(body)
-                    .map_err(|e| ApiError::BadRequest(format!("error decoding YAML: {e}")))?,
+                PatchType::Apply => {
+                    limits::from_yaml(body).map_err(|e| ApiError::BadRequest(format!("error decoding YAML: {e}")))?
+                }
                 _ => serde_json::from_slice(body)
                     .map_err(|e| ApiError::BadRequest(format!("error decoding patch: {e}")))?,
             };
@@ -477,6 +475,18 @@ fn delete_options(query: &Query, body: &[u8]) -> Result<DeleteOptions, ApiError>
     })
 }
 
+/// The request body, refused with kube-apiserver's 413 beyond [`MAX_REQUEST_BODY_BYTES`]: at once when
+/// its Content-Length says so, else as soon as that much has arrived.
+async fn read_body(body: Body) -> Result<bytes::Bytes, ApiError> {
+    axum::body::to_bytes(body, MAX_REQUEST_BODY_BYTES).await.map_err(|error| {
+        if error.into_inner().downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            ApiError::TooLarge(format!("limit is {MAX_REQUEST_BODY_BYTES}"))
+        } else {
+            ApiError::BadRequest("the request body could not be read".to_string())
+        }
+    })
+}
+
 /// Decodes a request body by its Content-Type: JSON, YAML or Kubernetes protobuf.
 fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
@@ -486,7 +496,7 @@ fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
             serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("error decoding JSON body: {e}")))
         }
         "application/yaml" | "application/x-yaml" | "text/yaml" => {
-            serde_yaml::from_slice(body).map_err(|e| ApiError::BadRequest(format!("error decoding YAML body: {e}")))
+            limits::from_yaml(body).map_err(|e| ApiError::BadRequest(format!("error decoding YAML body: {e}")))
         }
         skiff_api::protobuf::CONTENT_TYPE => skiff_api::protobuf::decode(body).map_err(|e| match e {
             unsupported @ skiff_api::protobuf::ProtobufError::UnsupportedKind { .. } => {

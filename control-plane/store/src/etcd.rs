@@ -79,6 +79,19 @@ fn transient(error: &etcd_client::Error, write: bool) -> bool {
     }
 }
 
+/// Whether etcd refused a request for its size: over `--max-request-bytes` (`etcdserver: request is too
+/// large`), or so far over that its gRPC server would not even receive it (the limit plus 512 KiB).
+fn too_large(error: &etcd_client::Error) -> bool {
+    match error {
+        etcd_client::Error::GRpcStatus(status) => match status.code() {
+            tonic::Code::InvalidArgument => status.message().contains("request is too large"),
+            tonic::Code::ResourceExhausted => status.message().contains("larger than max"),
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
 /// Runs `request` again while it fails transiently, for up to [`ELECTION_PATIENCE`].
 async fn patiently<T, F, Fut>(write: bool, mut request: F) -> Result<T, etcd_client::Error>
 where
@@ -122,7 +135,8 @@ impl EtcdStore {
             let (mut kv, txn) = (self.client.kv_client(), txn.clone());
             async move { kv.txn(txn).await }
         })
-        .await?;
+        .await
+        .map_err(|error| if too_large(&error) { Error::TooLarge } else { error.into() })?;
         if resp.succeeded() {
             return Ok(resp);
         }

@@ -65,6 +65,10 @@ pub enum Error {
     /// A watch asked for revisions that compaction already removed.
     #[error("revision {requested} is compacted (oldest available {compacted})")]
     Compacted { requested: Revision, compacted: Revision },
+    /// The backend refused a write as too large: etcd's `--max-request-bytes` (1.5 MiB by default) covers
+    /// the key, the value and the transaction around them. Sending it again cannot succeed.
+    #[error("request is too large")]
+    TooLarge,
     /// The embedded database failed.
     #[error("embedded store: {0}")]
     Embedded(#[source] Box<dyn std::error::Error + Send + Sync>),

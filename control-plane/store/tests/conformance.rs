@@ -545,6 +545,17 @@ async fn etcd_conformance() {
         Arc::new(EtcdStore::connect_with(EtcdConfig::new(&endpoints).with_compaction_interval(None)).await.unwrap());
     conformance(store.clone()).await;
 
+    // A write beyond etcd's request limit (1.5 MiB by default), or beyond what its gRPC server receives
+    // (2 MiB), is refused as such, and writes nothing.
+    for size in [1600 * 1024, 3 * 1024 * 1024] {
+        let big = Bytes::from(vec![b'x'; size]);
+        assert!(matches!(store.create("/big", big.clone()).await, Err(Error::TooLarge)), "{size} bytes");
+        store.create("/big", b("small")).await.unwrap();
+        assert!(matches!(store.update("/big", big, None).await, Err(Error::TooLarge)), "{size} bytes");
+        assert_eq!(store.get("/big").await.unwrap().unwrap().value, b("small"));
+        store.delete("/big", None).await.unwrap();
+    }
+
     // The background compactor, with a short interval, compacts to the revision seen one interval before.
     let before = store.revision().await.unwrap();
     let compacting =
