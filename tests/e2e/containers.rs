@@ -327,3 +327,54 @@ fn a_pod_deleted_while_the_agent_was_down_leaves_nothing_after_it_returns() {
     let ours = container_mounts(&data_dir);
     assert!(ours.is_empty(), "no mount left: {ours:?}");
 }
+
+/// Links a container plants in its volumes take it nowhere: a subPath is resolved inside its volume (the
+/// kubelet's CVE-2017-1002101 fix), and the volumes the agent writes are read-only to containers.
+#[test]
+fn volumes_resist_a_container_that_plants_links() {
+    let Some(node) = Node::start() else { return };
+    let busybox = node.registry.push_busybox("tools/busybox");
+    // An init container plants links in the volume: one to the host's root, one that stays inside.
+    let volume = |app: &str, sub: &str| {
+        format!(
+            "  restartPolicy: Never\n  volumes: [{{name: vol, emptyDir: {{}}}}]\n  initContainers:\n  - name: plant\n    image: {busybox}\n    command: [sh, -c, 'ln -s / /vol/x && mkdir /vol/ok && echo inside > /vol/ok/file && ln -s ok /vol/alias']\n    volumeMounts: [{{name: vol, mountPath: /vol}}]\n  containers:\n  - name: app\n    image: {busybox}\n    command: [sh, -c, '{app}']\n    volumeMounts: [{{name: vol, mountPath: /mnt, subPath: {sub}}}]\n"
+        )
+    };
+    node.pod("escape", &volume("cat /mnt/etc/hostname; ls /mnt/proc/1", "x"));
+    node.pod("inside", &volume("cat /mnt/file", "alias"));
+
+    let waiting = eventually("the escape refused", TIMEOUT, || {
+        let waiting = node.status("escape", "app")["state"]["waiting"].clone();
+        (waiting["reason"] == "CreateContainerConfigError").then_some(waiting)
+    });
+    let message = waiting["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("failed to prepare subPath for volumeMount \"vol\" of container \"app\"")
+            && message.contains("not within volume path"),
+        "{message}"
+    );
+    assert_eq!(node.get("escape")["status"]["phase"], "Pending", "the app never ran");
+
+    // A link that stays in the volume is followed, as the kubelet follows it.
+    node.wait_phase("inside", "Succeeded");
+    assert_eq!(node.logs("inside", "app").trim(), "inside");
+
+    // A ConfigMap volume mounted without readOnly is read-only all the same.
+    node.cluster.ok(&["create", "configmap", "settings", "--from-literal=greeting=hello"]);
+    let tamper = "if echo changed > /cfg/greeting || ln -s / /cfg/root; then echo writable; else echo read-only; fi 2>/dev/null; cat /cfg/greeting";
+    node.pod(
+        "tamper",
+        &format!(
+            "  restartPolicy: Never
+  volumes: [{{name: cfg, configMap: {{name: settings}}}}]
+  containers:
+  - name: app
+    image: {busybox}
+    command: [sh, -c, '{tamper}']
+    volumeMounts: [{{name: cfg, mountPath: /cfg}}]
+"
+        ),
+    );
+    node.wait_phase("tamper", "Succeeded");
+    assert_eq!(node.logs("tamper", "app").trim(), "read-only\nhello");
+}

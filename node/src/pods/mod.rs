@@ -4,6 +4,7 @@
 mod events;
 mod probes;
 mod spec;
+mod subpath;
 pub mod status;
 mod worker;
 

@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Volume};
 use kube::Api;
 use skiff_shim::{ContainerSpec, Image, Limits, Mount, OutputSink, Security};
 
+use super::subpath::SubPath;
 use crate::network::PodAddress;
 
 /// A container that cannot be configured yet (a missing ConfigMap, an unsupported volume): the kubelet's
@@ -21,6 +22,11 @@ pub struct ConfigError(pub String);
 /// Volumes of a pod, prepared as host directories under the pod's directory.
 pub struct Volumes {
     paths: BTreeMap<String, PathBuf>,
+    /// Volumes the agent writes (ConfigMaps, Secrets): mounted read-only whatever the mount says, as the
+    /// kubelet mounts them, so a container can neither change them nor plant links the agent would follow.
+    agent_written: std::collections::BTreeSet<String>,
+    /// Where subPaths are bind-mounted for the runtime, where the agent can mount (see [`SubPath`]).
+    subpaths_dir: Option<PathBuf>,
 }
 
 impl Volumes {
@@ -29,6 +35,7 @@ impl Volumes {
     pub async fn prepare(client: &kube::Client, pod: &Pod, pod_dir: &Path) -> Result<Self, ConfigError> {
         let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
         let mut paths = BTreeMap::new();
+        let mut agent_written = std::collections::BTreeSet::new();
         let volumes: &[Volume] = pod.spec.as_ref().and_then(|s| s.volumes.as_deref()).unwrap_or_default();
         for volume in volumes {
             let dir = pod_dir.join("volumes").join(&volume.name);
@@ -74,32 +81,50 @@ impl Volumes {
                     volume.name
                 )));
             };
+            if volume.config_map.is_some() || volume.secret.is_some() {
+                agent_written.insert(volume.name.clone());
+            }
             paths.insert(volume.name.clone(), path);
         }
-        Ok(Self { paths })
+        let subpaths_dir = crate::network::is_root().then(|| pod_dir.join(super::subpath::SUBPATHS_DIR));
+        Ok(Self { paths, agent_written, subpaths_dir })
     }
 
-    fn mounts(&self, container: &Container) -> Result<Vec<Mount>, ConfigError> {
+    /// The mounts of `container` (started as `id`), and the handles of their subPaths, which must stay open
+    /// while it runs.
+    fn mounts(&self, container: &Container, id: &str) -> Result<(Vec<Mount>, Vec<SubPath>), ConfigError> {
         let mut mounts = Vec::new();
-        for mount in container.volume_mounts.as_deref().unwrap_or_default() {
+        let mut subpaths = Vec::new();
+        for (index, mount) in container.volume_mounts.as_deref().unwrap_or_default().iter().enumerate() {
             let base = self
                 .paths
                 .get(&mount.name)
                 .ok_or_else(|| ConfigError(format!("volume mount \"{}\" names no volume of the pod", mount.name)))?;
             let host_path = match mount.sub_path.as_deref().filter(|p| !p.is_empty()) {
-                Some(sub) if sub.split('/').any(|part| part == "..") => {
-                    return Err(ConfigError(format!("subPath \"{sub}\" must not contain \"..\"")));
+                Some(sub) => {
+                    let opened = SubPath::open(base, sub).and_then(|subpath| match &self.subpaths_dir {
+                        Some(dir) => subpath.bind_at(&dir.join(id).join(index.to_string())),
+                        None => Ok(subpath),
+                    });
+                    let subpath = opened.map_err(|e| {
+                        ConfigError(format!(
+                            "failed to prepare subPath for volumeMount \"{}\" of container \"{}\": {e}",
+                            mount.name, container.name
+                        ))
+                    })?;
+                    let path = subpath.path();
+                    subpaths.push(subpath);
+                    path
                 }
-                Some(sub) => base.join(sub),
                 None => base.clone(),
             };
             mounts.push(Mount {
                 host_path,
                 container_path: mount.mount_path.clone(),
-                read_only: mount.read_only.unwrap_or(false),
+                read_only: mount.read_only.unwrap_or(false) || self.agent_written.contains(&mount.name),
             });
         }
-        Ok(mounts)
+        Ok((mounts, subpaths))
     }
 }
 
@@ -139,7 +164,8 @@ fn write_files(dir: &Path, files: BTreeMap<String, Vec<u8>>, volume: &str) -> Re
     Ok(())
 }
 
-/// Builds the spec the shim runs for `container` of `pod`.
+/// Builds the spec the shim runs for `container` of `pod`, with the handles its mounts name (to keep open
+/// while it runs).
 #[allow(clippy::too_many_arguments)]
 pub async fn container_spec(
     client: &kube::Client,
@@ -151,18 +177,19 @@ pub async fn container_spec(
     node_ip: IpAddr,
     address: &PodAddress,
     output: Arc<dyn OutputSink>,
-) -> Result<ContainerSpec, ConfigError> {
+) -> Result<(ContainerSpec, Vec<SubPath>), ConfigError> {
     let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
     let pod_name = pod.metadata.name.clone().unwrap_or_default();
     let argv = argv(container, &image);
     let env = environment(client, pod, container, &image, node_ip, address.ip).await?;
-    Ok(ContainerSpec {
+    let (mounts, subpaths) = volumes.mounts(container, &id)?;
+    let spec = ContainerSpec {
         id,
         name: format!("{namespace}/{pod_name}/{}", container.name),
         working_dir: container.working_dir.clone().or_else(|| image.working_dir.clone()),
         argv,
         env,
-        mounts: volumes.mounts(container)?,
+        mounts,
         limits: limits(container),
         ports: container
             .ports
@@ -179,7 +206,8 @@ pub async fn container_spec(
         security: security(pod, container)?,
         image,
         output,
-    })
+    };
+    Ok((spec, subpaths))
 }
 
 /// Kubernetes' rules: `command` replaces the image's entrypoint, `args` its cmd, and an image without an

@@ -163,6 +163,7 @@ async fn run(ctx: Arc<Context>, pod_rx: watch::Receiver<Pod>, abandon: Cancellat
     Box::pin(ctx.network.release(uid)).await;
     Box::pin(flush_status(&shared)).await;
     // Nothing of a deleted pod stays on the node: its volumes and logs go before the pod object does.
+    super::subpath::unmount_all(&ctx.pods_dir.join(uid));
     if !uid.is_empty()
         && let Err(e) = std::fs::remove_dir_all(ctx.pods_dir.join(uid))
         && e.kind() != std::io::ErrorKind::NotFound
@@ -414,7 +415,7 @@ async fn supervise(
                 Box::pin(launch(shared, volumes, init, index, &container, first, &mut backoff, stop)).await?
             }
         };
-        let Launched { mut running, log, shim_name, id, image_id, started_at, fresh } = launched;
+        let Launched { mut running, log, shim_name, id, image_id, started_at, fresh, subpaths: _held } = launched;
         let uid = shared.who.uid.as_str();
         let pod_ip = shared.sandbox.get().map_or(ctx.node_ip, |sandbox| sandbox.address.ip);
         ctx.running.started(uid, &name, &id, shim_name, running.exec(), pod_ip);
@@ -535,6 +536,8 @@ struct Launched {
     started_at: String,
     /// Started now rather than adopted.
     fresh: bool,
+    /// Held until the container ends (an adopted container's mounts are made already).
+    subpaths: Vec<super::subpath::SubPath>,
 }
 
 /// How long a failed pull shows as ErrImagePull before ImagePullBackOff: the kubelet's next sync.
@@ -604,9 +607,9 @@ async fn launch(
         let image_id = image_id(&image);
         let started = Box::pin(start(shared, volumes, container, image, &log_dir, restart_count)).await;
         match started {
-            Ok((running, log, shim_name, id)) => {
+            Ok(Started { running, log, shim_name, id, subpaths }) => {
                 let started_at = crate::now();
-                return Some(Launched { running, log, shim_name, id, image_id, started_at, fresh: true });
+                return Some(Launched { running, log, shim_name, id, image_id, started_at, fresh: true, subpaths });
             }
             Err((reason, message)) => {
                 shared.update(init, index, |c| {
@@ -651,6 +654,7 @@ async fn adopt(shared: &Shared, init: bool, index: usize, container: &Container)
             image_id: previous.image_id.clone(),
             started_at: started_at.map(skiff_api::format_time).unwrap_or_else(crate::now),
             fresh: false,
+            subpaths: Vec::new(),
         })
     }
     .await;
@@ -732,7 +736,14 @@ async fn registry_auth(shared: &Shared) -> RegistryAuth {
     auth
 }
 
-type Started = (Box<dyn skiff_shim::Container>, Arc<ContainerLog>, &'static str, String);
+/// A container the shim started, and the handles of its subPaths, which must stay open while it runs.
+struct Started {
+    running: Box<dyn skiff_shim::Container>,
+    log: Arc<ContainerLog>,
+    shim_name: &'static str,
+    id: String,
+    subpaths: Vec<super::subpath::SubPath>,
+}
 
 /// Chooses the shim and starts the container; errors are CreateContainerError messages.
 async fn start(
@@ -755,7 +766,7 @@ async fn start(
     let uid = &shared.who.uid;
     let id = format!("{}-{}-{restart_count}", &uid[..uid.len().min(8)], container.name);
     let sandbox = shared.sandbox.get().ok_or((CREATE, "the pod's network is not set up".to_owned()))?;
-    let mut spec = spec::container_spec(
+    let (mut spec, subpaths) = spec::container_spec(
         &ctx.client,
         &pod,
         container,
@@ -778,7 +789,7 @@ async fn start(
         skiff_shim::ShimError::Config(message) => (CONFIG, message),
         other => (CREATE, other.to_string()),
     })?;
-    Ok((running, log, shim.name(), id))
+    Ok(Started { running, log, shim_name: shim.name(), id, subpaths })
 }
 
 /// The shim for a container: the one its pod's RuntimeClass names, else the first that can handle the image.
