@@ -359,22 +359,19 @@ fn volumes_resist_a_container_that_plants_links() {
     node.wait_phase("inside", "Succeeded");
     assert_eq!(node.logs("inside", "app").trim(), "inside");
 
-    // A ConfigMap volume mounted without readOnly is read-only all the same.
+    // A ConfigMap volume mounted without readOnly is read-only all the same, and follows the ConfigMap.
     node.cluster.ok(&["create", "configmap", "settings", "--from-literal=greeting=hello"]);
-    let tamper = "if echo changed > /cfg/greeting || ln -s / /cfg/root; then echo writable; else echo read-only; fi 2>/dev/null; cat /cfg/greeting";
+    let tamper = "if echo changed > /cfg/greeting || ln -s / /cfg/root; then echo writable; else echo read-only; fi 2>/dev/null; while true; do cat /cfg/greeting; echo; sleep 0.2; done";
     node.pod(
         "tamper",
-        &format!(
-            "  restartPolicy: Never
-  volumes: [{{name: cfg, configMap: {{name: settings}}}}]
-  containers:
-  - name: app
-    image: {busybox}
-    command: [sh, -c, '{tamper}']
-    volumeMounts: [{{name: cfg, mountPath: /cfg}}]
-"
-        ),
+        &format!("  volumes: [{{name: cfg, configMap: {{name: settings}}}}]\n  containers:\n  - name: app\n    image: {busybox}\n    command: [sh, -c, '{tamper}']\n    volumeMounts: [{{name: cfg, mountPath: /cfg}}]\n"),
     );
-    node.wait_phase("tamper", "Succeeded");
-    assert_eq!(node.logs("tamper", "app").trim(), "read-only\nhello");
+    let last_line = || {
+        let logs = node.cluster.kubectl(&["logs", "tamper", "-c", "app"]).stdout;
+        String::from_utf8_lossy(&logs).lines().filter(|l| !l.is_empty()).last().unwrap_or_default().to_string()
+    };
+    eventually("the container reading its ConfigMap", TIMEOUT, || (last_line() == "hello").then_some(()));
+    assert!(node.logs("tamper", "app").starts_with("read-only\n"), "{}", node.logs("tamper", "app"));
+    node.cluster.ok(&["patch", "configmap", "settings", "-p", r#"{"data":{"greeting":"updated"}}"#]);
+    eventually("the volume following the ConfigMap", TIMEOUT, || (last_line() == "updated").then_some(()));
 }

@@ -3,6 +3,7 @@
 
 mod events;
 mod probes;
+mod atomic;
 mod spec;
 mod subpath;
 pub mod status;

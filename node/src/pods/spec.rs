@@ -22,9 +22,11 @@ pub struct ConfigError(pub String);
 /// Volumes of a pod, prepared as host directories under the pod's directory.
 pub struct Volumes {
     paths: BTreeMap<String, PathBuf>,
-    /// Volumes the agent writes (ConfigMaps, Secrets): mounted read-only whatever the mount says, as the
-    /// kubelet mounts them, so a container can neither change them nor plant links the agent would follow.
-    agent_written: std::collections::BTreeSet<String>,
+    /// Volumes the agent writes from ConfigMaps and Secrets, and keeps up to date: mounted read-only
+    /// whatever the mount says, as the kubelet mounts them, so a container can neither change them nor
+    /// plant links the agent would follow.
+    projected: Vec<Projected>,
+    namespace: String,
     /// Where subPaths are bind-mounted for the runtime, where the agent can mount (see [`SubPath`]).
     subpaths_dir: Option<PathBuf>,
 }
@@ -35,7 +37,7 @@ impl Volumes {
     pub async fn prepare(client: &kube::Client, pod: &Pod, pod_dir: &Path) -> Result<Self, ConfigError> {
         let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
         let mut paths = BTreeMap::new();
-        let mut agent_written = std::collections::BTreeSet::new();
+        let mut projected_volumes = Vec::new();
         let volumes: &[Volume] = pod.spec.as_ref().and_then(|s| s.volumes.as_deref()).unwrap_or_default();
         for volume in volumes {
             let dir = pod_dir.join("volumes").join(&volume.name);
@@ -43,31 +45,9 @@ impl Volumes {
             let path = if volume.empty_dir.is_some() {
                 std::fs::create_dir_all(&dir).map_err(io)?;
                 dir
-            } else if let Some(source) = &volume.config_map {
-                let maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-                let optional = source.optional.unwrap_or(false);
-                let files = match maps.get_opt(&source.name).await.map_err(|e| ConfigError(e.to_string()))? {
-                    Some(map) => {
-                        let mut files: BTreeMap<String, Vec<u8>> =
-                            map.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
-                        files.extend(map.binary_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)));
-                        files
-                    }
-                    None if optional => BTreeMap::new(),
-                    None => return Err(ConfigError(format!("configmap \"{}\" not found", source.name))),
-                };
-                write_files(&dir, project(files, source.items.as_deref()), &volume.name)?;
-                dir
-            } else if let Some(source) = &volume.secret {
-                let name = source.secret_name.clone().unwrap_or_default();
-                let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-                let optional = source.optional.unwrap_or(false);
-                let files = match secrets.get_opt(&name).await.map_err(|e| ConfigError(e.to_string()))? {
-                    Some(secret) => secret_files(secret),
-                    None if optional => BTreeMap::new(),
-                    None => return Err(ConfigError(format!("secret \"{name}\" not found"))),
-                };
-                write_files(&dir, project(files, source.items.as_deref()), &volume.name)?;
+            } else if let Some(projected) = Projected::of(volume, dir.clone()) {
+                projected.write(projected.fetch(client, namespace).await?)?;
+                projected_volumes.push(projected);
                 dir
             } else if let Some(source) = &volume.host_path {
                 let path = PathBuf::from(&source.path);
@@ -81,13 +61,11 @@ impl Volumes {
                     volume.name
                 )));
             };
-            if volume.config_map.is_some() || volume.secret.is_some() {
-                agent_written.insert(volume.name.clone());
-            }
             paths.insert(volume.name.clone(), path);
         }
         let subpaths_dir = crate::network::is_root().then(|| pod_dir.join(super::subpath::SUBPATHS_DIR));
-        Ok(Self { paths, agent_written, subpaths_dir })
+        let namespace = namespace.to_string();
+        Ok(Self { paths, projected: projected_volumes, namespace, subpaths_dir })
     }
 
     /// The mounts of `container` (started as `id`), and the handles of their subPaths, which must stay open
@@ -121,11 +99,128 @@ impl Volumes {
             mounts.push(Mount {
                 host_path,
                 container_path: mount.mount_path.clone(),
-                read_only: mount.read_only.unwrap_or(false) || self.agent_written.contains(&mount.name),
+                read_only: mount.read_only.unwrap_or(false) || self.projected.iter().any(|p| p.volume == mount.name),
             });
         }
         Ok((mounts, subpaths))
     }
+}
+
+impl Volumes {
+    /// Whether some volume follows a ConfigMap or a Secret.
+    pub fn follows_objects(&self) -> bool {
+        !self.projected.is_empty()
+    }
+
+    /// Keeps the ConfigMap and Secret volumes up to date until `stop`: each follows its object through a
+    /// watch of its own (the kubelet's Watch strategy) and is rewritten atomically when its files change.
+    /// A deleted object leaves the files as they were, as the kubelet leaves them.
+    pub async fn follow(self: Arc<Self>, client: kube::Client, stop: tokio_util::sync::CancellationToken) {
+        use futures::StreamExt;
+        use kube::runtime::{WatchStreamExt, watcher};
+        let namespace = self.namespace.as_str();
+        let streams = self.projected.iter().map(|projected| {
+            let config = watcher::Config::default().fields(&format!("metadata.name={}", projected.name()));
+            let files = match projected.source {
+                Source::ConfigMap(_) => watcher(Api::<ConfigMap>::namespaced(client.clone(), namespace), config)
+                    .default_backoff()
+                    .applied_objects()
+                    .map(|map| map.map(config_map_files))
+                    .boxed(),
+                Source::Secret(_) => watcher(Api::<Secret>::namespaced(client.clone(), namespace), config)
+                    .default_backoff()
+                    .applied_objects()
+                    .map(|secret| secret.map(secret_files))
+                    .boxed(),
+            };
+            files.map(move |files| (projected, files))
+        });
+        let mut updates = futures::stream::select_all(streams);
+        loop {
+            let (projected, files) = tokio::select! {
+                _ = stop.cancelled() => return,
+                Some(update) = updates.next() => update,
+                else => return,
+            };
+            let Ok(files) = files else { continue };
+            if let Err(ConfigError(message)) = projected.write(files) {
+                tracing::warn!(volume = %projected.volume, error = %message, "cannot update the volume");
+            }
+        }
+    }
+}
+
+/// A volume the agent writes from a ConfigMap or a Secret.
+struct Projected {
+    volume: String,
+    dir: PathBuf,
+    source: Source,
+}
+
+enum Source {
+    ConfigMap(k8s_openapi::api::core::v1::ConfigMapVolumeSource),
+    Secret(k8s_openapi::api::core::v1::SecretVolumeSource),
+}
+
+/// The mode of the files of ConfigMap and Secret volumes without `defaultMode`, as in Kubernetes.
+const DEFAULT_MODE: i32 = 0o644;
+
+impl Projected {
+    fn of(volume: &Volume, dir: PathBuf) -> Option<Self> {
+        let source = match (&volume.config_map, &volume.secret) {
+            (Some(source), _) => Source::ConfigMap(source.clone()),
+            (None, Some(source)) => Source::Secret(source.clone()),
+            (None, None) => return None,
+        };
+        Some(Projected { volume: volume.name.clone(), dir, source })
+    }
+
+    fn name(&self) -> &str {
+        match &self.source {
+            Source::ConfigMap(source) => &source.name,
+            Source::Secret(source) => source.secret_name.as_deref().unwrap_or_default(),
+        }
+    }
+
+    /// The object's files as they are now; none for a missing optional one.
+    async fn fetch(&self, client: &kube::Client, namespace: &str) -> Result<BTreeMap<String, Vec<u8>>, ConfigError> {
+        let (found, optional, kind) = match &self.source {
+            Source::ConfigMap(source) => {
+                let maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+                let found = maps.get_opt(self.name()).await.map_err(|e| ConfigError(e.to_string()))?;
+                (found.map(config_map_files), source.optional, "configmap")
+            }
+            Source::Secret(source) => {
+                let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+                let found = secrets.get_opt(self.name()).await.map_err(|e| ConfigError(e.to_string()))?;
+                (found.map(secret_files), source.optional, "secret")
+            }
+        };
+        match found {
+            Some(files) => Ok(files),
+            None if optional.unwrap_or(false) => Ok(BTreeMap::new()),
+            None => Err(ConfigError(format!("{kind} \"{}\" not found", self.name()))),
+        }
+    }
+
+    /// Writes the object's `files`, as its `items` select them, with the kubelet's atomic writer.
+    fn write(&self, files: BTreeMap<String, Vec<u8>>) -> Result<(), ConfigError> {
+        let (items, mode) = match &self.source {
+            Source::ConfigMap(source) => (source.items.as_deref(), source.default_mode),
+            Source::Secret(source) => (source.items.as_deref(), source.default_mode),
+        };
+        let mode = mode.unwrap_or(DEFAULT_MODE) as u32 & 0o777;
+        super::atomic::write(&self.dir, &project(files, items), mode)
+            .map(drop)
+            .map_err(|e| ConfigError(format!("volume \"{}\": {e}", self.volume)))
+    }
+}
+
+fn config_map_files(map: ConfigMap) -> BTreeMap<String, Vec<u8>> {
+    let mut files: BTreeMap<String, Vec<u8>> =
+        map.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
+    files.extend(map.binary_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)));
+    files
 }
 
 fn secret_files(secret: Secret) -> BTreeMap<String, Vec<u8>> {
@@ -148,21 +243,6 @@ fn project(
     }
 }
 
-fn write_files(dir: &Path, files: BTreeMap<String, Vec<u8>>, volume: &str) -> Result<(), ConfigError> {
-    let io = |e: std::io::Error| ConfigError(format!("volume \"{volume}\": {e}"));
-    std::fs::create_dir_all(dir).map_err(io)?;
-    for (name, contents) in files {
-        if name.split('/').any(|part| part == ".." || part.is_empty()) {
-            return Err(ConfigError(format!("volume \"{volume}\": invalid file name \"{name}\"")));
-        }
-        let path = dir.join(&name);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(io)?;
-        }
-        std::fs::write(path, contents).map_err(io)?;
-    }
-    Ok(())
-}
 
 /// Builds the spec the shim runs for `container` of `pod`, with the handles its mounts name (to keep open
 /// while it runs).

@@ -270,6 +270,9 @@ async fn run_pod(shared: &Arc<Shared>, mut spec: Box<k8s_openapi::api::core::v1:
         }
     };
     let volumes = Arc::new(volumes);
+    if volumes.follows_objects() {
+        tokio::spawn(volumes.clone().follow(shared.ctx.client.clone(), stop.clone()));
+    }
     // Every image first (init containers' included): the shims that run them decide the network the pod
     // needs. The pulls run together; a failed one is retried by its container's supervisor.
     let init_containers = spec.init_containers.take().unwrap_or_default();
