@@ -375,3 +375,36 @@ fn volumes_resist_a_container_that_plants_links() {
     node.cluster.ok(&["patch", "configmap", "settings", "-p", r#"{"data":{"greeting":"updated"}}"#]);
     eventually("the volume following the ConfigMap", TIMEOUT, || (last_line() == "updated").then_some(()));
 }
+
+/// hostNetwork shares the node's network; a container whose pod did not ask for that is refused on a node
+/// without pod networking, rather than silently given the node's.
+#[test]
+fn host_network_is_asked_for_never_given_silently() {
+    let Some(node) = Node::start() else { return };
+    let busybox = node.registry.push_busybox("tools/busybox");
+    // Host namespaces are for namespaces the Pod Security Standards call privileged.
+    node.cluster.ok(&["label", "namespace", "default", "pod-security.kubernetes.io/enforce=privileged"]);
+    node.pod("shared", &format!("  hostNetwork: true\n  restartPolicy: Never\n  containers:\n  - name: main\n    image: {busybox}\n    command: [cat, /proc/net/dev]\n"));
+    let pod = node.wait_phase("shared", "Succeeded");
+    assert_eq!(pod["status"]["podIP"], node.agent.node_ip.as_str());
+    let host_devices = std::fs::read_to_string("/proc/net/dev").unwrap();
+    let first_host_device = host_devices.lines().nth(2).unwrap().split(':').next().unwrap().trim().to_string();
+    assert!(
+        node.logs("shared", "main").contains(&first_host_device),
+        "the node's devices: {}",
+        node.logs("shared", "main")
+    );
+
+    let bare = Agent::join_with(&node.cluster, "bare", &["--pod-network", "host"]).unwrap();
+    node.cluster.create_pod(
+        "own",
+        &bare.name,
+        &format!("  containers:\n  - name: main\n    image: {busybox}\n    command: [sleep, '3600']\n"),
+    );
+    let waiting = eventually("the pod refused its sandbox", TIMEOUT, || {
+        let pod = node.get("own");
+        let waiting = pod["status"]["containerStatuses"][0]["state"]["waiting"].clone();
+        waiting["message"].as_str().is_some_and(|m| m.contains("no pod network")).then_some(waiting)
+    });
+    assert!(waiting["message"].as_str().unwrap().contains("hostNetwork: true"), "{waiting}");
+}

@@ -367,7 +367,23 @@ impl Network {
     /// Gives `pod` the network it needs: the address or namespace it already has (after an agent restart),
     /// else a new one. With host networking, the node's address.
     pub async fn attach(&self, pod: &Pod, need: Need) -> Result<PodAddress, NetworkError> {
-        let Some(cni) = &self.cni else { return Ok(PodAddress { ip: self.node_ip, netns: None }) };
+        let host = PodAddress { ip: self.node_ip, netns: None };
+        if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+            return Ok(host);
+        }
+        let Some(cni) = &self.cni else {
+            // Wasm guests on a node without pod networking (an agent that is not root) serve on the node's
+            // address; a container would silently share the node's network, which its pod did not ask for.
+            return match need {
+                Need::Address => Ok(host),
+                Need::Namespace => Err(NetworkError::Unavailable(
+                    "this node has no pod network (--pod-network host, or an agent without root or the CNI \
+                     plugins), so it cannot give the pod's containers a network of their own: set \
+                     hostNetwork: true to share the node's"
+                        .into(),
+                )),
+            };
+        };
         let uid = pod.metadata.uid.as_deref().unwrap_or_default();
         if uid.is_empty() || uid.contains('/') || uid.starts_with('.') {
             return Err(NetworkError::Unavailable(format!("invalid pod uid {uid:?}")));
