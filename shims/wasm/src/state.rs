@@ -109,7 +109,10 @@ impl MemoryCap {
     }
 }
 
-/// The [`MemoryCap`] over all linear memories of a store. Growing past it traps (`memory.grow` does not
+/// What one table element holds in the host: a pointer.
+const TABLE_ELEMENT_BYTES: u64 = 8;
+
+/// The [`MemoryCap`] over all linear memories and tables of a store. Growing past it traps (`memory.grow` does not
 /// return -1): Kubernetes' answer to a container over its limit is OOMKilled, and most guests would abort
 /// on a failed allocation anyway.
 pub(crate) struct MemoryLimit {
@@ -149,8 +152,11 @@ impl ResourceLimiter for MemoryLimit {
         Err(wasmtime::format_err!("the host could not allocate more guest memory"))
     }
 
-    fn table_growing(&mut self, _current: usize, _desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(true)
+    /// Tables live in the agent's memory too (a slot per element): without this, `table.grow` would hold
+    /// gigabytes the memory limit never saw.
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let bytes = |elements: usize| (elements as u64).saturating_mul(TABLE_ELEMENT_BYTES);
+        self.memory_growing(bytes(current) as usize, bytes(desired) as usize, maximum.map(|m| bytes(m) as usize))
     }
 }
 
@@ -394,6 +400,10 @@ mod tests {
         let err = m.memory_growing(2 * 65536, 3 * 65536, None).unwrap_err();
         assert_eq!(err.to_string(), "memory limit of 262144 bytes exceeded");
         assert!(m.exceeded);
+        let mut tables = MemoryLimit { cap: MemoryCap::new(Some(65536), 65536), used: 0, exceeded: false };
+        assert!(tables.table_growing(0, 4096, None).unwrap(), "32 KiB of table elements fit");
+        assert!(tables.table_growing(4096, 100_000, None).is_err(), "800 KiB do not");
+        assert!(tables.exceeded);
         let mut defaulted = MemoryLimit { cap: MemoryCap::new(None, 65536), used: 0, exceeded: false };
         let err = defaulted.memory_growing(0, usize::MAX, None).unwrap_err();
         assert_eq!(
