@@ -63,6 +63,19 @@ struct ServerArgs {
     tls: TlsArgs,
     #[command(flatten)]
     controllers: ControllerArgs,
+    #[command(flatten)]
+    admission: AdmissionArgs,
+}
+
+/// What the API server admits.
+#[derive(clap::Args)]
+struct AdmissionArgs {
+    /// The Pod Security level (privileged, baseline, restricted) enforced, and warned about, in namespaces
+    /// without a `pod-security.kubernetes.io/enforce` label; kube-system is exempt. Baseline refuses
+    /// privileged containers, host namespaces, hostPath volumes, host ports and capabilities beyond the
+    /// default set.
+    #[arg(long, default_value = "baseline", value_name = "LEVEL")]
+    pod_security_default: skiff_api::pod_security::Level,
 }
 
 /// The serving certificate's names.
@@ -95,6 +108,8 @@ struct UpArgs {
     tls: TlsArgs,
     #[command(flatten)]
     controllers: ControllerArgs,
+    #[command(flatten)]
+    admission: AdmissionArgs,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -271,6 +286,7 @@ fn main() -> anyhow::Result<()> {
                 store: "embedded".into(),
                 tls: args.tls,
                 controllers: args.controllers,
+                admission: args.admission,
             };
             serve(server, Some(args.node))
         }
@@ -353,12 +369,22 @@ fn default_data_dir() -> PathBuf {
 /// Runs the control plane and, for `skiff up`, a node agent in the same process sharing its data directory.
 #[tokio::main]
 async fn serve(args: ServerArgs, node: Option<NodeArgs>) -> anyhow::Result<()> {
+    let agent_files = node.as_ref().map_or(0, |node| agent_open_files(node.max_pods));
+    raise_open_files_limit(skiff_apiserver::connections::MAX_CONNECTIONS as u64 + RESERVED_FILES + agent_files);
     let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    // Keys, tokens and the store: the data directory is its owner's alone, as kube-bench expects.
+    std::fs::set_permissions(&data_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .with_context(|| format!("cannot make {} private", data_dir.display()))?;
     let registries = node.as_ref().map(NodeArgs::registries).transpose()?;
     let store = open_store(&args.store, &data_dir).await?;
     let shutdown = cancel_on_signal();
-    let config = ServerConfig { data_dir: data_dir.clone(), listen: args.listen, tls_sans: args.tls.sans };
+    let config = ServerConfig {
+        data_dir: data_dir.clone(),
+        listen: args.listen,
+        tls_sans: args.tls.sans,
+        pod_security_default: args.admission.pod_security_default,
+    };
     let server = Server::bind(config, store, shutdown.clone()).await?;
     trim::after_start_up();
     tracing::info!(
@@ -431,6 +457,7 @@ fn loopback_client(data_dir: &Path, url: &str) -> anyhow::Result<kube::Client> {
 
 #[tokio::main]
 async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    raise_open_files_limit(agent_open_files(args.node.max_pods));
     let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
     let token = std::fs::read_to_string(&args.token_file)
         .with_context(|| format!("cannot read the join token {}", args.token_file.display()))?;
@@ -459,6 +486,36 @@ async fn image(command: ImageCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Files a process keeps open besides its connections and containers' logs: the store, etcd and API
+/// connections, certificates, the wasm cache, and the rest.
+const RESERVED_FILES: u64 = 256;
+
+/// The files a node agent may hold open: a log file per container, its endpoint's connections, the rest.
+fn agent_open_files(max_pods: u32) -> u64 {
+    u64::from(max_pods) + skiff_node::MAX_KUBELET_CONNECTIONS as u64 + RESERVED_FILES
+}
+
+/// Raises the soft open-files limit to the hard limit, as Go does for every program and Rust's std does not:
+/// the server's and the agent's connections, and the agent's containers' log files, each take one. Warns
+/// when that is still below `needed`: beyond the limit, connections are refused and files fail to open.
+fn raise_open_files_limit(needed: u64) {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the rlimit struct passed by pointer.
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
+        }
+    };
+    if !raised || limit.rlim_cur < needed {
+        tracing::warn!(
+            limit = limit.rlim_cur,
+            needed,
+            "the open-files limit is below what the connection limits and --max-pods need"
+        );
+    }
 }
 
 /// A token cancelled on SIGTERM or SIGINT.

@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use pods::BackoffConfig;
 pub use registration::CERT_ANNOTATION;
+pub use server::MAX_CONNECTIONS as MAX_KUBELET_CONNECTIONS;
 
 /// The kubelet's port, which the API server reaches for logs.
 pub const DEFAULT_KUBELET_PORT: u16 = 10250;
@@ -107,9 +108,12 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let client = connect::connect(&server, &token).await?;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| AgentError::Config(format!("cannot create {}: {e}", config.data_dir.display())))?;
+    // Images, containers' writable layers, volumes (Secrets among them) and logs: the agent's alone, as
+    // Docker keeps /var/lib/docker.
+    std::fs::set_permissions(&config.data_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .map_err(|e| AgentError::Config(format!("cannot make {} private: {e}", config.data_dir.display())))?;
     let kubelet =
         server::KubeletServer::bind(SocketAddr::new(config.node_ip, config.kubelet_port), &config.name).await?;
-    raise_open_files_limit(config.max_pods);
     let wasm_config = skiff_wasm::WasmConfig {
         max_instances: config.max_pods,
         default_memory_limit: config.wasm_default_memory_limit,
@@ -234,24 +238,6 @@ async fn start_network(
     let running = list.items.iter().filter(|pod| !ended(pod)).filter_map(|pod| pod.metadata.uid.clone());
     network.collect(&running.collect()).await;
     Ok(network)
-}
-
-/// Each running container holds its log file open, so the agent raises its soft open-files limit to the hard
-/// limit (as Go does for every program; Rust's std does not), and warns when that is still below what
-/// `max_pods` needs.
-fn raise_open_files_limit(max_pods: u32) {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit and setrlimit only read and write the rlimit struct passed by pointer.
-    let raised = unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
-        }
-    };
-    let needed = u64::from(max_pods) + 256;
-    if !raised || limit.rlim_cur < needed {
-        tracing::warn!(limit = limit.rlim_cur, needed, "the open-files limit is below what --max-pods needs");
-    }
 }
 
 /// How often unused images are removed from the store: the kubelet's image GC period.

@@ -2,13 +2,20 @@
 //! with the kubelet's query parameters; `GET /exec/{ns}/{pod}/{uid}/{container}?command=..`, a WebSocket
 //! upgrade, and `/portForward/{ns}/{pod}/{uid}`, an upgrade to SPDY (in WebSocket or not), both passed through
 //! by the API server from the client. The certificate is self-signed; the API server pins its SHA-256 from the
-//! Node's annotation, and must present the cluster's node token.
+//! Node's annotation, and must present the cluster's node token (compared in constant time).
+//!
+//! Anyone who reaches the port can open connections, so what one may hold is bounded as on the API server
+//! (`skiff_apiserver::connections`, whose numbers this follows; the agent depends on nothing of the control
+//! plane): at most [`MAX_CONNECTIONS`] at once, further ones waiting in the listen backlog; a TLS handshake
+//! within [`TLS_HANDSHAKE_TIMEOUT`]; request headers within [`HEADER_READ_TIMEOUT`]; accept errors backing
+//! off as Go's do. A streamed log, an exec or a port-forward is never cut.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -16,11 +23,13 @@ use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper::upgrade::Upgraded;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use sha2::Digest;
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_tungstenite::WebSocketStream;
@@ -32,6 +41,19 @@ use crate::AgentError;
 use crate::exec::{self, ExecOptions, Protocol, Running};
 use crate::logs::{self, LogQuery};
 use crate::portforward::{self, PodTarget, Transport};
+
+/// Connections the endpoint holds at once. Its only clients are API servers, with one connection per log,
+/// exec or port-forward session; the rest of the limit is room for connections that never become requests
+/// until the timeouts close them, while leaving the agent file descriptors for its pods' logs.
+pub const MAX_CONNECTIONS: usize = 4_096;
+
+/// How long a TLS handshake may take: Go's and client-go's client-side 10 s, as on the API server.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the API server may take to send a request's headers, which it sends as soon as it has connected.
+/// The endpoint speaks HTTP/1.1 only, where this clock also runs while a connection waits for its next
+/// request: the API server dials once per request, so an idle connection is nobody's and closes after this.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct KubeletServer {
     listener: TcpListener,
@@ -80,26 +102,69 @@ impl KubeletServer {
         shutdown: CancellationToken,
     ) {
         let handler = Arc::new(Handler { client, pods_dir, token, running });
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let mut backoff: Option<Duration> = None;
+        let mut saturated = false;
         loop {
-            let (tcp, _) = tokio::select! {
+            // A free slot first: at the limit, connections wait in the listen backlog.
+            let slot = match slots.clone().try_acquire_owned() {
+                Ok(slot) => {
+                    saturated = false;
+                    slot
+                }
+                Err(_) => {
+                    // Once per episode: under a flood every freed slot would log otherwise.
+                    if !std::mem::replace(&mut saturated, true) {
+                        tracing::warn!(
+                            limit = MAX_CONNECTIONS,
+                            "kubelet endpoint connection limit reached, not accepting"
+                        );
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+                    }
+                }
+            };
+            let (tcp, peer) = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 accepted = self.listener.accept() => match accepted {
                     Ok(accepted) => accepted,
                     Err(e) => {
-                        tracing::warn!(error = %e, "kubelet endpoint accept failed");
-                        continue;
+                        // Go's net/http back-off (5 ms doubling to 1 s) instead of spinning on a listener that
+                        // stays readable while the process is out of file descriptors.
+                        let pause = backoff.map_or(Duration::from_millis(5), |d| (d * 2).min(Duration::from_secs(1)));
+                        backoff = Some(pause);
+                        tracing::warn!(error = %e, ?pause, "kubelet endpoint accept failed, retrying");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(pause) => continue,
+                        }
                     }
                 },
             };
+            backoff = None;
             let (acceptor, handler, shutdown) = (self.acceptor.clone(), handler.clone(), shutdown.clone());
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                // The slot is the connection's until it ends; an upgraded exec or port-forward leaves the count
+                // once upgraded (it is authenticated by then).
+                let _slot = slot;
+                let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+                let tls = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    handshake = handshake => match handshake {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                    },
+                };
                 let service = hyper::service::service_fn(move |request| {
                     let handler = handler.clone();
                     async move { Ok::<_, Infallible>(handler.serve(request).await) }
                 });
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+                let connection = builder.serve_connection(TokioIo::new(tls), service).with_upgrades();
                 tokio::select! {
                     _ = connection => {}
                     _ = shutdown.cancelled() => {}
@@ -119,8 +184,12 @@ fn text(code: StatusCode, message: String) -> Response<Body> {
 
 impl Handler {
     async fn serve(&self, request: Request<Incoming>) -> Response<Body> {
-        let presented = request.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        if presented != Some(format!("Bearer {}", self.token).as_str()) {
+        let presented = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .unwrap_or_default();
+        if !bool::from(presented.ct_eq(self.token.as_bytes())) {
             return text(StatusCode::UNAUTHORIZED, "Unauthorized".into());
         }
         let path: Vec<&str> = request.uri().path().trim_matches('/').split('/').collect();
@@ -195,7 +264,9 @@ impl Handler {
         };
         let response = websocket_accepted(key, protocol.name());
         let target = self.running.exec(uid, container, pod);
-        let span = tracing::info_span!("exec", %pod, %container, command = ?options.command);
+        // A command line can carry secrets: it is no part of the span, and logged at debug only.
+        let span = tracing::info_span!("exec", %pod, %container);
+        span.in_scope(|| tracing::debug!(command = ?options.command, "exec"));
         on_upgrade(&mut request, span, move |upgraded| async move {
             let ws = WebSocketStream::from_raw_socket(upgraded, Role::Server, None).await;
             exec::session(ws, protocol, target, options).await;

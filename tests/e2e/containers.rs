@@ -13,14 +13,14 @@ const TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Dropped agent first: it takes its containers (and their root mounts) along before the cluster's
 /// directory, which holds the agent's data dir, is removed.
-struct Node {
-    agent: Agent,
-    cluster: Cluster,
-    registry: Registry,
+pub(crate) struct Node {
+    pub agent: Agent,
+    pub cluster: Cluster,
+    pub registry: Registry,
 }
 
 impl Node {
-    fn start() -> Option<Self> {
+    pub(crate) fn start() -> Option<Self> {
         if !is_root() {
             eprintln!("skipping: OCI containers need root");
             return None;
@@ -32,25 +32,25 @@ impl Node {
     }
 
     /// Creates a pod bound to the agent from YAML lines for its spec (indented by two spaces).
-    fn pod(&self, name: &str, spec: &str) {
+    pub(crate) fn pod(&self, name: &str, spec: &str) {
         self.cluster.create_pod(name, &self.agent.name, &format!("  terminationGracePeriodSeconds: 2\n{spec}"));
     }
 
-    fn get(&self, name: &str) -> Value {
+    pub(crate) fn get(&self, name: &str) -> Value {
         self.cluster.pod(name)
     }
 
-    fn wait_phase(&self, name: &str, phase: &str) -> Value {
+    pub(crate) fn wait_phase(&self, name: &str, phase: &str) -> Value {
         self.cluster.wait_pod_phase(name, phase, TIMEOUT, &self.agent)
     }
 
-    fn status(&self, pod: &str, container: &str) -> Value {
+    pub(crate) fn status(&self, pod: &str, container: &str) -> Value {
         let pod = self.get(pod);
         let statuses = pod["status"]["containerStatuses"].as_array().cloned().unwrap_or_default();
         statuses.into_iter().find(|s| s["name"] == container).unwrap_or(Value::Null)
     }
 
-    fn logs(&self, pod: &str, container: &str) -> String {
+    pub(crate) fn logs(&self, pod: &str, container: &str) -> String {
         self.cluster.ok(&["logs", pod, "-c", container])
     }
 
@@ -368,12 +368,19 @@ fn volumes_resist_a_container_that_plants_links() {
     );
     let last_line = || {
         let logs = node.cluster.kubectl(&["logs", "tamper", "-c", "app"]).stdout;
-        String::from_utf8_lossy(&logs).lines().filter(|l| !l.is_empty()).last().unwrap_or_default().to_string()
+        String::from_utf8_lossy(&logs).lines().rfind(|l| !l.is_empty()).unwrap_or_default().to_string()
     };
     eventually("the container reading its ConfigMap", TIMEOUT, || (last_line() == "hello").then_some(()));
     assert!(node.logs("tamper", "app").starts_with("read-only\n"), "{}", node.logs("tamper", "app"));
     node.cluster.ok(&["patch", "configmap", "settings", "-p", r#"{"data":{"greeting":"updated"}}"#]);
     eventually("the volume following the ConfigMap", TIMEOUT, || (last_line() == "updated").then_some(()));
+
+    // What holds the volumes (and the server's keys) is no other local user's to read.
+    use std::os::unix::fs::PermissionsExt;
+    for dir in [node.agent.data_dir().to_path_buf(), node.cluster.data_dir()] {
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", dir.display());
+    }
 }
 
 /// hostNetwork shares the node's network; a container whose pod did not ask for that is refused on a node

@@ -3,6 +3,8 @@
 //! behaviour.
 
 mod abuse;
+mod confinement;
+mod connections;
 mod containers;
 mod deployments;
 mod exec;
@@ -13,6 +15,7 @@ mod multinode;
 mod network;
 mod networkpolicy;
 mod node;
+mod podsecurity;
 mod portforward;
 mod scheduling;
 mod services;
@@ -23,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use abuse::abuse_is_refused_and_the_server_stays_small;
 use harness::{Backend, Cluster};
+use podsecurity::pod_security_admits_pods_by_their_namespace_level;
 use serde_json::Value;
 use services::services_track_pods_and_allocate_ports;
 
@@ -677,6 +681,11 @@ fn node_a_bad_registries_file_stops_the_agent() {
 }
 
 #[test]
+fn connections_idle_connections_neither_block_nor_stay() {
+    connections::idle_connections_neither_block_nor_stay();
+}
+
+#[test]
 fn exec_kubectl_exec_runs_commands_in_containers() {
     exec::kubectl_exec_runs_commands_in_containers();
 }
@@ -724,4 +733,5 @@ scenarios!(
     cli_prints_kubeconfig_and_version,
     services_track_pods_and_allocate_ports,
     abuse_is_refused_and_the_server_stays_small,
+    pod_security_admits_pods_by_their_namespace_level,
 );

@@ -187,7 +187,9 @@ pub fn a_wasm_app_and_a_container_sidecar_share_localhost() {
     eventually("the mixed pod's address released", TIMEOUT, || net.leases().is_empty().then_some(()));
 
     // After an agent restart a pod keeps its namespace and address, and no second address is taken.
-    // Its hostPort (portmap) reaches it through the node's own address too.
+    // Its hostPort (portmap) reaches it through the node's own address too. Pod Security's baseline
+    // default refuses host ports: the namespace allows them.
+    net.cluster.ok(&["label", "namespace", "default", "pod-security.kubernetes.io/enforce=privileged"]);
     let host_port = crate::harness::free_port();
     net.pod(
         "web",

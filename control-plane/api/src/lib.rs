@@ -1,5 +1,6 @@
 //! Kubernetes API machinery with no IO: which resources Skiff serves ([`resources`]), how objects are
-//! patched, selected, validated and shown (tables, discovery documents, OpenAPI).
+//! patched, selected, validated and shown (tables, discovery documents, OpenAPI), and which pods a
+//! namespace's Pod Security level admits ([`pod_security`]).
 //!
 //! Architecture invariant: nothing here touches a socket, a file or the store; the API server crate does
 //! the IO and calls into this one. Objects cross as `serde_json::Value`, checked against k8s-openapi types.
@@ -11,6 +12,7 @@ pub mod join;
 pub mod limits;
 pub mod openapi;
 pub mod patch;
+pub mod pod_security;
 pub mod protobuf;
 pub mod resources;
 pub mod selectors;

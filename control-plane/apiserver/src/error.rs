@@ -53,6 +53,11 @@ pub enum ApiError {
     /// A watch or list asked for a resourceVersion older than the retained history.
     #[error("too old resource version: {requested} ({oldest})")]
     Expired { requested: i64, oldest: i64 },
+    /// More requests in flight than the server takes (kube-apiserver's max-in-flight filter, see
+    /// `inflight`): the client may try again after `retry_after_seconds`, which clients read from the
+    /// `Retry-After` header and the Status's details.
+    #[error("Too many requests, please try again later.")]
+    TooManyRequests { retry_after_seconds: u32 },
     #[error("{0}")]
     Internal(String),
 }
@@ -73,6 +78,11 @@ impl ApiError {
 
     pub fn conflict(def: &ResourceDef, name: &str) -> Self {
         ApiError::Conflict { resource: def.qualified_name(), group: def.group, name: name.to_string() }
+    }
+
+    /// An admission refusal (kube-apiserver's `NewForbidden`): `pods "x" is forbidden: <reason>`.
+    pub fn forbidden(def: &ResourceDef, name: &str, reason: &str) -> Self {
+        ApiError::Forbidden(format!("{} \"{name}\" is forbidden: {reason}", def.qualified_name()))
     }
 
     pub fn invalid(def: &ResourceDef, name: &str, causes: Vec<Cause>) -> Self {
@@ -104,6 +114,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Expired { .. } => StatusCode::GONE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -121,6 +132,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             ApiError::TooLarge(_) => "RequestEntityTooLarge",
             ApiError::Expired { .. } => "Expired",
+            ApiError::TooManyRequests { .. } => "TooManyRequests",
             ApiError::Internal(_) => "InternalError",
         }
     }
@@ -151,6 +163,9 @@ impl ApiError {
                 let kind = resource.split('.').next().unwrap_or(resource);
                 Some(json!({"name": name, "group": group, "kind": kind, "causes": causes}))
             }
+            ApiError::TooManyRequests { retry_after_seconds } => {
+                Some(json!({"retryAfterSeconds": retry_after_seconds}))
+            }
             _ => None,
         };
         if let Some(details) = details {
@@ -165,7 +180,12 @@ impl IntoResponse for ApiError {
         if self.code().is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
-        (self.code(), axum::Json(self.status())).into_response()
+        let mut response = (self.code(), axum::Json(self.status())).into_response();
+        // kube-apiserver's response writer turns a Status's retryAfterSeconds into the header clients wait by.
+        if let ApiError::TooManyRequests { retry_after_seconds } = self {
+            response.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from(retry_after_seconds));
+        }
+        response
     }
 }
 
@@ -223,6 +243,11 @@ mod tests {
             "Deployment.apps \"web\" is invalid: [spec.selector: Required value, spec.replicas: Invalid value: -1]"
         );
         assert_eq!(status["details"]["causes"].as_array().map(Vec::len), Some(2));
+
+        let pods = skiff_api::resources::find("", "v1", "pods").unwrap();
+        let status = ApiError::forbidden(pods, "x", "violates PodSecurity \"baseline:latest\": privileged").status();
+        assert_eq!((status["code"].as_u64(), status["reason"].as_str()), (Some(403), Some("Forbidden")));
+        assert_eq!(status["message"], "pods \"x\" is forbidden: violates PodSecurity \"baseline:latest\": privileged");
     }
 
     #[test]

@@ -1,12 +1,18 @@
 //! Skiff's API server: the Kubernetes API over a [`skiff_store::Store`], served over HTTPS.
 //!
 //! Code map: [`router`] is the HTTP surface (paths, negotiation, auth); [`objects`] the object semantics
-//! (metadata, concurrency, subresources, deletion); [`watch`] the watch stream; [`lifecycle`] the server's
-//! own bookkeeping (system namespaces, default ServiceAccounts, namespace deletion); [`kubernetes_service`]
+//! (metadata, concurrency, subresources, deletion), with `admission` (Pod Security) on its writes; [`watch`]
+//! the watch stream; [`lifecycle`] the server's own bookkeeping (system namespaces, default ServiceAccounts,
+//! namespace deletion); [`kubernetes_service`]
 //! the `kubernetes` Service and the API servers as its endpoints; [`pki`] first-start credentials; [`server`]
-//! the TLS listener and graceful drain. Pure API machinery lives in `skiff-api`.
+//! the TLS listener and graceful drain, within the limits of [`connections`] (how many connections, how
+//! long a handshake, headers, an idle connection may take) and [`inflight`] (how many requests at once).
+//! Pure API machinery lives in `skiff-api`.
 
+mod admission;
+pub mod connections;
 pub mod error;
+pub mod inflight;
 pub mod kubelet;
 pub mod kubernetes_service;
 pub mod lifecycle;

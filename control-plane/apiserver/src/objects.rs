@@ -11,11 +11,13 @@ use bytes::Bytes;
 use serde_json::{Map, Value, json};
 use skiff_api::limits::MAX_OBJECT_BYTES;
 use skiff_api::patch::{self, ApplyError, PatchType};
+use skiff_api::pod_security::PodSecurity;
 use skiff_api::resources::ResourceDef;
 use skiff_api::selectors::{FieldSelector, LabelSelector};
 use skiff_api::validation::{self, Cause};
 use skiff_store::{KeyValue, Revision, Store};
 
+use crate::admission;
 use crate::error::ApiError;
 
 /// The first two octets of the service virtual IP range, 10.43.0.0/16 as in k3s.
@@ -108,6 +110,7 @@ pub struct ListResult {
 pub struct Objects {
     store: Arc<dyn Store>,
     namespaces: Arc<NamespaceCache>,
+    pod_security: Arc<PodSecurity>,
 }
 
 /// Which namespaces exist and whether each is terminating, as the namespace controller last listed them.
@@ -119,8 +122,19 @@ pub struct Objects {
 struct NamespaceCache(std::sync::RwLock<std::collections::HashMap<String, bool>>);
 
 impl Objects {
+    /// Objects over `store`, admitting pods by Pod Security's default (baseline where a namespace sets no
+    /// level; see [`PodSecurity`]).
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store, namespaces: Arc::default() }
+        Self { store, namespaces: Arc::default(), pod_security: Arc::default() }
+    }
+
+    /// The same, admitting pods by `pod_security` (`--pod-security-default`).
+    pub fn with_pod_security(self, pod_security: PodSecurity) -> Self {
+        Self { pod_security: Arc::new(pod_security), ..self }
+    }
+
+    pub fn pod_security(&self) -> &PodSecurity {
+        &self.pod_security
     }
 
     /// Replaces the namespace cache with `(name, terminating)` pairs from a full list.
@@ -197,7 +211,7 @@ impl Objects {
         object: Value,
         options: &WriteOptions,
     ) -> Result<Written, ApiError> {
-        let (mut object, warnings) = admit(def, object, options)?;
+        let (mut object, mut warnings) = admit(def, object, options)?;
         prepare_create(def, ns, &mut object)?;
         self.allocate_cluster_ip(def, &mut object).await?;
         let name = name_of(&object).to_string();
@@ -209,6 +223,7 @@ impl Objects {
         if let Some(ns) = ns {
             self.check_namespace_open(ns).await?;
         }
+        warnings.extend(admission::pod_security(self, def, ns, &object, None).await?);
         patch::record_update(def, None, &mut object, &options.field_manager, None);
         if options.dry_run {
             if self.store.get(&key(def, ns, &name)).await?.is_some() {
@@ -466,8 +481,9 @@ impl Objects {
         if let Some(ns) = ns {
             self.check_namespace_open(ns).await?;
         }
+        let warnings = admission::pod_security(self, def, ns, &object, None).await?;
         if options.dry_run {
-            return Ok(Written { object, warnings: Vec::new(), created: true });
+            return Ok(Written { object, warnings, created: true });
         }
         let kv = match self.store.create(&key(def, ns, &name), encode(&object)?).await {
             Err(skiff_store::Error::AlreadyExists(_)) => {
@@ -476,7 +492,7 @@ impl Objects {
             other => other?,
         };
         set_resource_version(&mut object, kv.mod_revision);
-        Ok(Written { object, warnings: Vec::new(), created: true })
+        Ok(Written { object, warnings, created: true })
     }
 
     /// The loop every update goes through: read, let `change` compute the new object, apply the update rules
@@ -507,8 +523,10 @@ impl Objects {
             if !causes.is_empty() {
                 return Err(ApiError::invalid(def, name, causes));
             }
+            let mut warnings = Vec::new();
             if part == Part::Main {
                 self.allocate_node_ports(def, ns, &mut object, Some(&current)).await?;
+                warnings = admission::pod_security(self, def, ns, &object, Some(&current)).await?;
             }
             if !options.field_manager.is_empty() {
                 let subresource = match part {
@@ -521,10 +539,10 @@ impl Objects {
             }
             if object == current {
                 // Kubernetes skips no-op writes: the resourceVersion stays and watchers see nothing.
-                return Ok(Written { object: present(part, current)?, warnings: Vec::new(), created: false });
+                return Ok(Written { object: present(part, current)?, warnings, created: false });
             }
             if options.dry_run {
-                return Ok(Written { object: present(part, object)?, warnings: Vec::new(), created: false });
+                return Ok(Written { object: present(part, object)?, warnings, created: false });
             }
             let result = if finished_deleting(def, &object) {
                 self.store.delete(&key, Some(kv.mod_revision)).await
@@ -534,7 +552,7 @@ impl Objects {
             match result {
                 Ok(written) => {
                     set_resource_version(&mut object, written.mod_revision);
-                    return Ok(Written { object: present(part, object)?, warnings: Vec::new(), created: false });
+                    return Ok(Written { object: present(part, object)?, warnings, created: false });
                 }
                 Err(skiff_store::Error::Conflict { .. }) => continue,
                 Err(skiff_store::Error::NotFound(_)) => return Err(ApiError::not_found(def, name)),

@@ -66,19 +66,9 @@ pub fn router(state: Arc<AppState>) -> Router {
 async fn authenticate(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     // `/cacerts` is public too: the CA certificate is no secret, and joining agents verify it by hash.
     let open = matches!(request.uri().path(), "/version" | "/healthz" | "/livez" | "/readyz" | "/cacerts");
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let known =
-        presented.is_some_and(|token| state.tokens.iter().any(|t| constant_time_eq(t.as_bytes(), token.as_bytes())));
+    let presented = crate::inflight::bearer(request.headers());
+    let known = presented.is_some_and(|token| state.tokens.iter().any(|t| crate::inflight::same_token(t, token)));
     if open || known { next.run(request).await } else { ApiError::Unauthorized.into_response() }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn version() -> axum::Json<Value> {

@@ -1,21 +1,26 @@
-//! The TLS listener and its lifecycle: bind, serve HTTP/1.1 and HTTP/2, and on shutdown stop accepting,
-//! end watches and drain in-flight requests within a grace period.
+//! The TLS listener and its lifecycle: bind, serve HTTP/1.1 and HTTP/2 within the limits of
+//! [`connections`](crate::connections) and [`inflight`](crate::inflight), and on shutdown stop accepting, end
+//! watches and drain in-flight requests within a grace period.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
+use axum::response::IntoResponse;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use skiff_store::Store;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
+use crate::connections::{self, AcceptBackoff, Activity, Holding};
 use crate::error::ApiError;
+use crate::inflight::{self, InFlight};
 use crate::objects::Objects;
 use crate::pki::{ClusterSecrets, Credentials, PkiError};
 use crate::router::{self, AppState};
@@ -29,6 +34,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Further names and addresses for the serving certificate (`--tls-san`).
     pub tls_sans: Vec<String>,
+    /// The Pod Security level enforced in namespaces without a `pod-security.kubernetes.io/enforce` label
+    /// (`--pod-security-default`).
+    pub pod_security_default: skiff_api::pod_security::Level,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +98,7 @@ pub struct Server {
     listener: TcpListener,
     acceptor: TlsAcceptor,
     state: Arc<AppState>,
+    inflight: Arc<InFlight>,
     url: String,
     /// Where pods reach this server: listed in the `kubernetes` Service's endpoints.
     advertise: SocketAddr,
@@ -110,11 +119,18 @@ impl Server {
         let url = server_url(local);
         credentials.write_kubeconfig(&url)?;
         let acceptor = TlsAcceptor::from(Arc::new(credentials.server_config()?));
-        let objects = Objects::new(store);
+        let pod_security = skiff_api::pod_security::PodSecurity::new(config.pod_security_default);
+        let objects = Objects::new(store).with_pod_security(pod_security);
         lifecycle::bootstrap(&objects).await.map_err(ServerError::Bootstrap)?;
         kubernetes_service::ensure_service(&objects, local.port()).await.map_err(ServerError::Bootstrap)?;
         kubernetes_service::ensure_cluster_dns(&objects).await.map_err(ServerError::Bootstrap)?;
         let advertise = SocketAddr::new(kubernetes_service::advertise_address(local.ip()), local.port());
+        let inflight = Arc::new(InFlight::new(
+            inflight::MAX_READ_ONLY,
+            inflight::MAX_MUTATING,
+            credentials.admin_token.clone(),
+            vec![credentials.admin_token.clone(), credentials.node_token.clone()],
+        ));
         let state = Arc::new(AppState {
             objects,
             tokens: vec![credentials.admin_token.clone(), credentials.node_token.clone()],
@@ -123,7 +139,7 @@ impl Server {
             ca_cert_pem: credentials.ca_cert_pem.clone(),
             node_token: credentials.node_token.clone(),
         });
-        Ok(Self { listener, acceptor, state, url, advertise })
+        Ok(Self { listener, acceptor, state, inflight, url, advertise })
     }
 
     /// Advertises this server in the `kubernetes` Service's endpoints at `address` (and its listen port)
@@ -142,49 +158,124 @@ impl Server {
 
     /// Serves until the shutdown token is cancelled, then drains.
     pub async fn run(self) {
-        let Server { listener, acceptor, state, url, advertise } = self;
+        let Server { listener, acceptor, state, inflight, url, advertise } = self;
         let shutdown = state.shutdown.clone();
         let controller = tokio::spawn(lifecycle::run(state.objects.clone(), shutdown.clone()));
         let endpoints = tokio::spawn(kubernetes_service::run(state.objects.clone(), advertise, shutdown.clone()));
         let app = router::router(state);
-        let graceful = GracefulShutdown::new();
+        let slots = Arc::new(Semaphore::new(connections::MAX_CONNECTIONS));
+        let mut backoff = AcceptBackoff::default();
         tracing::info!(%url, "serving the Kubernetes API");
+        let mut saturated = false;
         loop {
+            // A free slot first: at the limit, connections wait in the listen backlog (see `connections`).
+            let slot = match slots.clone().try_acquire_owned() {
+                Ok(slot) => {
+                    saturated = false;
+                    slot
+                }
+                Err(_) => {
+                    // Once per episode: under a flood every freed slot would log otherwise.
+                    if !std::mem::replace(&mut saturated, true) {
+                        tracing::warn!(limit = connections::MAX_CONNECTIONS, "connection limit reached, not accepting");
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+                    }
+                }
+            };
             let (tcp, peer) = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
                     Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        continue;
+                        let delay = backoff.failed();
+                        tracing::warn!(error = %e, ?delay, "accept failed, retrying");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            _ = tokio::time::sleep(delay) => continue,
+                        }
                     }
                 },
             };
+            backoff.succeeded();
             let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            let service = TowerToHyperService::new(app.clone());
-            let watcher = graceful.watcher();
-            tokio::spawn(async move {
-                let tls = match acceptor.accept(tcp).await {
-                    Ok(tls) => tls,
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                };
-                let builder = auto::Builder::new(TokioExecutor::new());
-                let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-                if let Err(e) = watcher.watch(connection.into_owned()).await {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                }
-            });
+            let connection = Connection {
+                acceptor: acceptor.clone(),
+                app: app.clone(),
+                inflight: inflight.clone(),
+                shutdown: shutdown.clone(),
+                _slot: slot,
+            };
+            tokio::spawn(connection.serve(tcp, peer));
         }
         drop(listener);
         tracing::info!("shutting down: draining in-flight requests");
+        // Every connection holds a slot until it ends: all slots free means all connections closed.
+        let all = u32::try_from(connections::MAX_CONNECTIONS).unwrap_or(u32::MAX);
         tokio::select! {
-            _ = graceful.shutdown() => tracing::info!("all connections closed"),
+            _ = slots.acquire_many(all) => tracing::info!("all connections closed"),
             _ = tokio::time::sleep(DRAIN_GRACE) => tracing::warn!("drain grace period over, dropping connections"),
         }
         let _ = tokio::join!(controller, endpoints);
+    }
+}
+
+/// One accepted connection, holding its slot of the listener until it ends. An upgraded connection (exec,
+/// port-forward) leaves hyper, and with it the count, once upgraded: it is authenticated by then, and lasts
+/// as long as its user's session.
+struct Connection {
+    acceptor: TlsAcceptor,
+    app: axum::Router,
+    inflight: Arc<InFlight>,
+    shutdown: CancellationToken,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Connection {
+    async fn serve(self, tcp: TcpStream, peer: SocketAddr) {
+        let handshake = tokio::time::timeout(connections::TLS_HANDSHAKE_TIMEOUT, self.acceptor.accept(tcp));
+        let tls = tokio::select! {
+            _ = self.shutdown.cancelled() => return,
+            handshake = handshake => match handshake {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+            },
+        };
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        let activity = Activity::default();
+        let (app, inflight) = (self.app.clone(), self.inflight.clone());
+        let requests = activity.clone();
+        let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
+            let active = requests.begin();
+            let admitted = inflight.admit(request.method(), request.uri(), request.headers());
+            let app = app.clone();
+            async move {
+                let (response, slot) = match admitted {
+                    Ok(slot) => (app.oneshot(request).await.unwrap_or_else(|never: Infallible| match never {}), slot),
+                    Err(refused) => (refused.into_response(), None),
+                };
+                Ok::<_, Infallible>(response.map(|body| Holding::wrap(body, (active, slot))))
+            }
+        });
+        let builder = connections::builder(h2);
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+        tokio::pin!(connection);
+        tokio::select! {
+            ended = connection.as_mut() => {
+                if let Err(e) = ended {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = self.shutdown.cancelled() => {}
+            _ = activity.idle_for(connections::IDLE_TIMEOUT) => tracing::debug!(%peer, "closing an idle connection"),
+        }
+        connection.as_mut().graceful_shutdown();
+        if let Err(e) = connection.await {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        }
     }
 }

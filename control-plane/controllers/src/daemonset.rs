@@ -29,6 +29,7 @@ use crate::Error;
 use crate::events::{Kind, Recorder};
 use crate::nodelifecycle::{NOT_READY, UNREACHABLE, pod_ready};
 use crate::placement::{self, tolerates};
+use crate::replicaset::{api_message, namespace_terminating};
 
 /// The template version a daemon pod was made from, as Kubernetes labels it.
 const REVISION_HASH: &str = "controller-revision-hash";
@@ -134,6 +135,7 @@ async fn sync(set: &DaemonSet, context: &Context) -> Result<Action, Error> {
             Err(e) => return Err(e.into()),
         }
     }
+    let mut failure = None;
     for node in &plan.create {
         match pods.create(&PostParams::default(), &new_pod(set, spec, &hash, node)).await {
             Ok(pod) => context.recorder.record(
@@ -143,11 +145,22 @@ async fn sync(set: &DaemonSet, context: &Context) -> Result<Action, Error> {
                 format!("Created pod: {}", pod.name_any()),
             ),
             // The namespace is being deleted: nothing may be created in it any more.
-            Err(kube::Error::Api(e)) if e.code == 403 => {
-                tracing::debug!(message = %e.message, "cannot create daemon pods");
+            Err(error) if namespace_terminating(&error) => {
+                tracing::debug!(%error, "cannot create daemon pods");
                 break;
             }
-            Err(e) => return Err(e.into()),
+            // Refused (Pod Security, an invalid template): said on the DaemonSet, as Kubernetes does, and
+            // retried once its status is written.
+            Err(error) => {
+                context.recorder.record(
+                    set,
+                    Kind::Warning,
+                    "FailedCreate",
+                    format!("Error creating: {}", api_message(&error)),
+                );
+                failure = Some(error);
+                break;
+            }
         }
     }
     let status = DaemonSetStatus { observed_generation: set.metadata.generation, ..plan.status };
@@ -155,6 +168,9 @@ async fn sync(set: &DaemonSet, context: &Context) -> Result<Action, Error> {
     if status != (DaemonSetStatus { collision_count: None, conditions: None, ..current }) {
         let sets: Api<DaemonSet> = Api::namespaced(context.client.clone(), &namespace);
         sets.patch_status(&set.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": status}))).await?;
+    }
+    if let Some(error) = failure {
+        return Err(error.into());
     }
     Ok(plan.retry_after.map_or_else(Action::await_change, Action::requeue))
 }

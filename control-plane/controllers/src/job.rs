@@ -24,6 +24,7 @@ use tracing::Instrument;
 use crate::Error;
 use crate::events::{Kind, Recorder};
 use crate::nodelifecycle::pod_ready;
+use crate::replicaset::{api_message, namespace_terminating};
 
 /// The label tying pods to their Job; the API server selects on it.
 pub const CONTROLLER_UID: &str = "batch.kubernetes.io/controller-uid";
@@ -100,6 +101,7 @@ async fn sync(job: &Job, context: &Context) -> Result<Action, Error> {
         }
     }
     let mut created = 0;
+    let mut failure = None;
     for _ in 0..plan.create {
         match pods.create(&PostParams::default(), &new_pod(job, spec, &uid)).await {
             Ok(pod) => {
@@ -112,11 +114,22 @@ async fn sync(job: &Job, context: &Context) -> Result<Action, Error> {
                 );
             }
             // The namespace is being deleted: nothing may be created in it any more.
-            Err(kube::Error::Api(e)) if e.code == 403 => {
-                tracing::debug!(message = %e.message, "cannot create pods");
+            Err(error) if namespace_terminating(&error) => {
+                tracing::debug!(%error, "cannot create pods");
                 break;
             }
-            Err(e) => return Err(e.into()),
+            // Refused (Pod Security, an invalid template): said on the Job, as Kubernetes does, and
+            // retried once its status is written.
+            Err(error) => {
+                context.recorder.record(
+                    job,
+                    Kind::Warning,
+                    "FailedCreate",
+                    format!("Error creating: {}", api_message(&error)),
+                );
+                failure = Some(error);
+                break;
+            }
         }
     }
     let active = tally.active.len() as i32 - doomed as i32 + created;
@@ -124,6 +137,9 @@ async fn sync(job: &Job, context: &Context) -> Result<Action, Error> {
     if next != status {
         let jobs: Api<Job> = Api::namespaced(context.client.clone(), &namespace);
         jobs.patch_status(&job.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": next}))).await?;
+    }
+    if let Some(error) = failure {
+        return Err(error.into());
     }
     match &plan.finish {
         Some(Finish::Complete) => context.recorder.record(job, Kind::Normal, "Completed", "Job completed".into()),

@@ -1,12 +1,12 @@
 //! The pods bound to this node: a watch on `spec.nodeName=<node>` (kube-runtime's watcher, level-triggered:
 //! every relist reconciles the full set) keeps one [`worker::Worker`] per pod.
 
+mod atomic;
 mod events;
 mod probes;
-mod atomic;
 mod spec;
-mod subpath;
 pub mod status;
+mod subpath;
 mod worker;
 
 use std::collections::{HashMap, HashSet};

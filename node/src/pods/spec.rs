@@ -243,7 +243,6 @@ fn project(
     }
 }
 
-
 /// Builds the spec the shim runs for `container` of `pod`, with the handles its mounts name (to keep open
 /// while it runs).
 #[allow(clippy::too_many_arguments)]
@@ -485,11 +484,35 @@ pub fn security(pod: &Pod, container: &Container) -> Result<Security, ConfigErro
             .transpose()
     };
     let privileged = context.privileged.unwrap_or(false);
-    let seccomp = context.seccomp_profile.or(pod_context.seccomp_profile);
-    let seccomp_unconfined = match seccomp.as_ref().map(|p| p.type_.as_str()) {
-        None | Some("RuntimeDefault") => false,
-        Some("Unconfined") => true,
-        Some(other) => return Err(ConfigError(format!("seccompProfile type \"{other}\" is not supported"))),
+    // The container's profile wins over the pod's; none at all is RuntimeDefault (the kubelet's
+    // `seccompDefault: true`). Privileged containers run unconfined whatever they ask, as containerd runs them.
+    let seccomp = match context.seccomp_profile.or(pod_context.seccomp_profile) {
+        _ if privileged => skiff_shim::SeccompProfile::Unconfined,
+        None => skiff_shim::SeccompProfile::RuntimeDefault,
+        Some(profile) => match (profile.type_.as_str(), profile.localhost_profile) {
+            ("RuntimeDefault", None) => skiff_shim::SeccompProfile::RuntimeDefault,
+            ("Unconfined", None) => skiff_shim::SeccompProfile::Unconfined,
+            ("Localhost", Some(path)) => {
+                // The API server's rule (a local descending path): the kubelet joins it to its profile root.
+                let relative = PathBuf::from(&path);
+                let descends = relative.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+                if path.is_empty() || !descends {
+                    return Err(ConfigError(format!(
+                        "seccompProfile.localhostProfile \"{path}\" must be a relative path without \"..\""
+                    )));
+                }
+                skiff_shim::SeccompProfile::Localhost(relative)
+            }
+            ("Localhost", None) => {
+                return Err(ConfigError("seccompProfile.localhostProfile must be set for type Localhost".into()));
+            }
+            (other @ ("RuntimeDefault" | "Unconfined"), Some(_)) => {
+                return Err(ConfigError(format!(
+                    "seccompProfile.localhostProfile can only be set for type Localhost, not {other}"
+                )));
+            }
+            (other, _) => return Err(ConfigError(format!("seccompProfile type \"{other}\" is not supported"))),
+        },
     };
     let capabilities = context.capabilities.unwrap_or_default();
     let mut supplemental_groups = Vec::new();
@@ -506,7 +529,7 @@ pub fn security(pod: &Pod, container: &Container) -> Result<Security, ConfigErro
         capabilities_drop: capabilities.drop.unwrap_or_default(),
         no_new_privileges: !privileged && context.allow_privilege_escalation == Some(false),
         privileged,
-        seccomp_unconfined: privileged || seccomp_unconfined,
+        seccomp,
     })
 }
 
@@ -559,6 +582,7 @@ mod tests {
 
     #[test]
     fn security_contexts_merge_container_over_pod() {
+        use skiff_shim::SeccompProfile;
         let pod: Pod = serde_json::from_value(serde_json::json!({"spec": {"containers": [], "securityContext": {
             "runAsUser": 1000, "runAsGroup": 3000, "runAsNonRoot": true, "supplementalGroups": [4000], "fsGroup": 2000,
             "seccompProfile": {"type": "Unconfined"}}}}))
@@ -579,19 +603,33 @@ mod tests {
                 capabilities_drop: vec!["ALL".into()],
                 no_new_privileges: true,
                 privileged: false,
-                seccomp_unconfined: false,
+                seccomp: SeccompProfile::RuntimeDefault,
             }
         );
         let plain = container(serde_json::json!({"name": "c"}));
-        assert!(security(&pod, &plain).unwrap().seccomp_unconfined, "the pod's profile is inherited");
-        let privileged = container(serde_json::json!({"name": "c", "securityContext": {"privileged": true}}));
+        assert_eq!(security(&pod, &plain).unwrap().seccomp, SeccompProfile::Unconfined, "the pod's is inherited");
+        assert_eq!(security(&Pod::default(), &plain).unwrap().seccomp, SeccompProfile::RuntimeDefault, "the default");
+        let privileged = container(serde_json::json!({"name": "c", "securityContext": {"privileged": true,
+            "seccompProfile": {"type": "RuntimeDefault"}}}));
         let merged = security(&Pod::default(), &privileged).unwrap();
-        assert!(merged.privileged && merged.seccomp_unconfined && !merged.no_new_privileges);
+        assert!(merged.privileged && !merged.no_new_privileges);
+        assert_eq!(merged.seccomp, SeccompProfile::Unconfined, "privileged containers are unconfined");
         let negative = container(serde_json::json!({"name": "c", "securityContext": {"runAsUser": -1}}));
         assert!(security(&Pod::default(), &negative).is_err());
-        let localhost = container(serde_json::json!({"name": "c", "securityContext": {
-            "seccompProfile": {"type": "Localhost", "localhostProfile": "x.json"}}}));
-        assert!(security(&Pod::default(), &localhost).is_err());
+        let localhost = |profile: serde_json::Value| {
+            let c = container(serde_json::json!({"name": "c", "securityContext": {"seccompProfile": profile}}));
+            security(&pod, &c).map(|s| s.seccomp).map_err(|e| e.0)
+        };
+        let local = localhost(serde_json::json!({"type": "Localhost", "localhostProfile": "profiles/audit.json"}));
+        assert_eq!(local.unwrap(), SeccompProfile::Localhost("profiles/audit.json".into()));
+        for bad in ["../escape.json", "/etc/profile.json", "a/../../b.json", ""] {
+            let err = localhost(serde_json::json!({"type": "Localhost", "localhostProfile": bad})).unwrap_err();
+            assert!(err.contains("must be a relative path"), "{bad}: {err}");
+        }
+        assert!(localhost(serde_json::json!({"type": "Localhost"})).unwrap_err().contains("must be set"));
+        let stray = serde_json::json!({"type": "RuntimeDefault", "localhostProfile": "x.json"});
+        assert!(localhost(stray).unwrap_err().contains("only be set for type Localhost"));
+        assert!(localhost(serde_json::json!({"type": "Custom"})).unwrap_err().contains("not supported"));
     }
 
     #[test]

@@ -81,10 +81,25 @@ pub struct Security {
     pub capabilities_drop: Vec<String>,
     /// `allowPrivilegeEscalation: false` sets no_new_privs.
     pub no_new_privileges: bool,
-    /// All capabilities, no masked or read-only paths, no seccomp filter.
+    /// All capabilities, every device, no masked or read-only paths, no seccomp filter (whatever `seccomp`
+    /// says).
     pub privileged: bool,
-    /// `seccompProfile: Unconfined`; otherwise the runtime's default profile applies.
-    pub seccomp_unconfined: bool,
+    /// `seccompProfile`, the container's over the pod's.
+    pub seccomp: SeccompProfile,
+}
+
+/// Which seccomp filter confines a container (`securityContext.seccompProfile`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SeccompProfile {
+    /// The runtime's default profile (containerd's `RuntimeDefault`). Every container gets it unless its
+    /// pod or itself asks otherwise, as with the kubelet's `seccompDefault: true`.
+    #[default]
+    RuntimeDefault,
+    /// No filter.
+    Unconfined,
+    /// `localhostProfile`: a profile file, relative to the node's seccomp profile directory; the node has
+    /// checked that it is relative and never leaves that directory (no `..`).
+    Localhost(PathBuf),
 }
 
 /// Which output stream a chunk came from.

@@ -153,6 +153,12 @@ fn write_process(bundle: &Path, path: &Path, request: &ExecRequest) -> Result<()
         message: format!("the container's spec {} has no process", config.display()),
         source: None,
     })?;
+    // The exec's process gets the container's seccomp filter: compiled here, once (after an agent restart,
+    // the cache is empty), not in the forked process.
+    if let Some(seccomp) = spec.linux().as_ref().and_then(|linux| linux.seccomp().as_ref()) {
+        libcontainer::seccomp::precompile(seccomp)
+            .map_err(|e| setup_error(format!("cannot compile the container's seccomp filter: {e}"), e))?;
+    }
     process.set_args(Some(request.argv.clone()));
     process.set_terminal(Some(request.tty));
     process.set_console_size(None);

@@ -4,10 +4,12 @@ mod adopt;
 mod bundle;
 mod cgroups;
 mod container;
+mod devices;
 mod exec;
 mod executor;
 mod overlay;
 mod rootfs;
+mod seccomp;
 mod security;
 mod spec;
 
@@ -70,6 +72,14 @@ pub struct OciConfig {
     pub state_dir: PathBuf,
 }
 
+impl OciConfig {
+    /// Where `Localhost` seccomp profiles are read from: `seccomp` beside the state directory, so
+    /// `<agent data dir>/seccomp` as the kubelet's is `<root dir>/seccomp`.
+    pub fn seccomp_dir(&self) -> PathBuf {
+        self.state_dir.parent().unwrap_or(&self.state_dir).join("seccomp")
+    }
+}
+
 /// Why the shim could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum OciError {
@@ -90,6 +100,8 @@ pub struct OciShim {
     dirs: Arc<bundle::Dirs>,
     layers: Arc<overlay::LayerCache>,
     hierarchy: cgroups::Hierarchy,
+    /// [`OciConfig::seccomp_dir`].
+    seccomp_dir: Arc<PathBuf>,
 }
 
 /// The pids limit of every container (the kubelet leaves it to a flag; unlimited forks are a node-wide
@@ -107,7 +119,8 @@ impl OciShim {
         let hierarchy = cgroups::Hierarchy::detect().unwrap_or(cgroups::Hierarchy::V1);
         hierarchy.remember_mounts();
         tracing::info!(?hierarchy, "oci shim ready");
-        Ok(OciShim { dirs: Arc::new(dirs), layers: Arc::new(layers), hierarchy })
+        let seccomp_dir = Arc::new(config.seccomp_dir());
+        Ok(OciShim { dirs: Arc::new(dirs), layers: Arc::new(layers), hierarchy, seccomp_dir })
     }
 
     /// Whether this host can run containers: the agent runs as root and a cgroup hierarchy with the memory
@@ -154,6 +167,7 @@ impl skiff_shim::Shim for OciShim {
         let bundle = self.dirs.bundle(&spec.id);
         let task_bundle = bundle.clone();
         let (dirs, layers, hierarchy) = (self.dirs.clone(), self.layers.clone(), self.hierarchy);
+        let seccomp_dir = self.seccomp_dir.clone();
         // Unpacking is blocking IO and libcontainer forks from the calling thread. A failed start is cleaned
         // up on that thread too: the caller may have stopped waiting (a cancelled start, a runtime shutting
         // down) and must not leave a mounted root behind.
@@ -164,7 +178,7 @@ impl skiff_shim::Shim for OciShim {
                     source: None,
                 });
             }
-            let created = create(&task_bundle, &spec, &layers, hierarchy);
+            let created = create(&task_bundle, &spec, &layers, hierarchy, &seccomp_dir);
             if created.is_err() {
                 task_bundle.remove();
             }
@@ -247,6 +261,7 @@ fn create(
     spec: &ContainerSpec,
     layers: &overlay::LayerCache,
     hierarchy: cgroups::Hierarchy,
+    seccomp_dir: &std::path::Path,
 ) -> Result<OciContainer, ShimError> {
     let _span = tracing::info_span!("oci_start", container = %spec.name, id = %spec.id).entered();
     let state = bundle.state();
@@ -257,8 +272,15 @@ fn create(
     tracing::debug!(rootfs = ?made, "root filesystem ready");
     let rootfs = bundle.root(made);
     let mut oci = spec::runtime_spec(spec, &rootfs)?;
-    security::apply(&mut oci, spec, &rootfs)?;
+    security::apply(&mut oci, spec, &rootfs, seccomp_dir)?;
     cgroups::apply(&mut oci, &spec.limits, Some(PIDS_LIMIT), hierarchy)?;
+    // The filter is compiled here once per distinct profile, not in every container's init (12-17 ms each
+    // for the default profile); the init and exec's processes, forks of the agent, load the compiled
+    // program (vendor/libcontainer/PATCHED.md).
+    if let Some(seccomp) = oci.linux().as_ref().and_then(|linux| linux.seccomp().as_ref()) {
+        libcontainer::seccomp::precompile(seccomp)
+            .map_err(|e| setup_error(format!("cannot compile the seccomp filter of container {}: {e}", spec.id), e))?;
+    }
     let config = bundle.dir().join("config.json");
     oci.save(&config).map_err(|e| setup_error(format!("cannot write {}: {e}", config.display()), e))?;
 

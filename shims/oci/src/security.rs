@@ -1,17 +1,17 @@
 //! The container's identity and confinement: the user (the image's `User` resolved in its own
 //! `/etc/passwd` and `/etc/group`, overridden by runAsUser/runAsGroup), capabilities (containerd's default
 //! set with the pod's add and drop), no_new_privs, a read-only root, masked and read-only `/proc` and `/sys`
-//! paths as containerd sets them, and a default seccomp filter. A privileged container gets every
-//! capability and none of the masks or the filter.
+//! paths as containerd sets them, the seccomp profile (containerd's default, none, or a file: `seccomp`),
+//! and the device rules (`devices`). A privileged container gets every capability and device and none of
+//! the masks or the filter.
 
 use std::collections::HashSet;
 use std::path::Path;
 
-use oci_spec::runtime::{
-    Capability, LinuxCapabilitiesBuilder, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder,
-    Spec, UserBuilder,
-};
-use skiff_shim::{ContainerSpec, Security, ShimError};
+use oci_spec::runtime::{Capability, LinuxCapabilitiesBuilder, Spec, UserBuilder};
+use skiff_shim::{ContainerSpec, SeccompProfile, Security, ShimError};
+
+use crate::{devices, seccomp};
 
 /// containerd's default capabilities (those of the Docker engine).
 const DEFAULT_CAPABILITIES: [&str; 14] = [
@@ -31,7 +31,8 @@ const DEFAULT_CAPABILITIES: [&str; 14] = [
     "AUDIT_WRITE",
 ];
 
-/// Every capability Linux has (6.x), for `ALL` and privileged containers.
+/// Every capability Linux has (6.x), in the kernel's order (index = number), for `ALL` and privileged
+/// containers.
 const ALL_CAPABILITIES: [&str; 41] = [
     "CHOWN",
     "DAC_OVERRIDE",
@@ -95,61 +96,14 @@ const MASKED_PATHS: [&str; 12] = [
 /// containerd's read-only paths.
 const READONLY_PATHS: [&str; 5] = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
 
-/// The default seccomp filter: everything allowed except these system calls, which fail with EPERM unless
-/// the container holds the capability that would make them meaningful (Docker's and containerd's default
-/// profile blocks the same calls; theirs is an allowlist of ~350 calls, this is its complement for the
-/// dangerous ones, which keeps new harmless system calls working). Calls whose capability the container
-/// lacks would fail anyway; the filter also shuts the kernel code behind them, whatever a bug there would
-/// allow. Names unknown to this kernel or architecture are skipped by libcontainer.
-const BLOCKED_SYSCALLS: [(&str, &[&str]); 9] = [
-    (
-        "SYS_ADMIN",
-        &[
-            "mount",
-            "umount",
-            "umount2",
-            "pivot_root",
-            "fsopen",
-            "fsconfig",
-            "fsmount",
-            "fspick",
-            "move_mount",
-            "open_tree",
-            "mount_setattr",
-            "unshare",
-            "setns",
-            "quotactl",
-            "quotactl_fd",
-            "lookup_dcookie",
-            "bpf",
-            "perf_event_open",
-            "fanotify_init",
-            "name_to_handle_at",
-            "open_by_handle_at",
-            "syslog",
-            "setdomainname",
-            "sethostname",
-        ],
-    ),
-    ("SYS_BOOT", &["reboot", "kexec_load", "kexec_file_load"]),
-    ("SYS_MODULE", &["init_module", "finit_module", "delete_module", "create_module", "query_module"]),
-    ("SYS_TIME", &["settimeofday", "stime", "clock_settime", "clock_settime64", "clock_adjtime", "adjtimex"]),
-    ("SYS_RAWIO", &["iopl", "ioperm"]),
-    ("SYS_PACCT", &["acct"]),
-    ("SYS_PTRACE", &["kcmp", "process_madvise"]),
-    ("SYS_TTY_CONFIG", &["vhangup"]),
-    // No capability makes these right in a container: the kernel keyring is not namespaced, swap and
-    // userfaultfd are host matters.
-    ("", &["add_key", "request_key", "keyctl", "swapon", "swapoff", "userfaultfd", "uselib", "nfsservctl", "_sysctl"]),
-];
-
 fn config_error(message: String) -> ShimError {
     ShimError::Setup { message, source: None }
 }
 
-/// Sets the process user, capabilities, no_new_privs, root read-only flag, masks and seccomp filter of
-/// `oci` for `spec`, whose root filesystem (for user lookups) is `rootfs`.
-pub(crate) fn apply(oci: &mut Spec, spec: &ContainerSpec, rootfs: &Path) -> Result<(), ShimError> {
+/// Sets the process user, capabilities, no_new_privs, root read-only flag, masks, seccomp filter and device
+/// rules of `oci` for `spec`, whose root filesystem (for user lookups) is `rootfs`; `Localhost` seccomp
+/// profiles are read from `seccomp_dir`.
+pub(crate) fn apply(oci: &mut Spec, spec: &ContainerSpec, rootfs: &Path, seccomp_dir: &Path) -> Result<(), ShimError> {
     let security = &spec.security;
     let (uid, gid, groups) = user(spec.image.user.as_deref(), security, rootfs)?;
     if security.run_as_non_root && uid == 0 {
@@ -198,20 +152,59 @@ pub(crate) fn apply(oci: &mut Spec, spec: &ContainerSpec, rootfs: &Path) -> Resu
         };
         linux.set_masked_paths(Some(masked));
         linux.set_readonly_paths(Some(readonly));
-        let seccomp = (!security.seccomp_unconfined).then(|| default_seccomp(&capabilities)).transpose()?;
+        // The filter's capability-dependent rules follow the bounding set, as containerd's do.
+        let seccomp = match &security.seccomp {
+            _ if security.privileged => None,
+            SeccompProfile::Unconfined => None,
+            SeccompProfile::RuntimeDefault => Some(seccomp::runtime_default(&capabilities)?),
+            SeccompProfile::Localhost(relative) => {
+                Some(seccomp::localhost(&localhost_path(seccomp_dir, relative)?, &capabilities)?)
+            }
+        };
         linux.set_seccomp(seccomp);
     }
+    devices::apply(oci, security.privileged);
     Ok(())
 }
 
-fn parse_capability(name: &str) -> Result<Capability, ShimError> {
+/// `relative` under the node's profile directory, never outside it.
+fn localhost_path(seccomp_dir: &Path, relative: &Path) -> Result<std::path::PathBuf, ShimError> {
+    let descends = relative.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+    if relative.as_os_str().is_empty() || !descends {
+        return Err(ShimError::Config(format!(
+            "seccomp profile {} is not a relative path inside the profile directory",
+            relative.display()
+        )));
+    }
+    Ok(seccomp_dir.join(relative))
+}
+
+pub(crate) fn parse_capability(name: &str) -> Result<Capability, ShimError> {
     serde_json::from_value(serde_json::Value::String(name.to_owned()))
         .map_err(|_| config_error(format!("unknown capability {name:?}")))
 }
 
-/// The default set, less `drop`, plus `add` (`ALL` in either means every capability); privileged: all.
+/// The capabilities the agent holds (its effective set, from `/proc/self/status`), read once: a process can
+/// give no more. Hosts whose bounding set lacks some (the machines here lack SYS_RESOURCE) would otherwise
+/// fail every privileged start at capset. All when the set cannot be read.
+fn held_capabilities() -> u64 {
+    static HELD: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *HELD.get_or_init(|| {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let effective = status.lines().find_map(|line| line.strip_prefix("CapEff:"));
+        effective.and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok()).unwrap_or(u64::MAX)
+    })
+}
+
+/// The default set, less `drop`, plus `add` (`ALL` in either means every capability); privileged: all. "All"
+/// is every capability the agent holds, as containerd's `WithAllCurrentCapabilities`.
 fn capabilities(security: &Security) -> Result<Vec<Capability>, ShimError> {
-    let all = || ALL_CAPABILITIES.iter().filter_map(|name| parse_capability(name).ok()).collect::<Vec<_>>();
+    // ALL_CAPABILITIES is in the kernel's order: a name's index is its capability number.
+    let all = || {
+        let held = held_capabilities();
+        let names = ALL_CAPABILITIES.iter().enumerate().filter(|(bit, _)| held & (1 << bit) != 0);
+        names.filter_map(|(_, name)| parse_capability(name).ok()).collect::<Vec<_>>()
+    };
     if security.privileged {
         return Ok(all());
     }
@@ -235,26 +228,6 @@ fn capabilities(security: &Security) -> Result<Vec<Capability>, ShimError> {
         }
     }
     Ok(set)
-}
-
-fn default_seccomp(capabilities: &[Capability]) -> Result<LinuxSeccomp, ShimError> {
-    let held = |name: &str| !name.is_empty() && parse_capability(name).is_ok_and(|c| capabilities.contains(&c));
-    let names: Vec<String> = BLOCKED_SYSCALLS
-        .iter()
-        .filter(|(capability, _)| !held(capability))
-        .flat_map(|(_, calls)| calls.iter().map(|c| (*c).to_owned()))
-        .collect();
-    let blocked = LinuxSyscallBuilder::default()
-        .names(names)
-        .action(LinuxSeccompAction::ScmpActErrno)
-        .errno_ret(libc::EPERM as u32)
-        .build()
-        .map_err(|e| config_error(format!("cannot build the seccomp filter: {e}")))?;
-    LinuxSeccompBuilder::default()
-        .default_action(LinuxSeccompAction::ScmpActAllow)
-        .syscalls(vec![blocked])
-        .build()
-        .map_err(|e| config_error(format!("cannot build the seccomp filter: {e}")))
 }
 
 /// The uid, gid and supplementary groups the process runs with.
@@ -410,20 +383,10 @@ mod tests {
         };
         assert_eq!(capabilities(&minimal).unwrap(), vec![Capability::NetBindService]);
         let privileged = Security { privileged: true, ..Security::default() };
-        assert_eq!(capabilities(&privileged).unwrap().len(), ALL_CAPABILITIES.len());
+        let held = (0..ALL_CAPABILITIES.len()).filter(|bit| held_capabilities() & (1 << bit) != 0).count();
+        assert_eq!(capabilities(&privileged).unwrap().len(), held, "every capability the agent holds");
         let bad = Security { capabilities_add: vec!["FLY".into()], ..Security::default() };
         assert!(capabilities(&bad).unwrap_err().to_string().contains("FLY"));
-    }
-
-    #[test]
-    fn the_seccomp_filter_spares_calls_whose_capability_is_held() {
-        let names = |caps: &[Capability]| -> Vec<String> {
-            default_seccomp(caps).unwrap().syscalls().clone().unwrap()[0].names().clone()
-        };
-        let plain = names(&[Capability::Chown]);
-        assert!(plain.contains(&"mount".to_owned()) && plain.contains(&"kexec_load".to_owned()));
-        let admin = names(&[Capability::SysAdmin]);
-        assert!(!admin.contains(&"mount".to_owned()) && admin.contains(&"add_key".to_owned()));
     }
 
     #[test]
@@ -448,14 +411,70 @@ mod tests {
             security: Security { run_as_non_root: true, ..Security::default() },
             output: std::sync::Arc::new(Discard),
         };
+        let profiles = tempfile::tempdir().unwrap();
         let mut oci = Spec::default();
-        let err = apply(&mut oci, &spec, dir.path()).unwrap_err();
+        let err = apply(&mut oci, &spec, dir.path(), profiles.path()).unwrap_err();
         assert!(matches!(err, ShimError::Config(ref m) if m.contains("runAsNonRoot")), "{err}");
         spec.image.user = Some("app".into());
-        apply(&mut oci, &spec, dir.path()).unwrap();
+        apply(&mut oci, &spec, dir.path(), profiles.path()).unwrap();
         let process = oci.process().as_ref().unwrap();
         assert_eq!((process.user().uid(), process.user().gid()), (1000, 1000));
         let linux = oci.linux().as_ref().unwrap();
         assert!(linux.seccomp().is_some() && linux.masked_paths().as_ref().unwrap().contains(&"/proc/kcore".into()));
+        let devices = linux.resources().as_ref().unwrap().devices().clone().unwrap();
+        assert!(!devices[0].allow(), "every device denied first");
+    }
+
+    #[test]
+    fn seccomp_profiles_follow_the_security_context() {
+        let dir = rootfs();
+        let profiles = tempfile::tempdir().unwrap();
+        std::fs::create_dir(profiles.path().join("team")).unwrap();
+        let audit =
+            r#"{"defaultAction": "SCMP_ACT_LOG", "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO"}]}"#;
+        std::fs::write(profiles.path().join("team/audit.json"), audit).unwrap();
+        let run = |security: Security| {
+            let spec = ContainerSpec {
+                id: "c".into(),
+                name: "ns/pod/c".into(),
+                image: skiff_shim::Image::default(),
+                argv: vec!["true".into()],
+                env: vec![],
+                working_dir: None,
+                mounts: vec![],
+                limits: skiff_shim::Limits::default(),
+                ports: vec![],
+                host_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+                netns: None,
+                security,
+                output: std::sync::Arc::new(Discard),
+            };
+            let mut oci = Spec::default();
+            apply(&mut oci, &spec, dir.path(), profiles.path()).map(|()| oci.linux().clone().unwrap())
+        };
+        struct Discard;
+        impl skiff_shim::OutputSink for Discard {
+            fn write(&self, _: skiff_shim::Stream, _: &[u8]) {}
+        }
+        let default = run(Security::default()).unwrap().seccomp().clone().unwrap();
+        assert_eq!(default.default_action(), oci_spec::runtime::LinuxSeccompAction::ScmpActErrno);
+        let unconfined = run(Security { seccomp: SeccompProfile::Unconfined, ..Security::default() }).unwrap();
+        assert!(unconfined.seccomp().is_none());
+        let local = SeccompProfile::Localhost("team/audit.json".into());
+        let loaded =
+            run(Security { seccomp: local.clone(), ..Security::default() }).unwrap().seccomp().clone().unwrap();
+        assert_eq!(loaded.default_action(), oci_spec::runtime::LinuxSeccompAction::ScmpActLog);
+        let privileged = run(Security { privileged: true, seccomp: local, ..Security::default() }).unwrap();
+        assert!(privileged.seccomp().is_none(), "privileged containers are unconfined");
+        let devices = privileged.resources().as_ref().unwrap().devices().clone().unwrap();
+        assert!(devices.len() == 1 && devices[0].allow(), "and get every device: {devices:?}");
+        let missing = SeccompProfile::Localhost("team/missing.json".into());
+        let err = run(Security { seccomp: missing, ..Security::default() }).unwrap_err();
+        assert!(
+            matches!(err, ShimError::Config(ref m) if m.starts_with("cannot load seccomp profile") && m.contains("team/missing.json")),
+            "a missing profile is a configuration error: {err}"
+        );
+        let outside = SeccompProfile::Localhost("../audit.json".into());
+        assert!(matches!(run(Security { seccomp: outside, ..Security::default() }), Err(ShimError::Config(_))));
     }
 }

@@ -211,8 +211,14 @@ pub fn container_main_process(container_args: &ContainerArgs) -> Result<Pid> {
             &mut init_sender,
         )?;
 
+        // Skiff: only a notify filter has anything to sync, and only it needs the container's state, which
+        // an exec's (tenant's) arguments do not carry.
         #[cfg(feature = "libseccomp")]
-        if let Some(seccomp) = linux.seccomp() {
+        if let Some(seccomp) = linux
+            .seccomp()
+            .as_ref()
+            .filter(|seccomp| crate::seccomp::is_notify(seccomp))
+        {
             let container = container_args
                 .container
                 .as_ref()

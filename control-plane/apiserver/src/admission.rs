@@ -1,0 +1,170 @@
+//! Admission that needs the store: Pod Security, as kube-apiserver's PodSecurity plugin. What a namespace's
+//! level allows is decided in `skiff_api::pod_security`; this module reads what the decision needs (the
+//! namespace, and its pods when a label tightens its enforce level) and turns refusals into Statuses.
+//!
+//! Writes reach it from `objects`: creates, and updates of the main resource. Subresources are not checked
+//! (status, binding, scale: none can change a pod's spec or a workload's template), as PSA ignores them.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use skiff_api::pod_security;
+use skiff_api::resources::{self, ResourceDef};
+
+use crate::error::ApiError;
+use crate::objects::{ListOptions, Objects, name_of};
+
+/// How long tightening a namespace's enforce level may spend reading its pods before it answers without
+/// checking them (PSA's `defaultNamespacePodCheckTimeout`): the label change itself never waits for more.
+const POD_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Pod Security for a create (`old` None) or update of `object` in namespace `ns`: the warnings to answer
+/// with, a 403 for a pod its namespace's enforce level refuses, a 422 for invalid namespace labels.
+pub(crate) async fn pod_security(
+    objects: &Objects,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    object: &Value,
+    old: Option<&Value>,
+) -> Result<Vec<String>, ApiError> {
+    let policy = objects.pod_security();
+    match (def.group, def.plural, ns) {
+        ("", "namespaces", _) => namespace(objects, def, object, old).await,
+        ("", "pods", Some(ns)) => {
+            let unchanged = old.is_some_and(|old| !pod_security::significant_pod_update(object, old));
+            if policy.exempt(ns) || unchanged {
+                return Ok(Vec::new());
+            }
+            let namespace = read_namespace(objects, ns).await?;
+            policy.admit_pod(&namespace, object).map_err(|reason| ApiError::forbidden(def, name_of(object), &reason))
+        }
+        (group, plural, Some(ns)) if pod_security::pod_template(group, plural, object).is_some() => {
+            if policy.exempt(ns) {
+                return Ok(Vec::new());
+            }
+            // Workloads are only warned about, so, as PSA, one whose namespace cannot be read passes.
+            match read_namespace(objects, ns).await {
+                Ok(namespace) => Ok(policy.warn_pod_controller(&namespace, group, plural, object)),
+                Err(error) => {
+                    tracing::debug!(%error, namespace = ns, "pod security: namespace unreadable, not checked");
+                    Ok(Vec::new())
+                }
+            }
+        }
+        _ => Ok(Vec::new()),
+    }
+}
+
+async fn read_namespace(objects: &Objects, ns: &str) -> Result<Value, ApiError> {
+    let namespaces = resources::find("", "v1", "namespaces").ok_or(ApiError::NoRoute)?;
+    objects.get(namespaces, None, ns).await
+}
+
+/// A namespace's labels are checked as PSA's namespace validation does; tightening its enforce level warns
+/// about the pods already in it that the new level would refuse.
+async fn namespace(
+    objects: &Objects,
+    def: &ResourceDef,
+    object: &Value,
+    old: Option<&Value>,
+) -> Result<Vec<String>, ApiError> {
+    let policy = objects.pod_security();
+    let name = name_of(object);
+    let verdict = policy.admit_namespace(object, old).map_err(|causes| ApiError::invalid(def, name, causes))?;
+    let mut warnings = verdict.warnings;
+    if let Some(enforce) = verdict.check_pods {
+        let pods = resources::find("", "v1", "pods").ok_or(ApiError::NoRoute)?;
+        match tokio::time::timeout(POD_CHECK_TIMEOUT, objects.list(pods, Some(name), &ListOptions::default())).await {
+            Ok(Ok(list)) => warnings.extend(policy.existing_pods(name, enforce, &list.items)),
+            _ => warnings.push("failed to list pods while checking new PodSecurity enforce level".to_string()),
+        }
+    }
+    Ok(warnings)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+    use skiff_api::patch::PatchType;
+
+    use super::*;
+    use crate::objects::{Part, WriteOptions};
+
+    fn def(group: &str, plural: &str) -> &'static ResourceDef {
+        resources::find(group, "v1", plural).unwrap()
+    }
+
+    fn pod(name: &str, spec: Value) -> Value {
+        let mut spec = spec;
+        spec["containers"] = json!([{"name": "c", "image": "registry.local/app:1"}]);
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec})
+    }
+
+    /// The writes of `objects` admit pods and workloads by their namespace's Pod Security level.
+    #[tokio::test]
+    async fn writes_are_admitted_by_the_namespace_level() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(skiff_store::embedded::EmbeddedStore::open(dir.path()).unwrap());
+        let objects = Objects::new(store);
+        crate::lifecycle::bootstrap(&objects).await.unwrap();
+        let options = WriteOptions::default();
+        let (pods, namespaces) = (def("", "pods"), def("", "namespaces"));
+        let host_path = json!({"volumes": [{"name": "h", "hostPath": {"path": "/"}}]});
+
+        // The default, baseline: refused with kube-apiserver's Status; kube-system is exempt.
+        let refused = objects.create(pods, Some("default"), pod("x", host_path.clone()), &options).await.err().unwrap();
+        assert_eq!(
+            refused.status()["message"],
+            r#"pods "x" is forbidden: violates PodSecurity "baseline:latest": hostPath volumes (volume "h")"#
+        );
+        assert_eq!(refused.code(), http::StatusCode::FORBIDDEN);
+        let dry_run = WriteOptions { dry_run: true, ..WriteOptions::default() };
+        assert!(objects.create(pods, Some("default"), pod("x", host_path.clone()), &dry_run).await.is_err());
+        assert!(objects.create(pods, Some("kube-system"), pod("x", host_path.clone()), &options).await.is_ok());
+
+        // A namespace labelled privileged takes it; tightening the label warns about it.
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "tools", "labels": {"pod-security.kubernetes.io/enforce": "privileged"}}});
+        assert!(objects.create(namespaces, None, ns, &options).await.is_ok());
+        let written = objects.create(pods, Some("tools"), pod("x", host_path.clone()), &options).await;
+        assert!(written.is_ok_and(|w| w.warnings.is_empty()));
+        let label = |level: &str| json!({"metadata": {"labels": {"pod-security.kubernetes.io/enforce": level}}});
+        let relabelled =
+            objects.patch(namespaces, None, "tools", Part::Main, PatchType::Merge, label("baseline"), false, &options);
+        assert_eq!(
+            relabelled.await.map(|w| w.warnings).unwrap_or_default(),
+            [
+                r#"existing pods in namespace "tools" violate the new PodSecurity enforce level "baseline:latest""#,
+                "x: hostPath volumes",
+            ]
+        );
+        let invalid =
+            objects.patch(namespaces, None, "tools", Part::Main, PatchType::Merge, label("bogus"), false, &options);
+        assert_eq!(
+            invalid.await.err().map(|e| e.to_string()).unwrap_or_default(),
+            r#"Namespace "tools" is invalid: metadata.labels[pod-security.kubernetes.io/enforce]: Invalid value: "bogus": must be one of privileged, baseline, restricted"#
+        );
+
+        // An update that changes an image is checked again; one that changes a label is not.
+        let relabel = json!({"metadata": {"labels": {"a": "b"}}});
+        let relabelled =
+            objects.patch(pods, Some("tools"), "x", Part::Main, PatchType::Merge, relabel, false, &options);
+        assert!(relabelled.await.is_ok());
+        let image = json!({"spec": {"containers": [{"name": "c", "image": "registry.local/app:2"}]}});
+        let updated =
+            objects.patch(pods, Some("tools"), "x", Part::Main, PatchType::StrategicMerge, image, false, &options);
+        assert!(matches!(updated.await, Err(ApiError::Forbidden(m)) if m.starts_with(r#"pods "x" is forbidden"#)));
+
+        // Workloads are warned about, not refused.
+        let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}, "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}}, "spec": pod("", host_path)["spec"]}}});
+        let written = objects.create(def("apps", "deployments"), Some("default"), deployment, &options).await;
+        assert_eq!(
+            written.map(|w| w.warnings).unwrap_or_default(),
+            [r#"would violate PodSecurity "baseline:latest": hostPath volumes (volume "h")"#]
+        );
+    }
+}
