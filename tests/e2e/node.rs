@@ -221,6 +221,15 @@ pub fn http_sample_answers_and_logs_follow() {
     let ip = node.get("web")["status"]["podIP"].as_str().unwrap().to_string();
     let body = reqwest::blocking::get(format!("http://{ip}:{port}/hi/there")).unwrap().text().unwrap();
     assert!(body.contains("hello from skiff") && body.contains("/hi/there") && body.contains("howdy"), "{body}");
+    // A client that never finishes its request's head is let go (a slow-loris client holds nothing).
+    let mut silent = std::net::TcpStream::connect(format!("{ip}:{port}")).unwrap();
+    std::io::Write::write_all(&mut silent, b"GET / HTTP/1.1\r\n").unwrap();
+    silent.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let opened = Instant::now();
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut silent, &mut answer);
+    let waited = opened.elapsed();
+    assert!(waited >= Duration::from_secs(9) && waited < Duration::from_secs(20), "closed after {waited:?}");
 
     node.wait_phase("ticker", "Running");
     let mut follow =

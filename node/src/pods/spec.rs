@@ -269,7 +269,7 @@ pub async fn container_spec(
         argv,
         env,
         mounts,
-        limits: limits(container),
+        limits: Limits { concurrent_requests: concurrent_requests(pod)?, ..limits(container) },
         ports: container
             .ports
             .as_deref()
@@ -287,6 +287,19 @@ pub async fn container_spec(
         output,
     };
     Ok((spec, subpaths))
+}
+
+/// The pod annotation naming how many requests its wasi:http containers handle at once.
+const MAX_CONCURRENT_REQUESTS: &str = "skiff.dev/max-concurrent-requests";
+
+fn concurrent_requests(pod: &Pod) -> Result<Option<u32>, ConfigError> {
+    let Some(value) = pod.metadata.annotations.as_ref().and_then(|a| a.get(MAX_CONCURRENT_REQUESTS)) else {
+        return Ok(None);
+    };
+    let count = value.trim().parse::<u32>().ok().filter(|count| *count > 0);
+    count.map(Some).ok_or_else(|| {
+        ConfigError(format!("annotation {MAX_CONCURRENT_REQUESTS}: \"{value}\" is not a positive integer"))
+    })
 }
 
 /// Kubernetes' rules: `command` replaces the image's entrypoint, `args` its cmd, and an image without an
@@ -468,6 +481,7 @@ pub fn limits(container: &Container) -> Limits {
         memory_bytes: limit("memory").map(|bytes| bytes as u64),
         cpu_millis: limit("cpu").map(millis),
         cpu_request_millis: cpu_request.map(millis),
+        concurrent_requests: None,
     }
 }
 
@@ -573,11 +587,30 @@ mod tests {
         let c = container(serde_json::json!({"name": "c", "resources": {"limits": {"cpu": "100m", "memory": "64Mi"}}}));
         assert_eq!(
             limits(&c),
-            Limits { memory_bytes: Some(64 << 20), cpu_millis: Some(100), cpu_request_millis: Some(100) }
+            Limits {
+                memory_bytes: Some(64 << 20),
+                cpu_millis: Some(100),
+                cpu_request_millis: Some(100),
+                ..Limits::default()
+            }
         );
         let c = container(serde_json::json!({"name": "c", "resources": {"requests": {"cpu": "1.5"}}}));
         assert_eq!(limits(&c), Limits { cpu_request_millis: Some(1500), ..Limits::default() });
         assert_eq!(limits(&container(serde_json::json!({"name": "c"}))), Limits::default());
+    }
+
+    #[test]
+    fn concurrent_requests_come_from_the_pods_annotation() {
+        let pod = |value: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({"metadata": {"annotations": {MAX_CONCURRENT_REQUESTS: value}}}))
+                .unwrap()
+        };
+        assert_eq!(concurrent_requests(&Pod::default()).unwrap(), None);
+        assert_eq!(concurrent_requests(&pod(" 8 ")).unwrap(), Some(8));
+        for bad in ["0", "-1", "many"] {
+            let error = concurrent_requests(&pod(bad)).unwrap_err().0;
+            assert!(error.contains("is not a positive integer"), "{error}");
+        }
     }
 
     #[test]

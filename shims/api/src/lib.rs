@@ -61,6 +61,9 @@ pub struct Limits {
     pub cpu_millis: Option<u64>,
     /// `requests.cpu` in millicores: the container's share of contended CPU (cgroup shares or weight).
     pub cpu_request_millis: Option<u64>,
+    /// The most requests a server guest (wasi:http) handles at once, from the pod's
+    /// `skiff.dev/max-concurrent-requests`; the shim's default when None.
+    pub concurrent_requests: Option<u32>,
 }
 
 /// The container's `securityContext` merged with its pod's, as far as a runtime applies it. The default is

@@ -177,7 +177,12 @@ mod tests {
             env: vec![("B".into(), "container".into())],
             working_dir: None,
             mounts: vec![Mount { host_path: "/data".into(), container_path: "/mnt".into(), read_only: true }],
-            limits: Limits { memory_bytes: Some(32 << 20), cpu_millis: Some(250), cpu_request_millis: Some(500) },
+            limits: Limits {
+                memory_bytes: Some(32 << 20),
+                cpu_millis: Some(250),
+                cpu_request_millis: Some(500),
+                ..Limits::default()
+            },
             ports: vec![],
             host_ip: std::net::Ipv4Addr::LOCALHOST.into(),
             netns: None,

@@ -247,7 +247,7 @@ async fn exceeding_the_memory_limit_is_an_oom_kill() {
     let Some(fx) = fixture() else { return };
     // tail keeps its whole input when it has no newline: 200 MiB against a 32 MiB limit.
     let (mut spec, out) = fx.spec(&["sh", "-c", "head -c 200m /dev/zero | tail"]);
-    spec.limits = Limits { memory_bytes: Some(32 << 20), cpu_millis: Some(500), cpu_request_millis: None };
+    spec.limits = Limits { memory_bytes: Some(32 << 20), cpu_millis: Some(500), ..Limits::default() };
     let exit = run(&fx, spec).await;
     assert_eq!((exit.code, exit.reason), (137, ExitReason::OomKilled), "{exit:?} {}", out.text(Stream::Stderr));
 }

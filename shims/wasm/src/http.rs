@@ -1,5 +1,11 @@
 //! A wasi:http proxy component served over HTTP/1.1: one fresh instance per request, as the proxy world
 //! intends (no state survives a request, a trap fails one request only).
+//!
+//! One container's requests share the node's pool of instances with every other guest, so each container
+//! handles at most so many at once (its pod's `skiff.dev/max-concurrent-requests`, else
+//! [`DEFAULT_CONCURRENT_REQUESTS`], never more than a quarter of the pool); a request beyond that waits
+//! [`QUEUE_WAIT`] for a turn, then is answered 503 with `Retry-After`. A client has
+//! [`HEADER_READ_TIMEOUT`] to send a request's head.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -9,11 +15,11 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use skiff_shim::{Exit, Stream};
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -27,16 +33,33 @@ use crate::state::{GuestSpec, Metered, P2State, new_store};
 /// Pause after a failed accept (out of file descriptors, say) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// Requests one container handles at once unless its pod says otherwise.
+pub const DEFAULT_CONCURRENT_REQUESTS: u32 = 100;
+
+/// How long a request beyond the limit waits for a turn before it is answered 503.
+const QUEUE_WAIT: Duration = Duration::from_secs(1);
+
+/// How long a client may take to send a request's head (the agent's own endpoint allows as much).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub(crate) struct Server {
     /// The engine, and the epoch ticker kept alive while the server runs.
     inner: Arc<Inner>,
     pre: ProxyPre<P2State>,
     spec: Arc<GuestSpec>,
+    /// A turn per request in progress, held until its guest is done (after the response, if it streams).
+    turns: Arc<Semaphore>,
 }
 
 impl Server {
-    pub(crate) fn new(inner: Arc<Inner>, pre: ProxyPre<P2State>, spec: Arc<GuestSpec>) -> Arc<Self> {
-        Arc::new(Server { inner, pre, spec })
+    pub(crate) fn new(
+        inner: Arc<Inner>,
+        pre: ProxyPre<P2State>,
+        spec: Arc<GuestSpec>,
+        concurrent_requests: Option<u32>,
+    ) -> Arc<Self> {
+        let turns = concurrent_turns(concurrent_requests, inner.max_instances);
+        Arc::new(Server { inner, pre, spec, turns: Arc::new(Semaphore::new(turns)) })
     }
 
     /// Accepts connections until stopped (or the container is dropped), then lets in-flight requests finish
@@ -72,7 +95,13 @@ impl Server {
                         let force = request_force.clone();
                         async move { Ok::<_, Infallible>(server.handle(req, force).await) }
                     });
-                    let conn = graceful.watch(http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service));
+                    let conn = graceful.watch(
+                        http1::Builder::new()
+                            .keep_alive(true)
+                            .timer(TokioTimer::new())
+                            .header_read_timeout(HEADER_READ_TIMEOUT)
+                            .serve_connection(TokioIo::new(stream), service),
+                    );
                     let force = force.clone();
                     tokio::spawn(async move {
                         tokio::select! {
@@ -100,7 +129,15 @@ impl Server {
         req: hyper::Request<Incoming>,
         force: CancellationToken,
     ) -> hyper::Response<HyperOutgoingBody> {
-        match self.respond(req, force).await {
+        let Some(turn) = take_turn(&self.turns, QUEUE_WAIT).await else {
+            let mut response = hyper::Response::new(
+                Full::new(Bytes::from_static(b"too many concurrent requests\n")).map_err(Into::into).boxed_unsync(),
+            );
+            *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+            response.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+            return response;
+        };
+        match self.respond(req, force, turn).await {
             Ok(response) => response,
             Err(message) => {
                 self.log(&message);
@@ -117,6 +154,7 @@ impl Server {
         &self,
         req: hyper::Request<Incoming>,
         force: CancellationToken,
+        turn: OwnedSemaphorePermit,
     ) -> Result<hyper::Response<HyperOutgoingBody>, String> {
         let state = P2State::new(&self.spec).map_err(|e| e.to_string())?;
         let mut store = new_store(&self.inner.engine, state);
@@ -128,6 +166,7 @@ impl Server {
         let spec = self.spec.clone();
         // Its own task: after the response head is sent the guest may still be writing the body.
         let task = tokio::spawn(Metered::new(meter, async move {
+            let _turn = turn;
             let run = async {
                 let proxy = pre.instantiate_async(&mut store).await?;
                 proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await
@@ -160,9 +199,53 @@ impl Server {
     }
 }
 
+/// The turns of one container: what its pod asks for, else the default, and at most a quarter of the
+/// node's pool of instances (at least one).
+fn concurrent_turns(asked: Option<u32>, max_instances: u32) -> usize {
+    let share = (max_instances / 4).max(1);
+    asked.unwrap_or(DEFAULT_CONCURRENT_REQUESTS).clamp(1, share) as usize
+}
+
+/// A turn, waiting at most `wait` for one; None when the container stays busy that long.
+async fn take_turn(turns: &Arc<Semaphore>, wait: Duration) -> Option<OwnedSemaphorePermit> {
+    tokio::time::timeout(wait, turns.clone().acquire_owned()).await.ok()?.ok()
+}
+
 /// Request failures go to the container's stderr: that is where `kubectl logs` users look.
 fn log(spec: &GuestSpec, message: &str) {
     if !message.is_empty() {
         spec.output.write(Stream::Stderr, format!("{message}\n").as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_container_takes_at_most_a_quarter_of_the_pool() {
+        assert_eq!(concurrent_turns(None, 1000), 100);
+        assert_eq!(concurrent_turns(Some(500), 1000), 250);
+        assert_eq!(concurrent_turns(Some(10), 1000), 10);
+        assert_eq!(concurrent_turns(None, 16), 4);
+        assert_eq!(concurrent_turns(Some(0), 2), 1, "never none");
+    }
+
+    #[tokio::test]
+    async fn beyond_its_turns_a_request_waits_briefly_then_is_turned_away() {
+        let wait = Duration::from_millis(300);
+        let turns = Arc::new(Semaphore::new(1));
+        let first = take_turn(&turns, wait).await.expect("a free turn");
+        let waiting = tokio::spawn({
+            let turns = turns.clone();
+            async move { take_turn(&turns, wait).await.is_some() }
+        });
+        tokio::task::yield_now().await;
+        drop(first);
+        assert!(waiting.await.unwrap(), "a turn freed within the wait is taken");
+        let _held = take_turn(&turns, wait).await.expect("the freed turn");
+        let started = std::time::Instant::now();
+        assert!(take_turn(&turns, wait).await.is_none(), "busy for the whole wait");
+        assert!(started.elapsed() >= wait);
     }
 }

@@ -105,6 +105,8 @@ struct Inner {
     /// Linked guests by layer digest, so a repeated start skips reading, hashing and loading.
     loaded: Mutex<HashMap<String, Arc<OnceCell<Arc<Guest>>>>>,
     default_memory_limit: u64,
+    /// The pool's capacity in live instances, which no one container's requests may take all of.
+    max_instances: u32,
     /// Held by every running guest too (through `Inner`): the epoch keeps ticking while any guest runs.
     _ticker: engine::Ticker,
 }
@@ -137,6 +139,7 @@ impl WasmShim {
                 p2_linker,
                 loaded: Mutex::new(HashMap::new()),
                 default_memory_limit: config.default_memory_limit,
+                max_instances: config.max_instances,
                 _ticker: ticker,
             }),
         })

@@ -142,7 +142,7 @@ pub(crate) async fn start(inner: Arc<Inner>, guest: &Guest, spec: ContainerSpec)
                 source: Some(Box::new(e)),
             })?;
             tracing::info!(container = %spec.name, %addr, netns = ?spec.netns, "wasi:http component listening");
-            let server = http::Server::new(inner, pre.clone(), guest_spec);
+            let server = http::Server::new(inner, pre.clone(), guest_spec, spec.limits.concurrent_requests);
             tokio::spawn(async move {
                 let exit = server.serve(listener, stop_rx).await;
                 exit_tx.send_replace(Some(exit));
