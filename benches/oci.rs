@@ -9,7 +9,8 @@
 //!    this hybrid cgroup host unless it runs in a private mount namespace with an empty file over
 //!    /sys/fs/cgroup/unified/cgroup.controllers (../shared/PLATFORM.md), which each crun child gets from
 //!    `pre_exec`. The peers' config is `crun spec` with the network namespace left out, as Skiff's
-//!    containers join their pod's. Each runtime keeps its state on a tmpfs, as on a host whose `/run` is
+//!    containers join their pod's, and Skiff's default seccomp filter (containerd's RuntimeDefault), so
+//!    all three apply the same defaults (`crun spec` has its deny-all device rule already). Each runtime keeps its state on a tmpfs, as on a host whose `/run` is
 //!    one (this VM's is not): Skiff's shim mounts its own, the peers get `--root` on one the bench mounts.
 //! 2. Memory: this process's RSS before and with 100 idle containers (`sleep`) held by the shim: what the
 //!    runtime costs per container beyond the container's own processes.
@@ -254,6 +255,7 @@ fn peer_bundle(dir: &Path, layer: &Layer) -> anyhow::Result<PathBuf> {
     if let Some(namespaces) = config["linux"]["namespaces"].as_array_mut() {
         namespaces.retain(|ns| ns["type"] != "network");
     }
+    config["linux"]["seccomp"] = skiff_oci::default_seccomp()?;
     std::fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&config)?)?;
     Ok(bundle)
 }

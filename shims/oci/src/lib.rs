@@ -25,6 +25,7 @@ use nix::unistd::pipe2;
 use skiff_shim::{Container, ContainerSpec, Image, OutputSink, ShimError};
 
 pub use container::OciContainer;
+pub use security::default_seccomp;
 
 /// Layer media types the shim unpacks: OCI tar and tar+gzip, and Docker's gzipped rootfs diff.
 const LAYER_MEDIA_TYPES: [&str; 4] = [

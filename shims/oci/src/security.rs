@@ -179,6 +179,14 @@ fn localhost_path(seccomp_dir: &Path, relative: &Path) -> Result<std::path::Path
     Ok(seccomp_dir.join(relative))
 }
 
+/// The seccomp filter a container gets by default (containerd's RuntimeDefault for the default
+/// capabilities), as the OCI runtime spec's `linux.seccomp`: for running other runtimes with the same
+/// defaults side by side.
+pub fn default_seccomp() -> Result<serde_json::Value, ShimError> {
+    let profile = seccomp::runtime_default(&capabilities(&Security::default())?)?;
+    serde_json::to_value(profile).map_err(|e| config_error(format!("cannot write the seccomp profile: {e}")))
+}
+
 pub(crate) fn parse_capability(name: &str) -> Result<Capability, ShimError> {
     serde_json::from_value(serde_json::Value::String(name.to_owned()))
         .map_err(|_| config_error(format!("unknown capability {name:?}")))
