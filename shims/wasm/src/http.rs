@@ -208,6 +208,10 @@ fn concurrent_turns(asked: Option<u32>, max_instances: u32) -> usize {
 
 /// A turn, waiting at most `wait` for one; None when the container stays busy that long.
 async fn take_turn(turns: &Arc<Semaphore>, wait: Duration) -> Option<OwnedSemaphorePermit> {
+    // Most requests find a free turn: no timer for them.
+    if let Ok(turn) = turns.clone().try_acquire_owned() {
+        return Some(turn);
+    }
     tokio::time::timeout(wait, turns.clone().acquire_owned()).await.ok()?.ok()
 }
 
