@@ -1,6 +1,6 @@
 //! OCI containers end to end (issue 4): busybox images from a real registry run by a real `skiff agent`
 //! through libcontainer, observed with kubectl and on the host (/proc, /proc/mounts, the cgroup tree, the
-//! agent's data dir). Needs root, as the OCI shim does; skipped otherwise.
+//! agent's data dir). Needs root, as the OCI shim does: they fail without it.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -20,15 +20,12 @@ pub(crate) struct Node {
 }
 
 impl Node {
-    pub(crate) fn start() -> Option<Self> {
-        if !is_root() {
-            eprintln!("skipping: OCI containers need root");
-            return None;
-        }
+    pub(crate) fn start() -> Self {
+        assert!(is_root(), "the OCI container tests need root, as the OCI shim does");
         let registry = Registry::start().unwrap();
         let cluster = Cluster::start(Backend::Embedded).unwrap();
         let agent = Agent::join_with(&cluster, "node-1", &[]).unwrap();
-        Some(Node { agent, cluster, registry })
+        Node { agent, cluster, registry }
     }
 
     /// Creates a pod bound to the agent from YAML lines for its spec (indented by two spaces).
@@ -122,7 +119,7 @@ fn cpu_usage_ns(id: &str) -> Option<u64> {
 
 #[test]
 fn commands_exit_codes_and_the_images_own_entrypoint_and_user() {
-    let Some(node) = Node::start() else { return };
+    let node = Node::start();
     let busybox = node.registry.push_busybox("tools/busybox");
     let exec = json!({
         "Env": ["PATH=/bin"],
@@ -160,7 +157,7 @@ fn commands_exit_codes_and_the_images_own_entrypoint_and_user() {
 
 #[test]
 fn security_context_user_read_only_root_capabilities_and_seccomp() {
-    let Some(node) = Node::start() else { return };
+    let node = Node::start();
     let busybox = node.registry.push_busybox("tools/busybox");
     let status = "busybox grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status";
     node.pod(
@@ -217,7 +214,7 @@ fn security_context_user_read_only_root_capabilities_and_seccomp() {
 
 #[test]
 fn memory_limit_oom_kills_and_cpu_limit_throttles() {
-    let Some(node) = Node::start() else { return };
+    let node = Node::start();
     let busybox = node.registry.push_busybox("tools/busybox");
     node.pod(
         "hog",
@@ -246,7 +243,7 @@ fn memory_limit_oom_kills_and_cpu_limit_throttles() {
 
 #[test]
 fn a_killed_agent_adopts_its_running_container_and_deleting_the_pod_leaves_nothing() {
-    let Some(mut node) = Node::start() else { return };
+    let mut node = Node::start();
     let busybox = node.registry.push_busybox("tools/busybox");
     node.pod(
         "ticker",
@@ -305,7 +302,7 @@ fn a_killed_agent_adopts_its_running_container_and_deleting_the_pod_leaves_nothi
 
 #[test]
 fn a_pod_deleted_while_the_agent_was_down_leaves_nothing_after_it_returns() {
-    let Some(mut node) = Node::start() else { return };
+    let mut node = Node::start();
     let busybox = node.registry.push_busybox("tools/busybox");
     node.pod("orphan", &format!("  containers:\n  - name: main\n    image: {busybox}\n    command: [sleep, '3600']\n"));
     let id = node.container_id("orphan", "main");
@@ -332,7 +329,7 @@ fn a_pod_deleted_while_the_agent_was_down_leaves_nothing_after_it_returns() {
 /// kubelet's CVE-2017-1002101 fix), and the volumes the agent writes are read-only to containers.
 #[test]
 fn volumes_resist_a_container_that_plants_links() {
-    let Some(node) = Node::start() else { return };
+    let node = Node::start();
     let busybox = node.registry.push_busybox("tools/busybox");
     // An init container plants links in the volume: one to the host's root, one that stays inside.
     let volume = |app: &str, sub: &str| {
@@ -387,7 +384,7 @@ fn volumes_resist_a_container_that_plants_links() {
 /// without pod networking, rather than silently given the node's.
 #[test]
 fn host_network_is_asked_for_never_given_silently() {
-    let Some(node) = Node::start() else { return };
+    let node = Node::start();
     let busybox = node.registry.push_busybox("tools/busybox");
     // Host namespaces are for namespaces the Pod Security Standards call privileged.
     node.cluster.ok(&["label", "namespace", "default", "pod-security.kubernetes.io/enforce=privileged"]);
