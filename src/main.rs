@@ -39,10 +39,20 @@ enum Command {
     /// Work with images: publish a .wasm to a registry, or load one into a node's store for offline use.
     #[command(subcommand)]
     Image(ImageCommand),
-    /// Print the admin kubeconfig of a data directory.
+    /// Print the admin kubeconfig of a data directory, or with --user a new user's: a client certificate
+    /// signed by the cluster CA, whose common name is the user and organization the group, for RBAC to bind.
     Kubeconfig {
         #[arg(long, env = "SKIFF_DATA_DIR")]
         data_dir: Option<PathBuf>,
+        /// Mint a kubeconfig for this user instead of printing the admin's.
+        #[arg(long)]
+        user: Option<String>,
+        /// The user's group (one: a certificate carries one organization here).
+        #[arg(long, requires = "user")]
+        group: Option<String>,
+        /// How long the user's certificate is valid, in days.
+        #[arg(long, default_value_t = 365, requires = "user")]
+        days: i64,
     },
     /// Print the version of skiff and of the Kubernetes API it serves.
     Version,
@@ -292,13 +302,24 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Agent(args) => agent(args),
         Command::Image(command) => image(command),
-        Command::Kubeconfig { data_dir } => {
+        Command::Kubeconfig { data_dir, user, group, days } => {
             let dir = data_dir.unwrap_or_else(default_data_dir);
             let path = dir.join("kubeconfig");
             let kubeconfig = std::fs::read_to_string(&path).with_context(|| {
                 format!("no kubeconfig at {}: has `skiff server` run with this data dir?", path.display())
             })?;
-            print!("{kubeconfig}");
+            match user {
+                None => print!("{kubeconfig}"),
+                Some(user) => {
+                    // The new user reaches the server where the admin does.
+                    let server = kubeconfig
+                        .lines()
+                        .find_map(|line| line.trim().strip_prefix("server: "))
+                        .context("the admin kubeconfig names no server")?;
+                    let minted = skiff_apiserver::pki::user_kubeconfig(&dir, server, &user, group.as_deref(), days)?;
+                    print!("{minted}");
+                }
+            }
             Ok(())
         }
         Command::Version => {
@@ -393,9 +414,15 @@ async fn serve(args: ServerArgs, node: Option<NodeArgs>) -> anyhow::Result<()> {
         "ready: export KUBECONFIG={}",
         data_dir.join("kubeconfig").display()
     );
+    // The server made (or installed) the CA before it bound: the CSR signer signs with it.
+    let read = |name: &str| {
+        let path = data_dir.join(name);
+        std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))
+    };
     let tunables = skiff_controllers::Config {
         node_grace: args.controllers.node_grace_period,
         eviction_toleration: args.controllers.pod_eviction_timeout,
+        signing_ca: Some(skiff_controllers::SigningCa { cert_pem: read("ca.crt")?, key_pem: read("ca.key")? }),
     };
     let controllers =
         tokio::spawn(controller_manager(data_dir.clone(), server.url().to_string(), tunables, shutdown.clone()));
@@ -422,36 +449,48 @@ async fn serve(args: ServerArgs, node: Option<NodeArgs>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the scheduler and controllers whenever this server holds the leader Lease, as an API client of the
-/// server itself with the admin credentials.
+/// Runs the scheduler and controllers whenever this server holds the leader Lease, as API clients of the
+/// server itself: the controllers as `system:kube-controller-manager`, the scheduler as
+/// `system:kube-scheduler`, each held to its bootstrap RBAC role.
 async fn controller_manager(
     data_dir: PathBuf,
     url: String,
     config: skiff_controllers::Config,
     shutdown: CancellationToken,
 ) {
-    let client = match loopback_client(&data_dir, &url) {
-        Ok(client) => client,
+    let clients = loopback_client(&data_dir, &url, "system:kube-controller-manager").and_then(|controllers| {
+        Ok(skiff_controllers::Clients {
+            controllers,
+            scheduler: loopback_client(&data_dir, &url, "system:kube-scheduler")?,
+        })
+    });
+    let clients = match clients {
+        Ok(clients) => clients,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "cannot start the controllers");
             return shutdown.cancel();
         }
     };
     let election = skiff_controllers::leader::Election {
-        leases: kube::Api::namespaced(client.clone(), "kube-system"),
+        leases: kube::Api::namespaced(clients.controllers.clone(), "kube-system"),
         name: "skiff-controller-manager".into(),
         identity: format!("{}_{}", hostname(), std::process::id()),
     };
-    election.run(shutdown, |term| skiff_controllers::run(client.clone(), config.clone(), term)).await;
+    election.run(shutdown, |term| skiff_controllers::run(clients.clone(), config.clone(), term)).await;
 }
 
-fn loopback_client(data_dir: &Path, url: &str) -> anyhow::Result<kube::Client> {
+/// A client of the server at `url` as `user`, with a client certificate the cluster CA signs for it now,
+/// so each component acts under its own name and RBAC role, never the admin's.
+fn loopback_client(data_dir: &Path, url: &str, user: &str) -> anyhow::Result<kube::Client> {
+    use base64::Engine;
     let ca = std::fs::read(data_dir.join("ca.crt")).context("no ca.crt in the data dir")?;
-    let token = std::fs::read_to_string(data_dir.join("admin-token")).context("no admin-token in the data dir")?;
+    let (cert, key) = skiff_apiserver::pki::client_certificate(data_dir, user, None, 365)?;
     let mut config = kube::Config::new(url.parse().context("the server's URL")?);
     let roots = rustls_pemfile::certs(&mut ca.as_slice()).map(|c| c.map(|c| c.to_vec())).collect::<Result<_, _>>()?;
     config.root_cert = Some(roots);
-    config.auth_info.token = Some(token.trim().to_string().into());
+    let encode = |pem: String| base64::engine::general_purpose::STANDARD.encode(pem);
+    config.auth_info.client_certificate_data = Some(encode(cert));
+    config.auth_info.client_key_data = Some(encode(key).into());
     Ok(kube::Client::try_from(config)?)
 }
 

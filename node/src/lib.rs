@@ -2,11 +2,12 @@
 //! Lease, runs the pods bound to it through the shims (wasm first), reports their status and events, keeps
 //! their logs, and serves those logs to the API server.
 //!
-//! Code map: [`connect`] (join: CA check, client), [`registration`] (Node, Lease), [`pods`] (the watch, one
-//! worker per pod, specs, status, probes, events), [`images`] (the content store and registry pulls),
-//! [`network`] (each pod's address: a network namespace through CNI, or for wasm-only pods an address on the
-//! node's bridge), [`logs`] (CRI-format log files), [`server`] (the HTTPS endpoint for logs and exec),
-//! [`exec`] (running containers, the exec channel protocol).
+//! Code map: [`connect`] (join: CA check, the node's client certificate), [`registration`] (Node, Lease),
+//! [`pods`] (the watch, one worker per pod, specs, status, probes, events), [`images`] (the content store and
+//! registry pulls), [`network`] (each pod's address: a network namespace through CNI, or for wasm-only pods
+//! an address on the node's bridge), [`logs`] (CRI-format log files), [`server`] (the HTTPS endpoint for
+//! logs and exec, serving the API server's client certificate only), [`exec`] (running containers, the exec
+//! channel protocol).
 //!
 //! Architecture invariant: the shims get a `skiff_shim::ContainerSpec` and know nothing of Pods; this crate
 //! knows nothing of the API server's internals, only the Kubernetes API.
@@ -35,6 +36,7 @@ use skiff_api::join::{InvalidJoinToken, JoinToken};
 use skiff_shim::Shim;
 use tokio_util::sync::CancellationToken;
 
+pub use connect::BootstrapError;
 pub use pods::BackoffConfig;
 pub use registration::CERT_ANNOTATION;
 pub use server::MAX_CONNECTIONS as MAX_KUBELET_CONNECTIONS;
@@ -91,6 +93,8 @@ pub enum AgentError {
     CaMismatch { expected: String, actual: String },
     #[error("cannot talk to the API server")]
     Client(#[source] kube::Error),
+    #[error("cannot get the node's client certificate")]
+    Bootstrap(#[from] BootstrapError),
     #[error("image store")]
     Images(#[from] images::ImageError),
     #[error("pod network: {0}")]
@@ -104,16 +108,17 @@ pub enum AgentError {
 /// Runs the agent until `shutdown`: registration, heartbeats, the pod workers and the log endpoint.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     let token = JoinToken::parse(&config.join_token)?;
-    let server = balancer::start(&config.server, shutdown.clone()).await?;
-    let client = connect::connect(&server, &token).await?;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| AgentError::Config(format!("cannot create {}: {e}", config.data_dir.display())))?;
-    // Images, containers' writable layers, volumes (Secrets among them) and logs: the agent's alone, as
-    // Docker keeps /var/lib/docker.
+    // The node's key, images, containers' writable layers, volumes (Secrets among them) and logs: the agent's
+    // alone, as Docker keeps /var/lib/docker.
     std::fs::set_permissions(&config.data_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .map_err(|e| AgentError::Config(format!("cannot make {} private: {e}", config.data_dir.display())))?;
-    let kubelet =
-        server::KubeletServer::bind(SocketAddr::new(config.node_ip, config.kubelet_port), &config.name).await?;
+    let server = balancer::start(&config.server, shutdown.clone()).await?;
+    let joined = connect::connect(&server, &token, &config.name, &config.data_dir).await?;
+    let client = joined.client;
+    let address = SocketAddr::new(config.node_ip, config.kubelet_port);
+    let kubelet = server::KubeletServer::bind(address, &config.name, &joined.ca).await?;
     let wasm_config = skiff_wasm::WasmConfig {
         max_instances: config.max_pods,
         default_memory_limit: config.wasm_default_memory_limit,
@@ -170,8 +175,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     });
     let heartbeat = registration::heartbeat(client.clone(), identity, shutdown.clone());
     let image_gc = collect_images(ctx.clone(), shutdown.clone());
-    let logs =
-        kubelet.run(client.clone(), ctx.pods_dir.clone(), token.secret.clone(), ctx.running.clone(), shutdown.clone());
+    let logs = kubelet.run(client.clone(), ctx.pods_dir.clone(), ctx.running.clone(), shutdown.clone());
     let pods = pods::run(ctx, shutdown.clone());
     let proxy = async {
         if let Some(range) = own_range {

@@ -2,7 +2,13 @@
 //! with the kubelet's query parameters; `GET /exec/{ns}/{pod}/{uid}/{container}?command=..`, a WebSocket
 //! upgrade, and `/portForward/{ns}/{pod}/{uid}`, an upgrade to SPDY (in WebSocket or not), both passed through
 //! by the API server from the client. The certificate is self-signed; the API server pins its SHA-256 from the
-//! Node's annotation, and must present the cluster's node token (compared in constant time).
+//! Node's annotation.
+//!
+//! Only the API server is served, as the kubelet with anonymous access off and the API server's client
+//! certificate authorized: a client must present a certificate signed by the cluster CA naming
+//! [`APISERVER_CLIENT`] in `system:masters`. A connection without one is answered 401 Unauthorized, another
+//! identity (a node's, a user's) 403 Forbidden, both in the kubelet's words. The handshake accepts clients
+//! without a certificate so that they get that answer rather than a TLS alert.
 //!
 //! Anyone who reaches the port can open connections, so what one may hold is bounded as on the API server
 //! (`skiff_apiserver::connections`, whose numbers this follows; the agent depends on nothing of the control
@@ -26,8 +32,9 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
+use rustls::pki_types::CertificateDer;
+use rustls::server::WebPkiClientVerifier;
 use sha2::Digest;
-use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -55,6 +62,11 @@ pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// request: the API server dials once per request, so an idle connection is nobody's and closes after this.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The common name of the API server's client certificate, the one identity served (kubeadm's name for it).
+pub const APISERVER_CLIENT: &str = "kube-apiserver-kubelet-client";
+/// The group [`APISERVER_CLIENT`] must be in.
+const MASTERS_GROUP: &str = "system:masters";
+
 pub struct KubeletServer {
     listener: TcpListener,
     acceptor: TlsAcceptor,
@@ -65,12 +77,13 @@ pub struct KubeletServer {
 struct Handler {
     client: kube::Client,
     pods_dir: PathBuf,
-    token: String,
     running: Arc<Running>,
 }
 
 impl KubeletServer {
-    pub async fn bind(addr: SocketAddr, name: &str) -> Result<Self, AgentError> {
+    /// Listens on `addr` with a new self-signed certificate for `name`, accepting client certificates signed
+    /// by `ca` (DER).
+    pub async fn bind(addr: SocketAddr, name: &str, ca: &[Vec<u8>]) -> Result<Self, AgentError> {
         let listener =
             TcpListener::bind(addr).await.map_err(|e| AgentError::Config(format!("cannot listen on {addr}: {e}")))?;
         let key = rcgen::KeyPair::generate().map_err(|e| AgentError::Config(e.to_string()))?;
@@ -81,9 +94,17 @@ impl KubeletServer {
         let key_der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der())
             .map_err(|e| AgentError::Config(e.to_string()))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in ca {
+            roots.add(CertificateDer::from(ca.clone())).map_err(|e| AgentError::Config(format!("cluster CA: {e}")))?;
+        }
+        let clients = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| AgentError::Config(format!("client certificate verifier: {e}")))?;
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .and_then(|b| b.with_no_client_auth().with_single_cert(vec![cert.der().clone()], key_der))
+            .and_then(|b| b.with_client_cert_verifier(clients).with_single_cert(vec![cert.der().clone()], key_der))
             .map_err(|e| AgentError::Config(e.to_string()))?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self { listener, acceptor: TlsAcceptor::from(Arc::new(config)), cert_sha256 })
@@ -97,11 +118,10 @@ impl KubeletServer {
         self,
         client: kube::Client,
         pods_dir: PathBuf,
-        token: String,
         running: Arc<Running>,
         shutdown: CancellationToken,
     ) {
-        let handler = Arc::new(Handler { client, pods_dir, token, running });
+        let handler = Arc::new(Handler { client, pods_dir, running });
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let mut backoff: Option<Duration> = None;
         let mut saturated = false;
@@ -158,9 +178,11 @@ impl KubeletServer {
                         Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
                     },
                 };
+                // rustls checked the certificate against the cluster CA; who it names is decided per request.
+                let peer = Arc::new(Peer::of(tls.get_ref().1.peer_certificates()));
                 let service = hyper::service::service_fn(move |request| {
-                    let handler = handler.clone();
-                    async move { Ok::<_, Infallible>(handler.serve(request).await) }
+                    let (handler, peer) = (handler.clone(), peer.clone());
+                    async move { Ok::<_, Infallible>(handler.serve(&peer, request).await) }
                 });
                 let mut builder = hyper::server::conn::http1::Builder::new();
                 builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
@@ -182,15 +204,52 @@ fn text(code: StatusCode, message: String) -> Response<Body> {
     response
 }
 
+/// Who a connection's client certificate names (rustls has checked it was signed by the cluster CA).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Peer {
+    Anonymous,
+    /// The subject's common name and organizations.
+    User {
+        name: String,
+        groups: Vec<String>,
+    },
+}
+
+impl Peer {
+    fn of(certificates: Option<&[CertificateDer<'_>]>) -> Self {
+        let Some(leaf) = certificates.and_then(|chain| chain.first()) else { return Peer::Anonymous };
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf) else { return Peer::Anonymous };
+        let subject = cert.subject();
+        let name = subject.iter_common_name().find_map(|cn| cn.as_str().ok()).unwrap_or_default().to_string();
+        let groups = subject.iter_organization().filter_map(|o| o.as_str().ok().map(str::to_string)).collect();
+        Peer::User { name, groups }
+    }
+}
+
+/// The refusal of a request with `method` from `peer`, unless it is the API server's. Worded as the
+/// kubelet's: `Unauthorized` without an identity; with another, `Forbidden` naming what it asked, which the
+/// kubelet maps to `nodes/proxy` for every path served here.
+fn refusal(peer: &Peer, method: &http::Method) -> Option<Response<Body>> {
+    match peer {
+        Peer::Anonymous => Some(text(StatusCode::UNAUTHORIZED, "Unauthorized".into())),
+        Peer::User { name, groups } if name == APISERVER_CLIENT && groups.iter().any(|g| g == MASTERS_GROUP) => None,
+        Peer::User { name, .. } => {
+            let verb = match *method {
+                http::Method::POST => "create".to_string(),
+                http::Method::PUT => "update".to_string(),
+                ref other => other.as_str().to_ascii_lowercase(),
+            };
+            let message = format!("Forbidden (user={name}, verb={verb}, resource=nodes, subresource=proxy)");
+            Some(text(StatusCode::FORBIDDEN, message))
+        }
+    }
+}
+
 impl Handler {
-    async fn serve(&self, request: Request<Incoming>) -> Response<Body> {
-        let presented = request
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-            .unwrap_or_default();
-        if !bool::from(presented.ct_eq(self.token.as_bytes())) {
-            return text(StatusCode::UNAUTHORIZED, "Unauthorized".into());
+    async fn serve(&self, peer: &Peer, request: Request<Incoming>) -> Response<Body> {
+        if let Some(refusal) = refusal(peer, request.method()) {
+            tracing::debug!(?peer, path = %request.uri().path(), "refused a client other than the API server");
+            return refusal;
         }
         let path: Vec<&str> = request.uri().path().trim_matches('/').split('/').collect();
         if let ["exec", namespace, pod, uid, container] = path.as_slice() {
@@ -342,5 +401,147 @@ fn websocket_accepted(key: &[u8], protocol: &'static str) -> Response<Body> {
             (http::header::SEC_WEBSOCKET_ACCEPT, accept),
         ]),
         Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    use rustls::DigitallySignedStruct;
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{PrivateKeyDer, ServerName, UnixTime};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    fn ca() -> (Vec<u8>, Issuer<'static, KeyPair>) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, "skiff-ca");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = params.self_signed(&key).unwrap();
+        (cert.der().to_vec(), Issuer::new(params, key))
+    }
+
+    /// A client certificate (DER) for `name` in `group`, signed by `ca`, and its key.
+    fn client_cert(ca: &Issuer<'static, KeyPair>, name: &str, group: &str) -> (Vec<u8>, KeyPair) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.distinguished_name.push(DnType::OrganizationName, group);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        (params.signed_by(&key, ca).unwrap().der().to_vec(), key)
+    }
+
+    #[test]
+    fn only_the_api_server_is_served() {
+        let user = |name: &str, group: &str| Peer::User { name: name.into(), groups: vec![group.into()] };
+        let status = |peer: &Peer, method: http::Method| refusal(peer, &method).map(|r| r.status());
+        assert_eq!(status(&user(APISERVER_CLIENT, MASTERS_GROUP), http::Method::GET), None);
+        assert_eq!(status(&Peer::Anonymous, http::Method::GET), Some(StatusCode::UNAUTHORIZED));
+        assert_eq!(status(&user(APISERVER_CLIENT, "system:nodes"), http::Method::GET), Some(StatusCode::FORBIDDEN));
+        assert_eq!(status(&user("system:node:b", "system:nodes"), http::Method::POST), Some(StatusCode::FORBIDDEN));
+        assert_eq!(status(&user("admin", MASTERS_GROUP), http::Method::GET), Some(StatusCode::FORBIDDEN));
+
+        let (_, issuer) = ca();
+        let (der, _) = client_cert(&issuer, "system:node:b", "system:nodes");
+        assert_eq!(Peer::of(Some(&[CertificateDer::from(der)])), user("system:node:b", "system:nodes"));
+        assert_eq!(Peer::of(None), Peer::Anonymous);
+    }
+
+    /// Accepts the agent's self-signed certificate, as the API server does by its pin.
+    #[derive(Debug)]
+    struct AnyServer(rustls::crypto::WebPkiSupportedAlgorithms);
+
+    impl ServerCertVerifier for AnyServer {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.supported_schemes()
+        }
+    }
+
+    /// GETs a log from the endpoint at `port` presenting `identity`; the response's status line and body, or
+    /// the TLS error.
+    async fn ask(port: u16, identity: Option<(Vec<u8>, KeyPair)>) -> Result<String, std::io::Error> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyServer(provider.signature_verification_algorithms)));
+        let config = match identity {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => {
+                let key = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+                builder.with_client_auth_cert(vec![CertificateDer::from(cert)], key).unwrap()
+            }
+        };
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await?;
+        tls.write_all(b"GET /containerLogs/default/web/main HTTP/1.1\r\nHost: node-a\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut response = String::new();
+        tls.read_to_string(&mut response).await?;
+        let status = response.lines().next().unwrap_or_default().to_string();
+        let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+        Ok(format!("{status} {body}"))
+    }
+
+    #[tokio::test]
+    async fn clients_are_known_by_certificates_from_the_cluster_ca() {
+        let (ca_der, issuer) = ca();
+        let server = KubeletServer::bind("127.0.0.1:0".parse().unwrap(), "node-a", &[ca_der]).await.unwrap();
+        let port = server.port();
+        // A client of no server: a request that passes authentication fails looking its pod up.
+        let nowhere = kube::Client::try_from(kube::Config::new("https://127.0.0.1:1".parse().unwrap())).unwrap();
+        let pods = tempfile::tempdir().unwrap();
+        let shutdown = CancellationToken::new();
+        let running = Arc::new(Running::default());
+        tokio::spawn(server.run(nowhere, pods.path().to_path_buf(), running, shutdown.clone()));
+
+        let anonymous = ask(port, None).await.unwrap();
+        assert_eq!(anonymous, "HTTP/1.1 401 Unauthorized Unauthorized");
+        let node = ask(port, Some(client_cert(&issuer, "system:node:b", "system:nodes"))).await.unwrap();
+        assert_eq!(
+            node,
+            "HTTP/1.1 403 Forbidden Forbidden (user=system:node:b, verb=get, resource=nodes, subresource=proxy)"
+        );
+        let apiserver = ask(port, Some(client_cert(&issuer, APISERVER_CLIENT, MASTERS_GROUP))).await.unwrap();
+        assert!(apiserver.starts_with("HTTP/1.1 502"), "past authentication, the pod lookup fails: {apiserver}");
+        let (_, stranger) = ca();
+        let forged = ask(port, Some(client_cert(&stranger, APISERVER_CLIENT, MASTERS_GROUP))).await;
+        assert!(forged.is_err(), "a certificate from another CA fails the handshake: {forged:?}");
+        shutdown.cancel();
     }
 }

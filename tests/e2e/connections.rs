@@ -83,13 +83,15 @@ pub fn idle_connections_neither_block_nor_stay() {
     let kubelet: SocketAddr = format!("{}:{port}", agent.node_ip).parse().unwrap();
     let api: SocketAddr = cluster.listen.parse().unwrap();
     // The agent's endpoint, as the API server reaches it: its self-signed certificate (pinned by the API
-    // server, accepted here) and the node token.
-    let join_token = std::fs::read_to_string(cluster.data_dir().join("node-token")).unwrap();
-    let node_token = join_token.trim().split("::node:").nth(1).expect("a join token").to_string();
-    let agent_client = reqwest::blocking::Client::builder().danger_accept_invalid_certs(true).build().unwrap();
+    // server, accepted here) and the API server's client certificate.
+    let agent_client = reqwest::blocking::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .identity(crate::identity::apiserver_identity(&cluster))
+        .build()
+        .unwrap();
     let ask_agent = || {
         let url = format!("https://{kubelet}/containerLogs/default/absent/main");
-        let response = agent_client.get(url).bearer_auth(&node_token).send().expect("the agent answers");
+        let response = agent_client.get(url).send().expect("the agent answers");
         (response.status().as_u16(), response.text().unwrap_or_default())
     };
 

@@ -412,3 +412,21 @@ fn host_network_is_asked_for_never_given_silently() {
     });
     assert!(waiting["message"].as_str().unwrap().contains("hostNetwork: true"), "{waiting}");
 }
+
+/// The ServiceAccount admission's volume reaches a container: its namespace, a token and the cluster CA;
+/// a pod that opts out gets no token at all.
+#[test]
+fn service_account_files_are_mounted() {
+    let node = Node::start();
+    let busybox = node.registry.push_busybox("tools/busybox");
+    let script = r#"d=/var/run/secrets/kubernetes.io/serviceaccount; cat $d/namespace 2>/dev/null; echo; test -s $d/token && echo token; grep -qs "BEGIN CERTIFICATE" $d/ca.crt && echo ca; true"#;
+    node.pod("sa", &format!("  restartPolicy: Never\n  containers:\n  - name: main\n    image: {busybox}\n    command: [sh, -c, '{script}']\n"));
+    node.wait_phase("sa", "Succeeded");
+    assert_eq!(node.logs("sa", "main"), "default\ntoken\nca\n");
+    node.pod(
+        "no-sa",
+        &format!("  restartPolicy: Never\n  automountServiceAccountToken: false\n  containers:\n  - name: main\n    image: {busybox}\n    command: [sh, -c, '{script}']\n"),
+    );
+    node.wait_phase("no-sa", "Succeeded");
+    assert_eq!(node.logs("no-sa", "main"), "\n", "a pod that opted out has no token");
+}

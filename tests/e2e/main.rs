@@ -10,6 +10,7 @@ mod deployments;
 mod exec;
 mod ha;
 mod harness;
+mod identity;
 mod lifecycle;
 mod multinode;
 mod network;
@@ -17,7 +18,9 @@ mod networkpolicy;
 mod node;
 mod podsecurity;
 mod portforward;
+mod rbac;
 mod scheduling;
+mod serviceaccounts;
 mod services;
 mod testnet;
 
@@ -27,7 +30,9 @@ use std::time::{Duration, Instant};
 use abuse::abuse_is_refused_and_the_server_stays_small;
 use harness::{Backend, Cluster};
 use podsecurity::pod_security_admits_pods_by_their_namespace_level;
+use rbac::rbac_grants_users_exactly_what_they_were_given;
 use serde_json::Value;
+use serviceaccounts::service_accounts_get_tokens_and_pods_get_credentials;
 use services::services_track_pods_and_allocate_ports;
 
 const MANIFEST: &str = r#"
@@ -526,6 +531,8 @@ fn paging_watch_replay_and_finalizers(backend: Backend) {
             None => break,
         }
     }
+    // Every namespace also holds the cluster's `kube-root-ca.crt`.
+    names.retain(|name| name.starts_with("page-"));
     assert_eq!(names.len(), 5, "paging returns every object once: {names:?}");
     let selected: Value = http
         .request(reqwest::Method::GET, &format!("{path}?labelSelector=i%20in%20(1,3)"))
@@ -681,6 +688,16 @@ fn node_a_bad_registries_file_stops_the_agent() {
 }
 
 #[test]
+fn identity_an_agent_trades_the_join_token_for_a_certificate_of_its_own() {
+    identity::an_agent_trades_the_join_token_for_a_certificate_of_its_own();
+}
+
+#[test]
+fn identity_the_kubelet_port_serves_only_the_api_server() {
+    identity::the_kubelet_port_serves_only_the_api_server();
+}
+
+#[test]
 fn connections_idle_connections_neither_block_nor_stay() {
     connections::idle_connections_neither_block_nor_stay();
 }
@@ -734,4 +751,6 @@ scenarios!(
     services_track_pods_and_allocate_ports,
     abuse_is_refused_and_the_server_stays_small,
     pod_security_admits_pods_by_their_namespace_level,
+    rbac_grants_users_exactly_what_they_were_given,
+    service_accounts_get_tokens_and_pods_get_credentials,
 );

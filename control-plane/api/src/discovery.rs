@@ -41,6 +41,12 @@ impl Subresource {
     }
 }
 
+/// Whether `def` has an `approval` subresource: certificatesigningrequests, where approving or denying is a
+/// right of its own, apart from updating the status.
+pub fn has_approval(def: &ResourceDef) -> bool {
+    def.group == "certificates.k8s.io" && def.plural == "certificatesigningrequests"
+}
+
 /// The subresources Skiff serves for `def`, sorted by name as kube-apiserver lists them.
 pub fn subresources(def: &ResourceDef) -> Vec<Subresource> {
     let mut subs = Vec::new();
@@ -60,6 +66,18 @@ pub fn subresources(def: &ResourceDef) -> Vec<Subresource> {
             version: "",
             kind: "PodPortForwardOptions",
             verbs: &["create", "get"],
+        });
+    }
+    if has_approval(def) {
+        subs.push(Subresource { name: "approval", group: "", version: "", kind: def.kind, verbs: SUBRESOURCE_VERBS });
+    }
+    if def.group.is_empty() && def.plural == "serviceaccounts" {
+        subs.push(Subresource {
+            name: "token",
+            group: "authentication.k8s.io",
+            version: "v1",
+            kind: "TokenRequest",
+            verbs: &["create"],
         });
     }
     if def.scale_subresource {
@@ -302,6 +320,11 @@ mod tests {
         assert_eq!(resource(&core, "pods")["shortNames"], json!(["po"]));
         assert_eq!(resource(&core, "pods/binding")["verbs"], json!(["create"]));
         assert_eq!(resource(&core, "pods/binding")["kind"], "Binding");
+        let token = resource(&core, "serviceaccounts/token");
+        assert_eq!(
+            (&token["group"], &token["version"], &token["kind"], &token["verbs"]),
+            (&json!("authentication.k8s.io"), &json!("v1"), &json!("TokenRequest"), &json!(["create"]))
+        );
         assert!(api_resource_list("apps", "v2").is_none());
         assert!(api_resource_list("nope", "v1").is_none());
     }

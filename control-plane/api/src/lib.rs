@@ -6,14 +6,17 @@
 //! the IO and calls into this one. Objects cross as `serde_json::Value`, checked against k8s-openapi types.
 #![forbid(unsafe_code)]
 
+pub mod authz;
 pub mod defaults;
 pub mod discovery;
 pub mod join;
 pub mod limits;
+pub mod node_authorizer;
 pub mod openapi;
 pub mod patch;
 pub mod pod_security;
 pub mod protobuf;
+pub mod rbac;
 pub mod resources;
 pub mod selectors;
 pub mod table;

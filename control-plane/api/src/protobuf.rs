@@ -1,22 +1,28 @@
 //! Decoding of `application/vnd.kubernetes.protobuf` request bodies into the objects' Kubernetes JSON form.
 //!
-//! kubectl's `create namespace|configmap|secret|deployment|service|serviceaccount|job|cronjob` send protobuf and
-//! client-go never retries with JSON, so the API server must read it. The body is an envelope: the magic bytes
+//! kubectl's typed clients send protobuf (`create namespace|configmap|secret|deployment|service|serviceaccount|job|
+//! cronjob|role|clusterrole|rolebinding|clusterrolebinding|token`, `auth can-i|whoami`, `certificate approve|deny`)
+//! and client-go never retries with JSON, so the API server must read it. The body is an envelope: the magic bytes
 //! `k8s\0`, then a `runtime.Unknown` whose `typeMeta` names the kind and whose `raw` is the object's protobuf.
 //!
 //! The JSON equals what Go's `encoding/json` writes for the decoded Go object, because the rest of the API server
 //! only speaks JSON. Go's protobuf writes every value field, even zero ones, so each field is converted the way its
 //! Go JSON tag says (see `Obj`). A kind or a field this module does not convert is an error, never silently
 //! dropped: the server answers 415 and the client can send JSON instead. The one exception is `status`, which is
-//! left out because create and update requests on the main endpoint ignore it anyway.
+//! left out because create and update requests on the main endpoint ignore it anyway; a CertificateSigningRequest
+//! keeps it, as its `approval` and `status` subresources take their change from there.
 
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use k8s_pb::api::apps::v1 as apps;
+use k8s_pb::api::authentication::v1 as authentication;
+use k8s_pb::api::authorization::v1 as authorization;
 use k8s_pb::api::batch::v1 as batch;
+use k8s_pb::api::certificates::v1 as certificates;
 use k8s_pb::api::core::v1 as core;
+use k8s_pb::api::rbac::v1 as rbac;
 use k8s_pb::apimachinery::pkg::api::resource::Quantity;
 use k8s_pb::apimachinery::pkg::apis::meta::v1 as meta;
 use k8s_pb::apimachinery::pkg::runtime::Unknown;
@@ -54,6 +60,9 @@ pub enum ProtobufError {
     /// An IntOrString whose type is neither int (0) nor string (1).
     #[error("int-or-string has unknown type {0}")]
     IntOrStringType(i64),
+    /// A managedFields entry whose fieldsV1 is not JSON (Go cannot write it as JSON either).
+    #[error("managedFields fieldsV1 is not valid JSON")]
+    FieldsV1(#[source] serde_json::Error),
 }
 
 /// Decodes a protobuf request body into the object's Kubernetes JSON form (with apiVersion and kind set).
@@ -84,6 +93,21 @@ pub fn decode(body: &[u8]) -> Result<Value, ProtobufError> {
         ("apps/v1", "Deployment") => deployment(head, &parse(raw)?),
         ("batch/v1", "Job") => job(head, &parse(raw)?),
         ("batch/v1", "CronJob") => cron_job(head, &parse(raw)?),
+        // Kinds whose messages are field for field the same share one mapping and one prost type.
+        ("authentication.k8s.io/v1" | "authentication.k8s.io/v1beta1", "SelfSubjectReview") => {
+            self_subject_review(head, &parse(raw)?)
+        }
+        ("authentication.k8s.io/v1", "TokenRequest") => token_request(head, &parse(raw)?),
+        ("authentication.k8s.io/v1", "TokenReview") => token_review(head, &parse(raw)?),
+        ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => self_subject_access_review(head, &parse(raw)?),
+        ("authorization.k8s.io/v1", "SelfSubjectRulesReview") => self_subject_rules_review(head, &parse(raw)?),
+        ("authorization.k8s.io/v1", "SubjectAccessReview" | "LocalSubjectAccessReview") => {
+            subject_access_review(head, &parse(raw)?)
+        }
+        ("rbac.authorization.k8s.io/v1", "Role") => role(head, &parse(raw)?),
+        ("rbac.authorization.k8s.io/v1", "ClusterRole") => cluster_role(head, &parse(raw)?),
+        ("rbac.authorization.k8s.io/v1", "RoleBinding" | "ClusterRoleBinding") => role_binding(head, &parse(raw)?),
+        ("certificates.k8s.io/v1", "CertificateSigningRequest") => certificate_signing_request(head, &parse(raw)?),
         _ => return Err(ProtobufError::UnsupportedKind { api_version, kind }),
     }?;
     Ok(object)
@@ -99,6 +123,8 @@ type Json = Result<Value, ProtobufError>;
 /// - plain (`str`, `int`, `bool`, `strings`, maps): `omitempty` value fields, zero values are left out;
 /// - `_ptr`: Go pointer fields, written whenever set, even to zero;
 /// - `_req`: value fields without `omitempty`, always written, zero when unset;
+/// - `_or_null`: pointer and list fields without `omitempty`, written when set and null otherwise (protobuf
+///   decodes an absent list to Go's nil, which Go writes as null);
 /// - `message` for pointer structs (written when set), `message_req` for value structs (always written, as Go
 ///   never omits a struct), `inline` for embedded structs whose fields sit at this level.
 #[derive(Default)]
@@ -165,8 +191,29 @@ impl Obj {
         if v.is_empty() { self } else { self.set(key, v.into()) }
     }
 
+    fn strings_or_null(self, key: &str, v: &[String]) -> Self {
+        if v.is_empty() { self.set(key, Value::Null) } else { self.set(key, v.into()) }
+    }
+
+    fn int_or_null<N: Into<i64>>(self, key: &str, v: Option<N>) -> Self {
+        self.set(key, v.map_or(Value::Null, |n| n.into().into()))
+    }
+
     fn ints(self, key: &str, v: &[i64]) -> Self {
         if v.is_empty() { self } else { self.set(key, v.into()) }
+    }
+
+    /// Bytes are base64 in Kubernetes JSON (CSR request and certificate, Secret data, ConfigMap binaryData).
+    fn bytes(self, key: &str, v: &Option<Vec<u8>>) -> Self {
+        match v.as_deref() {
+            Some(b) if !b.is_empty() => self.set(key, BASE64.encode(b).into()),
+            _ => self,
+        }
+    }
+
+    fn bytes_or_null(self, key: &str, v: &Option<Vec<u8>>) -> Self {
+        // Go's protobuf decodes present but empty bytes to an empty slice, which JSON writes as "".
+        self.set(key, v.as_deref().map_or(Value::Null, |b| BASE64.encode(b).into()))
     }
 
     fn string_map(self, key: &str, v: &BTreeMap<String, String>) -> Self {
@@ -177,12 +224,20 @@ impl Obj {
         self.set(key, Value::Object(map))
     }
 
-    /// Bytes are base64 in Kubernetes JSON (Secret data, ConfigMap binaryData).
     fn bytes_map(self, key: &str, v: &BTreeMap<String, Vec<u8>>) -> Self {
         if v.is_empty() {
             return self;
         }
         let map = v.iter().map(|(k, v)| (k.clone(), Value::from(BASE64.encode(v)))).collect();
+        self.set(key, Value::Object(map))
+    }
+
+    /// A map of string lists, each wrapped in its own message in protobuf (the `ExtraValue` of user info).
+    fn string_lists<V>(self, key: &str, v: &BTreeMap<String, V>, items: impl Fn(&V) -> &[String]) -> Self {
+        if v.is_empty() {
+            return self;
+        }
+        let map = v.iter().map(|(k, v)| (k.clone(), Value::from(items(v)))).collect();
         self.set(key, Value::Object(map))
     }
 
@@ -223,6 +278,14 @@ impl Obj {
         }
     }
 
+    fn message_or_null<T>(self, key: &str, v: Option<&T>, f: impl FnOnce(&T) -> Json) -> Result<Self, ProtobufError> {
+        let value = match v {
+            Some(m) => f(m)?,
+            None => Value::Null,
+        };
+        Ok(self.set(key, value))
+    }
+
     fn message_req<T: Default>(
         self,
         key: &str,
@@ -242,6 +305,10 @@ impl Obj {
         }
         let items = v.iter().map(f).collect::<Result<Vec<_>, _>>()?;
         Ok(self.set(key, Value::Array(items)))
+    }
+
+    fn messages_or_null<T>(self, key: &str, v: &[T], f: impl Fn(&T) -> Json) -> Result<Self, ProtobufError> {
+        if v.is_empty() { Ok(self.set(key, Value::Null)) } else { self.messages(key, v, f) }
     }
 
     fn inline<T>(
@@ -281,8 +348,6 @@ fn int_or_string(v: &IntOrString) -> Json {
 // --- metav1 ---
 
 fn object_meta(m: &meta::ObjectMeta) -> Json {
-    // kubectl never sends managedFields; converting their opaque fieldsV1 is not worth it until a client does.
-    reject("ObjectMeta.managedFields", !m.managed_fields.is_empty())?;
     Obj::new()
         .str("name", &m.name)
         .str("generateName", &m.generate_name)
@@ -298,6 +363,23 @@ fn object_meta(m: &meta::ObjectMeta) -> Json {
         .string_map("annotations", &m.annotations)
         .messages("ownerReferences", &m.owner_references, owner_reference)?
         .strings("finalizers", &m.finalizers)
+        // kubectl sends an object it read back with them (`certificate approve`).
+        .messages("managedFields", &m.managed_fields, managed_fields_entry)?
+        .done()
+}
+
+fn managed_fields_entry(e: &meta::ManagedFieldsEntry) -> Json {
+    Obj::new()
+        .str("manager", &e.manager)
+        .str("operation", &e.operation)
+        .str("apiVersion", &e.api_version)
+        .time("time", e.time.as_ref())?
+        .str("fieldsType", &e.fields_type)
+        .message("fieldsV1", e.fields_v1.as_ref(), |f| {
+            // The raw bytes are the field set's JSON, which Go writes as they are (and nil as null).
+            f.raw.as_deref().map_or(Ok(Value::Null), |raw| serde_json::from_slice(raw).map_err(ProtobufError::FieldsV1))
+        })?
+        .str("subresource", &e.subresource)
         .done()
 }
 
@@ -315,13 +397,16 @@ fn owner_reference(r: &meta::OwnerReference) -> Json {
 fn label_selector(s: &meta::LabelSelector) -> Json {
     Obj::new()
         .string_map("matchLabels", &s.match_labels)
-        .messages("matchExpressions", &s.match_expressions, |r| {
-            Obj::new().str_req("key", &r.key).str_req("operator", &r.operator).strings("values", &r.values).done()
-        })?
+        .messages("matchExpressions", &s.match_expressions, |r| selector_requirement(&r.key, &r.operator, &r.values))?
         .done()
 }
 
-// --- top-level kinds (status is ignored: clients cannot set it on create) ---
+/// A label or field selector requirement: two messages with the same fields.
+fn selector_requirement(key: &Option<String>, operator: &Option<String>, values: &[String]) -> Json {
+    Obj::new().str_req("key", key).str_req("operator", operator).strings("values", values).done()
+}
+
+// --- top-level kinds (status is ignored but for a CertificateSigningRequest, see the module docs) ---
 
 fn namespace(head: Obj, o: &core::Namespace) -> Json {
     head.message_req("metadata", o.metadata.as_ref(), object_meta)?
@@ -381,6 +466,85 @@ fn job(head: Obj, o: &batch::Job) -> Json {
 fn cron_job(head: Obj, o: &batch::CronJob) -> Json {
     head.message_req("metadata", o.metadata.as_ref(), object_meta)?
         .message_req("spec", o.spec.as_ref(), cron_job_spec)?
+        .done()
+}
+
+fn self_subject_review(head: Obj, o: &authentication::SelfSubjectReview) -> Json {
+    head.message_req("metadata", o.metadata.as_ref(), object_meta)?.done()
+}
+
+fn token_request(head: Obj, o: &authentication::TokenRequest) -> Json {
+    head.message_req("metadata", o.metadata.as_ref(), object_meta)?
+        .message_req("spec", o.spec.as_ref(), token_request_spec)?
+        .done()
+}
+
+fn token_review(head: Obj, o: &authentication::TokenReview) -> Json {
+    head.message_req("metadata", o.metadata.as_ref(), object_meta)?
+        .message_req("spec", o.spec.as_ref(), |s| {
+            Obj::new().str("token", &s.token).strings("audiences", &s.audiences).done()
+        })?
+        .done()
+}
+
+fn self_subject_access_review(head: Obj, o: &authorization::SelfSubjectAccessReview) -> Json {
+    head.message_req("metadata", o.metadata.as_ref(), object_meta)?
+        .message_req("spec", o.spec.as_ref(), |s| {
+            Obj::new()
+                .message("resourceAttributes", s.resource_attributes.as_ref(), resource_attributes)?
+                .message("nonResourceAttributes", s.non_resource_attributes.as_ref(), non_resource_attributes)?
+                .done()
+        })?
+        .done()
+}
+
+fn self_subject_rules_review(head: Obj, o: &authorization::SelfSubjectRulesReview) -> Json {
+    head.message_req("metadata", o.metadata.as_ref(), object_meta)?
+        .message_req("spec", o.spec.as_ref(), |s| Obj::new().str("namespace", &s.namespace).done())?
+        .done()
+}
+
+fn subject_access_review(head: Obj, o: &authorization::SubjectAccessReview) -> Json {
+    head.message_req("metadata", o.metadata.as_ref(), object_meta)?
+        .message_req("spec", o.spec.as_ref(), subject_access_review_spec)?
+        .done()
+}
+
+fn role(head: Obj, o: &rbac::Role) -> Json {
+    head.message_req("metadata", o.metadata.as_ref(), object_meta)?
+        .messages_or_null("rules", &o.rules, policy_rule)?
+        .done()
+}
+
+fn cluster_role(head: Obj, o: &rbac::ClusterRole) -> Json {
+    head.message_req("metadata", o.metadata.as_ref(), object_meta)?
+        .messages_or_null("rules", &o.rules, policy_rule)?
+        .message("aggregationRule", o.aggregation_rule.as_ref(), |a| {
+            Obj::new().messages("clusterRoleSelectors", &a.cluster_role_selectors, label_selector)?.done()
+        })?
+        .done()
+}
+
+fn role_binding(head: Obj, o: &rbac::RoleBinding) -> Json {
+    head.message_req("metadata", o.metadata.as_ref(), object_meta)?
+        .messages("subjects", &o.subjects, |s| {
+            Obj::new()
+                .str_req("kind", &s.kind)
+                .str("apiGroup", &s.api_group)
+                .str_req("name", &s.name)
+                .str("namespace", &s.namespace)
+                .done()
+        })?
+        .message_req("roleRef", o.role_ref.as_ref(), |r| {
+            Obj::new().str_req("apiGroup", &r.api_group).str_req("kind", &r.kind).str_req("name", &r.name).done()
+        })?
+        .done()
+}
+
+fn certificate_signing_request(head: Obj, o: &certificates::CertificateSigningRequest) -> Json {
+    head.message_req("metadata", o.metadata.as_ref(), object_meta)?
+        .message_req("spec", o.spec.as_ref(), certificate_signing_request_spec)?
+        .message_req("status", o.status.as_ref(), certificate_signing_request_status)?
         .done()
 }
 
@@ -844,12 +1008,110 @@ fn cron_job_spec(s: &batch::CronJobSpec) -> Json {
         .done()
 }
 
+// --- authentication/v1, authorization/v1, rbac/v1, certificates/v1 ---
+
+fn token_request_spec(s: &authentication::TokenRequestSpec) -> Json {
+    Obj::new()
+        .strings_or_null("audiences", &s.audiences)
+        .int_or_null("expirationSeconds", s.expiration_seconds)
+        .message_or_null("boundObjectRef", s.bound_object_ref.as_ref(), |r| {
+            Obj::new()
+                .str("kind", &r.kind)
+                .str("apiVersion", &r.api_version)
+                .str("name", &r.name)
+                .str("uid", &r.u_id)
+                .done()
+        })?
+        .done()
+}
+
+fn subject_access_review_spec(s: &authorization::SubjectAccessReviewSpec) -> Json {
+    Obj::new()
+        .message("resourceAttributes", s.resource_attributes.as_ref(), resource_attributes)?
+        .message("nonResourceAttributes", s.non_resource_attributes.as_ref(), non_resource_attributes)?
+        .str("user", &s.user)
+        .strings("groups", &s.groups)
+        .string_lists("extra", &s.extra, |e| e.items.as_slice())
+        .str("uid", &s.uid)
+        .done()
+}
+
+fn resource_attributes(a: &authorization::ResourceAttributes) -> Json {
+    Obj::new()
+        .str("namespace", &a.namespace)
+        .str("verb", &a.verb)
+        .str("group", &a.group)
+        .str("version", &a.version)
+        .str("resource", &a.resource)
+        .str("subresource", &a.subresource)
+        .str("name", &a.name)
+        .message("fieldSelector", a.field_selector.as_ref(), |f| {
+            selector_attributes(&f.raw_selector, &f.requirements, |r| {
+                selector_requirement(&r.key, &r.operator, &r.values)
+            })
+        })?
+        .message("labelSelector", a.label_selector.as_ref(), |l| {
+            selector_attributes(&l.raw_selector, &l.requirements, |r| {
+                selector_requirement(&r.key, &r.operator, &r.values)
+            })
+        })?
+        .done()
+}
+
+/// A review's fieldSelector or labelSelector: the selector as written and as parsed.
+fn selector_attributes<R>(raw: &Option<String>, requirements: &[R], requirement: impl Fn(&R) -> Json) -> Json {
+    Obj::new().str("rawSelector", raw).messages("requirements", requirements, requirement)?.done()
+}
+
+fn non_resource_attributes(a: &authorization::NonResourceAttributes) -> Json {
+    Obj::new().str("path", &a.path).str("verb", &a.verb).done()
+}
+
+fn policy_rule(r: &rbac::PolicyRule) -> Json {
+    Obj::new()
+        .strings_or_null("verbs", &r.verbs)
+        .strings("apiGroups", &r.api_groups)
+        .strings("resources", &r.resources)
+        .strings("resourceNames", &r.resource_names)
+        .strings("nonResourceURLs", &r.non_resource_ur_ls)
+        .done()
+}
+
+fn certificate_signing_request_spec(s: &certificates::CertificateSigningRequestSpec) -> Json {
+    Obj::new()
+        .bytes_or_null("request", &s.request)
+        .str_req("signerName", &s.signer_name)
+        .int_ptr("expirationSeconds", s.expiration_seconds)
+        .strings("usages", &s.usages)
+        .str("username", &s.username)
+        .str("uid", &s.uid)
+        .strings("groups", &s.groups)
+        .string_lists("extra", &s.extra, |e| e.items.as_slice())
+        .done()
+}
+
+fn certificate_signing_request_status(s: &certificates::CertificateSigningRequestStatus) -> Json {
+    Obj::new()
+        .messages("conditions", &s.conditions, |c| {
+            Obj::new()
+                .str_req("type", &c.r#type)
+                .str_req("status", &c.status)
+                .str("reason", &c.reason)
+                .str("message", &c.message)
+                .time("lastUpdateTime", c.last_update_time.as_ref())?
+                .time("lastTransitionTime", c.last_transition_time.as_ref())?
+                .done()
+        })?
+        .bytes("certificate", &s.certificate)
+        .done()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
-    /// Bodies captured from kubectl 1.32 (`kubectl create ... --server` pointed at a recording listener). Go
+    /// Bodies captured from kubectl 1.32 (`kubectl ... --server` pointed at a recording listener). Go
     /// writes every value field, so these carry the empty strings, zeros and empty structs a hand-built body lacks.
     mod kubectl {
         /// `kubectl create namespace ns1`
@@ -858,6 +1120,10 @@ mod tests {
         pub const CONFIGMAP: &[u8] = b"k8s\x00\x0a\x0f\x0a\x02v1\x12\x09ConfigMap\x12\x1c\x0a\x12\x0a\x02cm\x12\x00\x1a\x00\x22\x00*\x002\x008\x00B\x00\x12\x06\x0a\x01a\x12\x01b\x1a\x00\x22\x00";
         /// `kubectl create secret generic s --from-literal=a=b`
         pub const SECRET: &[u8] = b"k8s\x00\x0a\x0c\x0a\x02v1\x12\x06Secret\x12\x1d\x0a\x11\x0a\x01s\x12\x00\x1a\x00\x22\x00*\x002\x008\x00B\x00\x12\x06\x0a\x01a\x12\x01b\x1a\x00\x1a\x00\x22\x00";
+        /// `kubectl create token default --audience foo --duration 11m`
+        pub const TOKEN: &[u8] = b"k8s\x00\x0a(\x0a\x18authentication.k8s.io/v1\x12\x0cTokenRequest\x12\x22\x0a\x10\x0a\x00\x12\x00\x1a\x00\x22\x00*\x002\x008\x00B\x00\x12\x08\x0a\x03foo \x94\x05\x1a\x04\x0a\x00\x12\x00\x1a\x00\x22\x00";
+        /// `kubectl create token builder --bound-object-kind Pod --bound-object-name web --bound-object-uid 1234`
+        pub const BOUND_TOKEN: &[u8] = b"k8s\x00\x0a(\x0a\x18authentication.k8s.io/v1\x12\x0cTokenRequest\x120\x0a\x10\x0a\x00\x12\x00\x1a\x00\x22\x00*\x002\x008\x00B\x00\x12\x16\x1a\x14\x0a\x03Pod\x12\x02v1\x1a\x03web\x22\x041234\x1a\x04\x0a\x00\x12\x00\x1a\x00\x22\x00";
         /// `kubectl create serviceaccount sa1`
         pub const SERVICEACCOUNT: &[u8] = b"k8s\x00\x0a\x14\x0a\x02v1\x12\x0eServiceAccount\x12\x15\x0a\x13\x0a\x03sa1\x12\x00\x1a\x00\x22\x00*\x002\x008\x00B\x00\x1a\x00\x22\x00";
         /// `kubectl create service clusterip s1 --tcp=80:8080`
@@ -868,6 +1134,20 @@ mod tests {
         pub const JOB: &[u8] = b"k8s\x00\x0a\x0f\x0a\x08batch/v1\x12\x03Job\x12\x84\x01\x0a\x12\x0a\x02j1\x12\x00\x1a\x00\x22\x00*\x002\x008\x00B\x00\x12d2b\x0a\x10\x0a\x00\x12\x00\x1a\x00\x22\x00*\x002\x008\x00B\x00\x12N\x12+\x0a\x02j1\x12\x07busybox\x1a\x04echo\x1a\x02hi*\x00B\x00j\x00r\x00\x80\x01\x00\x88\x01\x00\x90\x01\x00\xa2\x01\x00\x1a\x05Never2\x00B\x00J\x00R\x00X\x00`\x00h\x00\x82\x01\x00\x8a\x01\x00\x9a\x01\x00\xc2\x01\x00\x1a\x08 \x00(\x000\x00:\x00\x1a\x00\x22\x00";
         /// `kubectl create cronjob c1 --image=busybox --schedule='*/1 * * * *' -- date`
         pub const CRONJOB: &[u8] = b"k8s\x00\x0a\x13\x0a\x08batch/v1\x12\x07CronJob\x12\xa4\x01\x0a\x12\x0a\x02c1\x12\x00\x1a\x00\x22\x00*\x002\x008\x00B\x00\x12\x8b\x01\x0a\x0b*/1 * * * *\x1a\x00*z\x0a\x12\x0a\x02c1\x12\x00\x1a\x00\x22\x00*\x002\x008\x00B\x00\x12d2b\x0a\x10\x0a\x00\x12\x00\x1a\x00\x22\x00*\x002\x008\x00B\x00\x12N\x12'\x0a\x02c1\x12\x07busybox\x1a\x04date*\x00B\x00j\x00r\x00\x80\x01\x00\x88\x01\x00\x90\x01\x00\xa2\x01\x00\x1a\x09OnFailure2\x00B\x00J\x00R\x00X\x00`\x00h\x00\x82\x01\x00\x8a\x01\x00\x9a\x01\x00\xc2\x01\x00\x1a\x00\x1a\x00\x22\x00";
+        /// `kubectl auth whoami`
+        pub const WHOAMI: &[u8] = b"k8s\x00\x0a-\x0a\x18authentication.k8s.io/v1\x12\x11SelfSubjectReview\x12\x1a\x0a\x10\x0a\x00\x12\x00\x1a\x00\x22\x00*\x002\x008\x00B\x00\x12\x06\x0a\x04\x0a\x00\x12\x00\x1a\x00\x22\x00";
+        /// `kubectl auth can-i list pods -n dev`
+        pub const CAN_I: &[u8] = b"k8s\x00\x0a2\x0a\x17authorization.k8s.io/v1\x12\x17SelfSubjectAccessReview\x129\x0a\x10\x0a\x00\x12\x00\x1a\x00\x22\x00*\x002\x008\x00B\x00\x12\x1b\x0a\x19\x0a\x03dev\x12\x04list\x1a\x00\x22\x00*\x04pods2\x00:\x00\x1a\x08\x08\x00\x12\x00\x1a\x00 \x00\x1a\x00\x22\x00";
+        /// `kubectl auth can-i --list -n dev`
+        pub const CAN_I_LIST: &[u8] = b"k8s\x00\x0a1\x0a\x17authorization.k8s.io/v1\x12\x16SelfSubjectRulesReview\x12\x1f\x0a\x10\x0a\x00\x12\x00\x1a\x00\x22\x00*\x002\x008\x00B\x00\x12\x05\x0a\x03dev\x1a\x04\x18\x00\x22\x00\x1a\x00\x22\x00";
+        /// `kubectl create role reader --verb=get,list --resource=pods --resource-name=web -n dev`
+        pub const ROLE: &[u8] = b"k8s\x00\x0a$\x0a\x1crbac.authorization.k8s.io/v1\x12\x04Role\x125\x0a\x19\x0a\x06reader\x12\x00\x1a\x03dev\x22\x00*\x002\x008\x00B\x00\x12\x18\x0a\x03get\x0a\x04list\x12\x00\x1a\x04pods\x22\x03web\x1a\x00\x22\x00";
+        /// `kubectl create clusterrole agg --aggregation-rule=rbac.example.com/agg=true`
+        pub const CLUSTERROLE: &[u8] = b"k8s\x00\x0a+\x0a\x1crbac.authorization.k8s.io/v1\x12\x0bClusterRole\x127\x0a\x13\x0a\x03agg\x12\x00\x1a\x00\x22\x00*\x002\x008\x00B\x00\x1a \x0a\x1e\x0a\x1c\x0a\x14rbac.example.com/agg\x12\x04true\x1a\x00\x22\x00";
+        /// `kubectl create rolebinding rb --role=reader --user=alice --serviceaccount=ci:builder -n dev`
+        pub const ROLEBINDING: &[u8] = b"k8s\x00\x0a+\x0a\x1crbac.authorization.k8s.io/v1\x12\x0bRoleBinding\x12\x8f\x01\x0a\x15\x0a\x02rb\x12\x00\x1a\x03dev\x22\x00*\x002\x008\x00B\x00\x12*\x0a\x04User\x12\x19rbac.authorization.k8s.io\x1a\x05alice\x22\x00\x12\x1f\x0a\x0eServiceAccount\x12\x00\x1a\x07builder\x22\x02ci\x1a)\x0a\x19rbac.authorization.k8s.io\x12\x04Role\x1a\x06reader\x1a\x00\x22\x00";
+        /// `kubectl certificate approve csr1`, the CSR as read back (managedFields included) with an Approved condition
+        pub const CSR_APPROVE: &[u8] = b"k8s\x00\x0a3\x0a\x16certificates.k8s.io/v1\x12\x19CertificateSigningRequest\x12\xb0\x02\x0a\x97\x01\x0a\x04csr1\x12\x00\x1a\x00\x22\x00*\x03u-12\x0178\x00B\x08\x08\x80\xe2\xcf\xaa\x06\x10\x00\x8a\x01t\x0a\x07kubectl\x12\x06Update\x1a\x16certificates.k8s.io/v1\x22\x08\x08\x80\xe2\xcf\xaa\x06\x10\x002\x08FieldsV1:3\x0a1{\x22f:spec\x22: {\x22f:request\x22: {}, \x22f:signerName\x22: {}}}B\x00\x12-\x0a\x03PEM\x12\x05alice\x1a\x00\x22\x01g*\x0bclient auth:\x0dexample.com/s\x1ae\x0ac\x0a\x08Approved\x12\x0eKubectlApprove\x1a5This CSR was approved by kubectl certificate approve.\x22\x08\x08\x91\xcd\xd9\xd8\x06\x10\x00*\x002\x04True\x1a\x00\x22\x00";
     }
 
     fn envelope(api_version: &str, kind: &str, object: &impl Message) -> Vec<u8> {
@@ -909,7 +1189,8 @@ mod tests {
 
     #[test]
     fn kubectl_bodies_decode_to_kubectls_json() {
-        // Expected: `kubectl create ... --dry-run=client -o json` minus `creationTimestamp: null` and status.
+        // Expected: `kubectl create ... --dry-run=client -o json` minus `creationTimestamp: null` and status (which
+        // only the CSR keeps).
         let cases = [
             (
                 kubectl::NAMESPACE,
@@ -926,6 +1207,24 @@ mod tests {
             (
                 kubectl::SERVICEACCOUNT,
                 json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "sa1"}}),
+            ),
+            (
+                kubectl::TOKEN,
+                json!({
+                    "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "metadata": {},
+                    "spec": {"audiences": ["foo"], "expirationSeconds": 660, "boundObjectRef": null}
+                }),
+            ),
+            (
+                kubectl::BOUND_TOKEN,
+                json!({
+                    "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "metadata": {},
+                    "spec": {
+                        "audiences": null,
+                        "expirationSeconds": null,
+                        "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "web", "uid": "1234"}
+                    }
+                }),
             ),
             (
                 kubectl::SERVICE,
@@ -980,6 +1279,75 @@ mod tests {
                             "restartPolicy": "OnFailure"
                         }}}}
                     }
+                }),
+            ),
+            (
+                kubectl::WHOAMI,
+                json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview", "metadata": {}}),
+            ),
+            (
+                kubectl::CAN_I,
+                json!({
+                    "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview", "metadata": {},
+                    "spec": {"resourceAttributes": {"namespace": "dev", "verb": "list", "resource": "pods"}}
+                }),
+            ),
+            (
+                kubectl::CAN_I_LIST,
+                json!({
+                    "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectRulesReview", "metadata": {},
+                    "spec": {"namespace": "dev"}
+                }),
+            ),
+            (
+                kubectl::ROLE,
+                json!({
+                    "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                    "metadata": {"name": "reader", "namespace": "dev"},
+                    "rules": [{"verbs": ["get", "list"], "apiGroups": [""], "resources": ["pods"], "resourceNames": ["web"]}]
+                }),
+            ),
+            (
+                kubectl::CLUSTERROLE,
+                json!({
+                    "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "agg"},
+                    "rules": null,
+                    "aggregationRule": {"clusterRoleSelectors": [{"matchLabels": {"rbac.example.com/agg": "true"}}]}
+                }),
+            ),
+            (
+                kubectl::ROLEBINDING,
+                json!({
+                    "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                    "metadata": {"name": "rb", "namespace": "dev"},
+                    "subjects": [
+                        {"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": "alice"},
+                        {"kind": "ServiceAccount", "name": "builder", "namespace": "ci"}
+                    ],
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "reader"}
+                }),
+            ),
+            (
+                kubectl::CSR_APPROVE,
+                json!({
+                    "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+                    "metadata": {
+                        "name": "csr1", "uid": "u-1", "resourceVersion": "7", "creationTimestamp": "2023-11-14T22:13:20Z",
+                        "managedFields": [{
+                            "manager": "kubectl", "operation": "Update", "apiVersion": "certificates.k8s.io/v1",
+                            "time": "2023-11-14T22:13:20Z", "fieldsType": "FieldsV1",
+                            "fieldsV1": {"f:spec": {"f:request": {}, "f:signerName": {}}}
+                        }]
+                    },
+                    "spec": {
+                        "request": "UEVN", "signerName": "example.com/s", "usages": ["client auth"],
+                        "username": "alice", "groups": ["g"]
+                    },
+                    "status": {"conditions": [{
+                        "type": "Approved", "status": "True", "reason": "KubectlApprove",
+                        "message": "This CSR was approved by kubectl certificate approve.",
+                        "lastUpdateTime": "2026-12-07T07:56:01Z"
+                    }]}
                 }),
             ),
         ];
@@ -1451,18 +1819,353 @@ mod tests {
     }
 
     #[test]
-    fn managed_fields_are_refused() {
-        let cm = core::ConfigMap {
-            metadata: Some(meta::ObjectMeta {
-                managed_fields: vec![meta::ManagedFieldsEntry { manager: s("kubectl"), ..Default::default() }],
-                ..Default::default()
-            }),
+    fn managed_fields_carry_their_field_set_as_json() {
+        let entry = |raw: &[u8]| meta::ManagedFieldsEntry {
+            manager: s("kubectl"),
+            operation: s("Update"),
+            api_version: s("v1"),
+            time: Some(meta::Time { seconds: Some(1_700_000_000), nanos: Some(0) }),
+            fields_type: s("FieldsV1"),
+            fields_v1: Some(meta::FieldsV1 { raw: Some(raw.to_vec()) }),
+            subresource: s(""),
+        };
+        let cm = |raw: &[u8]| core::ConfigMap {
+            metadata: Some(meta::ObjectMeta { managed_fields: vec![entry(raw)], ..Default::default() }),
             ..Default::default()
         };
-        assert!(matches!(
-            decode(&envelope("v1", "ConfigMap", &cm)),
-            Err(ProtobufError::UnsupportedField { field: "ObjectMeta.managedFields" })
-        ));
+        assert_eq!(
+            decode(&envelope("v1", "ConfigMap", &cm(br#"{"f:data":{"f:a":{}}}"#))).unwrap(),
+            json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"managedFields": [{
+                    "manager": "kubectl", "operation": "Update", "apiVersion": "v1", "time": "2023-11-14T22:13:20Z",
+                    "fieldsType": "FieldsV1", "fieldsV1": {"f:data": {"f:a": {}}}
+                }]}
+            })
+        );
+        assert!(matches!(decode(&envelope("v1", "ConfigMap", &cm(b"{"))), Err(ProtobufError::FieldsV1(_))));
+    }
+
+    #[test]
+    fn self_subject_review_in_v1_and_v1beta1() {
+        // Only metadata: the server fills in the status.
+        let review = authentication::SelfSubjectReview {
+            metadata: Some(meta::ObjectMeta::default()),
+            status: Some(authentication::SelfSubjectReviewStatus::default()),
+        };
+        for api_version in ["authentication.k8s.io/v1", "authentication.k8s.io/v1beta1"] {
+            assert_eq!(
+                decode(&envelope(api_version, "SelfSubjectReview", &review)).unwrap(),
+                json!({"apiVersion": api_version, "kind": "SelfSubjectReview", "metadata": {}})
+            );
+        }
+    }
+
+    #[test]
+    fn token_request_and_token_review() {
+        let request = authentication::TokenRequest {
+            metadata: name("builder"),
+            spec: Some(authentication::TokenRequestSpec {
+                audiences: vec!["vault".to_owned()],
+                expiration_seconds: Some(3600),
+                bound_object_ref: Some(authentication::BoundObjectReference {
+                    kind: s("Secret"),
+                    api_version: s("v1"),
+                    name: s("bound"),
+                    u_id: s(""),
+                }),
+            }),
+            status: None,
+        };
+        assert_eq!(
+            decode(&envelope("authentication.k8s.io/v1", "TokenRequest", &request)).unwrap(),
+            json!({
+                "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "metadata": {"name": "builder"},
+                "spec": {
+                    "audiences": ["vault"], "expirationSeconds": 3600,
+                    "boundObjectRef": {"kind": "Secret", "apiVersion": "v1", "name": "bound"}
+                }
+            })
+        );
+        let review = authentication::TokenReview {
+            metadata: None,
+            spec: Some(authentication::TokenReviewSpec { token: s("t0k3n"), audiences: vec!["api".to_owned()] }),
+            status: Some(authentication::TokenReviewStatus { authenticated: Some(true), ..Default::default() }),
+        };
+        assert_eq!(
+            decode(&envelope("authentication.k8s.io/v1", "TokenReview", &review)).unwrap(),
+            json!({
+                "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "metadata": {},
+                "spec": {"token": "t0k3n", "audiences": ["api"]}
+            })
+        );
+    }
+
+    fn can_i_attributes() -> authorization::ResourceAttributes {
+        // As `kubectl auth can-i list pods -n dev`: Go writes every string, the unset ones empty.
+        authorization::ResourceAttributes {
+            namespace: s("dev"),
+            verb: s("list"),
+            group: s(""),
+            version: s(""),
+            resource: s("pods"),
+            subresource: s(""),
+            name: s(""),
+            field_selector: Some(authorization::FieldSelectorAttributes {
+                raw_selector: s(""),
+                requirements: vec![meta::FieldSelectorRequirement {
+                    key: s("spec.nodeName"),
+                    operator: s("In"),
+                    values: vec!["n1".to_owned()],
+                }],
+            }),
+            label_selector: Some(authorization::LabelSelectorAttributes {
+                raw_selector: s("app=web"),
+                requirements: vec![],
+            }),
+        }
+    }
+
+    fn can_i_attributes_json() -> Value {
+        json!({
+            "namespace": "dev", "verb": "list", "resource": "pods",
+            "fieldSelector": {"requirements": [{"key": "spec.nodeName", "operator": "In", "values": ["n1"]}]},
+            "labelSelector": {"rawSelector": "app=web"}
+        })
+    }
+
+    #[test]
+    fn self_access_reviews() {
+        let review = authorization::SelfSubjectAccessReview {
+            metadata: None,
+            spec: Some(authorization::SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(can_i_attributes()),
+                non_resource_attributes: None,
+            }),
+            status: Some(authorization::SubjectAccessReviewStatus { allowed: Some(false), ..Default::default() }),
+        };
+        assert_eq!(
+            decode(&envelope("authorization.k8s.io/v1", "SelfSubjectAccessReview", &review)).unwrap(),
+            json!({
+                "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview", "metadata": {},
+                "spec": {"resourceAttributes": can_i_attributes_json()}
+            })
+        );
+        let rules = authorization::SelfSubjectRulesReview {
+            metadata: None,
+            spec: Some(authorization::SelfSubjectRulesReviewSpec { namespace: s("dev") }),
+            status: None,
+        };
+        assert_eq!(
+            decode(&envelope("authorization.k8s.io/v1", "SelfSubjectRulesReview", &rules)).unwrap(),
+            json!({
+                "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectRulesReview", "metadata": {},
+                "spec": {"namespace": "dev"}
+            })
+        );
+    }
+
+    #[test]
+    fn subject_access_reviews_name_the_subject() {
+        let spec = authorization::SubjectAccessReviewSpec {
+            resource_attributes: None,
+            non_resource_attributes: Some(authorization::NonResourceAttributes { path: s("/healthz"), verb: s("get") }),
+            user: s("alice"),
+            groups: vec!["dev".to_owned()],
+            extra: [
+                ("scopes".to_owned(), authorization::ExtraValue { items: vec!["a".to_owned()] }),
+                ("empty".to_owned(), authorization::ExtraValue { items: vec![] }),
+            ]
+            .into(),
+            uid: s("u-1"),
+        };
+        let spec_json = json!({
+            "nonResourceAttributes": {"path": "/healthz", "verb": "get"},
+            "user": "alice", "groups": ["dev"], "extra": {"scopes": ["a"], "empty": []}, "uid": "u-1"
+        });
+        let review = authorization::SubjectAccessReview { metadata: None, spec: Some(spec.clone()), status: None };
+        assert_eq!(
+            decode(&envelope("authorization.k8s.io/v1", "SubjectAccessReview", &review)).unwrap(),
+            json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "metadata": {}, "spec": spec_json})
+        );
+        let local = authorization::LocalSubjectAccessReview {
+            metadata: Some(meta::ObjectMeta { namespace: s("dev"), ..Default::default() }),
+            spec: Some(authorization::SubjectAccessReviewSpec {
+                resource_attributes: Some(can_i_attributes()),
+                non_resource_attributes: None,
+                ..spec
+            }),
+            status: None,
+        };
+        assert_eq!(
+            decode(&envelope("authorization.k8s.io/v1", "LocalSubjectAccessReview", &local)).unwrap(),
+            json!({
+                "apiVersion": "authorization.k8s.io/v1", "kind": "LocalSubjectAccessReview",
+                "metadata": {"namespace": "dev"},
+                "spec": {
+                    "resourceAttributes": can_i_attributes_json(),
+                    "user": "alice", "groups": ["dev"], "extra": {"scopes": ["a"], "empty": []}, "uid": "u-1"
+                }
+            })
+        );
+    }
+
+    #[test]
+    fn roles_write_missing_rules_and_verbs_as_null() {
+        // As `kubectl create role|clusterrole`: Go's `rules` and `verbs` have no omitempty.
+        let rule = rbac::PolicyRule {
+            verbs: vec!["get".to_owned(), "list".to_owned()],
+            api_groups: vec!["".to_owned()],
+            resources: vec!["pods".to_owned()],
+            resource_names: vec!["web".to_owned()],
+            non_resource_ur_ls: vec![],
+        };
+        let role = rbac::Role { metadata: name("reader"), rules: vec![rule] };
+        assert_eq!(
+            decode(&envelope("rbac.authorization.k8s.io/v1", "Role", &role)).unwrap(),
+            json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "reader"},
+                "rules": [{"verbs": ["get", "list"], "apiGroups": [""], "resources": ["pods"], "resourceNames": ["web"]}]
+            })
+        );
+        let cluster_role = rbac::ClusterRole {
+            metadata: name("monitoring"),
+            rules: vec![],
+            aggregation_rule: Some(rbac::AggregationRule {
+                cluster_role_selectors: vec![meta::LabelSelector {
+                    match_labels: map(&[("rbac.example.com/aggregate-to-monitoring", "true")]),
+                    match_expressions: vec![],
+                }],
+            }),
+        };
+        assert_eq!(
+            decode(&envelope("rbac.authorization.k8s.io/v1", "ClusterRole", &cluster_role)).unwrap(),
+            json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "monitoring"},
+                "rules": null,
+                "aggregationRule": {"clusterRoleSelectors": [{"matchLabels": {"rbac.example.com/aggregate-to-monitoring": "true"}}]}
+            })
+        );
+        let urls = rbac::ClusterRole {
+            metadata: name("health"),
+            rules: vec![rbac::PolicyRule { non_resource_ur_ls: vec!["/healthz".to_owned()], ..Default::default() }],
+            aggregation_rule: None,
+        };
+        assert_eq!(
+            decode(&envelope("rbac.authorization.k8s.io/v1", "ClusterRole", &urls)).unwrap(),
+            json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "health"},
+                "rules": [{"verbs": null, "nonResourceURLs": ["/healthz"]}]
+            })
+        );
+    }
+
+    #[test]
+    fn role_and_cluster_role_bindings() {
+        let binding = rbac::RoleBinding {
+            metadata: name("read-pods"),
+            subjects: vec![
+                rbac::Subject {
+                    kind: s("User"),
+                    api_group: s("rbac.authorization.k8s.io"),
+                    name: s("alice"),
+                    namespace: s(""),
+                },
+                rbac::Subject { kind: s("ServiceAccount"), api_group: s(""), name: s("builder"), namespace: s("ci") },
+            ],
+            role_ref: Some(rbac::RoleRef {
+                api_group: s("rbac.authorization.k8s.io"),
+                kind: s("Role"),
+                name: s("reader"),
+            }),
+        };
+        let subjects = json!([
+            {"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": "alice"},
+            {"kind": "ServiceAccount", "name": "builder", "namespace": "ci"}
+        ]);
+        assert_eq!(
+            decode(&envelope("rbac.authorization.k8s.io/v1", "RoleBinding", &binding)).unwrap(),
+            json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "read-pods"},
+                "subjects": subjects,
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "reader"}
+            })
+        );
+        // A binding without subjects still names its role, even an empty one: Go's roleRef is a value struct.
+        let cluster_binding = rbac::ClusterRoleBinding { metadata: name("nobody"), subjects: vec![], role_ref: None };
+        assert_eq!(
+            decode(&envelope("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", &cluster_binding)).unwrap(),
+            json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "nobody"},
+                "roleRef": {"apiGroup": "", "kind": "", "name": ""}
+            })
+        );
+    }
+
+    #[test]
+    fn certificate_signing_request_keeps_its_status_for_approval() {
+        // As `kubectl certificate approve` sends it back: Go writes unset times as its zero time.
+        let zero = Some(meta::Time { seconds: Some(GO_ZERO_TIME_SECONDS), nanos: Some(0) });
+        let csr = certificates::CertificateSigningRequest {
+            metadata: name("node-csr"),
+            spec: Some(certificates::CertificateSigningRequestSpec {
+                request: Some(b"-----BEGIN CERTIFICATE REQUEST-----".to_vec()),
+                signer_name: s("kubernetes.io/kube-apiserver-client"),
+                expiration_seconds: Some(86_400),
+                usages: vec!["client auth".to_owned()],
+                username: s("system:bootstrap:abc"),
+                uid: s(""),
+                groups: vec!["system:bootstrappers".to_owned()],
+                extra: [("scopes".to_owned(), certificates::ExtraValue { items: vec!["x".to_owned()] })].into(),
+            }),
+            status: Some(certificates::CertificateSigningRequestStatus {
+                conditions: vec![certificates::CertificateSigningRequestCondition {
+                    r#type: s("Approved"),
+                    status: s("True"),
+                    reason: s("KubectlApprove"),
+                    message: s("This CSR was approved by kubectl certificate approve."),
+                    last_update_time: Some(meta::Time { seconds: Some(1_700_000_000), nanos: Some(0) }),
+                    last_transition_time: zero,
+                }],
+                certificate: Some(vec![]),
+            }),
+        };
+        assert_eq!(
+            decode(&envelope("certificates.k8s.io/v1", "CertificateSigningRequest", &csr)).unwrap(),
+            json!({
+                "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest", "metadata": {"name": "node-csr"},
+                "spec": {
+                    "request": "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURSBSRVFVRVNULS0tLS0=",
+                    "signerName": "kubernetes.io/kube-apiserver-client",
+                    "expirationSeconds": 86400,
+                    "usages": ["client auth"],
+                    "username": "system:bootstrap:abc",
+                    "groups": ["system:bootstrappers"],
+                    "extra": {"scopes": ["x"]}
+                },
+                "status": {"conditions": [{
+                    "type": "Approved", "status": "True", "reason": "KubectlApprove",
+                    "message": "This CSR was approved by kubectl certificate approve.",
+                    "lastUpdateTime": "2023-11-14T22:13:20Z"
+                }]}
+            })
+        );
+        let issued = certificates::CertificateSigningRequest {
+            metadata: name("node-csr"),
+            spec: None,
+            status: Some(certificates::CertificateSigningRequestStatus {
+                conditions: vec![],
+                certificate: Some(b"PEM".to_vec()),
+            }),
+        };
+        assert_eq!(
+            decode(&envelope("certificates.k8s.io/v1", "CertificateSigningRequest", &issued)).unwrap(),
+            json!({
+                "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest", "metadata": {"name": "node-csr"},
+                "spec": {"request": null, "signerName": ""},
+                "status": {"certificate": "UEVN"}
+            })
+        );
     }
 
     #[test]
@@ -1504,7 +2207,7 @@ mod tests {
 
     #[test]
     fn every_prefix_and_corruption_of_a_real_body_returns_without_panicking() {
-        for body in [kubectl::DEPLOYMENT, kubectl::SERVICE, kubectl::CRONJOB] {
+        for body in [kubectl::DEPLOYMENT, kubectl::SERVICE, kubectl::CRONJOB, kubectl::CSR_APPROVE] {
             for end in 0..body.len() {
                 let _ = decode(&body[..end]);
             }

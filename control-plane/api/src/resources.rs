@@ -3,7 +3,7 @@
 
 use std::sync::LazyLock;
 
-use k8s_openapi::api::{apps, batch, coordination, core, discovery, networking, node};
+use k8s_openapi::api::{apps, batch, certificates, coordination, core, discovery, networking, node, rbac};
 use k8s_openapi::{ListableResource, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -119,6 +119,14 @@ static RESOURCES: LazyLock<Vec<ResourceDef>> = LazyLock::new(|| {
         def::<discovery::v1::EndpointSlice>(true, PLAIN),
         def::<networking::v1::NetworkPolicy>(true, Traits { short_names: &["netpol"], generation: true, ..PLAIN }),
         def::<node::v1::RuntimeClass>(false, PLAIN),
+        def::<rbac::v1::Role>(true, PLAIN),
+        def::<rbac::v1::ClusterRole>(false, PLAIN),
+        def::<rbac::v1::RoleBinding>(true, PLAIN),
+        def::<rbac::v1::ClusterRoleBinding>(false, PLAIN),
+        def::<certificates::v1::CertificateSigningRequest>(
+            false,
+            Traits { short_names: &["csr"], status: true, ..PLAIN },
+        ),
     ]
 });
 

@@ -313,6 +313,36 @@ fn printer(def: &ResourceDef) -> Printer {
             ],
             runtimeclass_row,
         ),
+        ("certificates.k8s.io", "certificatesigningrequests") => (
+            vec![
+                NAME,
+                AGE,
+                col("SignerName", "string", "Only include a default signer name"),
+                col("Requestor", "string", "Request is the CSR requestor"),
+                col(
+                    "RequestedDuration",
+                    "string",
+                    "expirationSeconds is the requested duration of validity of the issued certificate.",
+                ),
+                col("Condition", "string", "Approval and issuance state of the request"),
+            ],
+            csr_row,
+        ),
+        ("rbac.authorization.k8s.io", "rolebindings" | "clusterrolebindings") => (
+            vec![
+                NAME,
+                col(
+                    "Role",
+                    "string",
+                    "RoleRef can reference a Role in the current namespace or a ClusterRole in the global namespace.",
+                ),
+                AGE,
+                wide("Users", "string", "Users in the binding"),
+                wide("Groups", "string", "Groups in the binding"),
+                wide("ServiceAccounts", "string", "ServiceAccounts in the binding"),
+            ],
+            binding_row,
+        ),
         _ => (vec![NAME, AGE], default_row),
     };
     Printer { columns, row }
@@ -909,6 +939,51 @@ fn job_row(job: &Value, now: Timestamp) -> Vec<Value> {
 
 fn lease_row(object: &Value, now: Timestamp) -> Vec<Value> {
     vec![name(object), text(object, "/spec/holderIdentity").into(), age(object, now)]
+}
+
+/// kubectl's CSR row: who asked, for how long, and `Approved,Issued`-style state (`Pending` before anyone
+/// decided).
+fn csr_row(object: &Value, now: Timestamp) -> Vec<Value> {
+    let requested = object
+        .pointer("/spec/expirationSeconds")
+        .and_then(Value::as_i64)
+        .map_or_else(|| "<none>".to_string(), |seconds| human_duration(jiff::SignedDuration::from_secs(seconds)));
+    let conditions = object.pointer("/status/conditions").and_then(Value::as_array);
+    let mut state: Vec<&str> =
+        conditions.into_iter().flatten().filter_map(|c| c.get("type").and_then(Value::as_str)).collect();
+    if state.is_empty() {
+        state.push("Pending");
+    }
+    if object.pointer("/status/certificate").and_then(Value::as_str).is_some_and(|c| !c.is_empty()) {
+        state.push("Issued");
+    }
+    vec![
+        name(object),
+        age(object, now),
+        text(object, "/spec/signerName").into(),
+        text(object, "/spec/username").into(),
+        requested.into(),
+        state.join(",").into(),
+    ]
+}
+
+/// A (Cluster)RoleBinding's row: its role as `Kind/name`, and its subjects by kind.
+fn binding_row(object: &Value, now: Timestamp) -> Vec<Value> {
+    let subjects = object.get("subjects").and_then(Value::as_array);
+    let of_kind = |kind: &str| {
+        let names: Vec<String> = subjects
+            .into_iter()
+            .flatten()
+            .filter(|s| s.get("kind").and_then(Value::as_str) == Some(kind))
+            .map(|s| match (kind, s.get("namespace").and_then(Value::as_str)) {
+                ("ServiceAccount", Some(ns)) => format!("{ns}/{}", text(s, "/name")),
+                _ => text(s, "/name").to_string(),
+            })
+            .collect();
+        Value::from(names.join(", "))
+    };
+    let role = format!("{}/{}", text(object, "/roleRef/kind"), text(object, "/roleRef/name"));
+    vec![name(object), role.into(), age(object, now), of_kind("User"), of_kind("Group"), of_kind("ServiceAccount")]
 }
 
 fn runtimeclass_row(object: &Value, now: Timestamp) -> Vec<Value> {

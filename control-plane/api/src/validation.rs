@@ -202,6 +202,20 @@ fn dns1123_subdomain_errors(s: &str) -> Vec<String> {
     errors
 }
 
+/// Kubernetes' `IsValidPathSegmentName`: any name that can be one segment of a URL path.
+fn path_segment_errors(s: &str) -> Vec<String> {
+    let mut errors = Vec::new();
+    if s == "." || s == ".." {
+        errors.push(format!("may not be '{s}'"));
+    }
+    for forbidden in ["/", "%"] {
+        if s.contains(forbidden) {
+            errors.push(format!("may not contain '{forbidden}'"));
+        }
+    }
+    errors
+}
+
 fn dns1035_label_errors(s: &str) -> Vec<String> {
     let mut errors = Vec::new();
     if s.len() > DNS1123_LABEL_MAX {
@@ -494,6 +508,8 @@ fn validate_metadata(e: &mut Errors, def: &ResourceDef, object: &Value) {
             let errors = match def.kind {
                 "Namespace" => dns1123_label_errors(name),
                 "Service" => dns1035_label_errors(name),
+                // RBAC names are path segments, so `system:node` and the like are valid.
+                "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding" => path_segment_errors(name),
                 _ => dns1123_subdomain_errors(name),
             };
             e.invalid_each("metadata.name", name, errors);

@@ -1,14 +1,22 @@
-//! Admission that needs the store: Pod Security, as kube-apiserver's PodSecurity plugin. What a namespace's
-//! level allows is decided in `skiff_api::pod_security`; this module reads what the decision needs (the
-//! namespace, and its pods when a label tightens its enforce level) and turns refusals into Statuses.
+//! Admission that needs the store or the requester, in kube-apiserver's order: NodeRestriction (a node
+//! writes only its own Node, Lease and pods' status; `skiff_api::node_authorizer::admit`), RBAC's
+//! escalation prevention (no one grants what they do not hold; `skiff_api::rbac::covers`), and Pod
+//! Security, as the PodSecurity plugin. What a namespace's level allows is decided in
+//! `skiff_api::pod_security`; this module reads what the decision needs (the namespace, and its pods when
+//! a label tightens its enforce level) and turns refusals into Statuses.
 //!
-//! Writes reach it from `objects`: creates, and updates of the main resource. Subresources are not checked
-//! (status, binding, scale: none can change a pod's spec or a workload's template), as PSA ignores them.
+//! Writes reach it from `objects`. Pod Security looks at creates and updates of the main resource only
+//! (status, binding, scale: none can change a pod's spec or a workload's template), as PSA ignores them;
+//! NodeRestriction looks at every write, deletes included.
 
 use std::time::Duration;
 
+use k8s_openapi::api::rbac::v1::{PolicyRule, RoleRef};
 use serde_json::Value;
+use skiff_api::authz::{Attributes, Decision, UserInfo};
+use skiff_api::node_authorizer::{self, AdmissionRequest, Operation};
 use skiff_api::pod_security;
+use skiff_api::rbac;
 use skiff_api::resources::{self, ResourceDef};
 
 use crate::error::ApiError;
@@ -20,7 +28,7 @@ const POD_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Pod Security for a create (`old` None) or update of `object` in namespace `ns`: the warnings to answer
 /// with, a 403 for a pod its namespace's enforce level refuses, a 422 for invalid namespace labels.
-pub(crate) async fn pod_security(
+async fn pod_security(
     objects: &Objects,
     def: &ResourceDef,
     ns: Option<&str>,
@@ -52,6 +60,133 @@ pub(crate) async fn pod_security(
             }
         }
         _ => Ok(Vec::new()),
+    }
+}
+
+/// The admission chain for a create (`old` None) or update of `object`'s `subresource` ("" for the main
+/// resource) by `user`: the warnings to answer with, or the refusal. A pod being created is first given
+/// its ServiceAccount and API credentials (the ServiceAccount plugin, which mutates), so the checks after
+/// see the pod as it will be stored.
+pub(crate) async fn admit(
+    objects: &Objects,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    subresource: &str,
+    object: &mut Value,
+    old: Option<&Value>,
+    user: Option<&UserInfo>,
+) -> Result<Vec<String>, ApiError> {
+    let operation = if old.is_some() { Operation::Update } else { Operation::Create };
+    node_restriction(def, operation, subresource, ns, name_of(object), old, Some(object), user)?;
+    if !subresource.is_empty() {
+        return Ok(Vec::new());
+    }
+    if let (("", "pods"), Some(ns), None) = ((def.group, def.plural), ns, old) {
+        crate::serviceaccounts::admit_pod(objects, ns, object).await?;
+    }
+    let object = &*object;
+    rbac_escalation(objects, def, ns, object, user).await?;
+    pod_security(objects, def, ns, object, old).await
+}
+
+/// NodeRestriction for a write by `user` (none for the server's own writes) to `name`'s `subresource`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn node_restriction(
+    def: &ResourceDef,
+    operation: Operation,
+    subresource: &str,
+    ns: Option<&str>,
+    name: &str,
+    old: Option<&Value>,
+    new: Option<&Value>,
+    user: Option<&UserInfo>,
+) -> Result<(), ApiError> {
+    let Some(user) = user else { return Ok(()) };
+    let request = AdmissionRequest {
+        user,
+        operation,
+        api_group: def.group,
+        resource: def.plural,
+        subresource,
+        namespace: ns.unwrap_or_default(),
+        name,
+        old,
+        new,
+    };
+    node_authorizer::admit(&request).map_err(|reason| ApiError::forbidden(def, name, &reason))
+}
+
+/// RBAC's escalation prevention for a Role, ClusterRole or binding that `user` writes: a role only with
+/// rules the user holds where the role applies, unless they may `escalate` it; a binding only to a role
+/// whose rules they hold, unless they may `bind` it (kube-apiserver's `policybased` storage).
+pub(crate) async fn rbac_escalation(
+    objects: &Objects,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    object: &Value,
+    user: Option<&UserInfo>,
+) -> Result<(), ApiError> {
+    const GROUP: &str = "rbac.authorization.k8s.io";
+    let Some(user) = user else { return Ok(()) };
+    if def.group != GROUP {
+        return Ok(());
+    }
+    let Some(authorizer) = objects.authorizer() else { return Ok(()) };
+    let namespace = if def.namespaced { ns.unwrap_or_default() } else { "" };
+    let name = name_of(object);
+    let may = |verb: &str, resource: &str, name: &str| Attributes {
+        user: user.clone(),
+        verb: verb.into(),
+        resource_request: true,
+        api_group: GROUP.into(),
+        resource: resource.into(),
+        namespace: namespace.into(),
+        name: name.into(),
+        ..Attributes::default()
+    };
+    let store = objects.store().clone();
+    let requested: Vec<PolicyRule> = match def.plural {
+        "roles" | "clusterroles" => {
+            if authorizer.authorize(&may("escalate", def.plural, name), store.as_ref()).await == Decision::Allow {
+                return Ok(());
+            }
+            if def.plural == "clusterroles" && object.get("aggregationRule").is_some_and(|r| !r.is_null()) {
+                return Err(ApiError::forbidden(
+                    def,
+                    name,
+                    "must have cluster-admin privileges to use the aggregationRule",
+                ));
+            }
+            decode_rules(object.get("rules"))?
+        }
+        "rolebindings" | "clusterrolebindings" => {
+            let role_ref: RoleRef = serde_json::from_value(object.get("roleRef").cloned().unwrap_or_default())
+                .map_err(|e| ApiError::BadRequest(format!("roleRef: {e}")))?;
+            let resource = if role_ref.kind == "Role" { "roles" } else { "clusterroles" };
+            if authorizer.authorize(&may("bind", resource, &role_ref.name), store.as_ref()).await == Decision::Allow {
+                return Ok(());
+            }
+            let role_def = resources::find(GROUP, "v1", resource).ok_or(ApiError::NoRoute)?;
+            let role_ns = (resource == "roles").then_some(namespace);
+            match objects.get(role_def, role_ns, &role_ref.name).await {
+                Ok(role) => decode_rules(role.get("rules"))?,
+                // A binding to a role that does not exist grants nothing (yet); creating the role later is
+                // checked on its own.
+                Err(ApiError::NotFound { .. }) => Vec::new(),
+                Err(e) => return Err(e),
+            }
+        }
+        _ => return Ok(()),
+    };
+    let held = authorizer.rbac().rules_for(user, namespace);
+    rbac::covers(&held, &requested)
+        .map_err(|missing| ApiError::forbidden(def, name, &rbac::escalation_message(user, &missing)))
+}
+
+fn decode_rules(rules: Option<&Value>) -> Result<Vec<PolicyRule>, ApiError> {
+    match rules {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(rules) => serde_json::from_value(rules.clone()).map_err(|e| ApiError::BadRequest(format!("rules: {e}"))),
     }
 }
 

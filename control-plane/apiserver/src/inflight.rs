@@ -5,15 +5,14 @@
 //! kube-rs) wait and retry. Long-running requests (watches, exec, attach, port-forward, logs, proxy) are not
 //! counted: they last as long as their user wants, and would otherwise fill the pools for good.
 //!
-//! As in kube-apiserver the filter comes after authentication: a request with no token the server issued is
-//! not counted (authentication answers it 401, which costs nothing), and the admin (Skiff's system:masters,
-//! which the controllers use too) is always answered, even beyond the pools: "a system:master is so powerful
-//! that they should always get an answer".
+//! As in kube-apiserver the filter comes after authentication: a request without credentials is not counted
+//! (it is answered 401, which costs nothing), and `system:masters` is always answered, even beyond the
+//! pools: "a system:master is so powerful that they should always get an answer".
 
 use std::sync::Arc;
 
-use http::{HeaderMap, Method, Uri, header};
-use subtle::ConstantTimeEq;
+use http::{Method, Uri};
+use skiff_api::authz::{MASTERS, UserInfo};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::ApiError;
@@ -80,40 +79,30 @@ fn watch_flag(query: Option<&str>) -> bool {
 pub struct InFlight {
     read_only: Arc<Semaphore>,
     mutating: Arc<Semaphore>,
-    /// Answered even beyond the pools.
-    admin_token: String,
-    /// Every token the server issued: requests with none of them are not counted.
-    tokens: Vec<String>,
 }
 
 /// A counted request's place in its pool, given back when its response has been sent (or dropped).
 pub type Slot = OwnedSemaphorePermit;
 
 impl InFlight {
-    pub fn new(max_read_only: usize, max_mutating: usize, admin_token: String, tokens: Vec<String>) -> Self {
+    pub fn new(max_read_only: usize, max_mutating: usize) -> Self {
         InFlight {
             read_only: Arc::new(Semaphore::new(max_read_only)),
             mutating: Arc::new(Semaphore::new(max_mutating)),
-            admin_token,
-            tokens,
         }
     }
 
-    /// Admits a request: `Ok(Some(slot))` to hold until its response is sent, `Ok(None)` for one not
-    /// counted, or the 429 to answer.
-    pub fn admit(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<Option<Slot>, ApiError> {
+    /// Admits an authenticated `user`'s request: `Ok(Some(slot))` to hold until its response is sent,
+    /// `Ok(None)` for one not counted, or the 429 to answer.
+    pub fn admit(&self, method: &Method, uri: &Uri, user: &UserInfo) -> Result<Option<Slot>, ApiError> {
         let pool = match classify(method, uri.path(), uri.query()) {
             Kind::LongRunning | Kind::Probe => return Ok(None),
             Kind::ReadOnly => &self.read_only,
             Kind::Mutating => &self.mutating,
         };
-        let Some(token) = bearer(headers) else { return Ok(None) };
-        if !self.tokens.iter().any(|known| same_token(known, token)) {
-            return Ok(None);
-        }
         match pool.clone().try_acquire_owned() {
             Ok(slot) => Ok(Some(slot)),
-            Err(_) if same_token(&self.admin_token, token) => Ok(None),
+            Err(_) if user.in_group(MASTERS) => Ok(None),
             Err(_) => {
                 tracing::debug!(%method, path = uri.path(), "too many requests in flight");
                 Err(ApiError::TooManyRequests { retry_after_seconds: RETRY_AFTER_SECONDS })
@@ -122,21 +111,11 @@ impl InFlight {
     }
 }
 
-/// The request's bearer token.
-pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    Some(value.strip_prefix("Bearer ")?.trim())
-}
-
-/// Compares tokens in constant time (for equal lengths; a token's length is no secret).
-pub(crate) fn same_token(known: &str, presented: &str) -> bool {
-    known.as_bytes().ct_eq(presented.as_bytes()).into()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use axum::response::IntoResponse;
+    use http::header;
 
     #[test]
     fn long_running_requests_are_recognised_as_kube_apiserver_does() {
@@ -176,19 +155,16 @@ mod tests {
         }
     }
 
-    fn request(method: Method, uri: &str, token: Option<&str>) -> (Method, Uri, HeaderMap) {
-        let mut headers = HeaderMap::new();
-        if let Some(token) = token {
-            headers.insert(header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
-        }
-        (method, uri.parse().unwrap(), headers)
+    fn request(method: Method, uri: &str, group: &str) -> (Method, Uri, UserInfo) {
+        let user = UserInfo { name: "someone".into(), groups: vec![group.into()], ..UserInfo::default() };
+        (method, uri.parse().unwrap(), user)
     }
 
     #[test]
     fn beyond_its_pool_a_request_is_told_to_retry_and_the_admin_is_always_answered() {
-        let limiter = InFlight::new(2, 1, "admin".into(), vec!["admin".into(), "node".into()]);
-        let admit = |(method, uri, headers): (Method, Uri, HeaderMap)| limiter.admit(&method, &uri, &headers);
-        let get = |token| request(Method::GET, "/api/v1/namespaces", Some(token));
+        let limiter = InFlight::new(2, 1);
+        let admit = |(method, uri, user): (Method, Uri, UserInfo)| limiter.admit(&method, &uri, &user);
+        let get = |group| request(Method::GET, "/api/v1/namespaces", group);
         let first = admit(get("node")).unwrap();
         let second = admit(get("node")).unwrap();
         assert!(first.is_some() && second.is_some(), "counted");
@@ -204,18 +180,16 @@ mod tests {
         assert_eq!(status["message"], "Too many requests, please try again later.");
         assert_eq!(status["details"]["retryAfterSeconds"], 1);
 
-        // Writes have their own pool; long-running requests, probes and unauthenticated requests take none.
-        let write = admit(request(Method::POST, "/api/v1/namespaces/default/configmaps", Some("node"))).unwrap();
+        // Writes have their own pool; long-running requests and probes take none.
+        let write = admit(request(Method::POST, "/api/v1/namespaces/default/configmaps", "node")).unwrap();
         assert!(write.is_some());
-        assert!(admit(request(Method::DELETE, "/api/v1/namespaces/default/configmaps/x", Some("node"))).is_err());
-        let watch = admit(request(Method::GET, "/api/v1/pods?watch=true", Some("node")));
+        assert!(admit(request(Method::DELETE, "/api/v1/namespaces/default/configmaps/x", "node")).is_err());
+        let watch = admit(request(Method::GET, "/api/v1/pods?watch=true", "node"));
         assert!(matches!(watch, Ok(None)));
-        assert!(matches!(admit(request(Method::GET, "/readyz", None)), Ok(None)));
-        assert!(matches!(admit(request(Method::GET, "/api/v1/pods", Some("stolen"))), Ok(None)));
-        assert!(matches!(admit(request(Method::GET, "/api/v1/pods", None)), Ok(None)));
+        assert!(matches!(admit(request(Method::GET, "/readyz", "node")), Ok(None)));
 
-        // The admin gets an answer beyond the pool; a slot given back serves the next request.
-        assert!(matches!(admit(get("admin")), Ok(None)));
+        // system:masters gets an answer beyond the pool; a slot given back serves the next request.
+        assert!(matches!(admit(get(MASTERS)), Ok(None)));
         drop(first);
         assert!(admit(get("node")).unwrap().is_some());
     }

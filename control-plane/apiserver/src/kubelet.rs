@@ -1,6 +1,8 @@
 //! Reaching a node's agent for `pods/{name}/log`, `pods/{name}/exec` and `pods/{name}/portforward`: the
 //! agent's address and port come from its Node, its self-signed certificate is pinned by the SHA-256 the Node
-//! publishes, and the server authenticates with the cluster's node token. An exec or a port-forward is an
+//! publishes, and the server authenticates with its own client certificate from the cluster CA
+//! ([`KubeletClientIdentity`], `kube-apiserver-kubelet-client` in `system:masters`, as kubeadm's
+//! `apiserver-kubelet-client.crt`), the one identity an agent serves. An exec or a port-forward is an
 //! upgrade passed through to the agent, as kube-apiserver does with the kubelet: the agent speaks the protocol
 //! (WebSocket channels for exec; SPDY, in WebSocket or not, for port-forward), this server splices bytes.
 
@@ -14,7 +16,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde_json::Value;
 use sha2::Digest;
@@ -25,6 +27,9 @@ use crate::error::ApiError;
 use crate::objects::Objects;
 use crate::router::AppState;
 
+/// The user the server is to kubelet ports (kube-apiserver's `--kubelet-client-certificate` subject).
+pub const API_SERVER_USER: &str = "kube-apiserver-kubelet-client";
+
 /// The Node annotation holding the agent certificate's SHA-256 (set by the node agent).
 pub const CERT_ANNOTATION: &str = "skiff.dev/kubelet-cert-sha256";
 
@@ -32,10 +37,37 @@ pub const CERT_ANNOTATION: &str = "skiff.dev/kubelet-cert-sha256";
 /// it chose.
 const STREAM_PROTOCOL: HeaderName = HeaderName::from_static("x-stream-protocol-version");
 
+/// The client certificate (signed by the cluster CA) and key, PEM, the API server presents to agents.
+#[derive(Clone)]
+pub struct KubeletClientIdentity {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// The key stays out of logs.
+impl std::fmt::Debug for KubeletClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeletClientIdentity").field("cert_pem", &self.cert_pem).finish_non_exhaustive()
+    }
+}
+
+impl KubeletClientIdentity {
+    /// The certificate chain and key as rustls takes them.
+    fn chain(&self) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+        let certs = rustls_pemfile::certs(&mut self.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("the kubelet client certificate is not PEM: {e}"))?;
+        let key = rustls_pemfile::private_key(&mut self.key_pem.as_bytes())
+            .map_err(|e| format!("the kubelet client key is not PEM: {e}"))?
+            .ok_or("the kubelet client key holds no private key")?;
+        Ok((certs, key))
+    }
+}
+
 /// Streams a container's log from the node running it. `query` is the client's query string, passed on.
 pub async fn pod_logs(
     objects: &Objects,
-    node_token: &str,
+    identity: &KubeletClientIdentity,
     ns: &str,
     name: &str,
     query: &str,
@@ -43,10 +75,9 @@ pub async fn pod_logs(
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).unwrap_or_default();
     let target = locate(objects, ns, name).await?;
     let container = container(&target.pod, name, &pairs)?;
-    let mut sender = target.connect().await?;
+    let mut sender = target.connect(identity).await?;
     let path = format!("/containerLogs/{ns}/{name}/{container}?{}", forwarded(&pairs));
-    let request =
-        target.request(path, node_token).body(Empty::<bytes::Bytes>::new()).map_err(|e| target.unreachable(e))?;
+    let request = target.request(path).body(Empty::<bytes::Bytes>::new()).map_err(|e| target.unreachable(e))?;
     let response = sender.send_request(request).await.map_err(|e| target.unreachable(e))?;
     if !response.status().is_success() {
         return Err(refusal(response).await);
@@ -191,7 +222,7 @@ impl Target {
             .extensions
             .remove::<hyper::upgrade::OnUpgrade>()
             .ok_or_else(|| ApiError::BadRequest(format!("{what} needs an HTTP/1.1 connection to upgrade")))?;
-        let mut upgrade = self.request(path, &state.node_token).header(header::CONNECTION, "Upgrade");
+        let mut upgrade = self.request(path).header(header::CONNECTION, "Upgrade");
         for key in [
             header::UPGRADE,
             header::SEC_WEBSOCKET_KEY,
@@ -204,7 +235,7 @@ impl Target {
             }
         }
         let upgrade = upgrade.body(Empty::<bytes::Bytes>::new()).map_err(|e| self.unreachable(e))?;
-        let mut sender = self.connect().await?;
+        let mut sender = self.connect(&state.kubelet_client).await?;
         let mut response = sender.send_request(upgrade).await.map_err(|e| self.unreachable(e))?;
         if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
             return Err(refusal(response).await);
@@ -248,14 +279,14 @@ impl Target {
         Ok(out)
     }
 
-    fn request(&self, path: String, node_token: &str) -> http::request::Builder {
-        http::Request::get(path)
-            .header(header::HOST, &self.node_name)
-            .header(header::AUTHORIZATION, format!("Bearer {node_token}"))
+    fn request(&self, path: String) -> http::request::Builder {
+        http::Request::get(path).header(header::HOST, &self.node_name)
     }
 
-    /// An HTTP/1.1 connection to the agent over TLS with its pinned certificate, able to upgrade.
-    async fn connect(&self) -> Result<SendRequest<Empty<bytes::Bytes>>, ApiError> {
+    /// An HTTP/1.1 connection to the agent over TLS with its pinned certificate, presenting `identity`, able
+    /// to upgrade.
+    async fn connect(&self, identity: &KubeletClientIdentity) -> Result<SendRequest<Empty<bytes::Bytes>>, ApiError> {
+        let (chain, key) = identity.chain().map_err(ApiError::Internal)?;
         let tcp = tokio::net::TcpStream::connect(&self.address).await.map_err(|e| self.unreachable(e))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let verifier =
@@ -265,7 +296,8 @@ impl Target {
             .map_err(|e| self.unreachable(e))?
             .dangerous()
             .with_custom_certificate_verifier(verifier)
-            .with_no_client_auth();
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| ApiError::Internal(format!("the kubelet client certificate: {e}")))?;
         let server_name = ServerName::try_from(self.node_name.clone()).map_err(|e| self.unreachable(e))?;
         let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
             .connect(server_name, tcp)

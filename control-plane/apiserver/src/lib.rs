@@ -7,19 +7,26 @@
 //! the `kubernetes` Service and the API servers as its endpoints; [`pki`] first-start credentials; [`server`]
 //! the TLS listener and graceful drain, within the limits of [`connections`] (how many connections, how
 //! long a handshake, headers, an idle connection may take) and [`inflight`] (how many requests at once).
+//! [`authn`] says who a request comes from; [`serviceaccounts`] issues and checks service account tokens
+//! (TokenRequest, token Secrets) and gives pods their account's credentials on admission.
 //! Pure API machinery lives in `skiff-api`.
 
 mod admission;
+pub mod authn;
+pub mod authz;
 pub mod connections;
 pub mod error;
+mod impersonation;
 pub mod inflight;
 pub mod kubelet;
 pub mod kubernetes_service;
 pub mod lifecycle;
 pub mod objects;
 pub mod pki;
+mod reviews;
 pub mod router;
 pub mod server;
+pub mod serviceaccounts;
 pub mod watch;
 
 pub use server::{Server, ServerConfig, ServerError};

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use base64::Engine;
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
+use skiff_api::authz::UserInfo;
 use skiff_api::limits::MAX_OBJECT_BYTES;
+use skiff_api::node_authorizer::Operation;
 use skiff_api::patch::{self, ApplyError, PatchType};
 use skiff_api::pod_security::PodSecurity;
 use skiff_api::resources::ResourceDef;
@@ -18,6 +20,7 @@ use skiff_api::validation::{self, Cause};
 use skiff_store::{KeyValue, Revision, Store};
 
 use crate::admission;
+use crate::authz::Authorizer;
 use crate::error::ApiError;
 
 /// The first two octets of the service virtual IP range, 10.43.0.0/16 as in k3s.
@@ -48,6 +51,21 @@ pub enum Part {
     Scale,
     /// pods/binding: sets spec.nodeName, which no pod update may change.
     Binding,
+    /// certificatesigningrequests/approval: changes only the status's conditions (Approved, Denied).
+    Approval,
+}
+
+impl Part {
+    /// The subresource's name in paths, none for the main resource.
+    pub fn subresource(self) -> Option<&'static str> {
+        match self {
+            Part::Main => None,
+            Part::Status => Some("status"),
+            Part::Scale => Some("scale"),
+            Part::Binding => Some("binding"),
+            Part::Approval => Some("approval"),
+        }
+    }
 }
 
 /// Options common to writes, from the query string.
@@ -56,6 +74,9 @@ pub struct WriteOptions {
     pub dry_run: bool,
     pub field_manager: String,
     pub validation: FieldValidation,
+    /// Who asks, for admission that depends on it (NodeRestriction, RBAC escalation); `None` for the
+    /// server's own writes.
+    pub user: Option<UserInfo>,
 }
 
 /// `fieldValidation`: what to do with fields the schema does not know.
@@ -90,6 +111,8 @@ pub struct DeleteOptions {
     pub propagation_policy: Option<String>,
     pub precondition_uid: Option<String>,
     pub precondition_resource_version: Option<String>,
+    /// Who asks (see [`WriteOptions::user`]).
+    pub user: Option<UserInfo>,
 }
 
 /// The result of a write: the object, and warnings for the `Warning` header.
@@ -111,6 +134,8 @@ pub struct Objects {
     store: Arc<dyn Store>,
     namespaces: Arc<NamespaceCache>,
     pod_security: Arc<PodSecurity>,
+    /// For admission that asks what the requester may do (RBAC escalation prevention).
+    authorizer: Option<Arc<Authorizer>>,
 }
 
 /// Which namespaces exist and whether each is terminating, as the namespace controller last listed them.
@@ -125,7 +150,16 @@ impl Objects {
     /// Objects over `store`, admitting pods by Pod Security's default (baseline where a namespace sets no
     /// level; see [`PodSecurity`]).
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store, namespaces: Arc::default(), pod_security: Arc::default() }
+        Self { store, namespaces: Arc::default(), pod_security: Arc::default(), authorizer: None }
+    }
+
+    /// The same, asking `authorizer` what requesters hold when they write RBAC objects.
+    pub fn with_authorizer(self, authorizer: Arc<Authorizer>) -> Self {
+        Self { authorizer: Some(authorizer), ..self }
+    }
+
+    pub fn authorizer(&self) -> Option<&Arc<Authorizer>> {
+        self.authorizer.as_ref()
     }
 
     /// The same, admitting pods by `pod_security` (`--pod-security-default`).
@@ -223,7 +257,7 @@ impl Objects {
         if let Some(ns) = ns {
             self.check_namespace_open(ns).await?;
         }
-        warnings.extend(admission::pod_security(self, def, ns, &object, None).await?);
+        warnings.extend(admission::admit(self, def, ns, "", &mut object, None, options.user.as_ref()).await?);
         patch::record_update(def, None, &mut object, &options.field_manager, None);
         if options.dry_run {
             if self.store.get(&key(def, ns, &name)).await?.is_some() {
@@ -481,7 +515,7 @@ impl Objects {
         if let Some(ns) = ns {
             self.check_namespace_open(ns).await?;
         }
-        let warnings = admission::pod_security(self, def, ns, &object, None).await?;
+        let warnings = admission::admit(self, def, ns, "", &mut object, None, options.user.as_ref()).await?;
         if options.dry_run {
             return Ok(Written { object, warnings, created: true });
         }
@@ -523,19 +557,14 @@ impl Objects {
             if !causes.is_empty() {
                 return Err(ApiError::invalid(def, name, causes));
             }
-            let mut warnings = Vec::new();
             if part == Part::Main {
                 self.allocate_node_ports(def, ns, &mut object, Some(&current)).await?;
-                warnings = admission::pod_security(self, def, ns, &object, Some(&current)).await?;
             }
+            let subresource = part.subresource().unwrap_or_default();
+            let user = options.user.as_ref();
+            let warnings = admission::admit(self, def, ns, subresource, &mut object, Some(&current), user).await?;
             if !options.field_manager.is_empty() {
-                let subresource = match part {
-                    Part::Main => None,
-                    Part::Status => Some("status"),
-                    Part::Scale => Some("scale"),
-                    Part::Binding => Some("binding"),
-                };
-                patch::record_update(def, Some(&current), &mut object, &options.field_manager, subresource);
+                patch::record_update(def, Some(&current), &mut object, &options.field_manager, part.subresource());
             }
             if object == current {
                 // Kubernetes skips no-op writes: the resourceVersion stays and watchers see nothing.
@@ -575,6 +604,8 @@ impl Objects {
             let kv = self.store.get(&key).await?.ok_or_else(|| ApiError::not_found(def, name))?;
             let current = decode(&kv)?;
             check_delete_preconditions(def, name, &current, kv.mod_revision, options)?;
+            let user = options.user.as_ref();
+            admission::node_restriction(def, Operation::Delete, "", ns, name, Some(&current), None, user)?;
             let Some(marked) = mark_for_deletion(def, &current, options) else {
                 if options.dry_run {
                     return Ok(current);
@@ -943,6 +974,18 @@ fn merge_update(def: &ResourceDef, part: Part, current: &Value, requested: Value
             object["status"] = requested.get("status").cloned().unwrap_or(json!({}));
             object
         }
+        Part::Approval => {
+            let mut object = current.clone();
+            let mut conditions = requested.pointer("/status/conditions").cloned().unwrap_or(json!([]));
+            // Clients before 1.19 sent conditions without a status, which Kubernetes defaults to True.
+            for condition in conditions.as_array_mut().into_iter().flatten() {
+                if condition.get("status").is_none_or(|s| s.as_str().is_none_or(str::is_empty)) {
+                    condition["status"] = json!("True");
+                }
+            }
+            object["status"]["conditions"] = conditions;
+            object
+        }
         // A binding is built by the server itself from the current pod: spec.nodeName and the PodScheduled
         // condition in one write.
         Part::Binding => requested,
@@ -1209,7 +1252,7 @@ fn decode_continue(token: &str, prefix: &str) -> Result<String, ApiError> {
 }
 
 /// Kubernetes' generateName suffix: five characters from an alphabet without vowels or look-alikes.
-fn random_suffix() -> String {
+pub(crate) fn random_suffix() -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut rng = rand::rng();

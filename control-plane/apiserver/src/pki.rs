@@ -1,5 +1,6 @@
 //! First-start credentials, kept in the data directory: a CA, a serving certificate signed by it, the admin
-//! token, the node join token, and an admin kubeconfig that points kubectl at the server.
+//! token, the node join token, the key that signs service account tokens (`sa.key`), and an admin
+//! kubeconfig that points kubectl at the server.
 //!
 //! Secure by default: the server speaks only HTTPS and answers only bearer tokens it made itself. Files
 //! holding secrets are written with mode 0600 and replaced atomically, so a crash never leaves half a key.
@@ -26,6 +27,8 @@ pub enum PkiError {
     Certificate(#[from] rcgen::Error),
     #[error("cannot load the TLS key pair")]
     Tls(#[from] rustls::Error),
+    #[error("cannot verify client certificates with the cluster CA")]
+    ClientVerifier(#[from] rustls::server::VerifierBuilderError),
 }
 
 /// Paths of the credential files inside a data directory.
@@ -37,6 +40,9 @@ pub struct Credentials {
     pub admin_token: String,
     /// The secret part of the join token in `node-token`: the bearer token node agents present.
     pub node_token: String,
+    /// The ECDSA P-256 key (PKCS#8 PEM) service account tokens are signed with (kube-apiserver's
+    /// `--service-account-signing-key-file`).
+    pub service_account_key_pem: String,
 }
 
 impl Credentials {
@@ -77,7 +83,16 @@ impl Credentials {
         };
         let admin_token = read_or_create_token(dir, "admin-token")?;
         let node_token = read_or_create_join_token(dir, &ca_cert_pem)?;
-        Ok(Self { dir: dir.to_path_buf(), ca_cert_pem, server_cert_pem, server_key_pem, admin_token, node_token })
+        let service_account_key_pem = read_or_create_service_account_key(dir)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            ca_cert_pem,
+            server_cert_pem,
+            server_key_pem,
+            admin_token,
+            node_token,
+            service_account_key_pem,
+        })
     }
 
     /// The rustls server configuration for the serving certificate, offering HTTP/2 and HTTP/1.1.
@@ -92,9 +107,18 @@ impl Credentials {
                 source: std::io::Error::new(std::io::ErrorKind::InvalidData, "no private key"),
             })?;
         let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in rustls_pemfile::certs(&mut self.ca_cert_pem.as_bytes()) {
+            roots.add(ca.map_err(|source| PkiError::Io { path: self.dir.join("ca.crt"), source })?)?;
+        }
+        // A client certificate is one way to authenticate among others (tokens), so a client without one
+        // still completes the handshake; one that presents a certificate must present a valid one.
+        let clients = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
+            .allow_unauthenticated()
+            .build()?;
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
+            .with_client_cert_verifier(clients)
             .with_single_cert(certs, key)?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(config)
@@ -120,7 +144,8 @@ impl Credentials {
     }
 }
 
-/// What every server of a cluster must share: the CA (certificate and key) and the admin and node secrets.
+/// What every server of a cluster must share: the CA (certificate and key), the admin and node secrets, and
+/// the service account signing key (a token one server issued must authenticate at every other).
 /// Servers on one etcd exchange it through the store, as k3s keeps its bootstrap data in the datastore, so a
 /// second server joins with nothing but the store's address. Like the Secrets beside it, it is stored in the
 /// clear: access to the store is access to the cluster.
@@ -130,6 +155,10 @@ pub struct ClusterSecrets {
     pub ca_key_pem: String,
     pub admin_token: String,
     pub node_secret: String,
+    /// Empty in what a server older than service account tokens published; a server finding it so
+    /// publishes its own key (see `server::shared_credentials`).
+    #[serde(default)]
+    pub service_account_key_pem: String,
 }
 
 impl ClusterSecrets {
@@ -144,6 +173,7 @@ impl ClusterSecrets {
             ca_key_pem,
             admin_token: credentials.admin_token.clone(),
             node_secret: credentials.node_token.clone(),
+            service_account_key_pem: credentials.service_account_key_pem.clone(),
         })
     }
 
@@ -158,9 +188,63 @@ impl ClusterSecrets {
             let _ = fs::remove_file(dir.join("server.names"));
         }
         write_secret(dir, "admin-token", &self.admin_token)?;
+        if !self.service_account_key_pem.is_empty() {
+            write_secret(dir, "sa.key", &self.service_account_key_pem)?;
+        }
         let token = JoinToken { ca_hash: ca_hash(&self.ca_cert_pem), secret: self.node_secret.clone() };
         write_secret(dir, "node-token", &format!("{token}\n"))
     }
+}
+
+/// A client certificate and its key (PEM) signed by the cluster CA in `dir` for `user` in `group`: the API server
+/// reads the subject's common name as the user and its organization as the group. Valid for `days`,
+/// from an hour ago (clocks of a cluster's machines differ a little).
+pub fn client_certificate(
+    dir: &Path,
+    user: &str,
+    group: Option<&str>,
+    days: i64,
+) -> Result<(String, String), PkiError> {
+    let ca_key = read(dir, "ca.key")?
+        .ok_or_else(|| PkiError::Io { path: dir.join("ca.key"), source: std::io::ErrorKind::NotFound.into() })?;
+    let issuer = Issuer::new(ca_params()?, KeyPair::from_pem(&ca_key)?);
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, user);
+    if let Some(group) = group {
+        params.distinguished_name.push(DnType::OrganizationName, group);
+    }
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(days);
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// A kubeconfig for `user` (in `group`) holding a fresh client certificate, for a server at `server_url`.
+pub fn user_kubeconfig(
+    dir: &Path,
+    server_url: &str,
+    user: &str,
+    group: Option<&str>,
+    days: i64,
+) -> Result<String, PkiError> {
+    use base64::Engine;
+    let encode = |pem: &str| base64::engine::general_purpose::STANDARD.encode(pem);
+    let ca_cert_pem = read(dir, "ca.crt")?
+        .ok_or_else(|| PkiError::Io { path: dir.join("ca.crt"), source: std::io::ErrorKind::NotFound.into() })?;
+    let (cert, key) = client_certificate(dir, user, group, days)?;
+    Ok(format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: skiff\n  cluster:\n    server: {server_url}\n    \
+         certificate-authority-data: {ca}\nusers:\n- name: {user}\n  user:\n    client-certificate-data: {cert}\n    \
+         client-key-data: {key}\ncontexts:\n- name: skiff\n  context:\n    cluster: skiff\n    user: {user}\n    \
+         namespace: default\ncurrent-context: skiff\npreferences: {{}}\n",
+        ca = encode(&ca_cert_pem),
+        cert = encode(&cert),
+        key = encode(&key),
+    ))
 }
 
 /// The URL clients should use for a server listening on `listen`: an unspecified address becomes loopback.
@@ -280,6 +364,19 @@ fn read_or_create_token(dir: &Path, name: &str) -> Result<String, PkiError> {
     Ok(token)
 }
 
+/// The service account signing key in `sa.key`, made on first start: ECDSA P-256 (tokens are signed ES256),
+/// in PKCS#8 PEM.
+fn read_or_create_service_account_key(dir: &Path) -> Result<String, PkiError> {
+    if let Some(pem) = read(dir, "sa.key")?
+        && !pem.trim().is_empty()
+    {
+        return Ok(pem);
+    }
+    let pem = KeyPair::generate()?.serialize_pem();
+    write_secret(dir, "sa.key", &pem)?;
+    Ok(pem)
+}
+
 fn random_token() -> String {
     let bytes: [u8; 24] = rand::rng().random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -335,8 +432,12 @@ mod tests {
         let join = JoinToken::parse(&fs::read_to_string(dir.path().join("node-token")).unwrap()).unwrap();
         assert_eq!((join.secret.as_str(), join.ca_hash), (first.node_token.as_str(), ca_hash(&first.ca_cert_pem)));
         assert!(first.server_config().is_ok());
-        let mode = fs::metadata(dir.path().join("ca.key")).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
+        for secret in ["ca.key", "sa.key"] {
+            let mode = fs::metadata(dir.path().join(secret)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{secret}");
+        }
+        assert_eq!(first.service_account_key_pem, again.service_account_key_pem);
+        assert!(first.service_account_key_pem.starts_with("-----BEGIN PRIVATE KEY-----"));
         assert!(first.kubeconfig("https://127.0.0.1:6443").contains(&first.admin_token));
     }
 
@@ -349,11 +450,26 @@ mod tests {
         ClusterSecrets::read(&first).unwrap().install(two.path()).unwrap();
         let second = Credentials::load_or_create(two.path(), "127.0.0.1:6444".parse().unwrap(), &[]).unwrap();
         assert_eq!(
-            (&second.ca_cert_pem, &second.admin_token, &second.node_token),
-            (&first.ca_cert_pem, &first.admin_token, &first.node_token)
+            (&second.ca_cert_pem, &second.admin_token, &second.node_token, &second.service_account_key_pem),
+            (&first.ca_cert_pem, &first.admin_token, &first.node_token, &first.service_account_key_pem)
         );
         assert_ne!(second.server_cert_pem, own.server_cert_pem, "the serving certificate is signed by the new CA");
         assert_eq!(fs::read(one.path().join("node-token")).unwrap(), fs::read(two.path().join("node-token")).unwrap());
+    }
+
+    #[test]
+    fn secrets_published_before_service_account_keys_still_load() {
+        let one = tempfile::tempdir().unwrap();
+        let first = Credentials::load_or_create(one.path(), "127.0.0.1:6443".parse().unwrap(), &[]).unwrap();
+        let mut published = serde_json::to_value(ClusterSecrets::read(&first).unwrap()).unwrap();
+        published.as_object_mut().unwrap().remove("service_account_key_pem");
+        let old: ClusterSecrets = serde_json::from_value(published).unwrap();
+        assert!(old.service_account_key_pem.is_empty());
+        let two = tempfile::tempdir().unwrap();
+        old.install(two.path()).unwrap();
+        let second = Credentials::load_or_create(two.path(), "127.0.0.1:6444".parse().unwrap(), &[]).unwrap();
+        assert_eq!(second.ca_cert_pem, first.ca_cert_pem);
+        assert!(!second.service_account_key_pem.is_empty(), "a key is made where the store had none");
     }
 
     /// Whether a client trusting the cluster's CA accepts the serving certificate for `name`.

@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use serde_json::{Value, json};
+use skiff_api::authz::UserInfo;
 use skiff_api::limits::{self, MAX_REQUEST_BODY_BYTES};
 use skiff_api::patch::PatchType;
 use skiff_api::resources::{self, ResourceDef};
@@ -22,25 +23,30 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::authz::{self, Authorizer};
 use crate::error::ApiError;
 use crate::objects::{DeleteOptions, FieldValidation, ListOptions, Objects, Part, WriteOptions};
 use crate::watch::{self, WatchRequest};
+use crate::{impersonation, reviews};
 
 /// The Kubernetes version whose API Skiff follows; kubectl dispatchers pick their build from `minor`.
 pub const KUBERNETES_MINOR: &str = "33";
 
 pub struct AppState {
     pub objects: Objects,
-    /// Bearer tokens the server accepts: the admin token and the node join token.
-    pub tokens: Vec<String>,
+    pub authorizer: Arc<Authorizer>,
     /// Cancelled when the server shuts down, which ends every watch.
     pub shutdown: CancellationToken,
     /// The address clients reach the server at, for the legacy discovery document.
     pub server_address: String,
     /// Served at `/cacerts` so a joining agent can check it against the hash in its join token.
     pub ca_cert_pem: String,
-    /// The node token's secret, which the server presents to node agents (for logs).
-    pub node_token: String,
+    /// The client certificate the server presents to node agents' kubelet ports (logs, exec, port-forward).
+    pub kubelet_client: crate::kubelet::KubeletClientIdentity,
+    /// What bearer tokens prove, for TokenReview.
+    pub authenticator: Arc<crate::authn::Authenticator>,
+    /// Issues service account tokens (TokenRequest).
+    pub service_accounts: Arc<crate::serviceaccounts::ServiceAccountTokens>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -57,18 +63,33 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/{*rest}", any(resource))
         .route("/apis/{*rest}", any(resource))
         .fallback(|| async { ApiError::NoRoute })
-        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
 }
 
-/// Bearer-token authentication. Like kube-apiserver's public-info-viewer role, health and version are
-/// open to anyone; everything else needs a token the server issued.
-async fn authenticate(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    // `/cacerts` is public too: the CA certificate is no secret, and joining agents verify it by hash.
-    let open = matches!(request.uri().path(), "/version" | "/healthz" | "/livez" | "/readyz" | "/cacerts");
-    let presented = crate::inflight::bearer(request.headers());
-    let known = presented.is_some_and(|token| state.tokens.iter().any(|t| crate::inflight::same_token(t, token)));
-    if open || known { next.run(request).await } else { ApiError::Unauthorized.into_response() }
+/// Authorization, after the connection authenticated the request (and put its `UserInfo` in the request's
+/// extensions). Like kube-apiserver's public-info-viewer role, health and version are open to anyone, and
+/// so is `/cacerts`: the CA certificate is no secret, and joining agents verify it by hash. Everything else
+/// needs an identity allowed to do what the request asks, after impersonation.
+async fn authorize(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
+    if matches!(request.uri().path(), "/version" | "/healthz" | "/livez" | "/readyz" | "/cacerts") {
+        return next.run(request).await;
+    }
+    let Some(user) = request.extensions().get::<UserInfo>().cloned() else {
+        return ApiError::Unauthorized.into_response();
+    };
+    let store = state.objects.store();
+    let user = match impersonation::impersonate(&state.authorizer, store.as_ref(), user, request.headers()).await {
+        Ok(user) => user,
+        Err(refused) => return refused.into_response(),
+    };
+    let attributes = authz::request_attributes(user, request.method(), request.uri().path(), request.uri().query());
+    if let Err(denied) = state.authorizer.check(&attributes, store.as_ref()).await {
+        tracing::debug!(user = attributes.user.name, verb = attributes.verb, path = attributes.path, "forbidden");
+        return denied.into_response();
+    }
+    request.extensions_mut().insert(attributes.user);
+    next.run(request).await
 }
 
 async fn version() -> axum::Json<Value> {
@@ -174,6 +195,25 @@ fn parse_target(path: &str) -> Result<Target, ApiError> {
     }
 }
 
+/// A CertificateSigningRequest names who asked for it, as the server saw them: signers and approvers
+/// decide by it, so whatever the client wrote there is replaced.
+fn requested_by(csr: &mut Value, user: &UserInfo) {
+    if !csr["spec"].is_object() {
+        return;
+    }
+    let spec = &mut csr["spec"];
+    spec["username"] = json!(user.name);
+    spec["groups"] = json!(user.groups);
+    match user.uid.as_str() {
+        "" => spec.as_object_mut().map(|s| s.remove("uid")),
+        uid => spec.as_object_mut().map(|s| s.insert("uid".into(), json!(uid))),
+    };
+    match user.extra.is_empty() {
+        true => spec.as_object_mut().map(|s| s.remove("extra")),
+        false => spec.as_object_mut().map(|s| s.insert("extra".into(), json!(user.extra))),
+    };
+}
+
 /// Query parameters; repeated keys keep the last value and empty ones (kube-rs sends `?&dryRun=All`) are
 /// ignored.
 struct Query(HashMap<String, String>);
@@ -228,7 +268,7 @@ impl Query {
         })
     }
 
-    fn write_options(&self, headers: &HeaderMap) -> Result<WriteOptions, ApiError> {
+    fn write_options(&self, headers: &HeaderMap, user: &UserInfo) -> Result<WriteOptions, ApiError> {
         let validation = match self.get("fieldValidation") {
             None | Some("Warn") => FieldValidation::Warn,
             Some("Strict") => FieldValidation::Strict,
@@ -250,7 +290,7 @@ impl Query {
                 .unwrap_or("unknown")
                 .to_string(),
         };
-        Ok(WriteOptions { dry_run: self.dry_run()?, field_manager, validation })
+        Ok(WriteOptions { dry_run: self.dry_run()?, field_manager, validation, user: Some(user.clone()) })
     }
 }
 
@@ -265,6 +305,17 @@ async fn resource(State(state): State<Arc<AppState>>, request: Request) -> Respo
 async fn serve_resource(state: &AppState, request: Request) -> Result<Response, ApiError> {
     let (mut parts, body) = request.into_parts();
     let query = Query::parse(parts.uri.query())?;
+    // The authorize layer put the (possibly impersonated) user there; a request reaching here has one.
+    let user = parts.extensions.get::<UserInfo>().cloned().ok_or(ApiError::Unauthorized)?;
+    if parts.method == Method::POST
+        && let Some((kind, ns)) = reviews::addressed(parts.uri.path())
+    {
+        let review = decode_body(&parts.headers, &read_body(body).await?)?;
+        let store = state.objects.store();
+        let (authenticator, authorizer, path) = (&state.authenticator, &state.authorizer, parts.uri.path());
+        let answer = reviews::answer(authenticator, authorizer, store.as_ref(), &user, kind, ns, path, review).await?;
+        return Ok(respond(StatusCode::CREATED, answer, &[]));
+    }
     let target = parse_target(parts.uri.path())?;
     // An exec or a port-forward upgrades the connection: it needs the request's upgrade handle, not its
     // (empty) body.
@@ -317,15 +368,18 @@ async fn serve_resource(state: &AppState, request: Request) -> Result<Response, 
         }
         (Target::Collection { def, ns }, &Method::POST) => {
             let ns = required_namespace(def, ns)?;
-            let object = decode_body(headers, &body)?;
-            let options = query.write_options(headers)?;
+            let mut object = decode_body(headers, &body)?;
+            if def.group == "certificates.k8s.io" {
+                requested_by(&mut object, &user);
+            }
+            let options = query.write_options(headers, &user)?;
             let written = objects.create(def, ns.as_deref(), object, &options).await?;
             Ok(respond(StatusCode::CREATED, written.object, &written.warnings))
         }
         (Target::Collection { def, ns }, &Method::DELETE) => {
             check_namespace(def, ns.as_deref())?;
             let list = query.list_options(def)?;
-            let options = delete_options(&query, &body)?;
+            let options = delete_options(&query, &body, &user)?;
             let deleted = objects.delete_collection(def, ns.as_deref(), &list, &options).await?;
             Ok(render_list(def, headers, deleted, json!({})))
         }
@@ -342,6 +396,7 @@ async fn serve_resource(state: &AppState, request: Request) -> Result<Response, 
                 &query,
                 parts.uri.query(),
                 &body,
+                &user,
             )
             .await
         }
@@ -361,12 +416,19 @@ async fn serve_item(
     query: &Query,
     query_string: Option<&str>,
     body: &[u8],
+    user: &UserInfo,
 ) -> Result<Response, ApiError> {
     let objects = &state.objects;
     let part = match sub {
         None => Part::Main,
         Some("status") if def.status_subresource => Part::Status,
         Some("scale") if def.scale_subresource => Part::Scale,
+        Some("approval") if discovery::has_approval(def) => Part::Approval,
+        Some("token") if def.group.is_empty() && def.plural == "serviceaccounts" && method == Method::POST => {
+            let request = decode_body(headers, body)?;
+            let answer = state.service_accounts.request(ns.unwrap_or_default(), name, request, user).await?;
+            return Ok(respond(StatusCode::CREATED, answer, &[]));
+        }
         Some("binding") if def.group.is_empty() && def.plural == "pods" && method == Method::POST => {
             let binding = decode_body(headers, body)?;
             objects.bind(def, ns.unwrap_or_default(), name, &binding).await?;
@@ -378,7 +440,7 @@ async fn serve_item(
         }
         Some("log") if def.group.is_empty() && def.plural == "pods" && method == Method::GET => {
             let query = query_string.unwrap_or("");
-            return crate::kubelet::pod_logs(objects, &state.node_token, ns.unwrap_or_default(), name, query).await;
+            return crate::kubelet::pod_logs(objects, &state.kubelet_client, ns.unwrap_or_default(), name, query).await;
         }
         Some(_) => return Err(ApiError::NoRoute),
     };
@@ -392,7 +454,7 @@ async fn serve_item(
         }
         Method::PUT => {
             let object = decode_body(headers, body)?;
-            let written = objects.replace(def, ns, name, part, object, &query.write_options(headers)?).await?;
+            let written = objects.replace(def, ns, name, part, object, &query.write_options(headers, user)?).await?;
             Ok(respond(StatusCode::OK, written.object, &written.warnings))
         }
         Method::PATCH => {
@@ -406,13 +468,13 @@ async fn serve_item(
                 _ => serde_json::from_slice(body)
                     .map_err(|e| ApiError::BadRequest(format!("error decoding patch: {e}")))?,
             };
-            let options = query.write_options(headers)?;
+            let options = query.write_options(headers, user)?;
             let written = objects.patch(def, ns, name, part, patch_type, patch, query.flag("force"), &options).await?;
             let code = if written.created { StatusCode::CREATED } else { StatusCode::OK };
             Ok(respond(code, written.object, &written.warnings))
         }
         Method::DELETE if part == Part::Main => {
-            let object = objects.delete(def, ns, name, &delete_options(query, body)?).await?;
+            let object = objects.delete(def, ns, name, &delete_options(query, body, user)?).await?;
             Ok(respond(StatusCode::OK, object, &[]))
         }
         _ => Err(ApiError::MethodNotAllowed),
@@ -435,7 +497,7 @@ fn required_namespace(def: &ResourceDef, ns: Option<String>) -> Result<Option<St
     }
 }
 
-fn delete_options(query: &Query, body: &[u8]) -> Result<DeleteOptions, ApiError> {
+fn delete_options(query: &Query, body: &[u8], user: &UserInfo) -> Result<DeleteOptions, ApiError> {
     let body: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
@@ -462,6 +524,7 @@ fn delete_options(query: &Query, body: &[u8]) -> Result<DeleteOptions, ApiError>
             .pointer("/preconditions/resourceVersion")
             .and_then(Value::as_str)
             .map(str::to_string),
+        user: Some(user.clone()),
     })
 }
 

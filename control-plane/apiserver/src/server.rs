@@ -18,12 +18,15 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use crate::authn::{Authenticated, Authenticator};
+use crate::authz::Authorizer;
 use crate::connections::{self, AcceptBackoff, Activity, Holding};
 use crate::error::ApiError;
 use crate::inflight::{self, InFlight};
 use crate::objects::Objects;
 use crate::pki::{ClusterSecrets, Credentials, PkiError};
 use crate::router::{self, AppState};
+use crate::serviceaccounts::{self, ServiceAccountTokens};
 use crate::{kubernetes_service, lifecycle, pki::server_url};
 
 /// How long in-flight requests may run after shutdown starts before their connections are dropped.
@@ -53,8 +56,25 @@ pub enum ServerError {
     SharedSecrets(#[source] skiff_store::Error),
     #[error("the cluster's credentials in the store are unreadable")]
     CorruptSecrets(#[source] serde_json::Error),
+    #[error("cannot read the authorization policy from the store")]
+    Policy(#[source] skiff_store::Error),
     #[error("cannot create the system namespaces and services: {0}")]
     Bootstrap(#[source] ApiError),
+    #[error("cannot sign service account tokens")]
+    ServiceAccountKey(#[source] crate::serviceaccounts::KeyError),
+}
+
+/// The identity the server presents to kubelet ports: `kube-apiserver-kubelet-client` in `system:masters`,
+/// as kube-apiserver's `--kubelet-client-certificate`. Minted at every start: every server of a cluster
+/// signs with the one CA, which is all an agent checks.
+fn kubelet_client(credentials: &Credentials) -> Result<crate::kubelet::KubeletClientIdentity, PkiError> {
+    let (cert_pem, key_pem) = crate::pki::client_certificate(
+        &credentials.dir,
+        crate::kubelet::API_SERVER_USER,
+        Some(skiff_api::authz::MASTERS),
+        365,
+    )?;
+    Ok(crate::kubelet::KubeletClientIdentity { cert_pem, key_pem })
 }
 
 /// Where the servers of one cluster find its CA and tokens (outside `/registry/`, so no API lists it).
@@ -68,27 +88,39 @@ async fn shared_credentials(
     tls_sans: &[String],
     store: &dyn Store,
 ) -> Result<Credentials, ServerError> {
-    let published = async || -> Result<Option<ClusterSecrets>, ServerError> {
+    let published = async || -> Result<Option<(ClusterSecrets, skiff_store::Revision)>, ServerError> {
         let Some(kv) = store.get(SECRETS_KEY).await.map_err(ServerError::SharedSecrets)? else { return Ok(None) };
-        serde_json::from_slice(&kv.value).map(Some).map_err(ServerError::CorruptSecrets)
+        let secrets = serde_json::from_slice(&kv.value).map_err(ServerError::CorruptSecrets)?;
+        Ok(Some((secrets, kv.mod_revision)))
     };
-    if let Some(secrets) = published().await? {
+    // Another server published first: take its secrets instead of ours.
+    let adopt = async || -> Result<Credentials, ServerError> {
+        let (theirs, _) =
+            published().await?.ok_or(ServerError::SharedSecrets(skiff_store::Error::NotFound(SECRETS_KEY.into())))?;
+        theirs.install(dir)?;
+        Ok(Credentials::load_or_create(dir, listen, tls_sans)?)
+    };
+    if let Some((secrets, revision)) = published().await? {
         secrets.install(dir)?;
-        return Ok(Credentials::load_or_create(dir, listen, tls_sans)?);
+        let credentials = Credentials::load_or_create(dir, listen, tls_sans)?;
+        if !secrets.service_account_key_pem.is_empty() {
+            return Ok(credentials);
+        }
+        // Published by a server older than service account tokens: publish the key this one made, unless
+        // another server just did (then take theirs), so a token from any server is good at every other.
+        let ours = serde_json::to_vec(&ClusterSecrets::read(&credentials)?).map_err(ServerError::CorruptSecrets)?;
+        return match store.update(SECRETS_KEY, ours.into(), Some(revision)).await {
+            Ok(_) => Ok(credentials),
+            Err(skiff_store::Error::Conflict { .. }) => adopt().await,
+            Err(e) => Err(ServerError::SharedSecrets(e)),
+        };
     }
     let credentials = Credentials::load_or_create(dir, listen, tls_sans)?;
     let ours = ClusterSecrets::read(&credentials)?;
     let value = serde_json::to_vec(&ours).map_err(ServerError::CorruptSecrets)?;
     match store.create(SECRETS_KEY, value.into()).await {
         Ok(_) => Ok(credentials),
-        // Another server published first: take its secrets instead.
-        Err(skiff_store::Error::AlreadyExists(_)) => {
-            let theirs = published()
-                .await?
-                .ok_or(ServerError::SharedSecrets(skiff_store::Error::NotFound(SECRETS_KEY.into())))?;
-            theirs.install(dir)?;
-            Ok(Credentials::load_or_create(dir, listen, tls_sans)?)
-        }
+        Err(skiff_store::Error::AlreadyExists(_)) => adopt().await,
         Err(e) => Err(ServerError::SharedSecrets(e)),
     }
 }
@@ -98,7 +130,10 @@ pub struct Server {
     listener: TcpListener,
     acceptor: TlsAcceptor,
     state: Arc<AppState>,
+    authenticator: Arc<Authenticator>,
     inflight: Arc<InFlight>,
+    /// Keeps the authorizers' caches current.
+    authorizer_mirror: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
     url: String,
     /// Where pods reach this server: listed in the `kubernetes` Service's endpoints.
     advertise: SocketAddr,
@@ -120,26 +155,41 @@ impl Server {
         credentials.write_kubeconfig(&url)?;
         let acceptor = TlsAcceptor::from(Arc::new(credentials.server_config()?));
         let pod_security = skiff_api::pod_security::PodSecurity::new(config.pod_security_default);
-        let objects = Objects::new(store).with_pod_security(pod_security);
+        // The authorizer's mirror follows the store from here on, so it also sees the bootstrap writes below.
+        let (authorizer, mirror) =
+            Authorizer::start(store.clone(), shutdown.clone()).await.map_err(ServerError::Policy)?;
+        let objects = Objects::new(store).with_pod_security(pod_security).with_authorizer(authorizer.clone());
         lifecycle::bootstrap(&objects).await.map_err(ServerError::Bootstrap)?;
+        lifecycle::bootstrap_policy(&objects).await.map_err(ServerError::Bootstrap)?;
+        lifecycle::reconcile_all(&objects, &credentials.ca_cert_pem).await;
         kubernetes_service::ensure_service(&objects, local.port()).await.map_err(ServerError::Bootstrap)?;
         kubernetes_service::ensure_cluster_dns(&objects).await.map_err(ServerError::Bootstrap)?;
         let advertise = SocketAddr::new(kubernetes_service::advertise_address(local.ip()), local.port());
-        let inflight = Arc::new(InFlight::new(
-            inflight::MAX_READ_ONLY,
-            inflight::MAX_MUTATING,
-            credentials.admin_token.clone(),
-            vec![credentials.admin_token.clone(), credentials.node_token.clone()],
-        ));
+        let inflight = Arc::new(InFlight::new(inflight::MAX_READ_ONLY, inflight::MAX_MUTATING));
+        let service_accounts = Arc::new(
+            ServiceAccountTokens::new(
+                &credentials.service_account_key_pem,
+                objects.clone(),
+                credentials.ca_cert_pem.clone(),
+            )
+            .map_err(ServerError::ServiceAccountKey)?,
+        );
+        let authenticator = Arc::new(
+            Authenticator::new(credentials.admin_token.clone(), credentials.node_token.clone())
+                .with_service_accounts(service_accounts.clone()),
+        );
         let state = Arc::new(AppState {
             objects,
-            tokens: vec![credentials.admin_token.clone(), credentials.node_token.clone()],
+            authorizer,
             shutdown,
             server_address: url.trim_start_matches("https://").to_string(),
             ca_cert_pem: credentials.ca_cert_pem.clone(),
-            node_token: credentials.node_token.clone(),
+            kubelet_client: kubelet_client(&credentials)?,
+            authenticator: authenticator.clone(),
+            service_accounts,
         });
-        Ok(Self { listener, acceptor, state, inflight, url, advertise })
+        let authorizer_mirror = Box::pin(mirror);
+        Ok(Self { listener, acceptor, state, authenticator, inflight, authorizer_mirror, url, advertise })
     }
 
     /// Advertises this server in the `kubernetes` Service's endpoints at `address` (and its listen port)
@@ -158,9 +208,12 @@ impl Server {
 
     /// Serves until the shutdown token is cancelled, then drains.
     pub async fn run(self) {
-        let Server { listener, acceptor, state, inflight, url, advertise } = self;
+        let Server { listener, acceptor, state, authenticator, inflight, authorizer_mirror, url, advertise } = self;
         let shutdown = state.shutdown.clone();
-        let controller = tokio::spawn(lifecycle::run(state.objects.clone(), shutdown.clone()));
+        let mirror = tokio::spawn(authorizer_mirror);
+        let controller =
+            tokio::spawn(lifecycle::run(state.objects.clone(), state.ca_cert_pem.clone(), shutdown.clone()));
+        let tokens = tokio::spawn(serviceaccounts::run(state.service_accounts.clone(), shutdown.clone()));
         let endpoints = tokio::spawn(kubernetes_service::run(state.objects.clone(), advertise, shutdown.clone()));
         let app = router::router(state);
         let slots = Arc::new(Semaphore::new(connections::MAX_CONNECTIONS));
@@ -204,6 +257,7 @@ impl Server {
             let connection = Connection {
                 acceptor: acceptor.clone(),
                 app: app.clone(),
+                authenticator: authenticator.clone(),
                 inflight: inflight.clone(),
                 shutdown: shutdown.clone(),
                 _slot: slot,
@@ -218,7 +272,7 @@ impl Server {
             _ = slots.acquire_many(all) => tracing::info!("all connections closed"),
             _ = tokio::time::sleep(DRAIN_GRACE) => tracing::warn!("drain grace period over, dropping connections"),
         }
-        let _ = tokio::join!(controller, endpoints);
+        let _ = tokio::join!(controller, tokens, endpoints, mirror);
     }
 }
 
@@ -228,6 +282,7 @@ impl Server {
 struct Connection {
     acceptor: TlsAcceptor,
     app: axum::Router,
+    authenticator: Arc<Authenticator>,
     inflight: Arc<InFlight>,
     shutdown: CancellationToken,
     _slot: OwnedSemaphorePermit,
@@ -245,14 +300,33 @@ impl Connection {
             },
         };
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        // The handshake verified the certificate against the cluster CA; it speaks for every request.
+        let certified = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|c| crate::authn::certificate_user(c));
         let activity = Activity::default();
-        let (app, inflight) = (self.app.clone(), self.inflight.clone());
+        let (app, authenticator, inflight) = (self.app.clone(), self.authenticator.clone(), self.inflight.clone());
         let requests = activity.clone();
-        let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
+        let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
             let active = requests.begin();
-            let admitted = inflight.admit(request.method(), request.uri(), request.headers());
-            let app = app.clone();
+            let (app, authenticator, inflight, certified) =
+                (app.clone(), authenticator.clone(), inflight.clone(), certified.clone());
             async move {
+                // Authentication (a service account token is looked up in the store), then the in-flight
+                // limit (which counts only authenticated requests), then the router, whose first layer
+                // authorizes.
+                let admitted = match authenticator.authenticate(request.headers(), certified.as_ref()).await {
+                    Authenticated::User(user) => {
+                        let slot = inflight.admit(request.method(), request.uri(), &user);
+                        request.extensions_mut().insert(user);
+                        slot
+                    }
+                    Authenticated::Anonymous => Ok(None),
+                    Authenticated::Invalid => Err(ApiError::Unauthorized),
+                };
                 let (response, slot) = match admitted {
                     Ok(slot) => (app.oneshot(request).await.unwrap_or_else(|never: Infallible| match never {}), slot),
                     Err(refused) => (refused.into_response(), None),

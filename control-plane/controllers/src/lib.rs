@@ -4,9 +4,13 @@
 //!
 //! Code map: [`scheduler`] (pure `filter` and `score`, and the bind loop), `replicaset`, `deployment`,
 //! `daemonset`, `job`, `nodelifecycle`, `gc` (ownerReferences), `endpointslice` (a Service's pods as
-//! EndpointSlices and Endpoints), `servicelb` (LoadBalancer status from the Ready nodes), [`events`],
+//! EndpointSlices and Endpoints), `servicelb` (LoadBalancer status from the Ready nodes), `csr` (approving
+//! node agents' certificate signing requests, and signing approved ones with the cluster CA),
+//! `clusterroles` (ClusterRole aggregation), [`events`],
 //! [`leader`].
 
+mod clusterroles;
+mod csr;
 mod daemonset;
 mod deployment;
 mod endpointslice;
@@ -32,11 +36,28 @@ pub struct Config {
     /// How long pods tolerate an unreachable or not-ready node before eviction, unless they say otherwise
     /// (Kubernetes: 300 s).
     pub eviction_toleration: Duration,
+    /// The cluster CA, with which approved certificate signing requests are signed; without it they are
+    /// approved but not signed.
+    pub signing_ca: Option<SigningCa>,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { node_grace: Duration::from_secs(20), eviction_toleration: Duration::from_secs(5) }
+        Self { node_grace: Duration::from_secs(20), eviction_toleration: Duration::from_secs(5), signing_ca: None }
+    }
+}
+
+/// A CA certificate and its private key, in PEM.
+#[derive(Clone)]
+pub struct SigningCa {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// The key stays out of logs.
+impl std::fmt::Debug for SigningCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningCa").field("cert_pem", &self.cert_pem).finish_non_exhaustive()
     }
 }
 
@@ -61,13 +82,25 @@ pub(crate) async fn caches_ready<E>(
     }
 }
 
+/// The API clients the control loops use, each its own identity with its own RBAC role.
+#[derive(Clone)]
+pub struct Clients {
+    /// `system:kube-controller-manager`.
+    pub controllers: kube::Client,
+    /// `system:kube-scheduler`.
+    pub scheduler: kube::Client,
+}
+
 /// Runs the scheduler and every controller until `shutdown`.
-pub async fn run(client: kube::Client, config: Config, shutdown: CancellationToken) {
+pub async fn run(clients: Clients, config: Config, shutdown: CancellationToken) {
+    let Clients { controllers: client, scheduler } = clients;
     tokio::join!(
-        scheduler::run(client.clone(), shutdown.clone()),
+        scheduler::run(scheduler, shutdown.clone()),
+        clusterroles::run(client.clone(), shutdown.clone()),
         replicaset::run(client.clone(), shutdown.clone()),
         deployment::run(client.clone(), shutdown.clone()),
         gc::run(client.clone(), shutdown.clone()),
+        csr::run(client.clone(), config.signing_ca.clone(), shutdown.clone()),
         nodelifecycle::run(client.clone(), config, shutdown.clone()),
         job::run(client.clone(), shutdown.clone()),
         endpointslice::run(client.clone(), shutdown.clone()),

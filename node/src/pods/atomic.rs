@@ -1,5 +1,6 @@
-//! The kubelet's atomic writer, for the volumes the agent writes (ConfigMaps, Secrets): a reader sees the
-//! old files or the new ones, never a mix, and the agent never writes through a name a container chose.
+//! The kubelet's atomic writer, for the volumes the agent writes (ConfigMaps, Secrets, the downward API,
+//! ServiceAccount tokens): a reader sees the old files or the new ones, never a mix, and the agent never
+//! writes through a name a container chose.
 //!
 //! The files live in a timestamped directory (`..2026_12_07_04_40_00.123456789`); `..data` is a link to
 //! the current one, and each name the pod sees is a link through it (`key -> ..data/key`). An update
@@ -14,8 +15,31 @@ use std::path::Path;
 const DATA: &str = "..data";
 const DATA_TMP: &str = "..data_tmp";
 
-/// Makes `dir` hold exactly `files` (relative paths to contents, mode `mode`); false when it did already.
-pub fn write(dir: &Path, files: &BTreeMap<String, Vec<u8>>, mode: u32) -> io::Result<bool> {
+/// One file of a volume: its contents and permission bits (each item of a volume may have its own mode).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct File {
+    pub data: Vec<u8>,
+    pub mode: u32,
+}
+
+impl File {
+    /// A file with an item's own `mode`, else the volume's `default_mode`.
+    pub fn with_mode(data: Vec<u8>, mode: Option<i32>, default_mode: u32) -> Self {
+        File { data, mode: self::mode(mode, default_mode) }
+    }
+}
+
+/// A mode of the API (`defaultMode`, an item's `mode`), else `default`; permission bits only, as the API
+/// server allows nothing else.
+pub fn mode(mode: Option<i32>, default: u32) -> u32 {
+    mode.map_or(default, |mode| mode as u32 & 0o777)
+}
+
+/// A volume's files by their paths relative to the volume.
+pub type Files = BTreeMap<String, File>;
+
+/// Makes `dir` hold exactly `files`; false when it did already.
+pub fn write(dir: &Path, files: &Files) -> io::Result<bool> {
     for name in files.keys() {
         let bad = name.is_empty()
             || name.starts_with('/')
@@ -28,20 +52,20 @@ pub fn write(dir: &Path, files: &BTreeMap<String, Vec<u8>>, mode: u32) -> io::Re
     std::fs::create_dir_all(dir)?;
     let current = std::fs::read_link(dir.join(DATA)).ok();
     if let Some(current) = &current
-        && holds(&dir.join(current), files, mode)
+        && holds(&dir.join(current), files)
     {
         return Ok(false);
     }
     let stamp = jiff::Timestamp::now().strftime("..%Y_%m_%d_%H_%M_%S.%f").to_string();
     let fresh = dir.join(&stamp);
     std::fs::create_dir(&fresh)?;
-    for (name, contents) in files {
+    for (name, file) in files {
         let path = fresh.join(name);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        std::fs::write(&path, contents)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+        std::fs::write(&path, &file.data)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(file.mode))?;
     }
     let _ = std::fs::remove_file(dir.join(DATA_TMP));
     symlink(&stamp, dir.join(DATA_TMP))?;
@@ -66,12 +90,12 @@ pub fn write(dir: &Path, files: &BTreeMap<String, Vec<u8>>, mode: u32) -> io::Re
     Ok(true)
 }
 
-/// Whether the directory `data` holds exactly `files` with `mode`.
-fn holds(data: &Path, files: &BTreeMap<String, Vec<u8>>, mode: u32) -> bool {
-    let same = files.iter().all(|(name, contents)| {
+/// Whether the directory `data` holds exactly `files`.
+fn holds(data: &Path, files: &Files) -> bool {
+    let same = files.iter().all(|(name, file)| {
         let path = data.join(name);
-        std::fs::read(&path).is_ok_and(|read| read == *contents)
-            && std::fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o7777 == mode)
+        std::fs::read(&path).is_ok_and(|read| read == file.data)
+            && std::fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o7777 == file.mode)
     });
     same && count_files(data) == files.len()
 }
@@ -92,22 +116,26 @@ fn count_files(dir: &Path) -> usize {
 mod tests {
     use super::*;
 
-    fn files(pairs: &[(&str, &str)]) -> BTreeMap<String, Vec<u8>> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect()
+    fn files(pairs: &[(&str, &str)]) -> Files {
+        moded(pairs, 0o644)
+    }
+
+    fn moded(pairs: &[(&str, &str)], mode: u32) -> Files {
+        pairs.iter().map(|(k, v)| (k.to_string(), File { data: v.as_bytes().to_vec(), mode })).collect()
     }
 
     #[test]
     fn updates_swap_every_file_at_once_and_drop_what_went() {
         let dir = tempfile::tempdir().unwrap();
         let volume = dir.path().join("cfg");
-        assert!(write(&volume, &files(&[("a", "1"), ("nested/b", "2")]), 0o644).unwrap());
+        assert!(write(&volume, &files(&[("a", "1"), ("nested/b", "2")])).unwrap());
         assert_eq!(std::fs::read_to_string(volume.join("a")).unwrap(), "1");
         assert_eq!(std::fs::read_to_string(volume.join("nested/b")).unwrap(), "2");
         assert_eq!(std::fs::read_link(volume.join("a")).unwrap(), Path::new("..data/a"));
         let first = std::fs::read_link(volume.join(DATA)).unwrap();
 
-        assert!(!write(&volume, &files(&[("a", "1"), ("nested/b", "2")]), 0o644).unwrap(), "unchanged");
-        assert!(write(&volume, &files(&[("a", "3")]), 0o644).unwrap());
+        assert!(!write(&volume, &files(&[("a", "1"), ("nested/b", "2")])).unwrap(), "unchanged");
+        assert!(write(&volume, &files(&[("a", "3")])).unwrap());
         assert_eq!(std::fs::read_to_string(volume.join("a")).unwrap(), "3");
         assert!(!volume.join("nested").exists(), "a key that went is gone");
         assert!(!volume.join(first).exists(), "the old files are removed");
@@ -115,11 +143,11 @@ mod tests {
             std::fs::read_dir(&volume).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
         assert_eq!(entries.len(), 3, "a, ..data and one timestamped directory: {entries:?}");
 
-        assert!(write(&volume, &files(&[("a", "3")]), 0o400).unwrap(), "a new mode is a change");
+        assert!(write(&volume, &moded(&[("a", "3")], 0o400)).unwrap(), "a new mode is a change");
         let mode = std::fs::metadata(volume.join("a")).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode, 0o400);
         for bad in ["../x", "/etc/x", "..data", "a//b", ""] {
-            assert!(write(&volume, &files(&[(bad, "x")]), 0o644).is_err(), "{bad}");
+            assert!(write(&volume, &files(&[(bad, "x")])).is_err(), "{bad}");
         }
     }
 }

@@ -2,11 +2,14 @@
 //! every relist reconciles the full set) keeps one [`worker::Worker`] per pod.
 
 mod atomic;
+mod downward;
 mod events;
 mod probes;
 mod spec;
 pub mod status;
 mod subpath;
+mod token;
+mod volumes;
 mod worker;
 
 use std::collections::{HashMap, HashSet};

@@ -1,16 +1,18 @@
-//! Turning a Pod's container into a [`ContainerSpec`]: argv, environment (env, envFrom, fieldRef), volumes
-//! materialised as host directories, limits. The shims never see the Pod.
+//! Turning a Pod's container into a [`ContainerSpec`]: argv, environment (env, envFrom, fieldRef), the
+//! mounts of its volumes ([`Volumes`]), limits. The shims never see the Pod.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Volume};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
 use kube::Api;
-use skiff_shim::{ContainerSpec, Image, Limits, Mount, OutputSink, Security};
+use skiff_shim::{ContainerSpec, Image, Limits, OutputSink, Security};
 
+use super::downward;
 use super::subpath::SubPath;
+use super::volumes::{Volumes, secret_files};
 use crate::network::PodAddress;
 
 /// A container that cannot be configured yet (a missing ConfigMap, an unsupported volume): the kubelet's
@@ -18,230 +20,6 @@ use crate::network::PodAddress;
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct ConfigError(pub String);
-
-/// Volumes of a pod, prepared as host directories under the pod's directory.
-pub struct Volumes {
-    paths: BTreeMap<String, PathBuf>,
-    /// Volumes the agent writes from ConfigMaps and Secrets, and keeps up to date: mounted read-only
-    /// whatever the mount says, as the kubelet mounts them, so a container can neither change them nor
-    /// plant links the agent would follow.
-    projected: Vec<Projected>,
-    namespace: String,
-    /// Where subPaths are bind-mounted for the runtime, where the agent can mount (see [`SubPath`]).
-    subpaths_dir: Option<PathBuf>,
-}
-
-impl Volumes {
-    /// Prepares every volume of `pod` under `pod_dir/volumes`. ConfigMap and Secret contents are written as
-    /// files, one per key, as the kubelet projects them.
-    pub async fn prepare(client: &kube::Client, pod: &Pod, pod_dir: &Path) -> Result<Self, ConfigError> {
-        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
-        let mut paths = BTreeMap::new();
-        let mut projected_volumes = Vec::new();
-        let volumes: &[Volume] = pod.spec.as_ref().and_then(|s| s.volumes.as_deref()).unwrap_or_default();
-        for volume in volumes {
-            let dir = pod_dir.join("volumes").join(&volume.name);
-            let io = |e: std::io::Error| ConfigError(format!("volume \"{}\": {e}", volume.name));
-            let path = if volume.empty_dir.is_some() {
-                std::fs::create_dir_all(&dir).map_err(io)?;
-                dir
-            } else if let Some(projected) = Projected::of(volume, dir.clone()) {
-                projected.write(projected.fetch(client, namespace).await?)?;
-                projected_volumes.push(projected);
-                dir
-            } else if let Some(source) = &volume.host_path {
-                let path = PathBuf::from(&source.path);
-                if matches!(source.type_.as_deref(), Some("DirectoryOrCreate")) {
-                    std::fs::create_dir_all(&path).map_err(io)?;
-                }
-                path
-            } else {
-                return Err(ConfigError(format!(
-                    "volume \"{}\": only emptyDir, configMap, secret and hostPath volumes are supported",
-                    volume.name
-                )));
-            };
-            paths.insert(volume.name.clone(), path);
-        }
-        let subpaths_dir = crate::network::is_root().then(|| pod_dir.join(super::subpath::SUBPATHS_DIR));
-        let namespace = namespace.to_string();
-        Ok(Self { paths, projected: projected_volumes, namespace, subpaths_dir })
-    }
-
-    /// The mounts of `container` (started as `id`), and the handles of their subPaths, which must stay open
-    /// while it runs.
-    fn mounts(&self, container: &Container, id: &str) -> Result<(Vec<Mount>, Vec<SubPath>), ConfigError> {
-        let mut mounts = Vec::new();
-        let mut subpaths = Vec::new();
-        for (index, mount) in container.volume_mounts.as_deref().unwrap_or_default().iter().enumerate() {
-            let base = self
-                .paths
-                .get(&mount.name)
-                .ok_or_else(|| ConfigError(format!("volume mount \"{}\" names no volume of the pod", mount.name)))?;
-            let host_path = match mount.sub_path.as_deref().filter(|p| !p.is_empty()) {
-                Some(sub) => {
-                    let opened = SubPath::open(base, sub).and_then(|subpath| match &self.subpaths_dir {
-                        Some(dir) => subpath.bind_at(&dir.join(id).join(index.to_string())),
-                        None => Ok(subpath),
-                    });
-                    let subpath = opened.map_err(|e| {
-                        ConfigError(format!(
-                            "failed to prepare subPath for volumeMount \"{}\" of container \"{}\": {e}",
-                            mount.name, container.name
-                        ))
-                    })?;
-                    let path = subpath.path();
-                    subpaths.push(subpath);
-                    path
-                }
-                None => base.clone(),
-            };
-            mounts.push(Mount {
-                host_path,
-                container_path: mount.mount_path.clone(),
-                read_only: mount.read_only.unwrap_or(false) || self.projected.iter().any(|p| p.volume == mount.name),
-            });
-        }
-        Ok((mounts, subpaths))
-    }
-}
-
-impl Volumes {
-    /// Whether some volume follows a ConfigMap or a Secret.
-    pub fn follows_objects(&self) -> bool {
-        !self.projected.is_empty()
-    }
-
-    /// Keeps the ConfigMap and Secret volumes up to date until `stop`: each follows its object through a
-    /// watch of its own (the kubelet's Watch strategy) and is rewritten atomically when its files change.
-    /// A deleted object leaves the files as they were, as the kubelet leaves them.
-    pub async fn follow(self: Arc<Self>, client: kube::Client, stop: tokio_util::sync::CancellationToken) {
-        use futures::StreamExt;
-        use kube::runtime::{WatchStreamExt, watcher};
-        let namespace = self.namespace.as_str();
-        let streams = self.projected.iter().map(|projected| {
-            let config = watcher::Config::default().fields(&format!("metadata.name={}", projected.name()));
-            let files = match projected.source {
-                Source::ConfigMap(_) => watcher(Api::<ConfigMap>::namespaced(client.clone(), namespace), config)
-                    .default_backoff()
-                    .applied_objects()
-                    .map(|map| map.map(config_map_files))
-                    .boxed(),
-                Source::Secret(_) => watcher(Api::<Secret>::namespaced(client.clone(), namespace), config)
-                    .default_backoff()
-                    .applied_objects()
-                    .map(|secret| secret.map(secret_files))
-                    .boxed(),
-            };
-            files.map(move |files| (projected, files))
-        });
-        let mut updates = futures::stream::select_all(streams);
-        loop {
-            let (projected, files) = tokio::select! {
-                _ = stop.cancelled() => return,
-                Some(update) = updates.next() => update,
-                else => return,
-            };
-            let Ok(files) = files else { continue };
-            if let Err(ConfigError(message)) = projected.write(files) {
-                tracing::warn!(volume = %projected.volume, error = %message, "cannot update the volume");
-            }
-        }
-    }
-}
-
-/// A volume the agent writes from a ConfigMap or a Secret.
-struct Projected {
-    volume: String,
-    dir: PathBuf,
-    source: Source,
-}
-
-enum Source {
-    ConfigMap(k8s_openapi::api::core::v1::ConfigMapVolumeSource),
-    Secret(k8s_openapi::api::core::v1::SecretVolumeSource),
-}
-
-/// The mode of the files of ConfigMap and Secret volumes without `defaultMode`, as in Kubernetes.
-const DEFAULT_MODE: i32 = 0o644;
-
-impl Projected {
-    fn of(volume: &Volume, dir: PathBuf) -> Option<Self> {
-        let source = match (&volume.config_map, &volume.secret) {
-            (Some(source), _) => Source::ConfigMap(source.clone()),
-            (None, Some(source)) => Source::Secret(source.clone()),
-            (None, None) => return None,
-        };
-        Some(Projected { volume: volume.name.clone(), dir, source })
-    }
-
-    fn name(&self) -> &str {
-        match &self.source {
-            Source::ConfigMap(source) => &source.name,
-            Source::Secret(source) => source.secret_name.as_deref().unwrap_or_default(),
-        }
-    }
-
-    /// The object's files as they are now; none for a missing optional one.
-    async fn fetch(&self, client: &kube::Client, namespace: &str) -> Result<BTreeMap<String, Vec<u8>>, ConfigError> {
-        let (found, optional, kind) = match &self.source {
-            Source::ConfigMap(source) => {
-                let maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-                let found = maps.get_opt(self.name()).await.map_err(|e| ConfigError(e.to_string()))?;
-                (found.map(config_map_files), source.optional, "configmap")
-            }
-            Source::Secret(source) => {
-                let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-                let found = secrets.get_opt(self.name()).await.map_err(|e| ConfigError(e.to_string()))?;
-                (found.map(secret_files), source.optional, "secret")
-            }
-        };
-        match found {
-            Some(files) => Ok(files),
-            None if optional.unwrap_or(false) => Ok(BTreeMap::new()),
-            None => Err(ConfigError(format!("{kind} \"{}\" not found", self.name()))),
-        }
-    }
-
-    /// Writes the object's `files`, as its `items` select them, with the kubelet's atomic writer.
-    fn write(&self, files: BTreeMap<String, Vec<u8>>) -> Result<(), ConfigError> {
-        let (items, mode) = match &self.source {
-            Source::ConfigMap(source) => (source.items.as_deref(), source.default_mode),
-            Source::Secret(source) => (source.items.as_deref(), source.default_mode),
-        };
-        let mode = mode.unwrap_or(DEFAULT_MODE) as u32 & 0o777;
-        super::atomic::write(&self.dir, &project(files, items), mode)
-            .map(drop)
-            .map_err(|e| ConfigError(format!("volume \"{}\": {e}", self.volume)))
-    }
-}
-
-fn config_map_files(map: ConfigMap) -> BTreeMap<String, Vec<u8>> {
-    let mut files: BTreeMap<String, Vec<u8>> =
-        map.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
-    files.extend(map.binary_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)));
-    files
-}
-
-fn secret_files(secret: Secret) -> BTreeMap<String, Vec<u8>> {
-    let mut files: BTreeMap<String, Vec<u8>> =
-        secret.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
-    files.extend(secret.string_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())));
-    files
-}
-
-/// Applies a volume source's `items` (key → path) selection.
-fn project(
-    files: BTreeMap<String, Vec<u8>>,
-    items: Option<&[k8s_openapi::api::core::v1::KeyToPath]>,
-) -> BTreeMap<String, Vec<u8>> {
-    match items {
-        None => files,
-        Some(items) => {
-            items.iter().filter_map(|item| Some((item.path.clone(), files.get(&item.key)?.clone()))).collect()
-        }
-    }
-}
 
 /// Builds the spec the shim runs for `container` of `pod`, with the handles its mounts name (to keep open
 /// while it runs).
@@ -389,11 +167,10 @@ async fn environment(
                         }
                     }
                 } else if let Some(field) = &source.field_ref {
-                    field_value(pod, &field.field_path, node_ip, pod_ip)
+                    downward::field_value(pod, &field.field_path, node_ip, pod_ip)
                         .ok_or_else(|| ConfigError(format!("unsupported fieldRef {}", field.field_path)))?
                 } else if let Some(resource) = &source.resource_field_ref {
-                    resource_value(container, &resource.resource)
-                        .ok_or_else(|| ConfigError(format!("unsupported resourceFieldRef {}", resource.resource)))?
+                    downward::resource(pod, Some(container), resource).map_err(|e| ConfigError(e.to_string()))?
                 } else {
                     continue;
                 }
@@ -428,43 +205,6 @@ fn expand(value: &str, env: &[(String, String)]) -> String {
     }
     out.push_str(rest);
     out
-}
-
-fn field_value(pod: &Pod, path: &str, node_ip: IpAddr, pod_ip: IpAddr) -> Option<String> {
-    let meta = &pod.metadata;
-    let spec = pod.spec.as_ref();
-    let quoted = |prefix: &str| path.strip_prefix(prefix)?.strip_suffix("']").map(str::to_string);
-    Some(match path {
-        "metadata.name" => meta.name.clone()?,
-        "metadata.namespace" => meta.namespace.clone()?,
-        "metadata.uid" => meta.uid.clone()?,
-        "spec.nodeName" => spec?.node_name.clone()?,
-        "spec.serviceAccountName" => spec?.service_account_name.clone().unwrap_or_else(|| "default".into()),
-        "status.podIP" | "status.podIPs" => pod_ip.to_string(),
-        "status.hostIP" | "status.hostIPs" => node_ip.to_string(),
-        _ => {
-            if let Some(key) = quoted("metadata.labels['") {
-                meta.labels.as_ref()?.get(&key).cloned().unwrap_or_default()
-            } else if let Some(key) = quoted("metadata.annotations['") {
-                meta.annotations.as_ref()?.get(&key).cloned().unwrap_or_default()
-            } else {
-                return None;
-            }
-        }
-    })
-}
-
-fn resource_value(container: &Container, resource: &str) -> Option<String> {
-    let (kind, name) = resource.split_once('.')?;
-    let resources = container.resources.as_ref()?;
-    let map = match kind {
-        "limits" => resources.limits.as_ref(),
-        "requests" => resources.requests.as_ref(),
-        _ => return None,
-    }?;
-    let value = skiff_api::validation::parse_quantity(&map.get(name)?.0)?;
-    // Kubernetes reports cpu in whole cores (rounded up) and memory in bytes by default.
-    Some(if name == "cpu" { value.ceil().to_string() } else { (value as u64).to_string() })
 }
 
 pub fn limits(container: &Container) -> Limits {
@@ -663,14 +403,6 @@ mod tests {
         let stray = serde_json::json!({"type": "RuntimeDefault", "localhostProfile": "x.json"});
         assert!(localhost(stray).unwrap_err().contains("only be set for type Localhost"));
         assert!(localhost(serde_json::json!({"type": "Custom"})).unwrap_err().contains("not supported"));
-    }
-
-    #[test]
-    fn pod_and_host_addresses_differ_with_a_pod_network() {
-        let pod: Pod = serde_json::from_value(serde_json::json!({"metadata": {"name": "p"}})).unwrap();
-        let (node, pod_ip): (IpAddr, IpAddr) = ("192.0.2.2".parse().unwrap(), "10.42.7.5".parse().unwrap());
-        assert_eq!(field_value(&pod, "status.podIP", node, pod_ip).as_deref(), Some("10.42.7.5"));
-        assert_eq!(field_value(&pod, "status.hostIP", node, pod_ip).as_deref(), Some("192.0.2.2"));
     }
 
     #[test]

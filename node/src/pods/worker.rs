@@ -16,8 +16,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::events::Kind;
-use super::spec::{self, ConfigError, Volumes};
+use super::spec::{self, ConfigError};
 use super::status::{ContainerState, PodState, State, Terminated};
+use super::volumes::Volumes;
 use super::{Context, PodRef};
 use crate::images::{ImageError, PullPolicy, RegistryAuth};
 use crate::logs::ContainerLog;
@@ -130,7 +131,8 @@ async fn run(ctx: Arc<Context>, pod_rx: watch::Receiver<Pod>, abandon: Cancellat
         (shared, Box::new(pod.spec.clone().unwrap_or_default()), finished)
     };
     let stop = CancellationToken::new();
-    let runner = (!finished).then(|| tokio::spawn(run_containers(shared.clone(), spec, stop.clone())));
+    let runner =
+        (!finished).then(|| tokio::spawn(run_containers(shared.clone(), spec, stop.clone()).in_current_span()));
     let mut pod_rx = pod_rx;
     // The worker writes the status itself whenever it changes: one task per pod for that, not two.
     loop {
@@ -243,15 +245,19 @@ async fn run_containers(shared: Arc<Shared>, spec: Box<k8s_openapi::api::core::v
     }
 }
 
-async fn run_pod(shared: &Arc<Shared>, mut spec: Box<k8s_openapi::api::core::v1::PodSpec>, stop: &CancellationToken) {
+async fn run_pod(shared: &Arc<Shared>, spec: Box<k8s_openapi::api::core::v1::PodSpec>, stop: &CancellationToken) {
     // A copy for preparing the pod, dropped before its containers run: they live long, copies cost.
     let pod = shared.pod();
     let pod_dir = shared.ctx.pods_dir.join(&shared.who.uid);
-    let volumes = loop {
+    let (volumes, projections) = loop {
         // The steps before the containers run are boxed: inlined, each would make this future (kept for the
         // pod's whole life) as large as its largest step.
-        match Box::pin(Volumes::prepare(&shared.ctx.client, &pod, &pod_dir)).await {
-            Ok(volumes) => break volumes,
+        let prepared = tokio::select! {
+            _ = stop.cancelled() => return,
+            prepared = Box::pin(Volumes::prepare(&shared.ctx.client, &pod, &pod_dir)) => prepared,
+        };
+        match prepared {
+            Ok(prepared) => break prepared,
             Err(ConfigError(message)) => {
                 for index in 0..spec.containers.len() {
                     shared.update(false, index, |c| {
@@ -269,10 +275,31 @@ async fn run_pod(shared: &Arc<Shared>, mut spec: Box<k8s_openapi::api::core::v1:
             }
         }
     };
-    let volumes = Arc::new(volumes);
-    if volumes.follows_objects() {
-        tokio::spawn(volumes.clone().follow(shared.ctx.client.clone(), stop.clone()));
+    // The volumes the agent writes follow their sources while the containers run, and no longer: a pod
+    // that is done renews no tokens. The follower is awaited, so it writes nothing once the pod's
+    // directory may go.
+    let following = stop.child_token();
+    let follower = (!projections.is_empty()).then(|| {
+        let follow = projections.follow(shared.ctx.client.clone(), shared.pod.clone(), following.clone());
+        tokio::spawn(follow.instrument(tracing::info_span!("volumes")))
+    });
+    Box::pin(run_prepared(shared, spec, pod, &pod_dir, Arc::new(volumes), stop)).await;
+    following.cancel();
+    if let Some(follower) = follower {
+        let _ = follower.await;
     }
+}
+
+/// Runs the pod once its volumes are ready: the network, then init containers in order, then a supervisor
+/// per container.
+async fn run_prepared(
+    shared: &Arc<Shared>,
+    mut spec: Box<k8s_openapi::api::core::v1::PodSpec>,
+    pod: Pod,
+    pod_dir: &std::path::Path,
+    volumes: Arc<Volumes>,
+    stop: &CancellationToken,
+) {
     // Every image first (init containers' included): the shims that run them decide the network the pod
     // needs. The pulls run together; a failed one is retried by its container's supervisor.
     let init_containers = spec.init_containers.take().unwrap_or_default();
@@ -285,7 +312,7 @@ async fn run_pod(shared: &Arc<Shared>, mut spec: Box<k8s_openapi::api::core::v1:
     let mut init_pulls = pulled.into_iter();
     // The pod's sandbox, before any container (init containers included).
     let sandbox = loop {
-        match Box::pin(create_sandbox(shared, &pod, &pod_dir, need)).await {
+        match Box::pin(create_sandbox(shared, &pod, pod_dir, need)).await {
             Ok(sandbox) => break sandbox,
             Err(message) => {
                 for index in 0..spec.containers.len() {

@@ -42,8 +42,9 @@ fn hello() -> String {
     )
 }
 
-/// Reads `in.txt` from the first preopen (fd 3) and prints it, then tries to create `out.txt` there and
-/// exits with the errno of that attempt (0: created). A failed read exits 100 + errno.
+/// Reads `in.txt` from the first preopen (fd 3), following links as wasi-libc's `open` does, and prints
+/// it, then tries to create `out.txt` there and exits with the errno of that attempt (0: created). A failed
+/// read exits 100 + errno.
 fn files() -> String {
     format!(
         r#"(module
@@ -55,8 +56,8 @@ fn files() -> String {
   (data (i32.const 300) "in.txt")
   (data (i32.const 310) "out.txt")
   (func (export "_start") (local $errno i32)
-    ;; rights FD_READ = 2
-    (local.set $errno (call $path_open (i32.const 3) (i32.const 0) (i32.const 300) (i32.const 6)
+    ;; lookup flags SYMLINK_FOLLOW = 1, rights FD_READ = 2
+    (local.set $errno (call $path_open (i32.const 3) (i32.const 1) (i32.const 300) (i32.const 6)
       (i32.const 0) (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 400)))
     (if (local.get $errno) (then (call $proc_exit (i32.add (i32.const 100) (local.get $errno)))))
     (i32.store (i32.const 0) (i32.const 1024))
@@ -299,6 +300,43 @@ async fn read_only_mounts_are_readable_but_not_writable() {
     s.mounts = vec![mount(false)];
     assert_eq!(run(&f.shim, s).await.code, 0);
     assert!(data.path().join("out.txt").exists());
+}
+
+/// A volume the node agent writes (a ConfigMap's, a ServiceAccount token's) is links through `..data` to a
+/// timestamped directory, so that an update swaps every file at once: a guest reads through them, as a
+/// container does, and no further than the mount.
+#[tokio::test]
+async fn links_inside_a_mount_are_followed_and_links_out_of_it_are_not() {
+    use std::os::unix::fs::symlink;
+    let f = Fixture::new();
+    let volume = tempfile::tempdir().unwrap();
+    let stamp = volume.path().join("..2026_01_02_03_04_05.000000001");
+    std::fs::create_dir(&stamp).unwrap();
+    std::fs::write(stamp.join("in.txt"), "eyJ.token\n").unwrap();
+    symlink("..2026_01_02_03_04_05.000000001", volume.path().join("..data")).unwrap();
+    symlink("..data/in.txt", volume.path().join("in.txt")).unwrap();
+    let mount = Mount {
+        host_path: volume.path().to_path_buf(),
+        container_path: "/var/run/secrets/kubernetes.io/serviceaccount".into(),
+        read_only: true,
+    };
+    let out = Arc::new(Capture::default());
+    let mut s = spec(f.wat(&files()), out.clone());
+    s.mounts = vec![mount.clone()];
+    let exit = run(&f.shim, s).await;
+    assert_eq!(out.stdout(), "eyJ.token\n");
+    assert!(exit.code != 0 && exit.code < 100, "the volume is read-only: {exit:?}");
+
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("in.txt"), "host\n").unwrap();
+    std::fs::remove_file(volume.path().join("in.txt")).unwrap();
+    symlink(outside.path().join("in.txt"), volume.path().join("in.txt")).unwrap();
+    let out = Arc::new(Capture::default());
+    let mut s = spec(f.wat(&files()), out.clone());
+    s.mounts = vec![mount];
+    let exit = run(&f.shim, s).await;
+    assert!(exit.code > 100, "a link out of the mount is refused: {exit:?}");
+    assert_eq!(out.stdout(), "");
 }
 
 #[tokio::test]
