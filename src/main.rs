@@ -66,15 +66,74 @@ struct ServerArgs {
     /// Address for the HTTPS API.
     #[arg(long, default_value = "127.0.0.1:6443")]
     listen: SocketAddr,
-    /// Storage: `embedded` (in the data directory) or `etcd://HOST:PORT[,HOST:PORT...]`.
+    /// Storage: `embedded` (in the data directory) or `etcd://HOST:PORT[,HOST:PORT...]`, TLS files optionally
+    /// as `?cacert=FILE&cert=FILE&key=FILE` (the same as --etcd-cafile, --etcd-certfile, --etcd-keyfile).
     #[arg(long, default_value = "embedded")]
     store: String,
+    #[command(flatten)]
+    etcd_tls: EtcdTlsArgs,
     #[command(flatten)]
     tls: TlsArgs,
     #[command(flatten)]
     controllers: ControllerArgs,
     #[command(flatten)]
     admission: AdmissionArgs,
+    #[command(flatten)]
+    encryption: EncryptionArgs,
+    #[command(flatten)]
+    audit: AuditArgs,
+}
+
+/// The audit log, kube-apiserver's flags.
+#[derive(clap::Args)]
+struct AuditArgs {
+    /// An audit.k8s.io/v1 Policy (YAML or JSON): its first rule matching a request sets what is recorded
+    /// (None, Metadata, Request, RequestResponse).
+    #[arg(long, value_name = "FILE", requires = "audit_log_path")]
+    audit_policy_file: Option<PathBuf>,
+    /// Where audit events are appended as JSON lines; `-` is standard output.
+    #[arg(long, value_name = "FILE", requires = "audit_policy_file")]
+    audit_log_path: Option<PathBuf>,
+    /// Rotate the audit log once it would pass this many megabytes (0: never).
+    #[arg(long, value_name = "MB", default_value_t = 100)]
+    audit_log_maxsize: u64,
+    /// How many rotated audit logs (FILE.1, the newest, FILE.2, ...) are kept (0: all).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    audit_log_maxbackup: usize,
+}
+
+impl AuditArgs {
+    fn config(self) -> Option<skiff_apiserver::audit::AuditConfig> {
+        Some(skiff_apiserver::audit::AuditConfig {
+            policy_file: self.audit_policy_file?,
+            log_path: self.audit_log_path?,
+            max_size_mb: self.audit_log_maxsize,
+            max_backups: self.audit_log_maxbackup,
+        })
+    }
+}
+
+/// Encryption at rest, kube-apiserver's flag.
+#[derive(clap::Args)]
+struct EncryptionArgs {
+    /// An EncryptionConfiguration (apiserver.config.k8s.io/v1) naming the resources to encrypt in the store
+    /// and the providers (aesgcm, identity) to encrypt and decrypt them with; the first provider writes.
+    #[arg(long, value_name = "FILE")]
+    encryption_provider_config: Option<PathBuf>,
+}
+
+/// TLS to etcd, kube-apiserver's flags; each may instead be a parameter of the `--store` URL.
+#[derive(clap::Args, Default)]
+struct EtcdTlsArgs {
+    /// CA that signed etcd's certificate (the only one trusted); with it, etcd is spoken to over TLS.
+    #[arg(long)]
+    etcd_cafile: Option<PathBuf>,
+    /// Client certificate to present to etcd, for an etcd with `--client-cert-auth`.
+    #[arg(long)]
+    etcd_certfile: Option<PathBuf>,
+    /// Private key of --etcd-certfile.
+    #[arg(long)]
+    etcd_keyfile: Option<PathBuf>,
 }
 
 /// What the API server admits.
@@ -120,6 +179,10 @@ struct UpArgs {
     controllers: ControllerArgs,
     #[command(flatten)]
     admission: AdmissionArgs,
+    #[command(flatten)]
+    encryption: EncryptionArgs,
+    #[command(flatten)]
+    audit: AuditArgs,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -294,9 +357,12 @@ fn main() -> anyhow::Result<()> {
                 data_dir: args.data_dir,
                 listen: args.listen,
                 store: "embedded".into(),
+                etcd_tls: EtcdTlsArgs::default(),
                 tls: args.tls,
                 controllers: args.controllers,
                 admission: args.admission,
+                encryption: args.encryption,
+                audit: args.audit,
             };
             serve(server, Some(args.node))
         }
@@ -398,13 +464,15 @@ async fn serve(args: ServerArgs, node: Option<NodeArgs>) -> anyhow::Result<()> {
     std::fs::set_permissions(&data_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .with_context(|| format!("cannot make {} private", data_dir.display()))?;
     let registries = node.as_ref().map(NodeArgs::registries).transpose()?;
-    let store = open_store(&args.store, &data_dir).await?;
+    let store = open_store(&args.store, &args.etcd_tls, &data_dir).await?;
     let shutdown = cancel_on_signal();
     let config = ServerConfig {
         data_dir: data_dir.clone(),
         listen: args.listen,
         tls_sans: args.tls.sans,
         pod_security_default: args.admission.pod_security_default,
+        encryption_provider_config: args.encryption.encryption_provider_config,
+        audit: args.audit.config(),
     };
     let server = Server::bind(config, store, shutdown.clone()).await?;
     trim::after_start_up();
@@ -569,25 +637,80 @@ fn cancel_on_signal() -> CancellationToken {
     shutdown
 }
 
-async fn open_store(url: &str, data_dir: &Path) -> anyhow::Result<Arc<dyn Store>> {
+async fn open_store(url: &str, tls: &EtcdTlsArgs, data_dir: &Path) -> anyhow::Result<Arc<dyn Store>> {
     if url == "embedded" {
+        if tls.etcd_cafile.is_some() || tls.etcd_certfile.is_some() || tls.etcd_keyfile.is_some() {
+            bail!("--etcd-cafile, --etcd-certfile and --etcd-keyfile need an etcd:// --store");
+        }
         let dir = data_dir.join("store");
         let store = skiff_store::embedded::EmbeddedStore::open(&dir)
             .with_context(|| format!("cannot open the embedded store in {}", dir.display()))?;
         return Ok(Arc::new(store));
     }
-    let Some(endpoints) = url.strip_prefix("etcd://") else {
-        bail!("unsupported --store {url:?}: use `embedded` or `etcd://HOST:PORT[,HOST:PORT...]`");
+    let config = etcd_config(url, tls)?;
+    let endpoints = config.endpoints.join(",");
+    // etcd refusing a client certificate only closes the connection after the handshake, which reaches us
+    // as "operation was canceled": say what to check.
+    let hint = if config.tls.is_some() {
+        " (is etcd's certificate from the CA given, and the client's one etcd trusts?)"
+    } else {
+        ""
     };
+    let store = skiff_store::etcd::EtcdStore::connect_with(config)
+        .await
+        .with_context(|| format!("cannot connect to etcd at {endpoints}{hint}"))?;
+    Ok(Arc::new(store))
+}
+
+/// Reads `etcd://HOST:PORT[,HOST:PORT...][?cacert=FILE&cert=FILE&key=FILE]` and the TLS flags. Parameter
+/// values are taken literally (no percent-decoding), since they are file paths.
+fn etcd_config(url: &str, flags: &EtcdTlsArgs) -> anyhow::Result<skiff_store::etcd::EtcdConfig> {
+    use skiff_store::etcd::{ClientCertificate, EtcdConfig, EtcdTls};
+    let Some(rest) = url.strip_prefix("etcd://") else {
+        bail!(
+            "unsupported --store {url:?}: use `embedded` or `etcd://HOST:PORT[,HOST:PORT...][?cacert=FILE&cert=FILE&key=FILE]`"
+        );
+    };
+    let (hosts, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (mut ca, mut cert, mut key) =
+        (flags.etcd_cafile.clone(), flags.etcd_certfile.clone(), flags.etcd_keyfile.clone());
+    for parameter in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = parameter.split_once('=').unwrap_or((parameter, ""));
+        let (slot, flag) = match name {
+            "cacert" => (&mut ca, "--etcd-cafile"),
+            "cert" => (&mut cert, "--etcd-certfile"),
+            "key" => (&mut key, "--etcd-keyfile"),
+            _ => bail!("unknown parameter {name:?} in --store: the etcd:// URL takes only cacert, cert and key"),
+        };
+        if value.is_empty() {
+            bail!("parameter {name} in --store needs a file, as {name}=FILE");
+        }
+        if slot.is_some() {
+            bail!("{name} is given twice: once in --store and once more there or as {flag}");
+        }
+        *slot = Some(PathBuf::from(value));
+    }
+    let tls = match (ca, cert, key) {
+        (None, None, None) => None,
+        (Some(ca_file), None, None) => Some(EtcdTls { ca_file, client: None }),
+        (Some(ca_file), Some(cert_file), Some(key_file)) => {
+            Some(EtcdTls { ca_file, client: Some(ClientCertificate { cert_file, key_file }) })
+        }
+        // No system roots are trusted for etcd: a cluster's etcd has its own CA, as in k3s and kubeadm.
+        (None, ..) => bail!("a client certificate for etcd needs the CA that signed etcd's: --etcd-cafile (cacert=)"),
+        _ => bail!("etcd's client certificate and key go together: --etcd-certfile (cert=) and --etcd-keyfile (key=)"),
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let endpoints: Vec<String> =
-        endpoints.split(',').filter(|e| !e.is_empty()).map(|e| format!("http://{e}")).collect();
+        hosts.split(',').filter(|h| !h.is_empty()).map(|h| format!("{scheme}://{h}")).collect();
     if endpoints.is_empty() {
         bail!("--store etcd:// needs at least one HOST:PORT");
     }
-    let store = skiff_store::etcd::EtcdStore::connect(&endpoints)
-        .await
-        .with_context(|| format!("cannot connect to etcd at {}", endpoints.join(",")))?;
-    Ok(Arc::new(store))
+    let config = EtcdConfig::new(&endpoints);
+    Ok(match tls {
+        Some(tls) => config.with_tls(tls),
+        None => config,
+    })
 }
 
 async fn wait_for_signal() {

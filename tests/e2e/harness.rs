@@ -38,23 +38,75 @@ fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) ->
     bail!("{what} not ready after {timeout:?}")
 }
 
+/// Writes a CA (`ca.crt`), etcd's certificate for 127.0.0.1 and localhost (`server.crt`, `server.key`) and a
+/// client certificate (`client.crt`, `client.key`) into `dir`.
+fn write_etcd_pki(dir: &Path) -> anyhow::Result<()> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "etcd-ca");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
+    std::fs::write(dir.join("ca.crt"), ca.pem())?;
+    // etcd's gRPC gateway dials etcd itself with the serving certificate, so that one is a client's too.
+    let server = (vec!["127.0.0.1".to_owned(), "localhost".to_owned()], vec![ExtendedKeyUsagePurpose::ServerAuth]);
+    for (name, (names, mut usages)) in [("server", server), ("client", (Vec::new(), Vec::new()))] {
+        usages.push(ExtendedKeyUsagePurpose::ClientAuth);
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(names)?;
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = usages;
+        let cert = params.signed_by(&key, &ca)?;
+        std::fs::write(dir.join(format!("{name}.crt")), cert.pem())?;
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem())?;
+    }
+    Ok(())
+}
+
 /// A real etcd on loopback with its own ports and data directory.
 pub struct Etcd {
     child: Child,
     pub endpoint: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Etcd {
     pub fn start() -> anyhow::Result<Self> {
+        Self::spawn(false)
+    }
+
+    /// An etcd that speaks only TLS and admits only clients with a certificate from its CA
+    /// (`--client-cert-auth`); [`Etcd::file`] names the CA (`ca.crt`) and a client's `client.crt` and
+    /// `client.key`.
+    pub fn start_with_client_certificates() -> anyhow::Result<Self> {
+        Self::spawn(true)
+    }
+
+    /// A file in this etcd's directory, such as its TLS files.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn spawn(tls: bool) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let (client, peer) = (free_port(), free_port());
         let endpoint = format!("127.0.0.1:{client}");
-        let child = Command::new("etcd")
+        let scheme = if tls { "https" } else { "http" };
+        let mut command = Command::new("etcd");
+        if tls {
+            write_etcd_pki(dir.path())?;
+            command.args(["--client-cert-auth", "--trusted-ca-file"]).arg(dir.path().join("ca.crt"));
+            command.arg("--cert-file").arg(dir.path().join("server.crt"));
+            command.arg("--key-file").arg(dir.path().join("server.key"));
+        }
+        let child = command
             .args(["--name", "skiff-test", "--data-dir"])
             .arg(dir.path().join("data"))
-            .arg(format!("--listen-client-urls=http://{endpoint}"))
-            .arg(format!("--advertise-client-urls=http://{endpoint}"))
+            .arg(format!("--listen-client-urls={scheme}://{endpoint}"))
+            .arg(format!("--advertise-client-urls={scheme}://{endpoint}"))
             .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
             .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"))
             .arg(format!("--initial-cluster=skiff-test=http://127.0.0.1:{peer}"))
@@ -62,7 +114,7 @@ impl Etcd {
             .stderr(Stdio::null())
             .spawn()
             .context("cannot start etcd (Debian package etcd-server; scripts/setup installs it)")?;
-        let etcd = Etcd { child, endpoint, _dir: dir };
+        let etcd = Etcd { child, endpoint, dir };
         wait_until("etcd", Duration::from_secs(20), || std::net::TcpStream::connect(&etcd.endpoint).is_ok())?;
         Ok(etcd)
     }
@@ -152,6 +204,8 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub listen: String,
     store: String,
+    /// More `skiff server` flags, given at every launch.
+    flags: Vec<String>,
     _etcd: Option<Etcd>,
 }
 
@@ -162,6 +216,15 @@ impl Cluster {
 
     /// A server listening on `ip` (a test network's bridge address, which agents in namespaces reach).
     pub fn start_listening(backend: Backend, ip: std::net::Ipv4Addr) -> anyhow::Result<Self> {
+        Self::start_listening_with(backend, ip, &[])
+    }
+
+    /// [`Cluster::start`] with more `skiff server` flags.
+    pub fn start_with(backend: Backend, flags: &[&str]) -> anyhow::Result<Self> {
+        Self::start_listening_with(backend, std::net::Ipv4Addr::LOCALHOST, flags)
+    }
+
+    fn start_listening_with(backend: Backend, ip: std::net::Ipv4Addr, flags: &[&str]) -> anyhow::Result<Self> {
         let etcd = match backend {
             Backend::Embedded => None,
             Backend::Etcd => Some(Etcd::start()?),
@@ -172,6 +235,7 @@ impl Cluster {
             dir: tempfile::tempdir()?,
             listen: format!("{ip}:{}", free_port()),
             store,
+            flags: flags.iter().map(|f| f.to_string()).collect(),
             _etcd: etcd,
         };
         cluster.launch()?;
@@ -180,8 +244,14 @@ impl Cluster {
 
     /// A server on a store that outlives it (`etcd://...`), e.g. one of several servers sharing an etcd.
     pub fn start_on(store: String) -> anyhow::Result<Self> {
+        Self::start_on_with(store, &[])
+    }
+
+    /// [`Cluster::start_on`] with more `skiff server` flags.
+    pub fn start_on_with(store: String, flags: &[&str]) -> anyhow::Result<Self> {
         let listen = format!("127.0.0.1:{}", free_port());
-        let mut cluster = Cluster { child: None, dir: tempfile::tempdir()?, listen, store, _etcd: None };
+        let flags = flags.iter().map(|f| f.to_string()).collect();
+        let mut cluster = Cluster { child: None, dir: tempfile::tempdir()?, listen, store, flags, _etcd: None };
         cluster.launch()?;
         Ok(cluster)
     }
@@ -204,6 +274,7 @@ impl Cluster {
         let child = Command::new(env!("CARGO_BIN_EXE_skiff"))
             .args(["server", "--listen", &self.listen, "--store", &self.store, "--data-dir"])
             .arg(self.data_dir())
+            .args(&self.flags)
             .env("RUST_LOG", "info,skiff_apiserver=debug")
             .stdout(Stdio::null())
             .stderr(log)
@@ -214,6 +285,18 @@ impl Cluster {
             self.kubeconfig().exists() && self.kubectl(&["get", "--raw", "/readyz"]).status.success()
         })
         .with_context(|| self.server_log())
+    }
+
+    /// Stops the server (SIGTERM) and starts it again with `flags` instead of the flags it had.
+    pub fn restart_with(&mut self, flags: &[&str]) -> anyhow::Result<()> {
+        self.terminate()?;
+        self.flags = flags.iter().map(|f| f.to_string()).collect();
+        self.launch()
+    }
+
+    /// The etcd the server stores in, for a look at what is stored; none on the embedded store.
+    pub fn etcd_endpoint(&self) -> Option<&str> {
+        self._etcd.as_ref().map(|etcd| etcd.endpoint.as_str())
     }
 
     /// SIGKILL: no drain, no flush, what a power cut does.

@@ -152,3 +152,93 @@ pub fn the_kubelet_port_serves_only_the_api_server() {
     );
     assert!(logs.status.success() || stderr.contains("has no logs yet"), "{stderr}\nagent log:\n{}", agent.log());
 }
+
+/// A kubeconfig acting as the agent's node, with the certificate it was issued.
+fn node_kubeconfig(cluster: &Cluster, agent: &Agent) -> std::path::PathBuf {
+    let encode =
+        |path: std::path::PathBuf| base64::engine::general_purpose::STANDARD.encode(std::fs::read(path).unwrap());
+    let dir = agent.data_dir().join("agent");
+    let kubeconfig = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://{}\n    certificate-authority-data: {}\n\
+         users:\n- name: node\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n\
+         contexts:\n- name: c\n  context: {{cluster: c, user: node, namespace: default}}\ncurrent-context: c\n",
+        cluster.listen,
+        encode(cluster.data_dir().join("ca.crt")),
+        encode(dir.join("client-kubelet.crt")),
+        encode(dir.join("client-kubelet.key")),
+    );
+    cluster.write_file("node.kubeconfig", &kubeconfig)
+}
+
+pub fn a_node_acts_only_on_what_is_its_own() {
+    let cluster = Cluster::start(Backend::Embedded).unwrap();
+    let agent = Agent::join_with(&cluster, "node-1", &["--pod-network", "host"]).unwrap();
+    let as_node = node_kubeconfig(&cluster, &agent);
+    let node = |args: &[&str]| {
+        let mut command = cluster.kubectl_command(args);
+        command.env("KUBECONFIG", &as_node);
+        let output = command.output().expect("kubectl runs");
+        (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+    cluster.ok(&["create", "secret", "generic", "used", "--from-literal=k=v"]);
+    cluster.ok(&["create", "secret", "generic", "unused", "--from-literal=k=v"]);
+    let other = "apiVersion: v1\nkind: Node\nmetadata:\n  name: other\n";
+    assert!(cluster.with_stdin(&["create", "-f", "-"], other).status.success());
+    let env = "    env:\n    - name: K\n      valueFrom: {secretKeyRef: {name: used, key: k}}\n";
+    cluster.create_pod(
+        "mine",
+        "node-1",
+        &format!("  containers:\n  - name: main\n    image: registry.invalid/a:1\n{env}"),
+    );
+    cluster.create_pod("theirs", "other", "  containers:\n  - name: main\n    image: registry.invalid/a:1\n");
+
+    // Its own: the Secret its pod uses, its Node, its pods' status.
+    let (ok, stderr) = node(&["get", "secret", "used"]);
+    assert!(ok, "{stderr}");
+    let (ok, stderr) = node(&["label", "node", "node-1", "team=edge"]);
+    assert!(ok, "{stderr}");
+    // Status patches as the agent sends them (kubectl's --subresource=status reads pods/status first,
+    // which Kubernetes' node rules do not allow either).
+    let dir = agent.data_dir().join("agent");
+    let pem = [
+        std::fs::read(dir.join("client-kubelet.crt")).unwrap(),
+        std::fs::read(dir.join("client-kubelet.key")).unwrap(),
+    ]
+    .concat();
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(cluster.data_dir().join("ca.crt")).unwrap()).unwrap();
+    let client = reqwest::blocking::Client::builder()
+        .add_root_certificate(ca)
+        .identity(reqwest::Identity::from_pem(&pem).unwrap())
+        .build()
+        .unwrap();
+    let patch_status = |pod: &str| {
+        let url = format!("https://{}/api/v1/namespaces/default/pods/{pod}/status", cluster.listen);
+        let condition = r#"{"status":{"conditions":[{"type":"Checked","status":"True"}]}}"#;
+        let response = client
+            .patch(url)
+            .header("Content-Type", "application/merge-patch+json")
+            .body(condition)
+            .send()
+            .expect("the server answers");
+        (response.status().as_u16(), response.text().unwrap_or_default())
+    };
+    let (code, body) = patch_status("mine");
+    assert_eq!(code, 200, "{body}");
+
+    // Not its own: 403, worded as Kubernetes words it, and nothing written.
+    let (ok, stderr) = node(&["get", "secret", "unused"]);
+    assert!(!ok && stderr.contains("no relationship found between node 'node-1' and this object"), "{stderr}");
+    let (ok, stderr) = node(&["get", "secrets"]);
+    assert!(!ok && stderr.contains("Forbidden"), "{stderr}");
+    let (ok, stderr) = node(&["label", "node", "other", "team=edge"]);
+    assert!(!ok && stderr.contains(r#"node "node-1" is not allowed to modify node "other""#), "{stderr}");
+    let (ok, stderr) = node(&["label", "node", "node-1", "node-restriction.kubernetes.io/trusted=yes"]);
+    assert!(!ok && stderr.contains("is not allowed to modify labels"), "{stderr}");
+    let (code, body) = patch_status("theirs");
+    assert!(
+        code == 403 && body.contains("can only update pod status for pods with spec.nodeName set to itself"),
+        "{body}"
+    );
+    assert!(!cluster.ok(&["get", "pod", "theirs", "-o", "json"]).contains("Checked"), "a refused status patch wrote");
+    assert!(!cluster.ok(&["get", "node", "other", "-o", "json"]).contains("team"), "a refused label wrote");
+}

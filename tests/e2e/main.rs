@@ -3,10 +3,13 @@
 //! behaviour.
 
 mod abuse;
+mod audit;
 mod confinement;
 mod connections;
 mod containers;
 mod deployments;
+mod encryption;
+mod etcd_tls;
 mod exec;
 mod ha;
 mod harness;
@@ -28,6 +31,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use abuse::abuse_is_refused_and_the_server_stays_small;
+use encryption::encryption_at_rest_hides_secrets_and_rotates_keys;
 use harness::{Backend, Cluster};
 use podsecurity::pod_security_admits_pods_by_their_namespace_level;
 use rbac::rbac_grants_users_exactly_what_they_were_given;
@@ -632,6 +636,12 @@ macro_rules! scenarios {
     };
 }
 
+/// One backend: the audit log knows nothing of the store.
+#[test]
+fn audit_log_records_requests_without_secret_values() {
+    audit::audit_log_records_requests_without_secret_values();
+}
+
 #[test]
 fn node_hello_runs_to_completion_with_logs_exit_codes_and_events() {
     node::hello_runs_to_completion_with_logs_exit_codes_and_events();
@@ -698,6 +708,11 @@ fn identity_the_kubelet_port_serves_only_the_api_server() {
 }
 
 #[test]
+fn identity_a_node_acts_only_on_what_is_its_own() {
+    identity::a_node_acts_only_on_what_is_its_own();
+}
+
+#[test]
 fn connections_idle_connections_neither_block_nor_stay() {
     connections::idle_connections_neither_block_nor_stay();
 }
@@ -733,6 +748,11 @@ fn network_wasm_pods_get_addresses_of_their_own_without_namespaces() {
 }
 
 #[test]
+fn encryption_a_bad_config_stops_the_server() {
+    encryption::a_bad_encryption_config_stops_the_server();
+}
+
+#[test]
 fn multinode_pods_and_services_span_nodes() {
     multinode::pods_and_services_span_nodes();
 }
@@ -753,4 +773,5 @@ scenarios!(
     pod_security_admits_pods_by_their_namespace_level,
     rbac_grants_users_exactly_what_they_were_given,
     service_accounts_get_tokens_and_pods_get_credentials,
+    encryption_at_rest_hides_secrets_and_rotates_keys,
 );

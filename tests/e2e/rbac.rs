@@ -127,6 +127,18 @@ pub fn rbac_grants_users_exactly_what_they_were_given(backend: crate::harness::B
         stderr(&impersonate)
     );
 
+    // exec is a right of its own: `view` reads pods but cannot exec into them, and is told before any node
+    // is asked.
+    cluster.ok(&["create", "rolebinding", "bob-view-dev", "--clusterrole=view", "--user=bob", "-n", "dev"]);
+    cluster.ok(&["run", "shell", "--image=registry.local/shell:1", "-n", "dev"]);
+    let exec = cluster.kubectl(&["exec", "-n", "dev", "shell", "--as", "bob", "--", "true"]);
+    assert!(
+        stderr(&exec)
+            .contains(r#"User "bob" cannot create resource "pods/exec" in API group "" in the namespace "dev""#),
+        "{}",
+        stderr(&exec)
+    );
+
     // The join token alone asks for node certificates and nothing else.
     let token = std::fs::read_to_string(cluster.data_dir().join("node-token")).unwrap();
     let secret = token.trim().split_once("::node:").unwrap().1.to_string();

@@ -133,6 +133,15 @@ pub fn forbidden(attributes: &Attributes, reason: &str) -> ApiError {
 /// Kubernetes 1.31's websocket check).
 pub fn request_attributes(user: UserInfo, method: &Method, path: &str, query: Option<&str>) -> Attributes {
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let (group, version, rest) = match segments.as_slice() {
+        ["api", version, rest @ ..] if !rest.is_empty() => ("", *version, rest),
+        ["apis", group, version, rest @ ..] if !rest.is_empty() => (*group, *version, rest),
+        // A non-resource request's verb is the method's lowercase name (`get` for HEAD).
+        _ => {
+            let verb = if *method == Method::HEAD { "get".into() } else { method.as_str().to_ascii_lowercase() };
+            return Attributes { user, verb, path: path.to_string(), ..Attributes::default() };
+        }
+    };
     let method_verb = match *method {
         Method::POST => "create",
         Method::GET | Method::HEAD => "get",
@@ -140,29 +149,6 @@ pub fn request_attributes(user: UserInfo, method: &Method, path: &str, query: Op
         Method::PATCH => "patch",
         Method::DELETE => "delete",
         _ => "",
-    };
-    let non_resource = |user| Attributes {
-        user,
-        verb: method.as_str().to_ascii_lowercase().replace("head", "get"),
-        path: path.to_string(),
-        ..Attributes::default()
-    };
-    let (group, version, rest) = match segments.as_slice() {
-        ["api", version, rest @ ..] if !rest.is_empty() => ("", *version, rest),
-        ["apis", group, version, rest @ ..] if !rest.is_empty() => (*group, *version, rest),
-        _ => {
-            let mut attributes = non_resource(user);
-            attributes.verb = match *method {
-                Method::GET | Method::HEAD => "get",
-                Method::POST => "post",
-                Method::PUT => "put",
-                Method::PATCH => "patch",
-                Method::DELETE => "delete",
-                _ => "",
-            }
-            .to_string();
-            return attributes;
-        }
     };
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or("")).unwrap_or_default();
     let last = |key: &str| pairs.iter().rev().find(|(k, v)| k == key && !v.is_empty()).map(|(_, v)| v.as_str());

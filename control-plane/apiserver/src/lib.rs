@@ -8,13 +8,16 @@
 //! the TLS listener and graceful drain, within the limits of [`connections`] (how many connections, how
 //! long a handshake, headers, an idle connection may take) and [`inflight`] (how many requests at once).
 //! [`authn`] says who a request comes from; [`serviceaccounts`] issues and checks service account tokens
-//! (TokenRequest, token Secrets) and gives pods their account's credentials on admission.
+//! (TokenRequest, token Secrets) and gives pods their account's credentials on admission. [`encryption`]
+//! encrypts stored values at rest (`--encryption-provider-config`), as a layer over the store.
 //! Pure API machinery lives in `skiff-api`.
 
 mod admission;
+pub mod audit;
 pub mod authn;
 pub mod authz;
 pub mod connections;
+pub mod encryption;
 pub mod error;
 mod impersonation;
 pub mod inflight;

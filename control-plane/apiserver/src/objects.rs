@@ -21,6 +21,7 @@ use skiff_store::{KeyValue, Revision, Store};
 
 use crate::admission;
 use crate::authz::Authorizer;
+use crate::encryption::EncryptedStore;
 use crate::error::ApiError;
 
 /// The first two octets of the service virtual IP range, 10.43.0.0/16 as in k3s.
@@ -136,6 +137,8 @@ pub struct Objects {
     pod_security: Arc<PodSecurity>,
     /// For admission that asks what the requester may do (RBAC escalation prevention).
     authorizer: Option<Arc<Authorizer>>,
+    /// The store again when it encrypts at rest, to ask whether a value is stored with an old key.
+    encrypted: Option<Arc<EncryptedStore>>,
 }
 
 /// Which namespaces exist and whether each is terminating, as the namespace controller last listed them.
@@ -150,7 +153,12 @@ impl Objects {
     /// Objects over `store`, admitting pods by Pod Security's default (baseline where a namespace sets no
     /// level; see [`PodSecurity`]).
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store, namespaces: Arc::default(), pod_security: Arc::default(), authorizer: None }
+        Self { store, namespaces: Arc::default(), pod_security: Arc::default(), authorizer: None, encrypted: None }
+    }
+
+    /// Objects over a store that encrypts at rest (`--encryption-provider-config`).
+    pub fn encrypted(store: Arc<EncryptedStore>) -> Self {
+        Self { encrypted: Some(store.clone()), ..Self::new(store) }
     }
 
     /// The same, asking `authorizer` what requesters hold when they write RBAC objects.
@@ -175,6 +183,13 @@ impl Objects {
     pub fn cache_namespaces(&self, namespaces: impl IntoIterator<Item = (String, bool)>) {
         let fresh = namespaces.into_iter().collect();
         *self.namespaces.0.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+    }
+
+    async fn stale(&self, key: &str) -> Result<bool, ApiError> {
+        match &self.encrypted {
+            Some(store) => Ok(store.stale(key).await?),
+            None => Ok(false),
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -566,8 +581,10 @@ impl Objects {
             if !options.field_manager.is_empty() {
                 patch::record_update(def, Some(&current), &mut object, &options.field_manager, part.subresource());
             }
-            if object == current {
-                // Kubernetes skips no-op writes: the resourceVersion stays and watchers see nothing.
+            if object == current && !self.stale(&key).await? {
+                // Kubernetes skips no-op writes: the resourceVersion stays and watchers see nothing. Unless
+                // the value is stored with a provider or key other than the one that writes now: rewriting it
+                // is how a key rotation reaches every object (`kubectl replace`), as in Kubernetes.
                 return Ok(Written { object: present(part, current)?, warnings, created: false });
             }
             if options.dry_run {

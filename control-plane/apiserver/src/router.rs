@@ -27,7 +27,7 @@ use crate::authz::{self, Authorizer};
 use crate::error::ApiError;
 use crate::objects::{DeleteOptions, FieldValidation, ListOptions, Objects, Part, WriteOptions};
 use crate::watch::{self, WatchRequest};
-use crate::{impersonation, reviews};
+use crate::{audit, impersonation, reviews};
 
 /// The Kubernetes version whose API Skiff follows; kubectl dispatchers pick their build from `minor`.
 pub const KUBERNETES_MINOR: &str = "33";
@@ -79,17 +79,24 @@ async fn authorize(State(state): State<Arc<AppState>>, mut request: Request, nex
         return ApiError::Unauthorized.into_response();
     };
     let store = state.objects.store();
+    let impersonating = request.headers().contains_key("impersonate-user");
     let user = match impersonation::impersonate(&state.authorizer, store.as_ref(), user, request.headers()).await {
         Ok(user) => user,
         Err(refused) => return refused.into_response(),
     };
     let attributes = authz::request_attributes(user, request.method(), request.uri().path(), request.uri().query());
+    // The audit log records the decision and whom the request acts as.
+    let impersonated = impersonating.then(|| attributes.user.clone());
     if let Err(denied) = state.authorizer.check(&attributes, store.as_ref()).await {
         tracing::debug!(user = attributes.user.name, verb = attributes.verb, path = attributes.path, "forbidden");
-        return denied.into_response();
+        let mut response = denied.into_response();
+        response.extensions_mut().insert(audit::Authorized { allowed: false, impersonated });
+        return response;
     }
     request.extensions_mut().insert(attributes.user);
-    next.run(request).await
+    let mut response = next.run(request).await;
+    response.extensions_mut().insert(audit::Authorized { allowed: true, impersonated });
+    response
 }
 
 async fn version() -> axum::Json<Value> {
@@ -541,7 +548,7 @@ async fn read_body(body: Body) -> Result<bytes::Bytes, ApiError> {
 }
 
 /// Decodes a request body by its Content-Type: JSON, YAML or Kubernetes protobuf.
-fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
+pub(crate) fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
     let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     match mime.as_str() {

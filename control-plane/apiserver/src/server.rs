@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::response::IntoResponse;
+use futures::FutureExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use skiff_store::Store;
@@ -18,9 +19,11 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use crate::audit::{AuditConfig, AuditWriter, Auditor};
 use crate::authn::{Authenticated, Authenticator};
 use crate::authz::Authorizer;
 use crate::connections::{self, AcceptBackoff, Activity, Holding};
+use crate::encryption::{EncryptedStore, Encryption};
 use crate::error::ApiError;
 use crate::inflight::{self, InFlight};
 use crate::objects::Objects;
@@ -40,6 +43,11 @@ pub struct ServerConfig {
     /// The Pod Security level enforced in namespaces without a `pod-security.kubernetes.io/enforce` label
     /// (`--pod-security-default`).
     pub pod_security_default: skiff_api::pod_security::Level,
+    /// The audit policy and log (`--audit-policy-file`, `--audit-log-*`); none audits nothing.
+    pub audit: Option<AuditConfig>,
+    /// An `EncryptionConfiguration` saying which resources are encrypted at rest, with which keys
+    /// (`--encryption-provider-config`); none stores everything as plaintext, as Kubernetes does.
+    pub encryption_provider_config: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +70,10 @@ pub enum ServerError {
     Bootstrap(#[source] ApiError),
     #[error("cannot sign service account tokens")]
     ServiceAccountKey(#[source] crate::serviceaccounts::KeyError),
+    #[error("audit log")]
+    Audit(#[from] crate::audit::AuditError),
+    #[error("encryption at rest")]
+    Encryption(#[from] crate::encryption::ConfigError),
 }
 
 /// The identity the server presents to kubelet ports: `kube-apiserver-kubelet-client` in `system:masters`,
@@ -78,7 +90,7 @@ fn kubelet_client(credentials: &Credentials) -> Result<crate::kubelet::KubeletCl
 }
 
 /// Where the servers of one cluster find its CA and tokens (outside `/registry/`, so no API lists it).
-const SECRETS_KEY: &str = "/skiff/cluster-secrets";
+const SECRETS_KEY: &str = crate::encryption::CLUSTER_SECRETS_KEY;
 
 /// Loads this server's credentials so that every server on the store shares one CA and one set of tokens:
 /// the first server publishes its own, later ones install those into their data dir before loading.
@@ -137,6 +149,7 @@ pub struct Server {
     url: String,
     /// Where pods reach this server: listed in the `kubernetes` Service's endpoints.
     advertise: SocketAddr,
+    audit: Option<(Arc<Auditor>, AuditWriter)>,
 }
 
 impl Server {
@@ -146,6 +159,22 @@ impl Server {
         store: Arc<dyn Store>,
         shutdown: CancellationToken,
     ) -> Result<Self, ServerError> {
+        // Checked before anything is bound or written, so a bad file stops the server with nothing done. From
+        // here on every reader and writer sees the store through the encryption layer, the shared
+        // credentials below (which hold the CA's key) included.
+        let encrypted = match &config.encryption_provider_config {
+            Some(path) => Some(Arc::new(EncryptedStore::new(store.clone(), Encryption::load(path)?))),
+            None => None,
+        };
+        let store: Arc<dyn Store> = match &encrypted {
+            Some(encrypted) => {
+                encrypted.rewrite_if_stale(SECRETS_KEY).await.map_err(ServerError::SharedSecrets)?;
+                encrypted.clone()
+            }
+            None => store,
+        };
+        // A bad audit policy stops the server before it binds.
+        let audit = config.audit.as_ref().map(Auditor::start).transpose()?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| ServerError::Bind { addr: config.listen, source })?;
@@ -158,7 +187,11 @@ impl Server {
         // The authorizer's mirror follows the store from here on, so it also sees the bootstrap writes below.
         let (authorizer, mirror) =
             Authorizer::start(store.clone(), shutdown.clone()).await.map_err(ServerError::Policy)?;
-        let objects = Objects::new(store).with_pod_security(pod_security).with_authorizer(authorizer.clone());
+        let objects = match encrypted {
+            Some(encrypted) => Objects::encrypted(encrypted),
+            None => Objects::new(store),
+        };
+        let objects = objects.with_pod_security(pod_security).with_authorizer(authorizer.clone());
         lifecycle::bootstrap(&objects).await.map_err(ServerError::Bootstrap)?;
         lifecycle::bootstrap_policy(&objects).await.map_err(ServerError::Bootstrap)?;
         lifecycle::reconcile_all(&objects, &credentials.ca_cert_pem).await;
@@ -189,7 +222,7 @@ impl Server {
             service_accounts,
         });
         let authorizer_mirror = Box::pin(mirror);
-        Ok(Self { listener, acceptor, state, authenticator, inflight, authorizer_mirror, url, advertise })
+        Ok(Self { listener, acceptor, state, authenticator, inflight, authorizer_mirror, url, advertise, audit })
     }
 
     /// Advertises this server in the `kubernetes` Service's endpoints at `address` (and its listen port)
@@ -208,7 +241,9 @@ impl Server {
 
     /// Serves until the shutdown token is cancelled, then drains.
     pub async fn run(self) {
-        let Server { listener, acceptor, state, authenticator, inflight, authorizer_mirror, url, advertise } = self;
+        let Server { listener, acceptor, state, authenticator, inflight, authorizer_mirror, url, advertise, audit } =
+            self;
+        let (auditor, audit_writer) = audit.unzip();
         let shutdown = state.shutdown.clone();
         let mirror = tokio::spawn(authorizer_mirror);
         let controller =
@@ -259,6 +294,7 @@ impl Server {
                 app: app.clone(),
                 authenticator: authenticator.clone(),
                 inflight: inflight.clone(),
+                auditor: auditor.clone(),
                 shutdown: shutdown.clone(),
                 _slot: slot,
             };
@@ -273,6 +309,10 @@ impl Server {
             _ = tokio::time::sleep(DRAIN_GRACE) => tracing::warn!("drain grace period over, dropping connections"),
         }
         let _ = tokio::join!(controller, tokens, endpoints, mirror);
+        // After the drain: the requests served by then are in the log.
+        if let Some(writer) = audit_writer {
+            writer.close().await;
+        }
     }
 }
 
@@ -284,6 +324,7 @@ struct Connection {
     app: axum::Router,
     authenticator: Arc<Authenticator>,
     inflight: Arc<InFlight>,
+    auditor: Option<Arc<Auditor>>,
     shutdown: CancellationToken,
     _slot: OwnedSemaphorePermit,
 }
@@ -309,27 +350,50 @@ impl Connection {
             .and_then(|c| crate::authn::certificate_user(c));
         let activity = Activity::default();
         let (app, authenticator, inflight) = (self.app.clone(), self.authenticator.clone(), self.inflight.clone());
+        let auditor = self.auditor.clone();
         let requests = activity.clone();
         let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
             let active = requests.begin();
-            let (app, authenticator, inflight, certified) =
-                (app.clone(), authenticator.clone(), inflight.clone(), certified.clone());
+            let (app, authenticator, inflight, certified, auditor) =
+                (app.clone(), authenticator.clone(), inflight.clone(), certified.clone(), auditor.clone());
             async move {
                 // Authentication (a service account token is looked up in the store), then the in-flight
                 // limit (which counts only authenticated requests), then the router, whose first layer
-                // authorizes.
+                // authorizes; the audit log sees every request, refused ones too.
+                let mut authenticated = None;
                 let admitted = match authenticator.authenticate(request.headers(), certified.as_ref()).await {
                     Authenticated::User(user) => {
                         let slot = inflight.admit(request.method(), request.uri(), &user);
+                        authenticated = auditor.is_some().then(|| user.clone());
                         request.extensions_mut().insert(user);
                         slot
                     }
                     Authenticated::Anonymous => Ok(None),
                     Authenticated::Invalid => Err(ApiError::Unauthorized),
                 };
-                let (response, slot) = match admitted {
-                    Ok(slot) => (app.oneshot(request).await.unwrap_or_else(|never: Infallible| match never {}), slot),
-                    Err(refused) => (refused.into_response(), None),
+                let mut audit = auditor.map(|auditor| auditor.begin(&request, authenticated.as_ref(), peer));
+                let request = match (&admitted, audit.as_mut()) {
+                    (Ok(_), Some(audit)) => audit.read_request(request).await,
+                    _ => Ok(request.map(axum::body::Body::new)),
+                };
+                let (response, slot) = match (admitted, request) {
+                    (Ok(slot), Ok(request)) => {
+                        // A handler's panic ends the connection as before, recorded first as the Panic stage.
+                        match std::panic::AssertUnwindSafe(app.oneshot(request)).catch_unwind().await {
+                            Ok(response) => (response.unwrap_or_else(|never: Infallible| match never {}), slot),
+                            Err(panic) => {
+                                if let Some(audit) = audit {
+                                    audit.panicked(panic.as_ref());
+                                }
+                                std::panic::resume_unwind(panic)
+                            }
+                        }
+                    }
+                    (Err(refused), _) | (_, Err(refused)) => (refused.into_response(), None),
+                };
+                let response = match audit {
+                    Some(audit) => audit.respond(response).await,
+                    None => response,
                 };
                 Ok::<_, Infallible>(response.map(|body| Holding::wrap(body, (active, slot))))
             }

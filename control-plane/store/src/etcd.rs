@@ -4,14 +4,19 @@
 //! etcd keeps every revision until compacted, so a background task compacts the way kube-apiserver does:
 //! every [`EtcdConfig::compaction_interval`], to the revision it saw one interval earlier. A watcher that
 //! was away longer than that gets [`Error::Compacted`] and relists.
+//!
+//! With [`EtcdTls`] the connection is TLS (`https://` endpoints): etcd's certificate is checked against the
+//! given CA only, never the system's roots, and a client certificate is presented when etcd runs with
+//! `--client-cert-auth`, as kube-apiserver's `--etcd-cafile`, `--etcd-certfile` and `--etcd-keyfile` do.
 
 use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
 use etcd_client::{
-    Client, Compare, CompareOp, DeleteOptions, EventType, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
-    TxnOpResponse, TxnResponse, WatchOptions, WatchResponse,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, Identity,
+    PutOptions, SortOrder, SortTarget, TlsOptions, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions, WatchResponse,
 };
 
 use crate::{Error, Event, EventKind, KeyValue, ListPage, Revision, Store, WatchStream};
@@ -27,22 +32,79 @@ const ELECTION_PATIENCE: Duration = Duration::from_secs(8);
 /// How to connect an [`EtcdStore`].
 #[derive(Clone, Debug)]
 pub struct EtcdConfig {
-    /// Client URLs such as `http://127.0.0.1:2379`.
+    /// Client URLs such as `http://127.0.0.1:2379`, or `https://` ones with [`EtcdConfig::tls`].
     pub endpoints: Vec<String>,
     /// How often to compact, to the revision seen one interval before; `None` leaves compaction to others
     /// (another API server, or etcd's own `--auto-compaction-*`).
     pub compaction_interval: Option<Duration>,
+    /// TLS to every endpoint; `None` speaks plain gRPC.
+    pub tls: Option<EtcdTls>,
 }
 
 impl EtcdConfig {
     pub fn new(endpoints: &[String]) -> Self {
-        Self { endpoints: endpoints.to_vec(), compaction_interval: Some(DEFAULT_COMPACTION_INTERVAL) }
+        Self { endpoints: endpoints.to_vec(), compaction_interval: Some(DEFAULT_COMPACTION_INTERVAL), tls: None }
     }
 
     pub fn with_compaction_interval(mut self, interval: Option<Duration>) -> Self {
         self.compaction_interval = interval;
         self
     }
+
+    pub fn with_tls(mut self, tls: EtcdTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+}
+
+/// The files for TLS to etcd, in PEM, read when connecting.
+#[derive(Clone, Debug)]
+pub struct EtcdTls {
+    /// The CA that signed etcd's serving certificates; the only one trusted.
+    pub ca_file: PathBuf,
+    /// The certificate to present, for an etcd with `--client-cert-auth`.
+    pub client: Option<ClientCertificate>,
+}
+
+/// A client certificate and its private key.
+#[derive(Clone, Debug)]
+pub struct ClientCertificate {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+impl EtcdTls {
+    /// The TLS settings for etcd-client. Each file is checked here so that a wrong one is named; left to
+    /// the TLS stack, it would surface as an anonymous transport error at the first request.
+    async fn options(&self) -> Result<TlsOptions, Error> {
+        let ca = read_pem(&self.ca_file, Pem::Certificate).await?;
+        let mut options = TlsOptions::new().ca_certificate(Certificate::from_pem(ca));
+        if let Some(client) = &self.client {
+            let cert = read_pem(&client.cert_file, Pem::Certificate).await?;
+            let key = read_pem(&client.key_file, Pem::PrivateKey).await?;
+            options = options.identity(Identity::from_pem(cert, key));
+        }
+        Ok(options)
+    }
+}
+
+/// What a TLS file must hold.
+#[derive(Clone, Copy)]
+enum Pem {
+    Certificate,
+    PrivateKey,
+}
+
+async fn read_pem(path: &Path, kind: Pem) -> Result<Vec<u8>, Error> {
+    let pem = tokio::fs::read(path).await.map_err(|source| Error::TlsFile { path: path.to_owned(), source })?;
+    let (found, expected) = match kind {
+        Pem::Certificate => (rustls_pemfile::certs(&mut pem.as_slice()).any(|cert| cert.is_ok()), "certificate"),
+        Pem::PrivateKey => (matches!(rustls_pemfile::private_key(&mut pem.as_slice()), Ok(Some(_))), "private key"),
+    };
+    if !found {
+        return Err(Error::TlsPem { path: path.to_owned(), expected });
+    }
+    Ok(pem)
 }
 
 /// The etcd-backed [`Store`]. Dropping it stops the compaction task.
@@ -119,7 +181,11 @@ impl EtcdStore {
     }
 
     pub async fn connect_with(config: EtcdConfig) -> Result<Self, Error> {
-        let client = Client::connect(&config.endpoints, None).await?;
+        let options = match &config.tls {
+            Some(tls) => Some(ConnectOptions::new().with_tls(tls.options().await?)),
+            None => None,
+        };
+        let client = Client::connect(&config.endpoints, options).await?;
         let mut store = Self { client, compactor: None };
         // Fail now, not at the first request, when etcd is unreachable.
         store.revision().await?;

@@ -75,9 +75,27 @@ pub enum Error {
     /// The etcd cluster failed or could not be reached.
     #[error("etcd: {0}")]
     Etcd(#[from] etcd_client::Error),
+    /// A file for TLS to etcd (CA, client certificate or key) could not be read.
+    #[error("cannot read etcd tls file {}", path.display())]
+    TlsFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file for TLS to etcd holds no PEM block of the kind it is given as.
+    #[error("etcd tls file {} holds no pem {expected}", path.display())]
+    TlsPem { path: std::path::PathBuf, expected: &'static str },
     /// The store is shutting down.
     #[error("store is closed")]
     Closed,
+    /// A layer over a backend could not turn a value to or from its stored form (for the API server,
+    /// encryption at rest): the value under `key` is unreadable, or cannot be written, as configured.
+    #[error("value of {key} cannot be transformed")]
+    Transform {
+        key: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// The plug point for storage. Keys are UTF-8 paths such as `/registry/pods/default/web-0`.

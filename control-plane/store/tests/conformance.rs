@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use skiff_store::embedded::{EmbeddedConfig, EmbeddedStore};
-use skiff_store::etcd::{EtcdConfig, EtcdStore};
+use skiff_store::etcd::{ClientCertificate, EtcdConfig, EtcdStore, EtcdTls};
 use skiff_store::{Error, Event, EventKind, Revision, Store, WatchStream};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -491,7 +491,20 @@ async fn embedded_acknowledged_writes_survive_kill_9() {
 struct Etcd {
     child: Child,
     endpoint: String,
-    _dir: tempfile::TempDir,
+    /// With `--client-cert-auth`: the CA and a client certificate that etcd accepts.
+    tls: Option<EtcdTls>,
+    dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    /// How a client that etcd accepts connects, compaction left off.
+    fn config(&self) -> EtcdConfig {
+        let config = EtcdConfig::new(std::slice::from_ref(&self.endpoint)).with_compaction_interval(None);
+        match &self.tls {
+            Some(tls) => config.with_tls(tls.clone()),
+            None => config,
+        }
+    }
 }
 
 impl Drop for Etcd {
@@ -505,12 +518,45 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn spawn_etcd(dir: &Path, client: u16, peer: u16) -> Child {
-    let client_url = format!("http://127.0.0.1:{client}");
+/// Writes a CA (`ca.crt`), etcd's certificate for 127.0.0.1 and localhost (`server.crt`, `server.key`) and a
+/// client certificate (`client.crt`, `client.key`) into `dir`.
+fn write_pki(dir: &Path) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "etcd-ca");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    std::fs::write(dir.join("ca.crt"), ca.pem()).unwrap();
+    // etcd's gRPC gateway dials etcd itself with the serving certificate, so that one is a client's too.
+    let server = (vec!["127.0.0.1".to_owned(), "localhost".to_owned()], vec![ExtendedKeyUsagePurpose::ServerAuth]);
+    for (name, (names, mut usages)) in [("server", server), ("client", (Vec::new(), Vec::new()))] {
+        usages.push(ExtendedKeyUsagePurpose::ClientAuth);
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(names).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = usages;
+        let cert = params.signed_by(&key, &ca).unwrap();
+        std::fs::write(dir.join(format!("{name}.crt")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+    }
+}
+
+/// Starts etcd on `client` and `peer`; with `tls`, clients must speak TLS and present a certificate
+/// signed by the CA in `dir` (see [`write_pki`]).
+fn spawn_etcd(dir: &Path, client: u16, peer: u16, tls: bool) -> Child {
+    let client_url = format!("{}://127.0.0.1:{client}", if tls { "https" } else { "http" });
     let peer_url = format!("http://127.0.0.1:{peer}");
     let log = std::fs::File::create(dir.join("etcd.log")).unwrap();
-    Command::new("/usr/bin/etcd")
-        .args(["--name", "test", "--data-dir"])
+    let mut etcd = Command::new("/usr/bin/etcd");
+    if tls {
+        etcd.args(["--client-cert-auth", "--trusted-ca-file"]).arg(dir.join("ca.crt"));
+        etcd.arg("--cert-file").arg(dir.join("server.crt")).arg("--key-file").arg(dir.join("server.key"));
+    }
+    etcd.args(["--name", "test", "--data-dir"])
         .arg(dir.join("data"))
         .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
         .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
@@ -521,15 +567,26 @@ fn spawn_etcd(dir: &Path, client: u16, peer: u16) -> Child {
         .unwrap()
 }
 
-async fn start_etcd() -> Etcd {
+/// Starts etcd and waits until it answers; with `tls`, over TLS with client certificates.
+async fn start_etcd(tls: bool) -> Etcd {
     let dir = tempfile::tempdir().unwrap();
     let (client, peer) = (free_port(), free_port());
-    let etcd =
-        Etcd { child: spawn_etcd(dir.path(), client, peer), endpoint: format!("http://127.0.0.1:{client}"), _dir: dir };
+    let scheme = if tls { "https" } else { "http" };
+    let tls = tls.then(|| {
+        write_pki(dir.path());
+        let client =
+            ClientCertificate { cert_file: dir.path().join("client.crt"), key_file: dir.path().join("client.key") };
+        EtcdTls { ca_file: dir.path().join("ca.crt"), client: Some(client) }
+    });
+    let etcd = Etcd {
+        child: spawn_etcd(dir.path(), client, peer, tls.is_some()),
+        endpoint: format!("{scheme}://127.0.0.1:{client}"),
+        tls,
+        dir,
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let config = EtcdConfig::new(std::slice::from_ref(&etcd.endpoint)).with_compaction_interval(None);
-        match tokio::time::timeout(Duration::from_secs(2), EtcdStore::connect_with(config)).await {
+        match tokio::time::timeout(Duration::from_secs(2), EtcdStore::connect_with(etcd.config())).await {
             Ok(Ok(_)) => return etcd,
             _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
             other => panic!("etcd did not become healthy: {:?}", other.map(|r| r.map(|_| ()))),
@@ -539,7 +596,7 @@ async fn start_etcd() -> Etcd {
 
 #[tokio::test]
 async fn etcd_conformance() {
-    let etcd = start_etcd().await;
+    let etcd = start_etcd(false).await;
     let endpoints = [etcd.endpoint.clone()];
     let store =
         Arc::new(EtcdStore::connect_with(EtcdConfig::new(&endpoints).with_compaction_interval(None)).await.unwrap());
@@ -585,4 +642,38 @@ async fn etcd_connect_to_nothing_fails() {
     let endpoint = format!("http://127.0.0.1:{}", free_port());
     let result = tokio::time::timeout(WAIT, EtcdStore::connect(&[endpoint])).await;
     assert!(matches!(result, Ok(Err(Error::Etcd(_)))), "got {:?}", result.map(|r| r.map(|_| ())));
+}
+
+#[tokio::test]
+async fn etcd_conformance_over_tls_with_client_certificates() {
+    let etcd = start_etcd(true).await;
+    conformance(Arc::new(EtcdStore::connect_with(etcd.config()).await.unwrap())).await;
+
+    // etcd refuses a client without a certificate, and one that does not speak TLS.
+    let ca_file = etcd.dir.path().join("ca.crt");
+    let anonymous = etcd.config().with_tls(EtcdTls { ca_file: ca_file.clone(), client: None });
+    let plain = EtcdConfig::new(&[etcd.endpoint.replace("https://", "http://")]).with_compaction_interval(None);
+    for config in [anonymous, plain] {
+        // A refused connection is retried as an unreachable member is, for up to eight seconds.
+        let result = tokio::time::timeout(WAIT * 2, EtcdStore::connect_with(config)).await;
+        assert!(matches!(result, Ok(Err(Error::Etcd(_)))), "got {:?}", result.map(|r| r.map(|_| ())));
+    }
+
+    // A missing file, or one without what it should hold, is named.
+    let missing = etcd.dir.path().join("missing.crt");
+    match EtcdStore::connect_with(etcd.config().with_tls(EtcdTls { ca_file: missing.clone(), client: None })).await {
+        Err(Error::TlsFile { path, .. }) => assert_eq!(path, missing),
+        other => panic!("expected TlsFile, got {:?}", other.map(|_| ())),
+    }
+    let key_as_cert = ClientCertificate {
+        cert_file: etcd.dir.path().join("client.key"),
+        key_file: etcd.dir.path().join("client.key"),
+    };
+    let swapped = EtcdTls { ca_file, client: Some(key_as_cert) };
+    match EtcdStore::connect_with(etcd.config().with_tls(swapped)).await {
+        Err(Error::TlsPem { path, expected }) => {
+            assert_eq!((path, expected), (etcd.dir.path().join("client.key"), "certificate"));
+        }
+        other => panic!("expected TlsPem, got {:?}", other.map(|_| ())),
+    }
 }
