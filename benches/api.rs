@@ -6,6 +6,9 @@
 //!    the time from the writer's response to the watcher reading the event line. Same for etcd's own watch.
 //! 3. Memory and disk: RSS of an idle `skiff server`, then RSS and store size while one object is updated
 //!    100,000 times (compaction must keep both flat).
+//! 4. Authorization: on one embedded server holding 100 Roles and 1,000 RoleBindings, the durable creates
+//!    of (1) as the admin (system:masters) and as a user RBAC allows, side by side; and the time of one
+//!    authorization decision (Node authorizer, then RBAC) from the same policy in memory, p50 and p99.
 //!
 //! The create table also shows the CPU the server side and the clients spend per write (from /proc): the
 //! clients run on the same cores, so together they bound the rate. `SKIFF_BENCH_ONLY` and
@@ -53,7 +56,7 @@ fn main() -> anyhow::Result<()> {
 
 /// Knobs for experiments; the defaults are the published figures.
 struct Settings {
-    /// `SKIFF_BENCH_ONLY=creates,watch,memory` runs a subset; `experiments` (not run by default) splits the
+    /// `SKIFF_BENCH_ONLY=creates,watch,memory,rbac` runs a subset; `experiments` (not run by default) splits the
     /// create cost into store, namespace check and HTTP.
     sections: Vec<String>,
     /// `SKIFF_BENCH_CLIENTS=N` changes the create concurrency, to see whether it is latency or CPU bound.
@@ -63,7 +66,7 @@ struct Settings {
 impl Settings {
     fn from_env() -> anyhow::Result<Self> {
         let sections = std::env::var("SKIFF_BENCH_ONLY")
-            .unwrap_or_else(|_| "creates,watch,memory".into())
+            .unwrap_or_else(|_| "creates,watch,memory,rbac".into())
             .split(',')
             .map(|s| s.trim().to_owned())
             .collect();
@@ -88,6 +91,11 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         let skiff = Skiff::start("embedded").await?;
         let churn = memory_and_disk(&skiff).await?;
         print_churn(&churn);
+    }
+    if settings.runs("rbac") {
+        let creates = rbac_creates(settings.create_clients).await?;
+        print_creates(&creates, settings.create_clients);
+        print_decisions(&decisions());
     }
     if !settings.runs("creates") && !settings.runs("watch") && !settings.runs("experiments") {
         return Ok(());
@@ -350,7 +358,8 @@ fn configmap(name: &str) -> Value {
 }
 
 async fn skiff_creates(skiff: &Skiff, servers: &[u32], clients: usize) -> anyhow::Result<Throughput> {
-    http_creates(skiff, servers, clients, skiff.configmaps(), configmap).await
+    let clients = (0..clients).map(|_| skiff.client()).collect::<anyhow::Result<Vec<_>>>()?;
+    http_creates(clients, servers, skiff.configmaps(), configmap).await
 }
 
 /// A cluster-scoped object of the same size: its create reads no namespace first.
@@ -365,17 +374,17 @@ fn runtime_class(name: &str) -> Value {
 
 async fn skiff_cluster_creates(skiff: &Skiff, servers: &[u32], clients: usize) -> anyhow::Result<Throughput> {
     let url = format!("{}/apis/node.k8s.io/v1/runtimeclasses", skiff.server.base);
-    http_creates(skiff, servers, clients, url, runtime_class).await
+    let clients = (0..clients).map(|_| skiff.client()).collect::<anyhow::Result<Vec<_>>>()?;
+    http_creates(clients, servers, url, runtime_class).await
 }
 
+/// `CREATES` creates of `object`s at `url`, spread over `clients` (one connection each).
 async fn http_creates(
-    skiff: &Skiff,
+    clients: Vec<reqwest::Client>,
     servers: &[u32],
-    clients: usize,
     url: String,
     object: fn(&str) -> Value,
 ) -> anyhow::Result<Throughput> {
-    let clients = (0..clients).map(|_| skiff.client()).collect::<anyhow::Result<Vec<_>>>()?;
     // Open every connection (TLS handshake, HTTP/2 settings) before the clock starts.
     for client in &clients {
         client.get(&url).query(&[("limit", "1")]).send().await?.error_for_status()?;
@@ -404,6 +413,183 @@ async fn http_creates(
         })
         .collect();
     throughput(tasks, started, &meter).await
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// 4. Authorization
+
+/// Roles and RoleBindings in the cluster during the authorization runs (the figures).
+const ROLES: usize = 100;
+const ROLE_BINDINGS: usize = 1_000;
+/// The user the non-admin run creates as, and its group.
+const USER: &str = "bench-user";
+const GROUP: &str = "bench-group";
+
+/// A role allowing one verb set on one resource: `index` picks which, so the roles differ.
+fn bench_role(namespace: &str, index: usize, rules: Value) -> Value {
+    json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": format!("role-{index}"), "namespace": namespace},
+        "rules": rules,
+    })
+}
+
+fn bench_binding(namespace: &str, index: usize, role: &str, subject: Value) -> Value {
+    json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": format!("binding-{index}"), "namespace": namespace},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+        "subjects": [subject],
+    })
+}
+
+/// The bench's policy: `ROLES` Roles and `ROLE_BINDINGS` RoleBindings in `namespace`, all but one binding
+/// for other users and groups (so a decision finds the user's among many), and the one that lets `USER`
+/// (through `GROUP`) create ConfigMaps there.
+fn policy(namespace: &str) -> (Vec<Value>, Vec<Value>) {
+    const RESOURCES: [&str; 5] = ["pods", "services", "secrets", "endpoints", "events"];
+    let roles = (0..ROLES)
+        .map(|i| {
+            let rules = if i == 0 {
+                json!([{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create", "get", "list"]}])
+            } else {
+                json!([{"apiGroups": [""], "resources": [RESOURCES[i % RESOURCES.len()]], "verbs": ["get", "list"]}])
+            };
+            bench_role(namespace, i, rules)
+        })
+        .collect();
+    let bindings = (0..ROLE_BINDINGS)
+        .map(|i| {
+            let subject = match i {
+                0 => json!({"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": GROUP}),
+                i if i % 2 == 0 => {
+                    json!({"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": format!("user-{i}")})
+                }
+                i => json!({"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": format!("group-{i}")}),
+            };
+            bench_binding(namespace, i, &format!("role-{}", (i * 7) % ROLES), subject)
+        })
+        .collect();
+    (roles, bindings)
+}
+
+/// Durable creates as the admin and as `USER` on one server holding the bench's policy, each into a
+/// namespace of its own so both start from the same state.
+async fn rbac_creates(clients: usize) -> anyhow::Result<[(&'static str, Throughput); 2]> {
+    let skiff = Skiff::start("embedded").await?;
+    let admin = skiff.client()?;
+    let base = &skiff.server.base;
+    for namespace in ["rbac-admin", "rbac-user"] {
+        let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}});
+        admin.post(format!("{base}/api/v1/namespaces")).json(&body).send().await?.error_for_status()?;
+    }
+    let (roles, bindings) = policy("rbac-user");
+    let rbac = format!("{base}/apis/rbac.authorization.k8s.io/v1/namespaces/rbac-user");
+    for role in roles {
+        admin.post(format!("{rbac}/roles")).json(&role).send().await?.error_for_status()?;
+    }
+    for binding in bindings {
+        admin.post(format!("{rbac}/rolebindings")).json(&binding).send().await?.error_for_status()?;
+    }
+    let data = skiff.dir.path().join("data");
+    let (cert, key) = skiff_apiserver::pki::client_certificate(&data, USER, Some(GROUP), 1)?;
+    let identity = format!("{cert}{key}");
+    let url = |namespace: &str| format!("{base}/api/v1/namespaces/{namespace}/configmaps");
+    let admins = (0..clients).map(|_| skiff.client()).collect::<anyhow::Result<Vec<_>>>()?;
+    let admin_run = http_creates(admins, &[skiff.pid()], url("rbac-admin"), configmap).await?;
+    let users =
+        (0..clients).map(|_| skiff.server.client_as(identity.as_bytes())).collect::<anyhow::Result<Vec<_>>>()?;
+    let user_run = http_creates(users, &[skiff.pid()], url("rbac-user"), configmap).await?;
+    Ok([("admin (system:masters)", admin_run), ("user through RBAC", user_run)])
+}
+
+/// The time of one decision by the Node authorizer and then RBAC, as the API server takes it from its
+/// caches, over the bench's policy and 1,000 pods on 10 nodes: allowed and refused requests of users,
+/// groups and nodes in turn.
+fn decisions() -> Latency {
+    use k8s_openapi::api::core::v1::Pod;
+    use skiff_api::authz::{Attributes, Decision, UserInfo};
+    let (roles, bindings) = policy("rbac-user");
+    let rbac = skiff_api::rbac::Rbac::new(
+        typed(roles),
+        skiff_api::rbac::bootstrap::cluster_roles(),
+        typed(bindings),
+        skiff_api::rbac::bootstrap::cluster_role_bindings(),
+    );
+    let mut graph = skiff_api::node_authorizer::NodeGraph::default();
+    for i in 0..1_000 {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": format!("pod-{i}"), "namespace": "rbac-user"},
+            "spec": {"nodeName": format!("node-{}", i % 10), "containers": [{"name": "c", "image": "i",
+                "env": [{"name": "S", "valueFrom": {"secretKeyRef": {"name": format!("secret-{i}"), "key": "k"}}}]}]},
+        }))
+        .expect("pod");
+        graph.upsert_pod(&pod);
+    }
+    let user = |name: &str, groups: &[&str]| UserInfo {
+        name: name.into(),
+        groups: groups.iter().map(|g| g.to_string()).chain(["system:authenticated".to_string()]).collect(),
+        ..UserInfo::default()
+    };
+    let request = |user: UserInfo, verb: &str, resource: &str, name: &str| Attributes {
+        user,
+        verb: verb.into(),
+        resource_request: true,
+        namespace: "rbac-user".into(),
+        api_version: "v1".into(),
+        resource: resource.into(),
+        name: name.into(),
+        ..Attributes::default()
+    };
+    let requests = [
+        request(user(USER, &[GROUP]), "create", "configmaps", ""),
+        request(user(USER, &[GROUP]), "delete", "secrets", "x"),
+        // binding-2 gives user-2 role-14, which reads events.
+        request(user("user-2", &[]), "list", "events", ""),
+        request(user("nobody", &["group-3"]), "get", "pods", "p"),
+        request(user("system:node:node-3", &["system:nodes"]), "get", "secrets", "secret-3"),
+        request(user("system:node:node-3", &["system:nodes"]), "get", "secrets", "secret-4"),
+    ];
+    let mut samples = Vec::with_capacity(120_000);
+    let mut allowed = 0usize;
+    for round in 0..20_000 {
+        for attributes in &requests {
+            let started = Instant::now();
+            let mut decision = skiff_api::node_authorizer::authorize(attributes, &graph);
+            if decision == Decision::NoOpinion {
+                decision = rbac.authorize(attributes);
+            }
+            let took = started.elapsed();
+            if round > 0 {
+                samples.push(took);
+            }
+            allowed += usize::from(std::hint::black_box(decision) == Decision::Allow);
+        }
+    }
+    // Half the requests are allowed (the user's create, user-2's list, node-3's own Secret): a check that
+    // the loop measured real decisions.
+    assert_eq!(allowed, 20_000 * 3, "the bench's decisions are not the expected ones");
+    Latency::of(samples)
+}
+
+/// Objects of the bench's policy as their k8s-openapi type.
+fn typed<T: k8s_openapi::serde::de::DeserializeOwned>(values: Vec<Value>) -> Vec<T> {
+    values.into_iter().map(|v| serde_json::from_value(v).expect("the bench's policy is well formed")).collect()
+}
+
+fn print_decisions(latency: &Latency) {
+    println!(
+        "authorization decision (Node authorizer, then RBAC; {ROLES} Roles, {ROLE_BINDINGS} RoleBindings, 1,000 pods)"
+    );
+    println!("   target: p99 < 20 us");
+    println!(
+        "   p50 {:.2} us, p99 {:.2} us, max {:.2} us\n",
+        latency.p50.as_secs_f64() * 1e6,
+        latency.p99.as_secs_f64() * 1e6,
+        latency.max.as_secs_f64() * 1e6
+    );
 }
 
 /// The embedded store in this process, no HTTP: the ceiling the API server's create path works under.

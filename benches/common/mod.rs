@@ -132,6 +132,13 @@ impl Server {
         Ok(reqwest::Client::builder().add_root_certificate(self.ca.clone()).default_headers(headers).build()?)
     }
 
+    /// A client authenticating with a client certificate (`identity_pem`: certificate and key) instead of
+    /// the admin token.
+    pub fn client_as(&self, identity_pem: &[u8]) -> anyhow::Result<reqwest::Client> {
+        let identity = reqwest::Identity::from_pem(identity_pem)?;
+        Ok(reqwest::Client::builder().add_root_certificate(self.ca.clone()).identity(identity).build()?)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.0.id()
     }

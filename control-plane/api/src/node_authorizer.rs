@@ -18,10 +18,10 @@
 //!   no field selectors).
 //! - No PersistentVolumes, VolumeAttachments, CSINodes, ResourceClaims or ResourceSlices: Skiff serves none,
 //!   and PersistentVolumes would need the claims' objects in the graph. Requests for them get no opinion here.
-//! - Admission leaves Events alone (as 1.33 does), and CertificateSigningRequests and ServiceAccount token
-//!   requests to authorization: 1.33 also checks a kubelet CSR's common name (an X.509 parser this crate does
-//!   not have) and that a token is bound to a pod on the node (a lookup the caller would have to make; Skiff
-//!   serves no TokenRequest yet).
+//! - Admission leaves Events alone (as 1.33 does), and CertificateSigningRequests to authorization: 1.33 also
+//!   checks a kubelet CSR's common name (an X.509 parser this crate does not have); the CSR approver only
+//!   approves a node's own name for a node. That a node's token request is bound to a pod on the node is
+//!   checked by the API server's TokenRequest handler, which has the pod at hand.
 //! - Skiff runs no static pods, so a node may create no pod at all, not even a mirror pod.
 
 use std::collections::{BTreeSet, HashMap};

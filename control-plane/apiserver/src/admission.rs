@@ -78,6 +78,9 @@ pub(crate) async fn admit(
 ) -> Result<Vec<String>, ApiError> {
     let operation = if old.is_some() { Operation::Update } else { Operation::Create };
     node_restriction(def, operation, subresource, ns, name_of(object), old, Some(object), user)?;
+    if def.group == CERTIFICATES && def.plural == "certificatesigningrequests" {
+        certificate_request(objects, def, subresource, object, old, user).await?;
+    }
     if !subresource.is_empty() {
         return Ok(Vec::new());
     }
@@ -87,6 +90,69 @@ pub(crate) async fn admit(
     let object = &*object;
     rbac_escalation(objects, def, ns, object, user).await?;
     pod_security(objects, def, ns, object, old).await
+}
+
+const CERTIFICATES: &str = "certificates.k8s.io";
+
+/// CertificateSigningRequests, as kube-apiserver's CSR strategy and its CertificateApproval and
+/// CertificateSigning plugins: who asked is who the server saw (stamped on create, whatever the client
+/// wrote, since approvers decide by it), the request never changes once made, and approving one or issuing
+/// its certificate is a right on its signer (`approve` or `sign` on `signers`, by the signer's name or
+/// `<domain>/*`).
+async fn certificate_request(
+    objects: &Objects,
+    def: &ResourceDef,
+    subresource: &str,
+    object: &mut Value,
+    old: Option<&Value>,
+    user: Option<&UserInfo>,
+) -> Result<(), ApiError> {
+    match (subresource, old, user) {
+        ("", None, Some(user)) => requested_by(object, user),
+        ("", Some(old), _) => object["spec"] = old["spec"].clone(),
+        _ => {}
+    }
+    let (Some(user), Some(old), Some(authorizer)) = (user, old, objects.authorizer()) else { return Ok(()) };
+    let verb = match subresource {
+        "approval" => "approve",
+        // Only issuing the certificate is signing; a signer's other status updates (Failed) are not.
+        "status" if object.pointer("/status/certificate") != old.pointer("/status/certificate") => "sign",
+        _ => return Ok(()),
+    };
+    let signer = old.pointer("/spec/signerName").and_then(Value::as_str).unwrap_or_default();
+    let domain_wide = format!("{}/*", signer.split('/').next().unwrap_or_default());
+    let store = objects.store().clone();
+    for name in [signer, domain_wide.as_str()] {
+        let asking = Attributes {
+            user: user.clone(),
+            verb: verb.into(),
+            resource_request: true,
+            api_group: CERTIFICATES.into(),
+            resource: "signers".into(),
+            name: name.into(),
+            ..Attributes::default()
+        };
+        if authorizer.authorize(&asking, store.as_ref()).await == Decision::Allow {
+            return Ok(());
+        }
+    }
+    let reason = format!("user not permitted to {verb} requests with signerName {signer:?}");
+    Err(ApiError::forbidden(def, name_of(object), &reason))
+}
+
+/// Stamps a new CertificateSigningRequest with its requester.
+fn requested_by(csr: &mut Value, user: &UserInfo) {
+    let Some(spec) = csr.get_mut("spec").and_then(Value::as_object_mut) else { return };
+    spec.insert("username".into(), user.name.clone().into());
+    spec.insert("groups".into(), serde_json::json!(user.groups));
+    spec.remove("uid");
+    spec.remove("extra");
+    if !user.uid.is_empty() {
+        spec.insert("uid".into(), user.uid.clone().into());
+    }
+    if !user.extra.is_empty() {
+        spec.insert("extra".into(), serde_json::json!(user.extra));
+    }
 }
 
 /// NodeRestriction for a write by `user` (none for the server's own writes) to `name`'s `subresource`.
@@ -170,9 +236,12 @@ pub(crate) async fn rbac_escalation(
             let role_ns = (resource == "roles").then_some(namespace);
             match objects.get(role_def, role_ns, &role_ref.name).await {
                 Ok(role) => decode_rules(role.get("rules"))?,
-                // A binding to a role that does not exist grants nothing (yet); creating the role later is
-                // checked on its own.
-                Err(ApiError::NotFound { .. }) => Vec::new(),
+                // Binding a role that does not exist yet needs `bind`: whoever creates it later would grant its
+                // rules through this binding, as Kubernetes refuses too.
+                Err(ApiError::NotFound { .. }) => {
+                    let reason = format!("{resource} {:?} not found", role_ref.name);
+                    return Err(ApiError::forbidden(def, name, &reason));
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -301,5 +370,66 @@ mod tests {
             written.map(|w| w.warnings).unwrap_or_default(),
             [r#"would violate PodSecurity "baseline:latest": hostPath volumes (volume "h")"#]
         );
+    }
+
+    /// A CSR names the requester the server saw, keeps its request once made, and is approved or issued
+    /// only by those allowed to on its signer; an apply through a subresource creates nothing.
+    #[tokio::test]
+    async fn certificate_requests_are_stamped_frozen_and_guarded_by_their_signer() {
+        use skiff_api::authz::{AUTHENTICATED, BOOTSTRAPPERS, MASTERS};
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn skiff_store::Store> =
+            Arc::new(skiff_store::embedded::EmbeddedStore::open(dir.path()).unwrap());
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let (authorizer, mirror) = crate::authz::Authorizer::start(store.clone(), shutdown.clone()).await.unwrap();
+        let mirror = tokio::spawn(mirror);
+        let objects = Objects::new(store).with_authorizer(authorizer);
+        crate::lifecycle::bootstrap_policy(&objects).await.unwrap();
+        let user = |name: &str, group: &str| UserInfo {
+            name: name.into(),
+            groups: vec![group.into(), AUTHENTICATED.into()],
+            ..UserInfo::default()
+        };
+        let as_user = |user: UserInfo| WriteOptions { user: Some(user), ..WriteOptions::default() };
+        let joiner = as_user(user("system:bootstrap:skiff", BOOTSTRAPPERS));
+        let csrs = def("certificates.k8s.io", "certificatesigningrequests");
+        let csr = json!({
+            "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+            "metadata": {"name": "forged"},
+            "spec": {"request": "cmVxdWVzdA==", "signerName": "kubernetes.io/kube-apiserver-client",
+                "usages": ["client auth"], "username": "system:node:other", "groups": ["system:nodes"]},
+        });
+
+        // Applied through /status while missing: 404, nothing created.
+        let applied =
+            objects.patch(csrs, None, "forged", Part::Status, PatchType::Apply, csr.clone(), true, &joiner).await;
+        assert!(matches!(applied, Err(ApiError::NotFound { .. })), "{:?}", applied.err());
+        // Created: the requester is who asked, not who the body claims.
+        let created = objects.create(csrs, None, csr, &joiner).await.unwrap().object;
+        assert_eq!(created["spec"]["username"], "system:bootstrap:skiff");
+        assert_eq!(created["spec"]["groups"], json!([BOOTSTRAPPERS, AUTHENTICATED]));
+        // The request cannot be swapped afterwards.
+        let admin = as_user(user("system:admin", MASTERS));
+        let swap = json!({"spec": {"request": "b3RoZXI=", "username": "system:admin"}});
+        let kept =
+            objects.patch(csrs, None, "forged", Part::Main, PatchType::Merge, swap, false, &admin).await.unwrap();
+        assert_eq!(
+            (&kept.object["spec"]["request"], &kept.object["spec"]["username"]),
+            (&json!("cmVxdWVzdA=="), &json!("system:bootstrap:skiff"))
+        );
+        // Approving needs `approve` on the signer: the join token's holder may not, the admin may.
+        let approve = json!({"status": {"conditions": [{"type": "Approved", "status": "True", "reason": "R"}]}});
+        let refused = objects
+            .patch(csrs, None, "forged", Part::Approval, PatchType::Merge, approve.clone(), false, &joiner)
+            .await;
+        assert_eq!(
+            refused.err().unwrap().status()["message"],
+            r#"certificatesigningrequests.certificates.k8s.io "forged" is forbidden: user not permitted to approve requests with signerName "kubernetes.io/kube-apiserver-client""#
+        );
+        assert!(
+            objects.patch(csrs, None, "forged", Part::Approval, PatchType::Merge, approve, false, &admin).await.is_ok()
+        );
+        shutdown.cancel();
+        mirror.await.unwrap();
     }
 }

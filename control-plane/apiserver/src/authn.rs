@@ -130,7 +130,9 @@ pub fn certificate_user(der: &[u8]) -> Option<UserInfo> {
 /// The request's bearer token.
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    Some(value.strip_prefix("Bearer ")?.trim())
+    // The scheme is case-insensitive (RFC 9110), as kube-apiserver reads it.
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// Compares tokens in constant time (for equal lengths; a token's length is no secret).

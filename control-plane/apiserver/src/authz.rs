@@ -201,7 +201,7 @@ pub fn request_attributes(user: UserInfo, method: &Method, path: &str, query: Op
     {
         let name = selector
             .split(',')
-            .find_map(|term| term.strip_prefix("metadata.name=").or_else(|| term.strip_prefix("metadata.name==")));
+            .find_map(|term| term.strip_prefix("metadata.name==").or_else(|| term.strip_prefix("metadata.name=")));
         if let Some(name) = name {
             attributes.name = name.to_string();
         }

