@@ -4,7 +4,7 @@
 //! `system:masters` may do anything; then the Node authorizer (`skiff_api::node_authorizer`, a node's own
 //! objects and those its pods use) and RBAC (`skiff_api::rbac`) decide. Their inputs (Roles, ClusterRoles,
 //! their bindings, and which pods are bound where) are mirrored from the store by one watch of the whole
-//! registry, so the mirror knows which store revision it has reached. A request that the mirror would deny
+//! store, so the mirror knows which store revision it has reached. A request that the mirror would deny
 //! waits until the mirror has caught up with the store before the answer is final: a binding or a pod
 //! written a moment ago is never missed (Kubernetes' informer-fed authorizers can miss them, and clients
 //! retry), and a denial costs one revision read.
@@ -317,7 +317,10 @@ impl Mirror {
     ) {
         let mut revision = revision;
         loop {
-            let watched = store.watch("/registry/", revision).await;
+            // The whole key space, not only `/registry/`: every write then moves `applied` on, so a
+            // denial's wait for the store's revision ends at once even when the last write was, say, an
+            // API server's lease outside the registry.
+            let watched = store.watch("/", revision).await;
             if let Ok(mut events) = watched {
                 loop {
                     let first = tokio::select! {
@@ -386,6 +389,24 @@ fn prefix_of(key: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A write anywhere in the store moves the mirror on, so a denial never waits out its catch-up for a
+    /// write the mirror has no interest in (an API server's lease outside the registry).
+    #[tokio::test]
+    async fn the_mirror_follows_every_revision_of_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(skiff_store::embedded::EmbeddedStore::open(dir.path()).unwrap());
+        let shutdown = CancellationToken::new();
+        let (authorizer, mirror) = Authorizer::start(store.clone(), shutdown.clone()).await.unwrap();
+        let mirror = tokio::spawn(mirror);
+        store.create("/skiff/apiserver-leases/a", bytes::Bytes::from_static(b"{}")).await.unwrap();
+        let written = store.revision().await.unwrap();
+        let mut applied = authorizer.applied.subscribe();
+        let caught_up = tokio::time::timeout(Duration::from_secs(10), applied.wait_for(|seen| *seen >= written));
+        assert!(caught_up.await.is_ok(), "the mirror never reached revision {written}");
+        shutdown.cancel();
+        mirror.await.unwrap();
+    }
 
     fn attributes(method: Method, path: &str, query: Option<&str>) -> Attributes {
         request_attributes(UserInfo::default(), &method, path, query)
