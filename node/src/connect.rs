@@ -353,7 +353,7 @@ fn write_private(path: &Path, contents: &str) -> Result<(), BootstrapError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use k8s_openapi::api::certificates::v1::{CertificateSigningRequestCondition, CertificateSigningRequestStatus};
     use rcgen::{BasicConstraints, IsCa, Issuer, KeyUsagePurpose};
     use x509_parser::prelude::FromDer;
@@ -362,12 +362,13 @@ mod tests {
 
     const HOUR: i64 = 3600;
 
-    struct Ca {
-        der: Vec<u8>,
-        issuer: Issuer<'static, KeyPair>,
+    /// A throwaway cluster CA for tests: its certificate (DER) and what signs with it.
+    pub(crate) struct Ca {
+        pub(crate) der: Vec<u8>,
+        pub(crate) issuer: Issuer<'static, KeyPair>,
     }
 
-    fn ca() -> Ca {
+    pub(crate) fn ca() -> Ca {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.distinguished_name.push(DnType::CommonName, "skiff-ca");

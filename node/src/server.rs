@@ -406,7 +406,7 @@ fn websocket_accepted(key: &[u8], protocol: &'static str) -> Response<Body> {
 
 #[cfg(test)]
 mod tests {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    use rcgen::{CertificateParams, DnType, Issuer, KeyPair};
     use rustls::DigitallySignedStruct;
     use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
     use rustls::pki_types::{PrivateKeyDer, ServerName, UnixTime};
@@ -415,13 +415,8 @@ mod tests {
     use super::*;
 
     fn ca() -> (Vec<u8>, Issuer<'static, KeyPair>) {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, "skiff-ca");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let cert = params.self_signed(&key).unwrap();
-        (cert.der().to_vec(), Issuer::new(params, key))
+        let crate::connect::tests::Ca { der, issuer } = crate::connect::tests::ca();
+        (der, issuer)
     }
 
     /// A client certificate (DER) for `name` in `group`, signed by `ca`, and its key.
