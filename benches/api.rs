@@ -9,6 +9,9 @@
 //! 4. Authorization: on one embedded server holding 100 Roles and 1,000 RoleBindings, the durable creates
 //!    of (1) as the admin (system:masters) and as a user RBAC allows, side by side; and the time of one
 //!    authorization decision (Node authorizer, then RBAC) from the same policy in memory, p50 and p99.
+//! 5. Encryption at rest: the durable creates of (1), of Secrets, on three embedded servers side by side
+//!    whose EncryptionConfiguration stores Secrets with identity, aesgcm and secretbox; each rate also as a
+//!    share of identity's (the issue's target: aesgcm within 15%).
 //!
 //! The create table also shows the CPU the server side and the clients spend per write (from /proc): the
 //! clients run on the same cores, so together they bound the rate. `SKIFF_BENCH_ONLY` and
@@ -18,6 +21,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -36,6 +40,10 @@ const CREATE_CLIENTS: usize = 16;
 const CREATES: usize = 10_000;
 /// Bytes of `data` in every ConfigMap.
 const PAYLOAD_BYTES: usize = 256;
+/// Secrets created per encryption provider.
+const SECRET_CREATES: usize = 2_000;
+/// Bytes of `data` in every Secret: about 1 KiB, a multiple of 3 so its base64 is "xxx"'s repeated.
+const SECRET_BYTES: usize = 1_023;
 /// Writes (half creates, half patches) whose watch events are timed.
 const WATCH_EVENTS: usize = 2_000;
 /// Updates of the one object in the memory/disk run, measured every quarter.
@@ -56,8 +64,8 @@ fn main() -> anyhow::Result<()> {
 
 /// Knobs for experiments; the defaults are the published figures.
 struct Settings {
-    /// `SKIFF_BENCH_ONLY=creates,watch,memory,rbac` runs a subset; `experiments` (not run by default) splits the
-    /// create cost into store, namespace check and HTTP.
+    /// `SKIFF_BENCH_ONLY=creates,watch,memory,rbac,encryption` runs a subset; `experiments` (not run by
+    /// default) splits the create cost into store, namespace check and HTTP.
     sections: Vec<String>,
     /// `SKIFF_BENCH_CLIENTS=N` changes the create concurrency, to see whether it is latency or CPU bound.
     create_clients: usize,
@@ -66,7 +74,7 @@ struct Settings {
 impl Settings {
     fn from_env() -> anyhow::Result<Self> {
         let sections = std::env::var("SKIFF_BENCH_ONLY")
-            .unwrap_or_else(|_| "creates,watch,memory,rbac".into())
+            .unwrap_or_else(|_| "creates,watch,memory,rbac,encryption".into())
             .split(',')
             .map(|s| s.trim().to_owned())
             .collect();
@@ -96,6 +104,9 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         let creates = rbac_creates(settings.create_clients).await?;
         print_creates(&creates, settings.create_clients);
         print_decisions(&decisions());
+    }
+    if settings.runs("encryption") {
+        print_secret_creates(&secret_creates(settings.create_clients).await?, settings.create_clients);
     }
     if !settings.runs("creates") && !settings.runs("watch") && !settings.runs("experiments") {
         return Ok(());
@@ -142,6 +153,27 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
 fn print_creates(creates: &[(&str, Throughput)], clients: usize) {
     println!("durable creates: {CREATES} objects, {clients} clients, {PAYLOAD_BYTES}-byte data (load {})", load());
     println!("   target: >= 5,000/s, p99 < 50 ms");
+    print_throughputs(creates);
+    println!();
+}
+
+/// The first run is identity's, which the others are compared with.
+fn print_secret_creates(creates: &[(&str, Throughput)], clients: usize) {
+    println!(
+        "Secret creates encrypted at rest (embedded store): {SECRET_CREATES} Secrets, {clients} clients, \
+         {SECRET_BYTES}-byte data (load {})",
+        load()
+    );
+    println!("   target: aesgcm within 15% of identity");
+    print_throughputs(creates);
+    let identity = creates[0].1.rate;
+    for (name, r) in &creates[1..] {
+        println!("   {name}: {:.0}% of identity's creates/s", 100.0 * r.rate / identity);
+    }
+    println!();
+}
+
+fn print_throughputs(creates: &[(&str, Throughput)]) {
     println!(
         "   {:<24} {:>10} {:>9} {:>9} {:>9} {:>16} {:>16}",
         "", "creates/s", "p50 ms", "p99 ms", "max ms", "server CPU us/op", "client CPU us/op"
@@ -157,7 +189,6 @@ fn print_creates(creates: &[(&str, Throughput)], clients: usize) {
             r.client_cpu.as_micros()
         );
     }
-    println!();
 }
 
 fn print_watches(watches: &[(&str, WatchLatency)]) {
@@ -253,8 +284,26 @@ struct Skiff {
 
 impl Skiff {
     async fn start(store: &str) -> anyhow::Result<Self> {
+        Self::start_in(tempfile::tempdir()?, store, &[]).await
+    }
+
+    /// A server on the embedded store that encrypts Secrets with `provider`, a providers list entry of an
+    /// EncryptionConfiguration.
+    async fn encrypting(provider: &str) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
-        let server = Server::start(&dir.path().join("data"), store, "info", &dir.path().join("server.log")).await?;
+        let config = dir.path().join("encryption.yaml");
+        let text = format!(
+            "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n\
+             - resources: [secrets]\n  providers:\n  - {provider}\n"
+        );
+        std::fs::write(&config, text)?;
+        Self::start_in(dir, "embedded", &[OsStr::new("--encryption-provider-config"), config.as_os_str()]).await
+    }
+
+    /// A server with its data dir and log in `dir`, `args` added to its command line.
+    async fn start_in(dir: tempfile::TempDir, store: &str, args: &[&OsStr]) -> anyhow::Result<Self> {
+        let (data, log) = (dir.path().join("data"), dir.path().join("server.log"));
+        let server = Server::start_with(&data, store, "info", &log, args).await?;
         Ok(Skiff { server, dir })
     }
 
@@ -266,6 +315,10 @@ impl Skiff {
 
     fn configmaps(&self) -> String {
         format!("{}/api/v1/namespaces/{NAMESPACE}/configmaps", self.server.base)
+    }
+
+    fn secrets(&self) -> String {
+        format!("{}/api/v1/namespaces/{NAMESPACE}/secrets", self.server.base)
     }
 
     fn pid(&self) -> u32 {
@@ -359,7 +412,7 @@ fn configmap(name: &str) -> Value {
 
 async fn skiff_creates(skiff: &Skiff, servers: &[u32], clients: usize) -> anyhow::Result<Throughput> {
     let clients = (0..clients).map(|_| skiff.client()).collect::<anyhow::Result<Vec<_>>>()?;
-    http_creates(clients, servers, skiff.configmaps(), configmap).await
+    http_creates(clients, servers, skiff.configmaps(), configmap, CREATES).await
 }
 
 /// A cluster-scoped object of the same size: its create reads no namespace first.
@@ -375,21 +428,22 @@ fn runtime_class(name: &str) -> Value {
 async fn skiff_cluster_creates(skiff: &Skiff, servers: &[u32], clients: usize) -> anyhow::Result<Throughput> {
     let url = format!("{}/apis/node.k8s.io/v1/runtimeclasses", skiff.server.base);
     let clients = (0..clients).map(|_| skiff.client()).collect::<anyhow::Result<Vec<_>>>()?;
-    http_creates(clients, servers, url, runtime_class).await
+    http_creates(clients, servers, url, runtime_class, CREATES).await
 }
 
-/// `CREATES` creates of `object`s at `url`, spread over `clients` (one connection each).
+/// `count` creates of `object`s at `url`, spread over `clients` (one connection each).
 async fn http_creates(
     clients: Vec<reqwest::Client>,
     servers: &[u32],
     url: String,
     object: fn(&str) -> Value,
+    count: usize,
 ) -> anyhow::Result<Throughput> {
     // Open every connection (TLS handshake, HTTP/2 settings) before the clock starts.
     for client in &clients {
         client.get(&url).query(&[("limit", "1")]).send().await?.error_for_status()?;
     }
-    let per_client = CREATES / clients.len();
+    let per_client = count / clients.len();
     let meter = CpuMeter::start(servers)?;
     let started = Instant::now();
     let tasks: Vec<_> = clients
@@ -498,10 +552,10 @@ async fn rbac_creates(clients: usize) -> anyhow::Result<[(&'static str, Throughp
     let identity = format!("{cert}{key}");
     let url = |namespace: &str| format!("{base}/api/v1/namespaces/{namespace}/configmaps");
     let admins = (0..clients).map(|_| skiff.client()).collect::<anyhow::Result<Vec<_>>>()?;
-    let admin_run = http_creates(admins, &[skiff.pid()], url("rbac-admin"), configmap).await?;
+    let admin_run = http_creates(admins, &[skiff.pid()], url("rbac-admin"), configmap, CREATES).await?;
     let users =
         (0..clients).map(|_| skiff.server.client_as(identity.as_bytes())).collect::<anyhow::Result<Vec<_>>>()?;
-    let user_run = http_creates(users, &[skiff.pid()], url("rbac-user"), configmap).await?;
+    let user_run = http_creates(users, &[skiff.pid()], url("rbac-user"), configmap, CREATES).await?;
     Ok([("admin (system:masters)", admin_run), ("user through RBAC", user_run)])
 }
 
@@ -867,4 +921,58 @@ async fn memory_and_disk(skiff: &Skiff) -> anyhow::Result<Churn> {
     }
     let rate = CHURN_UPDATES as f64 / started.elapsed().as_secs_f64();
     Ok(Churn { idle_rss, rate, retries: retries.load(Ordering::Relaxed), samples })
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// 5. Encryption at rest
+
+fn secret(name: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name},
+        "type": "Opaque",
+        // "eHh4" is the base64 of "xxx".
+        "data": {"payload": "eHh4".repeat(SECRET_BYTES / 3)},
+    })
+}
+
+/// Secret creates on three servers started side by side, Secrets stored by identity, aesgcm and secretbox
+/// (256-bit keys both), in that order.
+async fn secret_creates(clients: usize) -> anyhow::Result<Vec<(&'static str, Throughput)>> {
+    // Fixed keys: the bench measures the ciphers, nothing it stores is secret.
+    const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    let keys = format!("keys:\n      - name: bench\n        secret: {KEY}");
+    let servers = [
+        ("identity", Skiff::encrypting("identity: {}").await?),
+        ("aesgcm", Skiff::encrypting(&format!("aesgcm:\n      {keys}")).await?),
+        ("secretbox", Skiff::encrypting(&format!("secretbox:\n      {keys}")).await?),
+    ];
+    let mut runs = Vec::with_capacity(servers.len());
+    for (name, skiff) in &servers {
+        let connections = (0..clients).map(|_| skiff.client()).collect::<anyhow::Result<Vec<_>>>()?;
+        runs.push((*name, http_creates(connections, &[skiff.pid()], skiff.secrets(), secret, SECRET_CREATES).await?));
+    }
+    // The figures compare providers only if each server stored what its configuration says.
+    let plaintext = "eHh4".repeat(8);
+    for (name, skiff) in &servers {
+        let mut stored = Vec::new();
+        read_tree(&skiff.store_dir(), &mut stored)?;
+        let found = stored.windows(plaintext.len()).any(|w| w == plaintext.as_bytes());
+        ensure!(found == (*name == "identity"), "{name}: Secrets' data in the store in the clear: {found}");
+    }
+    Ok(runs)
+}
+
+/// The bytes of every file under `dir`.
+fn read_tree(dir: &Path, bytes: &mut Vec<u8>) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            read_tree(&path, bytes)?;
+        } else {
+            bytes.extend(std::fs::read(&path)?);
+        }
+    }
+    Ok(())
 }

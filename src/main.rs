@@ -54,8 +54,42 @@ enum Command {
         #[arg(long, default_value_t = 365, requires = "user")]
         days: i64,
     },
+    /// Manage bootstrap tokens, as k3s's `token` command: a join token of a node's own, which deleting it
+    /// revokes (Secrets `bootstrap-token-<id>` in kube-system, made with the admin kubeconfig).
+    Token {
+        /// The server's data directory, whose admin kubeconfig is used.
+        #[arg(long, env = "SKIFF_DATA_DIR", global = true)]
+        data_dir: Option<PathBuf>,
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Print the version of skiff and of the Kubernetes API it serves.
     Version,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a bootstrap token and print the join token carrying it: `K10<ca sha256>::<id>.<secret>`, for
+    /// `skiff agent --token-file`.
+    Create {
+        /// How long the token authenticates (`24h`, `10m`, `90s`); 0 for ever.
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        ttl: std::time::Duration,
+        /// What the token is for, as `skiff token list` shows it.
+        #[arg(long)]
+        description: Option<String>,
+        /// Groups the token's user is in besides system:bootstrappers, each `system:bootstrappers:...`.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+    },
+    /// Delete bootstrap tokens by id (or whole token, `<id>.<secret>`): they stop authenticating at once.
+    /// A node that joined with one keeps its certificate until its Node is deleted too.
+    Delete {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// List the bootstrap tokens: id, expiration, description.
+    List,
 }
 
 #[derive(clap::Args)]
@@ -117,7 +151,7 @@ impl AuditArgs {
 #[derive(clap::Args)]
 struct EncryptionArgs {
     /// An EncryptionConfiguration (apiserver.config.k8s.io/v1) naming the resources to encrypt in the store
-    /// and the providers (aesgcm, identity) to encrypt and decrypt them with; the first provider writes.
+    /// and the providers (aesgcm, secretbox, identity) to encrypt and decrypt them with; the first provider writes.
     #[arg(long, value_name = "FILE")]
     encryption_provider_config: Option<PathBuf>,
 }
@@ -278,7 +312,7 @@ enum ImageCommand {
     },
 }
 
-/// `10s`, `500ms`, `5m`.
+/// `10s`, `500ms`, `5m`, `24h`.
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
     let value: u64 = number.parse().map_err(|_| format!("invalid duration {text:?}"))?;
@@ -286,7 +320,8 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         "ms" => Ok(std::time::Duration::from_millis(value)),
         "s" | "" => Ok(std::time::Duration::from_secs(value)),
         "m" => Ok(std::time::Duration::from_secs(value * 60)),
-        _ => Err(format!("invalid duration {text:?}: use ms, s or m")),
+        "h" => Ok(std::time::Duration::from_secs(value * 3600)),
+        _ => Err(format!("invalid duration {text:?}: use ms, s, m or h")),
     }
 }
 
@@ -388,6 +423,7 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Token { data_dir, command } => token(&data_dir.unwrap_or_else(default_data_dir), command),
         Command::Version => {
             println!(
                 "skiff {} (Kubernetes API v1.{})",
@@ -466,6 +502,12 @@ async fn serve(args: ServerArgs, node: Option<NodeArgs>) -> anyhow::Result<()> {
     let registries = node.as_ref().map(NodeArgs::registries).transpose()?;
     let store = open_store(&args.store, &args.etcd_tls, &data_dir).await?;
     let shutdown = cancel_on_signal();
+    // What no node's serving certificate may name: the names the server's own certificate carries, but the
+    // name of `skiff up`'s node, which is this host's.
+    let mut apiserver_names = skiff_apiserver::pki::subject_names(args.listen, &args.tls.sans);
+    if let Some(own_node) = node.as_ref().map(|node| node.name.clone().unwrap_or_else(hostname)) {
+        apiserver_names.retain(|name| !name.eq_ignore_ascii_case(&own_node));
+    }
     let config = ServerConfig {
         data_dir: data_dir.clone(),
         listen: args.listen,
@@ -491,6 +533,13 @@ async fn serve(args: ServerArgs, node: Option<NodeArgs>) -> anyhow::Result<()> {
         node_grace: args.controllers.node_grace_period,
         eviction_toleration: args.controllers.pod_eviction_timeout,
         signing_ca: Some(skiff_controllers::SigningCa { cert_pem: read("ca.crt")?, key_pem: read("ca.key")? }),
+        apiserver_names: skiff_controllers::ApiServerNames {
+            names: apiserver_names,
+            service_cidr: Some((
+                skiff_apiserver::objects::SERVICE_CIDR.0.into(),
+                skiff_apiserver::objects::SERVICE_CIDR.1,
+            )),
+        },
     };
     let controllers =
         tokio::spawn(controller_manager(data_dir.clone(), server.url().to_string(), tunables, shutdown.clone()));
@@ -573,6 +622,66 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     trim::after_start_up();
     skiff_node::run(config, cancel_on_signal()).await?;
     Ok(())
+}
+
+#[tokio::main]
+async fn token(data_dir: &Path, command: TokenCommand) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Secret;
+    use skiff_api::join::{self, BOOTSTRAP_TOKEN_NAMESPACE, BOOTSTRAP_TOKEN_TYPE, BootstrapToken, JoinToken};
+    let (client, ca_hash) = admin_client(data_dir).await?;
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(client, BOOTSTRAP_TOKEN_NAMESPACE);
+    match command {
+        TokenCommand::Create { ttl, description, groups } => {
+            let ttl = (!ttl.is_zero()).then_some(ttl);
+            let (token, secret) = skiff_apiserver::bootstrap_tokens::new_token(ttl, description.as_deref(), &groups)?;
+            secrets.create(&Default::default(), &secret).await.context("cannot create the token's Secret")?;
+            println!("{}", JoinToken { ca_hash, secret: token.to_string() });
+        }
+        TokenCommand::Delete { ids } => {
+            for given in ids {
+                let id = BootstrapToken::parse(&given).map(|token| token.id).unwrap_or(given);
+                if !BootstrapToken::is_id(&id) {
+                    bail!("{id:?} is no bootstrap token id ([a-z0-9]{{6}}) or token (<id>.<secret>)");
+                }
+                let name = format!("{}{id}", join::BOOTSTRAP_TOKEN_SECRET_PREFIX);
+                secrets
+                    .delete(&name, &Default::default())
+                    .await
+                    .with_context(|| format!("cannot delete token {id}"))?;
+                println!("bootstrap token {id:?} deleted");
+            }
+        }
+        TokenCommand::List => {
+            let list = secrets.list(&Default::default()).await.context("cannot list the Secrets of kube-system")?;
+            println!("{:<8}{:<24}DESCRIPTION", "TOKEN", "EXPIRES");
+            for secret in list.items.iter().filter(|s| s.type_.as_deref() == Some(BOOTSTRAP_TOKEN_TYPE)) {
+                let Some(id) = secret.metadata.name.as_deref().and_then(join::token_id_of_secret) else { continue };
+                let values = join::secret_values(secret);
+                let expires = values.get(join::EXPIRATION_KEY).map_or("<forever>", String::as_str);
+                let description = values.get(join::DESCRIPTION_KEY).map_or("<none>", String::as_str);
+                println!("{id:<8}{expires:<24}{description}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A client of the server as the admin, from the admin kubeconfig in `data_dir`, and the hash of the CA the
+/// kubeconfig trusts, for join tokens.
+async fn admin_client(data_dir: &Path) -> anyhow::Result<(kube::Client, String)> {
+    use base64::Engine;
+    let path = data_dir.join("kubeconfig");
+    let kubeconfig = kube::config::Kubeconfig::read_from(&path)
+        .with_context(|| format!("no kubeconfig at {}: has `skiff server` run with this data dir?", path.display()))?;
+    let ca = kubeconfig
+        .clusters
+        .iter()
+        .find_map(|named| named.cluster.as_ref()?.certificate_authority_data.clone())
+        .context("the admin kubeconfig holds no certificate-authority-data")?;
+    let ca_pem = base64::engine::general_purpose::STANDARD.decode(ca).context("the admin kubeconfig's CA")?;
+    let ca_hash = skiff_apiserver::pki::ca_hash(&String::from_utf8_lossy(&ca_pem));
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    Ok((kube::Client::try_from(config)?, ca_hash))
 }
 
 #[tokio::main]

@@ -3,6 +3,7 @@
 // Every bench target compiles this module and uses a part of it.
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::future::Future;
 use std::net::TcpListener;
 use std::ops::ControlFlow;
@@ -93,10 +94,22 @@ impl Server {
     /// Starts `skiff server` on a free loopback port with `--store store` and data dir `data`, logging to
     /// `log` at `rust_log`, and waits until it answers /readyz.
     pub async fn start(data: &Path, store: &str, rust_log: &str, log: &Path) -> anyhow::Result<Self> {
+        Self::start_with(data, store, rust_log, log, &[]).await
+    }
+
+    /// As [`start`](Self::start), with `args` added to the server's command line.
+    pub async fn start_with(
+        data: &Path,
+        store: &str,
+        rust_log: &str,
+        log: &Path,
+        args: &[&OsStr],
+    ) -> anyhow::Result<Self> {
         let listen = format!("127.0.0.1:{}", free_port()?);
         let child = Command::new(env!("CARGO_BIN_EXE_skiff"))
             .args(["server", "--listen", &listen, "--store", store, "--data-dir"])
             .arg(data)
+            .args(args)
             .env("RUST_LOG", rust_log)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log)?)

@@ -4,16 +4,14 @@
 //! certificate the cluster CA signed for this node.
 //!
 //! The join token's secret serves one purpose: asking for that certificate (a CertificateSigningRequest for
-//! [`KUBELET_CLIENT_SIGNER`], which the controllers approve and sign) when the node has none it can use.
-//! The certificate and its key are kept in `<data dir>/agent/client-kubelet.{crt,key}`, mode 0600.
-//!
-//! Renewal happens at start only: an agent starting with less than [`RENEW_BELOW_PERCENT`] of its
-//! certificate's lifetime left asks for a new one with the certificate itself (and keeps the old one if that
-//! fails while it is still valid). With the signer's one-year certificates an agent restarted within eight
-//! months of its last renewal never lapses; one running longer loses the API when its certificate expires,
-//! since it does not rotate while running as the kubelet does.
+//! [`KUBELET_CLIENT_SIGNER`], which the controllers approve and sign) when the node has none the server
+//! takes. The node's kubelet port gets its serving certificate the same way, asked for as the node
+//! ([`KUBELET_SERVING_SIGNER`], naming the node's name and address). Each certificate and its key are kept
+//! in `<data dir>/agent/`, `client-kubelet.{crt,key}` and `serving-kubelet.{crt,key}`, mode 0600, and
+//! renewed while the agent runs ([`crate::rotation`]).
 
 use std::io::Write;
+use std::net::IpAddr;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -21,27 +19,29 @@ use std::time::Duration;
 use base64::Engine;
 use futures::TryStreamExt;
 use k8s_openapi::ByteString;
+use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use k8s_openapi::api::certificates::v1::{CertificateSigningRequest, CertificateSigningRequestSpec};
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
-use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PublicKeyData};
+use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PublicKeyData, SanType};
 use sha2::Digest;
 use skiff_api::join::JoinToken;
+use x509_parser::extensions::GeneralName;
 
 use crate::AgentError;
+use crate::rotation::NodeClient;
 
 /// The signer of node client certificates, which the controllers approve for join-token holders.
 pub const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+/// The signer of kubelet serving certificates, which the controllers approve for the node they name.
+pub const KUBELET_SERVING_SIGNER: &str = "kubernetes.io/kubelet-serving";
 /// The group of every node identity.
 const NODES_GROUP: &str = "system:nodes";
-/// A certificate with less of its lifetime left than this is renewed at start (as the kubelet, which rotates
-/// at 70–90% of the lifetime).
-pub const RENEW_BELOW_PERCENT: i64 = 30;
 /// How long the agent waits for its request to be approved and signed: auto-approval takes a moment, and a
 /// request left to an admin gets this long.
 const SIGNING_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Why the node has no client certificate.
+/// Why the node has no certificate.
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
     #[error("cannot read or write {path}")]
@@ -77,50 +77,78 @@ pub enum BootstrapError {
     NotSigned { name: String, timeout: Duration },
     #[error("the certificate issued for {name} is unusable: {reason}")]
     Unusable { name: String, reason: String },
+    #[error("cannot ask the server who the node's certificate makes it")]
+    Review(#[source] kube::Error),
 }
 
-/// A joined node: a client authenticated as the node, and the cluster CA.
+/// A joined node: its client, the certificate that client presents, and what it takes to get another.
 pub struct Joined {
-    pub client: Client,
+    /// Every request goes through the client of the node's current certificate.
+    pub client: NodeClient,
+    /// The certificate `client` presents now.
+    pub issued: Issued,
+    /// How the node gets another certificate (see [`crate::rotation`]).
+    pub bootstrap: Bootstrap,
+    /// What the node's client certificate must name, and where it is kept.
+    pub certificate: NodeCertificate,
+}
+
+/// What it takes to ask for a node client certificate with the join token, as at the first start.
+pub struct Bootstrap {
+    url: http::Uri,
+    secret: String,
     /// The cluster CA's certificates, DER.
     pub ca: Vec<Vec<u8>>,
 }
 
-/// Joins as node `node`, keeping its credentials under `data_dir`.
+impl Bootstrap {
+    /// A client of the server authenticated by the join token, which may only ask for a certificate.
+    pub(crate) fn join_token_client(&self) -> Result<Client, AgentError> {
+        client(&self.url, &self.ca, Identity::JoinToken(&self.secret))
+    }
+
+    /// A client of the server authenticated by `issued`.
+    pub(crate) fn certificate_client(&self, issued: &Issued) -> Result<Client, AgentError> {
+        client(&self.url, &self.ca, Identity::Certificate { cert: &issued.cert_pem, key: &issued.key_pem })
+    }
+}
+
+/// Joins as node `node`, keeping its credentials under `data_dir`: a stored certificate the server still
+/// takes is used, else the join token asks for another.
 pub async fn connect(server: &str, token: &JoinToken, node: &str, data_dir: &Path) -> Result<Joined, AgentError> {
     let url: http::Uri = server.parse().map_err(|_| AgentError::Config(format!("invalid server URL {server:?}")))?;
     let ca = fetch_ca(&url, token).await?;
-    let files = Credentials::in_dir(&data_dir.join("agent"))?;
-    let now = jiff::Timestamp::now().as_second();
-    let current = files.read()?;
-    let verdict = current.as_ref().map(|(cert, key)| assess(cert, key, &ca, node, now));
-    let (cert, key) = match (current, verdict) {
-        (Some(current), Some(Verdict::Fresh)) => current,
-        (Some((cert, key)), Some(Verdict::Renew)) => {
-            tracing::info!(node, "renewing the node's client certificate");
-            let requester = client(&url, &ca, Identity::Certificate { cert: &cert, key: &key })?;
-            match request_certificate(&requester, node, &ca).await {
-                Ok(renewed) => files.write(renewed)?,
-                Err(error) => {
-                    let error = anyhow::Error::new(error);
-                    tracing::warn!(
-                        node,
-                        error = format!("{error:#}"),
-                        "renewal failed, keeping the current certificate"
-                    );
-                    (cert, key)
-                }
-            }
+    let bootstrap = Bootstrap { url, secret: token.secret.clone(), ca };
+    let certificate = NodeCertificate::client(node, data_dir)?;
+    let stored = match certificate.stored(&bootstrap.ca)? {
+        Some(issued) if accepted(&bootstrap.certificate_client(&issued)?, node).await? => Some(issued),
+        Some(_) => {
+            tracing::info!(node, "the server refuses the node's client certificate, asking for another");
+            None
         }
-        (_, verdict) => {
-            if let Some(Verdict::Unusable(reason)) = verdict {
-                tracing::info!(node, %reason, "the node's client certificate cannot be used, asking for another");
-            }
-            let bootstrap = client(&url, &ca, Identity::JoinToken(&token.secret))?;
-            files.write(request_certificate(&bootstrap, node, &ca).await?)?
-        }
+        None => None,
     };
-    Ok(Joined { client: client(&url, &ca, Identity::Certificate { cert: &cert, key: &key })?, ca })
+    let issued = match stored {
+        Some(issued) => issued,
+        None => certificate.request(&bootstrap.join_token_client()?, &bootstrap.ca).await?,
+    };
+    let client = NodeClient::new(bootstrap.certificate_client(&issued)?);
+    Ok(Joined { client, issued, bootstrap, certificate })
+}
+
+/// Whether the server takes `client`'s certificate: a SelfSubjectReview (`kubectl auth whoami`) answered,
+/// not refused with 401.
+async fn accepted(client: &Client, node: &str) -> Result<bool, BootstrapError> {
+    let reviews: Api<SelfSubjectReview> = Api::all(client.clone());
+    match reviews.create(&PostParams::default(), &SelfSubjectReview::default()).await {
+        Ok(review) => {
+            let user = review.status.and_then(|s| s.user_info?.username);
+            tracing::debug!(node, ?user, "the server takes the node's client certificate");
+            Ok(true)
+        }
+        Err(kube::Error::Api(status)) if status.code == 401 => Ok(false),
+        Err(error) => Err(BootstrapError::Review(error)),
+    }
 }
 
 /// The cluster CA's certificates (DER) from `/cacerts`, once their hash is the one the token names.
@@ -164,98 +192,199 @@ fn client(url: &http::Uri, ca: &[Vec<u8>], identity: Identity) -> Result<Client,
     Client::try_from(config).map_err(AgentError::Client)
 }
 
-/// What a stored certificate is good for.
-#[derive(Debug, PartialEq, Eq)]
-enum Verdict {
-    /// The node's, and with enough of its lifetime left.
-    Fresh,
-    /// The node's and valid, but due for renewal.
-    Renew,
-    /// Not to be used; why.
-    Unusable(String),
+/// A certificate and its key, PEM, and when it is valid.
+#[derive(Clone, Debug)]
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub validity: Validity,
 }
 
-/// Judges `cert_pem` (with `key_pem`) as this node's client certificate at `now` (Unix seconds): signed by
-/// one of `ca`, naming `system:node:NODE` in `system:nodes`, for this key, valid, and with more than
-/// [`RENEW_BELOW_PERCENT`] of its lifetime left.
-fn assess(cert_pem: &str, key_pem: &str, ca: &[Vec<u8>], node: &str, now: i64) -> Verdict {
-    let unusable = |reason: &str| Verdict::Unusable(reason.to_string());
-    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()) else {
-        return unusable("not a PEM certificate");
-    };
-    let Ok(cert) = pem.parse_x509() else { return unusable("not a certificate") };
-    let signed = ca.iter().any(|ca| {
-        x509_parser::parse_x509_certificate(ca)
-            .is_ok_and(|(_, ca)| cert.verify_signature(Some(ca.public_key())).is_ok())
-    });
-    if !signed {
-        return unusable("not signed by the cluster CA");
-    }
-    let subject = cert.subject();
-    let common_names: Vec<&str> = subject.iter_common_name().filter_map(|cn| cn.as_str().ok()).collect();
-    let organizations: Vec<&str> = subject.iter_organization().filter_map(|o| o.as_str().ok()).collect();
-    if common_names != [format!("system:node:{node}")] || organizations != [NODES_GROUP] {
-        return unusable("not this node's certificate");
-    }
-    let matches_key =
-        KeyPair::from_pem(key_pem).is_ok_and(|key| key.subject_public_key_info() == cert.public_key().raw);
-    if !matches_key {
-        return unusable("the key is not the certificate's");
-    }
-    let (start, end) = (cert.validity().not_before.timestamp(), cert.validity().not_after.timestamp());
-    if now < start || now >= end {
-        return unusable("not valid now");
-    }
-    if (end - now) * 100 > (end - start) * RENEW_BELOW_PERCENT { Verdict::Fresh } else { Verdict::Renew }
+/// A certificate's `notBefore` and `notAfter`, Unix seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Validity {
+    pub not_before: i64,
+    pub not_after: i64,
 }
 
-/// A new key and a PEM request for a client certificate naming `system:node:NODE` in `system:nodes`.
-fn node_request(node: &str) -> Result<(KeyPair, String), rcgen::Error> {
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    let mut params = CertificateParams::default();
-    params.distinguished_name = DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, format!("system:node:{node}"));
-    params.distinguished_name.push(DnType::OrganizationName, NODES_GROUP);
-    let pem = params.serialize_request(&key)?.pem()?;
-    Ok((key, pem))
+/// What a certificate of the node is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Purpose {
+    /// Authenticating to the API server.
+    Client,
+    /// The kubelet port, at the node's address `ip` (and its name).
+    Serving { ip: IpAddr },
+}
+
+/// One of the node's certificates: what it must name, and where it is kept.
+#[derive(Debug)]
+pub struct NodeCertificate {
+    node: String,
+    purpose: Purpose,
+    files: Credentials,
+}
+
+impl NodeCertificate {
+    /// The node's client certificate, kept under `data_dir`.
+    pub(crate) fn client(node: &str, data_dir: &Path) -> Result<Self, BootstrapError> {
+        Self::new(node, Purpose::Client, data_dir)
+    }
+
+    /// The node's serving certificate for its kubelet port at `ip`, kept under `data_dir`.
+    pub(crate) fn serving(node: &str, ip: IpAddr, data_dir: &Path) -> Result<Self, BootstrapError> {
+        Self::new(node, Purpose::Serving { ip }, data_dir)
+    }
+
+    fn new(node: &str, purpose: Purpose, data_dir: &Path) -> Result<Self, BootstrapError> {
+        let stem = match purpose {
+            Purpose::Client => "client-kubelet",
+            Purpose::Serving { .. } => "serving-kubelet",
+        };
+        Ok(Self { node: node.to_string(), purpose, files: Credentials::in_dir(&data_dir.join("agent"), stem)? })
+    }
+
+    pub(crate) fn node(&self) -> &str {
+        &self.node
+    }
+
+    pub(crate) fn signer(&self) -> &'static str {
+        match self.purpose {
+            Purpose::Client => KUBELET_CLIENT_SIGNER,
+            Purpose::Serving { .. } => KUBELET_SERVING_SIGNER,
+        }
+    }
+
+    /// The request's `spec.usages`: an ECDSA key, so no key encipherment.
+    fn usages(&self) -> Vec<String> {
+        let purpose = match self.purpose {
+            Purpose::Client => "client auth",
+            Purpose::Serving { .. } => "server auth",
+        };
+        vec!["digital signature".into(), purpose.into()]
+    }
+
+    /// The subject alternative names the certificate must carry: none for a client, the node's name and
+    /// address for the kubelet port (the Node's Hostname and InternalIP).
+    fn names(&self) -> Result<Vec<SanType>, rcgen::Error> {
+        Ok(match self.purpose {
+            Purpose::Client => Vec::new(),
+            Purpose::Serving { ip } => vec![SanType::DnsName(self.node.clone().try_into()?), SanType::IpAddress(ip)],
+        })
+    }
+
+    /// The stored certificate, if it is there and usable (else why not is logged).
+    pub(crate) fn stored(&self, ca: &[Vec<u8>]) -> Result<Option<Issued>, BootstrapError> {
+        let Some((cert_pem, key_pem)) = self.files.read()? else { return Ok(None) };
+        match self.assess(&cert_pem, &key_pem, ca, jiff::Timestamp::now().as_second()) {
+            Ok(validity) => Ok(Some(Issued { cert_pem, key_pem, validity })),
+            Err(reason) => {
+                let signer = self.signer();
+                tracing::info!(node = %self.node, signer, %reason, "the node's stored certificate cannot be used");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Judges `cert_pem` (with `key_pem`) as this certificate at `now` (Unix seconds): signed by one of `ca`,
+    /// naming `system:node:NODE` in `system:nodes` (and, to serve, exactly the node's name and address), for
+    /// this key, and valid. Its validity, or why it is unusable.
+    fn assess(&self, cert_pem: &str, key_pem: &str, ca: &[Vec<u8>], now: i64) -> Result<Validity, String> {
+        let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).map_err(|_| "not a PEM certificate")?;
+        let cert = pem.parse_x509().map_err(|_| "not a certificate")?;
+        let signed = ca.iter().any(|ca| {
+            x509_parser::parse_x509_certificate(ca)
+                .is_ok_and(|(_, ca)| cert.verify_signature(Some(ca.public_key())).is_ok())
+        });
+        if !signed {
+            return Err("not signed by the cluster CA".into());
+        }
+        let subject = cert.subject();
+        let common_names: Vec<&str> = subject.iter_common_name().filter_map(|cn| cn.as_str().ok()).collect();
+        let organizations: Vec<&str> = subject.iter_organization().filter_map(|o| o.as_str().ok()).collect();
+        if common_names != [format!("system:node:{}", self.node)] || organizations != [NODES_GROUP] {
+            return Err("not this node's certificate".into());
+        }
+        let names = cert.subject_alternative_name().ok().flatten();
+        let names: Vec<&GeneralName> = names.iter().flat_map(|n| n.value.general_names.iter()).collect();
+        let named = match self.purpose {
+            Purpose::Client => names.is_empty(),
+            Purpose::Serving { ip } => {
+                let octets = match ip {
+                    IpAddr::V4(ip) => ip.octets().to_vec(),
+                    IpAddr::V6(ip) => ip.octets().to_vec(),
+                };
+                let dns = names.iter().any(|name| matches!(name, GeneralName::DNSName(dns) if *dns == self.node));
+                let address = names.iter().any(|name| matches!(name, GeneralName::IPAddress(a) if *a == octets));
+                names.len() == 2 && dns && address
+            }
+        };
+        if !named {
+            return Err("not for the node's name and address".into());
+        }
+        let matches_key =
+            KeyPair::from_pem(key_pem).is_ok_and(|key| key.subject_public_key_info() == cert.public_key().raw);
+        if !matches_key {
+            return Err("the key is not the certificate's".into());
+        }
+        let validity = Validity {
+            not_before: cert.validity().not_before.timestamp(),
+            not_after: cert.validity().not_after.timestamp(),
+        };
+        if now < validity.not_before || now >= validity.not_after {
+            return Err("not valid now".into());
+        }
+        Ok(validity)
+    }
+
+    /// A new key and a PEM request for this certificate.
+    fn certificate_request(&self) -> Result<(KeyPair, String), rcgen::Error> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, format!("system:node:{}", self.node));
+        params.distinguished_name.push(DnType::OrganizationName, NODES_GROUP);
+        params.subject_alt_names = self.names()?;
+        let pem = params.serialize_request(&key)?.pem()?;
+        Ok((key, pem))
+    }
+
+    /// Asks `client`'s server for this certificate, waits until it is signed and keeps it.
+    pub(crate) async fn request(&self, client: &Client, ca: &[Vec<u8>]) -> Result<Issued, BootstrapError> {
+        let (key, request) = self.certificate_request().map_err(BootstrapError::Key)?;
+        let name = request_name(&key);
+        let (node, signer) = (self.node.as_str(), self.signer());
+        let csr = CertificateSigningRequest {
+            metadata: ObjectMeta { name: Some(name.clone()), ..ObjectMeta::default() },
+            spec: CertificateSigningRequestSpec {
+                request: ByteString(request.into_bytes()),
+                signer_name: signer.into(),
+                usages: Some(self.usages()),
+                ..CertificateSigningRequestSpec::default()
+            },
+            status: None,
+        };
+        let api: Api<CertificateSigningRequest> = Api::all(client.clone());
+        api.create(&PostParams::default(), &csr)
+            .await
+            .map_err(|source| BootstrapError::Create { name: name.clone(), source })?;
+        tracing::info!(csr = %name, node, signer, "asked for a node certificate");
+        let cert_pem = tokio::time::timeout(SIGNING_TIMEOUT, settled(api, &name))
+            .await
+            .map_err(|_| BootstrapError::NotSigned { name: name.clone(), timeout: SIGNING_TIMEOUT })??;
+        let key_pem = key.serialize_pem();
+        let validity = self
+            .assess(&cert_pem, &key_pem, ca, jiff::Timestamp::now().as_second())
+            .map_err(|reason| BootstrapError::Unusable { name: name.clone(), reason })?;
+        self.files.write(&cert_pem, &key_pem)?;
+        tracing::info!(csr = %name, node, signer, "node certificate issued");
+        Ok(Issued { cert_pem, key_pem, validity })
+    }
 }
 
 /// The request's name: from the key, so each key asks once, and a reader can tell a node's requests apart.
 fn request_name(key: &KeyPair) -> String {
     let digest = hex::encode(sha2::Sha256::digest(key.subject_public_key_info()));
     format!("node-csr-{}", &digest[..32])
-}
-
-/// Asks `client`'s server for a client certificate for `node` and waits until it is signed; returns the
-/// certificate and its new key, PEM.
-async fn request_certificate(client: &Client, node: &str, ca: &[Vec<u8>]) -> Result<(String, String), BootstrapError> {
-    let (key, request) = node_request(node).map_err(BootstrapError::Key)?;
-    let name = request_name(&key);
-    let csr = CertificateSigningRequest {
-        metadata: ObjectMeta { name: Some(name.clone()), ..ObjectMeta::default() },
-        spec: CertificateSigningRequestSpec {
-            request: ByteString(request.into_bytes()),
-            signer_name: KUBELET_CLIENT_SIGNER.into(),
-            // An ECDSA key: no key encipherment.
-            usages: Some(vec!["digital signature".into(), "client auth".into()]),
-            ..CertificateSigningRequestSpec::default()
-        },
-        status: None,
-    };
-    let api: Api<CertificateSigningRequest> = Api::all(client.clone());
-    api.create(&PostParams::default(), &csr)
-        .await
-        .map_err(|source| BootstrapError::Create { name: name.clone(), source })?;
-    tracing::info!(csr = %name, node, "asked for a node client certificate");
-    let cert = tokio::time::timeout(SIGNING_TIMEOUT, settled(api, &name))
-        .await
-        .map_err(|_| BootstrapError::NotSigned { name: name.clone(), timeout: SIGNING_TIMEOUT })??;
-    let key = key.serialize_pem();
-    if let Verdict::Unusable(reason) = assess(&cert, &key, ca, node, jiff::Timestamp::now().as_second()) {
-        return Err(BootstrapError::Unusable { name, reason });
-    }
-    tracing::info!(csr = %name, node, "node client certificate issued");
-    Ok((cert, key))
 }
 
 /// Follows request `name` until it is settled; its certificate once issued.
@@ -304,19 +433,20 @@ fn outcome(csr: &CertificateSigningRequest) -> Option<Outcome> {
     Some(Outcome::Issued(String::from_utf8_lossy(&cert.0).into_owned()))
 }
 
-/// Where the node's certificate and key are kept.
+/// Where one of the node's certificates and its key are kept.
+#[derive(Debug)]
 struct Credentials {
     cert: PathBuf,
     key: PathBuf,
 }
 
 impl Credentials {
-    /// The files in `dir`, which is made, private to the agent's user.
-    fn in_dir(dir: &Path) -> Result<Self, BootstrapError> {
+    /// `STEM.crt` and `STEM.key` in `dir`, which is made, private to the agent's user.
+    fn in_dir(dir: &Path, stem: &str) -> Result<Self, BootstrapError> {
         let io = |source| BootstrapError::Io { path: dir.to_path_buf(), source };
         std::fs::create_dir_all(dir).map_err(io)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
-        Ok(Self { cert: dir.join("client-kubelet.crt"), key: dir.join("client-kubelet.key") })
+        Ok(Self { cert: dir.join(format!("{stem}.crt")), key: dir.join(format!("{stem}.key")) })
     }
 
     /// The certificate and key, PEM, when both are there.
@@ -331,10 +461,9 @@ impl Credentials {
 
     /// Replaces both files, each atomically, the key first: after a crash between the two the certificate
     /// does not match the key, and the next start asks for a new one.
-    fn write(&self, (cert, key): (String, String)) -> Result<(String, String), BootstrapError> {
-        write_private(&self.key, &key)?;
-        write_private(&self.cert, &cert)?;
-        Ok((cert, key))
+    fn write(&self, cert: &str, key: &str) -> Result<(), BootstrapError> {
+        write_private(&self.key, key)?;
+        write_private(&self.cert, cert)
     }
 }
 
@@ -378,11 +507,11 @@ pub(crate) mod tests {
         Ca { der: cert.der().to_vec(), issuer: Issuer::new(params, key) }
     }
 
-    /// A certificate for `subject` (common name, organization) signed by `ca`, valid from `start` to `end`
-    /// (Unix seconds), and its key.
-    fn issue(ca: &Ca, subject: (&str, &str), start: i64, end: i64) -> (String, String) {
+    /// A certificate for `subject` (common name, organization) naming `sans`, signed by `ca`, valid from
+    /// `start` to `end` (Unix seconds), and its key.
+    fn issue(ca: &Ca, subject: (&str, &str), sans: &[&str], start: i64, end: i64) -> (String, String) {
         let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::default();
+        let mut params = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
         params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, subject.0);
         params.distinguished_name.push(DnType::OrganizationName, subject.1);
@@ -392,28 +521,55 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_stored_certificate_is_used_renewed_or_replaced() {
+    fn a_stored_client_certificate_is_used_while_valid_and_the_nodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let client = NodeCertificate::client("a", dir.path()).unwrap();
         let ca = ca();
         let roots = [ca.der.clone()];
         let now = 1_750_000_000;
         let node = ("system:node:a", NODES_GROUP);
-        let (cert, key) = issue(&ca, node, now - HOUR, now + 99 * HOUR);
-        assert_eq!(assess(&cert, &key, &roots, "a", now), Verdict::Fresh);
-        // 31% of the lifetime left, then 29%.
-        assert_eq!(assess(&cert, &key, &roots, "a", now + 68 * HOUR), Verdict::Fresh);
-        assert_eq!(assess(&cert, &key, &roots, "a", now + 70 * HOUR), Verdict::Renew);
+        let (cert, key) = issue(&ca, node, &[], now - HOUR, now + 99 * HOUR);
+        let validity = Validity { not_before: now - HOUR, not_after: now + 99 * HOUR };
+        assert_eq!(client.assess(&cert, &key, &roots, now), Ok(validity));
+        assert_eq!(client.assess(&cert, &key, &roots, now + 98 * HOUR), Ok(validity));
 
-        let unusable = |reason: &str| Verdict::Unusable(reason.to_string());
-        assert_eq!(assess(&cert, &key, &roots, "a", now + 99 * HOUR), unusable("not valid now"));
-        assert_eq!(assess(&cert, &key, &roots, "a", now - 2 * HOUR), unusable("not valid now"));
-        assert_eq!(assess(&cert, &key, &roots, "b", now), unusable("not this node's certificate"));
+        let unusable = |reason: &str| Err(reason.to_string());
+        assert_eq!(client.assess(&cert, &key, &roots, now + 99 * HOUR), unusable("not valid now"));
+        assert_eq!(client.assess(&cert, &key, &roots, now - 2 * HOUR), unusable("not valid now"));
+        let b = NodeCertificate::client("b", dir.path()).unwrap();
+        assert_eq!(b.assess(&cert, &key, &roots, now), unusable("not this node's certificate"));
         let other_key = KeyPair::generate().unwrap().serialize_pem();
-        assert_eq!(assess(&cert, &other_key, &roots, "a", now), unusable("the key is not the certificate's"));
-        assert_eq!(assess(&cert, &key, &[ca_other()], "a", now), unusable("not signed by the cluster CA"));
-        assert_eq!(assess("garbage", &key, &roots, "a", now), unusable("not a PEM certificate"));
+        assert_eq!(client.assess(&cert, &other_key, &roots, now), unusable("the key is not the certificate's"));
+        assert_eq!(client.assess(&cert, &key, &[ca_other()], now), unusable("not signed by the cluster CA"));
+        assert_eq!(client.assess("garbage", &key, &roots, now), unusable("not a PEM certificate"));
         for subject in [("system:node:a", "system:masters"), ("a", NODES_GROUP)] {
-            let (cert, key) = issue(&ca, subject, now - HOUR, now + HOUR);
-            assert_eq!(assess(&cert, &key, &roots, "a", now), unusable("not this node's certificate"), "{subject:?}");
+            let (cert, key) = issue(&ca, subject, &[], now - HOUR, now + HOUR);
+            let verdict = client.assess(&cert, &key, &roots, now);
+            assert_eq!(verdict, unusable("not this node's certificate"), "{subject:?}");
+        }
+        // A serving certificate is no client certificate.
+        let (serving, key) = issue(&ca, node, &["a", "10.0.0.1"], now - HOUR, now + HOUR);
+        assert_eq!(client.assess(&serving, &key, &roots, now), unusable("not for the node's name and address"));
+    }
+
+    #[test]
+    fn a_stored_serving_certificate_is_used_while_it_names_the_nodes_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let serving = NodeCertificate::serving("a", "10.0.0.1".parse().unwrap(), dir.path()).unwrap();
+        let ca = ca();
+        let roots = [ca.der.clone()];
+        let now = 1_750_000_000;
+        let node = ("system:node:a", NODES_GROUP);
+        let (start, end) = (now - HOUR, now + HOUR);
+        for sans in [&["a", "10.0.0.1"][..], &["10.0.0.1", "a"]] {
+            let (cert, key) = issue(&ca, node, sans, start, end);
+            assert_eq!(serving.assess(&cert, &key, &roots, now), Ok(Validity { not_before: start, not_after: end }));
+        }
+        // The node moved, or the certificate names more or less than the node.
+        for sans in [&["a", "10.0.0.2"][..], &["a"], &["a", "10.0.0.1", "b"], &[]] {
+            let (cert, key) = issue(&ca, node, sans, start, end);
+            let verdict = serving.assess(&cert, &key, &roots, now);
+            assert_eq!(verdict, Err("not for the node's name and address".into()), "{sans:?}");
         }
     }
 
@@ -421,20 +577,55 @@ pub(crate) mod tests {
         ca().der
     }
 
-    #[test]
-    fn the_request_names_the_node_and_nothing_else() {
-        let (key, pem) = node_request("edge-1").unwrap();
+    /// The subject attributes (type, value) of a PEM request, once its signature is checked, and its
+    /// subject alternative names.
+    fn read_request(pem: &str) -> (Vec<(String, String)>, Vec<String>, Vec<u8>) {
         let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
         assert_eq!(pem.label, "CERTIFICATE REQUEST");
         let (_, request) =
             x509_parser::certification_request::X509CertificationRequest::from_der(&pem.contents).unwrap();
         request.verify_signature().unwrap();
         let info = &request.certification_request_info;
-        let names: Vec<(String, &str)> =
-            info.subject.iter_attributes().map(|a| (a.attr_type().to_id_string(), a.as_str().unwrap())).collect();
-        assert_eq!(names, [("2.5.4.3".to_string(), "system:node:edge-1"), ("2.5.4.10".to_string(), NODES_GROUP)]);
-        assert!(request.requested_extensions().is_none_or(|mut e| e.next().is_none()), "no extensions, no SANs");
-        assert_eq!(info.subject_pki.raw, key.subject_public_key_info());
+        let subject = info
+            .subject
+            .iter_attributes()
+            .map(|a| (a.attr_type().to_id_string(), a.as_str().unwrap().to_string()))
+            .collect();
+        let mut names = Vec::new();
+        for extension in request.requested_extensions().into_iter().flatten() {
+            if let x509_parser::extensions::ParsedExtension::SubjectAlternativeName(sans) = extension {
+                names.extend(sans.general_names.iter().map(|n| n.to_string()));
+            }
+        }
+        (subject, names, info.subject_pki.raw.to_vec())
+    }
+
+    #[test]
+    fn requests_name_the_node_and_to_serve_its_name_and_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let subject = vec![
+            ("2.5.4.3".to_string(), "system:node:edge-1".to_string()),
+            ("2.5.4.10".to_string(), NODES_GROUP.to_string()),
+        ];
+        let client = NodeCertificate::client("edge-1", dir.path()).unwrap();
+        let (key, pem) = client.certificate_request().unwrap();
+        let (names, sans, public_key) = read_request(&pem);
+        assert_eq!((names, sans), (subject.clone(), vec![]), "no subject alternative names");
+        assert_eq!(public_key, key.subject_public_key_info());
+        assert_eq!(
+            (client.signer(), client.usages()),
+            (KUBELET_CLIENT_SIGNER, vec!["digital signature".to_string(), "client auth".to_string()])
+        );
+
+        let serving = NodeCertificate::serving("edge-1", "10.0.0.7".parse().unwrap(), dir.path()).unwrap();
+        let (_, pem) = serving.certificate_request().unwrap();
+        let (names, sans, _) = read_request(&pem);
+        assert_eq!((names, sans), (subject, vec!["DNSName(edge-1)".to_string(), "IPAddress(0a:00:00:07)".to_string()]));
+        assert_eq!(
+            (serving.signer(), serving.usages()),
+            (KUBELET_SERVING_SIGNER, vec!["digital signature".to_string(), "server auth".to_string()])
+        );
+
         let name = request_name(&key);
         assert!(name.starts_with("node-csr-") && name.len() == "node-csr-".len() + 32, "{name}");
         assert_ne!(name, request_name(&KeyPair::generate().unwrap()));
@@ -468,13 +659,14 @@ pub(crate) mod tests {
     #[test]
     fn credentials_are_written_private_and_read_back_together() {
         let dir = tempfile::tempdir().unwrap();
-        let files = Credentials::in_dir(&dir.path().join("agent")).unwrap();
+        let files = Credentials::in_dir(&dir.path().join("agent"), "client-kubelet").unwrap();
         assert!(files.read().unwrap().is_none());
-        files.write(("CERT".into(), "KEY".into())).unwrap();
+        files.write("CERT", "KEY").unwrap();
         assert_eq!(files.read().unwrap(), Some(("CERT".into(), "KEY".into())));
         for path in [&files.cert, &files.key] {
             assert_eq!(std::fs::metadata(path).unwrap().permissions().mode() & 0o777, 0o600, "{}", path.display());
         }
+        assert_eq!(files.cert, dir.path().join("agent/client-kubelet.crt"));
         let dir_mode = std::fs::metadata(dir.path().join("agent")).unwrap().permissions().mode();
         assert_eq!(dir_mode & 0o777, 0o700);
         std::fs::remove_file(&files.cert).unwrap();

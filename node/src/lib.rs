@@ -2,11 +2,12 @@
 //! Lease, runs the pods bound to it through the shims (wasm first), reports their status and events, keeps
 //! their logs, and serves those logs to the API server.
 //!
-//! Code map: [`connect`] (join: CA check, the node's client certificate), [`registration`] (Node, Lease),
+//! Code map: [`connect`] (join: CA check, the node's client and serving certificates through CSRs),
+//! [`rotation`] (renewing them while running, back to the join token when refused), [`registration`] (Node, Lease),
 //! [`pods`] (the watch, one worker per pod, specs, status, probes, events), [`images`] (the content store and
 //! registry pulls), [`network`] (each pod's address: a network namespace through CNI, or for wasm-only pods
 //! an address on the node's bridge), [`logs`] (CRI-format log files), [`server`] (the HTTPS endpoint for
-//! logs and exec, serving the API server's client certificate only), [`exec`] (running containers, the exec
+//! logs and exec, authorizing callers through the API server as the kubelet's webhook modes), [`exec`] (running containers, the exec
 //! channel protocol).
 //!
 //! Architecture invariant: the shims get a `skiff_shim::ContainerSpec` and know nothing of Pods; this crate
@@ -25,6 +26,7 @@ mod policy;
 mod portforward;
 pub mod proxy;
 mod registration;
+mod rotation;
 mod server;
 
 use std::net::{IpAddr, SocketAddr};
@@ -38,7 +40,6 @@ use tokio_util::sync::CancellationToken;
 
 pub use connect::BootstrapError;
 pub use pods::BackoffConfig;
-pub use registration::CERT_ANNOTATION;
 pub use server::MAX_CONNECTIONS as MAX_KUBELET_CONNECTIONS;
 
 /// The kubelet's port, which the API server reaches for logs.
@@ -116,9 +117,13 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         .map_err(|e| AgentError::Config(format!("cannot make {} private: {e}", config.data_dir.display())))?;
     let server = balancer::start(&config.server, shutdown.clone()).await?;
     let joined = connect::connect(&server, &token, &config.name, &config.data_dir).await?;
-    let client = joined.client;
+    let client = joined.client.client();
+    let ca = joined.bootstrap.ca.clone();
+    let client_certificate = joined.issued.validity;
+    let client_keeper =
+        rotation::ClientKeeper { client: joined.client, certificate: joined.certificate, bootstrap: joined.bootstrap };
     let address = SocketAddr::new(config.node_ip, config.kubelet_port);
-    let kubelet = server::KubeletServer::bind(address, &config.name, &joined.ca).await?;
+    let kubelet = server::KubeletServer::bind(address, &ca).await?;
     let wasm_config = skiff_wasm::WasmConfig {
         max_instances: config.max_pods,
         default_memory_limit: config.wasm_default_memory_limit,
@@ -138,7 +143,6 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         name: config.name.clone(),
         ip: config.node_ip,
         kubelet_port: kubelet.port(),
-        cert_sha256: kubelet.cert_sha256.clone(),
         runtimes: shims.iter().map(|s| s.name()).collect(),
         data_dir: config.data_dir.clone(),
         max_pods: config.max_pods,
@@ -156,6 +160,15 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let pod_cidr = own_range.map(|cidr| cidr.to_string());
     registration::register(&nodes, &identity, existing, pod_cidr.as_deref()).await?;
     tracing::info!(node = %config.name, runtimes = ?identity.runtimes, pod_cidr, "node registered");
+    // Asked for once the Node names the address it is for, which the approver checks; by the rotation task
+    // when none is stored, so that the node runs its pods while the controllers (maybe not up yet) sign it.
+    let serving_keeper = rotation::ServingKeeper {
+        client: client.clone(),
+        certificate: connect::NodeCertificate::serving(&config.name, config.node_ip, &config.data_dir)?,
+        ca,
+        serving: kubelet.serving(),
+    };
+    let serving_certificate = serving_keeper.start()?;
     let caches = proxy::SharedCaches::default();
     let ctx = Arc::new(pods::Context {
         client: client.clone(),
@@ -175,7 +188,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     });
     let heartbeat = registration::heartbeat(client.clone(), identity, shutdown.clone());
     let image_gc = collect_images(ctx.clone(), shutdown.clone());
-    let logs = kubelet.run(client.clone(), ctx.pods_dir.clone(), ctx.running.clone(), shutdown.clone());
+    let logs =
+        kubelet.run(client.clone(), config.name.clone(), ctx.pods_dir.clone(), ctx.running.clone(), shutdown.clone());
     let pods = pods::run(ctx, shutdown.clone());
     let proxy = async {
         if let Some(range) = own_range {
@@ -213,7 +227,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             }
         }
     };
-    tokio::join!(heartbeat, logs, pods, image_gc, proxy, policy, dns);
+    let client_rotation = rotation::keep(client_keeper, Some(client_certificate), shutdown.clone());
+    let serving_rotation = rotation::keep(serving_keeper, serving_certificate, shutdown.clone());
+    tokio::join!(heartbeat, logs, pods, image_gc, proxy, policy, dns, client_rotation, serving_rotation);
     tracing::info!("agent stopped");
     Ok(())
 }

@@ -29,17 +29,12 @@ pub struct NodeIdentity {
     pub name: String,
     pub ip: IpAddr,
     pub kubelet_port: u16,
-    /// SHA-256 of the agent's serving certificate (DER), which the API server pins for logs.
-    pub cert_sha256: String,
     /// Runtime handlers: always `wasm`, plus `oci` where the host can run containers.
     pub runtimes: Vec<&'static str>,
     pub data_dir: std::path::PathBuf,
     /// `capacity.pods`: as many as the wasm runtime has instance slots for.
     pub max_pods: u32,
 }
-
-/// Annotation carrying [`NodeIdentity::cert_sha256`].
-pub const CERT_ANNOTATION: &str = "skiff.dev/kubelet-cert-sha256";
 
 fn labels(identity: &NodeIdentity) -> Value {
     let mut labels = json!({
@@ -63,10 +58,10 @@ pub async fn register(
     mut existing: Option<Node>,
     pod_cidr: Option<&str>,
 ) -> Result<(), AgentError> {
-    let metadata = json!({"labels": labels(identity), "annotations": {CERT_ANNOTATION: identity.cert_sha256}});
+    let metadata = json!({"labels": labels(identity)});
     let spec = pod_cidr.map(|cidr| json!({"podCIDR": cidr, "podCIDRs": [cidr]}));
     if existing.is_none() {
-        let node = json!({"metadata": {"name": identity.name, "labels": metadata["labels"], "annotations": metadata["annotations"]}, "spec": spec, "status": status(identity)});
+        let node = json!({"metadata": {"name": identity.name, "labels": metadata["labels"]}, "spec": spec, "status": status(identity)});
         let node: Node = serde_json::from_value(node).map_err(|e| AgentError::Config(e.to_string()))?;
         match nodes.create(&PostParams::default(), &node).await {
             Ok(_) => return update_status(nodes, identity).await,

@@ -1,14 +1,24 @@
-//! The agent's HTTPS endpoint, which only the API server uses: `GET /containerLogs/{ns}/{pod}/{container}`
-//! with the kubelet's query parameters; `GET /exec/{ns}/{pod}/{uid}/{container}?command=..`, a WebSocket
-//! upgrade, and `/portForward/{ns}/{pod}/{uid}`, an upgrade to SPDY (in WebSocket or not), both passed through
-//! by the API server from the client. The certificate is self-signed; the API server pins its SHA-256 from the
-//! Node's annotation.
+//! The agent's HTTPS endpoint (the kubelet port), which the API server proxies to:
+//! `GET /containerLogs/{ns}/{pod}/{container}` with the kubelet's query parameters;
+//! `GET /exec/{ns}/{pod}/{uid}/{container}?command=..`, a WebSocket upgrade, and `/portForward/{ns}/{pod}/{uid}`,
+//! an upgrade to SPDY (in WebSocket or not), both passed through by the API server from the client.
+//! It serves the node's certificate from the cluster CA (asked for through
+//! a `kubernetes.io/kubelet-serving` CertificateSigningRequest naming the node's name and address, and
+//! renewed while the agent runs: [`ServingCertificate`]), which the API server checks as the node's.
 //!
-//! Only the API server is served, as the kubelet with anonymous access off and the API server's client
-//! certificate authorized: a client must present a certificate signed by the cluster CA naming
-//! [`APISERVER_CLIENT`] in `system:masters`. A connection without one is answered 401 Unauthorized, another
-//! identity (a node's, a user's) 403 Forbidden, both in the kubelet's words. The handshake accepts clients
-//! without a certificate so that they get that answer rather than a TLS alert.
+//! Every request is authenticated and authorized as by a kubelet in its webhook modes with anonymous access
+//! off ([`auth`]): a client certificate signed by the cluster CA or a bearer token the API server reviews,
+//! then a SubjectAccessReview on this Node's `proxy` (or `stats`, `metrics`, `log`, `spec`) subresource for
+//! anyone but `system:masters`, whose API server client certificate is what the API server presents. No
+//! identity is answered 401 Unauthorized, a denied one 403 Forbidden, both in the kubelet's words. The
+//! handshake accepts clients without a certificate so that they get that answer (or present a token)
+//! rather than a TLS alert.
+//!
+//! Anyone RBAC lets proxy to this node can call the port directly, not only the API server, which checked the
+//! names it sends: so a path's segments must be names an object could have (never empty, `.`, `..`, or with
+//! `/` or `%`; else 400) before any becomes part of a file path or a URL, and the pod they name must be
+//! bound to this node, with the uid named and the container named among its own (else the kubelet's 404),
+//! by the API server's copy of it.
 //!
 //! Anyone who reaches the port can open connections, so what one may hold is bounded as on the API server
 //! (`skiff_apiserver::connections`, whose numbers this follows; the agent depends on nothing of the control
@@ -16,11 +26,13 @@
 //! within [`TLS_HANDSHAKE_TIMEOUT`]; request headers within [`HEADER_READ_TIMEOUT`]; accept errors backing
 //! off as Go's do. A streamed log, an exec or a port-forward is never cut.
 
+mod auth;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -33,8 +45,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use rustls::pki_types::CertificateDer;
-use rustls::server::WebPkiClientVerifier;
-use sha2::Digest;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use skiff_api::authz::UserInfo;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -48,8 +61,9 @@ use crate::AgentError;
 use crate::exec::{self, ExecOptions, Protocol, Running};
 use crate::logs::{self, LogQuery};
 use crate::portforward::{self, PodTarget, Transport};
+use auth::{ApiReviewer, Auth};
 
-/// Connections the endpoint holds at once. Its only clients are API servers, with one connection per log,
+/// Connections the endpoint holds at once. Its clients are mostly API servers, with one connection per log,
 /// exec or port-forward session; the rest of the limit is room for connections that never become requests
 /// until the timeouts close them, while leaving the agent file descriptors for its pods' logs.
 pub const MAX_CONNECTIONS: usize = 4_096;
@@ -62,37 +76,55 @@ pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// request: the API server dials once per request, so an idle connection is nobody's and closes after this.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The common name of the API server's client certificate, the one identity served (kubeadm's name for it).
-pub const APISERVER_CLIENT: &str = "kube-apiserver-kubelet-client";
-/// The group [`APISERVER_CLIENT`] must be in.
-const MASTERS_GROUP: &str = "system:masters";
-
 pub struct KubeletServer {
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    /// SHA-256 of the serving certificate's DER, published on the Node for the API server to pin.
-    pub cert_sha256: String,
+    serving: Arc<ServingCertificate>,
+}
+
+/// The endpoint's serving certificate, replaced while it serves: each TLS handshake takes the one installed
+/// last. Until the first is installed handshakes fail (the API server reports the node unreachable), which
+/// lets the agent serve from its start while the certificate is asked for.
+#[derive(Debug, Default)]
+pub(crate) struct ServingCertificate(RwLock<Option<Arc<CertifiedKey>>>);
+
+impl ServingCertificate {
+    /// Serves `cert_pem` (the certificate, then any intermediates) with `key_pem` from the next handshake on.
+    pub(crate) fn install(&self, cert_pem: &str, key_pem: &str) -> Result<(), AgentError> {
+        let invalid = |e: &dyn std::fmt::Display| AgentError::Config(format!("the serving certificate: {e}"));
+        let chain = rustls_pemfile::certs(&mut cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>();
+        let chain = chain.map_err(|e| invalid(&e))?;
+        let key = rustls_pemfile::private_key(&mut key_pem.as_bytes()).map_err(|e| invalid(&e))?;
+        let key = key.ok_or_else(|| invalid(&"no private key"))?;
+        let certified =
+            CertifiedKey::from_der(chain, key, &rustls::crypto::ring::default_provider()).map_err(|e| invalid(&e))?;
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(certified));
+        Ok(())
+    }
+}
+
+impl ResolvesServerCert for ServingCertificate {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
 }
 
 struct Handler {
+    auth: Auth,
+    /// This node's name: the endpoint answers for the pods bound to it only.
+    node: String,
     client: kube::Client,
     pods_dir: PathBuf,
     running: Arc<Running>,
 }
 
 impl KubeletServer {
-    /// Listens on `addr` with a new self-signed certificate for `name`, accepting client certificates signed
-    /// by `ca` (DER).
-    pub async fn bind(addr: SocketAddr, name: &str, ca: &[Vec<u8>]) -> Result<Self, AgentError> {
+    /// Listens on `addr`, accepting client certificates signed by `ca` (DER), serving the certificate
+    /// installed in [`KubeletServer::serving`].
+    pub async fn bind(addr: SocketAddr, ca: &[Vec<u8>]) -> Result<Self, AgentError> {
         let listener =
             TcpListener::bind(addr).await.map_err(|e| AgentError::Config(format!("cannot listen on {addr}: {e}")))?;
-        let key = rcgen::KeyPair::generate().map_err(|e| AgentError::Config(e.to_string()))?;
-        let names = vec![name.to_string(), addr.ip().to_string(), "localhost".to_string()];
-        let params = rcgen::CertificateParams::new(names).map_err(|e| AgentError::Config(e.to_string()))?;
-        let cert = params.self_signed(&key).map_err(|e| AgentError::Config(e.to_string()))?;
-        let cert_sha256 = hex::encode(sha2::Sha256::digest(cert.der()));
-        let key_der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der())
-            .map_err(|e| AgentError::Config(e.to_string()))?;
+        let serving = Arc::new(ServingCertificate::default());
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         for ca in ca {
@@ -104,24 +136,34 @@ impl KubeletServer {
             .map_err(|e| AgentError::Config(format!("client certificate verifier: {e}")))?;
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .and_then(|b| b.with_client_cert_verifier(clients).with_single_cert(vec![cert.der().clone()], key_der))
-            .map_err(|e| AgentError::Config(e.to_string()))?;
+            .map_err(|e| AgentError::Config(e.to_string()))?
+            .with_client_cert_verifier(clients)
+            .with_cert_resolver(serving.clone());
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(Self { listener, acceptor: TlsAcceptor::from(Arc::new(config)), cert_sha256 })
+        Ok(Self { listener, acceptor: TlsAcceptor::from(Arc::new(config)), serving })
+    }
+
+    /// Where the serving certificate is installed.
+    pub(crate) fn serving(&self) -> Arc<ServingCertificate> {
+        self.serving.clone()
     }
 
     pub fn port(&self) -> u16 {
         self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
     }
 
+    /// Serves until `shutdown` as node `node`, asking the API server through `client` about callers other
+    /// than `system:masters`.
     pub async fn run(
         self,
         client: kube::Client,
+        node: String,
         pods_dir: PathBuf,
         running: Arc<Running>,
         shutdown: CancellationToken,
     ) {
-        let handler = Arc::new(Handler { client, pods_dir, running });
+        let auth = Auth::new(node.clone(), Arc::new(ApiReviewer(client.clone())));
+        let handler = Arc::new(Handler { auth, node, client, pods_dir, running });
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let mut backoff: Option<Duration> = None;
         let mut saturated = false;
@@ -178,11 +220,11 @@ impl KubeletServer {
                         Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
                     },
                 };
-                // rustls checked the certificate against the cluster CA; who it names is decided per request.
-                let peer = Arc::new(Peer::of(tls.get_ref().1.peer_certificates()));
+                // rustls checked the certificate against the cluster CA; what it may do is decided per request.
+                let peer = Arc::new(auth::certificate_user(tls.get_ref().1.peer_certificates()));
                 let service = hyper::service::service_fn(move |request| {
                     let (handler, peer) = (handler.clone(), peer.clone());
-                    async move { Ok::<_, Infallible>(handler.serve(&peer, request).await) }
+                    async move { Ok::<_, Infallible>(handler.serve(peer.as_ref().as_ref(), request).await) }
                 });
                 let mut builder = hyper::server::conn::http1::Builder::new();
                 builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
@@ -204,65 +246,128 @@ fn text(code: StatusCode, message: String) -> Response<Body> {
     response
 }
 
-/// Who a connection's client certificate names (rustls has checked it was signed by the cluster CA).
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Peer {
-    Anonymous,
-    /// The subject's common name and organizations.
-    User {
-        name: String,
-        groups: Vec<String>,
-    },
+/// What a request asks for, by its path: the segments are the API server's names, which `parse` checked.
+#[derive(Debug, PartialEq, Eq)]
+enum Route {
+    /// `/containerLogs/{namespace}/{pod}/{container}`
+    Logs { namespace: String, pod: String, container: String },
+    /// `/exec/{namespace}/{pod}/{uid}/{container}`
+    Exec { namespace: String, pod: String, uid: String, container: String },
+    /// `/portForward/{namespace}/{pod}/{uid}`
+    PortForward { namespace: String, pod: String, uid: String },
 }
 
-impl Peer {
-    fn of(certificates: Option<&[CertificateDer<'_>]>) -> Self {
-        let Some(leaf) = certificates.and_then(|chain| chain.first()) else { return Peer::Anonymous };
-        let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf) else { return Peer::Anonymous };
-        let subject = cert.subject();
-        let name = subject.iter_common_name().find_map(|cn| cn.as_str().ok()).unwrap_or_default().to_string();
-        let groups = subject.iter_organization().filter_map(|o| o.as_str().ok().map(str::to_string)).collect();
-        Peer::User { name, groups }
+impl Route {
+    /// The route `path` (as sent, not percent-decoded) names, or None. Anyone the API server lets proxy to
+    /// nodes can call this port, so a segment that is not a name an object could have (empty, `.`, `..`, or
+    /// with `/` or `%`, by Kubernetes' path segment rule) is an error before it reaches a file path or the
+    /// API server's URL.
+    fn parse(path: &str) -> Result<Option<Self>, String> {
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let route = match segments.as_slice() {
+            ["containerLogs", namespace, pod, container] => {
+                Route::Logs { namespace: namespace.to_string(), pod: pod.to_string(), container: container.to_string() }
+            }
+            ["exec", namespace, pod, uid, container] => Route::Exec {
+                namespace: namespace.to_string(),
+                pod: pod.to_string(),
+                uid: uid.to_string(),
+                container: container.to_string(),
+            },
+            ["portForward", namespace, pod, uid] => {
+                Route::PortForward { namespace: namespace.to_string(), pod: pod.to_string(), uid: uid.to_string() }
+            }
+            _ => return Ok(None),
+        };
+        for segment in &segments[1..] {
+            let errors = skiff_api::validation::path_segment_errors(segment);
+            let error = if segment.is_empty() { Some("may not be empty") } else { errors.first().map(String::as_str) };
+            if let Some(error) = error {
+                return Err(format!("invalid path segment \"{segment}\": {error}"));
+            }
+        }
+        Ok(Some(route))
     }
-}
 
-/// The refusal of a request with `method` from `peer`, unless it is the API server's. Worded as the
-/// kubelet's: `Unauthorized` without an identity; with another, `Forbidden` naming what it asked, which the
-/// kubelet maps to `nodes/proxy` for every path served here.
-fn refusal(peer: &Peer, method: &http::Method) -> Option<Response<Body>> {
-    match peer {
-        Peer::Anonymous => Some(text(StatusCode::UNAUTHORIZED, "Unauthorized".into())),
-        Peer::User { name, groups } if name == APISERVER_CLIENT && groups.iter().any(|g| g == MASTERS_GROUP) => None,
-        Peer::User { name, .. } => {
-            let verb = match *method {
-                http::Method::POST => "create".to_string(),
-                http::Method::PUT => "update".to_string(),
-                ref other => other.as_str().to_ascii_lowercase(),
-            };
-            let message = format!("Forbidden (user={name}, verb={verb}, resource=nodes, subresource=proxy)");
-            Some(text(StatusCode::FORBIDDEN, message))
+    fn namespace(&self) -> &str {
+        match self {
+            Route::Logs { namespace, .. } | Route::Exec { namespace, .. } | Route::PortForward { namespace, .. } => {
+                namespace
+            }
+        }
+    }
+
+    fn pod(&self) -> &str {
+        match self {
+            Route::Logs { pod, .. } | Route::Exec { pod, .. } | Route::PortForward { pod, .. } => pod,
+        }
+    }
+
+    /// The uid of `pod` (the route's pod, None when the API server has none) if this route may reach it on
+    /// `node`: it is bound to `node`, the route's uid is its uid and its container one of its containers
+    /// (init, regular or ephemeral, as the kubelet's `GetContainerSpec`); else the kubelet's 404 message. A pod
+    /// of another node is one this node does not know.
+    fn target<'p>(&self, pod: Option<&'p Pod>, node: &str) -> Result<&'p str, String> {
+        let spec = pod.and_then(|pod| pod.spec.as_ref()).filter(|spec| spec.node_name.as_deref() == Some(node));
+        let (Some(pod), Some(spec)) = (pod, spec) else {
+            return Err(match self {
+                Route::Logs { pod, .. } => format!("pod \"{pod}\" does not exist"),
+                Route::Exec { .. } | Route::PortForward { .. } => "pod does not exist".to_string(),
+            });
+        };
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        let has = |name: &str| {
+            let init = spec.init_containers.iter().flatten().map(|c| &c.name);
+            let ephemeral = spec.ephemeral_containers.iter().flatten().map(|c| &c.name);
+            spec.containers.iter().map(|c| &c.name).chain(init).chain(ephemeral).any(|c| c == name)
+        };
+        match self {
+            Route::Logs { pod, container, .. } if !has(container) => {
+                Err(format!("container \"{container}\" not found in pod \"{pod}\""))
+            }
+            // The kubelet finds an exec's container by the pod's uid and the container's name.
+            Route::Exec { uid: asked, container, .. } if asked != uid || !has(container) => {
+                Err(format!("container not found (\"{container}\")"))
+            }
+            Route::PortForward { uid: asked, .. } if asked != uid => Err("pod not found".to_string()),
+            _ => Ok(uid),
         }
     }
 }
 
 impl Handler {
-    async fn serve(&self, peer: &Peer, request: Request<Incoming>) -> Response<Body> {
-        if let Some(refusal) = refusal(peer, request.method()) {
-            tracing::debug!(?peer, path = %request.uri().path(), "refused a client other than the API server");
-            return refusal;
+    /// Answers `request` from the client `certified` by its connection's certificate, if any.
+    async fn serve(&self, certified: Option<&UserInfo>, request: Request<Incoming>) -> Response<Body> {
+        let (method, path) = (request.method(), request.uri().path());
+        if let Err(refusal) = self.auth.check(certified, request.headers(), method, path).await {
+            tracing::debug!(user = ?certified.map(|u| &u.name), %method, path, ?refusal, "request refused");
+            return text(refusal.status(), refusal.body());
         }
-        let path: Vec<&str> = request.uri().path().trim_matches('/').split('/').collect();
-        if let ["exec", namespace, pod, uid, container] = path.as_slice() {
-            let (pod, uid, container) = (format!("{namespace}/{pod}"), uid.to_string(), container.to_string());
-            return self.exec(&pod, &uid, &container, request);
-        }
-        if let ["portForward", namespace, pod, uid] = path.as_slice() {
-            let (pod, uid) = (format!("{namespace}/{pod}"), uid.to_string());
-            return self.port_forward(pod, uid, request);
-        }
-        let ["containerLogs", namespace, pod, container] = path.as_slice() else {
-            return text(StatusCode::NOT_FOUND, "not found".into());
+        let route = match Route::parse(request.uri().path()) {
+            Ok(Some(route)) => route,
+            Ok(None) => return text(StatusCode::NOT_FOUND, "not found".into()),
+            Err(message) => return text(StatusCode::BAD_REQUEST, message),
         };
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), route.namespace());
+        let pod = match pods.get_opt(route.pod()).await {
+            Ok(pod) => pod,
+            Err(e) => return text(StatusCode::BAD_GATEWAY, e.to_string()),
+        };
+        let uid = match route.target(pod.as_ref(), &self.node) {
+            Ok(uid) => uid.to_string(),
+            Err(message) => return text(StatusCode::NOT_FOUND, message),
+        };
+        match route {
+            Route::Logs { container, .. } => self.logs(&uid, &container, &request),
+            Route::Exec { namespace, pod, container, .. } => {
+                self.exec(&format!("{namespace}/{pod}"), &uid, &container, request)
+            }
+            Route::PortForward { namespace, pod, .. } => self.port_forward(format!("{namespace}/{pod}"), uid, request),
+        }
+    }
+
+    /// Streams the log of `container` of the pod with `uid`, by the request's query.
+    fn logs(&self, uid: &str, container: &str, request: &Request<Incoming>) -> Response<Body> {
         let pairs: Vec<(String, String)> =
             serde_urlencoded::from_str(request.uri().query().unwrap_or("")).unwrap_or_default();
         let get = |key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
@@ -280,12 +385,7 @@ impl Handler {
             since,
             limit_bytes: get("limitBytes").and_then(|n| n.parse().ok()),
         };
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
-        let uid = match pods.get_opt(pod).await {
-            Ok(Some(pod)) => pod.metadata.uid.unwrap_or_default(),
-            Ok(None) => return text(StatusCode::NOT_FOUND, format!("pod \"{pod}\" not found")),
-            Err(e) => return text(StatusCode::BAD_GATEWAY, e.to_string()),
-        };
+        // Every part checked by `Route`: the uid is the API server's and the container one of the pod's.
         let dir = self.pods_dir.join(uid).join("logs").join(container);
         match logs::read(&dir, container, query) {
             Ok(lines) => {
@@ -430,23 +530,7 @@ mod tests {
         (params.signed_by(&key, ca).unwrap().der().to_vec(), key)
     }
 
-    #[test]
-    fn only_the_api_server_is_served() {
-        let user = |name: &str, group: &str| Peer::User { name: name.into(), groups: vec![group.into()] };
-        let status = |peer: &Peer, method: http::Method| refusal(peer, &method).map(|r| r.status());
-        assert_eq!(status(&user(APISERVER_CLIENT, MASTERS_GROUP), http::Method::GET), None);
-        assert_eq!(status(&Peer::Anonymous, http::Method::GET), Some(StatusCode::UNAUTHORIZED));
-        assert_eq!(status(&user(APISERVER_CLIENT, "system:nodes"), http::Method::GET), Some(StatusCode::FORBIDDEN));
-        assert_eq!(status(&user("system:node:b", "system:nodes"), http::Method::POST), Some(StatusCode::FORBIDDEN));
-        assert_eq!(status(&user("admin", MASTERS_GROUP), http::Method::GET), Some(StatusCode::FORBIDDEN));
-
-        let (_, issuer) = ca();
-        let (der, _) = client_cert(&issuer, "system:node:b", "system:nodes");
-        assert_eq!(Peer::of(Some(&[CertificateDer::from(der)])), user("system:node:b", "system:nodes"));
-        assert_eq!(Peer::of(None), Peer::Anonymous);
-    }
-
-    /// Accepts the agent's self-signed certificate, as the API server does by its pin.
+    /// Accepts any serving certificate: what the API server checks of the agent's is tested there.
     #[derive(Debug)]
     struct AnyServer(rustls::crypto::WebPkiSupportedAlgorithms);
 
@@ -513,29 +597,167 @@ mod tests {
         Ok(format!("{status} {body}"))
     }
 
+    /// A serving certificate (PEM) for node-a at 127.0.0.1 signed by `ca`, and its key.
+    fn serving_cert(ca: &Issuer<'static, KeyPair>) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["node-a".to_string(), "127.0.0.1".to_string()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, "system:node:node-a");
+        params.distinguished_name.push(DnType::OrganizationName, "system:nodes");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        (params.signed_by(&key, ca).unwrap().pem(), key.serialize_pem())
+    }
+
+    /// The certificate `server` presents to one handshake, verified against `ca` for 127.0.0.1.
+    async fn presented(server: &KubeletServer, ca: &[u8]) -> Result<Vec<u8>, std::io::Error> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from(ca.to_vec())).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connect = async {
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", server.port())).await?;
+            let name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await?;
+            let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
+            Ok(chain.first().map(|c| c.to_vec()).unwrap_or_default())
+        };
+        let accept = async {
+            let (tcp, _) = server.listener.accept().await.unwrap();
+            // Kept until the client has read the certificate.
+            server.acceptor.accept(tcp).await
+        };
+        tokio::join!(connect, accept).0
+    }
+
+    #[test]
+    fn paths_name_routes_of_names_only() {
+        let logs = |container: &str| Route::Logs {
+            namespace: "default".into(),
+            pod: "web".into(),
+            container: container.into(),
+        };
+        assert_eq!(Route::parse("/containerLogs/default/web/main"), Ok(Some(logs("main"))));
+        assert_eq!(Route::parse("/containerLogs/default/web/main/"), Ok(Some(logs("main"))));
+        let exec = Route::Exec { namespace: "ns".into(), pod: "p".into(), uid: "u".into(), container: "c".into() };
+        assert_eq!(Route::parse("/exec/ns/p/u/c"), Ok(Some(exec)));
+        let forward = Route::PortForward { namespace: "ns".into(), pod: "p".into(), uid: "u".into() };
+        assert_eq!(Route::parse("/portForward/ns/p/u"), Ok(Some(forward)));
+        for other in ["/", "/containerLogs/default/web", "/containerLogs/default/web/main/x", "/stats/summary"] {
+            assert_eq!(Route::parse(other), Ok(None), "{other}");
+        }
+        // Nothing that could walk a file path or another URL gets through: the path is not percent-decoded, so
+        // `%` is refused too.
+        let cases = [
+            ("/containerLogs/default/web/..", r#"invalid path segment "..": may not be '..'"#),
+            ("/containerLogs/default/web/.", r#"invalid path segment ".": may not be '.'"#),
+            ("/containerLogs/default/../main", r#"invalid path segment "..": may not be '..'"#),
+            ("/containerLogs/../web/main", r#"invalid path segment "..": may not be '..'"#),
+            ("/containerLogs/default/web/%2e%2e", r#"invalid path segment "%2e%2e": may not contain '%'"#),
+            ("/containerLogs/default/web/..%2Fetc", r#"invalid path segment "..%2Fetc": may not contain '%'"#),
+            ("/containerLogs/default//main", r#"invalid path segment "": may not be empty"#),
+            ("/exec/default/web/../main", r#"invalid path segment "..": may not be '..'"#),
+            ("/portForward/default/web/..", r#"invalid path segment "..": may not be '..'"#),
+        ];
+        for (path, error) in cases {
+            assert_eq!(Route::parse(path), Err(error.to_string()), "{path}");
+        }
+    }
+
+    #[test]
+    fn a_route_reaches_only_this_node_s_pods_and_their_containers() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "default", "uid": "u-1"},
+            "spec": {
+                "nodeName": "node-a",
+                "initContainers": [{"name": "setup"}],
+                "containers": [{"name": "main"}],
+                "ephemeralContainers": [{"name": "debug"}],
+            },
+        }))
+        .unwrap();
+        let route = |path: &str| Route::parse(path).unwrap().unwrap();
+        for container in ["main", "setup", "debug"] {
+            let logs = route(&format!("/containerLogs/default/web/{container}"));
+            assert_eq!(logs.target(Some(&pod), "node-a"), Ok("u-1"), "{container}");
+            let exec = route(&format!("/exec/default/web/u-1/{container}"));
+            assert_eq!(exec.target(Some(&pod), "node-a"), Ok("u-1"), "{container}");
+        }
+        assert_eq!(route("/portForward/default/web/u-1").target(Some(&pod), "node-a"), Ok("u-1"));
+
+        // A pod the API server does not have, or another node's, is one this node does not know.
+        let logs = route("/containerLogs/default/web/main");
+        let missing = Err(r#"pod "web" does not exist"#.to_string());
+        assert_eq!((logs.target(None, "node-a"), logs.target(Some(&pod), "node-b")), (missing.clone(), missing));
+        let exec = route("/exec/default/web/u-1/main");
+        assert_eq!(exec.target(Some(&pod), "node-b"), Err("pod does not exist".to_string()));
+        let forward = route("/portForward/default/web/u-1");
+        assert_eq!(forward.target(None, "node-a"), Err("pod does not exist".to_string()));
+        let mut unbound = pod.clone();
+        unbound.spec.as_mut().unwrap().node_name = None;
+        assert_eq!(forward.target(Some(&unbound), "node-a"), Err("pod does not exist".to_string()));
+
+        // A container it does not have, or another pod's uid.
+        let other = route("/containerLogs/default/web/sidecar");
+        assert_eq!(other.target(Some(&pod), "node-a"), Err(r#"container "sidecar" not found in pod "web""#.into()));
+        let other = route("/exec/default/web/u-1/sidecar");
+        assert_eq!(other.target(Some(&pod), "node-a"), Err(r#"container not found ("sidecar")"#.into()));
+        let stale = route("/exec/default/web/u-0/main");
+        assert_eq!(stale.target(Some(&pod), "node-a"), Err(r#"container not found ("main")"#.into()));
+        let stale = route("/portForward/default/web/u-0");
+        assert_eq!(stale.target(Some(&pod), "node-a"), Err("pod not found".into()));
+    }
+
+    #[tokio::test]
+    async fn each_handshake_serves_the_certificate_installed_last() {
+        let (ca_der, issuer) = ca();
+        let server = KubeletServer::bind("127.0.0.1:0".parse().unwrap(), std::slice::from_ref(&ca_der)).await.unwrap();
+        assert!(presented(&server, &ca_der).await.is_err(), "nothing to serve before a certificate is installed");
+        let der = |pem: &str| x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap().1.contents;
+        let (first, key) = serving_cert(&issuer);
+        server.serving().install(&first, &key).unwrap();
+        assert_eq!(presented(&server, &ca_der).await.unwrap(), der(&first));
+        let (second, key) = serving_cert(&issuer);
+        server.serving().install(&second, &key).unwrap();
+        assert_eq!(presented(&server, &ca_der).await.unwrap(), der(&second), "renewed without a restart");
+        assert!(server.serving().install(&second, "no key").is_err());
+        let (_, other_key) = serving_cert(&issuer);
+        assert!(server.serving().install(&second, &other_key).is_err(), "a key that is not the certificate's");
+    }
+
     #[tokio::test]
     async fn clients_are_known_by_certificates_from_the_cluster_ca() {
         let (ca_der, issuer) = ca();
-        let server = KubeletServer::bind("127.0.0.1:0".parse().unwrap(), "node-a", &[ca_der]).await.unwrap();
+        let server = KubeletServer::bind("127.0.0.1:0".parse().unwrap(), &[ca_der]).await.unwrap();
+        let (cert, key) = serving_cert(&issuer);
+        server.serving().install(&cert, &key).unwrap();
         let port = server.port();
-        // A client of no server: a request that passes authentication fails looking its pod up.
+        // A client of no server: whoever the API server must judge meets an authorization error, and a request
+        // that passes fails looking its pod up.
         let nowhere = kube::Client::try_from(kube::Config::new("https://127.0.0.1:1".parse().unwrap())).unwrap();
         let pods = tempfile::tempdir().unwrap();
         let shutdown = CancellationToken::new();
         let running = Arc::new(Running::default());
-        tokio::spawn(server.run(nowhere, pods.path().to_path_buf(), running, shutdown.clone()));
+        tokio::spawn(server.run(nowhere, "node-a".into(), pods.path().to_path_buf(), running, shutdown.clone()));
 
         let anonymous = ask(port, None).await.unwrap();
         assert_eq!(anonymous, "HTTP/1.1 401 Unauthorized Unauthorized");
-        let node = ask(port, Some(client_cert(&issuer, "system:node:b", "system:nodes"))).await.unwrap();
+        let alice = ask(port, Some(client_cert(&issuer, "alice", "developers"))).await.unwrap();
         assert_eq!(
-            node,
-            "HTTP/1.1 403 Forbidden Forbidden (user=system:node:b, verb=get, resource=nodes, subresource=proxy)"
+            alice,
+            "HTTP/1.1 500 Internal Server Error \
+             Authorization error (user=alice, verb=get, resource=nodes, subresource=proxy)"
         );
-        let apiserver = ask(port, Some(client_cert(&issuer, APISERVER_CLIENT, MASTERS_GROUP))).await.unwrap();
+        let node = ask(port, Some(client_cert(&issuer, "system:node:b", "system:nodes"))).await.unwrap();
+        assert_eq!(node, "HTTP/1.1 401 Unauthorized Unauthorized", "a node's certificate is no one here");
+        let masters = skiff_api::authz::MASTERS;
+        let apiserver = ask(port, Some(client_cert(&issuer, "kube-apiserver-kubelet-client", masters))).await.unwrap();
         assert!(apiserver.starts_with("HTTP/1.1 502"), "past authentication, the pod lookup fails: {apiserver}");
         let (_, stranger) = ca();
-        let forged = ask(port, Some(client_cert(&stranger, APISERVER_CLIENT, MASTERS_GROUP))).await;
+        let forged = ask(port, Some(client_cert(&stranger, "kube-apiserver-kubelet-client", masters))).await;
         assert!(forged.is_err(), "a certificate from another CA fails the handshake: {forged:?}");
         shutdown.cancel();
     }

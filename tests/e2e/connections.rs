@@ -115,7 +115,7 @@ pub fn idle_connections_neither_block_nor_stay() {
     let (code, body) = ask_agent();
     let took = started.elapsed();
     eprintln!("the agent answered in {took:?} beside {IDLE_CONNECTIONS} idle connections");
-    assert_eq!((code, body.as_str()), (404, "pod \"absent\" not found"), "the agent looked the pod up");
+    assert_eq!((code, body.as_str()), (404, "pod \"absent\" does not exist"), "the agent looked the pod up");
     assert!(took < AT_ONCE, "the agent took {took:?} beside {IDLE_CONNECTIONS} idle connections");
 
     // The flood is held (a server that refused it would not be tested by it), until the handshake timeout.

@@ -1,13 +1,14 @@
 //! Encryption at rest (`--encryption-provider-config`): what the store holds, a key rotation done the
-//! Kubernetes way, and identity first for going back to plaintext.
+//! Kubernetes way (from aesgcm to secretbox), and identity first for going back to plaintext.
 
 use std::path::Path;
 
 use crate::harness::{Backend, Cluster};
 
-/// 32 and 16 random bytes, base64, as `head -c 32 /dev/urandom | base64` makes them.
+/// 32 random bytes each, base64, as `head -c 32 /dev/urandom | base64` makes them: KEY1 for aesgcm, KEY2
+/// for secretbox (which takes only 32-byte keys).
 const KEY1: &str = "3pQ7Vd0cXk2bWm9yH1sJ4tLr8aFe6gNu5oCiZqYvBxw=";
-const KEY2: &str = "kT3m9Qx7LcV2pW8nR5yB1g==";
+const KEY2: &str = "d8Fq2LxN5vRm0bKc7TgZ4hWs1yPe9uJa3oQi6nXt2Ck=";
 /// For every other resource but ConfigMaps, in every configuration: pods, RBAC objects, namespaces, leases
 /// are all read straight from the store by parts of the server (the authorizer's mirror, watches, the
 /// controllers' leader election), which must keep working.
@@ -31,6 +32,10 @@ fn config(providers: &str) -> String {
 
 fn aesgcm(name: &str, secret: &str) -> String {
     format!("  - aesgcm:\n      keys:\n      - name: {name}\n        secret: {secret}\n")
+}
+
+fn secretbox(name: &str, secret: &str) -> String {
+    format!("  - secretbox:\n      keys:\n      - name: {name}\n        secret: {secret}\n")
 }
 
 const IDENTITY: &str = "  - identity: {}\n";
@@ -82,9 +87,9 @@ pub fn encryption_at_rest_hides_secrets_and_rotates_keys(backend: Backend) {
         path.to_str().unwrap().to_string()
     };
     let first = write("first.yaml", &aesgcm("key1", KEY1));
-    let rotating = write("rotating.yaml", &format!("{}{}", aesgcm("key2", KEY2), aesgcm("key1", KEY1)));
-    let rotated = write("rotated.yaml", &aesgcm("key2", KEY2));
-    let back_to_plain = write("plain.yaml", &format!("{IDENTITY}{}", aesgcm("key2", KEY2)));
+    let rotating = write("rotating.yaml", &format!("{}{}", secretbox("key2", KEY2), aesgcm("key1", KEY1)));
+    let rotated = write("rotated.yaml", &secretbox("key2", KEY2));
+    let back_to_plain = write("plain.yaml", &format!("{IDENTITY}{}", secretbox("key2", KEY2)));
     let flag = "--encryption-provider-config";
 
     let mut cluster = Cluster::start_with(backend, &[flag, &first]).unwrap();
@@ -111,18 +116,20 @@ pub fn encryption_at_rest_hides_secrets_and_rotates_keys(backend: Backend) {
     );
     assert!(cluster.fails(&["get", "configmaps", "--as=alice"]).contains("forbidden"));
 
-    // Rotation: the new key first, restart, rewrite every Secret, drop the old key, restart.
+    // Rotation: the new key (another provider, secretbox) first, restart, rewrite every Secret, drop the old
+    // key, restart.
     cluster.restart_with(&[flag, &rotating]).unwrap();
     assert_eq!(password(&cluster, "creds"), PASSWORD_BASE64, "the old key still reads");
     let all = cluster.ok(&["get", "secrets", "-A", "-o", "json"]);
-    // kubectl validates a List against /openapi/v2, which Skiff does not serve (it serves v3).
-    let replaced = cluster.with_stdin(&["replace", "--validate=false", "-f", "-"], &all);
+    // As Kubernetes' documentation says it, validation on: kubectl reads /openapi/v2 to validate a List.
+    let replaced = cluster.with_stdin(&["replace", "-f", "-"], &all);
     assert!(replaced.status.success(), "replace: {}", String::from_utf8_lossy(&replaced.stderr));
     if cluster.etcd_endpoint().is_some() {
         let raw = stored(&cluster, secret_key);
-        assert!(raw.starts_with(b"k8s:enc:aesgcm:v1:key2:"), "an unchanged Secret was rewritten with the new key");
+        assert!(raw.starts_with(b"k8s:enc:secretbox:v1:key2:"), "an unchanged Secret was rewritten with the new key");
+        assert!(!contains(&raw, PASSWORD_BASE64) && !contains(&raw, PASSWORD), "secretbox hides the value");
     } else {
-        assert!(contains(&stored(&cluster, secret_key), "k8s:enc:aesgcm:v1:key2:"));
+        assert!(contains(&stored(&cluster, secret_key), "k8s:enc:secretbox:v1:key2:"));
     }
     cluster.restart_with(&[flag, &rotated]).unwrap();
     assert_eq!(password(&cluster, "creds"), PASSWORD_BASE64, "readable with the new key alone");
@@ -152,7 +159,9 @@ pub fn a_bad_encryption_config_stops_the_server() {
     assert!(!output.status.success(), "the server refused to start: {stderr}");
     assert!(
         stderr.contains(path.to_str().unwrap())
-            && stderr.contains("resources[0].providers[0].aesgcm.keys[0].secret: secret must be 16 or 32 bytes"),
+            && stderr.contains(
+                "resources[0].providers[0].aesgcm.keys[0].secret: secret is not of the expected length, got 5"
+            ),
         "{stderr}"
     );
 }

@@ -616,6 +616,16 @@ impl Agent {
         Ok(agent)
     }
 
+    /// Joins `cluster` as node `name` with `join_token` (one `skiff token create` printed) instead of the
+    /// server's shared one, with extra `skiff agent` flags.
+    pub fn join_with_token(cluster: &Cluster, name: &str, join_token: &str, flags: &[&str]) -> anyhow::Result<Self> {
+        let mut agent = Self::unlaunched(cluster, &[cluster], name, flags)?;
+        agent.token_file = agent.dir.path().join("join-token");
+        std::fs::write(&agent.token_file, join_token)?;
+        agent.launch(cluster)?;
+        Ok(agent)
+    }
+
     /// Joins `cluster` as node `name` running as the unprivileged user `uid` and group `uid`, with a data
     /// dir and a copy of the join token of its own, as on an edge box where the agent only runs wasm.
     pub fn join_as_user(cluster: &Cluster, name: &str, uid: u32) -> anyhow::Result<Self> {

@@ -14,6 +14,8 @@ mod exec;
 mod ha;
 mod harness;
 mod identity;
+mod incluster;
+mod kubelet;
 mod lifecycle;
 mod multinode;
 mod network;
@@ -708,8 +710,28 @@ fn identity_the_kubelet_port_serves_only_the_api_server() {
 }
 
 #[test]
+fn kubelet_the_kubelet_port_authorizes_callers_through_the_api_server() {
+    kubelet::the_kubelet_port_authorizes_callers_through_the_api_server();
+}
+
+#[test]
 fn identity_a_node_acts_only_on_what_is_its_own() {
     identity::a_node_acts_only_on_what_is_its_own();
+}
+
+#[test]
+fn identity_deleting_a_node_locks_its_certificate_out() {
+    identity::deleting_a_node_locks_its_certificate_out();
+}
+
+#[test]
+fn identity_a_node_joins_with_a_bootstrap_token_of_its_own_that_deleting_revokes() {
+    identity::a_node_joins_with_a_bootstrap_token_of_its_own_that_deleting_revokes();
+}
+
+#[test]
+fn identity_the_kubelet_port_serves_a_certificate_issued_through_a_csr() {
+    identity::the_kubelet_port_serves_a_certificate_issued_through_a_csr();
 }
 
 #[test]
@@ -755,6 +777,11 @@ fn encryption_a_bad_config_stops_the_server() {
 #[test]
 fn multinode_pods_and_services_span_nodes() {
     multinode::pods_and_services_span_nodes();
+}
+
+#[test]
+fn incluster_workloads_use_the_in_cluster_configuration() {
+    incluster::workloads_use_the_in_cluster_configuration();
 }
 
 scenarios!(

@@ -24,7 +24,7 @@ fn stderr(output: &Output) -> String {
 }
 
 /// `skiff kubeconfig --user NAME [--group G]` for the cluster's data dir, written beside it.
-fn mint_user(cluster: &Cluster, user: &str, group: Option<&str>) -> PathBuf {
+pub fn mint_user(cluster: &Cluster, user: &str, group: Option<&str>) -> PathBuf {
     let mut command = Command::new(env!("CARGO_BIN_EXE_skiff"));
     command.args(["kubeconfig", "--user", user, "--data-dir"]).arg(cluster.data_dir());
     if let Some(group) = group {

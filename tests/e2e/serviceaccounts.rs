@@ -1,6 +1,6 @@
 //! ServiceAccount credentials end to end with the real kubectl: `kubectl create token` mints a token that
 //! authenticates as its account, holds exactly what RBAC grants the account, is refused for another
-//! audience and below Kubernetes' shortest lifetime, and TokenReview says so too; a token Secret is filled
+//! audience, once expired and below Kubernetes' shortest lifetime, and TokenReview says so too; a token Secret is filled
 //! in and its token works while the Secret lasts; every namespace has the cluster CA in `kube-root-ca.crt`;
 //! a pod gets the projected API credentials, and one naming a missing account is refused. Only the API
 //! server runs.
@@ -30,6 +30,25 @@ fn review(cluster: &Cluster, token: &str, audiences: &[&str]) -> Value {
     let answer =
         cluster.ok(&["create", "--raw", "/apis/authentication.k8s.io/v1/tokenreviews", "-f", path.to_str().unwrap()]);
     serde_json::from_str::<Value>(&answer).expect("a TokenReview")["status"].clone()
+}
+
+/// `token` with its claims changed by `change`, signed again with the cluster's service account key
+/// (`sa.key` in the server's data dir, ES256) under the same header.
+fn resigned(cluster: &Cluster, token: &str, change: impl FnOnce(&mut Value)) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as BASE64URL;
+    let mut parts = token.split('.');
+    let (header, claims) = (parts.next().unwrap(), parts.next().unwrap());
+    let mut claims: Value = serde_json::from_slice(&BASE64URL.decode(claims).unwrap()).unwrap();
+    change(&mut claims);
+    let signed = format!("{header}.{}", BASE64URL.encode(claims.to_string()));
+    let pem = std::fs::read_to_string(cluster.data_dir().join("sa.key")).unwrap();
+    let pkcs8 = rcgen::KeyPair::from_pem(&pem).unwrap().serialize_der();
+    let rng = ring::rand::SystemRandom::new();
+    let key =
+        ring::signature::EcdsaKeyPair::from_pkcs8(&ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8, &rng)
+            .unwrap();
+    let signature = key.sign(&rng, signed.as_bytes()).unwrap();
+    format!("{signed}.{}", BASE64URL.encode(signature.as_ref()))
 }
 
 pub fn service_accounts_get_tokens_and_pods_get_credentials(backend: Backend) {
@@ -85,6 +104,19 @@ pub fn service_accounts_get_tokens_and_pods_get_credentials(backend: Backend) {
     );
     let ten_minutes = cluster.ok(&["create", "token", "default", "--duration", "10m"]).trim().to_string();
     assert!(with_token(&cluster, &ten_minutes, &["get", "pods"]).status.success());
+    // The same token once expired (its times moved two minutes past the minute of leeway, signed again with
+    // the cluster's key, as it will be in ten minutes): 401, and TokenReview says why.
+    let expired = resigned(&cluster, &ten_minutes, |claims| {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        claims["iat"] = json!(now - 900);
+        claims["nbf"] = json!(now - 900);
+        claims["exp"] = json!(now - 180);
+    });
+    let refused = with_token(&cluster, &expired, &["get", "pods"]);
+    assert!(stderr(&refused).contains("Unauthorized"), "{}", stderr(&refused));
+    assert_eq!(review(&cluster, &expired, &[])["error"], "service account token has expired");
+    // The re-signing itself is sound: the same token with its claims unchanged is still taken.
+    assert!(with_token(&cluster, &resigned(&cluster, &ten_minutes, |_| {}), &["get", "pods"]).status.success());
     let missing = cluster.fails(&["create", "token", "nobody"]);
     assert!(missing.contains(r#"serviceaccounts "nobody" not found"#), "{missing}");
 

@@ -17,6 +17,10 @@ pub const NODES: &str = "system:nodes";
 pub const NODE_USER_PREFIX: &str = "system:node:";
 /// The group of join-token holders, who may only ask for a node certificate.
 pub const BOOTSTRAPPERS: &str = "system:bootstrappers";
+/// How far the cluster's signer sets a certificate's `notBefore` back from its issue (Kubernetes' 5
+/// minutes), so a client whose clock is behind can use it at once: the issue time is `notBefore` plus this,
+/// which is how the API server tells a node certificate issued before the node was revoked.
+pub const CERTIFICATE_BACKDATE: std::time::Duration = std::time::Duration::from_secs(5 * 60);
 
 /// An authenticated identity, as `user.Info`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -335,8 +335,7 @@ fn own_lease(node: &str, attributes: &Attributes) -> Result<(), String> {
 /// APIs Skiff serves and to what its agent calls. [`authorize`] narrows Secrets, ConfigMaps, claims,
 /// ServiceAccount tokens and Leases further; NodeRestriction ([`admit`]) narrows the writes.
 ///
-/// Left out of Kubernetes' list: token and subject access reviews (the agent checks no one's credentials
-/// through the API), `get endpoints` (for glusterfs volumes), PersistentVolumes, claims' status,
+/// Left out of Kubernetes' list: `get endpoints` (for glusterfs volumes), PersistentVolumes, claims' status,
 /// VolumeAttachments, CSIDrivers, CSINodes, ResourceClaims and ClusterTrustBundles.
 pub fn node_rules() -> Vec<PolicyRule> {
     NODE_RULES.clone()
@@ -375,6 +374,9 @@ static NODE_RULES: LazyLock<Vec<PolicyRule>> = LazyLock::new(|| {
         rule(&["list", "watch"], "discovery.k8s.io", &["endpointslices"]),
         rule(&["list", "watch"], "networking.k8s.io", &["networkpolicies"]),
         rule(&["list", "watch"], "", &["namespaces"]),
+        // The kubelet endpoint authenticates bearer tokens and authorizes callers through the API server.
+        rule(&["create"], "authentication.k8s.io", &["tokenreviews"]),
+        rule(&["create"], "authorization.k8s.io", &["subjectaccessreviews", "localsubjectaccessreviews"]),
     ]
 });
 
@@ -957,7 +959,10 @@ mod tests {
         let allows =
             |verb: &str, resource: &str| rules.iter().any(|r| rule_allows(r, &ask(&a, verb, resource, "", "")));
         assert!(allows("update", "nodes/status") && allows("create", "pods/eviction"));
-        assert!(!allows("create", "tokenreviews.authentication.k8s.io"), "skiff serves no delegated authentication");
+        // The kubelet endpoint's webhook modes.
+        assert!(allows("create", "tokenreviews.authentication.k8s.io"));
+        assert!(allows("create", "subjectaccessreviews.authorization.k8s.io"));
+        assert!(!allows("get", "tokenreviews.authentication.k8s.io"));
         assert!(!allows("get", "persistentvolumes"), "the graph knows no volumes");
         assert!(!allows("get", "endpoints"), "no glusterfs");
         assert!(rules.iter().all(|r| r.non_resource_urls.is_none() && r.resource_names.is_none()));

@@ -58,6 +58,22 @@ pub fn v3_document(path: &str) -> Option<&'static Value> {
     DOCUMENTS.get(path.trim_matches('/')).map(|doc| &doc.value)
 }
 
+/// `/openapi/v2` as kubectl reads it, protobuf (gnostic's `openapi_v2.Document`): a document that defines
+/// no kinds, since Skiff publishes its schemas in v3 only. kubectl still fetches it to validate a `List`
+/// (`kubectl get secrets -A -o json | kubectl replace -f -`, the rewrite after an encryption key rotation)
+/// item by item, and lets through the kinds a document does not define; the server then checks each item
+/// strictly, as the v3 documents tell kubectl to ask it. `version` is the server's `gitVersion`.
+pub fn v2_document_protobuf(version: &str) -> Vec<u8> {
+    // Protobuf's length-delimited field: the key (number, wire type 2), the length, the bytes.
+    fn field(number: u8, bytes: &[u8]) -> Vec<u8> {
+        let length = u8::try_from(bytes.len()).expect("short fields only");
+        [&[number << 3 | 2, length][..], bytes].concat()
+    }
+    // Info: title = 1, version = 2. Document: swagger = 1, info = 2.
+    let info = [field(1, b"Kubernetes"), field(2, version.as_bytes())].concat();
+    [field(1, b"2.0"), field(2, &info)].concat()
+}
+
 fn api_path(group: &str, version: &str) -> String {
     if group.is_empty() { format!("api/{version}") } else { format!("apis/{group}/{version}") }
 }
@@ -727,5 +743,11 @@ mod tests {
         assert!(paths.contains_key("api/v1"));
         assert_ne!(fnv1a_hex(b"a"), fnv1a_hex(b"b"));
         assert_eq!(fnv1a_hex(b""), "CBF29CE484222325");
+    }
+
+    #[test]
+    fn the_v2_document_is_protobuf_defining_nothing() {
+        let expected: &[u8] = b"\x0a\x032.0\x12\x15\x0a\x0aKubernetes\x12\x07v1.33.0";
+        assert_eq!(v2_document_protobuf("v1.33.0"), expected);
     }
 }

@@ -203,7 +203,7 @@ fn dns1123_subdomain_errors(s: &str) -> Vec<String> {
 }
 
 /// Kubernetes' `IsValidPathSegmentName`: any name that can be one segment of a URL path.
-fn path_segment_errors(s: &str) -> Vec<String> {
+pub fn path_segment_errors(s: &str) -> Vec<String> {
     let mut errors = Vec::new();
     if s == "." || s == ".." {
         errors.push(format!("may not be '{s}'"));

@@ -98,7 +98,8 @@ const CERTIFICATES: &str = "certificates.k8s.io";
 /// CertificateSigning plugins: who asked is who the server saw (stamped on create, whatever the client
 /// wrote, since approvers decide by it), the request never changes once made, and approving one or issuing
 /// its certificate is a right on its signer (`approve` or `sign` on `signers`, by the signer's name or
-/// `<domain>/*`).
+/// `<domain>/*`). Neither is allowed for a request a node made before it was revoked (see
+/// [`crate::revocation`]).
 async fn certificate_request(
     objects: &Objects,
     def: &ResourceDef,
@@ -112,13 +113,24 @@ async fn certificate_request(
         ("", Some(old), _) => object["spec"] = old["spec"].clone(),
         _ => {}
     }
-    let (Some(user), Some(old), Some(authorizer)) = (user, old, objects.authorizer()) else { return Ok(()) };
+    let Some(old) = old else { return Ok(()) };
     let verb = match subresource {
         "approval" => "approve",
         // Only issuing the certificate is signing; a signer's other status updates (Failed) are not.
         "status" if object.pointer("/status/certificate") != old.pointer("/status/certificate") => "sign",
         _ => return Ok(()),
     };
+    // Denying a revoked node's request stays open to all who may approve: only a certificate is refused.
+    let approves = object
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Approved" && c["status"] == "True");
+    if verb == "sign" || approves {
+        crate::revocation::admit_request(objects, def, old, verb).await?;
+    }
+    let (Some(user), Some(authorizer)) = (user, objects.authorizer()) else { return Ok(()) };
     let signer = old.pointer("/spec/signerName").and_then(Value::as_str).unwrap_or_default();
     let domain_wide = format!("{}/*", signer.split('/').next().unwrap_or_default());
     let store = objects.store().clone();

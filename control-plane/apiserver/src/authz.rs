@@ -4,7 +4,9 @@
 //! `system:masters` may do anything; then the Node authorizer (`skiff_api::node_authorizer`, a node's own
 //! objects and those its pods use) and RBAC (`skiff_api::rbac`) decide. Their inputs (Roles, ClusterRoles,
 //! their bindings, and which pods are bound where) are mirrored from the store by one watch of the whole
-//! store, so the mirror knows which store revision it has reached. A request that the mirror would deny
+//! store, so the mirror knows which store revision it has reached. The same mirror keeps authentication's
+//! list of revoked nodes ([`crate::revocation`]) and its bootstrap tokens ([`crate::bootstrap_tokens`]). A
+//! request that the mirror would deny
 //! waits until the mirror has caught up with the store before the answer is final: a binding or a pod
 //! written a moment ago is never missed (Kubernetes' informer-fed authorizers can miss them, and clients
 //! retry), and a denial costs one revision read.
@@ -24,7 +26,9 @@ use skiff_store::{EventKind, KeyValue, Revision, Store};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::bootstrap_tokens::{BOOTSTRAP_TOKENS, BootstrapTokens, StoredToken};
 use crate::error::ApiError;
+use crate::revocation::{self, REVOKED_NODES, RevokedNodes};
 
 /// How long a request the caches would deny waits for them to reach the store's revision.
 const CATCH_UP: Duration = Duration::from_secs(2);
@@ -36,10 +40,15 @@ const CLUSTER_ROLES: &str = "/registry/rbac.authorization.k8s.io/clusterroles/";
 const ROLE_BINDINGS: &str = "/registry/rbac.authorization.k8s.io/rolebindings/";
 const CLUSTER_ROLE_BINDINGS: &str = "/registry/rbac.authorization.k8s.io/clusterrolebindings/";
 const PODS: &str = "/registry/core/pods/";
+/// What the mirror lists and follows.
+const PREFIXES: [&str; 7] =
+    [ROLES, CLUSTER_ROLES, ROLE_BINDINGS, CLUSTER_ROLE_BINDINGS, PODS, REVOKED_NODES, BOOTSTRAP_TOKENS];
 
 pub struct Authorizer {
     rbac: RwLock<Arc<Rbac>>,
     graph: RwLock<NodeGraph>,
+    revoked_nodes: Arc<RevokedNodes>,
+    bootstrap_tokens: Arc<BootstrapTokens>,
     /// The store revision the caches reflect.
     applied: watch::Sender<Revision>,
 }
@@ -55,8 +64,12 @@ impl Authorizer {
         let authorizer = Arc::new(Authorizer {
             rbac: RwLock::new(Arc::new(mirror.rbac())),
             graph: RwLock::new(mirror.graph()),
+            revoked_nodes: Arc::default(),
+            bootstrap_tokens: Arc::default(),
             applied: watch::Sender::new(revision),
         });
+        authorizer.revoked_nodes.replace(mirror.revoked_nodes.clone());
+        authorizer.bootstrap_tokens.replace(mirror.bootstrap_tokens.clone());
         let task = mirror.run(authorizer.clone(), store, revision, shutdown);
         Ok((authorizer, task))
     }
@@ -81,11 +94,16 @@ impl Authorizer {
             return decision;
         }
         let Ok(current) = store.revision().await else { return decision };
-        let mut applied = self.applied.subscribe();
-        match tokio::time::timeout(CATCH_UP, applied.wait_for(|seen| *seen >= current)).await {
-            Ok(Ok(_)) => self.decide(attributes),
-            _ => decision,
+        match self.caught_up(current).await {
+            true => self.decide(attributes),
+            false => decision,
         }
+    }
+
+    /// Whether the caches reach store revision `revision` within [`CATCH_UP`].
+    pub async fn caught_up(&self, revision: Revision) -> bool {
+        let mut applied = self.applied.subscribe();
+        matches!(tokio::time::timeout(CATCH_UP, applied.wait_for(|seen| *seen >= revision)).await, Ok(Ok(_)))
     }
 
     /// 403 unless the chain allows `attributes`.
@@ -100,6 +118,16 @@ impl Authorizer {
     /// The RBAC snapshot, for reviews of what a user may do and for escalation checks.
     pub fn rbac(&self) -> Arc<Rbac> {
         self.rbac.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The revoked nodes, for authentication.
+    pub fn revoked_nodes(&self) -> Arc<RevokedNodes> {
+        self.revoked_nodes.clone()
+    }
+
+    /// The bootstrap tokens, for authentication.
+    pub fn bootstrap_tokens(&self) -> Arc<BootstrapTokens> {
+        self.bootstrap_tokens.clone()
     }
 }
 
@@ -221,6 +249,9 @@ struct Mirror {
     role_bindings: BTreeMap<String, RoleBinding>,
     cluster_role_bindings: BTreeMap<String, ClusterRoleBinding>,
     pods: BTreeMap<String, Pod>,
+    revoked_nodes: BTreeMap<String, jiff::Timestamp>,
+    /// By token id, each decoded once when it changes.
+    bootstrap_tokens: BTreeMap<String, Arc<StoredToken>>,
 }
 
 /// What a store change did to the mirror.
@@ -229,16 +260,18 @@ enum Changed {
     Nothing,
     Rbac,
     Pod,
+    Revocation,
+    BootstrapToken,
 }
 
 impl Mirror {
     /// Lists everything the authorizers need, at one revision.
     async fn list(&mut self, store: &dyn Store) -> Result<Revision, skiff_store::Error> {
         *self = Mirror::default();
-        // The five prefixes are listed one after another; the revision of the first list is the one
-        // the watch resumes from, so a write between two lists is seen again and applied twice, harmlessly.
+        // The prefixes are listed one after another; the revision of the first list is the one the watch
+        // resumes from, so a write between two lists is seen again and applied twice, harmlessly.
         let mut revision = None;
-        for prefix in [ROLES, CLUSTER_ROLES, ROLE_BINDINGS, CLUSTER_ROLE_BINDINGS, PODS] {
+        for prefix in PREFIXES {
             let mut start_after: Option<String> = None;
             loop {
                 let page = store.list(prefix, start_after.as_deref(), 500).await?;
@@ -273,6 +306,19 @@ impl Mirror {
                 insert(&mut self.pods, kv);
                 return Changed::Pod;
             }
+            Some(REVOKED_NODES) => {
+                let Some((node, at)) = revocation::parse(kv) else { return Changed::Nothing };
+                self.revoked_nodes.insert(node, at);
+                return Changed::Revocation;
+            }
+            Some(BOOTSTRAP_TOKENS) => {
+                // A Secret that no longer decodes is forgotten rather than kept as it was.
+                match StoredToken::parse(kv) {
+                    Some((id, token)) => self.bootstrap_tokens.insert(id, Arc::new(token)),
+                    None => self.bootstrap_tokens.remove(kv.key.trim_start_matches(BOOTSTRAP_TOKENS)),
+                };
+                return Changed::BootstrapToken;
+            }
             _ => return Changed::Nothing,
         }
         Changed::Rbac
@@ -285,6 +331,12 @@ impl Mirror {
             Some(ROLE_BINDINGS) => self.role_bindings.remove(key).map(|_| Changed::Rbac),
             Some(CLUSTER_ROLE_BINDINGS) => self.cluster_role_bindings.remove(key).map(|_| Changed::Rbac),
             Some(PODS) => self.pods.remove(key).map(|_| Changed::Pod),
+            Some(REVOKED_NODES) => {
+                self.revoked_nodes.remove(key.trim_start_matches(REVOKED_NODES)).map(|_| Changed::Revocation)
+            }
+            Some(BOOTSTRAP_TOKENS) => {
+                self.bootstrap_tokens.remove(key.trim_start_matches(BOOTSTRAP_TOKENS)).map(|_| Changed::BootstrapToken)
+            }
             _ => None,
         }
         .unwrap_or(Changed::Nothing)
@@ -334,7 +386,7 @@ impl Mirror {
                     while let Some(Some(Ok(event))) = events.next().now_or_never() {
                         batch.push(event);
                     }
-                    let mut rebuild = false;
+                    let (mut rebuild, mut revocations, mut tokens) = (false, false, false);
                     for event in &batch {
                         let changed = match event.kind {
                             EventKind::Put => self.put(&event.kv),
@@ -343,12 +395,20 @@ impl Mirror {
                         match changed {
                             Changed::Rbac => rebuild = true,
                             Changed::Pod => self.apply_pod(&authorizer, &event.kv.key),
+                            Changed::Revocation => revocations = true,
+                            Changed::BootstrapToken => tokens = true,
                             Changed::Nothing => {}
                         }
                         revision = revision.max(event.kv.mod_revision);
                     }
                     if rebuild {
                         *authorizer.rbac.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(self.rbac());
+                    }
+                    if revocations {
+                        authorizer.revoked_nodes.replace(self.revoked_nodes.clone());
+                    }
+                    if tokens {
+                        authorizer.bootstrap_tokens.replace(self.bootstrap_tokens.clone());
                     }
                     authorizer.applied.send_replace(revision);
                 }
@@ -363,6 +423,8 @@ impl Mirror {
                     revision = listed;
                     *authorizer.rbac.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(self.rbac());
                     *authorizer.graph.write().unwrap_or_else(|e| e.into_inner()) = self.graph();
+                    authorizer.revoked_nodes.replace(self.revoked_nodes.clone());
+                    authorizer.bootstrap_tokens.replace(self.bootstrap_tokens.clone());
                     authorizer.applied.send_replace(revision);
                 }
                 Err(e) => tracing::warn!(error = %e, "authorizer cannot list the store"),
@@ -383,7 +445,7 @@ impl Mirror {
 }
 
 fn prefix_of(key: &str) -> Option<&'static str> {
-    [ROLES, CLUSTER_ROLES, ROLE_BINDINGS, CLUSTER_ROLE_BINDINGS, PODS].into_iter().find(|p| key.starts_with(p))
+    PREFIXES.into_iter().find(|p| key.starts_with(p))
 }
 
 #[cfg(test)]
@@ -404,6 +466,68 @@ mod tests {
         let mut applied = authorizer.applied.subscribe();
         let caught_up = tokio::time::timeout(Duration::from_secs(10), applied.wait_for(|seen| *seen >= written));
         assert!(caught_up.await.is_ok(), "the mirror never reached revision {written}");
+        shutdown.cancel();
+        mirror.await.unwrap();
+    }
+
+    /// Revocations written to the store, before the mirror starts or after, reach authentication, and one
+    /// removed from the store is forgotten.
+    #[tokio::test]
+    async fn the_mirror_keeps_the_revoked_nodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(skiff_store::embedded::EmbeddedStore::open(dir.path()).unwrap());
+        let at = |second: i64| jiff::Timestamp::from_second(second).unwrap();
+        let revoke = async |node: &str, second: i64| {
+            let key = format!("{REVOKED_NODES}{node}");
+            store.create(&key, bytes::Bytes::from(at(second).to_string())).await.unwrap();
+        };
+        revoke("listed", 2000).await;
+        let shutdown = CancellationToken::new();
+        let (authorizer, mirror) = Authorizer::start(store.clone(), shutdown.clone()).await.unwrap();
+        let mirror = tokio::spawn(mirror);
+        revoke("watched", 2000).await;
+        let node_certificate = |node: &str| crate::authn::CertificateUser {
+            user: UserInfo { name: format!("system:node:{node}"), ..UserInfo::default() },
+            issued: at(1000),
+        };
+        assert!(authorizer.caught_up(store.revision().await.unwrap()).await);
+        let revoked = authorizer.revoked_nodes();
+        assert!(revoked.refuses(&node_certificate("listed")) && revoked.refuses(&node_certificate("watched")));
+        assert!(!revoked.refuses(&node_certificate("other")));
+        store.delete(&format!("{REVOKED_NODES}watched"), None).await.unwrap();
+        assert!(authorizer.caught_up(store.revision().await.unwrap()).await);
+        assert!(!revoked.refuses(&node_certificate("watched")), "forgotten with its record");
+        shutdown.cancel();
+        mirror.await.unwrap();
+    }
+
+    /// Bootstrap-token Secrets in the store, before the mirror starts or after, authenticate their tokens,
+    /// and one deleted from the store no longer does; other Secrets are not kept.
+    #[tokio::test]
+    async fn the_mirror_keeps_the_bootstrap_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(skiff_store::embedded::EmbeddedStore::open(dir.path()).unwrap());
+        let write = async |id: &str| {
+            let secret = skiff_api::join::BootstrapToken { id: id.into(), secret: "0123456789abcdef".into() }
+                .to_secret(None, None, &[]);
+            let key = format!("{BOOTSTRAP_TOKENS}{id}");
+            store.create(&key, serde_json::to_vec(&secret).unwrap().into()).await.unwrap();
+        };
+        write("listed").await;
+        let shutdown = CancellationToken::new();
+        let (authorizer, mirror) = Authorizer::start(store.clone(), shutdown.clone()).await.unwrap();
+        let mirror = tokio::spawn(mirror);
+        write("watch1").await;
+        store.create("/registry/core/secrets/kube-system/other", bytes::Bytes::from_static(b"{}")).await.unwrap();
+        assert!(authorizer.caught_up(store.revision().await.unwrap()).await);
+        let tokens = authorizer.bootstrap_tokens();
+        let user = |id: &str| tokens.authenticate(&format!("{id}.0123456789abcdef"), jiff::Timestamp::now());
+        assert_eq!(user("listed").map(|u| u.name).as_deref(), Some("system:bootstrap:listed"));
+        assert_eq!(user("watch1").map(|u| u.name).as_deref(), Some("system:bootstrap:watch1"));
+        store.delete(&format!("{BOOTSTRAP_TOKENS}watch1"), None).await.unwrap();
+        assert!(authorizer.caught_up(store.revision().await.unwrap()).await);
+        assert!(user("watch1").is_none(), "revoked with its Secret");
+        assert!(user("listed").is_some());
         shutdown.cancel();
         mirror.await.unwrap();
     }

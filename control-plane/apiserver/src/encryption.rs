@@ -8,16 +8,20 @@
 //! the authorizer's mirror, the service account controller, the cluster's shared secrets) goes through it
 //! and none can see or write a plaintext value by going round it.
 //!
-//! Stored format, Kubernetes' own so a store can move between the two: `k8s:enc:aesgcm:v1:<key name>:`,
-//! then the 12-byte random nonce, then the AES-GCM ciphertext and tag, sealed with the storage key as
-//! additional authenticated data, so a value copied under another key does not decrypt. A value without
-//! the `k8s:enc:` prefix is plaintext, readable only where `identity` is listed.
+//! Stored formats, Kubernetes' own so a store can move between the two. `aesgcm`:
+//! `k8s:enc:aesgcm:v1:<key name>:`, the 12-byte random nonce, then the AES-GCM ciphertext and tag, sealed
+//! with the storage key as additional authenticated data, so a value copied under another key does not
+//! decrypt. `secretbox`: `k8s:enc:secretbox:v1:<key name>:`, the 24-byte random nonce, then NaCl's
+//! secretbox (XSalsa20-Poly1305) in NaCl's order, the 16-byte tag before the ciphertext; like Kubernetes'
+//! it authenticates no additional data, so the storage key is not bound to the value. A value without the
+//! `k8s:enc:` prefix is plaintext, readable only where `identity` is listed.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use base64::Engine;
 use bytes::Bytes;
+use crypto_secretbox::{AeadInPlace, KeyInit, XSalsa20Poly1305};
 use futures::StreamExt;
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -26,6 +30,9 @@ use skiff_store::{Error, Event, KeyValue, ListPage, Revision, Store, WatchStream
 
 /// Every encrypted value starts with this; a value without it is plaintext.
 const ENCRYPTED: &[u8] = b"k8s:enc:";
+
+/// The length of both ciphers' authentication tags (AES-GCM's and Poly1305's).
+const TAG_LEN: usize = 16;
 
 /// The only version of the configuration Kubernetes serves.
 const API_VERSION: &str = "apiserver.config.k8s.io/v1";
@@ -75,14 +82,12 @@ pub enum Problem {
     KeyName,
     #[error("secret is not base64")]
     NotBase64,
-    #[error("secret must be 16 or 32 bytes, found {0}")]
-    KeyLength(usize),
+    /// Kubernetes' wording; `expected` lists the lengths as Go prints a slice.
+    #[error("secret is not of the expected length, got {found}, expected one of {expected}")]
+    KeyLength { found: usize, expected: &'static str },
     /// ring implements AES-GCM with 128- and 256-bit keys only.
     #[error("24-byte (AES-192) keys are not supported; use 16 or 32 bytes")]
     Aes192,
-    /// No XSalsa20-Poly1305 implementation is among Skiff's dependencies.
-    #[error("the secretbox provider is not supported; use aesgcm")]
-    Secretbox,
     /// AES-CBC has no authentication; Kubernetes itself advises against it.
     #[error("the aescbc provider is not supported; use aesgcm")]
     Aescbc,
@@ -99,9 +104,12 @@ pub enum TransformError {
     /// The value is plaintext and `identity` is not listed for it.
     #[error("the stored value is not encrypted and identity is not listed for it")]
     Unencrypted,
-    /// Wrong key, a value moved to another storage key, or tampering.
+    /// Wrong key, tampering, or (aesgcm) a value moved to another storage key.
     #[error("the stored value does not decrypt with key {0:?}")]
     Decrypt(String),
+    /// The cipher refused the value (ring's AES-GCM: one larger than it can seal).
+    #[error("the value cannot be encrypted with key {0:?}")]
+    Encrypt(String),
     #[error("the system's random number generator failed")]
     Random,
 }
@@ -127,14 +135,28 @@ enum Resource {
 
 enum Provider {
     Identity,
-    AesGcm(Vec<AesKey>),
+    /// aesgcm or secretbox: the first key writes, every key reads the values that carry its prefix.
+    Keys(Vec<Key>),
 }
 
-struct AesKey {
+/// The provider types that hold keys.
+#[derive(Clone, Copy)]
+enum Algorithm {
+    AesGcm,
+    Secretbox,
+}
+
+struct Key {
     name: String,
-    /// `k8s:enc:aesgcm:v1:<name>:`, what every value this key seals starts with.
+    /// `k8s:enc:<provider>:v1:<name>:`, what every value this key seals starts with.
     prefix: Vec<u8>,
-    key: LessSafeKey,
+    cipher: Cipher,
+}
+
+enum Cipher {
+    /// Boxed: ring's expanded AES key is 544 bytes, XSalsa20-Poly1305's key 32.
+    AesGcm(Box<LessSafeKey>),
+    Secretbox(XSalsa20Poly1305),
 }
 
 /// Where a stored value's plaintext came from.
@@ -169,7 +191,7 @@ struct FileRule {
 struct FileProvider {
     aesgcm: Option<FileKeys>,
     aescbc: Option<serde_yaml::Value>,
-    secretbox: Option<serde_yaml::Value>,
+    secretbox: Option<FileKeys>,
     kms: Option<serde_yaml::Value>,
     identity: Option<serde_yaml::Value>,
 }
@@ -255,7 +277,7 @@ impl Encryption {
         match self.providers(key).and_then(|providers| providers.first()) {
             None | Some(Provider::Identity) => Ok(value),
             // A provider has at least one key (checked at load).
-            Some(Provider::AesGcm(keys)) => keys[0].seal(key, &value),
+            Some(Provider::Keys(keys)) => keys[0].seal(key, &value),
         }
     }
 
@@ -271,13 +293,13 @@ impl Encryption {
         }
         let mut first = true;
         for provider in providers {
-            let Provider::AesGcm(keys) = provider else {
+            let Provider::Keys(keys) = provider else {
                 first = false;
                 continue;
             };
-            for aes in keys {
-                if let Some(sealed) = stored.strip_prefix(aes.prefix.as_slice()) {
-                    let value = aes.open(key, sealed)?;
+            for candidate in keys {
+                if let Some(sealed) = stored.strip_prefix(candidate.prefix.as_slice()) {
+                    let value = candidate.open(key, sealed)?;
                     return Ok(Opened { value, stale: !first });
                 }
                 first = false;
@@ -313,22 +335,24 @@ impl Provider {
         if named.iter().filter(|&&n| n).count() != 1 {
             return Err((field.into(), Problem::ProviderType));
         }
-        if secretbox.is_some() {
-            return Err((format!("{field}.secretbox"), Problem::Secretbox));
-        }
         if aescbc.is_some() {
             return Err((format!("{field}.aescbc"), Problem::Aescbc));
         }
         if kms.is_some() {
             return Err((format!("{field}.kms"), Problem::Kms));
         }
-        let Some(aesgcm) = aesgcm else { return Ok(Provider::Identity) };
-        if aesgcm.keys.is_empty() {
-            return Err((format!("{field}.aesgcm.keys"), Problem::Empty));
+        let (algorithm, file_keys) = match (aesgcm, secretbox) {
+            (Some(keys), _) => (Algorithm::AesGcm, keys),
+            (_, Some(keys)) => (Algorithm::Secretbox, keys),
+            (None, None) => return Ok(Provider::Identity),
+        };
+        let field = format!("{field}.{}", algorithm.name());
+        if file_keys.keys.is_empty() {
+            return Err((format!("{field}.keys"), Problem::Empty));
         }
-        let mut keys: Vec<AesKey> = Vec::new();
-        for (k, file_key) in aesgcm.keys.into_iter().enumerate() {
-            let field = format!("{field}.aesgcm.keys[{k}]");
+        let mut keys: Vec<Key> = Vec::new();
+        for (k, file_key) in file_keys.keys.into_iter().enumerate() {
+            let field = format!("{field}.keys[{k}]");
             if file_key.name.is_empty() || file_key.name.contains(':') {
                 return Err((format!("{field}.name"), Problem::KeyName));
             }
@@ -338,52 +362,110 @@ impl Provider {
             let secret = base64::engine::general_purpose::STANDARD
                 .decode(file_key.secret.trim())
                 .map_err(|_| (format!("{field}.secret"), Problem::NotBase64))?;
-            let algorithm = match secret.len() {
-                16 => &aead::AES_128_GCM,
-                32 => &aead::AES_256_GCM,
-                24 => return Err((format!("{field}.secret"), Problem::Aes192)),
-                other => return Err((format!("{field}.secret"), Problem::KeyLength(other))),
-            };
-            let key = UnboundKey::new(algorithm, &secret)
-                .map_err(|_| (format!("{field}.secret"), Problem::KeyLength(secret.len())))?;
-            let prefix = format!("k8s:enc:aesgcm:v1:{}:", file_key.name).into_bytes();
-            keys.push(AesKey { name: file_key.name, prefix, key: LessSafeKey::new(key) });
+            let cipher = algorithm.cipher(&secret).map_err(|problem| (format!("{field}.secret"), problem))?;
+            let prefix = format!("k8s:enc:{}:v1:{}:", algorithm.name(), file_key.name).into_bytes();
+            keys.push(Key { name: file_key.name, prefix, cipher });
         }
-        Ok(Provider::AesGcm(keys))
+        Ok(Provider::Keys(keys))
     }
 }
 
-impl AesKey {
-    /// Random nonces, as Kubernetes' aesgcm provider: safe for about 2^32 writes per key, which is why
-    /// Kubernetes advises rotating the key long before (every 200,000 writes).
+impl Algorithm {
+    /// The provider's name in the configuration and in the prefix of the values it seals.
+    fn name(self) -> &'static str {
+        match self {
+            Algorithm::AesGcm => "aesgcm",
+            Algorithm::Secretbox => "secretbox",
+        }
+    }
+
+    fn cipher(self, secret: &[u8]) -> Result<Cipher, Problem> {
+        let wrong_length = |expected| Problem::KeyLength { found: secret.len(), expected };
+        match self {
+            Algorithm::AesGcm => {
+                let algorithm = match secret.len() {
+                    16 => &aead::AES_128_GCM,
+                    32 => &aead::AES_256_GCM,
+                    24 => return Err(Problem::Aes192),
+                    _ => return Err(wrong_length("[16 32]")),
+                };
+                let key = UnboundKey::new(algorithm, secret).map_err(|_| wrong_length("[16 32]"))?;
+                Ok(Cipher::AesGcm(Box::new(LessSafeKey::new(key))))
+            }
+            Algorithm::Secretbox => {
+                XSalsa20Poly1305::new_from_slice(secret).map(Cipher::Secretbox).map_err(|_| wrong_length("[32]"))
+            }
+        }
+    }
+}
+
+impl Cipher {
+    fn nonce_len(&self) -> usize {
+        match self {
+            Cipher::AesGcm(_) => aead::NONCE_LEN,
+            Cipher::Secretbox(_) => XSalsa20Poly1305::NONCE_SIZE,
+        }
+    }
+}
+
+impl Key {
+    /// Random nonces, as Kubernetes' providers: for aesgcm safe for about 2^32 writes per key, which is why
+    /// Kubernetes advises rotating it long before (every 200,000 writes); secretbox's 24-byte nonces do not
+    /// repeat in any number of writes a key will see.
     fn seal(&self, storage_key: &str, value: &[u8]) -> Result<Bytes, TransformError> {
-        let mut nonce = [0u8; aead::NONCE_LEN];
-        SystemRandom::new().fill(&mut nonce).map_err(|_| TransformError::Random)?;
-        let mut sealed = Vec::with_capacity(self.prefix.len() + nonce.len() + value.len() + aead::MAX_TAG_LEN);
+        // Room for the longer of the two nonces.
+        let mut nonce = [0u8; XSalsa20Poly1305::NONCE_SIZE];
+        let nonce = &mut nonce[..self.cipher.nonce_len()];
+        SystemRandom::new().fill(nonce).map_err(|_| TransformError::Random)?;
+        self.seal_with(nonce, storage_key, value)
+    }
+
+    /// `value` sealed with `nonce`, of the cipher's nonce length and never used before with this key.
+    fn seal_with(&self, nonce: &[u8], storage_key: &str, value: &[u8]) -> Result<Bytes, TransformError> {
+        let failed = || TransformError::Encrypt(self.name.clone());
+        let mut sealed = Vec::with_capacity(self.prefix.len() + nonce.len() + TAG_LEN + value.len());
         sealed.extend_from_slice(&self.prefix);
-        sealed.extend_from_slice(&nonce);
+        sealed.extend_from_slice(nonce);
         let start = sealed.len();
-        sealed.extend_from_slice(value);
-        let mut body = sealed.split_off(start);
-        let aad = Aad::from(storage_key.as_bytes());
-        self.key
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), aad, &mut body)
-            .map_err(|_| TransformError::Decrypt(self.name.clone()))?;
-        sealed.extend_from_slice(&body);
+        match &self.cipher {
+            Cipher::AesGcm(key) => {
+                sealed.extend_from_slice(value);
+                let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| failed())?;
+                let aad = Aad::from(storage_key.as_bytes());
+                let tag = key.seal_in_place_separate_tag(nonce, aad, &mut sealed[start..]).map_err(|_| failed())?;
+                sealed.extend_from_slice(tag.as_ref());
+            }
+            Cipher::Secretbox(key) => {
+                // Go's secretbox.Seal writes the tag first (NaCl's order); RustCrypto's tag is detached.
+                sealed.resize(start + TAG_LEN, 0);
+                sealed.extend_from_slice(value);
+                let (tag, body) = sealed[start..].split_at_mut(TAG_LEN);
+                let computed = key.encrypt_in_place_detached(nonce.into(), &[], body).map_err(|_| failed())?;
+                tag.copy_from_slice(&computed);
+            }
+        }
         Ok(sealed.into())
     }
 
     fn open(&self, storage_key: &str, sealed: &[u8]) -> Result<Bytes, TransformError> {
         let failed = || TransformError::Decrypt(self.name.clone());
-        if sealed.len() < aead::NONCE_LEN {
-            return Err(failed());
+        let (nonce, body) = sealed.split_at_checked(self.cipher.nonce_len()).ok_or_else(failed)?;
+        match &self.cipher {
+            Cipher::AesGcm(key) => {
+                let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| failed())?;
+                let mut body = body.to_vec();
+                let aad = Aad::from(storage_key.as_bytes());
+                let plain_len = key.open_in_place(nonce, aad, &mut body).map_err(|_| failed())?.len();
+                body.truncate(plain_len);
+                Ok(body.into())
+            }
+            Cipher::Secretbox(key) => {
+                let (tag, ciphertext) = body.split_at_checked(TAG_LEN).ok_or_else(failed)?;
+                let mut plain = ciphertext.to_vec();
+                key.decrypt_in_place_detached(nonce.into(), &[], &mut plain, tag.into()).map_err(|_| failed())?;
+                Ok(plain.into())
+            }
         }
-        let (nonce, body) = sealed.split_at(aead::NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| failed())?;
-        let mut body = body.to_vec();
-        let plain =
-            self.key.open_in_place(nonce, Aad::from(storage_key.as_bytes()), &mut body).map_err(|_| failed())?;
-        Ok(Bytes::copy_from_slice(plain))
     }
 }
 
@@ -492,9 +574,10 @@ mod tests {
     use super::*;
 
     const SECRET: &str = "/registry/core/secrets/default/db";
-    /// 32 and 16 bytes, base64.
+    /// 32, 16 and 32 bytes, base64.
     const KEY1: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
     const KEY2: &str = "ZmVkY2JhOTg3NjU0MzIxMA==";
+    const KEY3: &str = "YoyGtTDdko6e5InfCqjwX9CpzwHbzT0c2+apxwQLH3Q=";
 
     fn config(providers: &str) -> Encryption {
         let text = format!(
@@ -506,6 +589,10 @@ mod tests {
 
     fn aesgcm(name: &str, secret: &str) -> String {
         format!("  - aesgcm:\n      keys:\n      - name: {name}\n        secret: {secret}\n")
+    }
+
+    fn secretbox(name: &str, secret: &str) -> String {
+        format!("  - secretbox:\n      keys:\n      - name: {name}\n        secret: {secret}\n")
     }
 
     const IDENTITY: &str = "  - identity: {}\n";
@@ -609,11 +696,19 @@ mod tests {
         assert_eq!(
             error(&format!("{resources}  - aesgcm:\n      keys:\n      - name: k\n        secret: c2hvcnQ=\n")),
             "encryption provider config enc.yaml: resources[0].providers[0].aesgcm.keys[0].secret: \
-             secret must be 16 or 32 bytes, found 5"
+             secret is not of the expected length, got 5, expected one of [16 32]"
         );
+        assert!(error(&format!("{resources}{}", secretbox("k", KEY2))).ends_with(
+            "resources[0].providers[0].secretbox.keys[0].secret: \
+                 secret is not of the expected length, got 16, expected one of [32]"
+        ));
         assert!(
             error(&format!("{resources}  - secretbox:\n      keys: []\n"))
-                .ends_with("resources[0].providers[0].secretbox: the secretbox provider is not supported; use aesgcm")
+                .ends_with("resources[0].providers[0].secretbox.keys: must not be empty")
+        );
+        assert!(
+            error(&format!("{resources}{}", secretbox("a:b", KEY1)))
+                .ends_with("providers[0].secretbox.keys[0].name: key name must be non-empty and contain no ':'")
         );
         assert!(
             error(&format!("{resources}  - aesgcm:\n      keys: []\n"))
@@ -638,6 +733,93 @@ mod tests {
         let wrong_version = "apiVersion: v1\nkind: EncryptionConfiguration\n";
         let parsed = Encryption::parse(wrong_version, Path::new("enc.yaml")).err().unwrap().to_string();
         assert!(parsed.contains("apiVersion: apiVersion must be"), "{parsed}");
+    }
+
+    /// The only key of the first provider for secrets.
+    fn first_key(encryption: &Encryption) -> &Key {
+        match encryption.providers(SECRET).and_then(|providers| providers.first()) {
+            Some(Provider::Keys(keys)) => &keys[0],
+            _ => panic!("no keyed provider first"),
+        }
+    }
+
+    #[test]
+    fn secretbox_round_trip_with_kubernetes_format() {
+        let encryption = config(&secretbox("s1", KEY1));
+        let sealed = encryption.seal(SECRET, Bytes::from_static(b"{\"data\":1}")).unwrap();
+        assert!(sealed.starts_with(b"k8s:enc:secretbox:v1:s1:"));
+        assert_eq!(sealed.len(), "k8s:enc:secretbox:v1:s1:".len() + 24 + 16 + 10, "prefix, nonce, tag, ciphertext");
+        assert!(!sealed.windows(8).any(|w| w == b"\"data\":1"), "no plaintext in the stored form");
+        let opened = encryption.open(SECRET, sealed.clone()).unwrap();
+        assert_eq!(opened, Opened { value: Bytes::from_static(b"{\"data\":1}"), stale: false });
+        assert_ne!(encryption.seal(SECRET, Bytes::from_static(b"{\"data\":1}")).unwrap(), sealed, "fresh nonce");
+        // Kubernetes' secretbox authenticates no additional data: unlike aesgcm, a value copied under
+        // another storage key still opens, as it does in kube-apiserver.
+        let moved = encryption.open("/registry/core/secrets/default/other", sealed).unwrap();
+        assert_eq!(moved.value, Bytes::from_static(b"{\"data\":1}"));
+        let empty = encryption.seal(SECRET, Bytes::new()).unwrap();
+        assert_eq!(encryption.open(SECRET, empty).unwrap().value, Bytes::new());
+    }
+
+    /// NaCl's own secretbox test (tests/secretbox.c and secretbox.out): the stored value after the prefix
+    /// is the nonce, then exactly NaCl's output, the tag before the ciphertext.
+    #[test]
+    fn secretbox_matches_nacl_known_answer() {
+        let key = "GydVZHPphdRizVEZeppGx2AJVJ6sZHTyBsTuCET2g4k="; // 1b275564...44f68389
+        let nonce = hex::decode("69696ee955b62b73cd62bda875fc73d68219e0036b7a0b37").unwrap();
+        let message = hex::decode(concat!(
+            "be075fc53c81f2d5cf141316ebeb0c7b5228c52a4c62cbd44b66849b64244ffce5ecbaaf33bd751a",
+            "1ac728d45e6c61296cdc3c01233561f41db66cce314adb310e3be8250c46f06dceea3a7fa1348057",
+            "e2f6556ad6b1318a024a838f21af1fde048977eb48f59ffd4924ca1c60902e52f0a089bc76897040",
+            "e082f937763848645e0705"
+        ))
+        .unwrap();
+        let boxed = hex::decode(concat!(
+            "f3ffc7703f9400e52a7dfb4b3d3305d9", // the Poly1305 tag
+            "8e993b9f48681273c29650ba32fc76ce48332ea7164d96a4476fb8c531a1186ac0dfc17c98dce87b",
+            "4da7f011ec48c97271d2c20f9b928fe2270d6fb863d51738b48eeee314a7cc8ab932164548e526ae",
+            "90224368517acfeabd6bb3732bc0e9da99832b61ca01b6de56244a9e88d5f9b37973f622a43d14a6",
+            "599b1f654cb45a74e355a5"
+        ))
+        .unwrap();
+        let stored = [b"k8s:enc:secretbox:v1:nacl:".as_slice(), &nonce, &boxed].concat();
+        let encryption = config(&secretbox("nacl", key));
+        assert_eq!(first_key(&encryption).seal_with(&nonce, SECRET, &message).unwrap(), stored);
+        assert_eq!(encryption.open(SECRET, stored.into()).unwrap().value, message);
+    }
+
+    #[test]
+    fn secretbox_refuses_tampering_and_wrong_keys() {
+        let encryption = config(&secretbox("s1", KEY1));
+        let sealed = encryption.seal(SECRET, Bytes::from_static(b"secret value")).unwrap();
+        let prefix = "k8s:enc:secretbox:v1:s1:".len();
+        // A bit flipped in the nonce, the tag and the ciphertext.
+        for at in [prefix, prefix + 24, sealed.len() - 1] {
+            let mut tampered = sealed.to_vec();
+            tampered[at] ^= 1;
+            let opened = encryption.open(SECRET, tampered.into());
+            assert!(matches!(opened, Err(TransformError::Decrypt(ref name)) if name == "s1"), "byte {at}");
+        }
+        for len in [prefix + 10, prefix + 24 + 15] {
+            assert!(matches!(encryption.open(SECRET, sealed.slice(..len)), Err(TransformError::Decrypt(_))), "{len}");
+        }
+        let other = config(&secretbox("s1", KEY3));
+        assert!(matches!(other.open(SECRET, sealed), Err(TransformError::Decrypt(_))));
+    }
+
+    #[test]
+    fn rotation_from_aesgcm_to_secretbox() {
+        let old = config(&aesgcm("old", KEY2));
+        let sealed_old = old.seal(SECRET, Bytes::from_static(b"v")).unwrap();
+        let both = config(&format!("{}{}", secretbox("new", KEY1), aesgcm("old", KEY2)));
+        let opened = both.open(SECRET, sealed_old.clone()).unwrap();
+        assert_eq!(opened, Opened { value: Bytes::from_static(b"v"), stale: true }, "the old provider reads");
+        let rewritten = both.seal(SECRET, Bytes::from_static(b"v")).unwrap();
+        assert!(rewritten.starts_with(b"k8s:enc:secretbox:v1:new:"), "the first provider writes");
+        assert!(!both.open(SECRET, rewritten.clone()).unwrap().stale);
+        let new_only = config(&secretbox("new", KEY1));
+        assert_eq!(new_only.open(SECRET, rewritten).unwrap().value, Bytes::from_static(b"v"));
+        assert!(matches!(new_only.open(SECRET, sealed_old), Err(TransformError::NoMatchingPrefix)));
     }
 
     #[tokio::test]

@@ -1,11 +1,14 @@
 //! Reaching a node's agent for `pods/{name}/log`, `pods/{name}/exec` and `pods/{name}/portforward`: the
-//! agent's address and port come from its Node, its self-signed certificate is pinned by the SHA-256 the Node
-//! publishes, and the server authenticates with its own client certificate from the cluster CA
-//! ([`KubeletClientIdentity`], `kube-apiserver-kubelet-client` in `system:masters`, as kubeadm's
-//! `apiserver-kubelet-client.crt`), the one identity an agent serves. An exec or a port-forward is an
-//! upgrade passed through to the agent, as kube-apiserver does with the kubelet: the agent speaks the protocol
+//! agent's address and port come from its Node; its serving certificate must chain to the cluster CA (the
+//! agent has it signed through a `kubernetes.io/kubelet-serving` CertificateSigningRequest), name the
+//! address dialled, and be the node's (`system:node:NAME` in `system:nodes`), as kube-apiserver checks a
+//! kubelet with `--kubelet-certificate-authority`; and the server authenticates with its own client
+//! certificate from the cluster CA ([`KubeletClientIdentity`], `kube-apiserver-kubelet-client` in
+//! `system:masters`, as kubeadm's `apiserver-kubelet-client.crt`). An exec or a port-forward is an upgrade
+//! passed through to the agent, as kube-apiserver does with the kubelet: the agent speaks the protocol
 //! (WebSocket channels for exec; SPDY, in WebSocket or not, for port-forward), this server splices bytes.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -14,53 +17,73 @@ use http::header::{self, HeaderName};
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde_json::Value;
-use sha2::Digest;
+use skiff_api::authz::{NODE_USER_PREFIX, NODES};
 use skiff_api::resources;
 use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::objects::Objects;
+use crate::pki::PkiError;
 use crate::router::AppState;
 
 /// The user the server is to kubelet ports (kube-apiserver's `--kubelet-client-certificate` subject).
 pub const API_SERVER_USER: &str = "kube-apiserver-kubelet-client";
 
-/// The Node annotation holding the agent certificate's SHA-256 (set by the node agent).
-pub const CERT_ANNOTATION: &str = "skiff.dev/kubelet-cert-sha256";
-
 /// Where a SPDY client names the stream protocols it speaks (`portforward.k8s.io`), and the agent the one
 /// it chose.
 const STREAM_PROTOCOL: HeaderName = HeaderName::from_static("x-stream-protocol-version");
 
-/// The client certificate (signed by the cluster CA) and key, PEM, the API server presents to agents.
+/// What the API server needs to reach agents, parsed once at start rather than per connection: the client
+/// certificate (signed by the cluster CA) and key it presents to them, and the verifier of the cluster CA
+/// their serving certificates must chain to.
 #[derive(Clone)]
 pub struct KubeletClientIdentity {
-    pub cert_pem: String,
-    pub key_pem: String,
+    chain: Vec<CertificateDer<'static>>,
+    /// Shared: a private key is not `Clone`, each connection takes a copy.
+    key: Arc<PrivateKeyDer<'static>>,
+    provider: Arc<CryptoProvider>,
+    webpki: Arc<WebPkiServerVerifier>,
 }
 
 /// The key stays out of logs.
 impl std::fmt::Debug for KubeletClientIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KubeletClientIdentity").field("cert_pem", &self.cert_pem).finish_non_exhaustive()
+        f.debug_struct("KubeletClientIdentity").field("chain", &self.chain).finish_non_exhaustive()
     }
 }
 
 impl KubeletClientIdentity {
-    /// The certificate chain and key as rustls takes them.
-    fn chain(&self) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
-        let certs = rustls_pemfile::certs(&mut self.cert_pem.as_bytes())
+    /// The identity of the client certificate `cert_pem` with its key `key_pem`, trusting agents whose
+    /// serving certificates chain to `ca_pem`.
+    pub fn new(cert_pem: &str, key_pem: &str, ca_pem: &str) -> Result<Self, PkiError> {
+        let pem = |what| move |source| PkiError::Pem { what, source };
+        let chain = rustls_pemfile::certs(&mut cert_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("the kubelet client certificate is not PEM: {e}"))?;
-        let key = rustls_pemfile::private_key(&mut self.key_pem.as_bytes())
-            .map_err(|e| format!("the kubelet client key is not PEM: {e}"))?
-            .ok_or("the kubelet client key holds no private key")?;
-        Ok((certs, key))
+            .map_err(pem("kubelet client certificate"))?;
+        let key = rustls_pemfile::private_key(&mut key_pem.as_bytes()).map_err(pem("kubelet client key"))?;
+        let key = key.ok_or_else(|| {
+            pem("kubelet client key")(std::io::Error::new(std::io::ErrorKind::InvalidData, "no private key"))
+        })?;
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+            roots.add(ca.map_err(pem("cluster CA"))?)?;
+        }
+        let provider: Arc<CryptoProvider> = Arc::new(rustls::crypto::ring::default_provider());
+        let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .map_err(PkiError::KubeletVerifier)?;
+        Ok(Self { chain, key: Arc::new(key), provider, webpki })
+    }
+
+    /// Checks an agent's serving certificate: from the cluster CA, for the address dialled, node `node`'s.
+    fn verifier(&self, node: &str) -> NodeServing {
+        NodeServing { webpki: self.webpki.clone(), user: format!("{NODE_USER_PREFIX}{node}") }
     }
 }
 
@@ -143,10 +166,10 @@ pub async fn pod_port_forward(
 struct Target {
     pod: Value,
     node_name: String,
-    /// `host:port` of the agent's endpoint.
-    address: String,
-    /// The agent certificate's SHA-256, lowercase hex.
-    pin: String,
+    /// The Node's InternalIP, which the agent's serving certificate must name.
+    ip: IpAddr,
+    /// The agent's endpoint's port.
+    port: u16,
 }
 
 /// Finds the pod and its node's agent: the checks the kube-apiserver makes before it reaches a kubelet.
@@ -158,19 +181,17 @@ async fn locate(objects: &Objects, ns: &str, name: &str) -> Result<Target, ApiEr
     let node_name =
         node_name.ok_or_else(|| ApiError::BadRequest(format!("pod {name} does not have a host assigned")))?.to_string();
     let node = objects.get(nodes, None, &node_name).await?;
-    let address = node["status"]["addresses"]
+    let ip = node["status"]["addresses"]
         .as_array()
         .into_iter()
         .flatten()
         .find(|a| a["type"] == "InternalIP")
-        .and_then(|a| a["address"].as_str())
+        .and_then(|a| a["address"].as_str()?.parse::<IpAddr>().ok())
         .ok_or_else(|| ApiError::BadRequest(format!("node {node_name} reports no InternalIP")))?;
     let port = node.pointer("/status/daemonEndpoints/kubeletEndpoint/Port").and_then(Value::as_u64).unwrap_or(10250);
-    let host = if address.contains(':') { format!("[{address}]") } else { address.to_string() };
-    let pin =
-        node.pointer(&format!("/metadata/annotations/{}", CERT_ANNOTATION.replace('/', "~1"))).and_then(Value::as_str);
-    let pin = pin.ok_or_else(|| ApiError::BadRequest(format!("node {node_name} publishes no agent certificate")))?;
-    Ok(Target { address: format!("{host}:{port}"), pin: pin.to_ascii_lowercase(), node_name, pod })
+    let port = u16::try_from(port)
+        .map_err(|_| ApiError::BadRequest(format!("node {node_name} reports kubelet port {port}")))?;
+    Ok(Target { ip, port, node_name, pod })
 }
 
 /// The container of `pod` the client named, or its only one.
@@ -283,22 +304,19 @@ impl Target {
         http::Request::get(path).header(header::HOST, &self.node_name)
     }
 
-    /// An HTTP/1.1 connection to the agent over TLS with its pinned certificate, presenting `identity`, able
-    /// to upgrade.
+    /// An HTTP/1.1 connection to the agent over TLS, its serving certificate checked (see the module's
+    /// documentation), presenting `identity`, able to upgrade.
     async fn connect(&self, identity: &KubeletClientIdentity) -> Result<SendRequest<Empty<bytes::Bytes>>, ApiError> {
-        let (chain, key) = identity.chain().map_err(ApiError::Internal)?;
-        let tcp = tokio::net::TcpStream::connect(&self.address).await.map_err(|e| self.unreachable(e))?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier =
-            Arc::new(Pinned { sha256: self.pin.clone(), algorithms: provider.signature_verification_algorithms });
-        let config = rustls::ClientConfig::builder_with_provider(provider.clone() as Arc<CryptoProvider>)
+        let tcp = tokio::net::TcpStream::connect((self.ip, self.port)).await.map_err(|e| self.unreachable(e))?;
+        let config = rustls::ClientConfig::builder_with_provider(identity.provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| self.unreachable(e))?
             .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_client_auth_cert(chain, key)
+            .with_custom_certificate_verifier(Arc::new(identity.verifier(&self.node_name)))
+            .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
             .map_err(|e| ApiError::Internal(format!("the kubelet client certificate: {e}")))?;
-        let server_name = ServerName::try_from(self.node_name.clone()).map_err(|e| self.unreachable(e))?;
+        // The address dialled, as kube-apiserver names a kubelet: the certificate must carry it as an IP SAN.
+        let server_name = ServerName::IpAddress(self.ip.into());
         let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
             .connect(server_name, tcp)
             .await
@@ -316,26 +334,41 @@ async fn refusal(response: http::Response<hyper::body::Incoming>) -> ApiError {
     ApiError::BadRequest(String::from_utf8_lossy(&body).trim().to_string())
 }
 
-/// Accepts exactly the certificate whose SHA-256 the Node published, with signatures checked as usual.
+/// Accepts an agent's serving certificate when webpki does (from the cluster CA, valid now, for server auth,
+/// naming the address dialled) and its subject is the node's: another certificate from the cluster CA that
+/// happens to name the address (the API server's own, on a shared host) is not the agent's.
 #[derive(Debug)]
-struct Pinned {
-    sha256: String,
-    algorithms: WebPkiSupportedAlgorithms,
+struct NodeServing {
+    webpki: Arc<WebPkiServerVerifier>,
+    /// `system:node:NAME`.
+    user: String,
 }
 
-impl ServerCertVerifier for Pinned {
+impl NodeServing {
+    /// Whether `certificate` (DER) names this node in `system:nodes`, as a node's serving certificate does.
+    fn names_the_node(&self, certificate: &CertificateDer<'_>) -> bool {
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(certificate) else { return false };
+        let subject = cert.subject();
+        let common_names: Vec<&str> = subject.iter_common_name().filter_map(|cn| cn.as_str().ok()).collect();
+        let organizations: Vec<&str> = subject.iter_organization().filter_map(|o| o.as_str().ok()).collect();
+        common_names == [self.user.as_str()] && organizations == [NODES]
+    }
+}
+
+impl ServerCertVerifier for NodeServing {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if hex::encode(sha2::Sha256::digest(end_entity.as_ref())) == self.sha256 {
+        self.webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
+        if self.names_the_node(end_entity) {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::General("the agent's certificate is not the one its Node published".into()))
+            Err(rustls::Error::General(format!("the agent's certificate is not {}'s in {NODES}", self.user)))
         }
     }
 
@@ -345,7 +378,7 @@ impl ServerCertVerifier for Pinned {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        self.webpki.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -354,10 +387,64 @@ impl ServerCertVerifier for Pinned {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        self.webpki.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
+        self.webpki.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+
+    use super::*;
+
+    /// A CA: its PEM and what signs with it.
+    fn ca() -> (String, Issuer<'static, KeyPair>) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, "skiff-ca");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = params.self_signed(&key).unwrap();
+        (cert.pem(), Issuer::new(params, key))
+    }
+
+    /// A serving certificate (DER) for `subject` (common name, organization) naming `sans`, signed by `ca`.
+    fn serving(ca: &Issuer<'static, KeyPair>, subject: (&str, &str), sans: &[&str]) -> CertificateDer<'static> {
+        let mut params = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, subject.0);
+        params.distinguished_name.push(DnType::OrganizationName, subject.1);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        params.signed_by(&KeyPair::generate().unwrap(), ca).unwrap().der().clone()
+    }
+
+    #[test]
+    fn an_agent_is_trusted_for_a_serving_certificate_of_its_own_from_the_cluster_ca() {
+        let (ca_pem, issuer) = ca();
+        let client = KeyPair::generate().unwrap();
+        let client_pem =
+            CertificateParams::new(Vec::<String>::new()).unwrap().signed_by(&client, &issuer).unwrap().pem();
+        let identity = KubeletClientIdentity::new(&client_pem, &client.serialize_pem(), &ca_pem).unwrap();
+        let verifier = identity.verifier("node-a");
+        let keyless = KubeletClientIdentity::new(&client_pem, "", &ca_pem);
+        assert!(matches!(keyless, Err(PkiError::Pem { what: "kubelet client key", .. })), "{keyless:?}");
+        let address = ServerName::IpAddress("10.0.0.1".parse::<IpAddr>().unwrap().into());
+        let check = |cert: &CertificateDer<'_>| verifier.verify_server_cert(cert, &[], &address, &[], UnixTime::now());
+
+        let own = serving(&issuer, ("system:node:node-a", NODES), &["node-a", "10.0.0.1"]);
+        assert!(check(&own).is_ok());
+        let refused = [
+            ("another node's", serving(&issuer, ("system:node:node-b", NODES), &["10.0.0.1"])),
+            ("not a node's", serving(&issuer, ("skiff-apiserver", "skiff"), &["10.0.0.1"])),
+            ("for another address", serving(&issuer, ("system:node:node-a", NODES), &["10.0.0.2"])),
+            ("from another CA", serving(&ca().1, ("system:node:node-a", NODES), &["10.0.0.1"])),
+        ];
+        for (what, cert) in refused {
+            assert!(check(&cert).is_err(), "{what}");
+        }
     }
 }

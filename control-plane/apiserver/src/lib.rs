@@ -7,7 +7,9 @@
 //! the `kubernetes` Service and the API servers as its endpoints; [`pki`] first-start credentials; [`server`]
 //! the TLS listener and graceful drain, within the limits of [`connections`] (how many connections, how
 //! long a handshake, headers, an idle connection may take) and [`inflight`] (how many requests at once).
-//! [`authn`] says who a request comes from; [`serviceaccounts`] issues and checks service account tokens
+//! [`authn`] says who a request comes from, refusing the certificates of nodes [`revocation`] revoked and
+//! taking the [`bootstrap_tokens`] of `kube-system`'s Secrets;
+//! [`serviceaccounts`] issues and checks service account tokens
 //! (TokenRequest, token Secrets) and gives pods their account's credentials on admission. [`encryption`]
 //! encrypts stored values at rest (`--encryption-provider-config`), as a layer over the store.
 //! Pure API machinery lives in `skiff-api`.
@@ -16,6 +18,7 @@ mod admission;
 pub mod audit;
 pub mod authn;
 pub mod authz;
+pub mod bootstrap_tokens;
 pub mod connections;
 pub mod encryption;
 pub mod error;
@@ -27,6 +30,7 @@ pub mod lifecycle;
 pub mod objects;
 pub mod pki;
 mod reviews;
+pub mod revocation;
 pub mod router;
 pub mod server;
 pub mod serviceaccounts;

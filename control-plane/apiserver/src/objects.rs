@@ -26,6 +26,8 @@ use crate::error::ApiError;
 
 /// The first two octets of the service virtual IP range, 10.43.0.0/16 as in k3s.
 const SERVICE_CIDR_PREFIX: &str = "10.43";
+/// The same range as an address and a prefix length, for those who must keep out of it.
+pub const SERVICE_CIDR: (std::net::Ipv4Addr, u8) = (std::net::Ipv4Addr::new(10, 43, 0, 0), 16);
 
 /// Where Services' node ports come from: Kubernetes' default `--service-node-port-range`, kept clear of the
 /// ephemeral ports Linux hands out (32768 and up) so a node port never collides with an outgoing connection.
@@ -614,6 +616,8 @@ impl Objects {
     }
 
     /// DELETE: removes the object, or marks it for deletion when finalizers or a grace period must run first.
+    /// Deleting a Node revokes the node first ([`crate::revocation`]): its certificates are refused by the
+    /// time the delete answers.
     pub async fn delete(
         &self,
         def: &'static ResourceDef,
@@ -622,12 +626,18 @@ impl Objects {
         options: &DeleteOptions,
     ) -> Result<Value, ApiError> {
         let key = key(def, ns, name);
+        let mut revoked = false;
         for _ in 0..MAX_RETRIES {
             let kv = self.store.get(&key).await?.ok_or_else(|| ApiError::not_found(def, name))?;
             let current = decode(&kv)?;
             check_delete_preconditions(def, name, &current, kv.mod_revision, options)?;
             let user = options.user.as_ref();
             admission::node_restriction(def, Operation::Delete, "", ns, name, Some(&current), None, user)?;
+            // Once, whether the Node goes now or waits for finalizers: the deletion is decided.
+            if (def.group, def.plural) == ("", "nodes") && !options.dry_run && !revoked {
+                crate::revocation::revoke_node(self, name).await?;
+                revoked = true;
+            }
             let Some(marked) = mark_for_deletion(def, &current, options) else {
                 if options.dry_run {
                     return Ok(current);

@@ -29,6 +29,15 @@ pub enum PkiError {
     Tls(#[from] rustls::Error),
     #[error("cannot verify client certificates with the cluster CA")]
     ClientVerifier(#[from] rustls::server::VerifierBuilderError),
+    /// The credentials the server presents to agents and checks them with.
+    #[error("the {what} is not PEM")]
+    Pem {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot verify agents' serving certificates with the cluster CA")]
+    KubeletVerifier(#[source] rustls::client::VerifierBuilderError),
 }
 
 /// Paths of the credential files inside a data directory.
@@ -266,8 +275,9 @@ fn ca_params() -> Result<CertificateParams, PkiError> {
 
 /// The serving certificate's names: loopback, the `kubernetes` Service's, the address the server listens
 /// on (or, listening on every address, each of the machine's, so agents can dial any of them), the host
-/// name, and the operator's `--tls-san`s.
-fn subject_names(listen: SocketAddr, tls_sans: &[String]) -> Vec<String> {
+/// name, and the operator's `--tls-san`s. Public, as what no node's serving certificate may name: clients
+/// trusting the cluster CA take a certificate naming any of them for the API server.
+pub fn subject_names(listen: SocketAddr, tls_sans: &[String]) -> Vec<String> {
     let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string(), "skiff".to_string()];
     // Pods reach the API through the `kubernetes` Service, by its address or its DNS names.
     names.push(crate::objects::kubernetes_service_ip());

@@ -56,6 +56,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/livez", get(healthy))
         .route("/readyz", get(healthy))
         .route("/cacerts", get(|State(state): State<Arc<AppState>>| async move { state.ca_cert_pem.clone() }))
+        .route("/openapi/v2", get(openapi_v2))
         .route("/openapi/v3", get(openapi_index))
         .route("/openapi/v3/{*path}", get(openapi_document))
         .route("/api", get(core_discovery))
@@ -99,11 +100,15 @@ async fn authorize(State(state): State<Arc<AppState>>, mut request: Request, nex
     response
 }
 
+fn git_version() -> String {
+    format!("v1.{KUBERNETES_MINOR}.0-skiff.{}", env!("CARGO_PKG_VERSION"))
+}
+
 async fn version() -> axum::Json<Value> {
     axum::Json(json!({
         "major": "1",
         "minor": KUBERNETES_MINOR,
-        "gitVersion": format!("v1.{KUBERNETES_MINOR}.0-skiff.{}", env!("CARGO_PKG_VERSION")),
+        "gitVersion": git_version(),
         "gitCommit": "",
         "gitTreeState": "clean",
         "buildDate": "",
@@ -115,6 +120,13 @@ async fn version() -> axum::Json<Value> {
 
 async fn healthy() -> &'static str {
     "ok"
+}
+
+async fn openapi_v2() -> Response {
+    // kube-openapi answers kubectl's `...spec.v2@v1.0+protobuf` with this type: client-go parses the response's
+    // media type, and `@` is not allowed in one.
+    let content_type = HeaderValue::from_static("application/com.github.proto-openapi.spec.v2.v1.0+protobuf");
+    ([(header::CONTENT_TYPE, content_type)], openapi::v2_document_protobuf(&git_version())).into_response()
 }
 
 async fn openapi_index() -> axum::Json<Value> {

@@ -86,7 +86,7 @@ fn kubelet_client(credentials: &Credentials) -> Result<crate::kubelet::KubeletCl
         Some(skiff_api::authz::MASTERS),
         365,
     )?;
-    Ok(crate::kubelet::KubeletClientIdentity { cert_pem, key_pem })
+    crate::kubelet::KubeletClientIdentity::new(&cert_pem, &key_pem, &credentials.ca_cert_pem)
 }
 
 /// Where the servers of one cluster find its CA and tokens (outside `/registry/`, so no API lists it).
@@ -209,7 +209,9 @@ impl Server {
         );
         let authenticator = Arc::new(
             Authenticator::new(credentials.admin_token.clone(), credentials.node_token.clone())
-                .with_service_accounts(service_accounts.clone()),
+                .with_service_accounts(service_accounts.clone())
+                .with_revoked_nodes(authorizer.revoked_nodes())
+                .with_bootstrap_tokens(authorizer.bootstrap_tokens()),
         );
         let state = Arc::new(AppState {
             objects,
@@ -349,6 +351,7 @@ impl Connection {
             .and_then(|chain| chain.first())
             .and_then(|c| crate::authn::certificate_user(c));
         let activity = Activity::default();
+        let revocable = certified.clone();
         let (app, authenticator, inflight) = (self.app.clone(), self.authenticator.clone(), self.inflight.clone());
         let auditor = self.auditor.clone();
         let requests = activity.clone();
@@ -410,6 +413,10 @@ impl Connection {
             }
             _ = self.shutdown.cancelled() => {}
             _ = activity.idle_for(connections::IDLE_TIMEOUT) => tracing::debug!(%peer, "closing an idle connection"),
+            // Dropped at once, not drained: its watches would go on serving the node.
+            _ = self.authenticator.revoked(revocable.as_ref()) => {
+                return tracing::info!(%peer, "closing a revoked node's connection");
+            }
         }
         connection.as_mut().graceful_shutdown();
         if let Err(e) = connection.await {

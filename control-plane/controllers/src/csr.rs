@@ -1,21 +1,33 @@
 //! Certificate signing requests (certificates.k8s.io/v1), as kube-controller-manager's csrapproving and
 //! csrsigning controllers handle them; with them a node agent trades the join token for a certificate of
-//! its own (kubelet TLS bootstrapping).
+//! its own (kubelet TLS bootstrapping), renews it, and gets its kubelet port's serving certificate.
 //!
 //! - Approver: a request for a node client certificate (signer [`KUBELET_CLIENT_SIGNER`], subject
 //!   `system:node:NAME` in exactly `system:nodes`, client usages, no subject alternative names) is approved
 //!   when a SubjectAccessReview says its requester may ask for one: `create` on
 //!   `certificatesigningrequests/selfnodeclient` when a node renews its own certificate (the requester is
-//!   the subject), else on `certificatesigningrequests/nodeclient` (a join-token holder). Nothing else is
-//!   approved here: an admin approves with `kubectl certificate approve`.
-//! - Signer: approved requests for [`KUBELET_CLIENT_SIGNER`] and [`APISERVER_CLIENT_SIGNER`] are signed once
-//!   with the cluster CA into `status.certificate`; one that cannot be signed as asked gets a Failed
-//!   condition saying why.
+//!   the subject), else on `certificatesigningrequests/nodeclient` (a join-token holder).
+//!   A request for a kubelet serving certificate ([`KUBELET_SERVING_SIGNER`], Kubernetes'
+//!   `IsKubeletServingCSR` shape) is approved when its requester is the node it names (`system:node:NAME`
+//!   in `system:nodes`, as the server stamped it) and its Node, registered, names every subject alternative
+//!   name (its name, its Hostname and DNS addresses, its IP addresses). Kubernetes leaves these to an admin
+//!   or an external approver; Skiff approves them because both the name and the addresses are the node's
+//!   own word already (NodeRestriction lets a node write only its own Node), so the certificate adds no
+//!   claim the node could not make. But the node's word is no proof: a node (or a join-token holder,
+//!   joining under a name of its choice) could claim a name its certificate would then impersonate to
+//!   every client trusting the cluster CA. So a serving request naming what clients take for the API server
+//!   ([`ApiServerNames`], the `kubernetes` Service's endpoints, the service range, an unspecified address)
+//!   or for another node (its name, an address it reports) is Denied, saying which name is reserved.
+//!   Nothing else is approved here: an admin approves with `kubectl certificate approve`.
+//! - Signer: approved requests for [`KUBELET_CLIENT_SIGNER`], [`KUBELET_SERVING_SIGNER`] and
+//!   [`APISERVER_CLIENT_SIGNER`] are signed once with the cluster CA into `status.certificate`; one that
+//!   cannot be signed as asked gets a Failed condition saying why.
 //!
 //! Both act only on what the object shows (a certificate, Approved, Denied, Failed) and write through the
 //! API with the version they read, so a repeated or missed event does no harm.
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,8 +35,9 @@ use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
 use k8s_openapi::api::certificates::v1::{CertificateSigningRequest, CertificateSigningRequestCondition};
+use k8s_openapi::api::core::v1::{Endpoints, Node};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::PostParams;
+use kube::api::{ListParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
@@ -42,6 +55,8 @@ use crate::SigningCa;
 
 /// Node agents' client certificates: auto-approved here when the requester may ask for one.
 pub const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+/// Node agents' serving certificates for their kubelet port: auto-approved here for the node they name.
+pub const KUBELET_SERVING_SIGNER: &str = "kubernetes.io/kubelet-serving";
 /// Any client of the API server: signed once an admin approved.
 pub const APISERVER_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client";
 
@@ -56,6 +71,7 @@ const FAILED: &str = "Failed";
 const DIGITAL_SIGNATURE: &str = "digital signature";
 const KEY_ENCIPHERMENT: &str = "key encipherment";
 const CLIENT_AUTH: &str = "client auth";
+const SERVER_AUTH: &str = "server auth";
 
 /// How long a certificate lasts unless its request asks for less (`spec.expirationSeconds`):
 /// kube-controller-manager's `--cluster-signing-duration` default.
@@ -64,13 +80,19 @@ const DEFAULT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 /// always valid for a while after it is issued.
 const MIN_LIFETIME: Duration = Duration::from_secs(10 * 60);
 /// How far `notBefore` is set back, so a client whose clock is behind the signer's can use its certificate
-/// at once.
-const BACKDATE: Duration = Duration::from_secs(5 * 60);
+/// at once; the API server reads the issue time back from it to refuse certificates of revoked nodes.
+const BACKDATE: Duration = skiff_api::authz::CERTIFICATE_BACKDATE;
 /// Below this lifetime the backdating is not taken out of the lifetime (kube's `Short`): a 10-minute
 /// certificate is usable for 10 minutes from its issue.
 const SHORT_LIFETIME: Duration = Duration::from_secs(8 * 3600);
-/// When a node client request whose requester may not ask for one is looked at again: permissions can be
-/// granted later, as Kubernetes' rate-limited retries find.
+/// The approval's message for a node's serving request.
+const SERVING_APPROVAL: &str =
+    "Auto approving kubelet serving certificate: requested by the node it names, for its addresses.";
+/// The reason of a serving request's denial for a name no node may have.
+const RESERVED_NAME: &str = "ReservedSubjectAltName";
+/// When a node request not approved yet is looked at again: a client request's requester can be granted
+/// the permission later, as Kubernetes' rate-limited retries find; a serving request's Node can be
+/// registered or updated later.
 const RECHECK: Duration = Duration::from_secs(30);
 
 /// Errors of one reconcile; the request is looked at again.
@@ -147,6 +169,9 @@ fn parse_request_der(der: &[u8]) -> Result<ParsedRequest, RequestError> {
     Ok(ParsedRequest { common_name, organizations, csr })
 }
 
+/// A check of a request's shape for one signer: why it is not of that shape.
+type Validate = fn(&ParsedRequest, &[String]) -> Result<(), String>;
+
 /// Whether `request` asks for a node client certificate with `usages`, as kube's `ValidateKubeletClientCSR`;
 /// the error says why not, in Kubernetes' words.
 pub(crate) fn validate_kubelet_client(request: &ParsedRequest, usages: &[String]) -> Result<(), String> {
@@ -168,14 +193,188 @@ pub(crate) fn validate_kubelet_client(request: &ParsedRequest, usages: &[String]
     if !request.common_name.as_deref().is_some_and(|cn| cn.starts_with(NODE_USER_PREFIX)) {
         return Err("subject common name does not begin with system:node:".into());
     }
-    // With or without key encipherment, which only RSA keys use.
+    node_usages(usages, CLIENT_AUTH)
+}
+
+/// Whether `request` asks for a kubelet serving certificate with `usages`, as kube's
+/// `ValidateKubeletServingCSR`; the error says why not, in Kubernetes' words and order.
+pub(crate) fn validate_kubelet_serving(request: &ParsedRequest, usages: &[String]) -> Result<(), String> {
+    if request.organizations != [NODES_GROUP] {
+        return Err("subject organization is not system:nodes".into());
+    }
+    let names = &request.csr.params.subject_alt_names;
+    if !names.iter().any(|n| matches!(n, SanType::DnsName(_) | SanType::IpAddress(_))) {
+        return Err("DNS or IP subjectAltName is required".into());
+    }
+    if names.iter().any(|n| matches!(n, SanType::Rfc822Name(_))) {
+        return Err("Email subjectAltNames are not allowed".into());
+    }
+    if names.iter().any(|n| matches!(n, SanType::URI(_))) {
+        return Err("URI subjectAltNames are not allowed".into());
+    }
+    node_usages(usages, SERVER_AUTH)?;
+    if !request.common_name.as_deref().is_some_and(|cn| cn.starts_with(NODE_USER_PREFIX)) {
+        return Err("subject common name does not begin with system:node:".into());
+    }
+    Ok(())
+}
+
+/// Whether `usages` are a node certificate's: `purpose` (client or server auth) and digital signature, with
+/// or without key encipherment, which only RSA keys use.
+fn node_usages(usages: &[String], purpose: &'static str) -> Result<(), String> {
     let asked: BTreeSet<&str> = usages.iter().map(String::as_str).collect();
-    let with_rsa = BTreeSet::from([CLIENT_AUTH, DIGITAL_SIGNATURE, KEY_ENCIPHERMENT]);
-    let without_rsa = BTreeSet::from([CLIENT_AUTH, DIGITAL_SIGNATURE]);
+    let with_rsa = BTreeSet::from([purpose, DIGITAL_SIGNATURE, KEY_ENCIPHERMENT]);
+    let without_rsa = BTreeSet::from([purpose, DIGITAL_SIGNATURE]);
     if asked != with_rsa && asked != without_rsa {
         return Err(format!("usages did not match [{}]", Vec::from_iter(with_rsa).join(" ")));
     }
     Ok(())
+}
+
+/// The node whose serving certificate `request` asks for, when `username` in `groups` is that node: a node
+/// asks for its own serving certificate only.
+pub(crate) fn serving_requester<'a>(
+    username: Option<&str>,
+    groups: &[String],
+    request: &'a ParsedRequest,
+) -> Result<&'a str, String> {
+    let subject = request.common_name.as_deref().unwrap_or_default();
+    if username != Some(subject) || !groups.iter().any(|g| g == NODES_GROUP) {
+        return Err(format!("requested by {:?}, not by {subject} in {NODES_GROUP}", username.unwrap_or_default()));
+    }
+    let node = subject.strip_prefix(NODE_USER_PREFIX).filter(|node| !node.is_empty());
+    node.ok_or_else(|| format!("{subject:?} names no node"))
+}
+
+/// Whether `node` names every subject alternative name of `request`: DNS names among the Node's name and
+/// its Hostname, InternalDNS and ExternalDNS addresses, IP addresses among its InternalIP and ExternalIP.
+pub(crate) fn names_of_node(request: &ParsedRequest, node: &Node) -> Result<(), String> {
+    let name = node.metadata.name.as_deref().unwrap_or_default();
+    let addresses = node.status.iter().flat_map(|s| s.addresses.iter().flatten());
+    let of_kind = |kinds: &[&str]| -> BTreeSet<String> {
+        addresses.clone().filter(|a| kinds.contains(&a.type_.as_str())).map(|a| a.address.clone()).collect()
+    };
+    let mut dns = of_kind(&["Hostname", "InternalDNS", "ExternalDNS"]);
+    dns.insert(name.to_string());
+    let ips = of_kind(&["InternalIP", "ExternalIP"]);
+    for san in &request.csr.params.subject_alt_names {
+        match san {
+            SanType::DnsName(dns_name) if dns.contains(dns_name.as_str()) => {}
+            SanType::IpAddress(ip) if ips.iter().any(|a| a.parse() == Ok(*ip)) => {}
+            SanType::DnsName(other) => return Err(format!("node {name} has no name {}", other.as_str())),
+            SanType::IpAddress(other) => return Err(format!("node {name} has no address {other}")),
+            other => return Err(format!("node {name} has no name {other:?}")),
+        }
+    }
+    Ok(())
+}
+
+/// What clients trusting the cluster CA take for the API server, as the server knows it: what no node's
+/// serving certificate may name.
+#[derive(Clone, Debug, Default)]
+pub struct ApiServerNames {
+    /// Every DNS name and IP address of the API server's serving certificate.
+    pub names: Vec<String>,
+    /// The service range (an address and a prefix length): the `kubernetes` Service's address, and every
+    /// other Service's, which pods dial.
+    pub service_cidr: Option<(IpAddr, u8)>,
+}
+
+/// The names a node's serving certificate may never carry, besides [`ApiServerNames`]: the addresses of
+/// the `kubernetes` Service's endpoints (every live API server's, this one's included) and every name and
+/// address the other Nodes report.
+pub(crate) struct Reserved<'a> {
+    pub(crate) apiserver: &'a ApiServerNames,
+    pub(crate) endpoints: &'a [IpAddr],
+    pub(crate) nodes: &'a [Node],
+}
+
+/// A DNS name as certificates are matched: case-insensitive, the root's trailing dot ignored.
+fn dns_key(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Whether `address` is in the range `cidr` (an address and a prefix length).
+fn in_cidr(address: IpAddr, (base, prefix): (IpAddr, u8)) -> bool {
+    match (address.to_canonical(), base) {
+        (IpAddr::V4(address), IpAddr::V4(base)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix.min(32))).unwrap_or(0);
+            u32::from(address) & mask == u32::from(base) & mask
+        }
+        (IpAddr::V6(address), IpAddr::V6(base)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(prefix.min(128))).unwrap_or(0);
+            u128::from(address) & mask == u128::from(base) & mask
+        }
+        _ => false,
+    }
+}
+
+impl Reserved<'_> {
+    /// Why the serving certificate `request` of node `node` may never be issued: the first subject
+    /// alternative name that is another's, and whose. Loopback addresses are no one's: the default node
+    /// address (127.0.0.1), on which several nodes of one machine, and `skiff up`'s, serve; a certificate
+    /// for one is only of use to a process on the machine of the client it would deceive.
+    pub(crate) fn check(&self, request: &ParsedRequest, node: &str) -> Result<(), String> {
+        let others = self.nodes.iter().filter(|other| other.metadata.name.as_deref() != Some(node));
+        for san in &request.csr.params.subject_alt_names {
+            let owner = match san {
+                SanType::DnsName(name) => self.dns_owner(name.as_str(), others.clone()),
+                SanType::IpAddress(ip) => self.ip_owner(*ip, others.clone()),
+                // Refused by the serving request's shape already.
+                _ => None,
+            };
+            if let Some(owner) = owner {
+                let name = match san {
+                    SanType::DnsName(name) => name.as_str().to_string(),
+                    SanType::IpAddress(ip) => ip.to_string(),
+                    other => format!("{other:?}"),
+                };
+                return Err(format!("subjectAltName {name:?} is reserved: {owner}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn dns_owner<'n>(&self, name: &str, mut others: impl Iterator<Item = &'n Node>) -> Option<String> {
+        let name = dns_key(name);
+        if name.contains('*') {
+            // A wildcard would name the API server's names too; no Node is named by one.
+            return Some("a wildcard is no node's name".into());
+        }
+        if self.apiserver.names.iter().any(|reserved| dns_key(reserved) == name) {
+            return Some("the API server's serving certificate names it".into());
+        }
+        others
+            .find(|other| {
+                let addresses = other.status.iter().flat_map(|s| s.addresses.iter().flatten());
+                other.metadata.name.as_deref().map(dns_key) == Some(name.clone())
+                    || addresses.map(|a| dns_key(&a.address)).any(|address| address == name)
+            })
+            .map(|other| format!("node {} reports it", other.metadata.name.as_deref().unwrap_or_default()))
+    }
+
+    fn ip_owner<'n>(&self, ip: IpAddr, mut others: impl Iterator<Item = &'n Node>) -> Option<String> {
+        let ip = ip.to_canonical();
+        if ip.is_unspecified() {
+            return Some("an unspecified address names every address".into());
+        }
+        if self.apiserver.service_cidr.is_some_and(|cidr| in_cidr(ip, cidr)) {
+            return Some("it is in the service range".into());
+        }
+        if ip.is_loopback() {
+            return None;
+        }
+        let same = |text: &str| text.parse::<IpAddr>().is_ok_and(|other| other.to_canonical() == ip);
+        if self.apiserver.names.iter().any(|name| same(name)) {
+            return Some("the API server's serving certificate names it".into());
+        }
+        if self.endpoints.iter().any(|endpoint| endpoint.to_canonical() == ip) {
+            return Some("it is an address of the kubernetes Service's endpoints".into());
+        }
+        others
+            .find(|other| other.status.iter().flat_map(|s| s.addresses.iter().flatten()).any(|a| same(&a.address)))
+            .map(|other| format!("node {} reports it", other.metadata.name.as_deref().unwrap_or_default()))
+    }
 }
 
 /// Whether `request` asks for an API client certificate with `usages`: client auth, and nothing but
@@ -217,6 +416,7 @@ pub(crate) fn key_usages(usages: &[String]) -> Result<(Vec<KeyUsagePurpose>, Vec
             DIGITAL_SIGNATURE => key.push(KeyUsagePurpose::DigitalSignature),
             KEY_ENCIPHERMENT => key.push(KeyUsagePurpose::KeyEncipherment),
             CLIENT_AUTH => extended.push(ExtendedKeyUsagePurpose::ClientAuth),
+            SERVER_AUTH => extended.push(ExtendedKeyUsagePurpose::ServerAuth),
             other => unrecognized.push(other),
         }
     }
@@ -300,10 +500,17 @@ struct Context {
     client: kube::Client,
     /// None without a CA (or one that did not load): requests are approved, not signed.
     authority: Option<Authority>,
+    /// What no node's serving certificate may name.
+    apiserver_names: ApiServerNames,
 }
 
 /// Runs the approver and, given the CA, the signer until `shutdown`.
-pub async fn run(client: kube::Client, ca: Option<SigningCa>, shutdown: CancellationToken) {
+pub async fn run(
+    client: kube::Client,
+    ca: Option<SigningCa>,
+    apiserver_names: ApiServerNames,
+    shutdown: CancellationToken,
+) {
     let authority = match ca.as_ref().map(Authority::load).transpose() {
         Ok(authority) => authority,
         Err(error) => {
@@ -311,7 +518,7 @@ pub async fn run(client: kube::Client, ca: Option<SigningCa>, shutdown: Cancella
             None
         }
     };
-    let context = Arc::new(Context { client: client.clone(), authority });
+    let context = Arc::new(Context { client: client.clone(), authority, apiserver_names });
     Controller::new(Api::<CertificateSigningRequest>::all(client), watcher::Config::default())
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, context)
@@ -365,36 +572,103 @@ fn with_condition(
 }
 
 async fn approve(csr: &CertificateSigningRequest, context: &Context) -> Result<Action, CsrError> {
-    let spec = &csr.spec;
-    if spec.signer_name != KUBELET_CLIENT_SIGNER {
-        return Ok(Action::await_change());
+    match csr.spec.signer_name.as_str() {
+        KUBELET_CLIENT_SIGNER => approve_node_client(csr, context).await,
+        KUBELET_SERVING_SIGNER => approve_node_serving(csr, context).await,
+        _ => Ok(Action::await_change()),
     }
-    // The request never changes, so neither does the verdict on its shape: no retry.
+}
+
+/// The request of `csr` when it has the shape `validate` checks, else None (logged): the request never
+/// changes, so neither does the verdict on its shape, and it is left to an admin without a retry.
+fn shaped(csr: &CertificateSigningRequest, validate: Validate) -> Option<ParsedRequest> {
+    let spec = &csr.spec;
     let request = match parse_request(&spec.request.0) {
         Ok(request) => request,
         Err(error) => {
-            tracing::info!(error = %error, "not approving an unreadable node client request");
-            return Ok(Action::await_change());
+            tracing::info!(error = %error, "not approving an unreadable node request");
+            return None;
         }
     };
-    if let Err(reason) = validate_kubelet_client(&request, spec.usages.as_deref().unwrap_or_default()) {
-        tracing::debug!(%reason, "not a node client request, left to an admin");
-        return Ok(Action::await_change());
+    if let Err(reason) = validate(&request, spec.usages.as_deref().unwrap_or_default()) {
+        tracing::debug!(%reason, "not a node request of its signer's shape, left to an admin");
+        return None;
     }
+    Some(request)
+}
+
+/// Adds the Approved condition with `message`.
+async fn approved(csr: &CertificateSigningRequest, message: &str, context: &Context) -> Result<Action, CsrError> {
+    decided(csr, condition(APPROVED, "AutoApproved", message.into()), context).await
+}
+
+/// Writes the verdict `condition` (Approved or Denied) through the approval subresource.
+async fn decided(
+    csr: &CertificateSigningRequest,
+    condition: CertificateSigningRequestCondition,
+    context: &Context,
+) -> Result<Action, CsrError> {
+    let api: Api<CertificateSigningRequest> = Api::all(context.client.clone());
+    api.replace_subresource("approval", &csr.name_any(), &PostParams::default(), &with_condition(csr, condition))
+        .await?;
+    Ok(Action::await_change())
+}
+
+async fn approve_node_client(csr: &CertificateSigningRequest, context: &Context) -> Result<Action, CsrError> {
+    let spec = &csr.spec;
+    let Some(request) = shaped(csr, validate_kubelet_client) else { return Ok(Action::await_change()) };
     let mut tried = Vec::new();
     for (subresource, message) in approvals(spec.username.as_deref(), &request) {
         tried.push(subresource);
         if !may_create(context, csr, subresource).await? {
             continue;
         }
-        let approved = with_condition(csr, condition(APPROVED, "AutoApproved", message.into()));
-        let api: Api<CertificateSigningRequest> = Api::all(context.client.clone());
-        api.replace_subresource("approval", &csr.name_any(), &PostParams::default(), &approved).await?;
+        let action = approved(csr, message, context).await?;
         tracing::info!(requester = ?spec.username, subresource, "node client certificate request approved");
-        return Ok(Action::await_change());
+        return Ok(action);
     }
     tracing::info!(requester = ?spec.username, ?tried, "node client request not approved: access review denied");
     Ok(Action::requeue(RECHECK))
+}
+
+async fn approve_node_serving(csr: &CertificateSigningRequest, context: &Context) -> Result<Action, CsrError> {
+    let spec = &csr.spec;
+    let Some(request) = shaped(csr, validate_kubelet_serving) else { return Ok(Action::await_change()) };
+    let node = match serving_requester(spec.username.as_deref(), spec.groups.as_deref().unwrap_or_default(), &request) {
+        Ok(node) => node,
+        Err(reason) => {
+            tracing::info!(%reason, "kubelet serving request not approved, left to an admin");
+            return Ok(Action::await_change());
+        }
+    };
+    // A name that is another's never becomes the node's: denied for good, whatever its Node says.
+    let nodes = Api::<Node>::all(context.client.clone()).list(&ListParams::default()).await?.items;
+    let kubernetes = Api::<Endpoints>::namespaced(context.client.clone(), "default").get_opt("kubernetes").await?;
+    let endpoints: Vec<IpAddr> = kubernetes
+        .iter()
+        .flat_map(|e| e.subsets.iter().flatten())
+        .flat_map(|subset| subset.addresses.iter().flatten())
+        .filter_map(|address| address.ip.parse().ok())
+        .collect();
+    let reserved = Reserved { apiserver: &context.apiserver_names, endpoints: &endpoints, nodes: &nodes };
+    if let Err(reason) = reserved.check(&request, node) {
+        tracing::warn!(requester = ?spec.username, %reason, "kubelet serving certificate request denied");
+        let message = format!("Denying kubelet serving certificate: {reason}.");
+        return decided(csr, condition(DENIED, RESERVED_NAME, message), context).await;
+    }
+    // The Node's addresses can come later (a node registering) or change (a node restarted on a new
+    // address, which updates its Node before it asks): looked at again.
+    let verdict = match nodes.iter().find(|n| n.metadata.name.as_deref() == Some(node)) {
+        Some(registered) => names_of_node(&request, registered),
+        None => Err(format!("node {node} is not registered")),
+    };
+    if let Err(reason) = verdict {
+        tracing::info!(%reason, "kubelet serving request not approved yet");
+        return Ok(Action::requeue(RECHECK));
+    }
+    let action = approved(csr, SERVING_APPROVAL, context).await?;
+    tracing::info!(requester = ?spec.username, "kubelet serving certificate request approved");
+    Ok(action)
 }
 
 /// Whether the request's requester may create `certificatesigningrequests/{subresource}`, by a
@@ -425,8 +699,9 @@ async fn may_create(context: &Context, csr: &CertificateSigningRequest, subresou
 
 async fn sign(csr: &CertificateSigningRequest, context: &Context) -> Result<Action, CsrError> {
     let spec = &csr.spec;
-    let validate = match spec.signer_name.as_str() {
+    let validate: Validate = match spec.signer_name.as_str() {
         KUBELET_CLIENT_SIGNER => validate_kubelet_client,
+        KUBELET_SERVING_SIGNER => validate_kubelet_serving,
         APISERVER_CLIENT_SIGNER => validate_apiserver_client,
         // Another signer's.
         _ => return Ok(Action::await_change()),
@@ -713,6 +988,157 @@ mod tests {
         let again = authority.sign(&request, (vec![], vec![ExtendedKeyUsagePurpose::ClientAuth]), MIN_LIFETIME, now);
         let (_, again) = x509_parser::pem::parse_x509_pem(again.unwrap().as_bytes()).unwrap();
         assert_ne!(again.parse_x509().unwrap().raw_serial(), cert.raw_serial());
+    }
+
+    fn serving_request(name: &str, sans: &[&str]) -> ParsedRequest {
+        let pem = request_pem(&[(DnType::CommonName, name), (DnType::OrganizationName, NODES_GROUP)], sans);
+        parse_request(pem.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn kubelet_serving_requests_are_recognized_as_kubernetes_does() {
+        let serving = usages(&[DIGITAL_SIGNATURE, SERVER_AUTH]);
+        let request = serving_request("system:node:a", &["a", "10.0.0.1"]);
+        assert_eq!(validate_kubelet_serving(&request, &serving), Ok(()));
+        let rsa = usages(&[KEY_ENCIPHERMENT, SERVER_AUTH, DIGITAL_SIGNATURE]);
+        assert_eq!(validate_kubelet_serving(&request, &rsa), Ok(()));
+        for wrong in
+            [&[DIGITAL_SIGNATURE, CLIENT_AUTH][..], &[SERVER_AUTH], &[DIGITAL_SIGNATURE, SERVER_AUTH, CLIENT_AUTH]]
+        {
+            let error = validate_kubelet_serving(&request, &usages(wrong)).unwrap_err();
+            assert_eq!(error, "usages did not match [digital signature key encipherment server auth]", "{wrong:?}");
+        }
+        let cases = [
+            (serving_request("system:node:a", &[]), "DNS or IP subjectAltName is required"),
+            (serving_request("a", &["a"]), "subject common name does not begin with system:node:"),
+            (
+                parse_request(request_pem(&[(DnType::CommonName, "system:node:a")], &["a"]).as_bytes()).unwrap(),
+                "subject organization is not system:nodes",
+            ),
+        ];
+        for (request, expected) in cases {
+            assert_eq!(validate_kubelet_serving(&request, &serving), Err(expected.to_string()));
+        }
+        // And a serving request is no client request, nor the reverse.
+        assert!(validate_kubelet_client(&request, &serving).is_err());
+        assert!(validate_kubelet_serving(&node_request("system:node:a"), &serving).is_err());
+    }
+
+    #[test]
+    fn a_serving_request_is_approved_for_its_own_node_and_addresses() {
+        let request = serving_request("system:node:a", &["a", "10.0.0.1"]);
+        let nodes = vec![NODES_GROUP.to_string()];
+        assert_eq!(serving_requester(Some("system:node:a"), &nodes, &request), Ok("a"));
+        for (user, groups) in [
+            (Some("system:node:b"), nodes.clone()),
+            (Some("system:node:a"), vec!["system:authenticated".to_string()]),
+            (Some("system:bootstrap:skiff"), vec!["system:bootstrappers".to_string()]),
+            (None, nodes.clone()),
+        ] {
+            assert!(serving_requester(user, &groups, &request).is_err(), "{user:?} in {groups:?}");
+        }
+        let nameless = serving_request("system:node:", &["a"]);
+        let refused = serving_requester(Some("system:node:"), &nodes, &nameless);
+        assert_eq!(refused, Err(r#""system:node:" names no node"#.to_string()));
+
+        let node = |addresses: &[(&str, &str)]| node_with("a", addresses);
+        let registered = node(&[("InternalIP", "10.0.0.1"), ("Hostname", "a-host")]);
+        assert_eq!(names_of_node(&request, &registered), Ok(()));
+        assert_eq!(names_of_node(&serving_request("system:node:a", &["a-host"]), &registered), Ok(()));
+        assert_eq!(
+            names_of_node(&serving_request("system:node:a", &["a", "10.0.0.2"]), &registered),
+            Err("node a has no address 10.0.0.2".into())
+        );
+        assert_eq!(
+            names_of_node(&serving_request("system:node:a", &["kubernetes.default"]), &registered),
+            Err("node a has no name kubernetes.default".into())
+        );
+        // An address the Node does not report (yet) is not taken on the request's word.
+        assert!(names_of_node(&request, &node(&[])).is_err());
+    }
+
+    fn node_with(name: &str, addresses: &[(&str, &str)]) -> Node {
+        let addresses: Vec<serde_json::Value> =
+            addresses.iter().map(|(kind, address)| serde_json::json!({"type": kind, "address": address})).collect();
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "status": {"addresses": addresses}}))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_serving_request_naming_the_api_server_or_another_node_is_reserved() {
+        let apiserver = ApiServerNames {
+            names: ["localhost", "127.0.0.1", "10.43.0.1", "kubernetes.default.svc", "192.168.1.10", "API.example"]
+                .map(String::from)
+                .to_vec(),
+            service_cidr: Some(("10.43.0.0".parse().unwrap(), 16)),
+        };
+        let endpoints = ["192.168.1.11".parse().unwrap()];
+        let nodes = [
+            node_with("a", &[("InternalIP", "10.0.0.1"), ("Hostname", "a")]),
+            node_with("b", &[("InternalIP", "10.0.0.2"), ("Hostname", "b-host"), ("InternalIP", "127.0.0.1")]),
+        ];
+        let reserved = Reserved { apiserver: &apiserver, endpoints: &endpoints, nodes: &nodes };
+        let check = |sans: &[&str]| reserved.check(&serving_request("system:node:a", sans), "a");
+
+        // Its own name and address, and a loopback address, which every node of a machine shares.
+        assert_eq!(check(&["a", "10.0.0.1", "127.0.0.1", "::1"]), Ok(()));
+        let cases = [
+            ("kubernetes.default.svc", "the API server's serving certificate names it"),
+            ("Kubernetes.Default.Svc.", "the API server's serving certificate names it"),
+            ("api.example", "the API server's serving certificate names it"),
+            ("localhost", "the API server's serving certificate names it"),
+            ("192.168.1.10", "the API server's serving certificate names it"),
+            ("::ffff:192.168.1.10", "the API server's serving certificate names it"),
+            ("10.43.0.1", "it is in the service range"),
+            ("10.43.200.7", "it is in the service range"),
+            ("192.168.1.11", "it is an address of the kubernetes Service's endpoints"),
+            ("0.0.0.0", "an unspecified address names every address"),
+            ("*.default.svc", "a wildcard is no node's name"),
+            ("b", "node b reports it"),
+            ("b-host", "node b reports it"),
+            ("10.0.0.2", "node b reports it"),
+        ];
+        for (san, owner) in cases {
+            let refused = check(&["a", san]).unwrap_err();
+            assert!(
+                refused.starts_with("subjectAltName ") && refused.ends_with(&format!(" is reserved: {owner}")),
+                "{san}: {refused}"
+            );
+        }
+        assert_eq!(
+            check(&["a", "kubernetes.default.svc"]),
+            Err(
+                r#"subjectAltName "kubernetes.default.svc" is reserved: the API server's serving certificate names it"#
+                    .into()
+            )
+        );
+        // A node joined under a name the API server has is refused its very name.
+        let impostor = serving_request("system:node:kubernetes.default.svc", &["kubernetes.default.svc"]);
+        assert!(reserved.check(&impostor, "kubernetes.default.svc").is_err());
+        // Just outside the service range.
+        assert_eq!(check(&["10.44.0.1"]), Ok(()));
+    }
+
+    #[test]
+    fn a_serving_request_is_signed_for_server_auth_with_its_names() {
+        let (authority, _) = ca(None);
+        let request = serving_request("system:node:a", &["a", "10.0.0.1"]);
+        let usages = key_usages(&usages(&[DIGITAL_SIGNATURE, SERVER_AUTH])).unwrap();
+        let pem = authority.sign(&request, usages, DEFAULT_LIFETIME, OffsetDateTime::now_utc()).unwrap();
+        let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+        let cert = pem.parse_x509().unwrap();
+        let extended = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(extended.server_auth && !extended.client_auth);
+        let names: Vec<String> = cert
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(names, ["DNSName(a)", "IPAddress(0a:00:00:01)"]);
     }
 
     #[test]

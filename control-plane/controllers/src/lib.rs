@@ -6,7 +6,7 @@
 //! `daemonset`, `job`, `nodelifecycle`, `gc` (ownerReferences), `endpointslice` (a Service's pods as
 //! EndpointSlices and Endpoints), `servicelb` (LoadBalancer status from the Ready nodes), `csr` (approving
 //! node agents' certificate signing requests, and signing approved ones with the cluster CA),
-//! `clusterroles` (ClusterRole aggregation), [`events`],
+//! `clusterroles` (ClusterRole aggregation), `tokencleaner` (deleting expired bootstrap tokens), [`events`],
 //! [`leader`].
 
 mod clusterroles;
@@ -23,10 +23,13 @@ mod placement;
 mod replicaset;
 pub mod scheduler;
 mod servicelb;
+mod tokencleaner;
 
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+
+pub use csr::ApiServerNames;
 
 /// Tunables of the control loops; the defaults are Skiff's, shorter than Kubernetes' where noted.
 #[derive(Clone, Debug)]
@@ -39,11 +42,18 @@ pub struct Config {
     /// The cluster CA, with which approved certificate signing requests are signed; without it they are
     /// approved but not signed.
     pub signing_ca: Option<SigningCa>,
+    /// What clients take for the API server, which no node's serving certificate may name.
+    pub apiserver_names: ApiServerNames,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { node_grace: Duration::from_secs(20), eviction_toleration: Duration::from_secs(5), signing_ca: None }
+        Self {
+            node_grace: Duration::from_secs(20),
+            eviction_toleration: Duration::from_secs(5),
+            signing_ca: None,
+            apiserver_names: ApiServerNames::default(),
+        }
     }
 }
 
@@ -100,11 +110,12 @@ pub async fn run(clients: Clients, config: Config, shutdown: CancellationToken) 
         replicaset::run(client.clone(), shutdown.clone()),
         deployment::run(client.clone(), shutdown.clone()),
         gc::run(client.clone(), shutdown.clone()),
-        csr::run(client.clone(), config.signing_ca.clone(), shutdown.clone()),
+        csr::run(client.clone(), config.signing_ca.clone(), config.apiserver_names.clone(), shutdown.clone()),
         nodelifecycle::run(client.clone(), config, shutdown.clone()),
         job::run(client.clone(), shutdown.clone()),
         endpointslice::run(client.clone(), shutdown.clone()),
         servicelb::run(client.clone(), shutdown.clone()),
+        tokencleaner::run(client.clone(), shutdown.clone()),
         daemonset::run(client, shutdown),
     );
 }

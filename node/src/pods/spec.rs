@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Service};
 use kube::Api;
 use skiff_shim::{ContainerSpec, Image, Limits, OutputSink, Security};
 
@@ -14,6 +14,7 @@ use super::downward;
 use super::subpath::SubPath;
 use super::volumes::{Volumes, secret_files};
 use crate::network::PodAddress;
+use crate::proxy::{Caches, ServiceKey, SharedCaches};
 
 /// A container that cannot be configured yet (a missing ConfigMap, an unsupported volume): the kubelet's
 /// CreateContainerConfigError.
@@ -22,10 +23,11 @@ use crate::network::PodAddress;
 pub struct ConfigError(pub String);
 
 /// Builds the spec the shim runs for `container` of `pod`, with the handles its mounts name (to keep open
-/// while it runs).
+/// while it runs); `services` is the proxy's view, for the API server's address.
 #[allow(clippy::too_many_arguments)]
 pub async fn container_spec(
     client: &kube::Client,
+    services: &SharedCaches,
     pod: &Pod,
     container: &Container,
     image: Image,
@@ -38,7 +40,12 @@ pub async fn container_spec(
     let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
     let pod_name = pod.metadata.name.clone().unwrap_or_default();
     let argv = argv(container, &image);
-    let env = environment(client, pod, container, &image, node_ip, address.ip).await?;
+    let links = {
+        let services = services.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let enabled = pod.spec.as_ref().and_then(|spec| spec.enable_service_links).unwrap_or(true);
+        service_links(&services, &namespace, enabled)
+    };
+    let env = environment(client, pod, container, &image, links, node_ip, address.ip).await?;
     let (mounts, subpaths) = volumes.mounts(container, &id)?;
     let spec = ContainerSpec {
         id,
@@ -97,11 +104,14 @@ fn argv(container: &Container, image: &Image) -> Vec<String> {
     argv
 }
 
+/// The image's variables, then `service_env` (the kubelet's for Services), then envFrom's, then env's, each
+/// replacing a variable of the same name before it, and env's values able to refer to all before them.
 async fn environment(
     client: &kube::Client,
     pod: &Pod,
     container: &Container,
     image: &Image,
+    service_env: Vec<(String, String)>,
     node_ip: IpAddr,
     pod_ip: IpAddr,
 ) -> Result<Vec<(String, String)>, ConfigError> {
@@ -114,6 +124,9 @@ async fn environment(
         env.retain(|(k, _)| k != &key);
         env.push((key, value));
     };
+    for (key, value) in service_env {
+        set(&mut env, key, value);
+    }
     for source in container.env_from.as_deref().unwrap_or_default() {
         let prefix = source.prefix.clone().unwrap_or_default();
         let entries: BTreeMap<String, String> = if let Some(reference) = &source.config_map_ref {
@@ -179,6 +192,60 @@ async fn environment(
         set(&mut env, var.name.clone(), value);
     }
     Ok(env)
+}
+
+/// The Services whose variables a pod in `namespace` gets, as the kubelet chooses them: the API server's
+/// `default/kubernetes` always (in-cluster clients such as client-go, kube-rs and the Python client find the
+/// API by `KUBERNETES_SERVICE_HOST` and `KUBERNETES_SERVICE_PORT`), and with `enableServiceLinks` every
+/// Service of the pod's namespace, one of the same name replacing the API server's.
+fn service_links(caches: &Caches, namespace: &str, enabled: bool) -> Vec<(String, String)> {
+    let mut chosen: BTreeMap<&str, &Service> = BTreeMap::new();
+    if let Some(api) = caches.service(&ServiceKey { namespace: "default".into(), name: "kubernetes".into() }) {
+        chosen.insert("kubernetes", api);
+    }
+    if enabled {
+        for service in caches.services_in(namespace) {
+            chosen.insert(service.metadata.name.as_deref().unwrap_or_default(), service);
+        }
+    }
+    chosen.into_values().flat_map(service_env).collect()
+}
+
+/// The variables the kubelet gives a container for `service` (none for a headless one): `<NAME>_SERVICE_HOST`,
+/// `<NAME>_SERVICE_PORT` (the first port) and `<NAME>_SERVICE_PORT_<PORT NAME>`, then Docker links' `<NAME>_PORT`
+/// and `<NAME>_PORT_<port>_<PROTO>[_PROTO|_PORT|_ADDR]`.
+fn service_env(service: &Service) -> Vec<(String, String)> {
+    let Some(spec) = &service.spec else { return Vec::new() };
+    let Some(ip) = spec.cluster_ip.as_deref().filter(|ip| !ip.is_empty() && *ip != "None") else { return Vec::new() };
+    let ports = spec.ports.as_deref().unwrap_or_default();
+    let Some(first) = ports.first() else { return Vec::new() };
+    let variable = |name: &str| name.replace('-', "_").to_uppercase();
+    let prefix = variable(service.metadata.name.as_deref().unwrap_or_default());
+    // Go's net.JoinHostPort: IPv6 addresses in brackets.
+    let host_port = |port: i32| if ip.contains(':') { format!("[{ip}]:{port}") } else { format!("{ip}:{port}") };
+    let mut env = vec![
+        (format!("{prefix}_SERVICE_HOST"), ip.to_string()),
+        (format!("{prefix}_SERVICE_PORT"), first.port.to_string()),
+    ];
+    for port in ports {
+        if let Some(name) = port.name.as_deref().filter(|name| !name.is_empty()) {
+            env.push((format!("{prefix}_SERVICE_PORT_{}", variable(name)), port.port.to_string()));
+        }
+    }
+    for (index, port) in ports.iter().enumerate() {
+        let protocol = port.protocol.as_deref().unwrap_or("TCP");
+        let lower = protocol.to_lowercase();
+        let url = format!("{lower}://{}", host_port(port.port));
+        if index == 0 {
+            env.push((format!("{prefix}_PORT"), url.clone()));
+        }
+        let port_prefix = format!("{prefix}_PORT_{}_{}", port.port, protocol.to_uppercase());
+        env.push((port_prefix.clone(), url));
+        env.push((format!("{port_prefix}_PROTO"), lower));
+        env.push((format!("{port_prefix}_PORT"), port.port.to_string()));
+        env.push((format!("{port_prefix}_ADDR"), ip.to_string()));
+    }
+    env
 }
 
 /// `$(VAR)` references to earlier variables, as Kubernetes expands them; `$$` escapes.
@@ -403,6 +470,79 @@ mod tests {
         let stray = serde_json::json!({"type": "RuntimeDefault", "localhostProfile": "x.json"});
         assert!(localhost(stray).unwrap_err().contains("only be set for type Localhost"));
         assert!(localhost(serde_json::json!({"type": "Custom"})).unwrap_err().contains("not supported"));
+    }
+
+    #[test]
+    fn services_give_the_kubelets_variables() {
+        let service: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "kubernetes", "namespace": "default"},
+            "spec": {"clusterIP": "10.43.0.1", "ports": [{"name": "https", "port": 443, "protocol": "TCP"}]},
+        }))
+        .unwrap();
+        let env: BTreeMap<String, String> = service_env(&service).into_iter().collect();
+        let expected: BTreeMap<String, String> = [
+            ("KUBERNETES_SERVICE_HOST", "10.43.0.1"),
+            ("KUBERNETES_SERVICE_PORT", "443"),
+            ("KUBERNETES_SERVICE_PORT_HTTPS", "443"),
+            ("KUBERNETES_PORT", "tcp://10.43.0.1:443"),
+            ("KUBERNETES_PORT_443_TCP", "tcp://10.43.0.1:443"),
+            ("KUBERNETES_PORT_443_TCP_PROTO", "tcp"),
+            ("KUBERNETES_PORT_443_TCP_PORT", "443"),
+            ("KUBERNETES_PORT_443_TCP_ADDR", "10.43.0.1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(env, expected);
+        let dns: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "kube-dns"},
+            "spec": {"clusterIP": "10.43.0.10", "ports": [
+                {"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]},
+        }))
+        .unwrap();
+        let env: BTreeMap<String, String> = service_env(&dns).into_iter().collect();
+        assert_eq!(env["KUBE_DNS_SERVICE_PORT_DNS_TCP"], "53");
+        assert_eq!(env["KUBE_DNS_PORT"], "udp://10.43.0.10:53", "the first port");
+        assert_eq!(env["KUBE_DNS_PORT_53_TCP_ADDR"], "10.43.0.10");
+        let headless: Service =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "h"}, "spec": {"clusterIP": "None"}}))
+                .unwrap();
+        assert!(service_env(&headless).is_empty(), "no variables for a headless Service");
+    }
+
+    #[test]
+    fn pods_get_the_api_servers_variables_and_with_service_links_their_namespaces() {
+        let service = |namespace: &str, name: &str, ip: &str| -> Service {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {"clusterIP": ip, "ports": [{"port": 443}]},
+            }))
+            .unwrap()
+        };
+        let mut caches = Caches::default();
+        caches.insert_service(service("default", "kubernetes", "10.43.0.1"));
+        caches.insert_service(service("shop", "web", "10.43.0.7"));
+        caches.insert_service(service("other", "db", "10.43.0.8"));
+        let hosts = |caches: &Caches, namespace, links| -> BTreeMap<String, String> {
+            service_links(caches, namespace, links).into_iter().filter(|(k, _)| k.ends_with("_SERVICE_HOST")).collect()
+        };
+        let both = BTreeMap::from([
+            ("KUBERNETES_SERVICE_HOST".to_string(), "10.43.0.1".to_string()),
+            ("WEB_SERVICE_HOST".to_string(), "10.43.0.7".to_string()),
+        ]);
+        assert_eq!(
+            hosts(&caches, "shop", true),
+            both,
+            "the namespace's Services and the API server's, no other namespace's"
+        );
+        assert_eq!(hosts(&caches, "shop", false).keys().collect::<Vec<_>>(), ["KUBERNETES_SERVICE_HOST"]);
+        caches.insert_service(service("shop", "kubernetes", "10.43.0.9"));
+        assert_eq!(
+            hosts(&caches, "shop", true)["KUBERNETES_SERVICE_HOST"],
+            "10.43.0.9",
+            "the namespace's own name wins"
+        );
+        assert_eq!(hosts(&caches, "shop", false)["KUBERNETES_SERVICE_HOST"], "10.43.0.1");
     }
 
     #[test]

@@ -796,8 +796,15 @@ async fn start(
     let uid = &shared.who.uid;
     let id = format!("{}-{}-{restart_count}", &uid[..uid.len().min(8)], container.name);
     let sandbox = shared.sandbox.get().ok_or((CREATE, "the pod's network is not set up".to_owned()))?;
+    // Where the node runs the service proxy (pods with addresses of their own, as for the cluster DNS), a
+    // container's Service variables come from its caches: the kubelet's words until they have been filled.
+    let services_listed = || ctx.services.read().unwrap_or_else(|poisoned| poisoned.into_inner()).services_listed();
+    if ctx.dns.is_some() && !services_listed() {
+        return Err((CONFIG, "services have not yet been read at least once, cannot construct envvars".to_owned()));
+    }
     let (mut spec, subpaths) = spec::container_spec(
         &ctx.client,
+        &ctx.services,
         &pod,
         container,
         image,

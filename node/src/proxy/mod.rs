@@ -21,7 +21,7 @@ use std::time::Duration;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
@@ -61,6 +61,8 @@ pub struct Caches {
     slice_services: HashMap<(String, String), ServiceKey>,
     /// Nodes' pod ranges and addresses, by node name.
     nodes: HashMap<String, (PodRange, Ipv4Addr)>,
+    /// Whether the Services have been listed once: until then a missing Service may just be unread.
+    services_listed: bool,
 }
 
 /// What the next sync must look at.
@@ -127,6 +129,16 @@ pub type SharedCaches = std::sync::Arc<std::sync::RwLock<Caches>>;
 impl Caches {
     pub fn service(&self, key: &ServiceKey) -> Option<&Service> {
         self.services.get(key)
+    }
+
+    /// Whether the Services have been listed at least once.
+    pub fn services_listed(&self) -> bool {
+        self.services_listed
+    }
+
+    /// The Services of `namespace`.
+    pub fn services_in<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a Service> {
+        self.services.iter().filter(move |(key, _)| key.namespace == namespace).map(|(_, service)| service)
     }
 
     /// The Service's EndpointSlices.
@@ -199,7 +211,10 @@ impl Caches {
                 }
                 watcher::Event::Init => {}
                 // A relist: what it did not list is gone.
-                watcher::Event::InitDone => dirty.all = true,
+                watcher::Event::InitDone => {
+                    self.services_listed = true;
+                    dirty.all = true;
+                }
             },
             Change::Slice(event) => match *event {
                 watcher::Event::Apply(slice) | watcher::Event::InitApply(slice) => {
@@ -280,11 +295,15 @@ pub async fn run(client: Client, node: NodeNetwork, caches: SharedCaches, shutdo
         }
     };
     enable_forwarding();
+    // Failed watches are retried with back-off: an agent whose credentials are refused must not spin.
     let services = watcher(Api::<Service>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
         .map(|e| e.map(|event| Change::Service(Box::new(event))));
     let slices = watcher(Api::<EndpointSlice>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
         .map(|e| e.map(|event| Change::Slice(Box::new(event))));
     let nodes = watcher(Api::<Node>::all(client), watcher::Config::default())
+        .default_backoff()
         .map(|e| e.map(|event| Change::Node(map_event(event, NodeRoute::of))));
     let mut changes = futures::stream::select_all([services.boxed(), slices.boxed(), nodes.boxed()]);
     let mut relists = Relists::default();

@@ -518,9 +518,10 @@ fn kube_controller_manager() -> Vec<PolicyRule> {
                 &["certificates.k8s.io"],
                 &["certificatesigningrequests/status", "certificatesigningrequests/approval"],
             ),
+            // Kubernetes' role names the client signer only; Skiff's approver also takes nodes' serving requests.
             named(
                 rule(&["approve"], &["certificates.k8s.io"], &["signers"]),
-                &["kubernetes.io/kube-apiserver-client-kubelet"],
+                &["kubernetes.io/kube-apiserver-client-kubelet", "kubernetes.io/kubelet-serving"],
             ),
             named(
                 rule(&["sign"], &["certificates.k8s.io"], &["signers"]),
@@ -533,6 +534,9 @@ fn kube_controller_manager() -> Vec<PolicyRule> {
             ),
             rule(&["create"], &["authorization.k8s.io"], &["subjectaccessreviews"]),
         ],
+        // token-cleaner (Kubernetes' Role `system:controller:token-cleaner` in kube-system; cluster-wide here,
+        // within what the controller manager's own rules above already grant on Secrets)
+        vec![rule(&["delete", "get", "list", "watch"], &[""], &["secrets"])],
     ];
     let mut rules: Vec<PolicyRule> = Vec::new();
     for rule in sections.into_iter().flatten() {
@@ -810,6 +814,7 @@ mod tests {
             (&kcm, "escalate", "rbac.authorization.k8s.io/clusterroles", "", "admin", true),
             (&kcm, "update", "rbac.authorization.k8s.io/clusterroles", "", "admin", true),
             (&kcm, "approve", "certificates.k8s.io/signers", "", "kubernetes.io/kube-apiserver-client-kubelet", true),
+            (&kcm, "approve", "certificates.k8s.io/signers", "", "kubernetes.io/kubelet-serving", true),
             (&kcm, "approve", "certificates.k8s.io/signers", "", "kubernetes.io/kube-apiserver-client", false),
             (&kcm, "sign", "certificates.k8s.io/signers", "", "kubernetes.io/kube-apiserver-client-kubelet", true),
             (&kcm, "update", "certificates.k8s.io/certificatesigningrequests/approval", "", "csr", true),
@@ -820,6 +825,8 @@ mod tests {
             (&kcm, "impersonate", "users", "", "root", false),
             (&kcm, "create", "pods/exec", "dev", "p", false),
             (&kcm, "get", "/metrics", "", "", false),
+            (&kcm, "watch", "secrets", "kube-system", "", true),
+            (&kcm, "delete", "secrets", "kube-system", "bootstrap-token-abcdef", true),
         ];
         for &(user, verb, what, namespace, name, allowed) in cases {
             let want = if allowed { Decision::Allow } else { Decision::NoOpinion };
