@@ -41,7 +41,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use serde_json::{Value, json};
 
-use common::{Guard, Latency, Server, free_port, load, mb, ms, read_watch, wait_until};
+use common::{
+    Guard, HttpGenerator, HttpLoad, Latency, Server, create, free_port, load, mb, ms, read_watch, wait_node_ready,
+    wait_until,
+};
 use tokio::sync::watch;
 
 /// Pods timed one at a time in the startup run.
@@ -245,19 +248,7 @@ impl Cluster {
             .context("cannot start skiff agent")?;
         let agent = Agent { child: Guard(agent), oci_run: agent_dir.join("oci/run") };
         let cluster = Cluster { agent, server, dir, base, client };
-        let node = format!("{}/api/v1/nodes/{NODE}", cluster.base);
-        wait_until("node Ready", Duration::from_secs(30), || {
-            let request = cluster.client.get(&node).send();
-            async move {
-                let Ok(response) = request.await else { return false };
-                let Ok(node) = response.json::<Value>().await else { return false };
-                node["status"]["conditions"]
-                    .as_array()
-                    .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
-            }
-        })
-        .await
-        .with_context(|| cluster.agent_log())?;
+        wait_node_ready(&cluster.client, &cluster.base, NODE).await.with_context(|| cluster.agent_log())?;
         Ok(cluster)
     }
 
@@ -279,14 +270,6 @@ impl Cluster {
         let tail: Vec<&str> = log.lines().rev().take(20).collect();
         tail.into_iter().rev().collect::<Vec<_>>().join("\n")
     }
-}
-
-async fn create(client: &reqwest::Client, url: &str, pod: &Value) -> anyhow::Result<()> {
-    let response = client.post(url).json(pod).send().await?;
-    let status = response.status();
-    let body = response.bytes().await?;
-    ensure!(status == reqwest::StatusCode::CREATED, "create answered {status}: {}", String::from_utf8_lossy(&body));
-    Ok(())
 }
 
 fn ticker_pod(name: &str) -> Value {
@@ -649,10 +632,7 @@ fn print_step(s: &Step, idle: u64) {
 
 struct HttpRun {
     connections: usize,
-    rate: f64,
-    p50: Duration,
-    p99: Duration,
-    errors: u64,
+    load: HttpLoad,
     /// Agent CPU per request, to see where the cores go.
     agent_cpu: Duration,
 }
@@ -696,96 +676,16 @@ async fn http(cluster: &Cluster) -> anyhow::Result<(String, Vec<HttpRun>)> {
     })
     .await
     .with_context(|| cluster.agent_log())?;
-    let wrk = Command::new("wrk").arg("--version").output().is_ok();
-    let generator = if wrk { "wrk (1 thread)" } else { "reqwest clients in the bench process" };
+    let generator = HttpGenerator::detect();
     let mut runs = Vec::new();
     for connections in HTTP_CONNECTIONS {
         let before = cpu_time(cluster.agent.pid())?;
-        let mut run = if wrk { run_wrk(&url, connections)? } else { run_reqwest(&url, connections).await? };
-        let requests = (run.rate * HTTP_DURATION.as_secs_f64()).max(1.0);
-        run.agent_cpu = cpu_time(cluster.agent.pid())?.saturating_sub(before).div_f64(requests);
-        runs.push(run);
+        let load = generator.run(&url, connections, HTTP_DURATION, None).await?;
+        let requests = (load.rate * HTTP_DURATION.as_secs_f64()).max(1.0);
+        let agent_cpu = cpu_time(cluster.agent.pid())?.saturating_sub(before).div_f64(requests);
+        runs.push(HttpRun { connections, load, agent_cpu });
     }
-    Ok((generator.to_owned(), runs))
-}
-
-/// One `wrk` run; one thread, so the generator takes at most one of the cores.
-fn run_wrk(url: &str, connections: usize) -> anyhow::Result<HttpRun> {
-    let output = Command::new("wrk")
-        .args(["-t1", "-c", &connections.to_string(), "-d", &format!("{}s", HTTP_DURATION.as_secs()), "--latency"])
-        .arg(url)
-        .output()?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    ensure!(output.status.success(), "wrk failed: {text}{}", String::from_utf8_lossy(&output.stderr));
-    let field = |prefix: &str| -> anyhow::Result<&str> {
-        let line = text
-            .lines()
-            .map(str::trim)
-            .find(|l| l.starts_with(prefix))
-            .with_context(|| format!("wrk printed no {prefix}: {text}"))?;
-        line.split_whitespace().nth(prefix.split_whitespace().count()).context("malformed wrk output")
-    };
-    let errors = text
-        .lines()
-        .map(str::trim)
-        .find_map(|l| l.strip_prefix("Non-2xx or 3xx responses:"))
-        .map_or(Ok(0), |n| n.trim().parse())?;
-    Ok(HttpRun {
-        connections,
-        rate: field("Requests/sec:")?.parse()?,
-        p50: wrk_duration(field("50%")?)?,
-        p99: wrk_duration(field("99%")?)?,
-        errors,
-        agent_cpu: Duration::ZERO,
-    })
-}
-
-/// wrk's durations: `123.45us`, `1.23ms`, `1.02s`, `2.00m`.
-fn wrk_duration(text: &str) -> anyhow::Result<Duration> {
-    let split = text.find(|c: char| c.is_ascii_alphabetic()).with_context(|| format!("no unit in {text}"))?;
-    let value: f64 = text[..split].parse()?;
-    let seconds = match &text[split..] {
-        "us" => value / 1e6,
-        "ms" => value / 1e3,
-        "s" => value,
-        "m" => value * 60.0,
-        unit => bail!("unknown wrk unit {unit}"),
-    };
-    Ok(Duration::from_secs_f64(seconds))
-}
-
-/// The fallback generator: `connections` tasks, each one keep-alive connection, each sending its next
-/// request when the last is answered.
-async fn run_reqwest(url: &str, connections: usize) -> anyhow::Result<HttpRun> {
-    let deadline = Instant::now() + HTTP_DURATION;
-    let tasks: Vec<_> = (0..connections)
-        .map(|_| {
-            let url = url.to_owned();
-            tokio::spawn(async move {
-                let client = reqwest::Client::builder().http1_only().pool_max_idle_per_host(1).build()?;
-                let (mut latencies, mut errors) = (Vec::new(), 0u64);
-                while Instant::now() < deadline {
-                    let sent = Instant::now();
-                    let response = client.get(&url).send().await?;
-                    let ok = response.status().is_success();
-                    response.bytes().await?;
-                    latencies.push(sent.elapsed());
-                    errors += u64::from(!ok);
-                }
-                anyhow::Ok((latencies, errors))
-            })
-        })
-        .collect();
-    let started = Instant::now();
-    let (mut latencies, mut errors) = (Vec::new(), 0);
-    for task in tasks {
-        let (l, e) = task.await??;
-        latencies.extend(l);
-        errors += e;
-    }
-    let rate = latencies.len() as f64 / started.elapsed().as_secs_f64();
-    let latency = Latency::of(latencies);
-    Ok(HttpRun { connections, rate, p50: latency.p50, p99: latency.p99, errors, agent_cpu: Duration::ZERO })
+    Ok((generator.describe().to_owned(), runs))
 }
 
 fn print_http((generator, runs): &(String, Vec<HttpRun>)) {
@@ -803,10 +703,10 @@ fn print_http((generator, runs): &(String, Vec<HttpRun>)) {
         println!(
             "   {:>11} {:>10.0} {:>9.3} {:>9.3} {:>8} {:>18.1}",
             r.connections,
-            r.rate,
-            ms(r.p50),
-            ms(r.p99),
-            r.errors,
+            r.load.rate,
+            ms(r.load.p50),
+            ms(r.load.p99),
+            r.load.errors,
             r.agent_cpu.as_secs_f64() * 1e6
         );
     }

@@ -111,6 +111,14 @@ pub fn the_kubelet_port_authorizes_callers_through_the_api_server() {
     // No credentials, or a token the API server does not know: no one.
     assert_eq!(get(Credential::None), (401, "Unauthorized".to_string()));
     assert_eq!(get(Credential::Token("made-up")), (401, "Unauthorized".to_string()));
+    // Nor may anyone exec or port-forward: authentication comes before whatever the path names.
+    let uid = cluster.ok(&["get", "pod", "box", "-o", "jsonpath={.metadata.uid}"]);
+    let exec = format!("{base}/exec/default/box/{uid}/main?command=true&output=1");
+    for url in [&exec, &format!("{base}/portForward/default/box/{uid}")] {
+        for method in [reqwest::Method::POST, reqwest::Method::GET] {
+            assert_eq!(call(&ca, method, url, Credential::None), (401, "Unauthorized".to_string()), "{url}");
+        }
+    }
 
     // A user's certificate from the cluster CA is alice, whom RBAC allows nothing on the node yet.
     let alice = identity_of(&cluster, &mint_user(&cluster, "alice", None));
@@ -136,8 +144,6 @@ pub fn the_kubelet_port_authorizes_callers_through_the_api_server() {
         (get(Credential::Certificate(&alice)) == hello).then_some(())
     });
     // An exec is `create`, which she was not given, whether its upgrade is a POST or a GET (WebSocket).
-    let uid = cluster.ok(&["get", "pod", "box", "-o", "jsonpath={.metadata.uid}"]);
-    let exec = format!("{base}/exec/default/box/{uid}/main?command=true&output=1");
     for method in [reqwest::Method::POST, reqwest::Method::GET] {
         assert_eq!(call(&ca, method, &exec, Credential::Certificate(&alice)), forbidden("create"));
     }

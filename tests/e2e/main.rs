@@ -3,11 +3,13 @@
 //! behaviour.
 
 mod abuse;
+mod abuse_http;
 mod audit;
 mod confinement;
 mod connections;
 mod containers;
 mod deployments;
+mod emptydir;
 mod encryption;
 mod etcd_tls;
 mod exec;
@@ -737,6 +739,11 @@ fn identity_the_kubelet_port_serves_a_certificate_issued_through_a_csr() {
 #[test]
 fn connections_idle_connections_neither_block_nor_stay() {
     connections::idle_connections_neither_block_nor_stay();
+}
+
+#[test]
+fn abuse_http_slow_clients_of_one_wasi_http_pod_hurt_no_other() {
+    abuse_http::slow_clients_of_one_wasi_http_pod_hurt_no_other();
 }
 
 #[test]

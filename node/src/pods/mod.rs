@@ -1,9 +1,11 @@
 //! The pods bound to this node: a watch on `spec.nodeName=<node>` (kube-runtime's watcher, level-triggered:
-//! every relist reconciles the full set) keeps one [`worker::Worker`] per pod.
+//! every relist reconciles the full set) keeps one [`worker::Worker`] per pod; the same loop measures their
+//! emptyDirs and evicts those over their limits ([`eviction`]).
 
 mod atomic;
 mod downward;
 mod events;
+mod eviction;
 mod probes;
 mod spec;
 pub mod status;
@@ -24,6 +26,7 @@ use kube::Api;
 use kube::runtime::watcher;
 use skiff_shim::Shim;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 pub use events::Recorder;
 use worker::Worker;
@@ -96,11 +99,12 @@ pub struct Context {
 /// Watches this node's pods and keeps a worker per pod until `shutdown`.
 pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     let pods: Api<Pod> = Api::all(ctx.client.clone());
-    remove_orphans(&ctx, &pods).await;
+    remove_orphans(&ctx, &pods, &shutdown).await;
     let config = watcher::Config::default().fields(&format!("spec.nodeName={}", ctx.node_name));
     let mut events = watcher(pods, config).boxed();
     let mut workers: HashMap<String, Worker> = HashMap::new();
     let mut listed: HashSet<String> = HashSet::new();
+    let mut housekeeping = eviction::Housekeeping::new();
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -108,6 +112,21 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
                 Some(event) => event,
                 None => break,
             },
+            due = housekeeping.next() => {
+                match due {
+                    eviction::Due::Measure => {
+                        let running = workers.values().filter(|worker| worker.is_active()).map(Worker::pod);
+                        let running = running.filter(|pod| pod.metadata.deletion_timestamp.is_none());
+                        housekeeping.measure(running, &ctx.pods_dir);
+                    }
+                    eviction::Due::Evict { uid, message } => {
+                        if let Some(worker) = workers.get(&uid) {
+                            worker.evict(message);
+                        }
+                    }
+                }
+                continue;
+            }
         };
         match event {
             Ok(watcher::Event::Apply(pod)) => apply(&ctx, &mut workers, pod),
@@ -120,7 +139,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
             Ok(watcher::Event::Delete(pod)) => {
                 if let Some(uid) = &pod.metadata.uid {
                     if let Some(worker) = workers.remove(uid) {
-                        worker.abandon().await;
+                        gone(&ctx, uid, worker, &shutdown).await;
                     }
                     ctx.network.release(uid).await;
                 }
@@ -128,10 +147,10 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
             Ok(watcher::Event::Init) => listed.clear(),
             Ok(watcher::Event::InitDone) => {
                 // A relist is the truth: workers of pods no longer bound here end.
-                let gone: Vec<String> = workers.keys().filter(|uid| !listed.contains(*uid)).cloned().collect();
-                for uid in gone {
+                let left: Vec<String> = workers.keys().filter(|uid| !listed.contains(*uid)).cloned().collect();
+                for uid in left {
                     if let Some(worker) = workers.remove(&uid) {
-                        worker.abandon().await;
+                        gone(&ctx, &uid, worker, &shutdown).await;
                     }
                     ctx.network.release(&uid).await;
                 }
@@ -148,10 +167,24 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     }
 }
 
+/// Ends the worker of a pod the API no longer has (deleted at once, `--force`), which stops its containers,
+/// then tears its directory down, as the worker does after a graceful deletion.
+async fn gone(ctx: &Context, uid: &str, worker: Worker, shutdown: &CancellationToken) {
+    worker.abandon().await;
+    tear_down_in_background(ctx.pods_dir.join(uid), shutdown);
+}
+
+/// Tears a pod's directory down on a task of its own: it is retried until done, which must not hold up the
+/// other pods.
+fn tear_down_in_background(pod_dir: PathBuf, shutdown: &CancellationToken) {
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move { volumes::tear_down(&pod_dir, &shutdown).await }.in_current_span());
+}
+
 /// Before any worker starts: removes the containers an earlier run of the agent left for pods that are no
-/// longer bound here (deleted while the agent was away). Containers the pods' statuses name are kept for
-/// their workers to adopt.
-async fn remove_orphans(ctx: &Context, pods: &Api<Pod>) {
+/// longer bound here (deleted while the agent was away), then their directories. Containers the pods'
+/// statuses name are kept for their workers to adopt.
+async fn remove_orphans(ctx: &Context, pods: &Api<Pod>, shutdown: &CancellationToken) {
     let params = kube::api::ListParams::default().fields(&format!("spec.nodeName={}", ctx.node_name));
     let list = match pods.list(&params).await {
         Ok(list) => list,
@@ -174,6 +207,13 @@ async fn remove_orphans(ctx: &Context, pods: &Api<Pod>) {
         let removed = shim.remove_others(&keep).await;
         if removed > 0 {
             tracing::info!(shim = shim.name(), removed, "removed containers of pods deleted while the agent was away");
+        }
+    }
+    // Their tmpfs volumes would otherwise hold the node's memory for ever.
+    let bound: HashSet<&str> = list.items.iter().filter_map(|pod| pod.metadata.uid.as_deref()).collect();
+    for entry in std::fs::read_dir(&ctx.pods_dir).into_iter().flatten().flatten() {
+        if !bound.contains(entry.file_name().to_string_lossy().as_ref()) {
+            tear_down_in_background(entry.path(), shutdown);
         }
     }
 }

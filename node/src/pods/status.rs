@@ -107,6 +107,8 @@ pub struct PodState {
     pub initialized: bool,
     /// An init container failed under restartPolicy Never: the pod failed.
     pub init_failed: bool,
+    /// The eviction message once the pod was evicted: it failed, with reason Evicted.
+    pub evicted: Option<String>,
     pub start_time: String,
     pub host_ip: String,
     /// The pod's address once its network is set up (the node's with host networking).
@@ -122,7 +124,7 @@ impl PodState {
     }
 
     pub fn phase(&self) -> &'static str {
-        if self.init_failed {
+        if self.init_failed || self.evicted.is_some() {
             return "Failed";
         }
         if !self.initialized {
@@ -183,6 +185,10 @@ impl PodState {
         if !self.init.is_empty() {
             status["initContainerStatuses"] = json!(self.init.iter().map(ContainerState::to_json).collect::<Vec<_>>());
         }
+        if let Some(message) = &self.evicted {
+            status["reason"] = json!("Evicted");
+            status["message"] = json!(message);
+        }
         status
     }
 }
@@ -238,6 +244,19 @@ mod tests {
         assert_eq!(init.phase(), "Pending");
         init.init_failed = true;
         assert_eq!(init.phase(), "Failed");
+    }
+
+    #[test]
+    fn an_evicted_pod_failed_and_says_why() {
+        let mut state = pod(vec![(State::Running { started_at: crate::now() }, false)]);
+        assert!(state.status().get("reason").is_none());
+        let message = "Usage of EmptyDir volume \"cache\" exceeds the limit \"1Mi\". ";
+        state.evicted = Some(message.into());
+        let status = state.status();
+        assert_eq!(
+            (status["phase"].as_str(), status["reason"].as_str(), status["message"].as_str()),
+            (Some("Failed"), Some("Evicted"), Some(message))
+        );
     }
 
     #[test]

@@ -97,26 +97,8 @@ impl Drop for SubPath {
     }
 }
 
-/// Unmounts and removes every subPath bind mount under `pod_dir`: those of containers adopted from an
-/// earlier run of the agent, whose handles are gone, when their pod is removed.
-pub fn unmount_all(pod_dir: &Path) {
-    let dir = pod_dir.join(SUBPATHS_DIR);
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    // The fifth field is the mount point, with spaces and the like octal-escaped (none in our names).
-    let mut points: Vec<PathBuf> = mountinfo
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(PathBuf::from)
-        .filter(|point| point.starts_with(&dir))
-        .collect();
-    points.sort();
-    points.dedup();
-    for point in points.iter().rev() {
-        unmount(point);
-    }
-}
-
-/// Where a pod's subPath bind mounts live, in its directory.
+/// Where a pod's subPath bind mounts live, in its directory. Those of containers adopted from an earlier run
+/// of the agent, whose handles are gone, go with the pod's directory (`volumes::remove_pod_dir`).
 pub const SUBPATHS_DIR: &str = "volume-subpaths";
 
 fn unmount(target: &Path) {
@@ -257,10 +239,8 @@ mod tests {
         drop(bound);
         assert!(!target.exists(), "unmounted and removed with its handle");
         std::mem::forget(kept);
-        unmount_all(&dir.path().join("pod"));
-        assert!(
-            !dir.path().join("pod/volume-subpaths/c-0/1").exists(),
-            "an adopted container's mount goes with its pod"
-        );
+        crate::pods::volumes::remove_pod_dir(&dir.path().join("pod")).unwrap();
+        assert!(!dir.path().join("pod").exists(), "an adopted container's mount goes with its pod");
+        assert_eq!(std::fs::read_to_string(dir.path().join("c/marker")).unwrap(), "here", "unmounted, not emptied");
     }
 }

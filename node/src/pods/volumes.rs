@@ -1,15 +1,23 @@
-//! A pod's volumes as host directories under the pod's directory: emptyDir and hostPath as they are, and the
-//! volumes the agent writes (configMap, secret, downwardAPI, and projected ones of ConfigMaps, Secrets, the
-//! downward API and ServiceAccount tokens) with the kubelet's atomic writer, kept up to date while the pod's
-//! containers run ([`Projections::follow`]).
+//! A pod's volumes as host directories under the pod's directory: emptyDir (a tmpfs with `medium: Memory`) and
+//! hostPath as they are, and the volumes the agent writes (configMap, secret, downwardAPI, and projected ones
+//! of ConfigMaps, Secrets, the downward API and ServiceAccount tokens) with the kubelet's atomic writer, kept
+//! up to date while the pod's containers run ([`Projections::follow`]); and the pod's directory torn down,
+//! mounts first, once the pod is gone ([`tear_down`]).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::{CString, OsString};
+use std::io;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, DownwardAPIVolumeFile, KeyToPath, Pod, Secret, Volume};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, DownwardAPIVolumeFile, EmptyDirVolumeSource, KeyToPath, Pod, Secret, Volume,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 use skiff_shim::Mount;
@@ -46,10 +54,10 @@ impl Volumes {
         let mut projected = Vec::new();
         let volumes: &[Volume] = pod.spec.as_ref().and_then(|s| s.volumes.as_deref()).unwrap_or_default();
         for volume in volumes {
-            let dir = pod_dir.join("volumes").join(&volume.name);
+            let dir = volume_dir(pod_dir, &volume.name);
             let io = |e: std::io::Error| ConfigError(format!("volume \"{}\": {e}", volume.name));
-            let path = if volume.empty_dir.is_some() {
-                std::fs::create_dir_all(&dir).map_err(io)?;
+            let path = if let Some(source) = &volume.empty_dir {
+                empty_dir(&dir, source, pod).map_err(io)?;
                 dir
             } else if let Some(sources) = sources(volume).map_err(|e| failed(&volume.name, &e))? {
                 let parts = sources.into_iter().map(|source| Part { source, files: Files::new() }).collect();
@@ -121,6 +129,246 @@ fn service_account(pod: &Pod) -> String {
     let spec = pod.spec.as_ref();
     let named = spec.and_then(|s| s.service_account_name.clone().or_else(|| s.service_account.clone()));
     named.filter(|name| !name.is_empty()).unwrap_or_else(|| "default".into())
+}
+
+/// Where a pod's volume lives on the host, under the pod's directory.
+pub(super) fn volume_dir(pod_dir: &Path, volume: &str) -> PathBuf {
+    pod_dir.join("volumes").join(volume)
+}
+
+/// The emptyDir medium backed by memory; the other the agent makes is the default, "" (the node's disk).
+const MEMORY: &str = "Memory";
+
+/// The mode of an emptyDir's directory, the kubelet's: containers of any user may write it.
+const EMPTY_DIR_MODE: u32 = 0o777;
+
+/// Makes the emptyDir at `dir`: a directory as the kubelet makes it, with `medium: Memory` a tmpfs mounted on
+/// it where the agent can mount. Made again for a retried or restarted worker, a tmpfs mounted before is kept
+/// with what the pod's containers wrote in it.
+fn empty_dir(dir: &Path, source: &EmptyDirVolumeSource, pod: &Pod) -> io::Result<()> {
+    let medium = source.medium.as_deref().unwrap_or_default();
+    if !medium.is_empty() && medium != MEMORY {
+        return Err(io::Error::new(io::ErrorKind::Unsupported, format!("unknown storage medium \"{medium}\"")));
+    }
+    let tmpfs = medium == MEMORY && can_mount();
+    std::fs::create_dir_all(dir)?;
+    if tmpfs && mount_points(dir)?.iter().any(|point| point == dir) {
+        return Ok(());
+    }
+    // Set, not asked of create_dir_all: the agent's umask would take write access from other users.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(EMPTY_DIR_MODE))?;
+    if tmpfs {
+        return mount_tmpfs(dir, memory_size(pod, source.size_limit.as_ref(), node_memory()).bytes);
+    }
+    if medium == MEMORY {
+        static ON_DISK: std::sync::Once = std::sync::Once::new();
+        ON_DISK.call_once(|| {
+            tracing::warn!(
+                "the agent does not run as root and cannot mount a tmpfs: emptyDir volumes with medium Memory are \
+                 directories on disk, and their pods are evicted when one outgrows its size"
+            )
+        });
+    }
+    Ok(())
+}
+
+/// Whether the agent can mount: a memory-backed emptyDir is a tmpfs only then.
+fn can_mount() -> bool {
+    crate::network::is_root()
+}
+
+/// Mounts a tmpfs of `bytes` at `dir`. Pages written to a tmpfs are charged to the memory cgroup of the
+/// process that writes them, so a container's writes count against its own memory limit with no more ado;
+/// the size bounds what the pod's wasm guests, which write from the agent, can hold there.
+fn mount_tmpfs(dir: &Path, bytes: u64) -> io::Result<()> {
+    let target = c_path(dir)?;
+    // The kubelet's only option is the size; the root directory keeps tmpfs' default mode, 1777, as on a
+    // kubelet's node. No devices and no set-user-ID programs: nothing a pod writes there needs them.
+    let options = CString::new(format!("size={bytes}")).map_err(io::Error::other)?;
+    // SAFETY: every string is NUL-terminated and outlives the call; tmpfs reads `options` as its option string.
+    let mounted = unsafe {
+        libc::mount(
+            c"tmpfs".as_ptr(),
+            target.as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_NODEV | libc::MS_NOSUID,
+            options.as_ptr().cast(),
+        )
+    };
+    if mounted != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+}
+
+/// The node's memory: what it reports as allocatable (`MemTotal`, the kernel's total RAM).
+fn node_memory() -> u64 {
+    // SAFETY: plain data, for sysinfo to fill.
+    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is writable and lives across the call, the only way sysinfo can fail (EFAULT).
+    unsafe { libc::sysinfo(&mut info) };
+    info.totalram as u64 * u64::from(info.mem_unit)
+}
+
+/// A size an emptyDir is held to, with the text the eviction message quotes.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct SizeLimit {
+    pub bytes: u64,
+    pub text: String,
+}
+
+impl SizeLimit {
+    /// A volume's `sizeLimit`; None unless positive, as the kubelet ignores others. A fraction of a byte
+    /// rounds up, as a Quantity's value does.
+    fn of(quantity: &Quantity) -> Option<Self> {
+        let bytes = skiff_api::validation::parse_quantity(&quantity.0).filter(|bytes| *bytes > 0.0)?;
+        Some(SizeLimit { bytes: bytes.ceil() as u64, text: quantity.0.clone() })
+    }
+
+    /// A size the agent chose, written as Kubernetes writes a byte count: with the largest binary suffix that
+    /// divides it (`96Mi`), else as a plain number.
+    fn bytes(bytes: u64) -> Self {
+        let mut text = bytes.to_string();
+        for (shift, suffix) in [(60, "Ei"), (50, "Pi"), (40, "Ti"), (30, "Gi"), (20, "Mi"), (10, "Ki")] {
+            if bytes != 0 && bytes.trailing_zeros() >= shift {
+                text = format!("{}{suffix}", bytes >> shift);
+                break;
+            }
+        }
+        SizeLimit { bytes, text }
+    }
+}
+
+/// The size of a memory-backed emptyDir, as the kubelet's `calculateEmptyDirMemorySize`: the node's
+/// allocatable memory, or the pod's memory limit where it sets one no larger, or the volume's `sizeLimit`
+/// where that is no larger still. A pod cannot hold more in memory than that anyway.
+pub(super) fn memory_size(pod: &Pod, size_limit: Option<&Quantity>, node_memory: u64) -> SizeLimit {
+    let mut size = SizeLimit::bytes(node_memory);
+    if let Some(limit) = pod_memory_limit(pod).filter(|limit| (1..=size.bytes).contains(limit)) {
+        size = SizeLimit::bytes(limit);
+    }
+    if let Some(limit) = size_limit.and_then(SizeLimit::of).filter(|limit| limit.bytes <= size.bytes) {
+        size = limit;
+    }
+    size
+}
+
+/// The pod's memory limit as the kubelet sets it on the pod's cgroup: only when every container declares
+/// one, the larger of the app containers' sum and the largest init container's (those run one at a time,
+/// before the others).
+fn pod_memory_limit(pod: &Pod) -> Option<u64> {
+    let spec = pod.spec.as_ref()?;
+    let limit = |container: &Container| super::spec::limits(container).memory_bytes;
+    let containers: u64 = spec.containers.iter().map(limit).sum::<Option<u64>>()?;
+    let init: Vec<u64> = spec.init_containers.iter().flatten().map(limit).collect::<Option<_>>()?;
+    Some(init.into_iter().fold(containers, u64::max))
+}
+
+/// The emptyDirs of `pod` whose use the agent measures, each with the size it may reach: a disk-backed one
+/// with a `sizeLimit`, as the kubelet's eviction manager measures them, and a memory-backed one on disk
+/// because the agent cannot mount, held to the size its tmpfs would have had. A tmpfs is not measured: the
+/// kernel refuses writes past its size, which is never above the volume's `sizeLimit`.
+pub(super) fn measured(pod: &Pod) -> Vec<(String, SizeLimit)> {
+    limits(pod, node_memory(), can_mount())
+}
+
+/// [`measured`] on a node of `node_memory` where the agent can mount or not.
+fn limits(pod: &Pod, node_memory: u64, can_mount: bool) -> Vec<(String, SizeLimit)> {
+    let volumes = pod.spec.as_ref().and_then(|spec| spec.volumes.as_deref()).unwrap_or_default();
+    let limited = volumes.iter().filter_map(|volume| {
+        let source = volume.empty_dir.as_ref()?;
+        let limit = match source.medium.as_deref() {
+            Some(MEMORY) if can_mount => None,
+            Some(MEMORY) => Some(memory_size(pod, source.size_limit.as_ref(), node_memory)),
+            _ => source.size_limit.as_ref().and_then(SizeLimit::of),
+        };
+        Some((volume.name.clone(), limit?))
+    });
+    limited.collect()
+}
+
+/// How often a pod's directory that could not be torn down is tried again.
+const TEAR_DOWN_RETRY: Duration = Duration::from_secs(5);
+
+/// Removes a pod's directory (its volumes, subPath mounts and logs) once its containers are gone: every mount
+/// under it first, then the files. A mount that cannot be undone is logged and tried again until it is, or
+/// until `cancel` (the agent stops; its next run, seeing the pod again, does it): left behind it would hold
+/// the memory or the disk of a pod that is gone, and removing the files beneath it could reach through a
+/// subPath's bind mount to a hostPath's.
+pub(super) async fn tear_down(pod_dir: &Path, cancel: &CancellationToken) {
+    loop {
+        let dir = pod_dir.to_path_buf();
+        let removed = tokio::task::spawn_blocking(move || remove_pod_dir(&dir)).await.map_err(io::Error::other);
+        let Err(error) = removed.and_then(|removed| removed) else { return };
+        tracing::warn!(dir = %pod_dir.display(), %error, "cannot tear down the pod's directory; trying again");
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(TEAR_DOWN_RETRY) => {}
+        }
+    }
+}
+
+/// Unmounts everything under `pod_dir`, deepest first, lazily (a process still holding a mount keeps only its
+/// own view of it), then removes the directory, but only once no mount is left beneath it.
+pub(super) fn remove_pod_dir(pod_dir: &Path) -> io::Result<()> {
+    for point in mount_points(pod_dir)?.iter().rev() {
+        // SAFETY: a NUL-terminated path that outlives the call.
+        if unsafe { libc::umount2(c_path(point)?.as_ptr(), libc::MNT_DETACH) } != 0 {
+            let error = io::Error::last_os_error();
+            // EINVAL: not a mount point (any more).
+            if error.raw_os_error() != Some(libc::EINVAL) {
+                return Err(io::Error::new(error.kind(), format!("cannot unmount {}: {error}", point.display())));
+            }
+        }
+    }
+    if let Some(point) = mount_points(pod_dir)?.first() {
+        return Err(io::Error::other(format!("{} is still mounted", point.display())));
+    }
+    match std::fs::remove_dir_all(pod_dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        removed => removed,
+    }
+}
+
+/// The mount points at or under `dir` in the agent's mount namespace, sorted (a parent before what is
+/// mounted beneath it).
+fn mount_points(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    // The fifth field is the mount point.
+    let mut points: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|point| PathBuf::from(OsString::from_vec(unescape(point))))
+        .filter(|point| point.starts_with(dir))
+        .collect();
+    points.sort();
+    points.dedup();
+    Ok(points)
+}
+
+/// A mountinfo field with its octal escapes (`\040` for a space, and tab, newline and backslash) undone.
+fn unescape(field: &str) -> Vec<u8> {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).filter(|digits| digits.iter().all(|d| (b'0'..=b'7').contains(d)));
+        match octal {
+            Some(digits) if bytes[i] == b'\\' => {
+                out.push(digits.iter().fold(0u8, |value, digit| value.wrapping_mul(8) + (digit - b'0')));
+                i += 4;
+            }
+            _ => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 /// Why the files of a volume the agent writes cannot be had.
@@ -658,6 +906,120 @@ mod tests {
         projections.pod_changed(&labelled("b"));
         assert_eq!(std::fs::read_to_string(tmp.path().join("labels")).unwrap(), "app=\"b\"");
         assert_eq!(projections.next_renewal(), None, "no tokens, nothing to renew");
+    }
+
+    const MIB: u64 = 1 << 20;
+
+    /// A pod of `containers` (name, memory limit), `init` likewise, and a memory-backed emptyDir `cache`
+    /// with `size_limit`.
+    fn memory_pod(containers: &[Option<&str>], init: &[Option<&str>], size_limit: Option<&str>) -> Pod {
+        let container = |(i, limit): (usize, &Option<&str>)| match limit {
+            Some(limit) => serde_json::json!({"name": format!("c{i}"), "resources": {"limits": {"memory": limit}}}),
+            None => serde_json::json!({"name": format!("c{i}")}),
+        };
+        let mut empty_dir = serde_json::json!({"medium": "Memory"});
+        if let Some(size_limit) = size_limit {
+            empty_dir["sizeLimit"] = serde_json::json!(size_limit);
+        }
+        pod(serde_json::json!({"metadata": {"name": "p", "uid": "u"}, "spec": {
+            "containers": containers.iter().enumerate().map(container).collect::<Vec<_>>(),
+            "initContainers": init.iter().enumerate().map(container).collect::<Vec<_>>(),
+            "volumes": [{"name": "cache", "emptyDir": empty_dir}]}}))
+    }
+
+    fn size(pod: &Pod, node_memory: u64) -> SizeLimit {
+        let source = pod.spec.as_ref().unwrap().volumes.as_ref().unwrap()[0].empty_dir.clone().unwrap();
+        memory_size(pod, source.size_limit.as_ref(), node_memory)
+    }
+
+    #[test]
+    fn a_memory_volume_is_as_large_as_the_pod_may_hold() {
+        let node = 4096 * MIB;
+        let sized = |bytes: u64, text: &str| SizeLimit { bytes, text: text.into() };
+        assert_eq!(size(&memory_pod(&[None], &[], None), node), sized(node, "4Gi"), "no limits: the node's memory");
+        let limited = memory_pod(&[Some("64Mi"), Some("32Mi")], &[], None);
+        assert_eq!(size(&limited, node), sized(96 * MIB, "96Mi"), "the containers' limits added up");
+        let one_unlimited = memory_pod(&[Some("64Mi"), None], &[], None);
+        assert_eq!(size(&one_unlimited, node), sized(node, "4Gi"), "a container without a limit: no pod limit");
+        let init_unlimited = memory_pod(&[Some("64Mi")], &[None], None);
+        assert_eq!(size(&init_unlimited, node), sized(node, "4Gi"), "init containers count too");
+        let big_init = memory_pod(&[Some("64Mi")], &[Some("128Mi")], None);
+        assert_eq!(size(&big_init, node), sized(128 * MIB, "128Mi"), "an init container runs alone");
+        let small = memory_pod(&[Some("64Mi")], &[], Some("16Mi"));
+        assert_eq!(size(&small, node), sized(16 * MIB, "16Mi"), "a smaller sizeLimit wins");
+        let large = memory_pod(&[Some("64Mi")], &[], Some("1Gi"));
+        assert_eq!(size(&large, node), sized(64 * MIB, "64Mi"), "no more than the pod may hold");
+        let huge = memory_pod(&[Some("8Gi")], &[], Some("6Gi"));
+        assert_eq!(size(&huge, node), sized(node, "4Gi"), "no more than the node has");
+        let odd = memory_pod(&[None], &[], Some("1.5M"));
+        assert_eq!(size(&odd, node), sized(1_500_000, "1.5M"), "the sizeLimit as written");
+        assert_eq!(SizeLimit::bytes(1_500_001).text, "1500001");
+        assert_eq!(size(&memory_pod(&[None], &[], Some("0")), node).bytes, node, "a zero sizeLimit is no limit");
+    }
+
+    #[test]
+    fn measured_volumes_are_those_no_tmpfs_holds() {
+        let node = 4096 * MIB;
+        let pod = pod(serde_json::json!({"metadata": {"name": "p"}, "spec": {
+            "containers": [{"name": "c", "resources": {"limits": {"memory": "64Mi"}}}],
+            "volumes": [
+                {"name": "free", "emptyDir": {}},
+                {"name": "disk", "emptyDir": {"sizeLimit": "1Mi"}},
+                {"name": "memory", "emptyDir": {"medium": "Memory"}},
+                {"name": "config", "configMap": {"name": "settings"}}]}}));
+        let named = |can_mount| -> Vec<(String, u64)> {
+            limits(&pod, node, can_mount).into_iter().map(|(name, size)| (name, size.bytes)).collect()
+        };
+        assert_eq!(named(true), [("disk".to_string(), MIB)], "a tmpfs is held to its size by the kernel");
+        assert_eq!(
+            named(false),
+            [("disk".to_string(), MIB), ("memory".to_string(), 64 * MIB)],
+            "on disk, a memory volume is held to the pod's memory"
+        );
+    }
+
+    #[test]
+    fn a_memory_volume_is_a_tmpfs_mounted_once_and_torn_down() {
+        assert!(can_mount(), "the tmpfs test mounts: run it as root");
+        let tmp = tempfile::tempdir().unwrap();
+        let pod_dir = tmp.path().join("pod");
+        let dir = volume_dir(&pod_dir, "cache");
+        let pod = memory_pod(&[Some("64Mi")], &[], Some("8Mi"));
+        let source = pod.spec.as_ref().unwrap().volumes.as_ref().unwrap()[0].empty_dir.clone().unwrap();
+        empty_dir(&dir, &source, &pod).unwrap();
+        std::fs::write(dir.join("kept"), "x").unwrap();
+        empty_dir(&dir, &source, &pod).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.join("kept")).unwrap(), "x", "made again, the same tmpfs");
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let ours: Vec<&str> = mountinfo.lines().filter(|line| line.contains(dir.to_str().unwrap())).collect();
+        assert_eq!(ours.len(), 1, "mounted once: {ours:?}");
+        assert!(ours[0].contains(" - tmpfs ") && ours[0].contains("size=8192k"), "{}", ours[0]);
+        assert!(ours[0].contains("nosuid") && ours[0].contains("nodev"), "{}", ours[0]);
+
+        remove_pod_dir(&pod_dir).unwrap();
+        assert!(!pod_dir.exists());
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mountinfo.contains(pod_dir.to_str().unwrap()), "no mount left under the pod's directory");
+        remove_pod_dir(&pod_dir).unwrap();
+    }
+
+    #[test]
+    fn a_disk_volume_is_a_directory_any_user_may_write() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = volume_dir(tmp.path(), "scratch");
+        let pod = Pod::default();
+        empty_dir(&dir, &EmptyDirVolumeSource::default(), &pod).unwrap();
+        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o7777, EMPTY_DIR_MODE);
+        let huge = EmptyDirVolumeSource { medium: Some("HugePages".into()), ..Default::default() };
+        let error = empty_dir(&volume_dir(tmp.path(), "pages"), &huge, &pod).unwrap_err();
+        assert_eq!(error.to_string(), "unknown storage medium \"HugePages\"");
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape(r"/data/my\040pods/x\134y"), b"/data/my pods/x\\y");
+        assert_eq!(unescape(r"/plain\0"), b"/plain\\0");
     }
 
     #[test]

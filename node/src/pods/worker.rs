@@ -1,6 +1,7 @@
 //! One task per pod: prepares volumes, runs init containers in order, then supervises each container
-//! (pull, start, wait, restart with back-off, probes), writes the pod's status on every change, and on
-//! deletion stops the containers within the grace period and removes the pod.
+//! (pull, start, wait, restart with back-off, probes), writes the pod's status on every change, on eviction
+//! kills the containers and fails the pod, and on deletion stops the containers within the grace period and
+//! removes the pod.
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -30,6 +31,8 @@ const IN_PROCESS_SHIM: &str = "wasm";
 /// A running pod worker.
 pub struct Worker {
     pod: watch::Sender<Pod>,
+    /// The eviction message, once the pod is to be evicted.
+    evict: watch::Sender<Option<String>>,
     /// Cancelled when the worker must end without touching the API (the pod is gone, the agent stops).
     abandon: CancellationToken,
     task: tokio::task::JoinHandle<()>,
@@ -43,15 +46,33 @@ impl Worker {
             pod.metadata.name.as_deref().unwrap_or("")
         );
         let (tx, rx) = watch::channel(pod);
+        let (evict, evictions) = watch::channel(None);
         let abandon = CancellationToken::new();
         let span = tracing::info_span!("pod", pod = %name);
-        let task = tokio::spawn(run(ctx, rx, abandon.clone()).instrument(span));
-        Self { pod: tx, abandon, task }
+        let task = tokio::spawn(run(ctx, rx, evictions, abandon.clone()).instrument(span));
+        Self { pod: tx, evict, abandon, task }
     }
 
     /// Hands the worker the newest version of its pod.
     pub fn update(&self, pod: Pod) {
         self.pod.send_replace(pod);
+    }
+
+    /// The newest version of the pod.
+    pub fn pod(&self) -> watch::Ref<'_, Pod> {
+        self.pod.borrow()
+    }
+
+    /// Evicts the pod with the kubelet's `message`: its containers are killed at once and it fails with
+    /// reason Evicted. Only the first eviction counts.
+    pub fn evict(&self, message: String) {
+        self.evict.send_if_modified(|evicted| {
+            if evicted.is_some() {
+                return false;
+            }
+            *evicted = Some(message);
+            true
+        });
     }
 
     /// Stops the worker's containers at once and waits for it to end.
@@ -95,8 +116,17 @@ impl Shared {
         self.pod.borrow().clone()
     }
 
+    /// How long the containers get to stop: none for an evicted pod, as the kubelet gives none when a
+    /// volume outgrows its limit.
     fn grace_period(&self) -> Duration {
+        if self.evicted() {
+            return Duration::ZERO;
+        }
         grace_period(&self.pod.borrow())
+    }
+
+    fn evicted(&self) -> bool {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).evicted.is_some()
     }
 
     fn update(&self, init: bool, index: usize, change: impl FnOnce(&mut ContainerState)) {
@@ -114,7 +144,12 @@ impl Shared {
     }
 }
 
-async fn run(ctx: Arc<Context>, pod_rx: watch::Receiver<Pod>, abandon: CancellationToken) {
+async fn run(
+    ctx: Arc<Context>,
+    pod_rx: watch::Receiver<Pod>,
+    mut evictions: watch::Receiver<Option<String>>,
+    abandon: CancellationToken,
+) {
     let (shared, spec, finished) = {
         let pod = pod_rx.borrow();
         let shared = Arc::new(Shared {
@@ -151,6 +186,12 @@ async fn run(ctx: Arc<Context>, pod_rx: watch::Receiver<Pod>, abandon: Cancellat
             // request futures would make it kilobytes larger for all that time.
             _ = shared.changed.notified() => Box::pin(flush_status(&shared)).await,
             changed = pod_rx.changed() => if changed.is_err() { return },
+            Ok(()) = evictions.changed() => {
+                let message = evictions.borrow_and_update().clone();
+                if let Some(message) = message {
+                    evict(&shared, message, &stop);
+                }
+            }
         }
     }
     // Graceful deletion: leave the Services, stop the containers within the grace period, report, then
@@ -164,15 +205,32 @@ async fn run(ctx: Arc<Context>, pod_rx: watch::Receiver<Pod>, abandon: Cancellat
     let uid = shared.who.uid.as_str();
     Box::pin(ctx.network.release(uid)).await;
     Box::pin(flush_status(&shared)).await;
-    // Nothing of a deleted pod stays on the node: its volumes and logs go before the pod object does.
-    super::subpath::unmount_all(&ctx.pods_dir.join(uid));
-    if !uid.is_empty()
-        && let Err(e) = std::fs::remove_dir_all(ctx.pods_dir.join(uid))
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::warn!(error = %e, "cannot remove the pod's directory");
+    // Nothing of a deleted pod stays on the node: its volumes and logs go before the pod object does, as
+    // the kubelet keeps a pod until its volumes are torn down.
+    if !uid.is_empty() {
+        Box::pin(super::volumes::tear_down(&ctx.pods_dir.join(uid), &abandon)).await;
+        if abandon.is_cancelled() {
+            return;
+        }
     }
     Box::pin(delete_pod(&ctx, &shared.who)).await;
+}
+
+/// The kubelet's eviction of a pod: a Warning event, the pod Failed with reason Evicted and `message`, its
+/// containers killed with no grace period and not restarted (`stop`). A pod that already ended stays as it
+/// ended.
+fn evict(shared: &Shared, message: String, stop: &CancellationToken) {
+    {
+        let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        if matches!(state.phase(), "Succeeded" | "Failed") {
+            return;
+        }
+        state.evicted = Some(message.clone());
+    }
+    tracing::warn!(%message, "evicting the pod");
+    shared.event(None, Kind::Warning, "Evicted", &message);
+    shared.changed.notify_one();
+    stop.cancel();
 }
 
 /// How long other nodes' proxies get to stop sending a deleted pod new connections after this node's has:
@@ -237,10 +295,11 @@ fn initial_state(pod: &Pod, host_ip: &str) -> PodState {
     state
 }
 
-/// Runs the pod's containers; once they have all ended for good (not stopped), its network goes.
+/// Runs the pod's containers; once they have all ended for good (not stopped for the pod's deletion or the
+/// agent's), its network goes.
 async fn run_containers(shared: Arc<Shared>, spec: Box<k8s_openapi::api::core::v1::PodSpec>, stop: CancellationToken) {
     Box::pin(run_pod(&shared, spec, &stop)).await;
-    if !stop.is_cancelled() {
+    if !stop.is_cancelled() || shared.evicted() {
         Box::pin(shared.ctx.network.release(&shared.who.uid)).await;
     }
 }

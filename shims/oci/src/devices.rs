@@ -11,7 +11,7 @@
 //!
 //! On cgroup v1 libcgroups writes these rules to `devices.deny`/`devices.allow` (and appends its own
 //! copy of the standard ones). On v2 the kernel enforces device rules only through an eBPF program, which
-//! libcgroups attaches when built with its `cgroupsv2_devices` feature (not enabled in this build).
+//! libcgroups builds from them and attaches to the container's cgroup (its `cgroupsv2_devices` feature).
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -123,7 +123,69 @@ fn device(path: PathBuf, typ: LinuxDeviceType, meta: &std::fs::Metadata) -> Linu
 
 #[cfg(test)]
 mod tests {
+    use LinuxDeviceType::{B, C};
+    use libcgroups::v2::devices::emulator::Emulator;
+    use libcgroups::v2::devices::program::Program;
+
     use super::*;
+
+    /// The cgroup v2 verdict on an access ("r", "w", "m" or a mix) to a device for a container: the eBPF
+    /// program libcgroups builds from the device rules `apply` writes in its spec and attaches
+    /// (`Devices::apply_devices`: deny by default, the rules through its emulator, `Program::from_rules`), run
+    /// in rbpf's interpreter, as this host's cgroups are v1. libcgroups appends its own copy of the standard
+    /// devices there, all of them in `ALLOWED`.
+    fn v2_filter(privileged: bool) -> impl Fn(LinuxDeviceType, u32, u32, &str) -> bool {
+        let mut spec = Spec::default();
+        apply(&mut spec, privileged);
+        let rules = spec.linux().as_ref().unwrap().resources().as_ref().unwrap().devices().clone().unwrap();
+        let mut emulator = Emulator::with_default_allow(false);
+        emulator.add_rules(&rules);
+        let program = Program::from_rules(&emulator.rules, emulator.default_allow).expect("the filter builds");
+        move |typ, major, minor, access| {
+            program.execute(typ, major, minor, access.to_owned()).expect("the filter runs") == 1
+        }
+    }
+
+    /// Devices with the accesses a container is allowed and denied on them.
+    const VERDICTS: [(LinuxDeviceType, u32, u32, &str, &str); 17] = [
+        (B, 8, 0, "m", "rw"),    // the host's disk, /dev/sda: a node can be made (`b *:* m`), not opened
+        (B, 8, 1, "m", "rw"),    // and its first partition
+        (B, 259, 0, "m", "rw"),  // /dev/nvme0n1
+        (C, 1, 3, "rwm", ""),    // /dev/null
+        (C, 1, 5, "rwm", ""),    // /dev/zero
+        (C, 1, 7, "rwm", ""),    // /dev/full
+        (C, 1, 8, "rwm", ""),    // /dev/random
+        (C, 1, 9, "rwm", ""),    // /dev/urandom
+        (C, 5, 0, "rwm", ""),    // /dev/tty
+        (C, 5, 1, "rwm", ""),    // /dev/console
+        (C, 5, 2, "rwm", ""),    // /dev/ptmx
+        (C, 136, 0, "rwm", ""),  // /dev/pts/0
+        (C, 136, 42, "rwm", ""), // and any other
+        (C, 10, 200, "rwm", ""), // /dev/net/tun
+        (C, 1, 1, "m", "rw"),    // /dev/mem
+        (C, 10, 232, "m", "rw"), // /dev/kvm
+        (C, 4, 1, "m", "rw"),    // /dev/tty1, a host console
+    ];
+
+    #[test]
+    fn the_v2_device_filter_opens_only_the_standard_devices() {
+        let allows = v2_filter(false);
+        for (typ, major, minor, allowed, denied) in VERDICTS {
+            for access in allowed.chars().map(String::from) {
+                assert!(allows(typ, major, minor, &access), "{typ:?} {major}:{minor} {access} is allowed");
+            }
+            for access in denied.chars().map(String::from) {
+                assert!(!allows(typ, major, minor, &access), "{typ:?} {major}:{minor} {access} is denied");
+            }
+        }
+        // An open for reading and writing asks for both at once.
+        assert!(allows(C, 1, 3, "rw") && !allows(B, 8, 0, "rw") && !allows(B, 8, 0, "rwm"));
+
+        let privileged = v2_filter(true);
+        for (typ, major, minor, ..) in VERDICTS {
+            assert!(privileged(typ, major, minor, "rwm"), "{typ:?} {major}:{minor} is a privileged container's");
+        }
+    }
 
     #[test]
     fn containers_are_denied_every_device_but_the_standard_ones() {

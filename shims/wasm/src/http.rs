@@ -5,15 +5,20 @@
 //! handles at most so many at once (its pod's `skiff.dev/max-concurrent-requests`, else
 //! [`DEFAULT_CONCURRENT_REQUESTS`], never more than a quarter of the pool); a request beyond that waits
 //! [`QUEUE_WAIT`] for a turn, then is answered 503 with `Retry-After`. A client has
-//! [`HEADER_READ_TIMEOUT`] to send a request's head.
+//! [`HEADER_READ_TIMEOUT`] to send a request's head, and while a guest waits for the request's body, at most
+//! [`BODY_READ_TIMEOUT`] to send the next piece of it: a client that stops sending cannot hold a turn (and a
+//! slot of the node's pool) for longer.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -41,6 +46,12 @@ const QUEUE_WAIT: Duration = Duration::from_secs(1);
 
 /// How long a client may take to send a request's head (the agent's own endpoint allows as much).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a guest waiting for a request's body waits for the client's next bytes before its read fails
+/// (nginx's `client_body_timeout`, shorter than its 60 s: the waiting guest holds one of its container's
+/// turns and an instance of the node's pool; as long as the head's timeout, which no sane client needs
+/// between two pieces of a body either).
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) struct Server {
     /// The engine, and the epoch ticker kept alive while the server runs.
@@ -160,6 +171,7 @@ impl Server {
         let mut store = new_store(&self.inner.engine, state);
         let meter = store.data().ctl.meter.clone();
         let (tx, rx) = oneshot::channel();
+        let req = req.map(|body| TimedBody::new(body, BODY_READ_TIMEOUT));
         let req = store.data_mut().http().new_incoming_request(Scheme::Http, req).map_err(|e| format!("{e:#}"))?;
         let out = store.data_mut().http().new_response_outparam(tx).map_err(|e| format!("{e:#}"))?;
         let pre = self.pre.clone();
@@ -215,6 +227,59 @@ async fn take_turn(turns: &Arc<Semaphore>, wait: Duration) -> Option<OwnedSemaph
     tokio::time::timeout(wait, turns.clone().acquire_owned()).await.ok()?.ok()
 }
 
+/// A request body whose read fails with wasi:http's `connection-read-timeout` (what wasmtime's own
+/// between-bytes timeout gives a guest whose outgoing request's response stalls) once its reader has waited
+/// `idle` for the client's next bytes. Only waiting counts: a guest busy elsewhere before its next read is
+/// not the client's delay, and bytes that arrived meanwhile are read at once.
+struct TimedBody<B> {
+    body: B,
+    idle: Duration,
+    /// Runs from the first read that found nothing since the last frame; made by the first such read.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether the last read found nothing, so the timer is running.
+    waiting: bool,
+}
+
+impl<B> TimedBody<B> {
+    fn new(body: B, idle: Duration) -> Self {
+        TimedBody { body, idle, timer: None, waiting: false }
+    }
+}
+
+impl<B> Body for TimedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
+            this.waiting = false;
+            return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
+        }
+        let deadline = tokio::time::Instant::now() + this.idle;
+        let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !std::mem::replace(&mut this.waiting, true) {
+            timer.as_mut().reset(deadline);
+        }
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(wasmtime_wasi_http::Error::ConnectionReadTimeout))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// Request failures go to the container's stderr: that is where `kubectl logs` users look.
 fn log(spec: &GuestSpec, message: &str) {
     if !message.is_empty() {
@@ -251,5 +316,53 @@ mod tests {
         let started = std::time::Instant::now();
         assert!(take_turn(&turns, wait).await.is_none(), "busy for the whole wait");
         assert!(started.elapsed() >= wait);
+    }
+
+    type Piece = Result<Frame<Bytes>, Infallible>;
+
+    /// A body fed through a channel, as a client sends one; the sender's drop ends it.
+    fn channel_body() -> (
+        futures::channel::mpsc::UnboundedSender<Piece>,
+        TimedBody<http_body_util::StreamBody<futures::channel::mpsc::UnboundedReceiver<Piece>>>,
+    ) {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        (tx, TimedBody::new(http_body_util::StreamBody::new(rx), Duration::from_millis(200)))
+    }
+
+    fn piece() -> Piece {
+        Ok(Frame::data(Bytes::from_static(b"piece")))
+    }
+
+    #[tokio::test]
+    async fn a_body_whose_client_stops_sending_fails_after_the_idle_time() {
+        let (tx, mut body) = channel_body();
+        tx.unbounded_send(piece()).unwrap();
+        assert_eq!(body.frame().await.unwrap().unwrap().into_data().unwrap(), "piece");
+        let started = std::time::Instant::now();
+        let err = body.frame().await.expect("an error, not the end").unwrap_err();
+        assert!(matches!(err, wasmtime_wasi_http::Error::ConnectionReadTimeout), "{err}");
+        assert!(started.elapsed() >= Duration::from_millis(200), "failed after {:?}", started.elapsed());
+        drop(tx);
+    }
+
+    #[tokio::test]
+    async fn only_waiting_for_the_client_counts_against_a_body() {
+        let (tx, mut body) = channel_body();
+        tx.unbounded_send(piece()).unwrap();
+        assert!(body.frame().await.unwrap().is_ok());
+        // The guest is busy elsewhere past the idle time, the client sending nothing: no one waited.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Then pieces closer together than the idle time, over more than it in all.
+        let sender = tokio::spawn(async move {
+            for _ in 0..4 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                tx.unbounded_send(piece()).unwrap();
+            }
+        });
+        for _ in 0..4 {
+            assert!(body.frame().await.unwrap().is_ok(), "each piece within the idle time is read");
+        }
+        sender.await.unwrap();
+        assert!(body.frame().await.is_none(), "then the body ends");
     }
 }

@@ -50,7 +50,7 @@ pub const DEFAULT_MEMORY_LIMIT: u64 = 128 << 20;
 #[derive(Clone, Debug)]
 pub struct WasmConfig {
     /// Where compiled machine code is kept between starts (and agent restarts). Only the agent may write it:
-    /// its files are loaded as trusted native code.
+    /// its files are loaded as trusted native code, so the shim makes it 0700 and refuses one of another user.
     pub cache_dir: PathBuf,
     /// The pooling allocator's capacity in live instances (see [`DEFAULT_MAX_INSTANCES`]).
     pub max_instances: u32,
@@ -74,13 +74,17 @@ pub enum WasmError {
     /// wasmtime rejected the engine configuration.
     #[error("cannot create the wasm engine: {0}")]
     Engine(String),
-    /// The compiled-code cache directory cannot be created.
-    #[error("cannot create the wasm cache directory {path}")]
+    /// The compiled-code cache directory cannot be created, emptied or made private to the agent.
+    #[error("cannot set up the wasm cache directory {path}")]
     CacheDir {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+    /// The compiled-code cache directory belongs to another user, who could plant native code in it for the
+    /// agent to run.
+    #[error("the wasm cache directory {path} belongs to uid {owner}, not to the agent's uid {agent}")]
+    CacheDirOwner { path: PathBuf, owner: u32, agent: u32 },
     /// The thread that advances the epoch could not be spawned.
     #[error("cannot start the wasm epoch thread")]
     Ticker(#[source] std::io::Error),
@@ -121,8 +125,7 @@ pub(crate) enum Guest {
 impl WasmShim {
     pub fn new(config: WasmConfig) -> Result<Self, WasmError> {
         let (engine, allocator) = engine::build(config.max_instances)?;
-        let disk = DiskCache::new(engine.clone(), config.cache_dir.clone())
-            .map_err(|source| WasmError::CacheDir { path: config.cache_dir.clone(), source })?;
+        let disk = DiskCache::new(engine.clone(), config.cache_dir.clone())?;
         let linker_err = |e: wasmtime::Error| WasmError::Linker(format!("{e:#}"));
         let mut p1_linker = wasmtime::Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut p1_linker, |s: &mut P1State| &mut s.wasi).map_err(linker_err)?;
