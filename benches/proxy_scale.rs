@@ -80,6 +80,12 @@ const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 210, 0, 1);
 const SERVICE_RANGE: &str = "10.43.0.0/16";
 /// The bench Services' endpoints: addresses no one holds, 10 per Service (10.200.0.0/15).
 const ENDPOINT_BASE: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 0);
+/// The bench Services' ClusterIPs, asked for rather than allocated: the API server's allocator lists every
+/// Service at each create, which would make the fill quadratic and measure the allocator instead of the proxy.
+/// Above the range's lowest 256 addresses, which the server keeps for addresses asked for by name.
+const SERVICE_BASE: Ipv4Addr = Ipv4Addr::new(10, 43, 1, 0);
+/// The probe's ClusterIP.
+const PROBE_IP: Ipv4Addr = Ipv4Addr::new(10, 43, 0, 200);
 /// The addresses the endpoint changes bring in, a new one each time.
 const CHANGE_BASE: Ipv4Addr = Ipv4Addr::new(10, 220, 0, 0);
 /// The proxy's verdict map from a Service's address, protocol and port to its chain (node/src/proxy/nft.rs).
@@ -121,7 +127,10 @@ impl Settings {
             connects: number("SKIFF_BENCH_CONNECTS", CONNECTS)?,
             idle_settle: Duration::from_secs(number("SKIFF_BENCH_IDLE_SECS", IDLE_SETTLE.as_secs() as usize)? as u64),
         };
-        ensure!(settings.services >= SMALL, "SKIFF_BENCH_SERVICES must be at least {SMALL}");
+        ensure!(
+            (SMALL..=60_000).contains(&settings.services),
+            "SKIFF_BENCH_SERVICES must be from {SMALL} to 60,000 (the service range's addresses)"
+        );
         ensure!(settings.changes > 0 && settings.connects > 0, "SKIFF_BENCH_CHANGES and _CONNECTS must be positive");
         Ok(settings)
     }
@@ -305,7 +314,8 @@ impl Bench {
     /// The probe: one endpoint, the benchmark's listener on the node's address at `port`. Returns its
     /// ClusterIP.
     async fn create_probe(&self, port: u16) -> anyhow::Result<Ipv4Addr> {
-        create_service(&self.clients[0], &self.server.base, "probe", &[NODE_IP], port).await
+        create_service(&self.clients[0], &self.server.base, "probe", PROBE_IP, &[NODE_IP], port).await?;
+        Ok(PROBE_IP)
     }
 
     /// Creates fillers `range` (Services `bench-I` with their slices), spread over the clients; returns
@@ -320,7 +330,9 @@ impl Bench {
                 tokio::spawn(async move {
                     let mut ips = Vec::new();
                     for i in (range.start + c..range.end).step_by(CLIENTS) {
-                        ips.push(create_service(&client, &base, &filler(i), &filler_endpoints(i), 80).await?);
+                        let ip = offset(SERVICE_BASE, i as u32);
+                        create_service(&client, &base, &filler(i), ip, &filler_endpoints(i), 80).await?;
+                        ips.push(ip);
                     }
                     anyhow::Ok(ips)
                 })
@@ -444,10 +456,14 @@ impl Bench {
 }
 
 impl Drop for Bench {
-    /// Whatever happened: the agent is stopped before its directory goes, and its claim on a pod range with it.
+    /// Whatever happened: the agent is stopped before its directory goes, and what it keeps outside the
+    /// directory with it.
     fn drop(&mut self) {
         let _ = self.agent.0.kill();
         let _ = self.agent.0.wait();
+        // The OCI shim's tmpfs over its runtime files, which a killed agent leaves mounted (as `--bench node`).
+        let run = self.agent_dir.join("oci/run");
+        let _ = Command::new("umount").arg("-l").arg(&run).stderr(Stdio::null()).status();
         release_claim(&self.agent_dir);
     }
 }
@@ -468,23 +484,24 @@ fn endpoints(addresses: &[Ipv4Addr]) -> Value {
     addresses.iter().map(|a| json!({"addresses": [a.to_string()], "conditions": {"ready": true}})).collect()
 }
 
-/// Creates a selector-less ClusterIP Service `name` (port 80) and its slice `NAME-bench` with `addresses` on
-/// `port`; returns the Service's ClusterIP.
+/// Creates a selector-less ClusterIP Service `name` at `ip` (port 80) and its slice `NAME-bench` with
+/// `addresses` on `port`.
 async fn create_service(
     client: &reqwest::Client,
     base: &str,
     name: &str,
+    ip: Ipv4Addr,
     addresses: &[Ipv4Addr],
     port: u16,
-) -> anyhow::Result<Ipv4Addr> {
+) -> anyhow::Result<()> {
     let service = json!({
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": name},
-        "spec": {"ports": [{"port": 80, "protocol": "TCP", "targetPort": port}]},
+        "spec": {"clusterIP": ip.to_string(), "ports": [{"port": 80, "protocol": "TCP", "targetPort": port}]},
     });
     let created = post(client, &format!("{base}/api/v1/namespaces/{NAMESPACE}/services"), &service).await?;
-    let ip = created["spec"]["clusterIP"].as_str().context("a Service without a clusterIP")?.parse()?;
+    ensure!(created["spec"]["clusterIP"] == ip.to_string(), "Service {name} got {}", created["spec"]["clusterIP"]);
     let slice = json!({
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
@@ -494,7 +511,7 @@ async fn create_service(
         "endpoints": endpoints(addresses),
     });
     post(client, &format!("{base}/apis/discovery.k8s.io/v1/namespaces/{NAMESPACE}/endpointslices"), &slice).await?;
-    Ok(ip)
+    Ok(())
 }
 
 async fn post(client: &reqwest::Client, url: &str, body: &Value) -> anyhow::Result<Value> {
