@@ -266,9 +266,7 @@ impl Cluster {
     }
 
     fn agent_log(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(20).collect();
-        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        common::log_tail(&self.dir.path().join("agent.log"))
     }
 }
 

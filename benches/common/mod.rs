@@ -406,3 +406,10 @@ pub async fn create(client: &reqwest::Client, url: &str, object: &Value) -> anyh
     );
     Ok(())
 }
+
+/// The last 20 lines of the log at `path`, for a failure's context.
+pub fn log_tail(path: &Path) -> String {
+    let log = std::fs::read_to_string(path).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(20).collect();
+    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+}
