@@ -17,12 +17,10 @@
 //!    kernel holds every one (`nft -j list map`, polled every second); the agent's transactions meanwhile
 //!    (from its debug log); its RSS once settled.
 //! 2. Endpoint change: one Service's slice gets one address replaced, `SKIFF_BENCH_CHANGES` times one at a
-//!    time; each timed from the API's response until the kernel announces the new endpoint's chain. The
-//!    benchmark reads nftables' notifications from netlink, as `nft monitor` does: the kernel sends them as
-//!    the transaction commits, so nothing polls (which on two cores would take CPU from the agent and round
-//!    each figure to an `nft` run), and the ruleset is never listed (`nft monitor` lists it all before it
-//!    follows, which at this size starts over whenever a transaction commits meanwhile; the new address is in
-//!    a chain and a rule, not in a set element that `nft get element` could look up).
+//!    time; each timed from the API's response until the kernel announces the new endpoint (an element of
+//!    the proxy's backends maps). The benchmark reads nftables' notifications from netlink, as `nft monitor`
+//!    does: the kernel sends them as the transaction commits, so nothing polls (which on two cores would
+//!    take CPU from the agent and round each figure to an `nft` run), and the ruleset is never listed.
 //! 3. First packet: TCP connects (`connect` returning at the SYN/ACK) to the probe's ClusterIP, whose endpoint
 //!    is a listener of the benchmark on the node's address, one for one with connects to the listener itself
 //!    (the machine's drift shows there), `SKIFF_BENCH_CONNECTS` of each: with 10 Services, with all of them,
@@ -412,9 +410,9 @@ impl Bench {
     }
 
     /// Replaces the first address of filler `index`'s slice `count` times, one change at a time, each timed
-    /// until the monitor sees its DNAT rule.
+    /// until the kernel announces the new endpoint.
     async fn endpoint_changes(&mut self, index: usize, count: usize) -> anyhow::Result<Changes> {
-        let mut events = ChainEvents::start()?;
+        let mut events = EndpointEvents::start()?;
         let url = self.slices_url(&format!("{}-bench", filler(index)));
         let mut addresses = filler_endpoints(index);
         let client = &self.clients[0];
@@ -591,25 +589,32 @@ async fn programmed(table: &str, ips: &HashSet<Ipv4Addr>) -> anyhow::Result<usiz
 }
 
 /// The kernel's nftables notifications, read from netlink by a thread of their own: when each new endpoint
-/// chain (`ep-...__IP/PORT`) was announced, by its address. The kernel announces a transaction's objects as
-/// it commits, so this is when the endpoint took effect. (`nft monitor` reads the same notifications, but
-/// lists the whole ruleset first, and with 110,000 chains that listing starts over whenever a transaction
-/// commits meanwhile: during a fill it had shown nothing after two minutes.)
-struct ChainEvents {
+/// (an element of one of the proxy's `cluster-backends-SLOT` maps, whose value is the endpoint's address
+/// and port) was announced, by its address. The kernel announces a transaction's objects as it commits,
+/// so this is when the endpoint took effect. (`nft monitor` reads the same notifications, but lists the
+/// whole ruleset first.)
+struct EndpointEvents {
     seen: tokio::sync::mpsc::UnboundedReceiver<(Ipv4Addr, Instant)>,
 }
 
 /// The multicast group of nftables' notifications, as a bit of `sockaddr_nl.nl_groups`.
 const NFTABLES_GROUP: u32 = 1 << (libc::NFNLGRP_NFTABLES - 1);
-/// A new chain's notification: the nftables subsystem's `NFT_MSG_NEWCHAIN`.
-const NEW_CHAIN: u16 = ((libc::NFNL_SUBSYS_NFTABLES << 8) | libc::NFT_MSG_NEWCHAIN) as u16;
-/// `NFTA_CHAIN_NAME` among a chain's attributes (linux/netfilter/nf_tables.h).
-const CHAIN_NAME: u16 = 3;
+/// A new set element's notification: the nftables subsystem's `NFT_MSG_NEWSETELEM`.
+const NEW_ELEMENT: u16 = ((libc::NFNL_SUBSYS_NFTABLES << 8) | libc::NFT_MSG_NEWSETELEM) as u16;
+/// Attributes of linux/netfilter/nf_tables.h: a set element list's set name and elements; one element
+/// (`NFTA_LIST_ELEM`); an element's data; a data's value.
+const LIST_SET: u16 = 2;
+const LIST_ELEMENTS: u16 = 3;
+const LIST_ELEMENT: u16 = 1;
+const ELEMENT_DATA: u16 = 2;
+const DATA_VALUE: u16 = 1;
+/// The maps holding the endpoints of cluster IPs (node/src/proxy/nft.rs).
+const BACKENDS_MAPS: &str = "cluster-backends-";
 /// A netlink message's header (`nlmsghdr`), and the nfnetlink one after it (`nfgenmsg`).
 const NLMSG_HEADER: usize = 16;
 const NFGEN_HEADER: usize = 4;
 
-impl ChainEvents {
+impl EndpointEvents {
     fn start() -> anyhow::Result<Self> {
         let socket = nftables_events()?;
         let (tx, seen) = tokio::sync::mpsc::unbounded_channel();
@@ -623,17 +628,15 @@ impl ChainEvents {
                 // times out below.
                 let Ok(read) = usize::try_from(read) else { continue };
                 let at = Instant::now();
-                for name in new_chains(&buffer[..read]) {
-                    if let Some(address) = endpoint_address(&name) {
-                        let _ = tx.send((address, at));
-                    }
+                for address in new_endpoints(&buffer[..read]) {
+                    let _ = tx.send((address, at));
                 }
             }
         });
-        Ok(ChainEvents { seen })
+        Ok(EndpointEvents { seen })
     }
 
-    /// When the endpoint chain for `address` was announced (others are passed over).
+    /// When an endpoint at `address` was announced (others are passed over).
     async fn wait_for(&mut self, address: Ipv4Addr, timeout: Duration) -> anyhow::Result<Instant> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -641,7 +644,7 @@ impl ChainEvents {
                 Ok(Some((seen, at))) if seen == address => return Ok(at),
                 Ok(Some(_)) => {}
                 Ok(None) => bail!("the nftables notifications ended"),
-                Err(_) => bail!("no endpoint chain for {address} in the kernel after {timeout:?}"),
+                Err(_) => bail!("no endpoint {address} in the kernel after {timeout:?}"),
             }
         }
     }
@@ -685,33 +688,42 @@ fn set_option<T>(socket: &OwnedFd, name: libc::c_int, value: &T) -> libc::c_int 
     unsafe { libc::setsockopt(socket.as_raw_fd(), libc::SOL_SOCKET, name, (value as *const T).cast(), length) }
 }
 
-/// The names of the chains the `NFT_MSG_NEWCHAIN` messages in `buffer` (one read of the socket) announce.
-fn new_chains(mut buffer: &[u8]) -> Vec<String> {
+/// Netlink attributes: length (header included) and type, then the value, each padded to 4 bytes.
+fn attributes(mut bytes: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     let u16_at = |bytes: &[u8], at: usize| Some(u16::from_ne_bytes(bytes.get(at..at + 2)?.try_into().ok()?));
-    let aligned = |length: usize| (length + 3) & !3;
-    let mut names = Vec::new();
-    while let Some(length) = buffer.get(..4).and_then(|b| Some(u32::from_ne_bytes(b.try_into().ok()?) as usize)) {
-        let Some(message) = buffer.get(..length).filter(|_| length >= NLMSG_HEADER) else { break };
-        if u16_at(message, 4) == Some(NEW_CHAIN) {
-            // Attributes: length (header included) and type, then the value, each padded to 4 bytes.
-            let mut attributes = message.get(NLMSG_HEADER + NFGEN_HEADER..).unwrap_or_default();
-            while let (Some(size), Some(kind)) = (u16_at(attributes, 0), u16_at(attributes, 2)) {
-                let Some(attribute) = attributes.get(4..usize::from(size)) else { break };
-                if kind & libc::NLA_TYPE_MASK as u16 == CHAIN_NAME {
-                    names.push(String::from_utf8_lossy(attribute).trim_end_matches('\0').to_owned());
-                }
-                attributes = attributes.get(aligned(usize::from(size))..).unwrap_or_default();
-            }
-        }
-        buffer = buffer.get(aligned(length)..).unwrap_or_default();
-    }
-    names
+    std::iter::from_fn(move || {
+        let (size, kind) = (usize::from(u16_at(bytes, 0)?), u16_at(bytes, 2)?);
+        let value = bytes.get(4..size)?;
+        bytes = bytes.get((size + 3) & !3..).unwrap_or_default();
+        Some((kind & libc::NLA_TYPE_MASK as u16, value))
+    })
 }
 
-/// The address of an endpoint chain (`ep-NAMESPACE/NAME/PROTOCOL/PORT__IP/PORT`).
-fn endpoint_address(chain: &str) -> Option<Ipv4Addr> {
-    let (_, endpoint) = chain.strip_prefix("ep-")?.rsplit_once("__")?;
-    endpoint.split('/').next()?.parse().ok()
+fn attribute(bytes: &[u8], wanted: u16) -> Option<&[u8]> {
+    attributes(bytes).find(|(kind, _)| *kind == wanted).map(|(_, value)| value)
+}
+
+/// The endpoint addresses the `NFT_MSG_NEWSETELEM` messages in `buffer` (one read of the socket) add to the
+/// backends maps.
+fn new_endpoints(mut buffer: &[u8]) -> Vec<Ipv4Addr> {
+    let mut found = Vec::new();
+    while let Some(length) = buffer.get(..4).and_then(|b| Some(u32::from_ne_bytes(b.try_into().ok()?) as usize)) {
+        let Some(message) = buffer.get(..length).filter(|_| length >= NLMSG_HEADER) else { break };
+        let kind = message.get(4..6).and_then(|b| Some(u16::from_ne_bytes(b.try_into().ok()?)));
+        let body = message.get(NLMSG_HEADER + NFGEN_HEADER..).unwrap_or_default();
+        let set = attribute(body, LIST_SET).map(|name| String::from_utf8_lossy(name).trim_end_matches('\0').to_owned());
+        if kind == Some(NEW_ELEMENT) && set.is_some_and(|set| set.starts_with(BACKENDS_MAPS)) {
+            let elements = attribute(body, LIST_ELEMENTS).unwrap_or_default();
+            for (_, element) in attributes(elements).filter(|(kind, _)| *kind == LIST_ELEMENT) {
+                let value = attribute(element, ELEMENT_DATA).and_then(|data| attribute(data, DATA_VALUE));
+                if let Some(octets) = value.and_then(|v| <[u8; 4]>::try_from(v.get(..4)?).ok()) {
+                    found.push(Ipv4Addr::from(octets));
+                }
+            }
+        }
+        buffer = buffer.get((length + 3) & !3..).unwrap_or_default();
+    }
+    found
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -937,7 +949,7 @@ fn print_memory(services: usize, idle: &common::Memory, full: &common::Memory) {
 
 fn print_changes(c: &Changes) {
     println!(
-        "endpoint change: one address of a Service's slice replaced, {} times one at a time, until the kernel announces its chain (load {})",
+        "endpoint change: one address of a Service's slice replaced, {} times one at a time, until the kernel announces it (load {})",
         c.count,
         load()
     );

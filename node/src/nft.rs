@@ -1,22 +1,19 @@
-//! What the node's nftables tables share (the service proxy's and the network policies'): documents of
-//! commands on one `ip` table, built from the `nftables` crate's typed objects and applied by the `nft`
-//! program (`nft -j -f -` applies a document as one netlink batch: all or nothing, as kube-proxy's
-//! knftables drives `nft -f`), and the expressions both write.
+//! What the node's nftables tables share (the service proxy's and the network policies'): applying nft's
+//! input through the `nft` program (`nft -f` applies a script as one netlink batch: all or nothing, as
+//! kube-proxy's knftables drives it), and, for the policies' table, documents of nft's JSON commands on one
+//! `ip` table built from the `nftables` crate's typed objects, with the expressions they write.
 //!
 //! nft 1.0.6 (Debian 12) has no `dynamic` set flag in its JSON, and the kernel refuses deleting and making
 //! again an object of one name in one transaction: the tables are laid out so they need neither.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
 
-use nftables::expr::{
-    Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix,
-};
+use nftables::expr::{Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression, Payload, PayloadField};
 use nftables::schema::{
     Chain, Element, FlushObject, NfCmd, NfListObject, NfObject, Rule, Set, SetFlag, SetTypeValue, Table,
 };
-use nftables::stmt::{JumpTarget, Match, Operator, Statement};
+use nftables::stmt::{Match, Operator, Statement};
 use nftables::types::{NfChainType, NfFamily, NfHook};
 
 /// A layer 4 protocol of a Service's or a policy's port.
@@ -64,10 +61,6 @@ pub fn meta(key: MetaKey) -> Expression<'static> {
     Expression::Named(NamedExpression::Meta(Meta { key }))
 }
 
-pub fn concat(parts: Vec<Expression<'static>>) -> Expression<'static> {
-    Expression::Named(NamedExpression::Concat(parts))
-}
-
 pub fn matches(left: Expression<'static>, op: Operator, right: Expression<'static>) -> Statement<'static> {
     Statement::Match(Match { left, right, op })
 }
@@ -81,23 +74,6 @@ pub fn is_local(address: FibFlag) -> Statement<'static> {
 /// A reference to a named set or map, `@name`.
 pub fn set_ref(name: &str) -> Expression<'static> {
     s(&format!("@{name}"))
-}
-
-pub fn jump(chain: &str) -> Statement<'static> {
-    Statement::Jump(JumpTarget { target: Cow::Owned(chain.to_string()) })
-}
-
-pub fn goto(chain: &str) -> Statement<'static> {
-    Statement::Goto(JumpTarget { target: Cow::Owned(chain.to_string()) })
-}
-
-/// `goto chain` as a map's value (a verdict map's element, an anonymous verdict map's choice).
-pub fn goto_verdict(chain: &str) -> Expression<'static> {
-    Expression::Verdict(nftables::expr::Verdict::Goto(JumpTarget { target: Cow::Owned(chain.to_string()) }))
-}
-
-pub fn prefix(network: Ipv4Addr, len: u8) -> Expression<'static> {
-    Expression::Named(NamedExpression::Prefix(Prefix { addr: Box::new(s(&network.to_string())), len: u32::from(len) }))
 }
 
 /// Commands on one `ip` table, gathered to be applied at once.
@@ -238,4 +214,34 @@ pub fn remove_network_tables(network_id: &str) -> Result<(), nftables::helper::N
 pub async fn apply(document: &str) -> Result<(), nftables::helper::NftablesError> {
     let no_args: [&str; 0] = [];
     nftables::helper::apply_ruleset_raw_async(document, None::<&str>, no_args).await.map(drop)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScriptError {
+    #[error("cannot run nft: {0}")]
+    Run(#[from] std::io::Error),
+    #[error("nft refused the script: {0}")]
+    Refused(String),
+}
+
+/// Applies a script of nft's text commands through `nft -f -`: one netlink batch, applied whole or not at
+/// all.
+pub async fn apply_script(script: &str) -> Result<(), ScriptError> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(script.as_bytes()).await?;
+    }
+    let output = child.wait_with_output().await?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(ScriptError::Refused(String::from_utf8_lossy(&output.stderr).trim().to_string()))
+    }
 }

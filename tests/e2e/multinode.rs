@@ -405,7 +405,7 @@ pub fn pods_and_services_span_nodes() {
     for node in 0..nodes.hosts.len() {
         eventually("the Service's rules gone", Duration::from_secs(30), || {
             let rules = nodes.nft(node, &["list", "ruleset"]);
-            (!rules.contains("default/shop/") && rules.contains("table ip skiff-")).then_some(())
+            (!rules.contains(&format!("{cluster_ip} . tcp")) && rules.contains("table ip skiff-")).then_some(())
         });
     }
 

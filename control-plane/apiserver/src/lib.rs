@@ -19,6 +19,7 @@ pub mod audit;
 pub mod authn;
 pub mod authz;
 pub mod bootstrap_tokens;
+pub mod cluster_ips;
 pub mod connections;
 pub mod encryption;
 pub mod error;

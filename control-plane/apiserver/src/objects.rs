@@ -4,6 +4,7 @@
 //! Objects are stored as JSON without `metadata.resourceVersion`; the key's mod revision becomes the
 //! resourceVersion on every read, so it always means the store's revision, on every backend.
 
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use base64::Engine;
@@ -21,6 +22,7 @@ use skiff_store::{KeyValue, Revision, Store};
 
 use crate::admission;
 use crate::authz::Authorizer;
+use crate::cluster_ips::{self, Reservation, ReserveError};
 use crate::encryption::EncryptedStore;
 use crate::error::ApiError;
 
@@ -28,6 +30,11 @@ use crate::error::ApiError;
 const SERVICE_CIDR_PREFIX: &str = "10.43";
 /// The same range as an address and a prefix length, for those who must keep out of it.
 pub const SERVICE_CIDR: (std::net::Ipv4Addr, u8) = (std::net::Ipv4Addr::new(10, 43, 0, 0), 16);
+
+fn in_service_range(ip: Ipv4Addr) -> bool {
+    let mask = u32::MAX << (32 - u32::from(SERVICE_CIDR.1));
+    u32::from(ip) & mask == u32::from(SERVICE_CIDR.0)
+}
 
 /// Where Services' node ports come from: Kubernetes' default `--service-node-port-range`, kept clear of the
 /// ephemeral ports Linux hands out (32768 and up) so a node port never collides with an outgoing connection.
@@ -262,71 +269,130 @@ impl Objects {
         object: Value,
         options: &WriteOptions,
     ) -> Result<Written, ApiError> {
-        let (mut object, mut warnings) = admit(def, object, options)?;
-        prepare_create(def, ns, &mut object)?;
-        self.allocate_cluster_ip(def, &mut object).await?;
-        let name = name_of(&object).to_string();
-        let causes = validation::validate(def, &object, None);
-        if !causes.is_empty() {
-            return Err(ApiError::invalid(def, &name, causes));
-        }
-        self.allocate_node_ports(def, ns, &mut object, None).await?;
-        if let Some(ns) = ns {
-            self.check_namespace_open(ns).await?;
-        }
-        warnings.extend(admission::admit(self, def, ns, "", &mut object, None, options.user.as_ref()).await?);
-        patch::record_update(def, None, &mut object, &options.field_manager, None);
-        if options.dry_run {
-            if self.store.get(&key(def, ns, &name)).await?.is_some() {
-                return Err(ApiError::already_exists(def, &name));
-            }
-            return Ok(Written { object, warnings, created: true });
-        }
-        let kv = match self.store.create(&key(def, ns, &name), encode(&object)?).await {
-            Err(skiff_store::Error::AlreadyExists(_)) => {
-                return Err(ApiError::already_exists(def, &name));
-            }
-            other => other?,
-        };
-        set_resource_version(&mut object, kv.mod_revision);
-        Ok(Written { object, warnings, created: true })
+        let (object, warnings) = admit(def, object, options)?;
+        self.create_admitted(def, ns, object, warnings, options, true).await
     }
 
-    /// Gives a new Service a virtual IP from 10.43.0.0/16 unless it is headless, an ExternalName, or
-    /// asked for one. Two creates racing for the same address is possible and harmless until services get
-    /// a data path (pod networking), which will move allocation to a store-backed bitmap.
-    async fn allocate_cluster_ip(&self, def: &ResourceDef, object: &mut Value) -> Result<(), ApiError> {
-        if !is_service(def) {
-            return Ok(());
-        }
-        let spec = &object["spec"];
-        if spec["type"] == "ExternalName" || spec["clusterIP"].as_str().is_some_and(|ip| !ip.is_empty()) {
-            if let Some(ip) = spec["clusterIP"].as_str().filter(|ip| !ip.is_empty()) {
-                object["spec"]["clusterIPs"] = json!([ip]);
+    /// The create both paths share: the name, the cluster IP and node ports, validation, admission, then the
+    /// write. `record` sets managedFields for the field manager (a server-side apply set them already).
+    async fn create_admitted(
+        &self,
+        def: &'static ResourceDef,
+        ns: Option<&str>,
+        mut object: Value,
+        mut warnings: Vec<String>,
+        options: &WriteOptions,
+        record: bool,
+    ) -> Result<Written, ApiError> {
+        prepare_create(def, ns, &mut object)?;
+        let reservation = self.allocate_cluster_ip(def, ns, &mut object, options.dry_run).await?;
+        let created: Result<Written, ApiError> = async {
+            let name = name_of(&object).to_string();
+            let causes = validation::validate(def, &object, None);
+            if !causes.is_empty() {
+                return Err(ApiError::invalid(def, &name, causes));
             }
-            return Ok(());
+            self.allocate_node_ports(def, ns, &mut object, None).await?;
+            if let Some(ns) = ns {
+                self.check_namespace_open(ns).await?;
+            }
+            warnings.extend(admission::admit(self, def, ns, "", &mut object, None, options.user.as_ref()).await?);
+            if record {
+                patch::record_update(def, None, &mut object, &options.field_manager, None);
+            }
+            if options.dry_run {
+                if self.store.get(&key(def, ns, &name)).await?.is_some() {
+                    return Err(ApiError::already_exists(def, &name));
+                }
+                return Ok(Written { object, warnings, created: true });
+            }
+            let kv = match self.store.create(&key(def, ns, &name), encode(&object)?).await {
+                Err(skiff_store::Error::AlreadyExists(_)) => {
+                    return Err(ApiError::already_exists(def, &name));
+                }
+                other => other?,
+            };
+            set_resource_version(&mut object, kv.mod_revision);
+            Ok(Written { object, warnings, created: true })
         }
-        let used: std::collections::HashSet<String> = self
-            .list(def, None, &ListOptions::default())
-            .await?
-            .items
-            .iter()
-            .filter_map(|s| s.pointer("/spec/clusterIP").and_then(Value::as_str).map(str::to_string))
-            .collect();
+        .await;
+        self.release_if_failed(&created, reservation).await;
+        created
+    }
+
+    /// Gives back the cluster IP a create reserved when the create failed.
+    async fn release_if_failed(&self, created: &Result<Written, ApiError>, reservation: Option<Reservation>) {
+        if let (Err(_), Some(reservation)) = (created, reservation) {
+            cluster_ips::release(self.store.as_ref(), reservation).await;
+        }
+    }
+
+    /// Gives a new Service a virtual IP from 10.43.0.0/16 unless it is headless or an ExternalName, or takes
+    /// the one it asks for, through a reservation in the store ([`crate::cluster_ips`]): an address outside
+    /// the range or held by another Service is refused with Kubernetes' wording. Returns the reservation this
+    /// create made, to give back if the create fails; a dry run reserves nothing.
+    async fn allocate_cluster_ip(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        object: &mut Value,
+        dry_run: bool,
+    ) -> Result<Option<Reservation>, ApiError> {
+        if !is_service(def) || object["spec"]["type"] == "ExternalName" {
+            return Ok(None);
+        }
+        let name = name_of(object).to_string();
+        let holder = key(def, ns, &name);
+        let store = self.store.as_ref();
+        if let Some(asked) = object["spec"]["clusterIP"].as_str().filter(|ip| !ip.is_empty()).map(str::to_string) {
+            object["spec"]["clusterIPs"] = json!([asked]);
+            // "None" is a headless Service; a malformed address is validation's to report.
+            let Ok(ip) = asked.parse::<Ipv4Addr>() else { return Ok(None) };
+            let refuse = |problem: String| {
+                let message =
+                    format!("Invalid value: []string{{\"{asked}\"}}: failed to allocate IP {asked}: {problem}");
+                let cause = Cause { reason: "FieldValueInvalid", message, field: "spec.clusterIPs".into() };
+                ApiError::invalid(def, &name, vec![cause])
+            };
+            if !in_service_range(ip) {
+                return Err(refuse(format!(
+                    "the provided IP ({ip}) is not in the valid range. The range of valid IPs is {}/{}",
+                    SERVICE_CIDR.0, SERVICE_CIDR.1
+                )));
+            }
+            let taken = || refuse(ReserveError::Taken.to_string());
+            if dry_run {
+                return if cluster_ips::is_free(store, ip, &holder).await? { Ok(None) } else { Err(taken()) };
+            }
+            return match cluster_ips::reserve(store, ip, &holder).await {
+                Ok(reservation) => Ok(reservation),
+                Err(ReserveError::Taken) => Err(taken()),
+                Err(ReserveError::Store(e)) => Err(e.into()),
+            };
+        }
         use rand::Rng;
-        let mut rng = rand::rng();
         for _ in 0..64 {
             // The lowest 256 addresses are kept for addresses asked for by name (the `kubernetes` Service's
             // .0.1, the cluster DNS's .0.10), as Kubernetes keeps a static band; the broadcast too.
-            let host: u16 = rng.random_range(256..u16::MAX);
-            let ip = format!("{}.{}.{}", SERVICE_CIDR_PREFIX, host >> 8, host & 0xff);
-            if !used.contains(&ip) {
-                object["spec"]["clusterIP"] = json!(ip);
-                object["spec"]["clusterIPs"] = json!([ip]);
-                object["spec"]["ipFamilies"] = json!(["IPv4"]);
-                object["spec"]["ipFamilyPolicy"] = json!("SingleStack");
-                return Ok(());
-            }
+            let host: u16 = rand::rng().random_range(256..u16::MAX);
+            let ip = Ipv4Addr::from(u32::from(SERVICE_CIDR.0) | u32::from(host));
+            let reservation = if dry_run {
+                if !cluster_ips::is_free(store, ip, &holder).await? {
+                    continue;
+                }
+                None
+            } else {
+                match cluster_ips::reserve(store, ip, &holder).await {
+                    Ok(reservation) => reservation,
+                    Err(ReserveError::Taken) => continue,
+                    Err(ReserveError::Store(e)) => return Err(e.into()),
+                }
+            };
+            object["spec"]["clusterIP"] = json!(ip.to_string());
+            object["spec"]["clusterIPs"] = json!([ip.to_string()]);
+            object["spec"]["ipFamilies"] = json!(["IPv4"]);
+            object["spec"]["ipFamilyPolicy"] = json!("SingleStack");
+            return Ok(reservation);
         }
         Err(ApiError::Internal("the service IP range is exhausted".into()))
     }
@@ -335,7 +401,7 @@ impl Objects {
     /// and refuses a node port asked for that is out of the range or held by another Service, as Kubernetes'
     /// allocator does (422, with its wording). `current` is the stored Service on an update: the ports it
     /// already holds are its own. The list of Services is read only when a port needs a look; two writes
-    /// racing for one port can both win, as with cluster IPs (see [`Objects::allocate_cluster_ip`]).
+    /// racing for one port can both win (cluster IPs are reserved in the store instead, [`crate::cluster_ips`]).
     async fn allocate_node_ports(
         &self,
         def: &ResourceDef,
@@ -523,32 +589,10 @@ impl Objects {
         &self,
         def: &'static ResourceDef,
         ns: Option<&str>,
-        mut object: Value,
+        object: Value,
         options: &WriteOptions,
     ) -> Result<Written, ApiError> {
-        prepare_create(def, ns, &mut object)?;
-        self.allocate_cluster_ip(def, &mut object).await?;
-        let name = name_of(&object).to_string();
-        let causes = validation::validate(def, &object, None);
-        if !causes.is_empty() {
-            return Err(ApiError::invalid(def, &name, causes));
-        }
-        self.allocate_node_ports(def, ns, &mut object, None).await?;
-        if let Some(ns) = ns {
-            self.check_namespace_open(ns).await?;
-        }
-        let warnings = admission::admit(self, def, ns, "", &mut object, None, options.user.as_ref()).await?;
-        if options.dry_run {
-            return Ok(Written { object, warnings, created: true });
-        }
-        let kv = match self.store.create(&key(def, ns, &name), encode(&object)?).await {
-            Err(skiff_store::Error::AlreadyExists(_)) => {
-                return Err(ApiError::already_exists(def, &name));
-            }
-            other => other?,
-        };
-        set_resource_version(&mut object, kv.mod_revision);
-        Ok(Written { object, warnings, created: true })
+        self.create_admitted(def, ns, object, Vec::new(), options, false).await
     }
 
     /// The loop every update goes through: read, let `change` compute the new object, apply the update rules
@@ -597,13 +641,17 @@ impl Objects {
             if options.dry_run {
                 return Ok(Written { object: present(part, object)?, warnings, created: false });
             }
-            let result = if finished_deleting(def, &object) {
+            let deleting = finished_deleting(def, &object);
+            let result = if deleting {
                 self.store.delete(&key, Some(kv.mod_revision)).await
             } else {
                 self.store.update(&key, encode(&object)?, Some(kv.mod_revision)).await
             };
             match result {
                 Ok(written) => {
+                    if deleting && is_service(def) {
+                        cluster_ips::release_service(self.store.as_ref(), &key, &object).await;
+                    }
                     set_resource_version(&mut object, written.mod_revision);
                     return Ok(Written { object: present(part, object)?, warnings, created: false });
                 }
@@ -643,7 +691,12 @@ impl Objects {
                     return Ok(current);
                 }
                 match self.store.delete(&key, Some(kv.mod_revision)).await {
-                    Ok(_) => return Ok(current),
+                    Ok(_) => {
+                        if is_service(def) {
+                            cluster_ips::release_service(self.store.as_ref(), &key, &current).await;
+                        }
+                        return Ok(current);
+                    }
                     Err(skiff_store::Error::Conflict { .. }) => continue,
                     Err(skiff_store::Error::NotFound(_)) => {
                         return Err(ApiError::not_found(def, name));
@@ -1307,6 +1360,44 @@ mod tests {
 
     fn service(kind: &str, ports: Value) -> Value {
         json!({"metadata": {"name": "web", "namespace": "default"}, "spec": {"type": kind, "clusterIP": "10.43.0.9", "ports": ports}})
+    }
+
+    #[tokio::test]
+    async fn a_cluster_ip_is_one_services_until_it_is_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let objects = Objects::new(Arc::new(skiff_store::embedded::EmbeddedStore::open(dir.path()).unwrap()));
+        crate::lifecycle::bootstrap(&objects).await.unwrap();
+        let options = WriteOptions::default();
+        let asking = |name: &str, ip: &str| json!({"metadata": {"name": name}, "spec": {"clusterIP": ip, "ports": [{"port": 80}]}});
+        objects.create(services(), Some("default"), asking("a", "10.43.0.9"), &options).await.unwrap();
+        let refused =
+            objects.create(services(), Some("default"), asking("b", "10.43.0.9"), &options).await.err().unwrap();
+        assert_eq!(
+            refused.to_string(),
+            r#"Service "b" is invalid: spec.clusterIPs: Invalid value: []string{"10.43.0.9"}: failed to allocate IP 10.43.0.9: provided IP is already allocated"#
+        );
+        let outside =
+            objects.create(services(), Some("default"), asking("b", "10.44.0.9"), &options).await.err().unwrap();
+        assert!(outside.to_string().contains("The range of valid IPs is 10.43.0.0/16"), "{outside}");
+        // A create that fails after reserving gives the address back.
+        let twice = objects.create(services(), Some("default"), asking("a", "10.43.0.10"), &options).await;
+        assert!(matches!(twice, Err(ApiError::AlreadyExists { .. })));
+        objects.create(services(), Some("default"), asking("c", "10.43.0.10"), &options).await.unwrap();
+
+        objects.delete(services(), Some("default"), "a", &DeleteOptions::default()).await.unwrap();
+        let taken = objects.create(services(), Some("default"), asking("b", "10.43.0.9"), &options).await.unwrap();
+        assert_eq!(taken.object["spec"]["clusterIPs"], json!(["10.43.0.9"]));
+        let given = objects
+            .create(
+                services(),
+                Some("default"),
+                json!({"metadata": {"name": "d"}, "spec": {"ports": [{"port": 80}]}}),
+                &options,
+            )
+            .await
+            .unwrap();
+        let ip: Ipv4Addr = given.object["spec"]["clusterIP"].as_str().unwrap().parse().unwrap();
+        assert!(in_service_range(ip) && ip.octets()[2] > 0, "from the dynamic band: {ip}");
     }
 
     #[test]

@@ -30,7 +30,7 @@ use crate::objects::Objects;
 use crate::pki::{ClusterSecrets, Credentials, PkiError};
 use crate::router::{self, AppState};
 use crate::serviceaccounts::{self, ServiceAccountTokens};
-use crate::{kubernetes_service, lifecycle, pki::server_url};
+use crate::{cluster_ips, kubernetes_service, lifecycle, pki::server_url};
 
 /// How long in-flight requests may run after shutdown starts before their connections are dropped.
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
@@ -252,6 +252,7 @@ impl Server {
             tokio::spawn(lifecycle::run(state.objects.clone(), state.ca_cert_pem.clone(), shutdown.clone()));
         let tokens = tokio::spawn(serviceaccounts::run(state.service_accounts.clone(), shutdown.clone()));
         let endpoints = tokio::spawn(kubernetes_service::run(state.objects.clone(), advertise, shutdown.clone()));
+        let cluster_ips = tokio::spawn(cluster_ips::run(state.objects.store().clone(), shutdown.clone()));
         let app = router::router(state);
         let slots = Arc::new(Semaphore::new(connections::MAX_CONNECTIONS));
         let mut backoff = AcceptBackoff::default();
@@ -310,7 +311,7 @@ impl Server {
             _ = slots.acquire_many(all) => tracing::info!("all connections closed"),
             _ = tokio::time::sleep(DRAIN_GRACE) => tracing::warn!("drain grace period over, dropping connections"),
         }
-        let _ = tokio::join!(controller, tokens, endpoints, mirror);
+        let _ = tokio::join!(controller, tokens, endpoints, cluster_ips, mirror);
         // After the drain: the requests served by then are in the log.
         if let Some(writer) = audit_writer {
             writer.close().await;

@@ -15,7 +15,7 @@ use std::net::Ipv4Addr;
 use hickory_proto::rr::rdata::{A, CNAME, SOA, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
-use crate::proxy::{Caches, ServiceKey};
+use crate::proxy::{Caches, ServiceKey, Slice};
 
 /// How long answers may be cached: CoreDNS's kubernetes plugin default.
 pub const TTL: u32 = 5;
@@ -88,20 +88,15 @@ pub fn resolve(caches: &Caches, domain: &Name, name: &Name, kind: RecordType) ->
 
 /// The addresses of a headless Service's ready endpoints, each with its DNS name (hostname, else the
 /// address dashed) and ports.
-fn endpoints<'a>(
-    caches: &'a Caches,
-    key: &ServiceKey,
-) -> impl Iterator<Item = (Ipv4Addr, String, &'a k8s_openapi::api::discovery::v1::EndpointSlice)> {
-    caches.slices(key).filter(|s| s.address_type == "IPv4").flat_map(|slice| {
-        slice.endpoints.iter().filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true)).flat_map(
-            move |endpoint| {
-                endpoint.addresses.iter().filter_map(move |address| {
-                    let ip: Ipv4Addr = address.parse().ok()?;
-                    let label = endpoint.hostname.clone().unwrap_or_else(|| address.replace('.', "-"));
-                    Some((ip, label, slice))
-                })
-            },
-        )
+fn endpoints<'a>(caches: &'a Caches, key: &ServiceKey) -> impl Iterator<Item = (Ipv4Addr, String, &'a Slice)> {
+    caches.slices(key).flat_map(|slice| {
+        slice.endpoints.iter().filter(|e| e.ready).map(move |endpoint| {
+            let label = match &endpoint.hostname {
+                Some(hostname) => hostname.to_string(),
+                None => endpoint.ip.to_string().replace('.', "-"),
+            };
+            (endpoint.ip, label, slice)
+        })
     })
 }
 
@@ -109,17 +104,11 @@ fn key(namespace: &str, service: &str) -> ServiceKey {
     ServiceKey { namespace: namespace.to_string(), name: service.to_string() }
 }
 
-fn is_headless(service: &k8s_openapi::api::core::v1::Service) -> bool {
-    let spec = service.spec.as_ref();
-    spec.and_then(|s| s.cluster_ip.as_deref()).is_none_or(|ip| ip == "None" || ip.is_empty())
-}
-
 fn service_record(caches: &Caches, name: &Name, namespace: &str, service: &str, kind: RecordType) -> Outcome {
     let key = key(namespace, service);
     let Some(found_service) = caches.service(&key) else { return Outcome::NxDomain };
-    let spec = found_service.spec.clone().unwrap_or_default();
-    if spec.type_.as_deref() == Some("ExternalName") {
-        let target = spec.external_name.as_deref().and_then(|n| Name::from_ascii(format!("{n}.")).ok());
+    if let Some(external_name) = &found_service.external_name {
+        let target = Name::from_ascii(format!("{external_name}.")).ok();
         return match target {
             Some(target) => found(vec![Record::from_rdata(name.clone(), TTL, RData::CNAME(CNAME(target)))]),
             None => found(Vec::new()),
@@ -128,14 +117,17 @@ fn service_record(caches: &Caches, name: &Name, namespace: &str, service: &str, 
     if kind != RecordType::A {
         return found(Vec::new());
     }
-    if is_headless(found_service) {
+    if found_service.is_headless() {
         let mut ips: Vec<Ipv4Addr> = endpoints(caches, &key).map(|(ip, _, _)| ip).collect();
         ips.sort();
         ips.dedup();
         return found(ips.into_iter().map(|ip| a(name, ip)).collect());
     }
-    let ips = spec.cluster_ips.clone().filter(|ips| !ips.is_empty()).or(spec.cluster_ip.map(|ip| vec![ip]));
-    found(ips.into_iter().flatten().filter_map(|ip| ip.parse().ok()).map(|ip| a(name, ip)).collect())
+    let ips = found_service.cluster_ips.iter().filter_map(|ip| match ip {
+        std::net::IpAddr::V4(ip) => Some(*ip),
+        std::net::IpAddr::V6(_) => None,
+    });
+    found(ips.map(|ip| a(name, ip)).collect())
 }
 
 fn endpoint_record(
@@ -169,12 +161,8 @@ fn srv_records(
 ) -> Outcome {
     let key = key(namespace, service);
     let Some(found_service) = caches.service(&key) else { return Outcome::NxDomain };
-    let ports = found_service.spec.as_ref().and_then(|s| s.ports.clone()).unwrap_or_default();
-    let protocol = protocol.to_ascii_uppercase();
-    let Some(port) = ports
-        .iter()
-        .find(|p| p.name.as_deref() == Some(port_name) && p.protocol.as_deref().unwrap_or("TCP") == protocol)
-    else {
+    let protocol = protocol.to_ascii_lowercase();
+    let Some(port) = found_service.ports.iter().find(|p| &*p.name == port_name && p.protocol.nft() == protocol) else {
         return Outcome::NxDomain;
     };
     if kind != RecordType::SRV {
@@ -182,15 +170,15 @@ fn srv_records(
     }
     let service_name = Name::from_ascii(format!("{service}.{namespace}.svc")).and_then(|n| n.append_domain(domain));
     let Ok(service_name) = service_name else { return Outcome::NxDomain };
-    if !is_headless(found_service) {
-        let port = u16::try_from(port.port).unwrap_or_default();
-        return found(vec![Record::from_rdata(name.clone(), TTL, RData::SRV(SRV::new(0, 100, port, service_name)))]);
+    if !found_service.is_headless() {
+        let srv = SRV::new(0, 100, port.port, service_name);
+        return found(vec![Record::from_rdata(name.clone(), TTL, RData::SRV(srv))]);
     }
     let mut answers = Vec::new();
     let mut additionals = Vec::new();
     for (ip, label, slice) in endpoints(caches, &key) {
-        let slice_port = slice.ports.iter().flatten().find(|p| p.name.as_deref() == Some(port_name));
-        let Some(number) = slice_port.and_then(|p| u16::try_from(p.port?).ok()) else { continue };
+        let slice_port = slice.ports.iter().find(|p| p.name == port_name);
+        let Some(number) = slice_port.and_then(|p| p.port) else { continue };
         let Ok(target) = Name::from_ascii(&label).and_then(|l| l.append_domain(&service_name)) else { continue };
         answers.push(Record::from_rdata(name.clone(), TTL, RData::SRV(SRV::new(0, 100, number, target.clone()))));
         additionals.push(a(&target, ip));

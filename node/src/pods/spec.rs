@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
 use kube::Api;
 use skiff_shim::{ContainerSpec, Image, Limits, OutputSink, Security};
 
@@ -14,7 +14,7 @@ use super::downward;
 use super::subpath::SubPath;
 use super::volumes::{Volumes, secret_files};
 use crate::network::PodAddress;
-use crate::proxy::{Caches, ServiceKey, SharedCaches};
+use crate::proxy::{Caches, ServiceInfo, ServiceKey, SharedCaches};
 
 /// A container that cannot be configured yet (a missing ConfigMap, an unsupported volume): the kubelet's
 /// CreateContainerConfigError.
@@ -199,13 +199,13 @@ async fn environment(
 /// API by `KUBERNETES_SERVICE_HOST` and `KUBERNETES_SERVICE_PORT`), and with `enableServiceLinks` every
 /// Service of the pod's namespace, one of the same name replacing the API server's.
 fn service_links(caches: &Caches, namespace: &str, enabled: bool) -> Vec<(String, String)> {
-    let mut chosen: BTreeMap<&str, &Service> = BTreeMap::new();
+    let mut chosen: BTreeMap<&str, &ServiceInfo> = BTreeMap::new();
     if let Some(api) = caches.service(&ServiceKey { namespace: "default".into(), name: "kubernetes".into() }) {
         chosen.insert("kubernetes", api);
     }
     if enabled {
         for service in caches.services_in(namespace) {
-            chosen.insert(service.metadata.name.as_deref().unwrap_or_default(), service);
+            chosen.insert(&service.name, service);
         }
     }
     chosen.into_values().flat_map(service_env).collect()
@@ -214,34 +214,30 @@ fn service_links(caches: &Caches, namespace: &str, enabled: bool) -> Vec<(String
 /// The variables the kubelet gives a container for `service` (none for a headless one): `<NAME>_SERVICE_HOST`,
 /// `<NAME>_SERVICE_PORT` (the first port) and `<NAME>_SERVICE_PORT_<PORT NAME>`, then Docker links' `<NAME>_PORT`
 /// and `<NAME>_PORT_<port>_<PROTO>[_PROTO|_PORT|_ADDR]`.
-fn service_env(service: &Service) -> Vec<(String, String)> {
-    let Some(spec) = &service.spec else { return Vec::new() };
-    let Some(ip) = spec.cluster_ip.as_deref().filter(|ip| !ip.is_empty() && *ip != "None") else { return Vec::new() };
-    let ports = spec.ports.as_deref().unwrap_or_default();
+fn service_env(service: &ServiceInfo) -> Vec<(String, String)> {
+    let Some(ip) = service.cluster_ips.first() else { return Vec::new() };
+    let ports = &service.ports;
     let Some(first) = ports.first() else { return Vec::new() };
     let variable = |name: &str| name.replace('-', "_").to_uppercase();
-    let prefix = variable(service.metadata.name.as_deref().unwrap_or_default());
+    let prefix = variable(&service.name);
     // Go's net.JoinHostPort: IPv6 addresses in brackets.
-    let host_port = |port: i32| if ip.contains(':') { format!("[{ip}]:{port}") } else { format!("{ip}:{port}") };
+    let host_port = |port: u16| if ip.is_ipv6() { format!("[{ip}]:{port}") } else { format!("{ip}:{port}") };
     let mut env = vec![
         (format!("{prefix}_SERVICE_HOST"), ip.to_string()),
         (format!("{prefix}_SERVICE_PORT"), first.port.to_string()),
     ];
-    for port in ports {
-        if let Some(name) = port.name.as_deref().filter(|name| !name.is_empty()) {
-            env.push((format!("{prefix}_SERVICE_PORT_{}", variable(name)), port.port.to_string()));
-        }
+    for port in ports.iter().filter(|port| !port.name.is_empty()) {
+        env.push((format!("{prefix}_SERVICE_PORT_{}", variable(&port.name)), port.port.to_string()));
     }
     for (index, port) in ports.iter().enumerate() {
-        let protocol = port.protocol.as_deref().unwrap_or("TCP");
-        let lower = protocol.to_lowercase();
+        let lower = port.protocol.nft();
         let url = format!("{lower}://{}", host_port(port.port));
         if index == 0 {
             env.push((format!("{prefix}_PORT"), url.clone()));
         }
-        let port_prefix = format!("{prefix}_PORT_{}_{}", port.port, protocol.to_uppercase());
+        let port_prefix = format!("{prefix}_PORT_{}_{}", port.port, lower.to_uppercase());
         env.push((port_prefix.clone(), url));
-        env.push((format!("{port_prefix}_PROTO"), lower));
+        env.push((format!("{port_prefix}_PROTO"), lower.to_string()));
         env.push((format!("{port_prefix}_PORT"), port.port.to_string()));
         env.push((format!("{port_prefix}_ADDR"), ip.to_string()));
     }
@@ -365,6 +361,8 @@ pub fn docker_config(secret: &Secret) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::api::core::v1::Service;
+
     use super::*;
 
     fn container(json: serde_json::Value) -> Container {
@@ -479,7 +477,7 @@ mod tests {
             "spec": {"clusterIP": "10.43.0.1", "ports": [{"name": "https", "port": 443, "protocol": "TCP"}]},
         }))
         .unwrap();
-        let env: BTreeMap<String, String> = service_env(&service).into_iter().collect();
+        let env: BTreeMap<String, String> = service_env(&ServiceInfo::of(&service)).into_iter().collect();
         let expected: BTreeMap<String, String> = [
             ("KUBERNETES_SERVICE_HOST", "10.43.0.1"),
             ("KUBERNETES_SERVICE_PORT", "443"),
@@ -500,14 +498,14 @@ mod tests {
                 {"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]},
         }))
         .unwrap();
-        let env: BTreeMap<String, String> = service_env(&dns).into_iter().collect();
+        let env: BTreeMap<String, String> = service_env(&ServiceInfo::of(&dns)).into_iter().collect();
         assert_eq!(env["KUBE_DNS_SERVICE_PORT_DNS_TCP"], "53");
         assert_eq!(env["KUBE_DNS_PORT"], "udp://10.43.0.10:53", "the first port");
         assert_eq!(env["KUBE_DNS_PORT_53_TCP_ADDR"], "10.43.0.10");
         let headless: Service =
             serde_json::from_value(serde_json::json!({"metadata": {"name": "h"}, "spec": {"clusterIP": "None"}}))
                 .unwrap();
-        assert!(service_env(&headless).is_empty(), "no variables for a headless Service");
+        assert!(service_env(&ServiceInfo::of(&headless)).is_empty(), "no variables for a headless Service");
     }
 
     #[test]

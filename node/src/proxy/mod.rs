@@ -5,7 +5,8 @@
 //!
 //! One loop watches Services, EndpointSlices and Nodes (kube-runtime watchers), notes which Services an
 //! event touches, and after each burst of events programs only those ([`model`] computes what one Service
-//! needs; [`nft::Transaction`] turns the difference into one nftables transaction). A relist (watch
+//! needs; [`nft::Transaction`] turns the difference into one nftables transaction of map and set elements,
+//! plus the generic chains the table lacks). A relist (watch
 //! restart) marks everything to be compared again, so the loop is level-triggered: a missed event heals.
 //! A transaction the kernel refuses rebuilds the table from the caches. On shutdown the table and the
 //! routes are removed.
@@ -26,7 +27,8 @@ use kube::{Api, Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
 pub use model::ServiceKey;
-use model::{SERVICE_NAME_LABEL, ServicePort};
+use model::{NodeNames, SERVICE_NAME_LABEL, ServicePort};
+pub use model::{ServiceInfo, Slice};
 use routes::Routes;
 pub use routes::{InvalidRouteMode, PodRange, RouteMode};
 
@@ -53,9 +55,10 @@ pub fn check() -> Result<(), ProxyError> {
 /// What the watches have shown: shared with the cluster DNS, which answers from it.
 #[derive(Default)]
 pub struct Caches {
-    services: HashMap<ServiceKey, Service>,
+    services: HashMap<ServiceKey, ServiceInfo>,
     /// By Service, then by slice name.
-    slices: HashMap<ServiceKey, HashMap<String, EndpointSlice>>,
+    slices: HashMap<ServiceKey, HashMap<String, Slice>>,
+    node_names: NodeNames,
     /// The Service of each slice, by the slice's namespace and name: a slice whose label changes leaves
     /// its old Service.
     slice_services: HashMap<(String, String), ServiceKey>,
@@ -127,7 +130,7 @@ fn node_range(node: &Node) -> Option<(PodRange, Ipv4Addr)> {
 pub type SharedCaches = std::sync::Arc<std::sync::RwLock<Caches>>;
 
 impl Caches {
-    pub fn service(&self, key: &ServiceKey) -> Option<&Service> {
+    pub fn service(&self, key: &ServiceKey) -> Option<&ServiceInfo> {
         self.services.get(key)
     }
 
@@ -137,23 +140,23 @@ impl Caches {
     }
 
     /// The Services of `namespace`.
-    pub fn services_in<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a Service> {
+    pub fn services_in<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a ServiceInfo> {
         self.services.iter().filter(move |(key, _)| key.namespace == namespace).map(|(_, service)| service)
     }
 
     /// The Service's EndpointSlices.
-    pub fn slices(&self, key: &ServiceKey) -> impl Iterator<Item = &EndpointSlice> + Clone {
+    pub fn slices(&self, key: &ServiceKey) -> impl Iterator<Item = &Slice> + Clone {
         self.slices.get(key).into_iter().flat_map(|slices| slices.values())
     }
 
     /// Whether some Service sends new connections to `ip`: a ready endpoint of one of its slices.
     pub fn is_ready_endpoint(&self, ip: &str) -> bool {
-        self.slices.values().flat_map(HashMap::values).flat_map(|slice| &slice.endpoints).any(|endpoint| {
-            let conditions = endpoint.conditions.as_ref();
-            let ready = conditions.and_then(|c| c.ready).unwrap_or(true)
-                && !conditions.and_then(|c| c.terminating).unwrap_or(false);
-            ready && endpoint.addresses.iter().any(|address| address == ip)
-        })
+        let Ok(ip) = ip.parse::<Ipv4Addr>() else { return false };
+        self.slices
+            .values()
+            .flat_map(HashMap::values)
+            .flat_map(|slice| &slice.endpoints)
+            .any(|endpoint| endpoint.ready && !endpoint.terminating && endpoint.ip == ip)
     }
 
     /// Whether `ip` is in some node's pod range.
@@ -169,10 +172,10 @@ impl Caches {
         self.services.keys().any(|key| key.namespace == namespace)
     }
 
-    /// Keeps `service`; returns its key.
+    /// Keeps what is read of `service`; returns its key.
     pub(crate) fn insert_service(&mut self, service: Service) -> ServiceKey {
         let key = key_of(&service);
-        self.services.insert(key.clone(), service);
+        self.services.insert(key.clone(), ServiceInfo::of(&service));
         key
     }
 
@@ -181,7 +184,8 @@ impl Caches {
         let key = slice_service(&slice)?;
         let id = (key.namespace.clone(), slice.name_any());
         self.slice_services.insert(id.clone(), key.clone());
-        self.slices.entry(key.clone()).or_default().insert(id.1, slice);
+        let kept = Slice::of(&slice, &mut self.node_names);
+        self.slices.entry(key.clone()).or_default().insert(id.1, kept);
         Some(key)
     }
 
@@ -308,6 +312,7 @@ pub async fn run(client: Client, node: NodeNetwork, caches: SharedCaches, shutdo
     let mut changes = futures::stream::select_all([services.boxed(), slices.boxed(), nodes.boxed()]);
     let mut relists = Relists::default();
     let mut applied: HashMap<ServiceKey, Vec<ServicePort>> = HashMap::new();
+    let mut shapes = nft::Shapes::default();
     let mut dirty = Dirty::default();
     let mut fresh_table = true;
     let mut retry = false;
@@ -337,7 +342,8 @@ pub async fn run(client: Client, node: NodeNetwork, caches: SharedCaches, shutdo
             let routes_wanted: Option<BTreeMap<PodRange, Ipv4Addr>> = dirty
                 .nodes
                 .then(|| caches.nodes.iter().filter(|(name, _)| **name != node_name).map(|(_, r)| *r).collect());
-            (plan(&table, &caches, &node_name, own_range, &applied, &mut dirty, fresh_table), routes_wanted)
+            let state = Applied { ports: &applied, shapes: &mut shapes, fresh_table };
+            (plan(&table, &caches, &node_name, own_range, state, &mut dirty), routes_wanted)
         };
         if let (Some(routes), Some(wanted)) = (routes.as_mut(), routes_wanted)
             && let Err(e) = routes.reconcile(&wanted).await
@@ -345,13 +351,13 @@ pub async fn run(client: Client, node: NodeNetwork, caches: SharedCaches, shutdo
             tracing::warn!(error = %e, "cannot program the routes to other nodes' pods");
         }
         let started = std::time::Instant::now();
-        let applying = match &plan.document {
-            Some(document) => crate::nft::apply(document).await,
+        let applying = match &plan.script {
+            Some(script) => crate::nft::apply_script(script).await,
             None => Ok(()),
         };
         match applying {
             Ok(()) => {
-                if plan.document.is_some() {
+                if plan.script.is_some() {
                     tracing::debug!(services = plan.next.len(), elapsed = ?started.elapsed(), "service rules applied");
                 }
                 if fresh_table {
@@ -373,9 +379,9 @@ pub async fn run(client: Client, node: NodeNetwork, caches: SharedCaches, shutdo
             }
         }
     }
-    let mut transaction = nft::Transaction::new(&table);
+    let mut transaction = nft::Transaction::new(&table, &mut shapes);
     transaction.delete_table();
-    if let Err(e) = crate::nft::apply(&transaction.into_document()).await {
+    if let Err(e) = crate::nft::apply_script(&transaction.into_script()).await {
         tracing::warn!(error = %e, "cannot remove the service proxy's table");
     }
     if let Some(routes) = routes.as_mut()
@@ -422,22 +428,29 @@ fn prune_relisted(change: &Change, relists: &mut Relists, caches: &mut Caches) {
 /// What one sync will program: the transaction (None when nothing changed) and what each Service it looked
 /// at has once it is applied.
 struct Plan {
-    document: Option<String>,
+    script: Option<String>,
     next: Vec<(ServiceKey, Vec<ServicePort>)>,
 }
 
-/// Plans what `dirty` names: one transaction, all or nothing. A fresh table starts from nothing (what
-/// `applied` says is gone with the old table).
+/// What the table holds after the last transaction that applied.
+struct Applied<'a> {
+    ports: &'a HashMap<ServiceKey, Vec<ServicePort>>,
+    shapes: &'a mut nft::Shapes,
+    /// The table is to be made again: what `ports` and `shapes` say is gone with the old one.
+    fresh_table: bool,
+}
+
+/// Plans what `dirty` names: one transaction, all or nothing. A fresh table starts from nothing.
 fn plan(
     table: &str,
     caches: &Caches,
     node_name: &str,
     own_range: PodRange,
-    applied: &HashMap<ServiceKey, Vec<ServicePort>>,
+    applied: Applied<'_>,
     dirty: &mut Dirty,
-    fresh_table: bool,
 ) -> Plan {
-    let mut transaction = nft::Transaction::new(table);
+    let Applied { ports: applied, shapes, fresh_table } = applied;
+    let mut transaction = nft::Transaction::new(table, shapes);
     let no_ports = HashMap::new();
     let applied = if fresh_table {
         transaction.recreate_table();
@@ -461,12 +474,17 @@ fn plan(
     };
     let mut next: Vec<(ServiceKey, Vec<ServicePort>)> = Vec::with_capacity(keys.len());
     for key in keys {
-        let desired = caches
+        let mut desired = caches
             .service(&key)
             .map(|service| model::service_ports(service, caches.slices(&key), node_name))
             .unwrap_or_default();
         let old = applied.get(&key).map(Vec::as_slice).unwrap_or_default();
         let same = |a: &ServicePort, b: &ServicePort| a.name == b.name && a.protocol == b.protocol;
+        for port in &mut desired {
+            if let Some(before) = old.iter().find(|o| same(o, port)) {
+                port.endpoints = model::keep_slots(&before.endpoints, std::mem::take(&mut port.endpoints));
+            }
+        }
         for port in old {
             transaction.update_port(Some(port), desired.iter().find(|d| same(d, port)));
         }
@@ -475,8 +493,8 @@ fn plan(
         }
         next.push((key, desired));
     }
-    let document = (!transaction.is_empty()).then(|| transaction.into_document());
-    Plan { document, next }
+    let script = (!transaction.is_empty()).then(|| transaction.into_script());
+    Plan { script, next }
 }
 
 /// Pods on other nodes and service endpoints are reached through this node: it forwards, and bridged

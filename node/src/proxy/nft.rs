@@ -1,37 +1,37 @@
-//! The node's nftables table, as kube-proxy's nftables mode lays it out: verdict maps from a Service's
-//! address, protocol and port to a chain per service port, which picks an endpoint with `numgen random`
-//! and jumps to a chain per endpoint that DNATs to it. A change to one Service touches only its chains and
-//! map elements, in one transaction (`nft -j -f -` applies a document as one netlink batch: all or
-//! nothing), so the cost of an update does not grow with the number of Services, and neither does the
-//! first packet's lookup (a hash map).
+//! The node's nftables table. Every Service shares a few generic chains, and what is particular to a Service
+//! lives only in map and set elements: an endpoint change is a handful of element updates, whose cost does
+//! not grow with the number of Services (nor does the first packet's lookup: hash maps), and nft's own
+//! cache (which `nft` loads whole, chains included, before any rule or element command) stays small.
 //!
 //! ```text
 //! table ip skiff-ID (the id of the node's network, as in its bridge's name skfID)
 //!   prerouting, output (nat, dstnat): jump services
-//!   services:  ip daddr . l4proto . dport vmap @service-ips           -> svc-* (cluster IPs), ext-* (others)
-//!              fib daddr type local, l4proto . dport vmap @service-nodeports   -> ext-*
-//!   svc-PORT:  from outside the pod ranges: mark for masquerade; numgen random mod N vmap -> ep-*
-//!   ext-PORT:  mark for masquerade (unless externalTrafficPolicy Local), then likewise over its endpoints
-//!   ep-PORT__IP/PORT: a pod reaching itself: mark for masquerade; dnat to IP:PORT
+//!   services:  ip daddr . l4proto . dport vmap @service-ips                       -> an entry chain
+//!              fib daddr type local, l4proto . dport vmap @service-nodeports      -> an entry chain
+//!   entry chains, one per kind of address and number of endpoints (cluster-entry-3, nodeport-local-1-3):
+//!              mark for masquerade (from outside the pod ranges for a cluster IP, always for a node port
+//!              or external address, never under externalTrafficPolicy Local), then goto a pick chain
+//!   FAMILY-pick-N: numgen random mod N vmap -> FAMILY-slot-I (a client with ClientIP affinity first goes
+//!              back to the slot it used, from the timeout set FAMILY-clients-I)
+//!   FAMILY-slot-I: a pod reaching itself is marked for masquerade (FAMILY-hairpin-I);
+//!              dnat to the packet's key looked up in the map FAMILY-backends-I: the I-th endpoint
 //!   postrouting (nat, srcnat): masquerade what is marked, and pods' traffic leaving the pod ranges
 //!   input, forward, output (filter): new connections to a service port without endpoints are rejected
 //! ```
 //!
-//! Built with the `nftables` crate (see [`crate::nft`]): typed documents of nft's JSON API, applied by the
-//! `nft` program, as kube-proxy's knftables drives `nft -f`. The alternatives speak netlink directly
-//! (rustables) but do not cover verdict maps with concatenated keys, which the O(1) lookup depends on.
+//! A family is the key a connection is looked up by (its address, or a node port's protocol and port), the
+//! endpoints list it picks from (for traffic from inside or from outside the cluster), and the ClientIP
+//! affinity timeout if any. So a service port with N endpoints and a cluster IP is `service-ips[ip . tcp .
+//! 80] = goto cluster-entry-N` and, for each I below N, `cluster-backends-I[ip . tcp . 80] = endpoint I`.
+//!
+//! Written as nft's text commands and applied by the `nft` program in one netlink batch (all or nothing),
+//! as kube-proxy's knftables drives `nft -f`. nft 1.0.6's JSON input crashes on a DNAT through a map with
+//! concatenated data; the text input takes it.
 
-use std::borrow::Cow;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;
 
-use nftables::expr::{Expression, FibFlag, MetaKey, NamedExpression, NgMode, Numgen, SetItem};
-use nftables::schema::{FlushObject, NfListObject, Set, SetFlag, SetType, SetTypeValue};
-use nftables::stmt::{Mangle, NAT, NATFlag, Operator, Reject, Statement, VerdictMap};
-use nftables::types::{NfChainType, NfHook};
-
 use super::model::{Endpoint, ServicePort};
-use crate::nft::{Document, concat, field, goto, goto_verdict, is_local, jump, matches, meta, prefix, s, set_ref};
 
 /// The mark on packets to masquerade on their way out (kube-proxy's bit).
 const MASQUERADE_MARK: u32 = 0x4000;
@@ -51,409 +51,440 @@ const MARK_CHAIN: &str = "mark-for-masquerade";
 const MASQUERADE_CHAIN: &str = "masquerading";
 const REJECT_CHAIN: &str = "reject-no-endpoints";
 
-/// One transaction on the table: commands gathered, then applied at once.
-pub struct Transaction<'t> {
-    doc: Document<'t>,
-}
-
-/// `ip daddr . meta l4proto . th dport`: a service's address, protocol and port.
-fn address_key() -> Expression<'static> {
-    concat(vec![field("ip", "daddr"), meta(MetaKey::L4proto), field("th", "dport")])
-}
-
+/// `ip daddr . meta l4proto . th dport`, and the type of its values.
+const ADDRESS_KEY: &str = "ip daddr . meta l4proto . th dport";
+const ADDRESS_TYPE: &str = "ipv4_addr . inet_proto . inet_service";
 /// `meta l4proto . th dport`: a node port.
-fn node_port_key() -> Expression<'static> {
-    concat(vec![meta(MetaKey::L4proto), field("th", "dport")])
+const NODE_PORT_KEY: &str = "meta l4proto . th dport";
+const NODE_PORT_TYPE: &str = "inet_proto . inet_service";
+
+/// Which addresses and which endpoints a lookup is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Kind {
+    /// Cluster IPs (and external addresses that pods reach under `externalTrafficPolicy: Local`): by
+    /// address, to the endpoints for traffic from inside.
+    Cluster,
+    /// External and load balancer addresses: by address, to the endpoints for traffic from outside.
+    External,
+    /// Node ports: by protocol and port, to the endpoints for traffic from outside.
+    NodePort,
+    /// Node ports that pods reach under `externalTrafficPolicy: Local`: to the endpoints for traffic from
+    /// inside.
+    NodePortFromPods,
 }
 
-fn address_element(ip: Ipv4Addr, port: &ServicePort, number: u16) -> Expression<'static> {
-    concat(vec![s(&ip.to_string()), s(port.protocol.nft()), Expression::Number(u32::from(number))])
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Cluster => "cluster",
+            Kind::External => "external",
+            Kind::NodePort => "nodeport",
+            Kind::NodePortFromPods => "nodeport-pods",
+        }
+    }
+
+    fn by_address(self) -> bool {
+        matches!(self, Kind::Cluster | Kind::External)
+    }
+
+    fn key(self) -> &'static str {
+        if self.by_address() { ADDRESS_KEY } else { NODE_PORT_KEY }
+    }
+
+    fn key_type(self) -> &'static str {
+        if self.by_address() { ADDRESS_TYPE } else { NODE_PORT_TYPE }
+    }
+
+    /// Whether pods come this way unmarked, so that one reaching itself must be marked here (the other
+    /// kinds mark all their traffic before, or serve only clients from outside).
+    fn hairpin(self) -> bool {
+        matches!(self, Kind::Cluster | Kind::NodePortFromPods)
+    }
 }
 
-fn node_port_element(port: &ServicePort, number: u16) -> Expression<'static> {
-    concat(vec![s(port.protocol.nft()), Expression::Number(u32::from(number))])
+/// A lookup key, an endpoints list and an affinity: what a set of generic chains and maps is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Family {
+    kind: Kind,
+    /// ClientIP affinity's timeout in seconds.
+    affinity: Option<u32>,
 }
 
-/// The names of one service port's chains: readable (`ns/name/protocol/port`) as kube-proxy's.
-struct Names {
-    id: String,
+impl Family {
+    fn name(self) -> String {
+        match self.affinity {
+            Some(seconds) => format!("{}-affinity{seconds}", self.kind.name()),
+            None => self.kind.name().to_string(),
+        }
+    }
+
+    fn backends(self, slot: usize) -> String {
+        format!("{}-backends-{slot}", self.name())
+    }
+
+    fn hairpin(self, slot: usize) -> String {
+        format!("{}-hairpin-{slot}", self.name())
+    }
+
+    fn clients(self, slot: usize) -> String {
+        format!("{}-clients-{slot}", self.name())
+    }
+
+    fn slot(self, slot: usize) -> String {
+        format!("{}-slot-{slot}", self.name())
+    }
+
+    fn pick(self, endpoints: usize) -> String {
+        format!("{}-pick-{endpoints}", self.name())
+    }
 }
 
-impl Names {
+/// The chain a service port's address leads to: shared by every port with the same numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Entry {
+    /// A cluster IP: connections from outside the pod ranges (the node itself, another node) are marked,
+    /// as they must come back through this node to be un-DNATed.
+    ClusterIp { family: Family, endpoints: usize },
+    /// A node port or an external address under `externalTrafficPolicy: Cluster`: every connection is
+    /// masqueraded.
+    Outside { family: Family, endpoints: usize },
+    /// The same under `Local`: the client's address is kept and only this node's endpoints serve it
+    /// (none: dropped); pods are inside the cluster, and any endpoint serves them.
+    Local { family: Family, endpoints: usize, pods: Family, pod_endpoints: usize },
+}
+
+impl Entry {
+    fn name(self) -> String {
+        match self {
+            Entry::ClusterIp { family, endpoints } | Entry::Outside { family, endpoints } => {
+                format!("{}-entry-{endpoints}", family.name())
+            }
+            Entry::Local { family, endpoints, pod_endpoints, .. } => {
+                format!("{}-local-{endpoints}-{pod_endpoints}", family.name())
+            }
+        }
+    }
+}
+
+/// The generic chains already in the table, so that a sync makes only the missing ones. A fresh table has
+/// none.
+#[derive(Default)]
+pub struct Shapes {
+    chains: HashSet<String>,
+}
+
+/// One element of a set or map, in nft's text: `key` or `key : value`.
+type ElementId = (String, String);
+
+/// What one service port puts into the table: map and set elements, and the entry chains they lead to.
+#[derive(Default)]
+struct Lookups {
+    elements: BTreeMap<ElementId, Option<String>>,
+    entries: Vec<Entry>,
+}
+
+impl Lookups {
+    fn insert(&mut self, set: &str, key: String, value: Option<String>) {
+        self.elements.insert((set.to_string(), key), value);
+    }
+
+    /// The address (or node port) `key` leads to `entry`, or is rejected when no endpoint serves it.
+    fn lead(&mut self, map: &str, no_endpoints: &str, key: &str, entry: Option<Entry>) {
+        match entry {
+            Some(entry) => {
+                self.insert(map, key.to_string(), Some(format!("goto {}", entry.name())));
+                self.entries.push(entry);
+            }
+            None => self.insert(no_endpoints, key.to_string(), None),
+        }
+    }
+
+    /// The endpoints behind `key` in `family`, slot by slot.
+    fn endpoints(&mut self, family: Family, key: &str, endpoints: &[&Endpoint]) {
+        for (slot, endpoint) in endpoints.iter().enumerate() {
+            self.insert(&family.backends(slot), key.to_string(), Some(format!("{} . {}", endpoint.ip, endpoint.port)));
+            if family.kind.hairpin() {
+                self.insert(&family.hairpin(slot), format!("{} . {key}", endpoint.ip), None);
+            }
+        }
+    }
+
     fn of(port: &ServicePort) -> Self {
-        let name = if port.name.is_empty() { port.port.to_string() } else { port.name.clone() };
-        Names { id: format!("{}/{}/{}", port.service, port.protocol.nft(), name) }
+        let mut found = Lookups::default();
+        let family = |kind| Family { kind, affinity: port.affinity_seconds };
+        let internal = port.internal_endpoints();
+        let external = port.external_endpoints();
+        let protocol = port.protocol.nft();
+        for ip in &port.cluster_ips {
+            let key = format!("{ip} . {protocol} . {}", port.port);
+            let entry = Entry::ClusterIp { family: family(Kind::Cluster), endpoints: internal.len() };
+            found.lead(SERVICE_IPS, NO_ENDPOINT_SERVICES, &key, (!internal.is_empty()).then_some(entry));
+            found.endpoints(family(Kind::Cluster), &key, &internal);
+        }
+        let outside = |kind: Kind, from_pods: Kind| {
+            let served = !external.is_empty() || (port.external_local && !internal.is_empty());
+            let entry = if port.external_local {
+                let pods = family(from_pods);
+                Entry::Local { family: family(kind), endpoints: external.len(), pods, pod_endpoints: internal.len() }
+            } else {
+                Entry::Outside { family: family(kind), endpoints: external.len() }
+            };
+            served.then_some(entry)
+        };
+        for ip in &port.external_ips {
+            let key = format!("{ip} . {protocol} . {}", port.port);
+            found.lead(SERVICE_IPS, NO_ENDPOINT_SERVICES, &key, outside(Kind::External, Kind::Cluster));
+            found.endpoints(family(Kind::External), &key, &external);
+            if port.external_local {
+                found.endpoints(family(Kind::Cluster), &key, &internal);
+            }
+        }
+        if let Some(node_port) = port.node_port {
+            let key = format!("{protocol} . {node_port}");
+            found.lead(SERVICE_NODEPORTS, NO_ENDPOINT_NODEPORTS, &key, outside(Kind::NodePort, Kind::NodePortFromPods));
+            found.endpoints(family(Kind::NodePort), &key, &external);
+            if port.external_local {
+                found.endpoints(family(Kind::NodePortFromPods), &key, &internal);
+            }
+        }
+        found
     }
+}
 
-    fn service(&self) -> String {
-        format!("svc-{}", self.id)
-    }
-
-    fn external(&self) -> String {
-        format!("ext-{}", self.id)
-    }
-
-    fn endpoint(&self, endpoint: &Endpoint) -> String {
-        format!("ep-{}__{}/{}", self.id, endpoint.ip, endpoint.port)
-    }
-
-    /// The clients that last went to `endpoint`, for ClientIP affinity of `seconds` (part of the name,
-    /// so that a new timeout is a new set rather than the old one deleted and made again).
-    fn affinity(&self, endpoint: &Endpoint, seconds: u32) -> String {
-        format!("aff{seconds}-{}__{}/{}", self.id, endpoint.ip, endpoint.port)
-    }
+/// One transaction on the table: nft commands gathered, then applied at once. Objects come first, then the
+/// elements that go, then those that come (an element may go and come back with another value).
+pub struct Transaction<'t> {
+    table: &'t str,
+    shapes: &'t mut Shapes,
+    commands: Vec<String>,
+    deleted: BTreeMap<String, Vec<String>>,
+    added: BTreeMap<String, Vec<String>>,
 }
 
 impl<'t> Transaction<'t> {
-    pub fn new(table: &'t str) -> Self {
-        Transaction { doc: Document::new(table) }
+    pub fn new(table: &'t str, shapes: &'t mut Shapes) -> Self {
+        Transaction { table, shapes, commands: Vec::new(), deleted: BTreeMap::new(), added: BTreeMap::new() }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.doc.is_empty()
+        self.commands.is_empty() && self.deleted.is_empty() && self.added.is_empty()
+    }
+
+    fn command(&mut self, verb: &str, object: &str, rest: &str) {
+        self.commands.push(format!("{verb} {object} ip {} {rest}", self.table));
+    }
+
+    fn chain(&mut self, name: &str) {
+        self.command("add", "chain", name);
+    }
+
+    fn rule(&mut self, chain: &str, statements: &str) {
+        self.command("add", "rule", &format!("{chain} {statements}"));
     }
 
     /// A fresh table: whatever an earlier agent left is removed in the same transaction, so traffic meets
     /// either the old rules or the new ones.
     pub fn recreate_table(&mut self) {
-        self.doc.recreate_table();
-        let address =
-            SetTypeValue::Concatenated(Cow::Owned(vec![SetType::Ipv4Addr, SetType::InetProto, SetType::InetService]));
-        let node_port = SetTypeValue::Concatenated(Cow::Owned(vec![SetType::InetProto, SetType::InetService]));
-        self.doc.verdict_map(SERVICE_IPS, serde_json::json!(["ipv4_addr", "inet_proto", "inet_service"]));
-        self.doc.verdict_map(SERVICE_NODEPORTS, serde_json::json!(["inet_proto", "inet_service"]));
-        let sets = [
-            self.doc.set(NO_ENDPOINT_SERVICES, address, &[]),
-            self.doc.set(NO_ENDPOINT_NODEPORTS, node_port, &[]),
-            self.doc.set(POD_RANGES, SetTypeValue::Single(SetType::Ipv4Addr), &[SetFlag::Interval]),
-        ];
-        for set in sets {
-            self.doc.add(NfListObject::Set(Box::new(set)));
-        }
-        for (name, kind, hook, prio) in [
-            ("prerouting", NfChainType::NAT, NfHook::Prerouting, DSTNAT),
-            ("output", NfChainType::NAT, NfHook::Output, DSTNAT),
-            ("postrouting", NfChainType::NAT, NfHook::Postrouting, SRCNAT),
-            ("filter-input", NfChainType::Filter, NfHook::Input, FILTER),
-            ("filter-forward", NfChainType::Filter, NfHook::Forward, FILTER),
-            ("filter-output", NfChainType::Filter, NfHook::Output, FILTER),
+        self.delete_table();
+        self.command("add", "table", "");
+        self.shapes.chains.clear();
+        self.command("add", "map", &format!("{SERVICE_IPS} {{ type {ADDRESS_TYPE} : verdict ; }}"));
+        self.command("add", "map", &format!("{SERVICE_NODEPORTS} {{ type {NODE_PORT_TYPE} : verdict ; }}"));
+        self.command("add", "set", &format!("{NO_ENDPOINT_SERVICES} {{ type {ADDRESS_TYPE} ; }}"));
+        self.command("add", "set", &format!("{NO_ENDPOINT_NODEPORTS} {{ type {NODE_PORT_TYPE} ; }}"));
+        self.command("add", "set", &format!("{POD_RANGES} {{ type ipv4_addr ; flags interval ; }}"));
+        for (name, kind, hook, priority) in [
+            ("prerouting", "nat", "prerouting", DSTNAT),
+            ("output", "nat", "output", DSTNAT),
+            ("postrouting", "nat", "postrouting", SRCNAT),
+            ("filter-input", "filter", "input", FILTER),
+            ("filter-forward", "filter", "forward", FILTER),
+            ("filter-output", "filter", "output", FILTER),
         ] {
-            let chain = self.doc.base_chain(name, kind, hook, prio);
-            self.doc.add(NfListObject::Chain(chain));
+            self.chain(&format!("{name} {{ type {kind} hook {hook} priority {priority} ; }}"));
         }
         for name in [SERVICES_CHAIN, MARK_CHAIN, MASQUERADE_CHAIN, REJECT_CHAIN] {
-            let chain = self.doc.chain(name);
-            self.doc.add(NfListObject::Chain(chain));
+            self.chain(name);
         }
-        self.doc.rule("prerouting", vec![jump(SERVICES_CHAIN)]);
-        self.doc.rule("output", vec![jump(SERVICES_CHAIN)]);
-        self.doc.rule("postrouting", vec![jump(MASQUERADE_CHAIN)]);
-        self.doc.rule(
-            SERVICES_CHAIN,
-            vec![Statement::VerdictMap(VerdictMap { key: address_key(), data: set_ref(SERVICE_IPS) })],
-        );
+        self.rule("prerouting", &format!("jump {SERVICES_CHAIN}"));
+        self.rule("output", &format!("jump {SERVICES_CHAIN}"));
+        self.rule("postrouting", &format!("jump {MASQUERADE_CHAIN}"));
+        self.rule(SERVICES_CHAIN, &format!("{ADDRESS_KEY} vmap @{SERVICE_IPS}"));
         // Node ports answer on the node's own addresses, not on 127.0.0.1 (as kube-proxy's nftables mode:
         // the kernel would not route the DNATed packet out of loopback).
-        self.doc.rule(
+        self.rule(
             SERVICES_CHAIN,
-            vec![
-                is_local(FibFlag::Daddr),
-                matches(field("ip", "daddr"), Operator::NEQ, prefix(Ipv4Addr::LOCALHOST, 8)),
-                Statement::VerdictMap(VerdictMap { key: node_port_key(), data: set_ref(SERVICE_NODEPORTS) }),
-            ],
+            &format!("fib daddr type local ip daddr != 127.0.0.0/8 {NODE_PORT_KEY} vmap @{SERVICE_NODEPORTS}"),
         );
-        let mark = meta(MetaKey::Mark);
-        let or_mark = Expression::BinaryOperation(Box::new(nftables::expr::BinaryOperation::OR(vec![
-            meta(MetaKey::Mark),
-            Expression::Number(MASQUERADE_MARK),
-        ])));
-        self.doc.rule(MARK_CHAIN, vec![Statement::Mangle(Mangle { key: mark.clone(), value: or_mark })]);
-        let marked = Expression::BinaryOperation(Box::new(nftables::expr::BinaryOperation::AND(
-            meta(MetaKey::Mark),
-            Expression::Number(MASQUERADE_MARK),
-        )));
-        let xor_mark = Expression::BinaryOperation(Box::new(nftables::expr::BinaryOperation::XOR(
-            meta(MetaKey::Mark),
-            Expression::Number(MASQUERADE_MARK),
-        )));
-        let fully_random =
-            Some(NAT { addr: None, family: None, port: None, flags: Some(HashSet::from([NATFlag::FullyRandom])) });
-        self.doc.rule(
+        self.rule(MARK_CHAIN, &format!("meta mark set meta mark | {MASQUERADE_MARK:#x}"));
+        self.rule(
             MASQUERADE_CHAIN,
-            vec![
-                matches(marked, Operator::EQ, Expression::Number(MASQUERADE_MARK)),
-                Statement::Mangle(Mangle { key: mark, value: xor_mark }),
-                Statement::Masquerade(fully_random.clone()),
-            ],
+            &format!(
+                "meta mark & {MASQUERADE_MARK:#x} == {MASQUERADE_MARK:#x} \
+                 meta mark set meta mark ^ {MASQUERADE_MARK:#x} masquerade fully-random"
+            ),
         );
         // Pods reach every pod range by their own address; anything else sees the node's.
-        self.doc.rule(
+        self.rule(
             MASQUERADE_CHAIN,
-            vec![
-                matches(field("ip", "saddr"), Operator::EQ, set_ref(POD_RANGES)),
-                matches(field("ip", "daddr"), Operator::NEQ, set_ref(POD_RANGES)),
-                Statement::Masquerade(fully_random),
-            ],
-        );
-        let new = matches(
-            Expression::Named(NamedExpression::CT(nftables::expr::CT { key: "state".into(), family: None, dir: None })),
-            Operator::IN,
-            s("new"),
+            &format!("ip saddr @{POD_RANGES} ip daddr != @{POD_RANGES} masquerade fully-random"),
         );
         for chain in ["filter-input", "filter-forward", "filter-output"] {
-            self.doc.rule(
-                chain,
-                vec![
-                    new.clone(),
-                    matches(address_key(), Operator::EQ, set_ref(NO_ENDPOINT_SERVICES)),
-                    jump(REJECT_CHAIN),
-                ],
-            );
+            self.rule(chain, &format!("ct state new {ADDRESS_KEY} @{NO_ENDPOINT_SERVICES} jump {REJECT_CHAIN}"));
         }
-        self.doc.rule(
+        self.rule(
             "filter-input",
-            vec![
-                new,
-                is_local(FibFlag::Daddr),
-                matches(node_port_key(), Operator::EQ, set_ref(NO_ENDPOINT_NODEPORTS)),
-                jump(REJECT_CHAIN),
-            ],
+            &format!("ct state new fib daddr type local {NODE_PORT_KEY} @{NO_ENDPOINT_NODEPORTS} jump {REJECT_CHAIN}"),
         );
-        self.doc.rule(REJECT_CHAIN, vec![Statement::Reject(Some(Reject::new(None, None)))]);
+        self.rule(REJECT_CHAIN, "reject");
+    }
+
+    /// Removes the table; made first, so that removing it succeeds whether or not it exists.
+    pub fn delete_table(&mut self) {
+        self.command("add", "table", "");
+        self.command("delete", "table", "");
     }
 
     /// The pod ranges of every node: their traffic among themselves keeps its addresses.
     pub fn set_pod_ranges(&mut self, ranges: &[(Ipv4Addr, u8)]) {
-        let set = self.doc.set(POD_RANGES, SetTypeValue::Single(SetType::Ipv4Addr), &[SetFlag::Interval]);
-        self.doc.flush(FlushObject::Set(Box::new(set)));
+        self.command("flush", "set", POD_RANGES);
         if !ranges.is_empty() {
-            let elements = ranges.iter().map(|(network, len)| prefix(*network, *len)).collect();
-            let element = self.doc.element(POD_RANGES, elements);
-            self.doc.add(element);
+            let elements: Vec<String> = ranges.iter().map(|(network, len)| format!("{network}/{len}")).collect();
+            self.command("add", "element", &format!("{POD_RANGES} {{ {} }}", elements.join(", ")));
         }
     }
 
-    /// Takes one service port from what `old` programmed to `new` (either may be None: added, removed).
-    /// Objects are made before what refers to them and deleted after it; an object is never deleted and
-    /// made again under its name in one transaction (the kernel refuses that), so chains that stay are
-    /// emptied and rewritten instead.
+    /// Takes one service port from what `old` programmed to `new` (either may be None: added, removed):
+    /// the elements that differ, and the generic chains the new ones lead to if the table lacks them.
     pub fn update_port(&mut self, old: Option<&ServicePort>, new: Option<&ServicePort>) {
         if old == new {
             return;
         }
-        let old_lookups = old.map(|port| self.lookups(port)).unwrap_or_default();
-        let new_lookups = new.map(|port| self.lookups(port)).unwrap_or_default();
-        for gone in old_lookups.iter().filter(|l| !new_lookups.contains(l)) {
-            self.doc.delete(gone.clone());
+        let before = old.map(Lookups::of).unwrap_or_default();
+        let after = new.map(Lookups::of).unwrap_or_default();
+        for entry in after.entries {
+            self.entry(entry);
         }
-        if let Some(new) = new {
-            let names = Names::of(new);
-            let same_shape = old.is_some_and(|old| old.affinity_seconds == new.affinity_seconds);
-            for endpoint in &new.endpoints {
-                if !(same_shape && old.is_some_and(|old| old.endpoints.contains(endpoint))) {
-                    self.endpoint_chain(&names, new, endpoint);
+        for ((set, key), value) in &before.elements {
+            if after.elements.get(&(set.clone(), key.clone())) != Some(value) {
+                self.deleted.entry(set.clone()).or_default().push(key.clone());
+            }
+        }
+        for ((set, key), value) in after.elements {
+            if before.elements.get(&(set.clone(), key.clone())) != Some(&value) {
+                let element = match value {
+                    Some(value) => format!("{key} : {value}"),
+                    None => key,
+                };
+                self.added.entry(set).or_default().push(element);
+            }
+        }
+    }
+
+    /// Makes `name` unless the table has it; true when it is to be made now (and its rules written).
+    fn make(&mut self, name: String) -> bool {
+        let new = self.shapes.chains.insert(name.clone());
+        if new {
+            self.chain(&name);
+        }
+        new
+    }
+
+    fn entry(&mut self, entry: Entry) {
+        let name = entry.name();
+        if !self.make(name.clone()) {
+            return;
+        }
+        match entry {
+            Entry::ClusterIp { family, endpoints } => {
+                self.rule(&name, &format!("ip saddr != @{POD_RANGES} jump {MARK_CHAIN}"));
+                let pick = self.pick(family, endpoints);
+                self.rule(&name, &format!("goto {pick}"));
+            }
+            Entry::Outside { family, endpoints } => {
+                self.rule(&name, &format!("jump {MARK_CHAIN}"));
+                let pick = self.pick(family, endpoints);
+                self.rule(&name, &format!("goto {pick}"));
+            }
+            Entry::Local { family, endpoints, pods, pod_endpoints } => {
+                if pod_endpoints > 0 {
+                    let pick = self.pick(pods, pod_endpoints);
+                    self.rule(&name, &format!("ip saddr @{POD_RANGES} goto {pick}"));
+                }
+                if endpoints > 0 {
+                    let pick = self.pick(family, endpoints);
+                    self.rule(&name, &format!("goto {pick}"));
+                } else {
+                    self.rule(&name, "drop");
                 }
             }
-            self.service_chains(&names, new);
-        }
-        if let Some(old) = old {
-            self.remove_chains(old, new);
-        }
-        for added in new_lookups.iter().filter(|l| !old_lookups.contains(l)) {
-            self.doc.add(added.clone());
         }
     }
 
-    /// The chains a connection to the port goes through before its endpoint's: `svc-*` for the cluster
-    /// IPs, `ext-*` for node ports and external addresses.
-    fn service_chains(&mut self, names: &Names, port: &ServicePort) {
-        let service_chain = names.service();
-        self.reset_chain(&service_chain);
-        // Connections from outside the pod ranges (the node itself, another node) must come back through
-        // this node to be un-DNATed.
-        self.doc.rule(
-            &service_chain,
-            vec![matches(field("ip", "saddr"), Operator::NEQ, set_ref(POD_RANGES)), jump(MARK_CHAIN)],
-        );
-        self.dispatch(&service_chain, port, &port.internal_endpoints());
-        if !port.is_external() {
-            return;
+    /// The chain choosing one of `endpoints` slots of `family`: the one a client with affinity last used,
+    /// else one at random.
+    fn pick(&mut self, family: Family, endpoints: usize) -> String {
+        let name = family.pick(endpoints);
+        if self.make(name.clone()) {
+            let slots: Vec<String> = (0..endpoints).map(|slot| self.slot(family, slot)).collect();
+            if family.affinity.is_some() {
+                for (slot, chain) in slots.iter().enumerate() {
+                    let key = family.kind.key();
+                    self.rule(&name, &format!("ip saddr . {key} @{} goto {chain}", family.clients(slot)));
+                }
+            }
+            let choices: Vec<String> =
+                slots.iter().enumerate().map(|(i, chain)| format!("{i} : goto {chain}")).collect();
+            self.rule(&name, &format!("numgen random mod {endpoints} vmap {{ {} }}", choices.join(", ")));
         }
-        let external_chain = names.external();
-        self.reset_chain(&external_chain);
-        if port.external_local {
-            // Pods using a node port or an external address are inside the cluster: any endpoint does.
-            self.doc.rule(
-                &external_chain,
-                vec![matches(field("ip", "saddr"), Operator::EQ, set_ref(POD_RANGES)), goto(&service_chain)],
-            );
-        } else {
-            self.doc.rule(&external_chain, vec![jump(MARK_CHAIN)]);
-        }
-        self.dispatch(&external_chain, port, &port.external_endpoints());
+        name
     }
 
-    /// Empties `chain`, making it if missing.
-    fn reset_chain(&mut self, name: &str) {
-        let chain = self.doc.chain(name);
-        self.doc.add(NfListObject::Chain(chain.clone()));
-        self.doc.flush(FlushObject::Chain(chain));
+    /// The chain DNATing to the endpoint in `slot`, with the maps and sets it reads.
+    fn slot(&mut self, family: Family, slot: usize) -> String {
+        let name = family.slot(slot);
+        if !self.make(name.clone()) {
+            return name;
+        }
+        let (key, key_type) = (family.kind.key(), family.kind.key_type());
+        let backends = family.backends(slot);
+        self.command("add", "map", &format!("{backends} {{ type {key_type} : ipv4_addr . inet_service ; }}"));
+        if family.kind.hairpin() {
+            // A pod reaching itself through the Service: its reply would not pass this node's NAT otherwise.
+            let hairpin = family.hairpin(slot);
+            self.command("add", "set", &format!("{hairpin} {{ type ipv4_addr . {key_type} ; }}"));
+            self.rule(&name, &format!("ip saddr . {key} @{hairpin} jump {MARK_CHAIN}"));
+        }
+        if let Some(seconds) = family.affinity {
+            let clients = family.clients(slot);
+            let set = format!("{clients} {{ type ipv4_addr . {key_type} ; flags timeout ; timeout {seconds}s ; }}");
+            self.command("add", "set", &set);
+            self.rule(&name, &format!("update @{clients} {{ ip saddr . {key} }}"));
+        }
+        self.rule(&name, &format!("meta l4proto {{ tcp, udp, sctp }} dnat ip to {key} map @{backends}"));
+        name
     }
 
-    /// Sends what reaches `chain` to one of `endpoints`: the one a client with affinity last used, else
-    /// one at random.
-    fn dispatch(&mut self, chain: &str, port: &ServicePort, endpoints: &[&Endpoint]) {
-        if endpoints.is_empty() {
-            return;
-        }
-        let names = Names::of(port);
-        if let Some(seconds) = port.affinity_seconds {
-            for endpoint in endpoints {
-                self.doc.rule(
-                    chain,
-                    vec![
-                        matches(field("ip", "saddr"), Operator::EQ, set_ref(&names.affinity(endpoint, seconds))),
-                        goto(&names.endpoint(endpoint)),
-                    ],
-                );
+    /// The transaction as nft's input (`nft -f -`).
+    pub fn into_script(self) -> String {
+        let mut script = self.commands;
+        for (verb, elements) in [("delete", self.deleted), ("add", self.added)] {
+            for (set, keys) in elements {
+                script.push(format!("{verb} element ip {} {set} {{ {} }}", self.table, keys.join(", ")));
             }
         }
-        let random = Expression::Named(NamedExpression::Numgen(Numgen {
-            mode: NgMode::Random,
-            ng_mod: endpoints.len() as u32,
-            offset: None,
-        }));
-        let choices = endpoints
-            .iter()
-            .enumerate()
-            .map(|(i, endpoint)| {
-                SetItem::Mapping(Expression::Number(i as u32), goto_verdict(&names.endpoint(endpoint)))
-            })
-            .collect();
-        let data = Expression::Named(NamedExpression::Set(choices));
-        self.doc.rule(chain, vec![Statement::VerdictMap(VerdictMap { key: random, data })]);
-    }
-
-    fn endpoint_chain(&mut self, names: &Names, port: &ServicePort, endpoint: &Endpoint) {
-        let chain = names.endpoint(endpoint);
-        self.reset_chain(&chain);
-        // A pod reaching itself through the Service: its reply would not pass this node's NAT otherwise.
-        self.doc.rule(
-            &chain,
-            vec![matches(field("ip", "saddr"), Operator::EQ, s(&endpoint.ip.to_string())), jump(MARK_CHAIN)],
-        );
-        if let Some(seconds) = port.affinity_seconds {
-            let affinity = names.affinity(endpoint, seconds);
-            let set = Set {
-                timeout: Some(seconds),
-                ..self.doc.set(&affinity, SetTypeValue::Single(SetType::Ipv4Addr), &[SetFlag::Timeout])
-            };
-            self.doc.add(NfListObject::Set(Box::new(set)));
-            self.doc.rule(
-                &chain,
-                vec![Statement::Set(nftables::stmt::Set {
-                    op: nftables::stmt::SetOp::Update,
-                    elem: field("ip", "saddr"),
-                    set: Cow::Owned(format!("@{affinity}")),
-                })],
-            );
-        }
-        let target = NAT {
-            addr: Some(s(&endpoint.ip.to_string())),
-            family: None,
-            port: Some(Expression::Number(u32::from(endpoint.port))),
-            flags: None,
-        };
-        self.doc.rule(
-            &chain,
-            vec![matches(meta(MetaKey::L4proto), Operator::EQ, s(port.protocol.nft())), Statement::DNAT(Some(target))],
-        );
-    }
-
-    /// Deletes the chains and affinity sets of `old` that `new` no longer has. What refers to them was
-    /// emptied or deleted earlier in the transaction.
-    fn remove_chains(&mut self, old: &ServicePort, new: Option<&ServicePort>) {
-        let names = Names::of(old);
-        let mut chains = Vec::new();
-        if new.is_none() {
-            chains.push(names.service());
-        }
-        if old.is_external() && !new.is_some_and(ServicePort::is_external) {
-            chains.push(names.external());
-        }
-        let kept = |endpoint: &Endpoint| new.is_some_and(|new| new.endpoints.contains(endpoint));
-        chains.extend(old.endpoints.iter().filter(|e| !kept(e)).map(|e| names.endpoint(e)));
-        // All emptied before any goes: the external chain jumps to the service chain.
-        for name in &chains {
-            let chain = self.doc.chain(name);
-            self.doc.flush(FlushObject::Chain(chain));
-        }
-        for name in &chains {
-            let chain = self.doc.chain(name);
-            self.doc.delete(NfListObject::Chain(chain));
-        }
-        if let Some(seconds) = old.affinity_seconds {
-            let same_sets = new.is_some_and(|new| new.affinity_seconds == Some(seconds));
-            for endpoint in old.endpoints.iter().filter(|e| !(same_sets && kept(e))) {
-                let set =
-                    self.doc.set(&names.affinity(endpoint, seconds), SetTypeValue::Single(SetType::Ipv4Addr), &[]);
-                self.doc.delete(NfListObject::Set(Box::new(set)));
-            }
-        }
-    }
-
-    /// The map and set elements that lead to the port's chains, or that reject it without endpoints.
-    fn lookups(&self, port: &ServicePort) -> Vec<NfListObject<'static>> {
-        let names = Names::of(port);
-        let mut found = Vec::new();
-        let internal = !port.internal_endpoints().is_empty();
-        let external = !port.external_endpoints().is_empty();
-        for ip in &port.cluster_ips {
-            let key = address_element(*ip, port, port.port);
-            found.push(if internal {
-                self.doc.element(SERVICE_IPS, vec![Expression::List(vec![key, goto_verdict(&names.service())])])
-            } else {
-                self.doc.element(NO_ENDPOINT_SERVICES, vec![key])
-            });
-        }
-        for ip in &port.external_ips {
-            let key = address_element(*ip, port, port.port);
-            found.push(if external {
-                self.doc.element(SERVICE_IPS, vec![Expression::List(vec![key, goto_verdict(&names.external())])])
-            } else {
-                self.doc.element(NO_ENDPOINT_SERVICES, vec![key])
-            });
-        }
-        if let Some(node_port) = port.node_port {
-            let key = node_port_element(port, node_port);
-            found.push(if external {
-                self.doc.element(SERVICE_NODEPORTS, vec![Expression::List(vec![key, goto_verdict(&names.external())])])
-            } else {
-                self.doc.element(NO_ENDPOINT_NODEPORTS, vec![key])
-            });
-        }
-        found
-    }
-
-    /// Removes the whole table (the agent stops: nothing of it stays in the kernel).
-    pub fn delete_table(&mut self) {
-        self.doc.delete_table();
-    }
-
-    /// The transaction as nft's JSON input (`nft -j -f -`).
-    pub fn into_document(self) -> String {
-        self.doc.into_json()
+        script.push(String::new());
+        script.join("\n")
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::model::{Protocol, ServiceKey};
+    use super::super::model::Protocol;
     use super::*;
 
     fn port(endpoints: &[(&str, bool)]) -> ServicePort {
         ServicePort {
-            service: ServiceKey { namespace: "default".into(), name: "shop".into() },
             name: "http".into(),
             protocol: Protocol::Tcp,
             cluster_ips: vec!["10.43.0.5".parse().unwrap()],
@@ -470,84 +501,132 @@ mod tests {
         }
     }
 
-    fn commands(transaction: Transaction<'_>) -> Vec<String> {
-        let document: serde_json::Value = serde_json::from_str(&transaction.into_document()).unwrap();
-        document["nftables"].as_array().unwrap().iter().map(|c| c.to_string()).collect()
+    fn script_lines(transaction: Transaction<'_>) -> Vec<String> {
+        transaction.into_script().lines().map(str::to_string).collect()
     }
 
-    fn count(commands: &[String], needle: &str) -> usize {
-        commands.iter().filter(|c| c.contains(needle)).count()
+    fn count(lines: &[String], needle: &str) -> usize {
+        lines.iter().filter(|c| c.contains(needle)).count()
     }
 
     #[test]
     fn an_unchanged_port_costs_nothing() {
-        let mut transaction = Transaction::new("skiff-t");
+        let mut shapes = Shapes::default();
+        let mut transaction = Transaction::new("skiff-t", &mut shapes);
         let port = port(&[("10.42.0.2", true)]);
         transaction.update_port(Some(&port), Some(&port));
         assert!(transaction.is_empty());
     }
 
     #[test]
-    fn a_new_port_gets_its_chains_and_its_map_element() {
-        let mut transaction = Transaction::new("skiff-t");
+    fn a_new_port_gets_its_elements_and_the_chains_the_table_lacks() {
+        let mut shapes = Shapes::default();
+        let mut transaction = Transaction::new("skiff-t", &mut shapes);
         transaction.update_port(None, Some(&port(&[("10.42.0.2", true), ("10.42.1.2", false)])));
-        let commands = commands(transaction);
-        assert_eq!(count(&commands, r#""add":{"chain""#), 3, "{commands:#?}");
-        assert_eq!(count(&commands, r#""dnat""#), 2);
-        assert_eq!(count(&commands, r#""numgen""#), 1);
-        let element = commands.iter().find(|c| c.contains(r#""element""#)).unwrap();
-        assert!(element.contains("10.43.0.5") && element.contains("svc-default/shop/tcp/http"), "{element}");
+        let lines = script_lines(transaction);
+        // An entry, a pick and two slots.
+        assert_eq!(count(&lines, "add chain"), 4, "{lines:#?}");
+        assert_eq!(count(&lines, "numgen random mod 2"), 1);
+        assert!(
+            lines
+                .contains(&"add element ip skiff-t service-ips { 10.43.0.5 . tcp . 80 : goto cluster-entry-2 }".into())
+        );
+        assert!(
+            lines.contains(
+                &"add element ip skiff-t cluster-backends-1 { 10.43.0.5 . tcp . 80 : 10.42.1.2 . 8080 }".into()
+            )
+        );
+        assert!(
+            lines.contains(&"add element ip skiff-t cluster-hairpin-0 { 10.42.0.2 . 10.43.0.5 . tcp . 80 }".into())
+        );
+
+        // A second Service of as many endpoints needs no chain.
+        let mut transaction = Transaction::new("skiff-t", &mut shapes);
+        let mut other = port(&[("10.42.0.3", true), ("10.42.1.3", false)]);
+        other.cluster_ips = vec!["10.43.0.6".parse().unwrap()];
+        transaction.update_port(None, Some(&other));
+        let lines = script_lines(transaction);
+        assert_eq!(count(&lines, "add chain"), 0, "{lines:#?}");
+        assert_eq!(count(&lines, "add element"), 5);
     }
 
     #[test]
-    fn an_endpoint_change_touches_only_that_endpoint_and_the_service_chain() {
+    fn an_endpoint_change_touches_only_that_endpoints_elements() {
+        let mut shapes = Shapes::default();
         let before = port(&[("10.42.0.2", true), ("10.42.1.2", false)]);
+        Transaction::new("skiff-t", &mut shapes).update_port(None, Some(&before));
         let after = port(&[("10.42.0.2", true), ("10.42.1.3", false)]);
-        let mut transaction = Transaction::new("skiff-t");
+        let mut transaction = Transaction::new("skiff-t", &mut shapes);
         transaction.update_port(Some(&before), Some(&after));
-        let commands = commands(transaction);
-        assert_eq!(count(&commands, r#""dnat""#), 1, "only the new endpoint's chain is written: {commands:#?}");
-        assert_eq!(count(&commands, r#""delete":{"chain""#), 1);
-        assert!(commands.iter().any(|c| c.contains("delete") && c.contains("10.42.1.2/8080")));
+        let lines = script_lines(transaction);
+        assert_eq!(
+            lines,
+            [
+                "delete element ip skiff-t cluster-backends-1 { 10.43.0.5 . tcp . 80 }",
+                "delete element ip skiff-t cluster-hairpin-1 { 10.42.1.2 . 10.43.0.5 . tcp . 80 }",
+                "add element ip skiff-t cluster-backends-1 { 10.43.0.5 . tcp . 80 : 10.42.1.3 . 8080 }",
+                "add element ip skiff-t cluster-hairpin-1 { 10.42.1.3 . 10.43.0.5 . tcp . 80 }",
+            ]
+        );
     }
 
     #[test]
     fn a_port_without_endpoints_is_rejected_instead_of_dispatched() {
-        let mut transaction = Transaction::new("skiff-t");
+        let mut shapes = Shapes::default();
+        let mut transaction = Transaction::new("skiff-t", &mut shapes);
         transaction.update_port(None, Some(&port(&[])));
-        let commands = commands(transaction);
-        assert_eq!(count(&commands, NO_ENDPOINT_SERVICES), 1, "{commands:#?}");
-        assert_eq!(count(&commands, r#""numgen""#), 0);
+        let lines = script_lines(transaction);
+        assert_eq!(lines, ["add element ip skiff-t no-endpoint-services { 10.43.0.5 . tcp . 80 }"]);
     }
 
     #[test]
-    fn a_removed_port_leaves_nothing() {
-        let mut transaction = Transaction::new("skiff-t");
+    fn a_local_node_port_without_local_endpoints_serves_only_pods() {
+        let mut shapes = Shapes::default();
+        let mut transaction = Transaction::new("skiff-t", &mut shapes);
+        let mut local = port(&[("10.42.1.2", false)]);
+        (local.node_port, local.external_local) = (Some(30080), true);
+        transaction.update_port(None, Some(&local));
+        let lines = script_lines(transaction);
+        assert!(lines.contains(&"add rule ip skiff-t nodeport-local-0-1 drop".into()), "{lines:#?}");
+        assert!(
+            lines
+                .contains(&"add element ip skiff-t service-nodeports { tcp . 30080 : goto nodeport-local-0-1 }".into())
+        );
+        assert!(
+            lines
+                .contains(&"add element ip skiff-t nodeport-pods-backends-0 { tcp . 30080 : 10.42.1.2 . 8080 }".into())
+        );
+    }
+
+    #[test]
+    fn a_removed_port_leaves_no_element() {
+        let mut shapes = Shapes::default();
         let mut external = port(&[("10.42.0.2", true)]);
         external.node_port = Some(30080);
+        external.external_ips = vec!["192.0.2.7".parse().unwrap()];
         external.affinity_seconds = Some(60);
+        Transaction::new("skiff-t", &mut shapes).update_port(None, Some(&external));
+        let mut transaction = Transaction::new("skiff-t", &mut shapes);
         transaction.update_port(Some(&external), None);
-        let commands = commands(transaction);
-        for needle in ["svc-default", "ext-default", "ep-default", "aff60-default", SERVICE_IPS, SERVICE_NODEPORTS] {
-            assert!(
-                commands.iter().any(|c| c.starts_with(r#"{"delete""#) && c.contains(needle)),
-                "{needle} deleted: {commands:#?}"
-            );
+        let lines = script_lines(transaction);
+        assert!(lines.iter().all(|line| line.starts_with("delete element")), "{lines:#?}");
+        for needle in
+            [SERVICE_IPS, SERVICE_NODEPORTS, "cluster-affinity60-backends-0", "nodeport-affinity60-backends-0"]
+        {
+            assert_eq!(count(&lines, &format!(" {needle} ")), 1, "{needle} in {lines:#?}");
         }
-        assert_eq!(count(&commands, r#"{"add""#), 0);
     }
 }
 
-/// The documents against the real kernel, through the real `nft`, in a network namespace of their own.
+/// The scripts against the real kernel, through the real `nft`, in a network namespace of their own.
 #[cfg(test)]
 mod kernel_tests {
 
-    use super::super::model::{Protocol, ServiceKey};
+    use super::super::model::Protocol;
     use super::*;
 
     fn port(endpoints: &[&str], node_port: Option<u16>, affinity_seconds: Option<u32>) -> ServicePort {
         ServicePort {
-            service: ServiceKey { namespace: "default".into(), name: "shop".into() },
             name: String::new(),
             protocol: Protocol::Tcp,
             cluster_ips: vec!["10.43.0.5".parse().unwrap()],
@@ -575,35 +654,41 @@ mod kernel_tests {
             (Some(port(&["10.42.0.2"], Some(30080), Some(60))), Some(port(&[], Some(30080), Some(60)))),
             (Some(port(&[], Some(30080), Some(60))), Some(port(&["10.42.1.9"], Some(30080), Some(60)))),
         ];
+        let mut shapes = Shapes::default();
         let mut script = String::from("set -e\n");
         for (i, (old, new)) in steps.iter().enumerate() {
-            let mut transaction = Transaction::new("skiff-test");
+            let mut transaction = Transaction::new("skiff-test", &mut shapes);
             if i == 0 {
                 transaction.recreate_table();
                 transaction.set_pod_ranges(&[("10.42.0.0".parse().unwrap(), 24), ("10.42.1.0".parse().unwrap(), 24)]);
             }
             transaction.update_port(old.as_ref(), new.as_ref());
-            let file = dir.path().join(format!("{i}.json"));
-            std::fs::write(&file, transaction.into_document()).unwrap();
-            script.push_str(&format!("echo step {i} >&2; nft -j -f {}\n", file.display()));
+            let file = dir.path().join(format!("{i}.nft"));
+            std::fs::write(&file, transaction.into_script()).unwrap();
+            script.push_str(&format!("echo step {i} >&2; nft -f {}\n", file.display()));
         }
         script.push_str("nft list table ip skiff-test > ");
         script.push_str(&dir.path().join("during").display().to_string());
-        let mut last = Transaction::new("skiff-test");
+        let mut last = Transaction::new("skiff-test", &mut shapes);
         last.update_port(steps.last().unwrap().1.as_ref(), None);
-        let file = dir.path().join("last.json");
-        std::fs::write(&file, last.into_document()).unwrap();
-        script.push_str(&format!("\nnft -j -f {}\nnft list table ip skiff-test\n", file.display()));
+        let file = dir.path().join("last.nft");
+        std::fs::write(&file, last.into_script()).unwrap();
+        script.push_str(&format!("\nnft -f {}\nnft list table ip skiff-test\n", file.display()));
         let output = std::process::Command::new("unshare").args(["--net", "sh", "-c", &script]).output().unwrap();
         let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
         assert!(output.status.success(), "nft refused a step: {stderr}\n{script}");
         let during = std::fs::read_to_string(dir.path().join("during")).unwrap();
-        for expected in
-            ["dnat to 10.42.1.9:8080", "30080", "numgen random mod 1", "aff60-default/shop/tcp/80__10.42.1.9/8080"]
-        {
+        for expected in [
+            "tcp . 30080 : goto nodeport-affinity60-local-0-1",
+            "10.43.0.5 . tcp . 80 : 10.42.1.9 . 8080",
+            "numgen random mod 2",
+            "update @cluster-affinity60-clients-0",
+        ] {
             assert!(during.contains(expected), "{expected} in:\n{during}");
         }
-        assert!(!during.contains("10.42.1.3"), "the removed endpoint's chain is gone:\n{during}");
-        assert!(!stdout.contains("default/shop"), "the removed Service left rules:\n{stdout}");
+        assert!(!during.contains("10.42.1.3 ."), "the removed endpoint's elements are gone:\n{during}");
+        for gone in ["10.43.0.5 .", "192.0.2.7 .", "tcp . 30080", "10.42.1.9 ."] {
+            assert!(!stdout.contains(gone), "the removed Service left {gone}:\n{stdout}");
+        }
     }
 }
