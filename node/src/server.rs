@@ -440,15 +440,14 @@ impl Handler {
             Ok(ip) => ip,
             Err(message) => return text(StatusCode::NOT_FOUND, message),
         };
-        let transport = match Transport::of(request.headers()) {
+        let transport = match Transport::of(request.headers(), request.uri().query()) {
             Ok(transport) => transport,
             Err(message) => return text(StatusCode::BAD_REQUEST, message),
         };
-        let response = match transport {
-            Transport::WebSocket => {
-                let key = request.headers().get(http::header::SEC_WEBSOCKET_KEY).map(|k| k.as_bytes());
-                websocket_accepted(key.unwrap_or_default(), portforward::TUNNEL_PROTOCOL)
-            }
+        let key = request.headers().get(http::header::SEC_WEBSOCKET_KEY).map(|k| k.as_bytes()).unwrap_or_default();
+        let response = match &transport {
+            Transport::WebSocket => websocket_accepted(key, portforward::TUNNEL_PROTOCOL),
+            Transport::Channels(_) => websocket_accepted(key, portforward::CHANNEL_PROTOCOL),
             Transport::Spdy => switching_protocols([
                 (http::header::UPGRADE, HeaderValue::from_static(portforward::SPDY_UPGRADE)),
                 (

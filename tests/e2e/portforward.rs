@@ -1,6 +1,6 @@
 //! `kubectl port-forward` end to end: the real kubectl speaks SPDY (tunnelled in WebSocket, its first try;
-//! plain SPDY with `KUBECTL_PORT_FORWARD_WEBSOCKETS=false`) to the API server, which passes the upgrade
-//! through to the agent; the agent connects to the pod's address: a busybox httpd in a network namespace of
+//! plain SPDY with `KUBECTL_PORT_FORWARD_WEBSOCKETS=false`), and the Python client WebSocket channels
+//! (`v4.channel.k8s.io`), to the API server, which passes the upgrade through to the agent; the agent connects to the pod's address: a busybox httpd in a network namespace of
 //! its own, a wasm http-hello on the node's bridge. Needs root and the CNI plugins, as `--pod-network cni`.
 
 use std::io::{Read, Write};
@@ -11,6 +11,28 @@ use std::time::{Duration, Instant};
 use crate::harness::{Agent, Backend, Cluster, Registry, lines};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The Python client's `portforward` (kubernetes.stream): one GET to a pod's port, then what the port's
+/// error channel said.
+const PYTHON_PORT_FORWARD: &str = r#"import sys
+from kubernetes import client, config
+from kubernetes.stream import portforward
+
+config.load_kube_config(config_file=sys.argv[1])
+name, port = sys.argv[2], int(sys.argv[3])
+forward = portforward(client.CoreV1Api().connect_get_namespaced_pod_portforward, name, "default", ports=str(port))
+sock = forward.socket(port)
+sock.setblocking(True)
+sock.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+answer = b""
+while True:
+    chunk = sock.recv(4096)
+    if not chunk:
+        break
+    answer += chunk
+print(answer.decode(errors="replace"))
+print("error:", forward.error(port))
+"#;
 
 fn manifest(node: &str, busybox: &str, hello: &str) -> String {
     let serve =
@@ -166,6 +188,25 @@ pub fn kubectl_port_forward_reaches_pods_and_services() {
     assert_answered(&get(second), "hello-from-httpd");
     assert_answered(&get(first), "hello-from-httpd");
     drop(forward);
+
+    // WebSocket channels, as the Python client (and kube-rs) speak port-forward.
+    let script = cluster.write_file("portforward.py", PYTHON_PORT_FORWARD);
+    let python = |pod: &str, port: &str| {
+        let out = std::process::Command::new("/usr/bin/python3")
+            .arg(&script)
+            .arg(cluster.kubeconfig())
+            .args([pod, port])
+            .output()
+            .expect("Debian's python3 runs (scripts/setup installs python3-kubernetes for it)");
+        assert!(out.status.success(), "python portforward to {pod}:{port}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let answer = python("httpd", "8080");
+    assert_answered(&answer, "hello-from-httpd");
+    assert!(answer.trim_end().ends_with("error: None"), "{answer}");
+    assert_answered(&python("hello", "8080"), "hello from skiff");
+    let refused = python("httpd", "9999");
+    assert!(refused.contains("error forwarding port 9999 to pod default/httpd"), "{refused}");
 
     // A port nothing listens on: the connection ends with nothing, and kubectl reports the agent's error
     // and gives up, as with a kubelet.

@@ -146,7 +146,7 @@ pub async fn pod_exec(
 
 /// Forwards connections to a pod's ports (`kubectl port-forward`): passes the upgrade through to the agent
 /// on the pod's node, which speaks the port-forward protocol over whichever transport the client asked for
-/// (SPDY tunnelled in WebSocket, kubectl's first try, or plain SPDY, its fallback).
+/// (SPDY tunnelled in WebSocket, kubectl's first try, plain SPDY, its fallback, or WebSocket channels).
 pub async fn pod_port_forward(
     state: &AppState,
     ns: &str,
@@ -157,7 +157,9 @@ pub async fn pod_port_forward(
     if !request.headers.contains_key(header::UPGRADE) {
         return Err(ApiError::BadRequest("Upgrade request required: port-forward is served over SPDY".into()));
     }
-    let path = format!("/portForward/{ns}/{name}/{}", target.uid());
+    // The ports of the WebSocket channel protocol come in the query.
+    let query = request.uri.query().map(|query| format!("?{query}")).unwrap_or_default();
+    let path = format!("/portForward/{ns}/{name}/{}{query}", target.uid());
     let span = tracing::info_span!("portforward", pod = %format!("{ns}/{name}"));
     target.splice(state, path, request, "port-forward", span).await
 }

@@ -1,12 +1,13 @@
 //! `kubectl port-forward` on the node. The client's upgraded connection, passed through by the API server,
 //! carries SPDY/3.1 ([`spdy`]): tunnelled in WebSocket binary messages (`SPDY/3.1+portforward.k8s.io`,
 //! which kubectl 1.31+ tries first), or on the connection itself (`Upgrade: SPDY/3.1`, its fallback and
-//! older kubectls' only way). Each connection kubectl takes locally opens two streams with one `requestid`
+//! older kubectls' only way); or WebSocket channels ([`channels`], `v4.channel.k8s.io`, the other clients'). Each connection kubectl takes locally opens two streams with one `requestid`
 //! and the remote `port`: `data` carries the bytes, `error` the reason the forward failed (nothing when it
 //! did not), as the kubelet's protocol has it. The agent connects to the port at the pod's address (its
 //! podIP: a network namespace's, reached over the node's bridge; a wasm pod's, on the bridge; the node's
 //! with host networking) and carries bytes both ways.
 
+mod channels;
 mod spdy;
 
 use std::collections::HashMap;
@@ -43,34 +44,40 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most read from the pod into one DATA frame (io.Copy's buffer on the client's side).
 const CHUNK: usize = 32 * 1024;
 
-/// How the client carries SPDY.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub use channels::PROTOCOL as CHANNEL_PROTOCOL;
+
+/// How the client carries the forwards.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Transport {
-    /// In WebSocket binary messages.
+    /// SPDY in WebSocket binary messages.
     WebSocket,
-    /// On the upgraded connection itself.
+    /// SPDY on the upgraded connection itself.
     Spdy,
+    /// WebSocket channels, to the ports the query names.
+    Channels(Vec<u16>),
 }
 
 impl Transport {
-    /// The transport an upgrade request asks for, if it offers the port-forward protocol over it; else the
+    /// The transport an upgrade request asks for, if it offers a port-forward protocol over it; else the
     /// refusal the client sees.
-    pub fn of(headers: &HeaderMap) -> Result<Self, String> {
+    pub fn of(headers: &HeaderMap, query: Option<&str>) -> Result<Self, String> {
         let offers = |header: &str, protocol: &str| {
             let values = headers.get_all(header).iter().filter_map(|v| v.to_str().ok());
             values.flat_map(|v| v.split(',')).any(|offered| offered.trim() == protocol)
         };
         let upgrade = headers.get(http::header::UPGRADE).and_then(|v| v.to_str().ok()).unwrap_or_default();
-        if upgrade.eq_ignore_ascii_case("websocket")
-            && headers.contains_key(http::header::SEC_WEBSOCKET_KEY)
-            && offers(http::header::SEC_WEBSOCKET_PROTOCOL.as_str(), TUNNEL_PROTOCOL)
-        {
+        let websocket =
+            upgrade.eq_ignore_ascii_case("websocket") && headers.contains_key(http::header::SEC_WEBSOCKET_KEY);
+        let subprotocol = http::header::SEC_WEBSOCKET_PROTOCOL.as_str();
+        if websocket && offers(subprotocol, TUNNEL_PROTOCOL) {
             Ok(Transport::WebSocket)
+        } else if websocket && offers(subprotocol, CHANNEL_PROTOCOL) {
+            channels::ports(query).map(Transport::Channels)
         } else if upgrade.eq_ignore_ascii_case(SPDY_UPGRADE) && offers(STREAM_PROTOCOL_HEADER, PROTOCOL) {
             Ok(Transport::Spdy)
         } else {
             Err(format!(
-                "port-forward speaks {TUNNEL_PROTOCOL} over WebSocket, or {PROTOCOL} over an upgrade to {SPDY_UPGRADE}"
+                "port-forward speaks {TUNNEL_PROTOCOL} or {CHANNEL_PROTOCOL} over WebSocket, or {PROTOCOL} over an upgrade to {SPDY_UPGRADE}"
             ))
         }
     }
@@ -100,6 +107,10 @@ where
         }
     };
     let served = match transport {
+        Transport::Channels(ports) => {
+            channels::session(io, ports, pod).await;
+            return;
+        }
         Transport::WebSocket => {
             let (reader, writer) = websocket_halves(WebSocketStream::from_raw_socket(io, Role::Server, None).await);
             spdy::serve(reader, writer, on_stream).await
@@ -269,22 +280,27 @@ mod tests {
     fn the_transport_is_the_one_the_client_upgrades_to() {
         let tunnel =
             [("upgrade", "websocket"), ("sec-websocket-key", "a2V5"), ("sec-websocket-protocol", TUNNEL_PROTOCOL)];
-        assert_eq!(Transport::of(&headers(&tunnel)), Ok(Transport::WebSocket));
+        assert_eq!(Transport::of(&headers(&tunnel), None), Ok(Transport::WebSocket));
         let several = [
             ("upgrade", "WebSocket"),
             ("sec-websocket-key", "a2V5"),
             ("sec-websocket-protocol", "x, SPDY/3.1+portforward.k8s.io"),
         ];
-        assert_eq!(Transport::of(&headers(&several)), Ok(Transport::WebSocket));
+        assert_eq!(Transport::of(&headers(&several), None), Ok(Transport::WebSocket));
         let spdy = [("upgrade", "SPDY/3.1"), ("x-stream-protocol-version", PROTOCOL)];
-        assert_eq!(Transport::of(&headers(&spdy)), Ok(Transport::Spdy));
-        // exec's channel protocol, a WebSocket without its key, SPDY without the port-forward protocol.
+        assert_eq!(Transport::of(&headers(&spdy), None), Ok(Transport::Spdy));
         let channels =
+            [("upgrade", "websocket"), ("sec-websocket-key", "a2V5"), ("sec-websocket-protocol", CHANNEL_PROTOCOL)];
+        assert_eq!(Transport::of(&headers(&channels), Some("ports=8080")), Ok(Transport::Channels(vec![8080])));
+        assert!(Transport::of(&headers(&channels), None).unwrap_err().contains("\"ports\" is required"));
+        // exec's channel protocol, a WebSocket without its key, SPDY without the port-forward protocol.
+        let exec =
             [("upgrade", "websocket"), ("sec-websocket-key", "a2V5"), ("sec-websocket-protocol", "v5.channel.k8s.io")];
         let keyless = [("upgrade", "websocket"), ("sec-websocket-protocol", TUNNEL_PROTOCOL)];
         let other = [("upgrade", "SPDY/3.1"), ("x-stream-protocol-version", "v4.channel.k8s.io")];
-        for refused in [&channels[..], &keyless, &other, &[]] {
-            assert!(Transport::of(&headers(refused)).unwrap_err().starts_with("port-forward speaks"), "{refused:?}");
+        for refused in [&exec[..], &keyless, &other, &[]] {
+            let refusal = Transport::of(&headers(refused), Some("ports=80")).unwrap_err();
+            assert!(refusal.starts_with("port-forward speaks"), "{refused:?}");
         }
     }
 }
