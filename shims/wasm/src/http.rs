@@ -6,8 +6,9 @@
 //! [`DEFAULT_CONCURRENT_REQUESTS`], never more than a quarter of the pool); a request beyond that waits
 //! [`QUEUE_WAIT`] for a turn, then is answered 503 with `Retry-After`. A client has
 //! [`HEADER_READ_TIMEOUT`] to send a request's head, and while a guest waits for the request's body, at most
-//! [`BODY_READ_TIMEOUT`] to send the next piece of it: a client that stops sending cannot hold a turn (and a
-//! slot of the node's pool) for longer.
+//! [`BODY_READ_TIMEOUT`] to send the next piece of it, and while the response goes out, at most
+//! [`WRITE_TIMEOUT`] to take the next piece of it: a client that stops sending or reading cannot hold a turn
+//! (and a slot of the node's pool) for longer.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -52,6 +53,12 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// turns and an instance of the node's pool; as long as the head's timeout, which no sane client needs
 /// between two pieces of a body either).
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a write to a client may wait for it to read (nginx's `send_timeout`, shorter than its 60 s for
+/// the same reason as [`BODY_READ_TIMEOUT`]): a guest streaming its response to a client that stopped
+/// reading waits on the connection, holding its turn; a write that waits this long fails the connection,
+/// and with it the guest's writes.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) struct Server {
     /// The engine, and the epoch ticker kept alive while the server runs.
@@ -111,7 +118,7 @@ impl Server {
                             .keep_alive(true)
                             .timer(TokioTimer::new())
                             .header_read_timeout(HEADER_READ_TIMEOUT)
-                            .serve_connection(TokioIo::new(stream), service),
+                            .serve_connection(TokioIo::new(write_deadline(stream, WRITE_TIMEOUT)), service),
                     );
                     let force = force.clone();
                     tokio::spawn(async move {
@@ -211,6 +218,16 @@ impl Server {
     }
 }
 
+/// `stream` whose writes fail with `TimedOut` when they make no progress for `timeout`.
+fn write_deadline<S>(stream: S, timeout: Duration) -> Pin<Box<tokio_io_timeout::TimeoutStream<S>>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
+    let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+    stream.set_write_timeout(Some(timeout));
+    Box::pin(stream)
+}
+
 /// The turns of one container: what its pod asks for, else the default, and at most a quarter of the
 /// node's pool of instances (at least one).
 fn concurrent_turns(asked: Option<u32>, max_instances: u32) -> usize {
@@ -298,6 +315,24 @@ mod tests {
         assert_eq!(concurrent_turns(Some(10), 1000), 10);
         assert_eq!(concurrent_turns(None, 16), 4);
         assert_eq!(concurrent_turns(Some(0), 2), 1, "never none");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_loses_its_connection() {
+        use tokio::io::AsyncWriteExt;
+        // Far more than the pipe and hyper's buffers hold.
+        let service = hyper::service::service_fn(|_req| async {
+            Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(vec![b'x'; 4 << 20]))))
+        });
+        let (client, server) = tokio::io::duplex(4096);
+        let timeout = Duration::from_millis(200);
+        let conn = http1::Builder::new().serve_connection(TokioIo::new(write_deadline(server, timeout)), service);
+        let (_unread, mut requests) = tokio::io::split(client);
+        requests.write_all(b"GET / HTTP/1.1\r\nHost: guest\r\n\r\n").await.unwrap();
+        let started = std::time::Instant::now();
+        let ended = tokio::time::timeout(Duration::from_secs(10), conn).await.expect("the connection is given up");
+        assert!(ended.is_err(), "it fails rather than finishing");
+        assert!(started.elapsed() >= timeout);
     }
 
     #[tokio::test]
