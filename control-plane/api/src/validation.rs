@@ -865,6 +865,23 @@ fn validate_service(e: &mut Errors, object: &Value) {
     } else if !cluster_ip.is_empty() && !headless && cluster_ip.parse::<IpAddr>().is_err() {
         e.invalid("spec.clusterIP", cluster_ip, "must be empty, 'None', or a valid IP address");
     }
+    // The proxy and the DNS take a Service's addresses from `clusterIPs`: it may only repeat `clusterIP`
+    // (reserved for this Service) and add one of the other family, as Kubernetes' dual-stack rules say.
+    let cluster_ips = get_array(spec, "clusterIPs");
+    if service_type == "ExternalName" && !cluster_ips.is_empty() {
+        e.forbidden("spec.clusterIPs", "may not be set for ExternalName services");
+    }
+    if let Some(first) = cluster_ips.first().and_then(Value::as_str)
+        && !cluster_ip.is_empty()
+        && first != cluster_ip
+    {
+        e.invalid("spec.clusterIPs[0]", first, "must match `clusterIP`");
+    }
+    let family = |ip: &Value| ip.as_str().and_then(|ip| ip.parse::<IpAddr>().ok()).map(|ip| ip.is_ipv4());
+    if cluster_ips.len() > 2 || (cluster_ips.len() == 2 && family(&cluster_ips[0]) == family(&cluster_ips[1])) {
+        let second = cluster_ips.get(1).and_then(Value::as_str).unwrap_or_default();
+        e.invalid("spec.clusterIPs[1]", second, "may not have more than one IP of each family");
+    }
 
     let mut names = HashSet::new();
     for (i, port) in ports.iter().enumerate() {
@@ -1674,6 +1691,19 @@ mod tests {
         );
         assert_eq!(fields(&check("Service", svc(json!({})))), vec![("FieldValueRequired", "spec.ports")]);
         assert_eq!(check("Service", svc(json!({"clusterIP": "None"}))), vec![]);
+        // `clusterIPs` repeats `clusterIP`, and adds at most the other family: no second address to take.
+        let ports = json!([{"port": 80}]);
+        let ips = |ips: Value| svc(json!({"clusterIP": "10.43.0.5", "clusterIPs": ips, "ports": ports}));
+        assert_eq!(check("Service", ips(json!(["10.43.0.5"]))), vec![]);
+        assert_eq!(check("Service", ips(json!(["10.43.0.5", "fd00::5"]))), vec![]);
+        assert_eq!(
+            fields(&check("Service", ips(json!(["10.43.0.1"])))),
+            vec![("FieldValueInvalid", "spec.clusterIPs[0]")]
+        );
+        assert_eq!(
+            fields(&check("Service", ips(json!(["10.43.0.5", "10.43.0.1"])))),
+            vec![("FieldValueInvalid", "spec.clusterIPs[1]")]
+        );
         assert_eq!(
             fields(&check("Service", svc(json!({"type": "ExternalName"})))),
             vec![("FieldValueRequired", "spec.externalName")]

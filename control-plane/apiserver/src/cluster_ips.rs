@@ -115,7 +115,12 @@ pub async fn release(store: &dyn Store, reservation: Reservation) {
 
 /// Releases the addresses a deleted Service (stored at `service_key`) held.
 pub async fn release_service(store: &dyn Store, service_key: &str, service: &Value) {
-    for ip in addresses(service) {
+    release_addresses(store, service_key, addresses(service)).await;
+}
+
+/// Releases those of `ips` the Service stored at `service_key` holds.
+pub async fn release_addresses(store: &dyn Store, service_key: &str, ips: impl IntoIterator<Item = Ipv4Addr>) {
+    for ip in ips {
         let key = key(ip);
         let Ok(Some(kv)) = store.get(&key).await else { continue };
         if held(&kv).is_some_and(|h| h.service == service_key) {

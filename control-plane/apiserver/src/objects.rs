@@ -31,6 +31,17 @@ const SERVICE_CIDR_PREFIX: &str = "10.43";
 /// The same range as an address and a prefix length, for those who must keep out of it.
 pub const SERVICE_CIDR: (std::net::Ipv4Addr, u8) = (std::net::Ipv4Addr::new(10, 43, 0, 0), 16);
 
+/// Kubernetes' refusal of a cluster IP asked for.
+fn refuse_cluster_ip(def: &ResourceDef, name: &str, asked: &str, problem: String) -> ApiError {
+    let message = format!("Invalid value: []string{{\"{asked}\"}}: failed to allocate IP {asked}: {problem}");
+    ApiError::invalid(def, name, vec![Cause { reason: "FieldValueInvalid", message, field: "spec.clusterIPs".into() }])
+}
+
+fn out_of_range(ip: Ipv4Addr) -> String {
+    let (network, prefix) = SERVICE_CIDR;
+    format!("the provided IP ({ip}) is not in the valid range. The range of valid IPs is {network}/{prefix}")
+}
+
 fn in_service_range(ip: Ipv4Addr) -> bool {
     let mask = u32::MAX << (32 - u32::from(SERVICE_CIDR.1));
     u32::from(ip) & mask == u32::from(SERVICE_CIDR.0)
@@ -348,17 +359,9 @@ impl Objects {
             object["spec"]["clusterIPs"] = json!([asked]);
             // "None" is a headless Service; a malformed address is validation's to report.
             let Ok(ip) = asked.parse::<Ipv4Addr>() else { return Ok(None) };
-            let refuse = |problem: String| {
-                let message =
-                    format!("Invalid value: []string{{\"{asked}\"}}: failed to allocate IP {asked}: {problem}");
-                let cause = Cause { reason: "FieldValueInvalid", message, field: "spec.clusterIPs".into() };
-                ApiError::invalid(def, &name, vec![cause])
-            };
+            let refuse = |problem: String| refuse_cluster_ip(def, &name, &asked, problem);
             if !in_service_range(ip) {
-                return Err(refuse(format!(
-                    "the provided IP ({ip}) is not in the valid range. The range of valid IPs is {}/{}",
-                    SERVICE_CIDR.0, SERVICE_CIDR.1
-                )));
+                return Err(refuse(out_of_range(ip)));
             }
             let taken = || refuse(ReserveError::Taken.to_string());
             if dry_run {
@@ -395,6 +398,49 @@ impl Objects {
             return Ok(reservation);
         }
         Err(ApiError::Internal("the service IP range is exhausted".into()))
+    }
+
+    /// Reserves the cluster IPs an update gives a Service that it did not hold (an ExternalName Service
+    /// becoming a ClusterIP one with an address asked for: otherwise `clusterIP` is immutable and
+    /// `clusterIPs` must repeat it), refusing one outside the range or another Service holds. A dry run
+    /// reserves nothing.
+    async fn reserve_gained_cluster_ips(
+        &self,
+        def: &ResourceDef,
+        key: &str,
+        name: &str,
+        current: &Value,
+        object: &Value,
+        dry_run: bool,
+    ) -> Result<Vec<Reservation>, ApiError> {
+        if !is_service(def) {
+            return Ok(Vec::new());
+        }
+        let held = cluster_ips::addresses(current);
+        let mut reserved = Vec::new();
+        for ip in cluster_ips::addresses(object).into_iter().filter(|ip| !held.contains(ip)) {
+            let outcome = if !in_service_range(ip) {
+                Err(out_of_range(ip))
+            } else if dry_run {
+                match cluster_ips::is_free(self.store.as_ref(), ip, key).await {
+                    Ok(true) => Ok(None),
+                    Ok(false) => Err(ReserveError::Taken.to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            } else {
+                cluster_ips::reserve(self.store.as_ref(), ip, key).await.map_err(|e| e.to_string())
+            };
+            match outcome {
+                Ok(reservation) => reserved.extend(reservation),
+                Err(problem) => {
+                    for reservation in reserved {
+                        cluster_ips::release(self.store.as_ref(), reservation).await;
+                    }
+                    return Err(refuse_cluster_ip(def, name, &ip.to_string(), problem));
+                }
+            }
+        }
+        Ok(reserved)
     }
 
     /// Gives each port of a NodePort or LoadBalancer Service that has no node port one from [`NODE_PORTS`],
@@ -632,6 +678,7 @@ impl Objects {
             if !options.field_manager.is_empty() {
                 patch::record_update(def, Some(&current), &mut object, &options.field_manager, part.subresource());
             }
+            let gained = self.reserve_gained_cluster_ips(def, &key, name, &current, &object, options.dry_run).await?;
             if object == current && !self.stale(&key).await? {
                 // Kubernetes skips no-op writes: the resourceVersion stays and watchers see nothing. Unless
                 // the value is stored with a provider or key other than the one that writes now: rewriting it
@@ -647,10 +694,17 @@ impl Objects {
             } else {
                 self.store.update(&key, encode(&object)?, Some(kv.mod_revision)).await
             };
+            if result.is_err() {
+                for reservation in gained {
+                    cluster_ips::release(self.store.as_ref(), reservation).await;
+                }
+            }
             match result {
                 Ok(written) => {
-                    if deleting && is_service(def) {
-                        cluster_ips::release_service(self.store.as_ref(), &key, &object).await;
+                    if is_service(def) {
+                        let kept = if deleting { Vec::new() } else { cluster_ips::addresses(&object) };
+                        let lost = cluster_ips::addresses(&current).into_iter().filter(|ip| !kept.contains(ip));
+                        cluster_ips::release_addresses(self.store.as_ref(), &key, lost).await;
                     }
                     set_resource_version(&mut object, written.mod_revision);
                     return Ok(Written { object: present(part, object)?, warnings, created: false });
@@ -1089,8 +1143,9 @@ fn merge_update(def: &ResourceDef, part: Part, current: &Value, requested: Value
             object
         }
     };
-    // Like Kubernetes, an update that leaves the allocated cluster IP out keeps it.
-    if is_service(def) {
+    // Like Kubernetes, an update that leaves the allocated cluster IP out keeps it, unless it makes the
+    // Service an ExternalName one, which has none (the address is then released).
+    if is_service(def) && object.pointer("/spec/type").and_then(Value::as_str) != Some("ExternalName") {
         for field in ["clusterIP", "clusterIPs"] {
             if object.pointer(&format!("/spec/{field}")).is_none_or(|v| v == "" || v.is_null())
                 && let Some(allocated) = current.pointer(&format!("/spec/{field}"))
@@ -1387,6 +1442,25 @@ mod tests {
         objects.delete(services(), Some("default"), "a", &DeleteOptions::default()).await.unwrap();
         let taken = objects.create(services(), Some("default"), asking("b", "10.43.0.9"), &options).await.unwrap();
         assert_eq!(taken.object["spec"]["clusterIPs"], json!(["10.43.0.9"]));
+        // An update may not take another Service's address either: through `clusterIPs`, or by turning an
+        // ExternalName Service into a ClusterIP one; and a Service that leaves its address gives it back.
+        let replace = |name: &'static str, spec: Value| {
+            let object = json!({"metadata": {"name": name}, "spec": spec});
+            objects.replace(services(), Some("default"), name, Part::Main, object, &options)
+        };
+        let ports = json!([{"port": 80}]);
+        let both = json!({"clusterIP": "10.43.0.10", "clusterIPs": ["10.43.0.10", "10.43.0.9"], "ports": ports});
+        let refused = replace("c", both).await.err().unwrap();
+        assert!(refused.to_string().contains("spec.clusterIPs[1]"), "{refused}");
+        let external = json!({"type": "ExternalName", "externalName": "example.org"});
+        let e = json!({"metadata": {"name": "e"}, "spec": external});
+        objects.create(services(), Some("default"), e, &options).await.unwrap();
+        let turned = json!({"type": "ClusterIP", "clusterIP": "10.43.0.9", "ports": ports});
+        let refused = replace("e", turned.clone()).await.err().unwrap();
+        assert!(refused.to_string().contains("provided IP is already allocated"), "{refused}");
+        replace("b", external).await.unwrap();
+        replace("e", turned).await.unwrap();
+
         let given = objects
             .create(
                 services(),
