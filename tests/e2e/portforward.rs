@@ -22,7 +22,7 @@ config.load_kube_config(config_file=sys.argv[1])
 name, port = sys.argv[2], int(sys.argv[3])
 forward = portforward(client.CoreV1Api().connect_get_namespaced_pod_portforward, name, "default", ports=str(port))
 sock = forward.socket(port)
-sock.setblocking(True)
+sock.settimeout(30)
 sock.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
 answer = b""
 while True:

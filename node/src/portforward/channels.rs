@@ -19,6 +19,9 @@ use tokio_tungstenite::tungstenite::{Message, protocol::Role};
 
 use super::{CHUNK, CONNECT_TIMEOUT, PodTarget};
 
+/// How long a session whose forward failed waits for the client to read the error and close.
+const ERROR_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The WebSocket subprotocol.
 pub const PROTOCOL: &str = "v4.channel.k8s.io";
 
@@ -64,6 +67,7 @@ where
         openings.push(frame(2 * index, &port.to_le_bytes()));
         openings.push(frame(2 * index + 1, &port.to_le_bytes()));
     }
+    let mut failed = false;
     let mut to_pods: Vec<Option<OwnedWriteHalf>> = Vec::new();
     let forwards = FuturesUnordered::new();
     for (index, port) in ports.iter().enumerate() {
@@ -84,6 +88,7 @@ where
                 let message = format!("error forwarding port {port} to pod {}, uid {}: {failure}", pod.name, pod.uid);
                 openings.push(frame(2 * index + 1, message.as_bytes()));
                 to_pods.push(None);
+                failed = true;
             }
         }
     }
@@ -112,9 +117,15 @@ where
     };
     let session = async move {
         let mut forwards = forwards;
+        let mut client_to_pods = std::pin::pin!(client_to_pods);
         tokio::select! {
-            _ = client_to_pods => {}
+            _ = &mut client_to_pods => return,
             _ = async { while forwards.next().await.is_some() {} } => {}
+        }
+        // After a failed forward the client may still be sending what it meant for the port: closing now
+        // could break its write before it has read the error. It closes once it has read it.
+        if failed {
+            let _ = tokio::time::timeout(ERROR_GRACE, client_to_pods).await;
         }
     };
     // The writer ends once every sender is gone: the forwards' go with the session.
