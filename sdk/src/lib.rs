@@ -34,6 +34,7 @@
 
 pub mod config;
 mod http;
+pub mod outgoing;
 pub mod secrets;
 #[cfg(all(target_os = "wasi", target_env = "p2"))]
 mod wasi_http;

@@ -2,12 +2,15 @@
 //! the handler, write everything. Only built for wasm32-wasip2; the logic worth testing (what goes on the
 //! wire) lives in `http.rs` and is tested on the host.
 
+use wasip2::http::outgoing_handler;
 use wasip2::http::types::{
-    Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
+    ErrorCode, Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingRequest, OutgoingResponse,
+    ResponseOutparam, Scheme,
 };
 use wasip2::io::streams::{InputStream, OutputStream, StreamError};
 
 use crate::http::{MAX_REQUEST_BODY, Request, Response};
+use crate::outgoing::{FetchError, Target};
 
 /// Bytes asked for per read; the host may return fewer.
 const READ_CHUNK: u64 = 64 * 1024;
@@ -140,4 +143,54 @@ fn write_all(stream: &OutputStream, body: &[u8]) -> Result<(), StreamError> {
         stream.blocking_write_and_flush(chunk)?;
     }
     Ok(())
+}
+
+/// Sends one request through `wasi:http/outgoing-handler` and reads the whole response.
+pub(crate) fn send_outgoing(
+    method: &str,
+    target: &Target,
+    headers: &[(String, Vec<u8>)],
+    body: &[u8],
+) -> Result<Response, FetchError> {
+    let http_error = |code: ErrorCode| FetchError::Http(format!("{code:?}"));
+    let fields = Fields::new();
+    for (name, value) in headers {
+        fields.append(name, value).map_err(|err| FetchError::Http(format!("header {name:?}: {err:?}")))?;
+    }
+    let request = OutgoingRequest::new(fields);
+    let method = match method {
+        "GET" => Method::Get,
+        "HEAD" => Method::Head,
+        "POST" => Method::Post,
+        "PUT" => Method::Put,
+        "DELETE" => Method::Delete,
+        "OPTIONS" => Method::Options,
+        "PATCH" => Method::Patch,
+        other => Method::Other(other.to_owned()),
+    };
+    let scheme = if target.https { Scheme::Https } else { Scheme::Http };
+    let refused = |what: &str| FetchError::Http(format!("the host refused the {what}"));
+    request.set_method(&method).map_err(|()| refused("method"))?;
+    request.set_scheme(Some(&scheme)).map_err(|()| refused("scheme"))?;
+    request.set_authority(Some(&target.authority)).map_err(|()| refused("authority"))?;
+    request.set_path_with_query(Some(&target.path_with_query)).map_err(|()| refused("path"))?;
+    let outgoing_body = request.body().map_err(|()| refused("body"))?;
+    let pending = outgoing_handler::handle(request, None).map_err(http_error)?;
+    {
+        let stream = outgoing_body.write().map_err(|()| refused("body"))?;
+        write_all(&stream, body).map_err(|err| FetchError::Http(format!("sending body: {err:?}")))?;
+    }
+    OutgoingBody::finish(outgoing_body, None).map_err(http_error)?;
+    let response = loop {
+        match pending.get() {
+            Some(result) => break result,
+            None => pending.subscribe().block(),
+        }
+    };
+    let response = response.map_err(|()| FetchError::Http("response taken twice".to_owned()))?.map_err(http_error)?;
+    let status = response.status();
+    let headers = response.headers().entries().into_iter().collect();
+    let body = response.consume().map_err(|()| FetchError::Body("body taken twice".to_owned()))?;
+    let bytes = read_body(body).map_err(|err| FetchError::Body(err.to_string()))?;
+    Ok(crate::outgoing::response(status, headers, bytes))
 }

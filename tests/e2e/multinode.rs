@@ -11,11 +11,13 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::harness::{Agent, Backend, Cluster, Registry, eventually};
-use crate::testnet::{OutsideResolver, TestNet, in_netns};
+use crate::testnet::{OutsideResolver, OutsideServer, TestNet, exchange_in_netns, in_netns};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 /// What the stand-in for the outside world's DNS answers for every name.
 const OUTSIDE_ANSWER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 44);
+/// What the site at that address answers.
+const OUTSIDE_BODY: &str = "a site outside the cluster\n";
 
 /// A CGI program answering with the pod's name and the client's address as the pod sees it (busybox's
 /// httpd listens on IPv6 too, and shows IPv4 clients as `[::ffff:a.b.c.d]`).
@@ -25,8 +27,9 @@ const WHO: &str = "#!/bin/sh\necho Content-Type: text/plain\necho\nclient=${REMO
 pub(crate) struct Nodes {
     agents: Vec<Agent>,
     pub(crate) cluster: Cluster,
-    registry: Registry,
+    pub(crate) registry: Registry,
     _outside: OutsideResolver,
+    _site: OutsideServer,
     net: TestNet,
     /// Each node's namespace and address, in the agents' order.
     hosts: Vec<(String, Ipv4Addr)>,
@@ -44,6 +47,9 @@ impl Nodes {
         let cluster = Cluster::start_listening(Backend::Embedded, net.gateway()).unwrap();
         // The nodes' upstream resolver: names outside the cluster go there.
         let outside = OutsideResolver::start(net.gateway(), OUTSIDE_ANSWER);
+        // ... and every outside name is a site at that address.
+        net.add_outside_address(OUTSIDE_ANSWER);
+        let site = OutsideServer::start(OUTSIDE_ANSWER, OUTSIDE_BODY);
         let resolv_conf = cluster.write_file("node-resolv.conf", &format!("nameserver {}\n", net.gateway()));
         let resolv_conf = resolv_conf.to_str().unwrap();
         // The registry is on the host's loopback, which is not the nodes': they pull through a mirror.
@@ -74,7 +80,7 @@ impl Nodes {
         let web = json!({"Env": ["PATH=/bin"], "Cmd": ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]});
         let shop = registry.push_busybox_with("shop", web, &[("www/cgi-bin/who", WHO)]);
         let busybox = registry.push_busybox("tools/busybox");
-        Nodes { agents, cluster, registry, _outside: outside, net, hosts, shop, busybox }
+        Nodes { agents, cluster, registry, _outside: outside, _site: site, net, hosts, shop, busybox }
     }
 
     fn logs(&self) -> String {
@@ -92,6 +98,17 @@ impl Nodes {
             assert!(started.elapsed() < TIMEOUT, "pod {name} not Running with an IP: {status}\n{}", self.logs());
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Asks wasm pod `guest` (the http-fetch sample) to fetch `url`: over HTTP/1.0 from its node, whose bridge
+    /// has the guest's address, so a 502's body (the guest's error) shows. What came within `timeout`.
+    pub(crate) fn fetch_through(&self, guest: &str, url: &str, timeout: Duration) -> String {
+        let pod = self.cluster.pod(guest);
+        let ip: Ipv4Addr = pod["status"]["podIP"].as_str().and_then(|ip| ip.parse().ok()).expect("the guest's address");
+        let node =
+            self.agents.iter().position(|a| pod["spec"]["nodeName"] == a.name.as_str()).expect("the guest's node");
+        let request = format!("GET /?url={url} HTTP/1.0\r\nHost: {guest}\r\n\r\n");
+        exchange_in_netns(&self.hosts[node].0, (ip, 8080).into(), &request, timeout)
     }
 
     /// Runs `script` in the client pod's shell; its output.
@@ -126,6 +143,65 @@ impl Nodes {
 }
 
 /// A node's routes, neighbours, overlay entries and addresses, for a failure's message.
+/// A wasm guest's outgoing HTTP (the http-fetch sample, on node-b): the cluster's Services by name (the
+/// pod's search list), address and headless name, a pod on the other node seeing the guest's own address,
+/// NXDOMAIN for a missing name; outside the cluster only a host its pod allows, the name forwarded upstream.
+fn wasm_guests_send_requests(nodes: &Nodes, cluster_ip: &str, server: Ipv4Addr) {
+    let cluster = &nodes.cluster;
+    let image = nodes.registry.push_sample("http-fetch");
+    for (name, annotations) in
+        [("fetch", "{}"), ("fetch-allowed", "{skiff.dev/allowed-outbound-hosts: 'http://*.outside.test'}")]
+    {
+        let manifest = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, annotations: {annotations}}}\nspec:\n  nodeName: node-b\n  containers:\n  - name: fetch\n    image: {image}\n    ports: [{{containerPort: 8080}}]\n"
+        );
+        let out = cluster.with_stdin(&["apply", "-f", "-"], &manifest);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let guest = nodes.running_ip("fetch");
+    nodes.running_ip("fetch-allowed");
+    let fetch = |guest: &str, url: &str| nodes.fetch_through(guest, url, Duration::from_secs(10));
+    let status = |answer: &str| answer.lines().next().unwrap_or_default().trim().to_string();
+    let body = |answer: &str| answer.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
+    for url in [
+        "http://shop/cgi-bin/who".to_string(),
+        "http://shop.default.svc.cluster.local/cgi-bin/who".to_string(),
+        format!("http://{cluster_ip}/cgi-bin/who"),
+        // A headless Service's name is its pods' addresses: port 8080 is theirs, not the Service's.
+        "http://shop-pods:8080/cgi-bin/who".to_string(),
+    ] {
+        let started = std::time::Instant::now();
+        let answer = loop {
+            let answer = fetch("fetch", &url);
+            if status(&answer).contains(" 200 ") {
+                break answer;
+            }
+            assert!(started.elapsed() < TIMEOUT, "the guest fetching {url}: {answer}\n{}", nodes.logs());
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let pod = body(&answer).split_whitespace().next().unwrap_or_default().to_string();
+        assert!(pod.starts_with("shop-"), "{url}: {answer}");
+        // The replica sees the guest's own address, as for any pod's connection.
+        assert!(body(&answer).trim().ends_with(&format!(" {guest}")), "{url}: {answer}");
+    }
+    let answer = fetch("fetch", &format!("http://{server}:8080/cgi-bin/who"));
+    assert_eq!(body(&answer).trim(), format!("server-a {guest}"), "a pod on the other node, by address: {answer}");
+    let answer = fetch("fetch", "http://missing.default.svc.cluster.local/");
+    assert!(status(&answer).contains("502") && answer.contains("NXDOMAIN"), "a missing name: {answer}");
+    let answer = fetch("fetch", "http://www.outside.test/");
+    assert!(status(&answer).contains("502") && answer.contains("HttpRequestDenied"), "not allowed: {answer}");
+    let log = cluster.ok(&["logs", "fetch"]);
+    assert!(
+        log.contains("outgoing request to http://www.outside.test:80 denied: 192.0.2.44 outside the cluster"),
+        "the pod's log says why: {log}"
+    );
+    let answer = fetch("fetch-allowed", "http://www.outside.test/");
+    assert_eq!(body(&answer), OUTSIDE_BODY, "an allowed outside host, its name forwarded upstream: {answer}");
+    let answer = fetch("fetch-allowed", "http://192.0.2.44/");
+    assert!(answer.contains("HttpRequestDenied"), "the address is not the allowed name: {answer}");
+    cluster.ok(&["delete", "pod", "fetch", "fetch-allowed", "--wait=false"]);
+}
+
 fn network_state(netns: &str) -> String {
     let commands: [&[&str]; 5] = [
         &["ip", "route"],
@@ -314,6 +390,7 @@ pub fn pods_and_services_span_nodes() {
         (spread.len() == 4).then_some(spread)
     });
     assert!(spread.values().all(|n| *n >= 40), "roughly even, no wasm replica under 10%: {spread:?}");
+    wasm_guests_send_requests(&nodes, &cluster_ip, server);
 
     // Session affinity: a client keeps reaching one pod.
     let sticky = "apiVersion: v1\nkind: Service\nmetadata: {name: sticky}\nspec:\n  selector: {app: shop}\n  sessionAffinity: ClientIP\n  ports: [{port: 80, targetPort: http}]\n";

@@ -1,8 +1,8 @@
 //! NetworkPolicy end to end, on the multi-node cluster of `multinode.rs` (two agents, each in a network
 //! namespace of its own): the shop's container replicas and the wasi:http `hello` replicas (guests inside
 //! the agents, their addresses on the nodes' bridges) behind policies of the `default` namespace, a client
-//! pod on node-b, a stranger pod on node-a, and a server in another namespace. Wasm pods are tested as
-//! servers only: wasm guests cannot make outgoing connections yet, so a wasm pod is never a client here.
+//! pod on node-b, a stranger pod on node-a, a wasm guest on node-a sending requests (the http-fetch
+//! sample), and a server in another namespace.
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -40,8 +40,38 @@ fn targets(nodes: &Nodes, selector: &str, port: u16, path: &str) -> Vec<Target> 
     targets
 }
 
-/// Which of `targets` pod `from` reaches over HTTP (each within 2 s, all at once).
-fn reaches(nodes: &Nodes, from: &str, targets: &[&Target]) -> Vec<bool> {
+/// Who sends the requests: a container pod (busybox's wget), or a wasm pod whose guest fetches for us.
+#[derive(Clone, Copy)]
+enum Client<'a> {
+    Pod(&'a str),
+    Guest(&'a str),
+}
+
+impl Client<'_> {
+    fn name(&self) -> &str {
+        match self {
+            Client::Pod(name) | Client::Guest(name) => name,
+        }
+    }
+}
+
+/// Which of `targets` the client reaches over HTTP (each within 2 s, all at once).
+fn reaches(nodes: &Nodes, from: Client, targets: &[&Target]) -> Vec<bool> {
+    let from = match from {
+        Client::Pod(pod) => pod,
+        Client::Guest(guest) => {
+            return std::thread::scope(|scope| {
+                let tries: Vec<_> = targets
+                    .iter()
+                    .map(|t| scope.spawn(|| nodes.fetch_through(guest, &t.url, Duration::from_secs(2))))
+                    .collect();
+                tries
+                    .into_iter()
+                    .map(|t| t.join().unwrap().lines().next().is_some_and(|l| l.contains(" 200 ")))
+                    .collect()
+            });
+        }
+    };
     let tries: Vec<String> = targets
         .iter()
         .enumerate()
@@ -66,7 +96,7 @@ fn reaches(nodes: &Nodes, from: &str, targets: &[&Target]) -> Vec<bool> {
 
 /// Waits until pod `from` reaches exactly the groups of targets marked true (policies take effect on each
 /// node once its agent has programmed them).
-fn expect(nodes: &Nodes, what: &str, from: &str, targets: &[(&[Target], bool)]) {
+fn expect(nodes: &Nodes, what: &str, from: Client, targets: &[(&[Target], bool)]) {
     let all: Vec<&Target> = targets.iter().flat_map(|(group, _)| group.iter()).collect();
     let expected: Vec<bool> = targets.iter().flat_map(|(group, reach)| group.iter().map(|_| *reach)).collect();
     let described: Vec<String> = all
@@ -74,7 +104,7 @@ fn expect(nodes: &Nodes, what: &str, from: &str, targets: &[(&[Target], bool)]) 
         .zip(&expected)
         .map(|(t, reach)| format!("{}: {}", t.name, if *reach { "yes" } else { "no" }))
         .collect();
-    eventually(&format!("{what}: {from} reaching {}", described.join(", ")), TIMEOUT, || {
+    eventually(&format!("{what}: {} reaching {}", from.name(), described.join(", ")), TIMEOUT, || {
         (reaches(nodes, from, &all) == expected).then_some(())
     });
 }
@@ -109,6 +139,13 @@ pub fn network_policies(nodes: &Nodes) {
             _ => None,
         }
     });
+    let fetch = nodes.registry.push_sample("http-fetch");
+    cluster.create_pod(
+        "guest",
+        "node-a",
+        &format!("  containers:\n  - name: fetch\n    image: {fetch}\n    ports: [{{containerPort: 8080}}]\n"),
+    );
+    eventually("the guest running", TIMEOUT, || (cluster.pod("guest")["status"]["phase"] == "Running").then_some(()));
     eventually("the stranger running", TIMEOUT, || {
         (cluster.pod("stranger")["status"]["phase"] == "Running").then_some(())
     });
@@ -118,7 +155,8 @@ pub fn network_policies(nodes: &Nodes) {
     // Through a Service, traffic is judged by the pod it is sent to.
     let sticky = [Target { name: "the sticky Service".into(), url: format!("http://{sticky_ip}/cgi-bin/who") }];
     let other = [Target { name: "other/outside".into(), url: format!("http://{outside}:8080/cgi-bin/who") }];
-    for from in ["client", "stranger"] {
+    let clients = [Client::Pod("client"), Client::Pod("stranger"), Client::Guest("guest")];
+    for from in clients {
         expect(nodes, "no policy", from, &[(&shop, true), (&hello, true), (&sticky, true), (&other, true)]);
     }
 
@@ -128,7 +166,7 @@ pub fn network_policies(nodes: &Nodes) {
         nodes,
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-all}\nspec:\n  podSelector: {}\n",
     );
-    for from in ["client", "stranger"] {
+    for from in clients {
         expect(nodes, "deny-all", from, &[(&shop, false), (&hello, false), (&sticky, false), (&other, true)]);
     }
     let policies = cluster.ok(&["get", "netpol"]);
@@ -154,16 +192,22 @@ pub fn network_policies(nodes: &Nodes) {
         nodes,
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: allow-shop}\nspec:\n  podSelector: {matchLabels: {app: shop}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {role: client}}}]\n    ports: [{port: http}]\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: allow-hello}\nspec:\n  podSelector: {matchLabels: {app: hello}}\n  policyTypes: [Ingress]\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {team: front}}, podSelector: {matchLabels: {role: client}}}]\n    ports: [{protocol: TCP, port: 8000, endPort: 8090}]\n",
     );
-    expect(nodes, "clients allowed", "client", &[(&shop, true), (&hello, true), (&sticky, true), (&other, true)]);
-    expect(nodes, "clients allowed", "stranger", &[(&shop, false), (&hello, false), (&sticky, false), (&other, true)]);
+    let (client, stranger, guest) = (clients[0], clients[1], clients[2]);
+    expect(nodes, "clients allowed", client, &[(&shop, true), (&hello, true), (&sticky, true), (&other, true)]);
+    for from in [stranger, guest] {
+        expect(nodes, "clients allowed", from, &[(&shop, false), (&hello, false), (&sticky, false), (&other, true)]);
+    }
+    // A wasm pod labelled a client is one.
+    cluster.ok(&["label", "pod", "guest", "role=client"]);
+    expect(nodes, "clients allowed", guest, &[(&shop, true), (&hello, true), (&sticky, true), (&other, true)]);
 
     // An address block lets the stranger in, until its address is an exception.
     let block = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: allow-block}\nspec:\n  podSelector: {matchLabels: {app: shop}}\n  ingress:\n  - from: [{ipBlock: {cidr: 10.0.0.0/8";
     apply(nodes, &format!("{block}}}}}]\n"));
-    expect(nodes, "an address block", "stranger", &[(&shop, true), (&hello, false), (&sticky, true)]);
-    let stranger = cluster.pod("stranger")["status"]["podIP"].as_str().unwrap().to_string();
-    apply(nodes, &format!("{block}, except: [{stranger}/32]}}}}]\n"));
-    expect(nodes, "an exception in the block", "stranger", &[(&shop, false), (&hello, false), (&sticky, false)]);
+    expect(nodes, "an address block", stranger, &[(&shop, true), (&hello, false), (&sticky, true)]);
+    let stranger_ip = cluster.pod("stranger")["status"]["podIP"].as_str().unwrap().to_string();
+    apply(nodes, &format!("{block}, except: [{stranger_ip}/32]}}}}]\n"));
+    expect(nodes, "an exception in the block", stranger, &[(&shop, false), (&hello, false), (&sticky, false)]);
 
     // Egress: the client may only reach named ports `http` of pods in its own namespace (the namespace
     // selected by the name label every namespace has): the shop, but not the wasm replicas (no such port)
@@ -172,13 +216,15 @@ pub fn network_policies(nodes: &Nodes) {
         nodes,
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: client-egress}\nspec:\n  podSelector: {matchLabels: {role: client}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: default}}}]\n    ports: [{port: http}]\n",
     );
-    expect(nodes, "client egress", "client", &[(&shop, true), (&sticky, true), (&hello, false), (&other, false)]);
+    for from in [client, guest] {
+        expect(nodes, "client egress", from, &[(&shop, true), (&sticky, true), (&hello, false), (&other, false)]);
+    }
 
     // Without policies, everything is open again.
     cluster.ok(&["delete", "networkpolicy", "--all"]);
-    for from in ["client", "stranger"] {
+    for from in clients {
         expect(nodes, "policies deleted", from, &[(&shop, true), (&hello, true), (&sticky, true), (&other, true)]);
     }
     cluster.ok(&["delete", "namespace", "other", "--wait=false"]);
-    cluster.ok(&["delete", "pod", "stranger", "--wait=false"]);
+    cluster.ok(&["delete", "pod", "stranger", "guest", "--wait=false"]);
 }

@@ -1,7 +1,7 @@
 //! A test network of nodes on one machine: a bridge on the host (`10.231.S.1/24`) and one network namespace
 //! per node, joined to it by a veth pair (`10.231.S.N`), so routes between nodes are real routes. Nodes get
-//! no default route: what they do not route themselves (a pod range before its route is made, anything
-//! outside) fails at once instead of leaving through the host. The host relays the loopback registry onto
+//! no default route, only one for the Service range: what they do not route themselves (a pod range before
+//! its route is made, anything outside) fails at once instead of leaving through the host. The host relays the loopback registry onto
 //! the test network, where agents reach it through a registries file mirroring `127.0.0.1:PORT` there.
 //! Everything made is removed when the guard drops.
 
@@ -34,6 +34,30 @@ pub fn in_netns(netns: &str, program: &str, args: &[&str]) -> std::process::Outp
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {program} in {netns}: {e}"))
+}
+
+/// Sends `request` over TCP to `to` from node namespace `netns` and reads the answer until the server closes
+/// (an HTTP/1.0 exchange); what came before an error or the timeout.
+pub fn exchange_in_netns(netns: &str, to: std::net::SocketAddr, request: &str, timeout: std::time::Duration) -> String {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    let namespace = std::fs::File::open(format!("/run/netns/{netns}")).unwrap();
+    let request = request.to_string();
+    // A thread of its own joins the namespace, and ends with it.
+    std::thread::spawn(move || {
+        // SAFETY: setns only reads the descriptor, which `namespace` keeps open for the call.
+        assert_eq!(unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
+        let mut answer = Vec::new();
+        if let Ok(mut stream) = std::net::TcpStream::connect_timeout(&to, timeout) {
+            stream.set_read_timeout(Some(timeout)).unwrap();
+            if stream.write_all(request.as_bytes()).is_ok() {
+                let _ = stream.read_to_end(&mut answer);
+            }
+        }
+        String::from_utf8_lossy(&answer).into_owned()
+    })
+    .join()
+    .unwrap()
 }
 
 impl TestNet {
@@ -76,7 +100,21 @@ impl TestNet {
         inside(&["link", "set", &node_end, "name", "eth0"]);
         inside(&["address", "add", &format!("{ip}/24"), "dev", "eth0"]);
         inside(&["link", "set", "eth0", "up"]);
+        // What a machine's default route gives: a route for the Service range. A socket of the node's own
+        // (a wasm guest's, a host-network pod's) needs one to connect to a cluster IP at all, before the
+        // service proxy's DNAT redirects it, as with kube-proxy.
+        inside(&["route", "add", "10.43.0.0/16", "via", &self.gateway().to_string()]);
         (netns, ip)
+    }
+
+    /// Puts `ip` on the host, standing for a machine outside the cluster, and routes the nodes to it through
+    /// the host (made after the nodes).
+    pub fn add_outside_address(&mut self, ip: Ipv4Addr) {
+        run("ip", &["address", "add", &format!("{ip}/32"), "dev", &self.bridge]);
+        for netns in &self.namespaces {
+            let out = in_netns(netns, "ip", &["route", "add", &format!("{ip}/32"), "via", &self.gateway().to_string()]);
+            assert!(out.status.success(), "route to {ip} in {netns}: {}", String::from_utf8_lossy(&out.stderr));
+        }
     }
 
     /// Makes the host's `127.0.0.1:port` (a registry) reachable on the test network, at the bridge address
@@ -108,6 +146,57 @@ impl Drop for TestNet {
             let _ = Command::new("ip").args(["netns", "delete", netns]).status();
         }
         let _ = Command::new("ip").args(["link", "delete", &self.bridge]).status();
+    }
+}
+
+/// An HTTP server standing for a site outside the cluster: every request on port 80 of `ip` gets 200 and
+/// `body`, and the connection is closed.
+pub struct OutsideServer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    address: std::net::SocketAddr,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl OutsideServer {
+    pub fn start(ip: Ipv4Addr, body: &'static str) -> Self {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind((ip, 80)).expect("port 80 on the outside address");
+        let address = listener.local_addr().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let Ok(mut stream) = stream else { continue };
+                    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+                    // The request's head, up to its blank line; nothing is sent with a body here.
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") && matches!(stream.read(&mut byte), Ok(1)) {
+                        head.push(byte[0]);
+                    }
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(response.as_bytes());
+                }
+            })
+        };
+        OutsideServer { stop, address, thread: Some(thread) }
+    }
+}
+
+impl Drop for OutsideServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = std::net::TcpStream::connect(self.address);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 

@@ -11,7 +11,7 @@ const MAX_NAMESERVERS: usize = 3;
 
 /// The nameservers a resolv.conf names.
 pub fn nameservers(text: &str) -> Vec<IpAddr> {
-    directive(text, "nameserver").filter_map(|value| value.parse().ok()).collect()
+    skiff_shim::Resolver::from_resolv_conf(text).nameservers
 }
 
 /// The values of every `keyword` line (`search a b` gives a and b).

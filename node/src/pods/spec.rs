@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
 use kube::Api;
-use skiff_shim::{ContainerSpec, Image, Limits, OutputSink, Security};
+use skiff_shim::{AllowedHost, ClusterAddresses, ContainerSpec, Egress, Image, Limits, OutputSink, Resolver, Security};
 
 use super::downward;
 use super::subpath::SubPath;
@@ -35,6 +35,7 @@ pub async fn container_spec(
     id: String,
     node_ip: IpAddr,
     address: &PodAddress,
+    resolver: &Resolver,
     output: Arc<dyn OutputSink>,
 ) -> Result<(ContainerSpec, Vec<SubPath>), ConfigError> {
     let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
@@ -67,11 +68,35 @@ pub async fn container_spec(
         // without one, on its own address (the node's with host networking).
         host_ip: if address.netns.is_some() { Ipv4Addr::UNSPECIFIED.into() } else { address.ip },
         netns: address.netns.clone(),
+        egress: Egress {
+            resolver: resolver.clone(),
+            allowed_hosts: allowed_outbound_hosts(pod)?,
+            cluster: Arc::new(ClusterView(services.clone())),
+        },
         security: security(pod, container)?,
         image,
         output,
     };
     Ok((spec, subpaths))
+}
+
+/// The pod annotation listing the hosts outside the cluster its wasm guests' outgoing HTTP may reach.
+const ALLOWED_OUTBOUND_HOSTS: &str = "skiff.dev/allowed-outbound-hosts";
+
+fn allowed_outbound_hosts(pod: &Pod) -> Result<Vec<AllowedHost>, ConfigError> {
+    let Some(list) = pod.metadata.annotations.as_ref().and_then(|a| a.get(ALLOWED_OUTBOUND_HOSTS)) else {
+        return Ok(Vec::new());
+    };
+    AllowedHost::parse_list(list).map_err(|e| ConfigError(format!("annotation {ALLOWED_OUTBOUND_HOSTS}: {e}")))
+}
+
+/// The cluster's addresses as the service proxy's caches know them, for the shims' outgoing connections.
+struct ClusterView(SharedCaches);
+
+impl ClusterAddresses for ClusterView {
+    fn contains(&self, ip: IpAddr) -> bool {
+        self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner()).is_cluster_address(ip)
+    }
 }
 
 /// The pod annotation naming how many requests its wasi:http containers handle at once.
@@ -416,6 +441,23 @@ mod tests {
             let error = concurrent_requests(&pod(bad)).unwrap_err().0;
             assert!(error.contains("is not a positive integer"), "{error}");
         }
+    }
+
+    #[test]
+    fn allowed_outbound_hosts_come_from_the_pods_annotation() {
+        let pod = |value: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({"metadata": {"annotations": {ALLOWED_OUTBOUND_HOSTS: value}}}))
+                .unwrap()
+        };
+        assert!(allowed_outbound_hosts(&Pod::default()).unwrap().is_empty(), "nothing outside by default");
+        let allowed = allowed_outbound_hosts(&pod("https://api.example.com, http://*.test:8080")).unwrap();
+        assert_eq!(allowed.len(), 2);
+        assert!(allowed[1].allows("http", "www.test", 8080));
+        let error = allowed_outbound_hosts(&pod("api.example.com")).unwrap_err().0;
+        assert_eq!(
+            error,
+            "annotation skiff.dev/allowed-outbound-hosts: \"api.example.com\" has no scheme (write http://, https:// or *://)"
+        );
     }
 
     #[test]

@@ -109,6 +109,8 @@ struct Shared {
 struct Sandbox {
     address: PodAddress,
     files: Vec<skiff_shim::Mount>,
+    /// What the pod's resolv.conf says, for the shims that resolve names for their guests.
+    resolver: skiff_shim::Resolver,
 }
 
 impl Shared {
@@ -458,18 +460,18 @@ async fn network_need(shared: &Shared, pod: &Pod, pulled: &[Pulled]) -> Need {
 async fn create_sandbox(shared: &Shared, pod: &Pod, pod_dir: &std::path::Path, need: Need) -> Result<Sandbox, String> {
     let failed = |e: &dyn std::fmt::Display| format!("Failed to create pod sandbox: {e}");
     let address = shared.ctx.network.attach(pod, need).await.map_err(|e| failed(&e))?;
+    let dns = shared.ctx.dns.as_ref();
+    let node_resolv_path = dns.map_or(std::path::Path::new("/etc/resolv.conf"), |d| d.resolv_conf.as_path());
+    let node_resolv = std::fs::read_to_string(node_resolv_path).unwrap_or_default();
+    let resolv = crate::dns::pod_resolv_conf(pod, dns, &node_resolv);
     let files = match need {
         Need::Address => Vec::new(),
         Need::Namespace => {
             let hostname = pod.metadata.name.as_deref().unwrap_or_default();
-            let dns = shared.ctx.dns.as_ref();
-            let node_resolv_path = dns.map_or(std::path::Path::new("/etc/resolv.conf"), |d| d.resolv_conf.as_path());
-            let node_resolv = std::fs::read_to_string(node_resolv_path).unwrap_or_default();
-            let resolv = crate::dns::pod_resolv_conf(pod, dns, &node_resolv);
             crate::network::write_pod_files(pod_dir, hostname, address.ip, &resolv).map_err(|e| failed(&e))?
         }
     };
-    Ok(Sandbox { address, files })
+    Ok(Sandbox { address, files, resolver: skiff_shim::Resolver::from_resolv_conf(&resolv) })
 }
 
 /// Back-off of one container: the kubelet's 10 s doubling to 5 min, reset after 10 min of good running.
@@ -871,6 +873,7 @@ async fn start(
         id.clone(),
         ctx.node_ip,
         &sandbox.address,
+        &sandbox.resolver,
         log.clone(),
     )
     .await

@@ -16,7 +16,7 @@ mod nft;
 mod routes;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
@@ -164,6 +164,18 @@ impl Caches {
         self.nodes.values().any(|(range, _)| {
             let mask = u32::MAX.checked_shl(32 - u32::from(range.prefix)).unwrap_or(0);
             u32::from(ip) & mask == u32::from(range.network) & mask
+        })
+    }
+
+    /// Whether `ip` is the cluster's: in a node's pod range, a node's address, or a Service's.
+    pub fn is_cluster_address(&self, ip: IpAddr) -> bool {
+        if let IpAddr::V4(v4) = ip
+            && (self.in_pod_ranges(v4) || self.nodes.values().any(|(_, node)| *node == v4))
+        {
+            return true;
+        }
+        self.services.values().any(|service| {
+            service.cluster_ips.contains(&ip) || matches!(ip, IpAddr::V4(v4) if service.external_ips.contains(&v4))
         })
     }
 

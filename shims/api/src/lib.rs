@@ -9,9 +9,14 @@
 //! image (wasm first, then OCI), unless the pod's RuntimeClass forces one.
 #![forbid(unsafe_code)]
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+
+mod egress;
+
+pub use egress::{AllowedHost, ClusterAddresses, Egress, Resolver};
 
 /// An image in the node's content store, as the shims need to see it.
 #[derive(Clone, Debug, Default)]
@@ -136,10 +141,13 @@ pub struct ContainerSpec {
     pub ports: Vec<u16>,
     /// The address ports are bound on: the node's, or with pod networking the unspecified address inside
     /// the pod's network namespace.
-    pub host_ip: std::net::IpAddr,
+    pub host_ip: IpAddr,
     /// The network namespace to run in (a bind-mounted namespace file), shared by all containers of a pod;
     /// None shares the node's network.
     pub netns: Option<PathBuf>,
+    /// Where connections the shim makes for the container may go, and how names resolve (a wasm guest's
+    /// outgoing HTTP). Containers with a network stack of their own have the kernel and resolv.conf instead.
+    pub egress: Egress,
     pub security: Security,
     pub output: Arc<dyn OutputSink>,
 }

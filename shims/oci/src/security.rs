@@ -416,6 +416,7 @@ mod tests {
             ports: vec![],
             host_ip: std::net::Ipv4Addr::LOCALHOST.into(),
             netns: None,
+            egress: Default::default(),
             security: Security { run_as_non_root: true, ..Security::default() },
             output: std::sync::Arc::new(Discard),
         };
@@ -454,6 +455,7 @@ mod tests {
                 ports: vec![],
                 host_ip: std::net::Ipv4Addr::LOCALHOST.into(),
                 netns: None,
+                egress: Default::default(),
                 security,
                 output: std::sync::Arc::new(Discard),
             };

@@ -4,6 +4,7 @@ mod cache;
 mod engine;
 mod http;
 mod netns;
+mod outbound;
 mod run;
 mod state;
 

@@ -10,6 +10,7 @@ use wasmtime::{InstancePre, Store, Trap};
 use wasmtime_wasi::I32Exit;
 use wasmtime_wasi::p2::bindings::CommandPre;
 
+use crate::outbound::{Origin, Outbound};
 use crate::state::{CpuQuota, Ctl, GuestSpec, HasCtl, MemoryCap, Metered, P1State, P2State, new_store};
 use crate::{Guest, Inner, http};
 
@@ -112,6 +113,11 @@ pub(crate) async fn start(inner: Arc<Inner>, guest: &Guest, spec: ContainerSpec)
         output: spec.output.clone(),
         memory_limit: MemoryCap::new(spec.limits.memory_bytes, inner.default_memory_limit),
         cpu: spec.limits.cpu_millis.map(CpuQuota::new),
+        outbound: Arc::new(Outbound {
+            egress: spec.egress.clone(),
+            origin: Origin { netns: spec.netns.clone(), source: spec.host_ip },
+            output: spec.output.clone(),
+        }),
     });
     let (exit_tx, exit_rx) = watch::channel(None);
     let (stop_tx, stop_rx) = watch::channel(None);
@@ -252,6 +258,11 @@ mod tests {
             output: Arc::new(Discard),
             memory_limit: MemoryCap::new(Some(65536), 1 << 20),
             cpu: None,
+            outbound: Arc::new(Outbound {
+                egress: Default::default(),
+                origin: Origin { netns: None, source: std::net::Ipv4Addr::UNSPECIFIED.into() },
+                output: Arc::new(Discard),
+            }),
         };
         let mut ctl = spec.ctl();
         ctl.memory.exceeded = exceeded;

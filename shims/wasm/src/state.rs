@@ -16,7 +16,9 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::outbound::{Outbound, OutboundHooks};
 
 /// The CPU accounting period, the CFS default (`cpu.cfs_period_us` = 100000): a container with `cpu: 100m`
 /// may run 10 ms of each 100 ms.
@@ -32,6 +34,8 @@ pub(crate) struct GuestSpec {
     pub memory_limit: MemoryCap,
     /// Shared by all stores of the container (the instances of a wasi:http server), like a cgroup's quota.
     pub cpu: Option<Arc<CpuQuota>>,
+    /// Where the container's outgoing HTTP may go.
+    pub outbound: Arc<Outbound>,
 }
 
 impl GuestSpec {
@@ -335,7 +339,7 @@ pub(crate) struct P2State {
     pub wasi: WasiCtx,
     pub table: ResourceTable,
     pub http: WasiHttpCtx,
-    pub hooks: DenyOutgoing,
+    pub hooks: OutboundHooks,
     pub ctl: Ctl,
 }
 
@@ -345,7 +349,7 @@ impl P2State {
             wasi: spec.wasi()?.build(),
             table: ResourceTable::new(),
             http: WasiHttpCtx::new(),
-            hooks: DenyOutgoing,
+            hooks: OutboundHooks(spec.outbound.clone()),
             ctl: spec.ctl(),
         })
     }
@@ -366,24 +370,6 @@ impl WasiView for P2State {
 impl WasiHttpView for P2State {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
         WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
-    }
-}
-
-/// Outgoing HTTP from guests is denied (wasi:http/outgoing-handler answers `HTTP-request-denied`), like
-/// every other network access: egress for wasm pods is a later, explicit decision.
-pub(crate) struct DenyOutgoing;
-
-type WasiBody = wasmtime_wasi_http::WasiBody;
-type BodyIo = Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>;
-
-impl WasiHttpHooks for DenyOutgoing {
-    fn send_request(
-        &mut self,
-        _request: http::Request<WasiBody>,
-        _options: Option<wasmtime_wasi_http::RequestOptions>,
-        _fut: BodyIo,
-    ) -> Box<dyn Future<Output = wasmtime_wasi_http::Result<(http::Response<WasiBody>, BodyIo)>> + Send> {
-        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
     }
 }
 

@@ -203,6 +203,7 @@ fn spec(image: Image, output: Arc<Capture>) -> ContainerSpec {
         ports: vec![],
         host_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         netns: None,
+        egress: Default::default(),
         security: Default::default(),
         output,
     }
@@ -555,5 +556,67 @@ async fn an_http_component_needs_a_port() {
     assert!(
         matches!(&err, ShimError::Setup { message, .. } if message.starts_with("cannot listen on 127.0.0.1:")),
         "{err}"
+    );
+}
+
+/// The http-fetch sample (`GET /?url=URL` answers with what URL answered), built by scripts/build-samples.
+fn http_fetch_sample() -> Vec<u8> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let output = std::process::Command::new(root.join("scripts/build-samples")).current_dir(&root).output().unwrap();
+    assert!(output.status.success(), "scripts/build-samples: {}", String::from_utf8_lossy(&output.stderr));
+    std::fs::read(root.join("samples/out/http-fetch.wasm")).unwrap()
+}
+
+/// Asks the guest listening on `port` to fetch `url`; the whole answer.
+async fn fetch_through(port: u16, url: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let request = format!("GET /?url={url} HTTP/1.1\r\nHost: guest\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_string(&mut response)).await.unwrap().unwrap();
+    response
+}
+
+#[tokio::test]
+async fn a_guests_outgoing_requests_reach_its_pods_localhost_but_never_the_nodes() {
+    let f = Fixture::new();
+    let image = f.image(&http_fetch_sample());
+    // A server on the loopback: inside the pod's own namespace it is the pod's, outside it the node's.
+    let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://127.0.0.1:{}/x", target.local_addr().unwrap().port());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = target.accept().await {
+            let mut request = vec![0u8; 4096];
+            let _ = stream.read(&mut request).await;
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nhi\n").await;
+        }
+    });
+    // The test's own namespace stands for the pod's (joining one needs CAP_SYS_ADMIN: the tests run as root).
+    let mut s = spec(image.clone(), Arc::default());
+    s.ports = vec![free_port()];
+    s.netns = Some("/proc/thread-self/ns/net".into());
+    s.host_ip = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    let port = s.ports[0];
+    let mut c = f.shim.start(s).await.unwrap();
+    let answer = fetch_through(port, &url).await;
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("\r\n\r\nhi\n"), "{answer}");
+    c.stop(Duration::ZERO);
+    wait(&mut c).await;
+    let out = Arc::new(Capture::default());
+    let mut s = spec(image, out.clone());
+    s.ports = vec![free_port()];
+    // Allowing the address by name does not make the node's loopback the pod's.
+    s.egress.allowed_hosts = skiff_shim::AllowedHost::parse_list("http://127.0.0.1:*").unwrap();
+    let port = s.ports[0];
+    let _c = f.shim.start(s).await.unwrap();
+    let answer = fetch_through(port, &url).await;
+    assert!(answer.starts_with("HTTP/1.1 502") && answer.contains("HttpRequestDenied"), "{answer}");
+    assert!(
+        out.stderr().contains(&format!(
+            "skiff: outgoing request to {} denied: 127.0.0.1 the node's loopback, not the pod's",
+            url.trim_end_matches("/x")
+        )),
+        "{}",
+        out.stderr()
     );
 }
