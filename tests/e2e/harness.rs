@@ -38,9 +38,9 @@ fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) ->
     bail!("{what} not ready after {timeout:?}")
 }
 
-/// Writes a CA (`ca.crt`), etcd's certificate for 127.0.0.1 and localhost (`server.crt`, `server.key`) and a
-/// client certificate (`client.crt`, `client.key`) into `dir`.
-fn write_etcd_pki(dir: &Path) -> anyhow::Result<()> {
+/// Writes a CA (`ca.crt`), a server's certificate for 127.0.0.1 and localhost (`server.crt`, `server.key`) and
+/// a client certificate (`client.crt`, `client.key`) into `dir`.
+fn write_test_pki(dir: &Path) -> anyhow::Result<()> {
     use rcgen::{
         BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
         KeyUsagePurpose,
@@ -97,7 +97,7 @@ impl Etcd {
         let scheme = if tls { "https" } else { "http" };
         let mut command = Command::new("etcd");
         if tls {
-            write_etcd_pki(dir.path())?;
+            write_test_pki(dir.path())?;
             command.args(["--client-cert-auth", "--trusted-ca-file"]).arg(dir.path().join("ca.crt"));
             command.arg("--cert-file").arg(dir.path().join("server.crt"));
             command.arg("--key-file").arg(dir.path().join("server.key"));
@@ -450,16 +450,43 @@ impl Http {
 pub struct Registry {
     child: Child,
     pub address: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Registry {
     pub fn start() -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
+        let storage = dir.path().join("data");
+        Self::spawn(dir, &storage, "")
+    }
+
+    /// The same images served again, only over TLS and only to clients with a certificate from its CA:
+    /// [`Registry::file`] names the CA (`ca.crt`) and a client's `client.crt` and `client.key`.
+    pub fn with_client_certificates(&self) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        write_test_pki(dir.path())?;
+        let file = |name: &str| dir.path().join(name).display().to_string();
+        let tls = format!(
+            ", tls: {{certificate: {}, key: {}, clientcas: [{}]}}",
+            file("server.crt"),
+            file("server.key"),
+            file("ca.crt")
+        );
+        Self::spawn(dir, &self.dir.path().join("data"), &tls)
+    }
+
+    /// A file in this registry's directory, such as its TLS files.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Starts docker-registry with its config in `dir`, its images in `storage`, and `http` added to its
+    /// `http` section.
+    fn spawn(dir: tempfile::TempDir, storage: &Path, http: &str) -> anyhow::Result<Self> {
         let address = format!("127.0.0.1:{}", free_port());
         let config = format!(
-            "version: 0.1\nlog: {{accesslog: {{disabled: true}}, level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp: {{addr: {address}}}\n",
-            dir.path().join("data").display()
+            "version: 0.1\nlog: {{accesslog: {{disabled: true}}, level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp: {{addr: {address}{http}}}\n",
+            storage.display()
         );
         std::fs::write(dir.path().join("config.yml"), config)?;
         let child = Command::new("docker-registry")
@@ -469,7 +496,7 @@ impl Registry {
             .stderr(Stdio::null())
             .spawn()
             .context("cannot start docker-registry (Debian package docker-registry; scripts/setup installs it)")?;
-        let registry = Registry { child, address, _dir: dir };
+        let registry = Registry { child, address, dir };
         wait_until("registry", Duration::from_secs(20), || std::net::TcpStream::connect(&registry.address).is_ok())?;
         Ok(registry)
     }

@@ -373,15 +373,27 @@ pub fn an_agent_without_root_runs_wasm_pods() {
 
 pub fn registries_file_sends_pulls_to_mirrors() {
     let registry = Registry::start().unwrap();
+    // The same images over mutual TLS, at 127.0.0.1 (the node has its client certificate) and localhost
+    // (it has not).
+    let secure = registry.with_client_certificates().unwrap();
+    let secure_port = secure.address.rsplit(':').next().unwrap();
     let cluster = Cluster::start(Backend::Embedded).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let registries = dir.path().join("registries.yaml");
-    // A made-up registry, reachable only through its mirror, over plain HTTP because the file says so.
+    // A made-up registry, reachable only through its mirror, over plain HTTP because the file says so;
+    // two more behind the TLS registry.
+    let file = |name: &str| secure.file(name).display().to_string();
     std::fs::write(
         &registries,
         format!(
-            "mirrors:\n  registry.example:5000:\n    endpoint: [\"http://{}\"]\n    rewrite: {{\"^mirrored/(.*)\": \"samples/$1\"}}\n",
-            registry.address
+            "mirrors:\n  registry.example:5000:\n    endpoint: [\"http://{}\"]\n    rewrite: {{\"^mirrored/(.*)\": \"samples/$1\"}}\n  secure.example:\n    endpoint: [\"https://{}\"]\n  anonymous.example:\n    endpoint: [\"https://localhost:{secure_port}\"]\nconfigs:\n  \"{}\":\n    tls: {{ca_file: {}, cert_file: {}, key_file: {}}}\n  \"localhost:{secure_port}\":\n    tls: {{ca_file: {}}}\n",
+            registry.address,
+            secure.address,
+            secure.address,
+            file("ca.crt"),
+            file("client.crt"),
+            file("client.key"),
+            file("ca.crt"),
         ),
     )
     .unwrap();
@@ -394,6 +406,19 @@ pub fn registries_file_sends_pulls_to_mirrors() {
     eventually("ticks from the mirrored image", Duration::from_secs(30), || {
         (!node.cluster.ok(&["logs", "mirrored"]).is_empty()).then_some(())
     });
+
+    // A registry that asks for a client certificate gets the node's.
+    node.ticker("secure", "secure.example/samples/ticker:latest");
+    node.wait_phase("secure", "Running");
+    node.ticker("anonymous", "anonymous.example/samples/ticker:latest");
+    let waiting = eventually("ErrImagePull without a client certificate", Duration::from_secs(90), || {
+        let waiting = node.get("anonymous")["status"]["containerStatuses"][0]["state"]["waiting"].clone();
+        (waiting["reason"] == "ErrImagePull").then_some(waiting)
+    });
+    assert!(
+        waiting["message"].as_str().is_some_and(|m| m.contains(&format!("localhost:{secure_port}"))),
+        "the message names the endpoint tried: {waiting}"
+    );
 
     node.ticker("unmirrored", "unmirrored.example:5000/samples/ticker:latest");
     let waiting = eventually("ErrImagePull without a mirror", Duration::from_secs(90), || {

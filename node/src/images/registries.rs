@@ -81,6 +81,8 @@ pub(crate) struct Tls {
     /// Trusted in addition to the system's roots.
     pub(crate) ca_certificates: Vec<Certificate>,
     pub(crate) insecure_skip_verify: bool,
+    /// `cert_file` then `key_file`, PEM: the certificate presented to a registry that asks for one.
+    pub(crate) client_identity_pem: Option<Vec<u8>>,
 }
 
 /// One place to try a pull: the reference as that host names the image, and how to talk to it.
@@ -299,27 +301,43 @@ fn parse_auth(auth: AuthFile) -> Result<OciAuth, String> {
 }
 
 fn load_tls(tls: TlsFile) -> Result<Tls, String> {
-    // oci-client 0.18's ClientConfig has no client identity, so a client certificate could not be
-    // presented: refuse it rather than pull without it.
-    if tls.cert_file.is_some() || tls.key_file.is_some() {
-        return Err("client certificates (cert_file, key_file) are not supported".to_owned());
-    }
     let ca_certificates = match tls.ca_file {
-        Some(path) => read_certificates(&path)?,
+        Some(path) => read_certificates(&path, "ca_file")?,
         None => Vec::new(),
     };
-    Ok(Tls { ca_certificates, insecure_skip_verify: tls.insecure_skip_verify })
+    let client_identity_pem = match (tls.cert_file, tls.key_file) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some(read_identity(&cert, &key)?),
+        _ => return Err("a client certificate needs both cert_file and key_file".to_owned()),
+    };
+    Ok(Tls { ca_certificates, insecure_skip_verify: tls.insecure_skip_verify, client_identity_pem })
 }
 
-/// The PEM certificates in `path`, one [`Certificate`] each, refusing a file with none.
-fn read_certificates(path: &Path) -> Result<Vec<Certificate>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+/// The certificate chain of `cert` and the private key of `key`, checked and joined into one PEM buffer.
+fn read_identity(cert: &Path, key: &Path) -> Result<Vec<u8>, String> {
+    read_certificates(cert, "cert_file")?;
+    let mut identity = std::fs::read(cert).map_err(|e| format!("cert_file {}: {e}", cert.display()))?;
+    let key_pem = std::fs::read(key).map_err(|e| format!("key_file {}: {e}", key.display()))?;
+    match rustls_pemfile::private_key(&mut key_pem.as_slice()) {
+        Ok(Some(_)) => {}
+        Ok(None) => return Err(format!("key_file {}: no PEM private key in it", key.display())),
+        Err(e) => return Err(format!("key_file {}: {e}", key.display())),
+    }
+    identity.push(b'\n');
+    identity.extend_from_slice(&key_pem);
+    Ok(identity)
+}
+
+/// The PEM certificates in `path` (the file's `field` in the registries file), one [`Certificate`] each,
+/// refusing a file with none.
+fn read_certificates(path: &Path, field: &str) -> Result<Vec<Certificate>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("{field} {}: {e}", path.display()))?;
     let certificates = rustls_pemfile::certs(&mut pem.as_slice())
         .map(|der| der.map(|der| Certificate { encoding: CertificateEncoding::Der, data: der.to_vec() }))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+        .map_err(|e| format!("{field} {}: {e}", path.display()))?;
     if certificates.is_empty() {
-        return Err(format!("ca_file {}: no PEM certificate in it", path.display()));
+        return Err(format!("{field} {}: no PEM certificate in it", path.display()));
     }
     Ok(certificates)
 }
@@ -393,22 +411,34 @@ configs:
     }
 
     #[test]
-    fn ca_files_are_read_and_client_certificates_refused() {
+    fn ca_files_and_client_certificates_are_read() {
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca.crt");
+        let key = dir.path().join("client.key");
         let certificate = rcgen::generate_simple_self_signed(vec!["mirror.example".to_owned()]).unwrap();
         std::fs::write(&ca, certificate.cert.pem()).unwrap();
+        std::fs::write(&key, certificate.signing_key.serialize_pem()).unwrap();
         let registries = parse(&format!(
-            "configs:\n  mirror.example:\n    tls: {{ca_file: {}, insecure_skip_verify: true}}\n",
-            ca.display()
+            "configs:\n  mirror.example:\n    tls: {{ca_file: {}, cert_file: {}, key_file: {}, insecure_skip_verify: true}}\n",
+            ca.display(),
+            ca.display(),
+            key.display()
         ))
         .unwrap();
         let endpoint = &registries.endpoints(&reference("mirror.example/a:1"))[0];
         assert_eq!(endpoint.tls.ca_certificates.len(), 1);
         assert!(endpoint.tls.insecure_skip_verify);
+        let identity = String::from_utf8(endpoint.tls.client_identity_pem.clone().unwrap()).unwrap();
+        assert!(identity.contains("BEGIN CERTIFICATE") && identity.contains("PRIVATE KEY"), "{identity}");
 
-        let client_cert = parse(&format!("configs:\n  m.example:\n    tls: {{cert_file: {}}}\n", ca.display()));
-        assert!(client_cert.unwrap_err().to_string().contains("client certificates"));
+        for (tls, expected) in [
+            (format!("{{cert_file: {}}}", ca.display()), "needs both cert_file and key_file"),
+            (format!("{{cert_file: {}, key_file: {}}}", ca.display(), ca.display()), "no PEM private key"),
+            (format!("{{cert_file: {}, key_file: {}}}", key.display(), key.display()), "cert_file"),
+        ] {
+            let error = parse(&format!("configs:\n  m.example:\n    tls: {tls}\n")).unwrap_err().to_string();
+            assert!(error.contains(expected), "{tls}: {error}");
+        }
     }
 
     #[test]

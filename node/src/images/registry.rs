@@ -27,6 +27,7 @@ pub(crate) async fn client_for(
         protocol: if endpoint.plain_http { ClientProtocol::Http } else { ClientProtocol::Https },
         extra_root_certificates: endpoint.tls.ca_certificates.clone(),
         accept_invalid_certificates: endpoint.tls.insecure_skip_verify,
+        client_identity_pem: endpoint.tls.client_identity_pem.clone(),
         // We choose among index entries ourselves (wasm platforms first), so oci-client never does.
         platform_resolver: None,
         connect_timeout: Some(std::time::Duration::from_secs(30)),
