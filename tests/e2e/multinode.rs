@@ -192,7 +192,7 @@ fn wasm_guests_send_requests(nodes: &Nodes, cluster_ip: &str, server: Ipv4Addr) 
     assert!(status(&answer).contains("502") && answer.contains("HttpRequestDenied"), "not allowed: {answer}");
     let log = cluster.ok(&["logs", "fetch"]);
     assert!(
-        log.contains("outgoing request to http://www.outside.test:80 denied: 192.0.2.44 outside the cluster"),
+        log.contains("outgoing request to http://www.outside.test:80 denied: 192.0.2.44 is outside the cluster"),
         "the pod's log says why: {log}"
     );
     let answer = fetch("fetch-allowed", "http://www.outside.test/");

@@ -167,16 +167,15 @@ impl Caches {
         })
     }
 
-    /// Whether `ip` is the cluster's: in a node's pod range, a node's address, or a Service's.
+    /// Whether `ip` is the cluster's: in a node's pod range, a node's address, or a Service's cluster IP.
+    /// Not its external IPs: whoever writes a Service chooses those, whatever they are (CVE-2020-8554).
     pub fn is_cluster_address(&self, ip: IpAddr) -> bool {
         if let IpAddr::V4(v4) = ip
             && (self.in_pod_ranges(v4) || self.nodes.values().any(|(_, node)| *node == v4))
         {
             return true;
         }
-        self.services.values().any(|service| {
-            service.cluster_ips.contains(&ip) || matches!(ip, IpAddr::V4(v4) if service.external_ips.contains(&v4))
-        })
+        self.services.values().any(|service| service.cluster_ips.contains(&ip))
     }
 
     /// Whether any Service lives in `namespace`.

@@ -57,12 +57,11 @@ impl Default for Resolver {
 }
 
 impl Resolver {
-    /// Reads a resolv.conf as glibc does: the last `search` line wins, `ndots` is capped at 15, what is not
-    /// understood is skipped.
+    /// Reads a resolv.conf as glibc does: lines starting with `#` or `;` are comments, the last `search`
+    /// line wins, `ndots` is capped at 15, what is not understood is skipped.
     pub fn from_resolv_conf(text: &str) -> Self {
         let mut resolver = Resolver::default();
-        for line in text.lines() {
-            let line = line.split(['#', ';']).next().unwrap_or_default();
+        for line in text.lines().filter(|line| !line.starts_with(['#', ';'])) {
             let mut words = line.split_whitespace();
             match words.next() {
                 Some("nameserver") => {
@@ -139,54 +138,70 @@ enum HostPattern {
     Any,
     /// `*.DOMAIN`: names below DOMAIN, not DOMAIN itself.
     Below(String),
-    Exact(String),
+    Name(String),
+    Address(IpAddr),
 }
+
+/// Why an allowed-host entry cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct AllowedHostError(String);
 
 impl AllowedHost {
     /// Parses one entry; the error says what is wrong with it.
-    pub fn parse(entry: &str) -> Result<Self, String> {
+    pub fn parse(entry: &str) -> Result<Self, AllowedHostError> {
+        let invalid = |what: String| AllowedHostError(format!("{entry:?}: {what}"));
         let (scheme, rest) = entry
             .split_once("://")
-            .ok_or_else(|| format!("{entry:?} has no scheme (write http://, https:// or *://)"))?;
+            .ok_or_else(|| AllowedHostError(format!("{entry:?} has no scheme (write http://, https:// or *://)")))?;
         let scheme = match scheme {
             "*" => None,
             other => {
-                Some(Scheme::parse(other).ok_or_else(|| format!("{entry:?}: scheme {other:?} is not http or https"))?)
+                Some(Scheme::parse(other).ok_or_else(|| invalid(format!("scheme {other:?} is not http or https")))?)
             }
         };
         let authority = rest.strip_suffix('/').unwrap_or(rest);
         if authority.contains(['/', '?', '#', '@']) {
-            return Err(format!("{entry:?}: only a scheme, a host and a port are allowed, not a path"));
+            return Err(invalid("only a scheme, a host and a port are allowed, not a path".into()));
         }
-        let (host, port) = split_port(authority).ok_or_else(|| format!("{entry:?}: invalid port"))?;
+        let (host, port) = split_port(authority).ok_or_else(|| invalid("invalid port".into()))?;
         let (port, default_ports) = match port {
             Some("*") => (None, false),
             Some(number) => {
                 let port = number.parse::<u16>().ok().filter(|p| *p > 0);
-                (Some(port.ok_or_else(|| format!("{entry:?}: invalid port {number:?}"))?), false)
+                (Some(port.ok_or_else(|| invalid(format!("invalid port {number:?}")))?), false)
             }
             None => (scheme.map(Scheme::default_port), true),
         };
-        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let host = host.to_ascii_lowercase();
+        let bad_host = || invalid(format!("invalid host {host:?} (a name, an address, *.DOMAIN or *)"));
         let host = if host == "*" {
             HostPattern::Any
+        } else if let Some(ip) = parse_address(&host) {
+            HostPattern::Address(ip)
         } else if let Some(domain) = host.strip_prefix("*.") {
+            let domain = domain.trim_end_matches('.');
+            if domain.is_empty() || domain.contains(['*', '[', ']', ':']) {
+                return Err(bad_host());
+            }
             HostPattern::Below(domain.to_string())
-        } else if host.is_empty() || host.contains('*') {
-            return Err(format!("{entry:?}: invalid host {host:?} (a name, an address, *.DOMAIN or *)"));
         } else {
-            HostPattern::Exact(host)
+            let name = host.trim_end_matches('.');
+            if name.is_empty() || name.contains(['*', '[', ']', ':']) {
+                return Err(bad_host());
+            }
+            HostPattern::Name(name.to_string())
         };
         Ok(AllowedHost { scheme, host, port, default_ports })
     }
 
     /// Parses a list of entries separated by commas or white space, as an annotation holds them.
-    pub fn parse_list(list: &str) -> Result<Vec<Self>, String> {
+    pub fn parse_list(list: &str) -> Result<Vec<Self>, AllowedHostError> {
         list.split([',', ' ', '\n', '\t']).filter(|entry| !entry.is_empty()).map(Self::parse).collect()
     }
 
-    /// Whether a request with `scheme` (`http` or `https`) to `host` (a name or an address, IPv6 without
-    /// brackets) on `port` is allowed by this entry.
+    /// Whether a request with `scheme` (`http` or `https`) to `host` (a name or an address, IPv6 in brackets
+    /// or not) on `port` is allowed by this entry.
     pub fn allows(&self, scheme: &str, host: &str, port: u16) -> bool {
         let Some(scheme) = Scheme::parse(scheme) else { return false };
         if self.scheme.is_some_and(|allowed| allowed != scheme) {
@@ -198,14 +213,20 @@ impl AllowedHost {
             (None, _) => true,
         };
         let host = host.trim_end_matches('.').to_ascii_lowercase();
-        let host = host.trim_start_matches('[').trim_end_matches(']');
         let host_allowed = match &self.host {
             HostPattern::Any => true,
             HostPattern::Below(domain) => host.strip_suffix(domain.as_str()).is_some_and(|name| name.ends_with('.')),
-            HostPattern::Exact(exact) => exact.trim_start_matches('[').trim_end_matches(']') == host,
+            HostPattern::Name(name) => *name == host,
+            HostPattern::Address(ip) => parse_address(&host) == Some(*ip),
         };
         port_allowed && host_allowed
     }
+}
+
+/// An address, IPv6 with or without brackets.
+fn parse_address(host: &str) -> Option<IpAddr> {
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    bare.parse().ok()
 }
 
 /// `host` and its port, if any: `[v6]:port`, `name:port`, or a bare host (an unbracketed IPv6 address has
@@ -228,7 +249,7 @@ mod tests {
 
     #[test]
     fn resolv_conf_gives_servers_search_and_ndots() {
-        let text = "nameserver 10.43.0.10\nnameserver bogus\nsearch a.svc b ; comment\noptions ndots:5 edns0\n";
+        let text = "nameserver 10.43.0.10\nnameserver bogus\n# search x\nsearch a.svc b\noptions ndots:5 edns0\n";
         let resolver = Resolver::from_resolv_conf(text);
         assert_eq!(resolver.nameservers, ["10.43.0.10".parse::<IpAddr>().unwrap()]);
         assert_eq!(resolver.search, ["a.svc", "b"]);
@@ -266,7 +287,7 @@ mod tests {
         assert!(!any_scheme.allows("http", "any.org", 443), "each scheme on its own port");
         assert!(anything.allows("https", "10.0.0.1", 9999));
         let v6 = AllowedHost::parse("http://[2001:db8::1]:8080").unwrap();
-        assert!(v6.allows("http", "2001:db8::1", 8080));
+        assert!(v6.allows("http", "2001:db8::1", 8080) && v6.allows("http", "[2001:DB8:0::1]", 8080));
     }
 
     #[test]
@@ -278,8 +299,10 @@ mod tests {
             ("http://example.com:http", "invalid port \"http\""),
             ("http://example.com:", "invalid port"),
             ("http://ex*ample.com", "invalid host"),
+            ("http://*.", "invalid host"),
+            ("http://*.*.example.com", "invalid host"),
         ] {
-            let message = AllowedHost::parse(entry).unwrap_err();
+            let message = AllowedHost::parse(entry).unwrap_err().to_string();
             assert!(message.contains(error), "{entry}: {message}");
         }
     }

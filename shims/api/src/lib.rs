@@ -16,7 +16,7 @@ use std::time::Duration;
 
 mod egress;
 
-pub use egress::{AllowedHost, ClusterAddresses, Egress, Resolver};
+pub use egress::{AllowedHost, AllowedHostError, ClusterAddresses, Egress, Resolver};
 
 /// An image in the node's content store, as the shims need to see it.
 #[derive(Clone, Debug, Default)]

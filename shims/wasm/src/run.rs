@@ -113,11 +113,11 @@ pub(crate) async fn start(inner: Arc<Inner>, guest: &Guest, spec: ContainerSpec)
         output: spec.output.clone(),
         memory_limit: MemoryCap::new(spec.limits.memory_bytes, inner.default_memory_limit),
         cpu: spec.limits.cpu_millis.map(CpuQuota::new),
-        outbound: Arc::new(Outbound {
-            egress: spec.egress.clone(),
-            origin: Origin { netns: spec.netns.clone(), source: spec.host_ip },
-            output: spec.output.clone(),
-        }),
+        outbound: Arc::new(Outbound::new(
+            spec.egress.clone(),
+            Origin { netns: spec.netns.clone(), source: spec.host_ip },
+            spec.output.clone(),
+        )),
     });
     let (exit_tx, exit_rx) = watch::channel(None);
     let (stop_tx, stop_rx) = watch::channel(None);
@@ -258,11 +258,11 @@ mod tests {
             output: Arc::new(Discard),
             memory_limit: MemoryCap::new(Some(65536), 1 << 20),
             cpu: None,
-            outbound: Arc::new(Outbound {
-                egress: Default::default(),
-                origin: Origin { netns: None, source: std::net::Ipv4Addr::UNSPECIFIED.into() },
-                output: Arc::new(Discard),
-            }),
+            outbound: Arc::new(Outbound::new(
+                Default::default(),
+                Origin { netns: None, source: std::net::Ipv4Addr::UNSPECIFIED.into() },
+                Arc::new(Discard),
+            )),
         };
         let mut ctl = spec.ctl();
         ctl.memory.exceeded = exceeded;

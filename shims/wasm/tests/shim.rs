@@ -613,7 +613,7 @@ async fn a_guests_outgoing_requests_reach_its_pods_localhost_but_never_the_nodes
     assert!(answer.starts_with("HTTP/1.1 502") && answer.contains("HttpRequestDenied"), "{answer}");
     assert!(
         out.stderr().contains(&format!(
-            "skiff: outgoing request to {} denied: 127.0.0.1 the node's loopback, not the pod's",
+            "skiff: outgoing request to {} denied: 127.0.0.1 is the node's loopback, not the pod's",
             url.trim_end_matches("/x")
         )),
         "{}",

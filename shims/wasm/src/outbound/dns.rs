@@ -29,10 +29,18 @@ enum Answer {
     TimedOut,
 }
 
-/// The addresses of `name` as the guest wrote it, the search list applied; the error the guest sees
-/// (`DNS-error` with the response code, `DNS-timeout`) when there are none.
-pub(super) async fn resolve(resolver: &Resolver, origin: &Origin, name: &str) -> Result<Vec<IpAddr>, Error> {
-    if resolver.nameservers.is_empty() {
+/// The addresses of `name` as the guest wrote it, the search list applied, and the name that had them;
+/// the error the guest sees (`DNS-error` with the response code, `DNS-timeout`) when there are none.
+pub(super) async fn resolve(resolver: &Resolver, origin: &Origin, name: &str) -> Result<(String, Vec<IpAddr>), Error> {
+    // A loopback nameserver outside the pod's namespace would be the node's own resolver.
+    let servers: Vec<SocketAddr> = resolver
+        .nameservers
+        .iter()
+        .map(|ip| ip.to_canonical())
+        .filter(|ip| !ip.is_loopback() || origin.netns.is_some())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect();
+    if servers.is_empty() {
         return Err(dns_error("no nameserver configured"));
     }
     // As glibc's res_search: a name that exists without addresses, then a failure, says more than
@@ -43,8 +51,8 @@ pub(super) async fn resolve(resolver: &Resolver, origin: &Origin, name: &str) ->
             return Err(dns_error("invalid name"));
         };
         for record_type in [RecordType::A, RecordType::AAAA] {
-            match ask(resolver, origin, &fqdn, record_type).await {
-                Answer::Addresses(addresses) => return Ok(addresses),
+            match ask(&servers, origin, &fqdn, record_type).await {
+                Answer::Addresses(addresses) => return Ok((candidate, addresses)),
                 Answer::NoData => no_data = true,
                 Answer::NxDomain => break,
                 failed => failure = Some(failed),
@@ -64,7 +72,7 @@ fn dns_error(rcode: &str) -> Error {
 }
 
 /// Asks each nameserver in turn until one answers; over TCP when the UDP answer was truncated.
-async fn ask(resolver: &Resolver, origin: &Origin, name: &Name, record_type: RecordType) -> Answer {
+async fn ask(servers: &[SocketAddr], origin: &Origin, name: &Name, record_type: RecordType) -> Answer {
     let mut query = Message::query();
     query.metadata.recursion_desired = true;
     query.add_query(Query::query(name.clone(), record_type));
@@ -73,12 +81,12 @@ async fn ask(resolver: &Resolver, origin: &Origin, name: &Name, record_type: Rec
     query.set_edns(edns);
     let Ok(bytes) = query.to_vec() else { return Answer::Failed(ResponseCode::FormErr) };
     let mut last = Answer::TimedOut;
-    for server in &resolver.nameservers {
-        let server = SocketAddr::new(*server, 53);
+    let id = query.metadata.id;
+    for &server in servers {
         let exchange = async {
-            let mut answer = over_udp(origin, server, &bytes, query.metadata.id).await?;
+            let mut answer = over_udp(origin, server, &bytes, id).await?;
             if answer.metadata.truncation {
-                answer = over_tcp(origin, server, &bytes).await?;
+                answer = over_tcp(origin, server, &bytes, id).await?;
             }
             Ok::<_, std::io::Error>(answer)
         };
@@ -121,16 +129,18 @@ async fn over_udp(origin: &Origin, server: SocketAddr, query: &[u8], id: u16) ->
     loop {
         let length = socket.recv(&mut buffer).await?;
         // A stray datagram (a late answer to another query) is skipped; the timeout bounds the wait.
-        if let Ok(answer) = Message::from_vec(&buffer[..length])
-            && answer.metadata.id == id
-            && answer.metadata.message_type == MessageType::Response
-        {
+        if let Some(answer) = Message::from_vec(&buffer[..length]).ok().filter(|answer| answers(answer, id)) {
             return Ok(answer);
         }
     }
 }
 
-async fn over_tcp(origin: &Origin, server: SocketAddr, query: &[u8]) -> std::io::Result<Message> {
+/// Whether `message` is the answer to query `id`.
+fn answers(message: &Message, id: u16) -> bool {
+    message.metadata.id == id && message.metadata.message_type == MessageType::Response
+}
+
+async fn over_tcp(origin: &Origin, server: SocketAddr, query: &[u8], id: u16) -> std::io::Result<Message> {
     let mut stream = origin.connect(server).await?;
     let length = u16::try_from(query.len()).map_err(std::io::Error::other)?;
     stream.write_u16(length).await?;
@@ -138,7 +148,11 @@ async fn over_tcp(origin: &Origin, server: SocketAddr, query: &[u8]) -> std::io:
     let length = stream.read_u16().await?;
     let mut answer = vec![0u8; usize::from(length)];
     stream.read_exact(&mut answer).await?;
-    Message::from_vec(&answer).map_err(std::io::Error::other)
+    let answer = Message::from_vec(&answer).map_err(std::io::Error::other)?;
+    if !answers(&answer, id) {
+        return Err(std::io::Error::other("the answer over TCP is not to the query"));
+    }
+    Ok(answer)
 }
 
 #[cfg(test)]
