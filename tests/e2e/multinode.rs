@@ -131,6 +131,37 @@ impl Nodes {
         answers
     }
 
+    /// 1,000 requests from the client pod to `path` of Service `name` through each of its addresses: its
+    /// full and short names, its cluster IP, its node port on every node's address, its load balancer
+    /// addresses. Each way reaches all `replicas` pods (told by `pod` from a line of an answer), none under
+    /// 10%.
+    fn spread_through_every_address(&self, name: &str, path: &str, replicas: usize, pod: fn(&str) -> Option<&str>) {
+        let service: Value = eventually(&format!("{name}'s load balancer addresses"), TIMEOUT, || {
+            let service: Value =
+                serde_json::from_str(&self.cluster.ok(&["get", "service", name, "-o", "json"])).ok()?;
+            let ingress = service["status"]["loadBalancer"]["ingress"].as_array()?.len();
+            (ingress == self.hosts.len()).then_some(service)
+        });
+        let port = &service["spec"]["ports"][0];
+        let (service_port, node_port) = (port["port"].as_u64().unwrap(), port["nodePort"].as_u64().unwrap());
+        let mut urls = vec![
+            format!("http://{name}.default.svc.cluster.local:{service_port}{path}"),
+            format!("http://{name}:{service_port}{path}"),
+            format!("http://{}:{service_port}{path}", service["spec"]["clusterIP"].as_str().unwrap()),
+        ];
+        urls.extend(self.hosts.iter().map(|(_, ip)| format!("http://{ip}:{node_port}{path}")));
+        for ingress in service["status"]["loadBalancer"]["ingress"].as_array().unwrap() {
+            urls.push(format!("http://{}:{service_port}{path}", ingress["ip"].as_str().unwrap()));
+        }
+        for url in urls {
+            let spread = eventually(&format!("every replica answering through {url}"), TIMEOUT, || {
+                let spread = self.spread_by(&url, 1000, pod);
+                (spread.len() == replicas).then_some(spread)
+            });
+            assert!(spread.values().all(|n| *n >= 100), "{url}: roughly even, no replica under 10%: {spread:?}");
+        }
+    }
+
     /// The same for the shop's CGI, whose answer starts with the pod's name.
     fn spread(&self, url: &str, count: usize) -> BTreeMap<String, usize> {
         self.spread_by(url, count, |line| line.split_whitespace().next())
@@ -270,10 +301,15 @@ pub fn pods_and_services_span_nodes() {
 
     // Pod to pod across nodes, by address, the source kept.
     let grace = "  terminationGracePeriodSeconds: 1\n";
+    // The client's first process reaps what it inherits: each busybox `timeout` leaves an orphan behind, and
+    // thousands of zombies would reach the pids limit.
     cluster.create_pod(
         "client",
         "node-b",
-        &format!("{grace}  containers:\n  - name: sh\n    image: {}\n    command: [sleep, '3600']\n", nodes.busybox),
+        &format!(
+            "{grace}  containers:\n  - name: sh\n    image: {}\n    command: [sh, -c, 'trap \"exit 0\" TERM; while :; do sleep 1 & wait; done']\n",
+            nodes.busybox
+        ),
     );
     cluster.create_pod(
         "server-a",
@@ -302,7 +338,7 @@ pub fn pods_and_services_span_nodes() {
 
     // The shop: five replicas over both nodes behind a Service.
     let manifest = format!(
-        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: shop}}\nspec:\n  replicas: 5\n  selector: {{matchLabels: {{app: shop}}}}\n  template:\n    metadata: {{labels: {{app: shop}}}}\n    spec:\n      terminationGracePeriodSeconds: 2\n      containers:\n      - name: web\n        image: {}\n        ports: [{{name: http, containerPort: 8080}}]\n        readinessProbe: {{httpGet: {{path: /cgi-bin/who, port: http}}, periodSeconds: 1}}\n        command: [sh, -c, 'trap \"exit 0\" TERM; /bin/busybox httpd -f -p 8080 -h /www & wait']\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: shop}}\nspec:\n  type: NodePort\n  selector: {{app: shop}}\n  ports: [{{port: 80, targetPort: http}}]\n",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: shop}}\nspec:\n  replicas: 5\n  selector: {{matchLabels: {{app: shop}}}}\n  template:\n    metadata: {{labels: {{app: shop}}}}\n    spec:\n      terminationGracePeriodSeconds: 2\n      containers:\n      - name: web\n        image: {}\n        ports: [{{name: http, containerPort: 8080}}]\n        readinessProbe: {{httpGet: {{path: /cgi-bin/who, port: http}}, periodSeconds: 1}}\n        command: [sh, -c, 'trap \"exit 0\" TERM; /bin/busybox httpd -f -p 8080 -h /www & wait']\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: shop}}\nspec:\n  type: LoadBalancer\n  selector: {{app: shop}}\n  ports: [{{port: 80, targetPort: http}}]\n",
         nodes.shop
     );
     let out = cluster.with_stdin(&["apply", "-f", "-"], &manifest);
@@ -320,11 +356,7 @@ pub fn pods_and_services_span_nodes() {
     let cluster_ip = service["spec"]["clusterIP"].as_str().unwrap().to_string();
     let node_port = service["spec"]["ports"][0]["nodePort"].as_u64().expect("a node port");
 
-    let spread = eventually("every replica answering through the cluster IP", TIMEOUT, || {
-        let spread = nodes.spread(&format!("http://{cluster_ip}/cgi-bin/who"), 1000);
-        (spread.len() == 5).then_some(spread)
-    });
-    assert!(spread.values().all(|n| *n >= 100), "roughly even, no replica under 10%: {spread:?}");
+    nodes.spread_through_every_address("shop", "/cgi-bin/who", 5, |line| line.split_whitespace().next());
 
     // Every node's address answers on the node port, from outside the cluster (the host).
     for (_, ip) in &nodes.hosts {
@@ -337,12 +369,6 @@ pub fn pods_and_services_span_nodes() {
         assert!(body.starts_with("shop-"), "{url}: {body}");
     }
 
-    // By name: the Service's full and short names, through the cluster DNS.
-    for name in ["shop.default.svc.cluster.local", "shop"] {
-        let answer =
-            nodes.in_client(&format!("/bin/busybox timeout 5 /bin/busybox wget -qO- http://{name}/cgi-bin/who"));
-        assert!(answer.starts_with("shop-"), "{name}: {answer}");
-    }
     let lookup = |args: &str| {
         let out = cluster.kubectl(&["exec", "client", "--", "sh", "-c", &format!("/bin/busybox nslookup {args}")]);
         (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
@@ -376,20 +402,12 @@ pub fn pods_and_services_span_nodes() {
     // The same with wasi:http replicas, guests inside the agents: each greets with its pod's name.
     let http = nodes.registry.push_sample("http-hello");
     let manifest = format!(
-        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: hello}}\nspec:\n  replicas: 4\n  selector: {{matchLabels: {{app: hello}}}}\n  template:\n    metadata: {{labels: {{app: hello}}}}\n    spec:\n      containers:\n      - name: hello\n        image: {http}\n        ports: [{{containerPort: 8080}}]\n        env: [{{name: GREETING, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}]\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: hello}}\nspec:\n  selector: {{app: hello}}\n  ports: [{{port: 80, targetPort: 8080}}]\n"
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: hello}}\nspec:\n  replicas: 5\n  selector: {{matchLabels: {{app: hello}}}}\n  template:\n    metadata: {{labels: {{app: hello}}}}\n    spec:\n      containers:\n      - name: hello\n        image: {http}\n        ports: [{{containerPort: 8080}}]\n        env: [{{name: GREETING, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}]\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: hello}}\nspec:\n  type: LoadBalancer\n  selector: {{app: hello}}\n  ports: [{{port: 8088, targetPort: 8080}}]\n"
     );
     let out = cluster.with_stdin(&["apply", "-f", "-"], &manifest);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    eventually("four ready wasm endpoints", TIMEOUT, || (ready_endpoints(cluster, "hello") == 4).then_some(()));
-    let hello_ip = cluster.ok(&["get", "service", "hello", "-o", "jsonpath={.spec.clusterIP}"]);
-    fn greeting(line: &str) -> Option<&str> {
-        line.strip_prefix("greeting: ")
-    }
-    let spread = eventually("every wasm replica answering through the cluster IP", TIMEOUT, || {
-        let spread = nodes.spread_by(&format!("http://{hello_ip}/"), 400, greeting);
-        (spread.len() == 4).then_some(spread)
-    });
-    assert!(spread.values().all(|n| *n >= 40), "roughly even, no wasm replica under 10%: {spread:?}");
+    eventually("five ready wasm endpoints", TIMEOUT, || (ready_endpoints(cluster, "hello") == 5).then_some(()));
+    nodes.spread_through_every_address("hello", "/", 5, |line| line.strip_prefix("greeting: "));
     wasm_guests_send_requests(&nodes, &cluster_ip, server);
 
     // Session affinity: a client keeps reaching one pod.
