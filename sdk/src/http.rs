@@ -174,6 +174,11 @@ impl Response {
     }
 }
 
+/// The first value of header `name` (case-insensitive) in `headers`, if it is valid UTF-8.
+fn find_header<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).and_then(|(_, value)| std::str::from_utf8(value).ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,9 +257,4 @@ mod tests {
             assert!(headers.iter().all(|(name, _)| name != "content-length"), "{status}");
         }
     }
-}
-
-/// The first value of header `name` (case-insensitive) in `headers`, if it is valid UTF-8.
-fn find_header<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a str> {
-    headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).and_then(|(_, value)| std::str::from_utf8(value).ok())
 }

@@ -233,6 +233,57 @@ fn wasm_guests_send_requests(nodes: &Nodes, cluster_ip: &str, server: Ipv4Addr) 
     cluster.ok(&["delete", "pod", "fetch", "fetch-allowed", "--wait=false"]);
 }
 
+/// `nslookup` from a wasm guest: the dig sample (wasi:sockets) asking the cluster DNS for a Service, a headless
+/// Service's pods, their SRV records, a missing name and an outside one; any other server is out of reach.
+fn wasm_guests_ask_the_cluster_dns(nodes: &Nodes, cluster_ip: &str, shop_ips: &[String]) {
+    let cluster = &nodes.cluster;
+    let image = nodes.registry.push_sample("dig");
+    let outside_resolver = nodes.net.gateway().to_string();
+    let questions = [
+        ("dig-service", "@10.43.0.10 shop.default.svc.cluster.local"),
+        ("dig-headless", "@10.43.0.10 shop-pods.default.svc.cluster.local"),
+        ("dig-srv", "@10.43.0.10 _http._tcp.shop-pods.default.svc.cluster.local SRV"),
+        ("dig-missing", "@10.43.0.10 missing.default.svc.cluster.local"),
+        ("dig-outside", "@10.43.0.10 www.outside.test"),
+        ("dig-elsewhere", &format!("@{outside_resolver} www.outside.test")),
+    ];
+    for (name, args) in questions {
+        let args: Vec<String> = args.split_whitespace().map(|a| format!("'{a}'")).collect();
+        cluster.create_pod(
+            name,
+            "node-b",
+            &format!(
+                "  restartPolicy: Never\n  containers:\n  - name: dig\n    image: {image}\n    args: [{}]\n",
+                args.join(", ")
+            ),
+        );
+    }
+    let answer = |name: &str| {
+        eventually(&format!("{name} done"), TIMEOUT, || {
+            let phase = cluster.pod(name)["status"]["phase"].as_str().unwrap_or_default().to_string();
+            (phase == "Succeeded" || phase == "Failed").then_some(())
+        });
+        cluster.ok(&["logs", name])
+    };
+    let service = answer("dig-service");
+    assert!(service.contains("status: NOERROR") && service.contains(&format!(" A {cluster_ip}")), "{service}");
+    let headless = answer("dig-headless");
+    assert!(shop_ips.iter().all(|ip| headless.contains(&format!(" A {ip}\n"))), "every pod's address: {headless}");
+    let srv = answer("dig-srv");
+    assert_eq!(srv.matches(" SRV 0 ").count(), shop_ips.len(), "an SRV record per pod: {srv}");
+    assert!(srv.lines().filter(|l| l.contains(" SRV ")).all(|l| l.contains(" 8080 ")), "{srv}");
+    assert!(answer("dig-missing").contains("status: NXDOMAIN"));
+    let outside = answer("dig-outside");
+    assert!(outside.contains(&format!(" A {OUTSIDE_ANSWER}")), "forwarded upstream: {outside}");
+    let elsewhere = answer("dig-elsewhere");
+    assert!(
+        elsewhere.contains("access-denied") && cluster.pod("dig-elsewhere")["status"]["phase"] == "Failed",
+        "{elsewhere}"
+    );
+    let names: Vec<&str> = questions.iter().map(|(name, _)| *name).collect();
+    cluster.ok(&[&["delete", "pod", "--wait=false"][..], &names].concat());
+}
+
 fn network_state(netns: &str) -> String {
     let commands: [&[&str]; 5] = [
         &["ip", "route"],
@@ -409,6 +460,7 @@ pub fn pods_and_services_span_nodes() {
     eventually("five ready wasm endpoints", TIMEOUT, || (ready_endpoints(cluster, "hello") == 5).then_some(()));
     nodes.spread_through_every_address("hello", "/", 5, |line| line.strip_prefix("greeting: "));
     wasm_guests_send_requests(&nodes, &cluster_ip, server);
+    wasm_guests_ask_the_cluster_dns(&nodes, &cluster_ip, &pod_ips);
 
     // Session affinity: a client keeps reaching one pod.
     let sticky = "apiVersion: v1\nkind: Service\nmetadata: {name: sticky}\nspec:\n  selector: {app: shop}\n  sessionAffinity: ClientIP\n  ports: [{port: 80, targetPort: http}]\n";

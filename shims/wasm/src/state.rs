@@ -15,6 +15,7 @@ use wasmtime::{Engine, ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
@@ -41,8 +42,8 @@ pub(crate) struct GuestSpec {
 impl GuestSpec {
     /// A WASI context with exactly what the spec grants. wasmtime-wasi's defaults are the secure ones and
     /// are kept: stdin closed (reads see EOF), no inherited environment or arguments, no host directories
-    /// but the mounts, sockets denied for every address, no name lookups. Clocks and randomness are the
-    /// host's.
+    /// but the mounts, sockets denied for every address but the pod's nameservers, no name lookups. Clocks
+    /// and randomness are the host's.
     pub(crate) fn wasi(&self) -> Result<WasiCtxBuilder, ShimError> {
         let mut b = WasiCtxBuilder::new();
         b.args(&self.argv).envs(&self.env);
@@ -50,6 +51,20 @@ impl GuestSpec {
         b.stderr(SinkStream { sink: self.output.clone(), stream: Stream::Stderr });
         if let Some(dir) = &self.working_dir {
             b.initial_cwd(dir);
+        }
+        // A guest may ask its pod's nameservers itself, over UDP (a resolver library, dig), and nothing else
+        // over wasi:sockets: an unbound socket, datagrams to and from those addresses' port 53.
+        let nameservers = self.outbound.guest_nameservers();
+        if !nameservers.is_empty() {
+            b.allow_udp(true);
+            b.socket_addr_check(move |addr, reason| {
+                let allowed = match reason {
+                    SocketAddrUse::UdpBind => addr.ip().is_unspecified() && addr.port() == 0,
+                    SocketAddrUse::UdpSend | SocketAddrUse::UdpReceive => nameservers.contains(&addr),
+                    _ => false,
+                };
+                Box::pin(std::future::ready(allowed))
+            });
         }
         for m in &self.mounts {
             let perms = if m.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };

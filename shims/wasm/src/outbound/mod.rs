@@ -73,6 +73,13 @@ impl Outbound {
         Outbound { egress, origin, output, slots: Arc::new(Semaphore::new(MAX_OUTGOING)) }
     }
 
+    /// The pod's nameservers a guest may send DNS queries to itself. Its sockets are the agent's, so a
+    /// loopback nameserver, the node's own, is none of them.
+    pub(crate) fn guest_nameservers(&self) -> Vec<SocketAddr> {
+        let servers = self.egress.resolver.nameservers.iter().map(IpAddr::to_canonical);
+        servers.filter(|ip| !ip.is_loopback()).map(|ip| SocketAddr::new(ip, 53)).collect()
+    }
+
     async fn send(
         &self,
         mut request: http::Request<WasiBody>,
