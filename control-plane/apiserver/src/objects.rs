@@ -678,7 +678,16 @@ impl Objects {
             if !options.field_manager.is_empty() {
                 patch::record_update(def, Some(&current), &mut object, &options.field_manager, part.subresource());
             }
-            let gained = self.reserve_gained_cluster_ips(def, &key, name, &current, &object, options.dry_run).await?;
+            // An ExternalName Service turned into one with a virtual address and none asked for gets one, as
+            // on create.
+            let allocated = if part == Part::Main && leaves_external_name(def, &current, &object) {
+                self.allocate_cluster_ip(def, ns, &mut object, options.dry_run).await?
+            } else {
+                None
+            };
+            let mut gained =
+                self.reserve_gained_cluster_ips(def, &key, name, &current, &object, options.dry_run).await?;
+            gained.extend(allocated);
             if object == current && !self.stale(&key).await? {
                 // Kubernetes skips no-op writes: the resourceVersion stays and watchers see nothing. Unless
                 // the value is stored with a provider or key other than the one that writes now: rewriting it
@@ -964,6 +973,16 @@ fn prepare_create(def: &ResourceDef, ns: Option<&str>, object: &mut Value) -> Re
     initial_status(def, object);
     skiff_api::defaults::on_create(def, object);
     Ok(())
+}
+
+/// Whether an update turns an ExternalName Service into one that needs a cluster IP, without naming one.
+fn leaves_external_name(def: &ResourceDef, current: &Value, object: &Value) -> bool {
+    let kind = |service: &Value| service.pointer("/spec/type").and_then(Value::as_str).map(str::to_string);
+    let unnamed = object.pointer("/spec/clusterIP").is_none_or(|ip| ip.is_null() || ip == "");
+    is_service(def)
+        && kind(current).as_deref() == Some("ExternalName")
+        && kind(object).as_deref() != Some("ExternalName")
+        && unnamed
 }
 
 fn is_service(def: &ResourceDef) -> bool {
@@ -1458,8 +1477,16 @@ mod tests {
         let turned = json!({"type": "ClusterIP", "clusterIP": "10.43.0.9", "ports": ports});
         let refused = replace("e", turned.clone()).await.err().unwrap();
         assert!(refused.to_string().contains("provided IP is already allocated"), "{refused}");
-        replace("b", external).await.unwrap();
+        replace("b", external.clone()).await.unwrap();
         replace("e", turned).await.unwrap();
+        // Turned into a ClusterIP Service without an address asked for, it gets one, as on create.
+        let f = json!({"metadata": {"name": "f"}, "spec": external});
+        objects.create(services(), Some("default"), f, &options).await.unwrap();
+        let given = replace("f", json!({"type": "ClusterIP", "ports": ports})).await.unwrap();
+        let ip: Ipv4Addr = given.object["spec"]["clusterIP"].as_str().unwrap().parse().unwrap();
+        assert!(in_service_range(ip), "{ip}");
+        let held = cluster_ips::is_free(objects.store.as_ref(), ip, "someone else").await.unwrap();
+        assert!(!held, "the address is reserved for f");
 
         let given = objects
             .create(

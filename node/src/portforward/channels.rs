@@ -26,7 +26,7 @@ const ERROR_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 pub const PROTOCOL: &str = "v4.channel.k8s.io";
 
 /// The ports a request's query names (`ports=8080&ports=9090`, or `ports=8080,9090`; the kubelet's own
-/// parameter is `port`): at least one, each in 1–65535.
+/// parameter is `port`): at least one and at most [`MAX_PORTS`], each in 1–65535.
 pub fn ports(query: Option<&str>) -> Result<Vec<u16>, String> {
     let pairs: Vec<(String, String)> =
         serde_urlencoded::from_str(query.unwrap_or_default()).map_err(|e| format!("invalid query: {e}"))?;
@@ -43,8 +43,14 @@ pub fn ports(query: Option<&str>) -> Result<Vec<u16>, String> {
     if ports.is_empty() {
         return Err("query parameter \"ports\" is required".into());
     }
+    if ports.len() > MAX_PORTS {
+        return Err(format!("at most {MAX_PORTS} ports per connection, not {}", ports.len()));
+    }
     Ok(ports)
 }
+
+/// Each port takes two channels (data, error), numbered in one byte.
+const MAX_PORTS: usize = 128;
 
 /// `data` on `channel`.
 fn frame(channel: usize, data: &[u8]) -> Message {
@@ -171,5 +177,7 @@ mod tests {
         assert_eq!(ports(None), Err("query parameter \"ports\" is required".into()));
         assert_eq!(ports(Some("ports=0")), Err("invalid port \"0\"".into()));
         assert_eq!(ports(Some("ports=http")), Err("invalid port \"http\"".into()));
+        let many = vec!["1"; 129].join(",");
+        assert_eq!(ports(Some(&format!("ports={many}"))), Err("at most 128 ports per connection, not 129".into()));
     }
 }

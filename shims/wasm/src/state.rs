@@ -54,7 +54,7 @@ impl GuestSpec {
         }
         // A guest may ask its pod's nameservers itself, over UDP (a resolver library, dig), and nothing else
         // over wasi:sockets: an unbound socket, datagrams to and from those addresses' port 53.
-        let nameservers = self.outbound.guest_nameservers();
+        let nameservers = self.outbound.guest_nameservers().clone();
         if !nameservers.is_empty() {
             b.allow_udp(true);
             b.socket_addr_check(move |addr, reason| {

@@ -42,6 +42,8 @@ pub(crate) struct Outbound {
     /// The container's log, where refusals are explained.
     output: Arc<dyn OutputSink>,
     slots: Arc<Semaphore>,
+    /// Made once: every request's store gets them.
+    guest_nameservers: Arc<[SocketAddr]>,
 }
 
 /// Where sockets are made: the pod's network namespace, or the agent's bound to the pod's address.
@@ -70,14 +72,15 @@ impl WasiHttpHooks for OutboundHooks {
 
 impl Outbound {
     pub(crate) fn new(egress: Egress, origin: Origin, output: Arc<dyn OutputSink>) -> Self {
-        Outbound { egress, origin, output, slots: Arc::new(Semaphore::new(MAX_OUTGOING)) }
+        // A guest's sockets are the agent's, so a loopback nameserver, the node's own, is none of them.
+        let servers = egress.resolver.nameservers.iter().map(IpAddr::to_canonical);
+        let guest_nameservers = servers.filter(|ip| !ip.is_loopback()).map(|ip| SocketAddr::new(ip, 53)).collect();
+        Outbound { egress, origin, output, slots: Arc::new(Semaphore::new(MAX_OUTGOING)), guest_nameservers }
     }
 
-    /// The pod's nameservers a guest may send DNS queries to itself. Its sockets are the agent's, so a
-    /// loopback nameserver, the node's own, is none of them.
-    pub(crate) fn guest_nameservers(&self) -> Vec<SocketAddr> {
-        let servers = self.egress.resolver.nameservers.iter().map(IpAddr::to_canonical);
-        servers.filter(|ip| !ip.is_loopback()).map(|ip| SocketAddr::new(ip, 53)).collect()
+    /// The pod's nameservers a guest may send DNS queries to itself (wasi:sockets).
+    pub(crate) fn guest_nameservers(&self) -> &Arc<[SocketAddr]> {
+        &self.guest_nameservers
     }
 
     async fn send(
