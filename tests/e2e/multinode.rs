@@ -459,6 +459,12 @@ pub fn pods_and_services_span_nodes() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     eventually("five ready wasm endpoints", TIMEOUT, || (ready_endpoints(cluster, "hello") == 5).then_some(()));
     nodes.spread_through_every_address("hello", "/", 5, |line| line.strip_prefix("greeting: "));
+    // A wasm server on the other node sees the container client's own address.
+    let list: Value = serde_json::from_str(&cluster.ok(&["get", "pods", "-l", "app=hello", "-o", "json"])).unwrap();
+    let on_node_a = list["items"].as_array().unwrap().iter().find(|p| p["spec"]["nodeName"] == "node-a");
+    let wasm_server = on_node_a.expect("a wasm replica on node-a")["status"]["podIP"].as_str().unwrap().to_string();
+    let answer = nodes.in_client(&format!("/bin/busybox timeout 5 /bin/busybox wget -qO- http://{wasm_server}:8080/"));
+    assert!(answer.contains(&format!("client: {client}:")), "the guest sees the client's address: {answer}");
     wasm_guests_send_requests(&nodes, &cluster_ip, server);
     wasm_guests_ask_the_cluster_dns(&nodes, &cluster_ip, &pod_ips);
 

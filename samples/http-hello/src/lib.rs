@@ -1,8 +1,9 @@
 //! `http-hello`: the HTTP workload to start from. A wasi:http component (wasm32-wasip2) built on skiff-sdk;
 //! Skiff runs one instance per request.
 //!
-//! Every request gets 200 with `hello from skiff`, the path it asked for and the `GREETING` config value
-//! (an environment variable, e.g. from a ConfigMap through `envFrom`).
+//! Every request gets 200 with `hello from skiff`, the path it asked for, the `GREETING` config value
+//! (an environment variable, e.g. from a ConfigMap through `envFrom`) and, on Skiff, the client's address
+//! (the `skiff-client-addr` header).
 
 use skiff_sdk::{Request, Response, config};
 
@@ -10,7 +11,11 @@ skiff_sdk::http_handler!(handle);
 
 fn handle(req: Request) -> Response {
     let greeting = config::get("GREETING").unwrap_or("(not set)");
-    Response::text(200, format!("hello from skiff\npath: {}\ngreeting: {greeting}\n", req.path()))
+    let mut body = format!("hello from skiff\npath: {}\ngreeting: {greeting}\n", req.path());
+    if let Some(client) = req.header("skiff-client-addr") {
+        body.push_str(&format!("client: {client}\n"));
+    }
+    Response::text(200, body)
 }
 
 #[cfg(test)]
@@ -24,6 +29,12 @@ mod tests {
         assert_eq!(resp.header("content-type"), Some("text/plain; charset=utf-8"));
         // The test process has no GREETING; the placeholder shows the variable was looked for.
         assert_eq!(resp.body_text(), Some("hello from skiff\npath: /some/where\ngreeting: (not set)\n"));
+    }
+
+    #[test]
+    fn the_client_is_named_when_the_host_says_who_it_is() {
+        let resp = handle(Request::new("GET", "/").with_header("skiff-client-addr", "10.42.0.7:51234"));
+        assert!(resp.body_text().is_some_and(|body| body.ends_with("\nclient: 10.42.0.7:51234\n")));
     }
 
     #[test]

@@ -45,6 +45,9 @@ pub const DEFAULT_CONCURRENT_REQUESTS: u32 = 100;
 /// How long a request beyond the limit waits for a turn before it is answered 503.
 const QUEUE_WAIT: Duration = Duration::from_secs(1);
 
+/// The request header carrying the client's address and port (`10.42.0.7:51234`) to the guest.
+const CLIENT_ADDR: &str = "skiff-client-addr";
+
 /// How long a client may take to send a request's head (the agent's own endpoint allows as much).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -108,7 +111,14 @@ impl Server {
                     let _ = stream.set_nodelay(true);
                     let server = self.clone();
                     let request_force = force.clone();
-                    let service = hyper::service::service_fn(move |req| {
+                    let client = http::HeaderValue::from_str(&peer.to_string()).ok();
+                    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                        // wasi:http has no peer address: the guest reads its client's from a header, as
+                        // Spin's `spin-client-addr`, never one the client wrote itself.
+                        match &client {
+                            Some(address) => req.headers_mut().insert(CLIENT_ADDR, address.clone()),
+                            None => req.headers_mut().remove(CLIENT_ADDR),
+                        };
                         let server = server.clone();
                         let force = request_force.clone();
                         async move { Ok::<_, Infallible>(server.handle(req, force).await) }

@@ -559,12 +559,30 @@ async fn an_http_component_needs_a_port() {
     );
 }
 
-/// The http-fetch sample (`GET /?url=URL` answers with what URL answered), built by scripts/build-samples.
-fn http_fetch_sample() -> Vec<u8> {
+/// A sample from `samples/`, built by scripts/build-samples: http-fetch (`GET /?url=URL` answers with what
+/// URL answered) or http-hello (which names the client it was told of).
+fn sample(name: &str) -> Vec<u8> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let output = std::process::Command::new(root.join("scripts/build-samples")).current_dir(&root).output().unwrap();
     assert!(output.status.success(), "scripts/build-samples: {}", String::from_utf8_lossy(&output.stderr));
-    std::fs::read(root.join("samples/out/http-fetch.wasm")).unwrap()
+    std::fs::read(root.join(format!("samples/out/{name}.wasm"))).unwrap()
+}
+
+#[tokio::test]
+async fn a_guest_is_told_its_clients_address_and_no_client_can_pretend_otherwise() {
+    let f = Fixture::new();
+    let mut s = spec(f.image(&sample("http-hello")), Arc::default());
+    s.ports = vec![free_port()];
+    let port = s.ports[0];
+    let _c = f.shim.start(s).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let local = stream.local_addr().unwrap();
+    let request = "GET / HTTP/1.1\r\nHost: guest\r\nskiff-client-addr: 203.0.113.9:1\r\nConnection: close\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_string(&mut response)).await.unwrap().unwrap();
+    assert!(response.contains(&format!("\nclient: {local}\n")), "{response}");
+    assert!(!response.contains("203.0.113.9"), "{response}");
 }
 
 /// Asks the guest listening on `port` to fetch `url`; the whole answer.
@@ -580,7 +598,7 @@ async fn fetch_through(port: u16, url: &str) -> String {
 #[tokio::test]
 async fn a_guests_outgoing_requests_reach_its_pods_localhost_but_never_the_nodes() {
     let f = Fixture::new();
-    let image = f.image(&http_fetch_sample());
+    let image = f.image(&sample("http-fetch"));
     // A server on the loopback: inside the pod's own namespace it is the pod's, outside it the node's.
     let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://127.0.0.1:{}/x", target.local_addr().unwrap().port());
