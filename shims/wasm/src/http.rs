@@ -254,11 +254,11 @@ async fn take_turn(turns: &Arc<Semaphore>, wait: Duration) -> Option<OwnedSemaph
     tokio::time::timeout(wait, turns.clone().acquire_owned()).await.ok()?.ok()
 }
 
-/// A request body whose read fails with wasi:http's `connection-read-timeout` (what wasmtime's own
-/// between-bytes timeout gives a guest whose outgoing request's response stalls) once its reader has waited
-/// `idle` for the client's next bytes. Only waiting counts: a guest busy elsewhere before its next read is
+/// A body whose read fails with wasi:http's `connection-read-timeout` once its reader has waited `idle` for
+/// the peer's next bytes: a client's request to a guest, and the response to a guest's outgoing request (its
+/// between-bytes timeout). Only waiting counts: a guest busy elsewhere before its next read is
 /// not the client's delay, and bytes that arrived meanwhile are read at once.
-struct TimedBody<B> {
+pub(crate) struct TimedBody<B> {
     body: B,
     idle: Duration,
     /// Runs from the first read that found nothing since the last frame; made by the first such read.
@@ -268,7 +268,7 @@ struct TimedBody<B> {
 }
 
 impl<B> TimedBody<B> {
-    fn new(body: B, idle: Duration) -> Self {
+    pub(crate) fn new(body: B, idle: Duration) -> Self {
         TimedBody { body, idle, timer: None, waiting: false }
     }
 }

@@ -10,20 +10,18 @@ mod dns;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 use skiff_shim::{Egress, OutputSink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
+
+use crate::http::TimedBody;
 
 /// How long a connection may take when the guest sets no `connect-timeout` (curl's default is 300 s; a
 /// guest holds a request slot while it waits).
@@ -276,46 +274,6 @@ async fn tls_connect(host: &str, stream: TcpStream) -> Result<tokio_rustls::clie
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let name = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|_| Error::HttpRequestUriInvalid)?;
     tokio_rustls::TlsConnector::from(config).connect(name, stream).await.map_err(Error::Tls)
-}
-
-/// A response body that fails when no frame comes for `timeout` (the guest's `between-bytes-timeout`).
-struct TimedBody {
-    body: Incoming,
-    timeout: Duration,
-    deadline: Pin<Box<tokio::time::Sleep>>,
-}
-
-impl TimedBody {
-    fn new(body: Incoming, timeout: Duration) -> Self {
-        TimedBody { body, timeout, deadline: Box::pin(tokio::time::sleep(timeout)) }
-    }
-}
-
-impl Body for TimedBody {
-    type Data = Bytes;
-    type Error = Error;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.body).poll_frame(cx) {
-            Poll::Ready(frame) => {
-                this.deadline.as_mut().reset(tokio::time::Instant::now() + this.timeout);
-                Poll::Ready(frame.map(|frame| frame.map_err(Error::from)))
-            }
-            Poll::Pending => {
-                ready!(this.deadline.as_mut().poll(cx));
-                Poll::Ready(Some(Err(Error::ConnectionReadTimeout)))
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
 }
 
 #[cfg(test)]
