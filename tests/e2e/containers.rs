@@ -372,6 +372,19 @@ fn volumes_resist_a_container_that_plants_links() {
     node.cluster.ok(&["patch", "configmap", "settings", "-p", r#"{"data":{"greeting":"updated"}}"#]);
     eventually("the volume following the ConfigMap", TIMEOUT, || (last_line() == "updated").then_some(()));
 
+    // A Secret's files are for the pod's user and its fsGroup alone: 0400 by default, 0440 with the group.
+    // A root container, with no user of its own, reads its root-owned files.
+    node.cluster.ok(&["create", "secret", "generic", "creds", "--from-literal=password=s3cret"]);
+    let secret = |context: &str| {
+        format!("  restartPolicy: Never\n{context}  volumes: [{{name: creds, secret: {{secretName: creds}}}}]\n  containers:\n  - name: app\n    image: {busybox}\n    command: [sh, -c, \"stat -L -c '%a %u %g' /creds/password; cat /creds/password\"]\n    volumeMounts: [{{name: creds, mountPath: /creds}}]\n")
+    };
+    node.pod("owned", &secret("  securityContext: {runAsUser: 1000, fsGroup: 2000}\n"));
+    node.pod("rooted", &secret(""));
+    node.wait_phase("owned", "Succeeded");
+    node.wait_phase("rooted", "Succeeded");
+    assert_eq!(node.logs("owned", "app"), "440 1000 2000\ns3cret\n");
+    assert_eq!(node.logs("rooted", "app"), "400 0 0\ns3cret\n");
+
     // What holds the volumes (and the server's keys) is no other local user's to read.
     use std::os::unix::fs::PermissionsExt;
     for dir in [node.agent.data_dir().to_path_buf(), node.cluster.data_dir()] {

@@ -38,8 +38,45 @@ pub fn mode(mode: Option<i32>, default: u32) -> u32 {
 /// A volume's files by their paths relative to the volume.
 pub type Files = BTreeMap<String, File>;
 
-/// Makes `dir` hold exactly `files`; false when it did already.
-pub fn write(dir: &Path, files: &Files) -> io::Result<bool> {
+/// Who a volume's files belong to (root when None), as the kubelet sets it: the pod's user when all its
+/// containers run as one, and its `fsGroup`, which also makes every file readable by the group (the
+/// kubelet's `SetVolumeOwnership` for read-only volumes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+impl Owner {
+    /// The mode a file of `mode` gets: readable by the group when it is the pod's `fsGroup`.
+    fn mode(&self, mode: u32) -> u32 {
+        if self.gid.is_some() { mode | 0o440 } else { mode }
+    }
+
+    /// Gives `path` to the owner (a directory also gets the group's setgid bit and access); nothing when
+    /// the owner is root.
+    fn apply(&self, path: &Path) -> io::Result<()> {
+        if *self == Owner::default() {
+            return Ok(());
+        }
+        std::os::unix::fs::lchown(path, self.uid, self.gid)?;
+        let metadata = std::fs::symlink_metadata(path)?;
+        if metadata.is_dir() && self.gid.is_some() {
+            let mode = metadata.permissions().mode() | 0o2550;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        }
+        Ok(())
+    }
+
+    /// Whether `metadata` shows this owner; files left to whoever writes them always do.
+    fn owns(&self, metadata: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        *self == Owner::default() || (metadata.uid() == self.uid.unwrap_or(0) && metadata.gid() == self.gid.unwrap_or(0))
+    }
+}
+
+/// Makes `dir` hold exactly `files`, belonging to `owner`; false when it did already.
+pub fn write(dir: &Path, files: &Files, owner: Owner) -> io::Result<bool> {
     for name in files.keys() {
         let bad = name.is_empty()
             || name.starts_with('/')
@@ -50,22 +87,31 @@ pub fn write(dir: &Path, files: &Files) -> io::Result<bool> {
         }
     }
     std::fs::create_dir_all(dir)?;
+    owner.apply(dir)?;
     let current = std::fs::read_link(dir.join(DATA)).ok();
     if let Some(current) = &current
-        && holds(&dir.join(current), files)
+        && holds(&dir.join(current), files, owner)
     {
         return Ok(false);
     }
     let stamp = jiff::Timestamp::now().strftime("..%Y_%m_%d_%H_%M_%S.%f").to_string();
     let fresh = dir.join(&stamp);
     std::fs::create_dir(&fresh)?;
+    owner.apply(&fresh)?;
     for (name, file) in files {
         let path = fresh.join(name);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
+        // The directories between, each given to the owner as it is made.
+        let mut parent = fresh.clone();
+        for part in Path::new(name).parent().into_iter().flat_map(Path::components) {
+            parent.push(part);
+            if !parent.is_dir() {
+                std::fs::create_dir(&parent)?;
+                owner.apply(&parent)?;
+            }
         }
         std::fs::write(&path, &file.data)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(file.mode))?;
+        owner.apply(&path)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(owner.mode(file.mode)))?;
     }
     let _ = std::fs::remove_file(dir.join(DATA_TMP));
     symlink(&stamp, dir.join(DATA_TMP))?;
@@ -90,12 +136,13 @@ pub fn write(dir: &Path, files: &Files) -> io::Result<bool> {
     Ok(true)
 }
 
-/// Whether the directory `data` holds exactly `files`.
-fn holds(data: &Path, files: &Files) -> bool {
+/// Whether the directory `data` holds exactly `files`, belonging to `owner`.
+fn holds(data: &Path, files: &Files, owner: Owner) -> bool {
     let same = files.iter().all(|(name, file)| {
         let path = data.join(name);
         std::fs::read(&path).is_ok_and(|read| read == file.data)
-            && std::fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o7777 == file.mode)
+            && std::fs::metadata(&path)
+                .is_ok_and(|m| m.permissions().mode() & 0o7777 == owner.mode(file.mode) && owner.owns(&m))
     });
     same && count_files(data) == files.len()
 }
@@ -128,14 +175,14 @@ mod tests {
     fn updates_swap_every_file_at_once_and_drop_what_went() {
         let dir = tempfile::tempdir().unwrap();
         let volume = dir.path().join("cfg");
-        assert!(write(&volume, &files(&[("a", "1"), ("nested/b", "2")])).unwrap());
+        assert!(write(&volume, &files(&[("a", "1"), ("nested/b", "2")]), Owner::default()).unwrap());
         assert_eq!(std::fs::read_to_string(volume.join("a")).unwrap(), "1");
         assert_eq!(std::fs::read_to_string(volume.join("nested/b")).unwrap(), "2");
         assert_eq!(std::fs::read_link(volume.join("a")).unwrap(), Path::new("..data/a"));
         let first = std::fs::read_link(volume.join(DATA)).unwrap();
 
-        assert!(!write(&volume, &files(&[("a", "1"), ("nested/b", "2")])).unwrap(), "unchanged");
-        assert!(write(&volume, &files(&[("a", "3")])).unwrap());
+        assert!(!write(&volume, &files(&[("a", "1"), ("nested/b", "2")]), Owner::default()).unwrap(), "unchanged");
+        assert!(write(&volume, &files(&[("a", "3")]), Owner::default()).unwrap());
         assert_eq!(std::fs::read_to_string(volume.join("a")).unwrap(), "3");
         assert!(!volume.join("nested").exists(), "a key that went is gone");
         assert!(!volume.join(first).exists(), "the old files are removed");
@@ -143,11 +190,29 @@ mod tests {
             std::fs::read_dir(&volume).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
         assert_eq!(entries.len(), 3, "a, ..data and one timestamped directory: {entries:?}");
 
-        assert!(write(&volume, &moded(&[("a", "3")], 0o400)).unwrap(), "a new mode is a change");
+        assert!(write(&volume, &moded(&[("a", "3")], 0o400), Owner::default()).unwrap(), "a new mode is a change");
         let mode = std::fs::metadata(volume.join("a")).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode, 0o400);
         for bad in ["../x", "/etc/x", "..data", "a//b", ""] {
-            assert!(write(&volume, &files(&[(bad, "x")])).is_err(), "{bad}");
+            assert!(write(&volume, &files(&[(bad, "x")]), Owner::default()).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn files_belong_to_the_pods_user_and_are_readable_by_its_fs_group() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let volume = dir.path().join("secret");
+        let owner = Owner { uid: Some(1000), gid: Some(2000) };
+        assert!(write(&volume, &moded(&[("nested/key", "s")], 0o400), owner).unwrap());
+        let file = std::fs::metadata(volume.join("nested/key")).unwrap();
+        assert_eq!((file.uid(), file.gid(), file.mode() & 0o7777), (1000, 2000, 0o440));
+        let nested = std::fs::metadata(volume.join(DATA).join("nested")).unwrap();
+        assert_eq!((nested.uid(), nested.gid(), nested.mode() & 0o2000), (1000, 2000, 0o2000), "setgid");
+        assert!(!write(&volume, &moded(&[("nested/key", "s")], 0o400), owner).unwrap(), "unchanged");
+        let root = Owner { uid: None, gid: Some(0) };
+        assert!(write(&volume, &moded(&[("nested/key", "s")], 0o400), root).unwrap(), "a new owner is a change");
+        let file = std::fs::metadata(volume.join("nested/key")).unwrap();
+        assert_eq!((file.uid(), file.gid()), (0, 0));
     }
 }

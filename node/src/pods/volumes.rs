@@ -15,7 +15,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, DownwardAPIVolumeFile, EmptyDirVolumeSource, KeyToPath, Pod, Secret, Volume,
+    ConfigMap, Container, DownwardAPIVolumeFile, EmptyDirVolumeSource, KeyToPath, Pod, Secret, SecurityContext,
+    Volume,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::Api;
@@ -26,7 +27,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::PodRef;
-use super::atomic::{self, File, Files};
+use super::atomic::{self, File, Files, Owner};
 use super::downward::{self, DownwardError};
 use super::spec::ConfigError;
 use super::subpath::SubPath;
@@ -34,6 +35,13 @@ use super::token::{self, TokenError, TokenSource};
 
 /// The mode of the files of the volumes the agent writes when they name none, as in Kubernetes.
 const DEFAULT_MODE: u32 = 0o644;
+
+/// The mode of a Secret's files when the volume names none: stricter than Kubernetes' 0644, readable by the
+/// file's owner alone (the pod's user when all its containers run as one) and, with an `fsGroup`, its group.
+const SECRET_MODE: u32 = 0o400;
+
+/// A token's mode when the pod's user or `fsGroup` owns it, whatever the volume says, as the kubelet makes it.
+const OWNED_TOKEN_MODE: u32 = 0o600;
 
 /// Volumes of a pod, prepared as host directories under the pod's directory.
 pub struct Volumes {
@@ -52,6 +60,8 @@ impl Volumes {
     pub async fn prepare(client: &kube::Client, pod: &Pod, pod_dir: &Path) -> Result<(Self, Projections), ConfigError> {
         let mut paths = BTreeMap::new();
         let mut projected = Vec::new();
+        // Files can be given away only by root; an agent run by a user writes them as its own.
+        let owner = if crate::network::is_root() { owner(pod) } else { Owner::default() };
         let volumes: &[Volume] = pod.spec.as_ref().and_then(|s| s.volumes.as_deref()).unwrap_or_default();
         for volume in volumes {
             let dir = volume_dir(pod_dir, &volume.name);
@@ -59,9 +69,9 @@ impl Volumes {
             let path = if let Some(source) = &volume.empty_dir {
                 empty_dir(&dir, source, pod).map_err(io)?;
                 dir
-            } else if let Some(sources) = sources(volume).map_err(|e| failed(&volume.name, &e))? {
+            } else if let Some(sources) = sources(volume, owner).map_err(|e| failed(&volume.name, &e))? {
                 let parts = sources.into_iter().map(|source| Part { source, files: Files::new() }).collect();
-                projected.push(Projected { volume: volume.name.clone(), dir: dir.clone(), parts });
+                projected.push(Projected { volume: volume.name.clone(), dir: dir.clone(), owner, parts });
                 dir
             } else if let Some(source) = &volume.host_path {
                 let path = PathBuf::from(&source.path);
@@ -122,6 +132,25 @@ impl Volumes {
         }
         Ok((mounts, subpaths))
     }
+}
+
+/// Who the files of `pod`'s written volumes belong to: its user when every container runs as one (the
+/// kubelet's `FsUserFrom`, which it applies to tokens), and its `fsGroup`.
+fn owner(pod: &Pod) -> Owner {
+    let Some(spec) = pod.spec.as_ref() else { return Owner::default() };
+    let pod_context = spec.security_context.as_ref();
+    let user = |context: Option<&SecurityContext>| context.and_then(|c| c.run_as_user).or_else(|| pod_context?.run_as_user);
+    let containers = spec.init_containers.iter().flatten().chain(&spec.containers);
+    let users: Vec<Option<i64>> = containers
+        .map(|c| user(c.security_context.as_ref()))
+        .chain(spec.ephemeral_containers.iter().flatten().map(|c| user(c.security_context.as_ref())))
+        .collect();
+    let uid = match users.split_first() {
+        Some((Some(first), rest)) if rest.iter().all(|user| user == &Some(*first)) => u32::try_from(*first).ok(),
+        _ => None,
+    };
+    let gid = pod_context.and_then(|c| c.fs_group).and_then(|group| u32::try_from(group).ok());
+    Owner { uid, gid }
 }
 
 /// The ServiceAccount a pod's containers run as: admission sets it, older clients set the deprecated field.
@@ -456,6 +485,7 @@ pub struct Projections {
 struct Projected {
     volume: String,
     dir: PathBuf,
+    owner: Owner,
     parts: Vec<Part>,
 }
 
@@ -487,9 +517,11 @@ struct ObjectSource {
     mode: u32,
 }
 
-/// The sources of a volume the agent writes; None for other volumes.
-fn sources(volume: &Volume) -> Result<Option<Vec<Source>>, VolumeError> {
+/// The sources of a volume the agent writes, whose files go to `owner`; None for other volumes.
+fn sources(volume: &Volume, owner: Owner) -> Result<Option<Vec<Source>>, VolumeError> {
     let mode = |default_mode: Option<i32>| atomic::mode(default_mode, DEFAULT_MODE);
+    let secret_mode = |default_mode: Option<i32>| atomic::mode(default_mode, SECRET_MODE);
+    let token_mode = |mode: u32| if owner == Owner::default() { mode } else { OWNED_TOKEN_MODE };
     let object = |kind, name: &str, items: &Option<Vec<KeyToPath>>, optional: Option<bool>, mode| {
         let (name, items, optional) = (name.to_owned(), items.clone(), optional.unwrap_or(false));
         Source::Object(ObjectSource { kind, name, items, optional, mode })
@@ -498,22 +530,23 @@ fn sources(volume: &Volume) -> Result<Option<Vec<Source>>, VolumeError> {
         vec![object(ObjectKind::ConfigMap, &source.name, &source.items, source.optional, mode(source.default_mode))]
     } else if let Some(source) = &volume.secret {
         let name = source.secret_name.as_deref().unwrap_or_default();
-        vec![object(ObjectKind::Secret, name, &source.items, source.optional, mode(source.default_mode))]
+        vec![object(ObjectKind::Secret, name, &source.items, source.optional, secret_mode(source.default_mode))]
     } else if let Some(source) = &volume.downward_api {
         vec![Source::Downward { items: source.items.clone().unwrap_or_default(), mode: mode(source.default_mode) }]
     } else if let Some(projected) = &volume.projected {
-        let mode = mode(projected.default_mode);
+        let (mode, secret_mode) = (mode(projected.default_mode), secret_mode(projected.default_mode));
         let mut sources = Vec::new();
         for projection in projected.sources.iter().flatten() {
             if let Some(source) = &projection.config_map {
                 sources.push(object(ObjectKind::ConfigMap, &source.name, &source.items, source.optional, mode));
             } else if let Some(source) = &projection.secret {
-                sources.push(object(ObjectKind::Secret, &source.name, &source.items, source.optional, mode));
+                sources.push(object(ObjectKind::Secret, &source.name, &source.items, source.optional, secret_mode));
             } else if let Some(source) = &projection.downward_api {
                 sources.push(Source::Downward { items: source.items.clone().unwrap_or_default(), mode });
             } else if let Some(source) = &projection.service_account_token {
                 // Due at once: the first token is asked for when the volume is first written.
-                sources.push(Source::Token { source: TokenSource::of(source), mode, renew: Instant::now() });
+                let (source, mode) = (TokenSource::of(source), token_mode(mode));
+                sources.push(Source::Token { source, mode, renew: Instant::now() });
             } else if projection.cluster_trust_bundle.is_some() {
                 return Err(VolumeError::Unsupported("clusterTrustBundle"));
             }
@@ -601,7 +634,7 @@ impl Projected {
     /// Writes the files of all sources; of two with one path, the later source's wins, as in the kubelet.
     fn write(&self) -> Result<bool, VolumeError> {
         let files: Files = self.parts.iter().flat_map(|part| part.files.clone()).collect();
-        atomic::write(&self.dir, &files).map_err(VolumeError::Write)
+        atomic::write(&self.dir, &files, self.owner).map_err(VolumeError::Write)
     }
 }
 
@@ -803,7 +836,8 @@ mod tests {
 
     /// Fills a volume's parts as the API would answer: the object's keys, the pod's fields, a token.
     fn fill(volume: &Volume, dir: &Path, pod: &Pod, object: Option<Keys>) -> Projected {
-        let sources = sources(volume).unwrap().expect("a volume the agent writes");
+        let owner = owner(pod);
+        let sources = sources(volume, owner).unwrap().expect("a volume the agent writes");
         let parts = sources
             .into_iter()
             .map(|source| {
@@ -817,7 +851,7 @@ mod tests {
                 Part { source, files }
             })
             .collect();
-        Projected { volume: volume.name.clone(), dir: dir.to_path_buf(), parts }
+        Projected { volume: volume.name.clone(), dir: dir.to_path_buf(), owner, parts }
     }
 
     fn read(dir: &Path, name: &str) -> (String, u32) {
@@ -853,6 +887,44 @@ mod tests {
         written.write().unwrap();
         assert_eq!(read(tmp.path(), "x/a"), ("1".into(), 0o400));
         assert_eq!(read(tmp.path(), "b"), ("2".into(), 0o440));
+    }
+
+    #[test]
+    fn secrets_are_for_the_pods_user_and_fs_group_alone() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let secret: Volume =
+            serde_json::from_value(serde_json::json!({"name": "creds", "secret": {"secretName": "creds"}})).unwrap();
+        let root = fill(&secret, &tmp.path().join("root"), &Pod::default(), Some(keys(&[("password", "p")])));
+        root.write().unwrap();
+        assert_eq!(read(&tmp.path().join("root"), "password"), ("p".into(), 0o400), "Skiff's default, not 0644");
+
+        let user_and_group = pod(serde_json::json!({"metadata": {"namespace": "shop"}, "spec": {
+            "securityContext": {"runAsUser": 1000, "fsGroup": 2000},
+            "initContainers": [{"name": "init", "securityContext": {"runAsUser": 1000}}],
+            "containers": [{"name": "app"}]}}));
+        let dir = tmp.path().join("owned");
+        fill(&secret, &dir, &user_and_group, Some(keys(&[("password", "p")]))).write().unwrap();
+        let file = std::fs::metadata(dir.join("password")).unwrap();
+        assert_eq!((file.uid(), file.gid(), file.mode() & 0o7777), (1000, 2000, 0o440));
+        let dir = tmp.path().join("api");
+        fill(&api_access(), &dir, &user_and_group, Some(keys(&[("ca.crt", "PEM")]))).write().unwrap();
+        assert_eq!(read(&dir, "token").1, 0o640, "the kubelet's 0600 for an owned token, and the group's read");
+        assert_eq!(read(&dir, "ca.crt").1, 0o644, "the volume's mode where it names one");
+    }
+
+    #[test]
+    fn the_pods_user_is_the_one_all_its_containers_run_as() {
+        let owner = |json| owner(&pod(json));
+        let spec = |pod_user: serde_json::Value, app_user: serde_json::Value| {
+            serde_json::json!({"spec": {"securityContext": {"runAsUser": pod_user},
+                "containers": [{"name": "a"}, {"name": "b", "securityContext": {"runAsUser": app_user}}]}})
+        };
+        assert_eq!(owner(spec(1000.into(), 1000.into())), Owner { uid: Some(1000), gid: None });
+        assert_eq!(owner(spec(1000.into(), 1001.into())), Owner::default(), "two users");
+        assert_eq!(owner(spec(serde_json::Value::Null, 1000.into())), Owner::default(), "one from its image");
+        let group = serde_json::json!({"spec": {"securityContext": {"fsGroup": 3}, "containers": [{"name": "a"}]}});
+        assert_eq!(owner(group), Owner { uid: None, gid: Some(3) });
     }
 
     #[test]
@@ -1027,8 +1099,8 @@ mod tests {
         let volume = |json| serde_json::from_value::<Volume>(json).unwrap();
         let bundle = volume(serde_json::json!({"name": "b", "projected": {"sources": [
             {"clusterTrustBundle": {"path": "ca.pem", "signerName": "example.com/x"}}]}}));
-        assert_eq!(sources(&bundle).err().unwrap().to_string(), "clusterTrustBundle projections are not supported");
-        assert!(sources(&volume(serde_json::json!({"name": "e", "emptyDir": {}}))).unwrap().is_none());
+        assert_eq!(sources(&bundle, Owner::default()).err().unwrap().to_string(), "clusterTrustBundle projections are not supported");
+        assert!(sources(&volume(serde_json::json!({"name": "e", "emptyDir": {}})), Owner::default()).unwrap().is_none());
         let account = |json| service_account(&pod(json));
         assert_eq!(account(serde_json::json!({"spec": {"containers": [], "serviceAccountName": "robot"}})), "robot");
         assert_eq!(account(serde_json::json!({"spec": {"containers": [], "serviceAccount": "old"}})), "old");
