@@ -185,6 +185,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         dns: own_range.is_some().then(|| config.dns.clone()),
         services: caches.clone(),
         running: Arc::new(exec::Running::default()),
+        memory: pods::MemoryLedger::new(registration::allocatable_memory()),
     });
     let heartbeat = registration::heartbeat(client.clone(), identity, shutdown.clone());
     let image_gc = collect_images(ctx.clone(), shutdown.clone());

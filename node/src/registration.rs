@@ -183,6 +183,11 @@ fn os_image() -> String {
         .unwrap_or_else(|| std::env::consts::OS.to_string())
 }
 
+/// The node's memory, as its status reports it (capacity and allocatable): `MemTotal`.
+pub(crate) fn allocatable_memory() -> u64 {
+    meminfo_total_kib().unwrap_or(0) * 1024
+}
+
 fn meminfo_total_kib() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     text.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.trim().trim_end_matches("kB").trim().parse().ok()

@@ -672,8 +672,8 @@ fn node_bad_images_report_kubelet_reasons() {
 }
 
 #[test]
-fn node_pods_beyond_capacity_are_refused_out_of_pods() {
-    node::pods_beyond_capacity_are_refused_out_of_pods();
+fn node_pods_beyond_capacity_are_refused_out_of_pods_or_memory() {
+    node::pods_beyond_capacity_are_refused_out_of_pods_or_memory();
 }
 
 #[test]

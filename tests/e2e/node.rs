@@ -307,10 +307,15 @@ pub fn killing_the_agent_neither_loses_nor_doubles_pods() {
     node.cluster.ok(&["delete", "pod", "ticker", "--timeout=30s"]);
 }
 
-pub fn pods_beyond_capacity_are_refused_out_of_pods() {
-    let node = NodeCluster::start_with(&["--max-pods", "2"]);
+/// The kubelet's admission: pods beyond `capacity.pods`, and pods whose wasm guests' memory does not fit
+/// beside the others', fail instead of starting.
+pub fn pods_beyond_capacity_are_refused_out_of_pods_or_memory() {
+    // Each guest without a limit may take 40% of the node's memory: two fit, a third does not.
+    let memory = mem_total_bytes();
+    let default_limit = (memory * 2 / 5).to_string();
+    let node = NodeCluster::start_with(&["--max-pods", "3", "--wasm-default-memory-limit", &default_limit]);
     let capacity = node.cluster.ok(&["get", "node", "node-1", "-o", "jsonpath={.status.capacity.pods}"]);
-    assert_eq!(capacity, "2");
+    assert_eq!(capacity, "3");
     let ticker = node.registry.push_sample("ticker");
     node.ticker("one", &ticker);
     node.ticker("two", &ticker);
@@ -318,8 +323,26 @@ pub fn pods_beyond_capacity_are_refused_out_of_pods() {
     node.wait_phase("two", "Running");
     node.ticker("three", &ticker);
     let pod = node.wait_phase("three", "Failed");
+    assert_eq!(pod["status"]["reason"], "OutOfmemory", "{pod}");
+    let expected = format!(
+        "Pod was rejected: Node didn't have enough resource: memory, requested: {default_limit}, used: {}, capacity: {memory}",
+        2 * (memory * 2 / 5)
+    );
+    assert_eq!(pod["status"]["message"], expected.as_str());
+    // A guest with a small limit of its own still fits; then the pods are as many as the node takes.
+    node.pod("four", "Always", &format!("  - name: ticker\n    image: {ticker}\n    resources: {{limits: {{memory: 16Mi}}}}\n"));
+    node.wait_phase("four", "Running");
+    node.ticker("five", &ticker);
+    let pod = node.wait_phase("five", "Failed");
     assert_eq!(pod["status"]["reason"], "OutOfpods", "{pod}");
     assert_eq!(node.get("one")["status"]["phase"], "Running", "admitted pods keep running");
+}
+
+/// The node's memory as the agent reports it: `MemTotal`.
+fn mem_total_bytes() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let kib = meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:")).unwrap().trim().trim_end_matches("kB").trim();
+    kib.parse::<u64>().unwrap() * 1024
 }
 
 pub fn wasm_and_container_side_by_side_in_one_pod() {

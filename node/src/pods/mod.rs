@@ -2,6 +2,7 @@
 //! every relist reconciles the full set) keeps one [`worker::Worker`] per pod; the same loop measures their
 //! emptyDirs and evicts those over their limits ([`eviction`]).
 
+mod admission;
 mod atomic;
 mod downward;
 mod events;
@@ -28,6 +29,7 @@ use skiff_shim::Shim;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+pub use admission::MemoryLedger;
 pub use events::Recorder;
 use worker::Worker;
 
@@ -94,6 +96,8 @@ pub struct Context {
     pub services: crate::proxy::SharedCaches,
     /// The running containers, for `kubectl exec`.
     pub running: Arc<crate::exec::Running>,
+    /// The node's memory as its pods hold it, for admission.
+    pub memory: admission::MemoryLedger,
 }
 
 /// Watches this node's pods and keeps a worker per pod until `shutdown`.

@@ -99,6 +99,13 @@ impl ContainerState {
     }
 }
 
+/// Why the node ended a pod: a pod status's `reason` (Evicted, OutOfmemory) and `message`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ending {
+    pub reason: &'static str,
+    pub message: String,
+}
+
 /// What the worker knows of its pod.
 #[derive(Clone, Debug, Default)]
 pub struct PodState {
@@ -107,8 +114,9 @@ pub struct PodState {
     pub initialized: bool,
     /// An init container failed under restartPolicy Never: the pod failed.
     pub init_failed: bool,
-    /// The eviction message once the pod was evicted: it failed, with reason Evicted.
-    pub evicted: Option<String>,
+    /// Why the node ended the pod, when it did (evicted it, or refused it at admission): it failed, with
+    /// that reason and message.
+    pub ended: Option<Ending>,
     pub start_time: String,
     pub host_ip: String,
     /// The pod's address once its network is set up (the node's with host networking).
@@ -124,7 +132,7 @@ impl PodState {
     }
 
     pub fn phase(&self) -> &'static str {
-        if self.init_failed || self.evicted.is_some() {
+        if self.init_failed || self.ended.is_some() {
             return "Failed";
         }
         if !self.initialized {
@@ -185,9 +193,9 @@ impl PodState {
         if !self.init.is_empty() {
             status["initContainerStatuses"] = json!(self.init.iter().map(ContainerState::to_json).collect::<Vec<_>>());
         }
-        if let Some(message) = &self.evicted {
-            status["reason"] = json!("Evicted");
-            status["message"] = json!(message);
+        if let Some(ending) = &self.ended {
+            status["reason"] = json!(ending.reason);
+            status["message"] = json!(ending.message);
         }
         status
     }
@@ -251,7 +259,7 @@ mod tests {
         let mut state = pod(vec![(State::Running { started_at: crate::now() }, false)]);
         assert!(state.status().get("reason").is_none());
         let message = "Usage of EmptyDir volume \"cache\" exceeds the limit \"1Mi\". ";
-        state.evicted = Some(message.into());
+        state.ended = Some(Ending { reason: "Evicted", message: message.into() });
         let status = state.status();
         assert_eq!(
             (status["phase"].as_str(), status["reason"].as_str(), status["message"].as_str()),

@@ -187,7 +187,7 @@ fn empty_dir(dir: &Path, source: &EmptyDirVolumeSource, pod: &Pod) -> io::Result
     // Set, not asked of create_dir_all: the agent's umask would take write access from other users.
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(EMPTY_DIR_MODE))?;
     if tmpfs {
-        return mount_tmpfs(dir, memory_size(pod, source.size_limit.as_ref(), node_memory()).bytes);
+        return mount_tmpfs(dir, memory_size(pod, source.size_limit.as_ref(), crate::registration::allocatable_memory()).bytes);
     }
     if medium == MEMORY {
         static ON_DISK: std::sync::Once = std::sync::Once::new();
@@ -232,15 +232,6 @@ fn mount_tmpfs(dir: &Path, bytes: u64) -> io::Result<()> {
 
 fn c_path(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
-}
-
-/// The node's memory: what it reports as allocatable (`MemTotal`, the kernel's total RAM).
-fn node_memory() -> u64 {
-    // SAFETY: plain data, for sysinfo to fill.
-    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
-    // SAFETY: `info` is writable and lives across the call, the only way sysinfo can fail (EFAULT).
-    unsafe { libc::sysinfo(&mut info) };
-    info.totalram as u64 * u64::from(info.mem_unit)
 }
 
 /// A size an emptyDir is held to, with the text the eviction message quotes.
@@ -302,7 +293,7 @@ fn pod_memory_limit(pod: &Pod) -> Option<u64> {
 /// because the agent cannot mount, held to the size its tmpfs would have had. A tmpfs is not measured: the
 /// kernel refuses writes past its size, which is never above the volume's `sizeLimit`.
 pub(super) fn measured(pod: &Pod) -> Vec<(String, SizeLimit)> {
-    limits(pod, node_memory(), can_mount())
+    limits(pod, crate::registration::allocatable_memory(), can_mount())
 }
 
 /// [`measured`] on a node of `node_memory` where the agent can mount or not.

@@ -18,7 +18,8 @@ use tracing::Instrument;
 
 use super::events::Kind;
 use super::spec::{self, ConfigError};
-use super::status::{ContainerState, PodState, State, Terminated};
+use super::admission;
+use super::status::{ContainerState, Ending, PodState, State, Terminated};
 use super::volumes::Volumes;
 use super::{Context, PodRef};
 use crate::images::{ImageError, PullPolicy, RegistryAuth};
@@ -118,17 +119,18 @@ impl Shared {
         self.pod.borrow().clone()
     }
 
-    /// How long the containers get to stop: none for an evicted pod, as the kubelet gives none when a
+    /// How long the containers get to stop: none for a pod the node ended, as the kubelet gives none when a
     /// volume outgrows its limit.
     fn grace_period(&self) -> Duration {
-        if self.evicted() {
+        if self.ended() {
             return Duration::ZERO;
         }
         grace_period(&self.pod.borrow())
     }
 
-    fn evicted(&self) -> bool {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).evicted.is_some()
+    /// Whether the node ended the pod (evicted it, or refused it at admission).
+    fn ended(&self) -> bool {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).ended.is_some()
     }
 
     fn update(&self, init: bool, index: usize, change: impl FnOnce(&mut ContainerState)) {
@@ -191,7 +193,7 @@ async fn run(
             Ok(()) = evictions.changed() => {
                 let message = evictions.borrow_and_update().clone();
                 if let Some(message) = message {
-                    evict(&shared, message, &stop);
+                    end(&shared, Ending { reason: "Evicted", message }, &stop);
                 }
             }
         }
@@ -218,19 +220,19 @@ async fn run(
     Box::pin(delete_pod(&ctx, &shared.who)).await;
 }
 
-/// The kubelet's eviction of a pod: a Warning event, the pod Failed with reason Evicted and `message`, its
-/// containers killed with no grace period and not restarted (`stop`). A pod that already ended stays as it
-/// ended.
-fn evict(shared: &Shared, message: String, stop: &CancellationToken) {
+/// The node ends a pod, as the kubelet evicts one or refuses it at admission: a Warning event, the pod
+/// Failed with the ending's reason and message, its containers killed with no grace period and not
+/// restarted (`stop`). A pod that already ended stays as it ended.
+fn end(shared: &Shared, ending: Ending, stop: &CancellationToken) {
     {
         let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
         if matches!(state.phase(), "Succeeded" | "Failed") {
             return;
         }
-        state.evicted = Some(message.clone());
+        state.ended = Some(ending.clone());
     }
-    tracing::warn!(%message, "evicting the pod");
-    shared.event(None, Kind::Warning, "Evicted", &message);
+    tracing::warn!(reason = ending.reason, message = %ending.message, "the node ends the pod");
+    shared.event(None, Kind::Warning, ending.reason, &ending.message);
     shared.changed.notify_one();
     stop.cancel();
 }
@@ -301,7 +303,8 @@ fn initial_state(pod: &Pod, host_ip: &str) -> PodState {
 /// agent's), its network goes.
 async fn run_containers(shared: Arc<Shared>, spec: Box<k8s_openapi::api::core::v1::PodSpec>, stop: CancellationToken) {
     Box::pin(run_pod(&shared, spec, &stop)).await;
-    if !stop.is_cancelled() || shared.evicted() {
+    shared.ctx.memory.release(&shared.who.uid);
+    if !stop.is_cancelled() || shared.ended() {
         Box::pin(shared.ctx.network.release(&shared.who.uid)).await;
     }
 }
@@ -368,7 +371,18 @@ async fn run_prepared(
     let pulls = pulls.chain(spec.containers.iter().enumerate().map(|(i, c)| (false, i, c)));
     let mut pulled =
         Box::pin(futures::future::join_all(pulls.map(|(init, index, c)| pull(shared, init, index, c)))).await;
-    let need = Box::pin(network_need(shared, &pod, &pulled)).await;
+    let shims = Box::pin(shims_of(shared, &pod, &pulled)).await;
+    let need = network_need(&shims);
+    let (init_shims, main_shims) = shims.split_at(init_containers.len());
+    let held = |containers: &[Container], shims: &[Option<Arc<dyn Shim>>]| {
+        containers.iter().zip(shims).map(|(container, shim)| memory_held(container, shim.as_deref())).collect::<Vec<_>>()
+    };
+    let memory = admission::pod_memory(held(&spec.containers, main_shims), held(&init_containers, init_shims));
+    let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+    if let Err(refused) = shared.ctx.memory.admit(&shared.who.uid, memory, running) {
+        end(shared, Ending { reason: admission::OUT_OF_MEMORY, message: refused.to_string() }, stop);
+        return;
+    }
     let mut main_pulls = pulled.split_off(init_containers.len()).into_iter();
     let mut init_pulls = pulled.into_iter();
     // The pod's sandbox, before any container (init containers included).
@@ -443,17 +457,40 @@ async fn run_prepared(
     }
 }
 
+/// The shim each pulled image goes to, in the pulls' order; None where the pull failed or no shim runs the
+/// image (its container's supervisor reports that).
+async fn shims_of(shared: &Shared, pod: &Pod, pulled: &[Pulled]) -> Vec<Option<Arc<dyn Shim>>> {
+    let mut shims = Vec::with_capacity(pulled.len());
+    for pulled in pulled {
+        let shim = match pulled {
+            Ok(image) => choose_shim(&shared.ctx, pod, image).await.ok(),
+            Err(_) => None,
+        };
+        shims.push(shim);
+    }
+    shims
+}
+
 /// What the pod needs of the network: only an address when every container's image goes to the in-process
 /// shim; a namespace when one does not, or when that is not known yet (a pull failed).
-async fn network_need(shared: &Shared, pod: &Pod, pulled: &[Pulled]) -> Need {
-    for pulled in pulled {
-        let Ok(image) = pulled else { return Need::Namespace };
-        match choose_shim(&shared.ctx, pod, image).await {
-            Ok(shim) if shim.name() == IN_PROCESS_SHIM => {}
-            _ => return Need::Namespace,
-        }
-    }
-    Need::Address
+fn network_need(shims: &[Option<Arc<dyn Shim>>]) -> Need {
+    let in_process = |shim: &Option<Arc<dyn Shim>>| shim.as_ref().is_some_and(|shim| shim.name() == IN_PROCESS_SHIM);
+    if shims.iter().all(in_process) { Need::Address } else { Need::Namespace }
+}
+
+/// What `container` holds of the node's memory: its request (its limit when it names only that, as the API
+/// defaults it), or what its shim says it may take, whichever is more. A container whose image could not be
+/// pulled counts its request until the pull succeeds.
+fn memory_held(container: &Container, shim: Option<&dyn Shim>) -> u64 {
+    let resources = container.resources.as_ref();
+    let memory = |map: Option<&std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>| {
+        skiff_api::validation::parse_quantity(&map?.get("memory")?.0).map(|bytes| bytes.max(0.0).ceil() as u64)
+    };
+    let request = memory(resources.and_then(|r| r.requests.as_ref()))
+        .or_else(|| memory(resources.and_then(|r| r.limits.as_ref())))
+        .unwrap_or(0);
+    let held = shim.and_then(|shim| shim.memory_held(&spec::limits(container))).unwrap_or(0);
+    request.max(held)
 }
 
 /// The pod's network, and the files naming it (only containers with a filesystem of their own read them).

@@ -210,6 +210,15 @@ pub trait Shim: Send + Sync {
     /// Whether this shim runs `image`. The node asks the shims in order and takes the first that accepts.
     fn can_handle(&self, image: &Image) -> bool;
 
+    /// The node's memory a container with `limits` may take outside any cgroup of its own (a wasm guest
+    /// lives in the agent, and may grow to its limit or the shim's default), which the node counts against
+    /// its allocatable memory before it admits the pod. None where a container's memory is its own cgroup's,
+    /// counted by its requests as the scheduler counts it.
+    fn memory_held(&self, limits: &Limits) -> Option<u64> {
+        let _ = limits;
+        None
+    }
+
     /// Starts a container. Returns when it runs (or failed to start), not when it ends.
     async fn start(&self, spec: ContainerSpec) -> Result<Box<dyn Container>, ShimError>;
 

@@ -249,6 +249,11 @@ impl skiff_shim::Shim for WasmShim {
             || image.layers.iter().any(|l| WASM_LAYER_MEDIA_TYPES.contains(&l.media_type.as_str()))
     }
 
+    /// A guest's memory is the agent's, up to its limit or the node's default.
+    fn memory_held(&self, limits: &skiff_shim::Limits) -> Option<u64> {
+        Some(limits.memory_bytes.unwrap_or(self.inner.default_memory_limit))
+    }
+
     async fn start(&self, spec: ContainerSpec) -> Result<Box<dyn Container>, ShimError> {
         let guest = self.guest(&spec.image).await?;
         let container = run::start(self.inner.clone(), &guest, spec).await?;
