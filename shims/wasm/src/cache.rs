@@ -87,6 +87,26 @@ impl DiskCache {
         })
     }
 
+    /// Refuses a writable mount that would hand a guest the cache: its directory, one inside it, or one that
+    /// holds it (a hostPath of `/`, allowed in a privileged namespace). Read-only mounts may show it: every
+    /// file's digest is checked before its code is loaded.
+    pub(crate) fn refuse_writable(&self, mounts: &[skiff_shim::Mount]) -> Result<(), ShimError> {
+        let cache = self.dir.canonicalize().unwrap_or_else(|_| self.dir.clone());
+        for mount in mounts.iter().filter(|mount| !mount.read_only) {
+            // A path that does not resolve holds nothing yet; the mount itself then fails.
+            let Ok(host) = mount.host_path.canonicalize() else { continue };
+            if host.starts_with(&cache) || cache.starts_with(&host) {
+                return Err(ShimError::Config(format!(
+                    "{} mounted at {} holds the agent's compiled-code cache, which no wasm guest may write: mount \
+                     it readOnly",
+                    mount.host_path.display(),
+                    mount.container_path
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// How many times Cranelift compiled a guest (cache misses) since this cache was made.
     pub(crate) fn compilations(&self) -> u64 {
         self.compilations.load(Ordering::Relaxed)
@@ -311,6 +331,25 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn no_guest_may_write_the_cache() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = open(&tmp.path().join("agent/wasm-cache"));
+        std::fs::create_dir_all(tmp.path().join("agent/wasm-cache/sub")).unwrap();
+        std::fs::create_dir_all(tmp.path().join("elsewhere")).unwrap();
+        let mount = |host: &str, read_only| skiff_shim::Mount {
+            host_path: tmp.path().join(host),
+            container_path: "/data".into(),
+            read_only,
+        };
+        for host in ["", "agent", "agent/wasm-cache", "agent/wasm-cache/sub", "agent/../agent/wasm-cache"] {
+            let err = cache.refuse_writable(&[mount("elsewhere", false), mount(host, false)]).unwrap_err();
+            assert!(matches!(&err, ShimError::Config(m) if m.contains("compiled-code cache")), "{host}: {err}");
+            assert!(cache.refuse_writable(&[mount(host, true)]).is_ok(), "{host} read-only");
+        }
+        assert!(cache.refuse_writable(&[mount("elsewhere", false), mount("missing", false)]).is_ok());
     }
 
     /// A core module exporting one function named `name`.

@@ -104,6 +104,7 @@ fn guest_caused(ctl: &Ctl, err: &wasmtime::Error) -> bool {
 }
 
 pub(crate) async fn start(inner: Arc<Inner>, guest: &Guest, spec: ContainerSpec) -> Result<WasmContainer, ShimError> {
+    inner.disk.refuse_writable(&spec.mounts)?;
     let guest_spec = Arc::new(GuestSpec {
         // A guest reads argv[0] as its program name; with no command at all it gets the image's reference.
         argv: if spec.argv.is_empty() { vec![spec.image.reference.clone()] } else { spec.argv.clone() },
