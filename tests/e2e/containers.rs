@@ -376,7 +376,9 @@ fn volumes_resist_a_container_that_plants_links() {
     // A root container, with no user of its own, reads its root-owned files.
     node.cluster.ok(&["create", "secret", "generic", "creds", "--from-literal=password=s3cret"]);
     let secret = |context: &str| {
-        format!("  restartPolicy: Never\n{context}  volumes: [{{name: creds, secret: {{secretName: creds}}}}]\n  containers:\n  - name: app\n    image: {busybox}\n    command: [sh, -c, \"stat -L -c '%a %u %g' /creds/password; cat /creds/password\"]\n    volumeMounts: [{{name: creds, mountPath: /creds}}]\n")
+        format!(
+            "  restartPolicy: Never\n{context}  volumes: [{{name: creds, secret: {{secretName: creds}}}}]\n  containers:\n  - name: app\n    image: {busybox}\n    command: [sh, -c, \"stat -L -c '%a %u %g' /creds/password; cat /creds/password\"]\n    volumeMounts: [{{name: creds, mountPath: /creds}}]\n"
+        )
     };
     node.pod("owned", &secret("  securityContext: {runAsUser: 1000, fsGroup: 2000}\n"));
     node.pod("rooted", &secret(""));

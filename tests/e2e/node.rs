@@ -330,7 +330,11 @@ pub fn pods_beyond_capacity_are_refused_out_of_pods_or_memory() {
     );
     assert_eq!(pod["status"]["message"], expected.as_str());
     // A guest with a small limit of its own still fits; then the pods are as many as the node takes.
-    node.pod("four", "Always", &format!("  - name: ticker\n    image: {ticker}\n    resources: {{limits: {{memory: 16Mi}}}}\n"));
+    node.pod(
+        "four",
+        "Always",
+        &format!("  - name: ticker\n    image: {ticker}\n    resources: {{limits: {{memory: 16Mi}}}}\n"),
+    );
     node.wait_phase("four", "Running");
     node.ticker("five", &ticker);
     let pod = node.wait_phase("five", "Failed");

@@ -18,7 +18,9 @@ pub struct MemoryLedger {
 
 /// A pod the node's memory cannot hold, in the kubelet's words.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
-#[error("Pod was rejected: Node didn't have enough resource: memory, requested: {requested}, used: {used}, capacity: {capacity}")]
+#[error(
+    "Pod was rejected: Node didn't have enough resource: memory, requested: {requested}, used: {used}, capacity: {capacity}"
+)]
 pub struct OutOfMemory {
     requested: u64,
     used: u64,

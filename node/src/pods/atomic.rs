@@ -71,7 +71,8 @@ impl Owner {
     /// Whether `metadata` shows this owner; files left to whoever writes them always do.
     fn owns(&self, metadata: &std::fs::Metadata) -> bool {
         use std::os::unix::fs::MetadataExt;
-        *self == Owner::default() || (metadata.uid() == self.uid.unwrap_or(0) && metadata.gid() == self.gid.unwrap_or(0))
+        *self == Owner::default()
+            || (metadata.uid() == self.uid.unwrap_or(0) && metadata.gid() == self.gid.unwrap_or(0))
     }
 }
 

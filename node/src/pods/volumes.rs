@@ -15,8 +15,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, DownwardAPIVolumeFile, EmptyDirVolumeSource, KeyToPath, Pod, Secret, SecurityContext,
-    Volume,
+    ConfigMap, Container, DownwardAPIVolumeFile, EmptyDirVolumeSource, KeyToPath, Pod, Secret, SecurityContext, Volume,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::Api;
@@ -139,7 +138,8 @@ impl Volumes {
 fn owner(pod: &Pod) -> Owner {
     let Some(spec) = pod.spec.as_ref() else { return Owner::default() };
     let pod_context = spec.security_context.as_ref();
-    let user = |context: Option<&SecurityContext>| context.and_then(|c| c.run_as_user).or_else(|| pod_context?.run_as_user);
+    let user =
+        |context: Option<&SecurityContext>| context.and_then(|c| c.run_as_user).or_else(|| pod_context?.run_as_user);
     let containers = spec.init_containers.iter().flatten().chain(&spec.containers);
     let users: Vec<Option<i64>> = containers
         .map(|c| user(c.security_context.as_ref()))
@@ -187,7 +187,10 @@ fn empty_dir(dir: &Path, source: &EmptyDirVolumeSource, pod: &Pod) -> io::Result
     // Set, not asked of create_dir_all: the agent's umask would take write access from other users.
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(EMPTY_DIR_MODE))?;
     if tmpfs {
-        return mount_tmpfs(dir, memory_size(pod, source.size_limit.as_ref(), crate::registration::allocatable_memory()).bytes);
+        return mount_tmpfs(
+            dir,
+            memory_size(pod, source.size_limit.as_ref(), crate::registration::allocatable_memory()).bytes,
+        );
     }
     if medium == MEMORY {
         static ON_DISK: std::sync::Once = std::sync::Once::new();
@@ -1090,8 +1093,13 @@ mod tests {
         let volume = |json| serde_json::from_value::<Volume>(json).unwrap();
         let bundle = volume(serde_json::json!({"name": "b", "projected": {"sources": [
             {"clusterTrustBundle": {"path": "ca.pem", "signerName": "example.com/x"}}]}}));
-        assert_eq!(sources(&bundle, Owner::default()).err().unwrap().to_string(), "clusterTrustBundle projections are not supported");
-        assert!(sources(&volume(serde_json::json!({"name": "e", "emptyDir": {}})), Owner::default()).unwrap().is_none());
+        assert_eq!(
+            sources(&bundle, Owner::default()).err().unwrap().to_string(),
+            "clusterTrustBundle projections are not supported"
+        );
+        assert!(
+            sources(&volume(serde_json::json!({"name": "e", "emptyDir": {}})), Owner::default()).unwrap().is_none()
+        );
         let account = |json| service_account(&pod(json));
         assert_eq!(account(serde_json::json!({"spec": {"containers": [], "serviceAccountName": "robot"}})), "robot");
         assert_eq!(account(serde_json::json!({"spec": {"containers": [], "serviceAccount": "old"}})), "old");

@@ -16,9 +16,9 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::admission;
 use super::events::Kind;
 use super::spec::{self, ConfigError};
-use super::admission;
 use super::status::{ContainerState, Ending, PodState, State, Terminated};
 use super::volumes::Volumes;
 use super::{Context, PodRef};
@@ -375,7 +375,11 @@ async fn run_prepared(
     let need = network_need(&shims);
     let (init_shims, main_shims) = shims.split_at(init_containers.len());
     let held = |containers: &[Container], shims: &[Option<Arc<dyn Shim>>]| {
-        containers.iter().zip(shims).map(|(container, shim)| memory_held(container, shim.as_deref())).collect::<Vec<_>>()
+        containers
+            .iter()
+            .zip(shims)
+            .map(|(container, shim)| memory_held(container, shim.as_deref()))
+            .collect::<Vec<_>>()
     };
     let memory = admission::pod_memory(held(&spec.containers, main_shims), held(&init_containers, init_shims));
     let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
@@ -483,9 +487,10 @@ fn network_need(shims: &[Option<Arc<dyn Shim>>]) -> Need {
 /// pulled counts its request until the pull succeeds.
 fn memory_held(container: &Container, shim: Option<&dyn Shim>) -> u64 {
     let resources = container.resources.as_ref();
-    let memory = |map: Option<&std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>| {
-        skiff_api::validation::parse_quantity(&map?.get("memory")?.0).map(|bytes| bytes.max(0.0).ceil() as u64)
-    };
+    let memory =
+        |map: Option<&std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>| {
+            skiff_api::validation::parse_quantity(&map?.get("memory")?.0).map(|bytes| bytes.max(0.0).ceil() as u64)
+        };
     let request = memory(resources.and_then(|r| r.requests.as_ref()))
         .or_else(|| memory(resources.and_then(|r| r.limits.as_ref())))
         .unwrap_or(0);
