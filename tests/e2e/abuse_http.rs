@@ -2,6 +2,8 @@
 //! announce a body and stop sending it. Pod B on the same agent answers at once meanwhile, a new wasm pod
 //! starts, A answers what it cannot take with 503 after a short queue instead of keeping clients waiting,
 //! and the agent stays small; then the header and body timeouts let the slow clients go and A answers again.
+//! Last, clients that never read a large response: the write timeout closes their connections, and the
+//! guests streaming to them get a failed write and give their turns back.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -26,6 +28,12 @@ const QUEUE_WAIT: Duration = Duration::from_secs(1);
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Slack for a timeout's effect to be seen: the agent accepts and polls under load, the test polls too.
 const SLACK: Duration = Duration::from_secs(5);
+
+/// The shim's write timeout: how long a write of a response may wait for its client to read.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The response a non-reading client asks for: far more than the sockets between them and the guest buffer,
+/// so the guest's writes stall.
+const LARGE_RESPONSE_KIB: usize = 32 * 1024;
 
 /// What a request to another pod may take while A is under attack.
 const AT_ONCE: Duration = Duration::from_secs(1);
@@ -270,4 +278,49 @@ pub fn slow_clients_of_one_wasi_http_pod_hurt_no_other() {
         idle_rss / 1024,
         peak / 1024
     );
+
+    clients_that_never_read_lose_their_connection(&cluster, &agent, &image);
+}
+
+/// A pod with two turns streams a large response to two clients that never read: a third request is turned
+/// away while the guests' writes stall, and once the write timeout closes the stalled connections the guests'
+/// writes fail, they end and the pod answers again.
+fn clients_that_never_read_lose_their_connection(cluster: &Cluster, agent: &Agent, image: &str) {
+    let port = free_port();
+    let manifest = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: d\n  annotations: {{skiff.dev/max-concurrent-requests: \"2\"}}\nspec:\n  nodeName: {}\n  terminationGracePeriodSeconds: 5\n  containers:\n  - name: web\n    image: {image}\n    ports: [{{containerPort: {port}}}]\n    env: [{{name: GREETING, value: d}}, {{name: PAD_KB, value: \"{LARGE_RESPONSE_KIB}\"}}]\n",
+        agent.name
+    );
+    let out = cluster.with_stdin(&["apply", "-f", "-"], &manifest);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let d: SocketAddr = format!("{}:{port}", agent.node_ip).parse().unwrap();
+    eventually("pod d Ready", Duration::from_secs(60), || ready(cluster, "d"));
+    let (code, answer, _) = get(d);
+    assert_eq!(code, 200, "pod d answers");
+    let whole = answer.len();
+    assert!(whole > LARGE_RESPONSE_KIB * 1024, "the whole response came: {whole} bytes");
+
+    let stalled = Instant::now();
+    let mut readers: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut stream = TcpStream::connect_timeout(&d, Duration::from_secs(5)).expect("a connection");
+            stream.write_all(b"GET / HTTP/1.1\r\nHost: pod\r\n\r\n").unwrap();
+            stream
+        })
+        .collect();
+    eventually("pod d's turns held by the clients that do not read", QUEUE_WAIT + SLACK, || {
+        (get(d).0 == 503).then_some(())
+    });
+    assert!(stalled.elapsed() < WRITE_TIMEOUT, "the stalled writes hold the turns until their timeout");
+    eventually("pod d answering again", WRITE_TIMEOUT + SLACK, || (get(d).0 == 200).then_some(()));
+    let freed = stalled.elapsed();
+    eprintln!("pod d's turns came back {freed:?} after its clients stopped reading");
+    assert!(freed >= WRITE_TIMEOUT, "the turns came back after {freed:?}, before the write timeout");
+    for reader in &mut readers {
+        reader.set_read_timeout(Some(SLACK)).unwrap();
+        let mut received = Vec::new();
+        // The connection was closed: what the sockets held, then the end (or a reset), never the whole.
+        let _ = reader.read_to_end(&mut received);
+        assert!(received.len() < LARGE_RESPONSE_KIB * 1024, "a client that did not read got {} bytes", received.len());
+    }
 }

@@ -3,7 +3,8 @@
 //!
 //! Every request gets 200 with `hello from skiff`, the path it asked for, the `GREETING` config value
 //! (an environment variable, e.g. from a ConfigMap through `envFrom`) and, on Skiff, the client's address
-//! (the `skiff-client-addr` header).
+//! (the `skiff-client-addr` header). `PAD_KB=N`, a test knob as the `hello` sample's, pads every body with
+//! N KiB, for tests of large responses.
 
 use skiff_sdk::{Request, Response, config};
 
@@ -14,6 +15,9 @@ fn handle(req: Request) -> Response {
     let mut body = format!("hello from skiff\npath: {}\ngreeting: {greeting}\n", req.path());
     if let Some(client) = req.header("skiff-client-addr") {
         body.push_str(&format!("client: {client}\n"));
+    }
+    if let Some(kib) = config::get("PAD_KB").and_then(|kib| kib.trim().parse::<usize>().ok()) {
+        body.extend(std::iter::repeat_n('.', kib.saturating_mul(1024)));
     }
     Response::text(200, body)
 }
