@@ -483,8 +483,8 @@ fn network_need(shims: &[Option<Arc<dyn Shim>>]) -> Need {
 }
 
 /// What `container` holds of the node's memory: its request (its limit when it names only that, as the API
-/// defaults it), or what its shim says it may take, whichever is more. A container whose image could not be
-/// pulled counts its request until the pull succeeds.
+/// defaults it), or what its shim says it may take, whichever is more. A container whose first pull failed
+/// counts its request alone, for the pod's whole life: which shim runs it was not known at admission.
 fn memory_held(container: &Container, shim: Option<&dyn Shim>) -> u64 {
     let resources = container.resources.as_ref();
     let memory =
