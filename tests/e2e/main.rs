@@ -19,6 +19,7 @@ mod identity;
 mod incluster;
 mod kubelet;
 mod lifecycle;
+mod limitranges;
 mod multinode;
 mod network;
 mod networkpolicy;
@@ -644,6 +645,12 @@ macro_rules! scenarios {
 #[test]
 fn audit_log_records_requests_without_secret_values() {
     audit::audit_log_records_requests_without_secret_values();
+}
+
+/// One backend: LimitRanger reads LimitRanges as any other object.
+#[test]
+fn limitranges_default_and_bound_pods() {
+    limitranges::limit_ranges_default_and_bound_pods();
 }
 
 #[test]

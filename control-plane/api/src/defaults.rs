@@ -18,6 +18,7 @@ pub fn apply(def: &ResourceDef, object: &mut Value) {
         ("", "pods") => pod_spec(&mut object["spec"]),
         ("", "services") => service_spec(&mut object["spec"]),
         ("", "secrets") => set(object, "type", json!("Opaque")),
+        ("", "limitranges") => limit_range_items(object),
         ("discovery.k8s.io", "endpointslices") => {
             for port in object.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten() {
                 set(port, "name", json!(""));
@@ -170,6 +171,37 @@ fn network_policy_spec(object: &mut Value) {
     }
 }
 
+/// Kubernetes' `SetDefaults_LimitRangeItem`, for Container items only: a resource with a `max` and no
+/// `default` gets the max as its default limit; one with a default limit and no `defaultRequest` gets the
+/// default limit as its default request; one with a `min` and still no default request gets the min. So a
+/// LimitRange that only bounds a resource still gives containers that ask for nothing a value inside the
+/// bounds.
+fn limit_range_items(object: &mut Value) {
+    let items = object.pointer_mut("/spec/limits").and_then(Value::as_array_mut).into_iter().flatten();
+    for item in items.filter(|item| item["type"] == "Container") {
+        fill_missing(item, "max", "default");
+        fill_missing(item, "default", "defaultRequest");
+        fill_missing(item, "min", "defaultRequest");
+    }
+}
+
+/// Copies each quantity of `item[from]` into `item[to]` for the resources `item[to]` lacks.
+fn fill_missing(item: &mut Value, from: &str, to: &str) {
+    let Some(source) = item.get(from).and_then(Value::as_object).filter(|s| !s.is_empty()).cloned() else {
+        return;
+    };
+    let Some(item) = item.as_object_mut() else { return };
+    let target = item.entry(to).or_insert_with(|| json!({}));
+    if !target.is_object() {
+        *target = json!({});
+    }
+    if let Some(target) = target.as_object_mut() {
+        for (resource, quantity) in source {
+            target.entry(resource).or_insert(quantity);
+        }
+    }
+}
+
 fn set(object: &mut Value, field: &str, value: Value) {
     if let Some(map) = object.as_object_mut() {
         map.entry(field).or_insert(value);
@@ -248,6 +280,31 @@ mod tests {
             json!({"metadata": {"name": "shop", "labels": {"team": "a", "kubernetes.io/metadata.name": "x"}}});
         apply(def, &mut labelled);
         assert_eq!(labelled["metadata"]["labels"], json!({"team": "a", "kubernetes.io/metadata.name": "shop"}));
+    }
+
+    #[test]
+    fn container_limit_range_items_get_default_limits_and_requests_from_their_bounds() {
+        let def = find("", "v1", "limitranges").unwrap();
+        let mut range = json!({"spec": {"limits": [
+            {"type": "Container", "max": {"memory": "1Gi", "cpu": "2"}, "min": {"memory": "16Mi", "cpu": "100m"},
+                "default": {"memory": "64Mi"}, "defaultRequest": {"memory": "32Mi"}},
+            {"type": "Container", "min": {"cpu": "250m"}},
+            {"type": "Pod", "max": {"memory": "2Gi"}},
+        ]}});
+        apply(def, &mut range);
+        assert_eq!(
+            range["spec"]["limits"],
+            json!([
+                // memory keeps what was given; cpu's default limit is the max, its default request the
+                // default limit (the min comes last and finds it set).
+                {"type": "Container", "max": {"memory": "1Gi", "cpu": "2"}, "min": {"memory": "16Mi", "cpu": "100m"},
+                    "default": {"memory": "64Mi", "cpu": "2"}, "defaultRequest": {"memory": "32Mi", "cpu": "2"}},
+                // Only a min: the default request is the min, and there is no default limit.
+                {"type": "Container", "min": {"cpu": "250m"}, "defaultRequest": {"cpu": "250m"}},
+                // Pod items never get defaults (validation forbids them there).
+                {"type": "Pod", "max": {"memory": "2Gi"}},
+            ])
+        );
     }
 
     #[test]

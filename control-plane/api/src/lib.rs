@@ -1,6 +1,7 @@
 //! Kubernetes API machinery with no IO: which resources Skiff serves ([`resources`]), how objects are
 //! patched, selected, validated and shown (tables, discovery documents, OpenAPI), and which pods a
-//! namespace's Pod Security level admits ([`pod_security`]).
+//! namespace admits: by its Pod Security level ([`pod_security`]) and by its LimitRanges, which also fill
+//! in pods' resources ([`limit_ranger`]).
 //!
 //! Architecture invariant: nothing here touches a socket, a file or the store; the API server crate does
 //! the IO and calls into this one. Objects cross as `serde_json::Value`, checked against k8s-openapi types.
@@ -10,12 +11,14 @@ pub mod authz;
 pub mod defaults;
 pub mod discovery;
 pub mod join;
+pub mod limit_ranger;
 pub mod limits;
 pub mod node_authorizer;
 pub mod openapi;
 pub mod patch;
 pub mod pod_security;
 pub mod protobuf;
+pub mod quantity;
 pub mod rbac;
 pub mod resources;
 pub mod selectors;

@@ -99,6 +99,7 @@ static RESOURCES: LazyLock<Vec<ResourceDef>> = LazyLock::new(|| {
         def::<core::v1::Service>(true, Traits { short_names: &["svc"], categories: ALL, status: true, ..PLAIN }),
         def::<core::v1::Endpoints>(true, Traits { short_names: &["ep"], ..PLAIN }),
         def::<core::v1::ConfigMap>(true, Traits { short_names: &["cm"], ..PLAIN }),
+        def::<core::v1::LimitRange>(true, Traits { short_names: &["limits"], ..PLAIN }),
         def::<core::v1::Secret>(true, PLAIN),
         def::<core::v1::ServiceAccount>(true, Traits { short_names: &["sa"], ..PLAIN }),
         def::<core::v1::Event>(true, Traits { short_names: &["ev"], ..PLAIN }),
@@ -193,6 +194,17 @@ mod tests {
         assert!(policies.namespaced && !policies.status_subresource && policies.tracks_generation);
         assert_eq!(policies.qualified_name(), "networkpolicies.networking.k8s.io");
         assert!(group_versions().contains(&("networking.k8s.io", "v1")));
+    }
+
+    #[test]
+    fn limit_ranges_are_served_in_the_core_group() {
+        let ranges = find("", "v1", "limitranges").expect("limitranges registered");
+        assert_eq!(
+            (ranges.kind, ranges.list_kind, ranges.singular.as_str(), ranges.short_names),
+            ("LimitRange", "LimitRangeList", "limitrange", &["limits"][..])
+        );
+        assert!(ranges.namespaced && !ranges.status_subresource && !ranges.tracks_generation);
+        assert!(find_kind("v1", "LimitRange").is_some());
     }
 
     #[test]

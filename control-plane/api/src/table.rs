@@ -34,6 +34,9 @@ const fn wide(name: &'static str, kind: &'static str, description: &'static str)
 const NAME: Column =
     Column { name: "Name", kind: "string", format: "name", description: NAME_DESCRIPTION, priority: 0 };
 const AGE: Column = col("Age", "string", AGE_DESCRIPTION);
+/// kube-apiserver's default table (for kinds without a printer of their own) has the creation time, not
+/// the age.
+const CREATED_AT: Column = col("Created At", "date", AGE_DESCRIPTION);
 const CONTAINERS: Column = wide("Containers", "string", "Names of each container in the template.");
 const IMAGES: Column = wide("Images", "string", "Images referenced by each container in the template.");
 const SELECTOR: Column = wide(
@@ -343,6 +346,7 @@ fn printer(def: &ResourceDef) -> Printer {
             ],
             binding_row,
         ),
+        ("", "limitranges") => (vec![NAME, CREATED_AT], created_at_row),
         _ => (vec![NAME, AGE], default_row),
     };
     Printer { columns, row }
@@ -461,6 +465,14 @@ fn age(object: &Value, now: Timestamp) -> Value {
 
 fn default_row(object: &Value, now: Timestamp) -> Vec<Value> {
     vec![name(object), age(object, now)]
+}
+
+/// Go's zero time, which kube-apiserver's default table prints for an object without a creation time.
+const GO_ZERO_TIME: &str = "0001-01-01T00:00:00Z";
+
+fn created_at_row(object: &Value, _now: Timestamp) -> Vec<Value> {
+    let created = parse_time(object.pointer("/metadata/creationTimestamp"));
+    vec![name(object), created.map_or_else(|| GO_ZERO_TIME.to_string(), crate::format_time).into()]
 }
 
 fn namespace_row(object: &Value, now: Timestamp) -> Vec<Value> {
@@ -1173,6 +1185,17 @@ mod tests {
         assert_eq!(cell(&row_policy, "Pod-Selector"), "role=db,tier notin (web)");
         let every_pod = json!({"metadata": {"name": "deny-all"}, "spec": {"podSelector": {}}});
         assert_eq!(cell(&row("networking.k8s.io", "networkpolicies", every_pod), "Pod-Selector"), "<none>");
+    }
+
+    #[test]
+    fn limit_ranges_show_their_creation_time_as_kube_apiserver_s_default_table() {
+        let range =
+            json!({"metadata": {"name": "mem", "namespace": "default", "creationTimestamp": "2025-01-02T03:00:00Z"}});
+        let row = row("", "limitranges", range);
+        assert_eq!(row, [("Name".into(), json!("mem")), ("Created At".into(), json!("2025-01-02T03:00:00Z"))]);
+        let table = table(def("", "limitranges"), &[json!({"metadata": {"name": "new"}})], json!({}), now());
+        assert_eq!(table["columnDefinitions"][1]["type"], "date");
+        assert_eq!(table["rows"][0]["cells"][1], "0001-01-01T00:00:00Z");
     }
 
     #[test]

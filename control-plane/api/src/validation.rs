@@ -4,7 +4,7 @@
 //! Objects arrive already normalized (round-tripped through their k8s-openapi type), so shapes are right
 //! and only values are checked here. [`unknown_fields`] is the separate check behind `fieldValidation`.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 
 use base64::Engine;
@@ -40,6 +40,7 @@ pub fn validate(def: &ResourceDef, object: &Value, old: Option<&Value>) -> Vec<C
         "Job" => validate_job(&mut e, object),
         "Service" => validate_service(&mut e, object),
         "ConfigMap" => validate_config_map(&mut e, object),
+        "LimitRange" => validate_limit_range(&mut e, object),
         "Secret" => validate_secret(&mut e, object),
         "Endpoints" => validate_endpoints(&mut e, object),
         "EndpointSlice" => validate_endpoint_slice(&mut e, object),
@@ -1282,6 +1283,240 @@ impl Cidr {
     }
 }
 
+/// The limit types Kubernetes knows; any other must be a qualified name (`example.com/box`), which
+/// LimitRanger then ignores.
+const LIMIT_TYPES: &[&str] = &["Pod", "Container", "PersistentVolumeClaim"];
+const NOT_IN_POD_ITEMS: &str = "may not be specified when `type` is 'Pod'";
+/// Kubernetes' standard resource names (`helper.IsStandardResourceName`, hugepages aside).
+const STANDARD_RESOURCES: &[&str] = &[
+    "cpu",
+    "memory",
+    "ephemeral-storage",
+    "requests.cpu",
+    "requests.memory",
+    "requests.ephemeral-storage",
+    "limits.cpu",
+    "limits.memory",
+    "limits.ephemeral-storage",
+    "pods",
+    "resourcequotas",
+    "services",
+    "replicationcontrollers",
+    "secrets",
+    "configmaps",
+    "persistentvolumeclaims",
+    "storage",
+    "requests.storage",
+    "services.nodeports",
+    "services.loadbalancers",
+];
+
+/// Kubernetes' `validateResourceName`: a qualified name, and a standard one unless it has a domain.
+fn resource_name_errors(name: &str) -> Vec<String> {
+    let errors = qualified_name_errors(name);
+    let standard =
+        STANDARD_RESOURCES.contains(&name) || name.starts_with("hugepages-") || name.starts_with("requests.hugepages-");
+    if errors.is_empty() && !name.contains('/') && !standard {
+        return vec!["must be a standard resource type or fully qualified".to_string()];
+    }
+    errors
+}
+
+/// In the `kubernetes.io` domain: unqualified names are.
+fn is_native_resource(name: &str) -> bool {
+    !name.contains('/') || name.contains("kubernetes.io/")
+}
+
+/// Kubernetes' `validateLimitRangeResourceName`: what a container may ask for in Pod and Container items
+/// (`validateContainerResourceName`), any resource name in the others.
+fn limit_range_resource_name_errors(limit_type: &str, name: &str) -> Vec<String> {
+    let mut errors = resource_name_errors(name);
+    if !matches!(limit_type, "Pod" | "Container") {
+        return errors;
+    }
+    if !name.contains('/') {
+        if !matches!(name, "cpu" | "memory" | "ephemeral-storage") && !name.starts_with("hugepages-") {
+            errors.push("must be a standard resource for containers".to_string());
+        }
+    } else if !is_native_resource(name) {
+        // An extended resource, also nameable in quotas as `requests.<name>`.
+        let extended = !name.starts_with("requests.") && qualified_name_errors(&format!("requests.{name}")).is_empty();
+        if !extended {
+            errors.push("doesn't follow extended resource name standard".to_string());
+        }
+    }
+    errors
+}
+
+/// One quantity of a LimitRange item: the text as written and its value, when it parses.
+struct LimitQuantity<'a> {
+    text: &'a str,
+    value: f64,
+}
+
+impl LimitQuantity<'_> {
+    /// As Kubernetes prints it in messages (`1536Mi` for `1.5Gi`).
+    fn canonical(&self) -> String {
+        crate::quantity::canonical(self.text).unwrap_or_else(|| self.text.to_string())
+    }
+}
+
+/// Kubernetes' `ValidateLimitRange`: known or qualified item types, each type once; resource names a
+/// container may ask for (Pod and Container items) or any resource (others); no defaults in Pod items; a
+/// storage bound in PersistentVolumeClaim items; and resource by resource min <= default request <=
+/// default limit <= max, a max limit/request ratio of at least 1 that min and max leave room for, and a
+/// default request equal to the default limit for what cannot be overcommitted (extended resources,
+/// hugepages). Resources are checked in name order (Go's map order is random).
+///
+/// Kubernetes prints an invalid quantity's value as a Go struct dump (`resource.Quantity{i:...}`); here
+/// it is the quantity as written, and the message after it is Kubernetes' own.
+fn validate_limit_range(e: &mut Errors, object: &Value) {
+    let items = at(object, &["spec", "limits"]).and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
+    let mut types = HashSet::new();
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("spec.limits[{i}]");
+        let limit_type = get_str(item, "type").unwrap_or_default();
+        let type_path = child(&path, "type");
+        let type_errors = qualified_name_errors(limit_type);
+        if !type_errors.is_empty() {
+            e.invalid_each(&type_path, limit_type, type_errors);
+        } else if !limit_type.contains('/') && !LIMIT_TYPES.contains(&limit_type) {
+            e.invalid(&type_path, limit_type, "must be a standard limit type or fully qualified");
+        }
+        if !types.insert(limit_type) {
+            e.duplicate(&type_path, limit_type);
+        }
+
+        // resource -> field -> quantity, for the checks across fields.
+        let mut by_resource: BTreeMap<&str, BTreeMap<&str, LimitQuantity>> = BTreeMap::new();
+        let mut read = |e: &mut Errors, field: &'static str| {
+            let quantities = get_map(item, field).into_iter().flatten();
+            for (resource, value) in quantities.filter_map(|(r, v)| Some((r, v.as_str()?))) {
+                let field_path = format!("{path}.{field}[{resource}]");
+                e.invalid_each(&field_path, resource, limit_range_resource_name_errors(limit_type, resource));
+                match parse_quantity(value) {
+                    Some(parsed) => {
+                        by_resource
+                            .entry(resource)
+                            .or_default()
+                            .insert(field, LimitQuantity { text: value, value: parsed });
+                    }
+                    None => e.invalid(
+                        &*field_path,
+                        value,
+                        &format!("quantities must match the regular expression '{QUANTITY_FMT}'"),
+                    ),
+                }
+            }
+        };
+        read(e, "max");
+        read(e, "min");
+        if limit_type == "Pod" {
+            for field in ["default", "defaultRequest"] {
+                if get_map(item, field).is_some_and(|m| !m.is_empty()) {
+                    e.forbidden(child(&path, field), NOT_IN_POD_ITEMS);
+                }
+            }
+        } else {
+            read(e, "default");
+            read(e, "defaultRequest");
+        }
+        if limit_type == "PersistentVolumeClaim"
+            && ["min", "max"].iter().all(|field| get_map(item, field).is_none_or(|m| !m.contains_key("storage")))
+        {
+            // Kubernetes names the item's field `limits` here, though the item has none of that name.
+            e.required(
+                child(&path, "limits"),
+                "either minimum or maximum storage value is required, but neither was provided",
+            );
+        }
+        read(e, "maxLimitRequestRatio");
+
+        for (resource, quantities) in &by_resource {
+            validate_limit_bounds(e, &path, resource, quantities);
+        }
+    }
+}
+
+/// The checks across one resource's quantities in a LimitRange item at `path`, in Kubernetes' order.
+fn validate_limit_bounds(e: &mut Errors, path: &str, resource: &str, quantities: &BTreeMap<&str, LimitQuantity>) {
+    let at_field = |field: &str| format!("{path}.{field}[{resource}]");
+    let (min, max) = (quantities.get("min"), quantities.get("max"));
+    let (limit, request) = (quantities.get("default"), quantities.get("defaultRequest"));
+    let ratio = quantities.get("maxLimitRequestRatio");
+    if let (Some(min), Some(max)) = (min, max)
+        && min.value > max.value
+    {
+        let detail = format!("min value {} is greater than max value {}", min.canonical(), max.canonical());
+        e.invalid(at_field("min"), min.text, &detail);
+    }
+    if let (Some(request), Some(min)) = (request, min)
+        && min.value > request.value
+    {
+        let detail =
+            format!("min value {} is greater than default request value {}", min.canonical(), request.canonical());
+        e.invalid(at_field("defaultRequest"), request.text, &detail);
+    }
+    if let (Some(request), Some(max)) = (request, max)
+        && request.value > max.value
+    {
+        let detail =
+            format!("default request value {} is greater than max value {}", request.canonical(), max.canonical());
+        e.invalid(at_field("defaultRequest"), request.text, &detail);
+    }
+    if let (Some(request), Some(limit)) = (request, limit)
+        && request.value > limit.value
+    {
+        let detail = format!(
+            "default request value {} is greater than default limit value {}",
+            request.canonical(),
+            limit.canonical()
+        );
+        e.invalid(at_field("defaultRequest"), request.text, &detail);
+    }
+    // The next two name the bound as the value, as Kubernetes does.
+    if let (Some(limit), Some(min)) = (limit, min)
+        && min.value > limit.value
+    {
+        let detail = format!("min value {} is greater than default value {}", min.canonical(), limit.canonical());
+        e.invalid(at_field("default"), min.text, &detail);
+    }
+    if let (Some(limit), Some(max)) = (limit, max)
+        && limit.value > max.value
+    {
+        let detail = format!("default value {} is greater than max value {}", limit.canonical(), max.canonical());
+        e.invalid(at_field("default"), max.text, &detail);
+    }
+    if let Some(ratio) = ratio {
+        if ratio.value < 1.0 {
+            e.invalid(
+                at_field("maxLimitRequestRatio"),
+                ratio.text,
+                &format!("ratio {} is less than 1", ratio.canonical()),
+            );
+        }
+        if let (Some(min), Some(max)) = (min, max) {
+            // A zero min leaves room for any ratio (the quotient is infinite).
+            let room = max.value / min.value;
+            if ratio.value > room {
+                let detail = format!("ratio {} is greater than max/min = {room:.6}", ratio.canonical());
+                e.invalid(at_field("maxLimitRequestRatio"), ratio.text, &detail);
+            }
+        }
+    }
+    let overcommit_allowed = is_native_resource(resource) && !resource.starts_with("hugepages-");
+    if let (false, Some(limit), Some(request)) = (overcommit_allowed, limit, request)
+        && limit.value != request.value
+    {
+        let detail = format!(
+            "default value {} must equal to defaultRequest value {} in {resource}",
+            limit.canonical(),
+            request.canonical()
+        );
+        e.invalid(at_field("defaultRequest"), request.text, &detail);
+    }
+}
+
 fn validate_runtime_class(e: &mut Errors, object: &Value) {
     match get_str(object, "handler").filter(|h| !h.is_empty()) {
         None => e.required("handler", ""),
@@ -1568,6 +1803,137 @@ mod tests {
         );
         assert_eq!(causes[4].message, r#"Invalid value: "2": must be less than or equal to cpu limit of 1500m"#);
         assert!(causes[3].message.contains("quantities must match the regular expression"));
+    }
+
+    fn limit_range(limits: Value) -> Value {
+        json!({"apiVersion": "v1", "kind": "LimitRange", "metadata": {"name": "r", "namespace": "default"},
+            "spec": {"limits": limits}})
+    }
+
+    fn messages(causes: &[Cause]) -> Vec<(&str, &str)> {
+        causes.iter().map(|c| (c.field.as_str(), c.message.as_str())).collect()
+    }
+
+    #[test]
+    fn limit_ranges_in_bounds_are_valid() {
+        let valid = limit_range(json!([
+            {"type": "Container", "max": {"memory": "1Gi", "cpu": "2"}, "min": {"memory": "16Mi"},
+                "default": {"memory": "64Mi", "nvidia.com/gpu": "1"}, "defaultRequest": {"memory": "32Mi", "nvidia.com/gpu": "1"},
+                "maxLimitRequestRatio": {"memory": "4"}},
+            {"type": "Pod", "max": {"cpu": "4"}, "min": {"cpu": "0"}, "maxLimitRequestRatio": {"cpu": "10"}},
+            {"type": "PersistentVolumeClaim", "max": {"storage": "10Gi"}},
+            {"type": "example.com/box", "max": {"example.com/widgets": "3"}},
+        ]));
+        assert_eq!(messages(&check("LimitRange", valid)), Vec::<(&str, &str)>::new());
+    }
+
+    #[test]
+    fn limit_range_items_with_kubernetes_messages() {
+        let causes = check(
+            "LimitRange",
+            limit_range(json!([
+                {"type": "Sometimes"},
+                {"type": "Pod", "default": {"cpu": "1"}, "defaultRequest": {"cpu": "1"}, "max": {"gpu": "1"}},
+                {"type": "Pod"},
+                {"type": "PersistentVolumeClaim", "max": {"memory": "1Gi"}},
+            ])),
+        );
+        assert_eq!(
+            messages(&causes),
+            [
+                (
+                    "spec.limits[0].type",
+                    r#"Invalid value: "Sometimes": must be a standard limit type or fully qualified"#
+                ),
+                (
+                    "spec.limits[1].max[gpu]",
+                    r#"Invalid value: "gpu": must be a standard resource type or fully qualified"#
+                ),
+                ("spec.limits[1].max[gpu]", r#"Invalid value: "gpu": must be a standard resource for containers"#),
+                ("spec.limits[1].default", "Forbidden: may not be specified when `type` is 'Pod'"),
+                ("spec.limits[1].defaultRequest", "Forbidden: may not be specified when `type` is 'Pod'"),
+                ("spec.limits[2].type", r#"Duplicate value: "Pod""#),
+                (
+                    "spec.limits[3].limits",
+                    "Required value: either minimum or maximum storage value is required, but neither was provided"
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn limit_range_bounds_must_be_ordered() {
+        let causes = check(
+            "LimitRange",
+            limit_range(json!([{"type": "Container",
+                "min": {"memory": "1Gi", "cpu": "500m"}, "max": {"memory": "512Mi", "cpu": "2"},
+                "default": {"cpu": "0.25"}, "defaultRequest": {"memory": "2Gi", "cpu": "1"},
+                "maxLimitRequestRatio": {"cpu": "10", "memory": "0.5"}}])),
+        );
+        assert_eq!(
+            messages(&causes),
+            [
+                (
+                    "spec.limits[0].defaultRequest[cpu]",
+                    r#"Invalid value: "1": default request value 1 is greater than default limit value 250m"#
+                ),
+                (
+                    "spec.limits[0].default[cpu]",
+                    r#"Invalid value: "500m": min value 500m is greater than default value 250m"#
+                ),
+                (
+                    "spec.limits[0].maxLimitRequestRatio[cpu]",
+                    r#"Invalid value: "10": ratio 10 is greater than max/min = 4.000000"#
+                ),
+                (
+                    "spec.limits[0].min[memory]",
+                    r#"Invalid value: "1Gi": min value 1Gi is greater than max value 512Mi"#
+                ),
+                (
+                    "spec.limits[0].defaultRequest[memory]",
+                    r#"Invalid value: "2Gi": default request value 2Gi is greater than max value 512Mi"#
+                ),
+                ("spec.limits[0].maxLimitRequestRatio[memory]", r#"Invalid value: "0.5": ratio 500m is less than 1"#),
+            ]
+        );
+        let causes = check(
+            "LimitRange",
+            limit_range(
+                json!([{"type": "Container", "min": {"memory": "64Mi"}, "defaultRequest": {"memory": "32Mi", "cpu": "lots"},
+                "default": {"example.com/gpu": "2"}, "maxLimitRequestRatio": {"example.com/gpu": "1"}}]),
+            ),
+        );
+        assert_eq!(
+            messages(&causes),
+            [
+                (
+                    "spec.limits[0].defaultRequest[cpu]",
+                    r#"Invalid value: "lots": quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'"#
+                ),
+                (
+                    "spec.limits[0].defaultRequest[memory]",
+                    r#"Invalid value: "32Mi": min value 64Mi is greater than default request value 32Mi"#
+                ),
+            ]
+        );
+        let causes = check(
+            "LimitRange",
+            limit_range(json!([{"type": "Container", "default": {"example.com/gpu": "2", "hugepages-2Mi": "4Mi"},
+                "defaultRequest": {"example.com/gpu": "1", "hugepages-2Mi": "2Mi"}}])),
+        );
+        assert_eq!(
+            messages(&causes),
+            [
+                (
+                    "spec.limits[0].defaultRequest[example.com/gpu]",
+                    r#"Invalid value: "1": default value 2 must equal to defaultRequest value 1 in example.com/gpu"#
+                ),
+                (
+                    "spec.limits[0].defaultRequest[hugepages-2Mi]",
+                    r#"Invalid value: "2Mi": default value 4Mi must equal to defaultRequest value 2Mi in hugepages-2Mi"#
+                ),
+            ]
+        );
     }
 
     #[test]

@@ -1,12 +1,15 @@
 //! Admission that needs the store or the requester, in kube-apiserver's order: NodeRestriction (a node
-//! writes only its own Node, Lease and pods' status; `skiff_api::node_authorizer::admit`), RBAC's
-//! escalation prevention (no one grants what they do not hold; `skiff_api::rbac::covers`), and Pod
-//! Security, as the PodSecurity plugin. What a namespace's level allows is decided in
-//! `skiff_api::pod_security`; this module reads what the decision needs (the namespace, and its pods when
-//! a label tightens its enforce level) and turns refusals into Statuses.
+//! writes only its own Node, Lease and pods' status; `skiff_api::node_authorizer::admit`), LimitRanger
+//! (a new pod gets its namespace's default resources and must stay in its bounds;
+//! `skiff_api::limit_ranger`), RBAC's escalation prevention (no one grants what they do not hold;
+//! `skiff_api::rbac::covers`), and Pod Security, as the PodSecurity plugin. What a namespace's level
+//! allows is decided in `skiff_api::pod_security`; this module reads what the decisions need (the
+//! namespace, its LimitRanges, and its pods when a label tightens its enforce level) and turns refusals
+//! into Statuses.
 //!
 //! Writes reach it from `objects`. Pod Security looks at creates and updates of the main resource only
 //! (status, binding, scale: none can change a pod's spec or a workload's template), as PSA ignores them;
+//! LimitRanger only at pod creates, as a pod's resources change afterwards only through a resize;
 //! NodeRestriction looks at every write, deletes included.
 
 use std::time::Duration;
@@ -15,9 +18,8 @@ use k8s_openapi::api::rbac::v1::{PolicyRule, RoleRef};
 use serde_json::Value;
 use skiff_api::authz::{Attributes, Decision, UserInfo};
 use skiff_api::node_authorizer::{self, AdmissionRequest, Operation};
-use skiff_api::pod_security;
-use skiff_api::rbac;
 use skiff_api::resources::{self, ResourceDef};
+use skiff_api::{limit_ranger, pod_security, rbac, validation};
 
 use crate::error::ApiError;
 use crate::objects::{ListOptions, Objects, name_of};
@@ -65,8 +67,8 @@ async fn pod_security(
 
 /// The admission chain for a create (`old` None) or update of `object`'s `subresource` ("" for the main
 /// resource) by `user`: the warnings to answer with, or the refusal. A pod being created is first given
-/// its ServiceAccount and API credentials (the ServiceAccount plugin, which mutates), so the checks after
-/// see the pod as it will be stored.
+/// its namespace's default resources (LimitRanger) and its ServiceAccount and API credentials (the
+/// ServiceAccount plugin), both of which mutate, so the checks after see the pod as it will be stored.
 pub(crate) async fn admit(
     objects: &Objects,
     def: &ResourceDef,
@@ -85,11 +87,32 @@ pub(crate) async fn admit(
         return Ok(Vec::new());
     }
     if let (("", "pods"), Some(ns), None) = ((def.group, def.plural), ns, old) {
+        limit_ranger(objects, def, ns, object).await?;
         crate::serviceaccounts::admit_pod(objects, ns, object).await?;
     }
     let object = &*object;
     rbac_escalation(objects, def, ns, object, user).await?;
     pod_security(objects, def, ns, object, old).await
+}
+
+/// LimitRanger for a pod being created in `ns`: the namespace's LimitRanges, in name order, fill in the
+/// resources its containers lack; a pod so changed is validated again, since Kubernetes validates after
+/// mutating admission (a default limit below a request a container set makes the pod invalid, 422); then a
+/// pod outside a LimitRange's bounds is refused with 403.
+async fn limit_ranger(objects: &Objects, def: &ResourceDef, ns: &str, pod: &mut Value) -> Result<(), ApiError> {
+    let limit_ranges = resources::find("", "v1", "limitranges").ok_or(ApiError::NoRoute)?;
+    let limit_ranges = objects.list(limit_ranges, Some(ns), &ListOptions::default()).await?.items;
+    if limit_ranges.is_empty() {
+        return Ok(());
+    }
+    if limit_ranger::default_resources(&limit_ranges, pod) {
+        let causes = validation::validate(def, pod, None);
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(def, name_of(pod), causes));
+        }
+    }
+    limit_ranger::check(&limit_ranges, pod)
+        .map_err(|violations| ApiError::forbidden(def, name_of(pod), &violations.to_string()))
 }
 
 const CERTIFICATES: &str = "certificates.k8s.io";
@@ -381,6 +404,71 @@ mod tests {
         assert_eq!(
             written.map(|w| w.warnings).unwrap_or_default(),
             [r#"would violate PodSecurity "baseline:latest": hostPath volumes (volume "h")"#]
+        );
+    }
+
+    /// A namespace's LimitRanges give its new pods their default resources and refuse pods outside their
+    /// bounds, with kube-apiserver's Statuses; other namespaces are untouched.
+    #[tokio::test]
+    async fn pods_get_their_namespace_limit_range_defaults_and_stay_in_its_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(skiff_store::embedded::EmbeddedStore::open(dir.path()).unwrap());
+        let objects = Objects::new(store);
+        crate::lifecycle::bootstrap(&objects).await.unwrap();
+        let options = WriteOptions::default();
+        let (pods, limit_ranges) = (def("", "pods"), def("", "limitranges"));
+        let limit_range = |name: &str, item: Value| json!({"apiVersion": "v1", "kind": "LimitRange", "metadata": {"name": name}, "spec": {"limits": [item]}});
+        let with_resources = |name: &str, resources: Value| {
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+                "spec": {"containers": [{"name": "app", "image": "registry.local/app:1", "resources": resources}]}})
+        };
+
+        // Stored with Kubernetes' defaults: the max is the default limit, the default limit the request.
+        let memory = limit_range("memory", json!({"type": "Container", "max": {"memory": "1Gi"}}));
+        let stored = objects.create(limit_ranges, Some("default"), memory, &options).await.unwrap().object;
+        assert_eq!(
+            (&stored["spec"]["limits"][0]["default"], &stored["spec"]["limits"][0]["defaultRequest"]),
+            (&json!({"memory": "1Gi"}), &json!({"memory": "1Gi"}))
+        );
+        let defaults = limit_range("defaults", json!({"type": "Container", "default": {"memory": "64Mi"}}));
+        objects.create(limit_ranges, Some("default"), defaults, &options).await.unwrap();
+
+        // "defaults" comes before "memory": its 64Mi is what the pod gets.
+        let created = objects.create(pods, Some("default"), pod("plain", json!({})), &options).await.unwrap().object;
+        assert_eq!(
+            created["spec"]["containers"][0]["resources"],
+            json!({"limits": {"memory": "64Mi"}, "requests": {"memory": "64Mi"}})
+        );
+        assert_eq!(
+            created["metadata"]["annotations"]["kubernetes.io/limit-ranger"],
+            "LimitRanger plugin set: memory request for container c; memory limit for container c"
+        );
+
+        let big = with_resources("big", json!({"limits": {"memory": "2Gi"}}));
+        let refused = objects.create(pods, Some("default"), big, &options).await.err().unwrap();
+        assert_eq!(refused.code(), http::StatusCode::FORBIDDEN);
+        assert_eq!(
+            refused.status()["message"],
+            r#"pods "big" is forbidden: maximum memory usage per Container is 1Gi, but limit is 2Gi"#
+        );
+
+        // A request above the default limit makes the pod invalid once the limit is filled in.
+        let greedy = with_resources("greedy", json!({"requests": {"memory": "128Mi"}}));
+        let invalid = objects.create(pods, Some("default"), greedy, &options).await.err().unwrap();
+        assert_eq!(invalid.code(), http::StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(invalid.to_string().contains("must be less than or equal to memory limit of 64Mi"), "{invalid}");
+
+        let elsewhere = objects.create(pods, Some("kube-system"), pod("plain", json!({})), &options).await.unwrap();
+        assert_eq!(elsewhere.object["spec"]["containers"][0]["resources"], json!({}));
+
+        let backwards = limit_range(
+            "backwards",
+            json!({"type": "Container", "default": {"memory": "64Mi"}, "defaultRequest": {"memory": "128Mi"}}),
+        );
+        let invalid = objects.create(limit_ranges, Some("default"), backwards, &options).await.err().unwrap();
+        assert_eq!(
+            invalid.to_string(),
+            r#"LimitRange "backwards" is invalid: spec.limits[0].defaultRequest[memory]: Invalid value: "128Mi": default request value 128Mi is greater than default limit value 64Mi"#
         );
     }
 
