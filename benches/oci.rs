@@ -139,6 +139,7 @@ fn spec(image: &Image, id: &str, argv: &[&str]) -> ContainerSpec {
         ports: vec![],
         host_ip: std::net::Ipv4Addr::LOCALHOST.into(),
         netns: None,
+        userns: None,
         egress: Default::default(),
         security: Default::default(),
         output: Arc::new(Discard),

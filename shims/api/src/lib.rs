@@ -145,11 +145,25 @@ pub struct ContainerSpec {
     /// The network namespace to run in (a bind-mounted namespace file), shared by all containers of a pod;
     /// None shares the node's network.
     pub netns: Option<PathBuf>,
+    /// The pod's user namespace (`hostUsers: false`), shared by its containers; None runs them in the node's,
+    /// as root on the host when they run as root.
+    pub userns: Option<UserNamespace>,
     /// Where connections the shim makes for the container may go, and how names resolve (a wasm guest's
     /// outgoing HTTP). Containers with a network stack of their own have the kernel and resolv.conf instead.
     pub egress: Egress,
     pub security: Security,
     pub output: Arc<dyn OutputSink>,
+}
+
+/// A pod's user namespace: ids 0..`size` in the pod are `host_id`.. on the host, the same for users and
+/// groups, as the kubelet maps a pod with `hostUsers: false`. The node made it and owns the pod's network
+/// namespace from within it, so the pod's containers may configure their own network as in Kubernetes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserNamespace {
+    /// The namespace, kept alive as a bind-mounted nsfs file, to join.
+    pub path: PathBuf,
+    pub host_id: u32,
+    pub size: u32,
 }
 
 /// How a container ended.

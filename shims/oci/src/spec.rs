@@ -186,6 +186,7 @@ mod tests {
             ports: vec![],
             host_ip: std::net::Ipv4Addr::LOCALHOST.into(),
             netns: None,
+            userns: None,
             egress: Default::default(),
             security: Default::default(),
             output: Arc::new(Discard),

@@ -97,6 +97,7 @@ impl Fixture {
             ports: vec![],
             host_ip: Ipv4Addr::LOCALHOST.into(),
             netns: None,
+            userns: None,
             egress: Default::default(),
             security: Default::default(),
             output: capture.clone(),

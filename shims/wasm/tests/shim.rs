@@ -203,6 +203,7 @@ fn spec(image: Image, output: Arc<Capture>) -> ContainerSpec {
         ports: vec![],
         host_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         netns: None,
+        userns: None,
         egress: Default::default(),
         security: Default::default(),
         output,
