@@ -30,7 +30,7 @@ mod rotation;
 mod server;
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -112,9 +112,18 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| AgentError::Config(format!("cannot create {}: {e}", config.data_dir.display())))?;
     // The node's key, images, containers' writable layers, volumes (Secrets among them) and logs: the agent's
-    // alone, as Docker keeps /var/lib/docker.
-    std::fs::set_permissions(&config.data_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-        .map_err(|e| AgentError::Config(format!("cannot make {} private: {e}", config.data_dir.display())))?;
+    // alone, as Docker keeps /var/lib/docker. Others may only pass through (0711, as Docker's with user
+    // namespaces): the root of a pod with `hostUsers: false` is an unprivileged host user, and reaches its
+    // container's files from inside its user namespace; what lies below is private in turn.
+    let private = |dir: &Path, mode: u32| {
+        std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(mode)))
+            .map_err(|e| AgentError::Config(format!("cannot make {} private: {e}", dir.display())))
+    };
+    private(&config.data_dir, 0o711)?;
+    for dir in ["pods", "images", "network"] {
+        private(&config.data_dir.join(dir), 0o700)?;
+    }
     let server = balancer::start(&config.server, shutdown.clone()).await?;
     let joined = connect::connect(&server, &token, &config.name, &config.data_dir).await?;
     let client = joined.client.client();
@@ -186,6 +195,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         services: caches.clone(),
         running: Arc::new(exec::Running::default()),
         memory: pods::MemoryLedger::new(registration::allocatable_memory()),
+        user_namespaces: pods::UserNamespaces::new(config.data_dir.join("pods")),
     });
     let heartbeat = registration::heartbeat(client.clone(), identity, shutdown.clone());
     let image_gc = collect_images(ctx.clone(), shutdown.clone());

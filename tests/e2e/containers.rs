@@ -387,12 +387,75 @@ fn volumes_resist_a_container_that_plants_links() {
     assert_eq!(node.logs("owned", "app"), "440 1000 2000\ns3cret\n");
     assert_eq!(node.logs("rooted", "app"), "400 0 0\ns3cret\n");
 
-    // What holds the volumes (and the server's keys) is no other local user's to read.
+    // What holds the volumes (and the server's keys) is no other local user's to read: the server's data
+    // dir is its own; the agent's lets others only pass through (the roots of pods with user namespaces),
+    // and nothing in it, or in the OCI shim's part of it, is readable or writable by others.
     use std::os::unix::fs::PermissionsExt;
-    for dir in [node.agent.data_dir().to_path_buf(), node.cluster.data_dir()] {
-        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o700, "{}", dir.display());
-    }
+    let mode = |path: &Path| std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&node.cluster.data_dir()), 0o700);
+    let agent = node.agent.data_dir();
+    assert_eq!(mode(agent), 0o711);
+    let entries = |dir: &Path| std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect::<Vec<_>>();
+    let open: Vec<String> = entries(agent)
+        .into_iter()
+        .chain(entries(&agent.join("oci")))
+        .filter(|path| mode(path) & 0o066 != 0)
+        .map(|path| format!("{} {:o}", path.display(), mode(&path)))
+        .collect();
+    assert!(open.is_empty(), "open to others: {open:?}");
+}
+
+/// A pod with `hostUsers: false` runs in a user namespace of its own (the kubelet's 65,536 ids): root
+/// inside, an unprivileged user on the host, with its image's files and its volumes owned as they are
+/// (id-mapped mounts).
+#[test]
+fn a_pod_without_host_users_is_root_only_in_its_own_user_namespace() {
+    let node = Node::start();
+    let busybox = node.registry.push_busybox("tools/busybox");
+    node.cluster.ok(&["create", "configmap", "settings", "--from-literal=greeting=hello"]);
+    node.cluster.ok(&["create", "secret", "generic", "creds", "--from-literal=password=s3cret"]);
+    let script = "cat /proc/self/uid_map; id -u; stat -c %u /bin; cat /cfg/greeting; echo; cat /creds/password; \
+                  echo; echo x > /scratch/by-root && echo x > /written && echo written; \
+                  sleep 3600";
+    node.pod(
+        "mapped",
+        &format!(
+            "  hostUsers: false\n  volumes:\n  - {{name: scratch, emptyDir: {{}}}}\n  - {{name: cfg, configMap: {{name: settings}}}}\n  - {{name: creds, secret: {{secretName: creds}}}}\n  containers:\n  - name: app\n    image: {busybox}\n    command: [sh, -c, '{script}']\n    volumeMounts: [{{name: scratch, mountPath: /scratch}}, {{name: cfg, mountPath: /cfg}}, {{name: creds, mountPath: /creds}}]\n"
+        ),
+    );
+    let id = node.container_id("mapped", "app");
+    let logs = eventually("the pod's checks", TIMEOUT, || {
+        let logs = node.logs("mapped", "app");
+        logs.contains("written").then_some(logs)
+    });
+    let lines: Vec<&str> = logs.lines().collect();
+    let map: Vec<u64> = lines[0].split_whitespace().filter_map(|n| n.parse().ok()).collect();
+    let host_id = map[1];
+    assert!(map[0] == 0 && map[2] == 65_536 && host_id >= 65_536 && host_id.is_multiple_of(65_536), "{logs}");
+    assert_eq!(lines[1..6], ["0", "0", "hello", "s3cret", "written"], "root over its image's files and volumes");
+
+    // On the host, its root is the pod's first id; what it wrote in its volume is root's, as it saw it.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", node.init_pid(&id))).unwrap();
+    let uid = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap().split_whitespace().next().unwrap();
+    assert_eq!(uid, host_id.to_string(), "{status}");
+    let pod_uid = node.get("mapped")["metadata"]["uid"].as_str().unwrap().to_owned();
+    let written = node.agent.data_dir().join("pods").join(&pod_uid).join("volumes/scratch/by-root");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&written).unwrap().uid(), 0, "through the id-mapped mount");
+    let upper = container_files(node.agent.data_dir(), &id)[1].join("written");
+    assert_eq!(std::fs::metadata(&upper).unwrap().uid(), host_id as u32, "its own files are the pod's id");
+
+    // No host namespace goes with a user namespace of the pod's own.
+    let refused = node.cluster.kubectl(&[
+        "run",
+        "shared",
+        "--image",
+        &busybox,
+        "--overrides",
+        r#"{"spec": {"hostUsers": false, "hostNetwork": true}}"#,
+    ]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("spec.hostNetwork: Forbidden: when `pod.Spec.HostUsers` is false"), "{stderr}");
 }
 
 /// hostNetwork shares the node's network; a container whose pod did not ask for that is refused on a node

@@ -599,6 +599,15 @@ fn validate_pod_spec(e: &mut Errors, spec: &Value, path: &str, restart_policies:
     {
         e.invalid(child(path, "activeDeadlineSeconds"), seconds, "must be between 1 and 2147483647, inclusive");
     }
+    // A pod in a user namespace of its own shares none of the host's namespaces (Kubernetes'
+    // `validateHostUsers`, field names as it writes them).
+    if spec.get("hostUsers").and_then(Value::as_bool) == Some(false) {
+        for (field, name) in [("hostNetwork", "hostNetwork"), ("hostPID", "HostPID"), ("hostIPC", "HostIPC")] {
+            if spec.get(field).and_then(Value::as_bool) == Some(true) {
+                e.forbidden(child(path, name), "when `pod.Spec.HostUsers` is false");
+            }
+        }
+    }
 }
 
 /// `names` is shared by init and regular containers: Kubernetes wants them unique across both.
@@ -1679,6 +1688,21 @@ mod tests {
         assert_eq!(check("Service", svc), vec![]);
         let ns = json!({"metadata": {"name": "team-a", "labels": {"example.com/tier": "gold"}}});
         assert_eq!(check("Namespace", ns), vec![]);
+    }
+
+    #[test]
+    fn a_pod_in_its_own_user_namespace_shares_no_host_namespace() {
+        let container = json!([{"name": "app", "image": "nginx"}]);
+        let own = json!({"hostUsers": false, "containers": container});
+        assert_eq!(check("Pod", pod("p", own)), vec![]);
+        let shared =
+            json!({"hostUsers": false, "hostNetwork": true, "hostPID": true, "hostIPC": true, "containers": container});
+        let causes = check("Pod", pod("p", shared));
+        let forbidden = [("FieldValueForbidden", "spec.hostNetwork"), ("FieldValueForbidden", "spec.HostPID")];
+        assert_eq!(fields(&causes), [&forbidden[..], &[("FieldValueForbidden", "spec.HostIPC")]].concat());
+        assert_eq!(causes[0].message, "Forbidden: when `pod.Spec.HostUsers` is false");
+        let host = json!({"hostUsers": true, "hostNetwork": true, "containers": container});
+        assert_eq!(check("Pod", pod("p", host)), vec![]);
     }
 
     #[test]

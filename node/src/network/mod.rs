@@ -205,6 +205,15 @@ pub struct PodAddress {
     /// The pod's network namespace file; None when it has none (it shares the node's network, or has an
     /// address of its own on the node's bridge).
     pub netns: Option<PathBuf>,
+    /// The user namespace owning `netns`, for a pod with `hostUsers: false`.
+    pub userns: Option<skiff_shim::UserNamespace>,
+}
+
+/// The ids a pod's user namespace maps: 0..`size` in the pod are `host_id`.. on the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdRange {
+    pub host_id: u32,
+    pub size: u32,
 }
 
 /// What the agent was told about pod networking.
@@ -234,6 +243,8 @@ struct Cni {
     list: Value,
     /// Namespace files, one per pod uid.
     netns_dir: PathBuf,
+    /// The user namespaces owning the network namespaces of pods with `hostUsers: false`, by pod uid.
+    userns_dir: PathBuf,
     /// Cached ADD results, one per pod uid.
     cache_dir: PathBuf,
     /// host-local's leases, which the plugin shares: where pods without a namespace get their addresses.
@@ -346,6 +357,7 @@ impl Network {
                 bridge,
                 list,
                 netns_dir: run_dir.join("netns"),
+                userns_dir: run_dir.join("userns"),
                 cache_dir,
                 store,
                 lock: tokio::sync::Mutex::new(addresses),
@@ -365,9 +377,10 @@ impl Network {
     }
 
     /// Gives `pod` the network it needs: the address or namespace it already has (after an agent restart),
-    /// else a new one. With host networking, the node's address.
-    pub async fn attach(&self, pod: &Pod, need: Need) -> Result<PodAddress, NetworkError> {
-        let host = PodAddress { ip: self.node_ip, netns: None };
+    /// else a new one. With host networking, the node's address. A namespace is owned by a user namespace
+    /// of its own mapping `ids`, when given (`hostUsers: false`).
+    pub async fn attach(&self, pod: &Pod, need: Need, ids: Option<IdRange>) -> Result<PodAddress, NetworkError> {
+        let host = PodAddress { ip: self.node_ip, netns: None, userns: None };
         if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
             return Ok(host);
         }
@@ -400,15 +413,19 @@ impl Network {
         }
         cni.release_address(&mut addresses, uid);
         if let Some(attachment) = cni.cached(uid) {
-            if sys::is_netns(&attachment.netns) {
+            let userns = cni.userns_dir.join(uid);
+            if sys::is_netns(&attachment.netns) && sys::is_netns(&userns) == ids.is_some() {
                 let ip = cni::pod_ip(&attachment.result)?;
                 tracing::debug!(%ip, "the pod's network namespace is still there: adopted");
-                return Ok(PodAddress { ip, netns: Some(attachment.netns) });
+                let userns =
+                    ids.map(|ids| skiff_shim::UserNamespace { path: userns, host_id: ids.host_id, size: ids.size });
+                return Ok(PodAddress { ip, netns: Some(attachment.netns), userns });
             }
-            // The namespace is gone (a reboot): release what ADD allocated, then start over.
+            // The namespace is gone (a reboot), or not the one the pod needs: release what ADD allocated, then
+            // start over.
             cni.detach(uid, attachment).await;
         }
-        cni.add(pod, uid, &addresses).await
+        cni.add(pod, uid, &addresses, ids).await
     }
 
     /// Releases the pod's network (its address, or CNI DEL and the namespace removed); nothing to do if it
@@ -422,9 +439,10 @@ impl Network {
             if let Some(attachment) = cni.cached(uid) {
                 cni.detach(uid, attachment).await;
             }
-            let netns = cni.netns_dir.join(uid);
-            if let Err(e) = sys::remove_netns(&netns) {
-                tracing::warn!(netns = %netns.display(), error = %e, "cannot remove the network namespace");
+            for namespace in [cni.netns_dir.join(uid), cni.userns_dir.join(uid)] {
+                if let Err(e) = sys::remove_netns(&namespace) {
+                    tracing::warn!(namespace = %namespace.display(), error = %e, "cannot remove the pod's namespace");
+                }
             }
         }
         cni.remove_idle_bridge(&addresses);
@@ -435,7 +453,7 @@ impl Network {
     pub async fn collect(&self, live: &HashSet<String>) {
         let Some(cni) = &self.cni else { return };
         let mut uids: HashSet<String> = cni.lock.lock().await.keys().cloned().collect();
-        for dir in [&cni.cache_dir, &cni.netns_dir] {
+        for dir in [&cni.cache_dir, &cni.netns_dir, &cni.userns_dir] {
             for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 uids.insert(name.strip_suffix(".json").unwrap_or(&name).to_string());
@@ -464,11 +482,24 @@ impl Cni {
         }
     }
 
-    async fn add(&self, pod: &Pod, uid: &str, addresses: &Addresses) -> Result<PodAddress, NetworkError> {
+    async fn add(
+        &self,
+        pod: &Pod,
+        uid: &str,
+        addresses: &Addresses,
+        ids: Option<IdRange>,
+    ) -> Result<PodAddress, NetworkError> {
         let netns = self.netns_dir.join(uid);
-        // A file left by an ADD that never finished (the agent died in between).
+        let userns = ids.map(|_| self.userns_dir.join(uid));
+        // Files left by an ADD that never finished (the agent died in between).
         sys::remove_netns(&netns).map_err(io_error("cannot remove the stale network namespace", &netns))?;
-        sys::create_netns(&netns).map_err(io_error("cannot create the network namespace", &netns))?;
+        let stale_userns = self.userns_dir.join(uid);
+        sys::remove_netns(&stale_userns).map_err(io_error("cannot remove the stale user namespace", &stale_userns))?;
+        match (&userns, ids) {
+            (Some(userns), Some(ids)) => sys::create_netns_in_userns(&netns, userns, ids.host_id, ids.size)
+                .map_err(io_error("cannot create the user and network namespaces", &netns))?,
+            _ => sys::create_netns(&netns).map_err(io_error("cannot create the network namespace", &netns))?,
+        }
         let port_mappings = port_mappings(pod);
         let list = cni::for_pod(&self.list, &port_mappings);
         let args = cni_args(pod);
@@ -486,6 +517,9 @@ impl Cni {
                     tracing::warn!(error = %del, "cannot undo the failed network setup");
                 }
                 let _ = sys::remove_netns(&netns);
+                if let Some(userns) = &userns {
+                    let _ = sys::remove_netns(userns);
+                }
                 self.remove_idle_bridge(addresses);
                 return Err(e);
             }
@@ -499,7 +533,9 @@ impl Cni {
             .and_then(|()| std::fs::rename(&temporary, &path))
             .map_err(io_error("cannot cache the network result in", &path))?;
         tracing::info!(%ip, "pod network attached");
-        Ok(PodAddress { ip, netns: Some(netns) })
+        let userns =
+            userns.zip(ids).map(|(path, ids)| skiff_shim::UserNamespace { path, host_id: ids.host_id, size: ids.size });
+        Ok(PodAddress { ip, netns: Some(netns), userns })
     }
 
     /// CNI DEL with the cached result, then the namespace and the cache entry go. A failed DEL keeps the
@@ -507,8 +543,10 @@ impl Cni {
     async fn detach(&self, uid: &str, attachment: Attachment) {
         let target = cni::Target { container_id: uid, netns: &attachment.netns, ifname: POD_IFNAME, args: "" };
         let deleted = cni::del(&attachment.list, &target, &attachment.port_mappings, Some(&attachment.result)).await;
-        if let Err(e) = sys::remove_netns(&attachment.netns) {
-            tracing::warn!(netns = %attachment.netns.display(), error = %e, "cannot remove the network namespace");
+        for namespace in [attachment.netns.clone(), self.userns_dir.join(uid)] {
+            if let Err(e) = sys::remove_netns(&namespace) {
+                tracing::warn!(namespace = %namespace.display(), error = %e, "cannot remove the pod's namespace");
+            }
         }
         match deleted {
             Ok(()) => {
@@ -544,7 +582,7 @@ impl Cni {
         } else {
             tracing::info!(%ip, "pod address attached");
         }
-        Ok(PodAddress { ip: ip.into(), netns: None })
+        Ok(PodAddress { ip: ip.into(), netns: None, userns: None })
     }
 
     /// Adds `ip` to the bridge, made first (with its gateway) by the first pod without a namespace, or when
@@ -587,6 +625,7 @@ impl Cni {
         if let Err(e) = sys::delete_bridge(&self.bridge) {
             tracing::warn!(bridge = %self.bridge, error = %e, "cannot remove the idle pod bridge");
         }
+        let _ = std::fs::remove_dir(&self.userns_dir);
         if std::fs::remove_dir(&self.netns_dir).is_ok()
             && let Some(run_dir) = self.netns_dir.parent()
         {
@@ -804,8 +843,10 @@ impl Claim {
 
     /// Its pods' namespaces (their veths go with them), its namespace directory, its claim file at `path`.
     fn release(&self, path: &Path) {
-        for entry in std::fs::read_dir(self.run_dir.join("netns")).into_iter().flatten().flatten() {
-            let _ = sys::remove_netns(&entry.path());
+        for dir in ["netns", "userns"] {
+            for entry in std::fs::read_dir(self.run_dir.join(dir)).into_iter().flatten().flatten() {
+                let _ = sys::remove_netns(&entry.path());
+            }
         }
         let _ = std::fs::remove_dir_all(&self.run_dir);
         let _ = std::fs::remove_file(path);

@@ -49,6 +49,90 @@ pub fn create_netns(path: &Path) -> io::Result<()> {
     made
 }
 
+/// Creates a user namespace mapping ids 0..`size` to `host_id`.. (users and groups alike) and a network
+/// namespace owned by it, each kept alive as a bind mount on its file (`userns`, `netns`), for a pod with
+/// `hostUsers: false`: its containers join both, and are root in their own network as in Kubernetes.
+///
+/// A thread cannot make a user namespace in a threaded process, so a child process does: forked, it
+/// makes both namespaces and waits while the agent writes its id maps (as root in the parent namespace,
+/// which needs no `setgroups` deny) and bind-mounts its namespace files, then it is told to exit. Between
+/// fork and exit the child makes raw system calls only: another thread of the agent may have held a lock
+/// (the allocator's) at the fork. The pipes between them carry a byte each way rather than their ends'
+/// closing, which a child forked at the same time by another thread, holding copies, would delay.
+pub fn create_netns_in_userns(netns: &Path, userns: &Path, host_id: u32, size: u32) -> io::Result<()> {
+    for path in [netns, userns] {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        File::create(path)?;
+    }
+    let made = namespaces_from_child(netns, userns, host_id, size);
+    if made.is_err() {
+        let _ = remove_netns(netns);
+        let _ = remove_netns(userns);
+    }
+    made
+}
+
+fn namespaces_from_child(netns: &Path, userns: &Path, host_id: u32, size: u32) -> io::Result<()> {
+    let (netns, userns) = (c_path(netns)?, c_path(userns)?);
+    let (ready_read, ready_write) = pipe()?;
+    let (go_read, go_write) = pipe()?;
+    // SAFETY: the child below makes only async-signal-safe system calls, then _exits.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: the child: raw syscalls on descriptors it inherited, then _exit, never returning.
+        unsafe {
+            let made = libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) == 0;
+            let byte = [u8::from(made)];
+            libc::write(ready_write.as_raw_fd(), byte.as_ptr().cast(), 1);
+            let mut go = [0u8; 1];
+            libc::read(go_read.as_raw_fd(), go.as_mut_ptr().cast(), 1);
+            libc::_exit(0);
+        }
+    }
+    drop((ready_write, go_read));
+    let configured = (|| {
+        let mut ready = [0u8; 1];
+        // SAFETY: reads one byte into `ready`, a live buffer of that size.
+        let read = unsafe { libc::read(ready_read.as_raw_fd(), ready.as_mut_ptr().cast(), 1) };
+        if read != 1 || ready[0] != 1 {
+            return Err(io::Error::other("the namespace child could not unshare its user and network namespaces"));
+        }
+        let map = format!("0 {host_id} {size}\n");
+        std::fs::write(format!("/proc/{pid}/uid_map"), &map)?;
+        std::fs::write(format!("/proc/{pid}/gid_map"), &map)?;
+        for (kind, target) in [("user", &userns), ("net", &netns)] {
+            let source = c_path(Path::new(&format!("/proc/{pid}/ns/{kind}")))?;
+            // SAFETY: both paths are NUL-terminated strings that outlive the call; no fs type or data.
+            check(unsafe {
+                libc::mount(source.as_ptr(), target.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null())
+            })?;
+        }
+        Ok(())
+    })();
+    // A byte tells the child to exit, whatever happened (not the pipe's end: another child forked meanwhile
+    // may hold a copy of its write end); then it is reaped.
+    // SAFETY: writes one byte from a live buffer.
+    unsafe { libc::write(go_write.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+    drop(go_write);
+    let mut status = 0;
+    // SAFETY: waits for our own child, writing its status into `status`.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    configured
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into `fds`, which are then owned here.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: both descriptors were just made by pipe2 and nothing else owns them.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
 /// Whether `path` is a live network namespace file (a bind mount of nsfs), not a leftover plain file.
 pub fn is_netns(path: &Path) -> bool {
     let Ok(name) = c_path(path) else { return false };
@@ -332,5 +416,31 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    /// The namespaces of a pod with `hostUsers: false`: its network namespace is owned by its own user
+    /// namespace, and both go with their files.
+    #[test]
+    fn a_user_namespace_owns_the_pods_network_namespace() {
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid cannot fail.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "making a user namespace's id maps needs root");
+        let dir = tempfile::tempdir().unwrap();
+        let (netns, userns) = (dir.path().join("netns/pod"), dir.path().join("userns/pod"));
+        create_netns_in_userns(&netns, &userns, 65_536 * 300, 65_536).unwrap();
+        assert!(is_netns(&netns) && is_netns(&userns));
+        let net = File::open(&netns).unwrap();
+        /// `NS_GET_USERNS` from linux/nsfs.h: the user namespace owning a namespace.
+        const NS_GET_USERNS: libc::c_ulong = 0xb701;
+        // SAFETY: the ioctl takes no argument and returns a new descriptor, owned below.
+        let owner = unsafe { libc::ioctl(net.as_raw_fd(), NS_GET_USERNS) };
+        assert!(owner >= 0, "{}", io::Error::last_os_error());
+        // SAFETY: a descriptor the ioctl just made.
+        let owner = File::from(unsafe { OwnedFd::from_raw_fd(owner) });
+        let owner_inode = owner.metadata().unwrap().ino();
+        assert_eq!(owner_inode, std::fs::metadata(&userns).unwrap().ino(), "the pod's user namespace owns its network");
+        remove_netns(&netns).unwrap();
+        remove_netns(&userns).unwrap();
+        assert!(!netns.exists() && !userns.exists());
     }
 }

@@ -12,6 +12,7 @@ mod spec;
 pub mod status;
 mod subpath;
 mod token;
+mod userns;
 mod volumes;
 mod worker;
 
@@ -31,6 +32,7 @@ use tracing::Instrument;
 
 pub use admission::MemoryLedger;
 pub use events::Recorder;
+pub use userns::UserNamespaces;
 use worker::Worker;
 
 use crate::images::ImageStore;
@@ -98,6 +100,8 @@ pub struct Context {
     pub running: Arc<crate::exec::Running>,
     /// The node's memory as its pods hold it, for admission.
     pub memory: admission::MemoryLedger,
+    /// The id ranges of pods with `hostUsers: false`.
+    pub user_namespaces: UserNamespaces,
 }
 
 /// Watches this node's pods and keeps a worker per pod until `shutdown`.

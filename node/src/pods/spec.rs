@@ -68,7 +68,7 @@ pub async fn container_spec(
         // without one, on its own address (the node's with host networking).
         host_ip: if address.netns.is_some() { Ipv4Addr::UNSPECIFIED.into() } else { address.ip },
         netns: address.netns.clone(),
-        userns: None,
+        userns: address.userns.clone(),
         egress: Egress {
             resolver: resolver.clone(),
             allowed_hosts: allowed_outbound_hosts(pod)?,

@@ -5,9 +5,9 @@
 //! mounts first, once the pod is gone ([`tear_down`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::{CString, OsString};
+use std::ffi::CString;
 use std::io;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -360,38 +360,10 @@ pub(super) fn remove_pod_dir(pod_dir: &Path) -> io::Result<()> {
 /// The mount points at or under `dir` in the agent's mount namespace, sorted (a parent before what is
 /// mounted beneath it).
 fn mount_points(dir: &Path) -> io::Result<Vec<PathBuf>> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
-    // The fifth field is the mount point.
-    let mut points: Vec<PathBuf> = mountinfo
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(|point| PathBuf::from(OsString::from_vec(unescape(point))))
-        .filter(|point| point.starts_with(dir))
-        .collect();
+    let mut points = skiff_shim::mount_table::mount_points_below(&[dir])?;
     points.sort();
     points.dedup();
     Ok(points)
-}
-
-/// A mountinfo field with its octal escapes (`\040` for a space, and tab, newline and backslash) undone.
-fn unescape(field: &str) -> Vec<u8> {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).filter(|digits| digits.iter().all(|d| (b'0'..=b'7').contains(d)));
-        match octal {
-            Some(digits) if bytes[i] == b'\\' => {
-                out.push(digits.iter().fold(0u8, |value, digit| value.wrapping_mul(8) + (digit - b'0')));
-                i += 4;
-            }
-            _ => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    out
 }
 
 /// Why the files of a volume the agent writes cannot be had.
@@ -1080,12 +1052,6 @@ mod tests {
         let huge = EmptyDirVolumeSource { medium: Some("HugePages".into()), ..Default::default() };
         let error = empty_dir(&volume_dir(tmp.path(), "pages"), &huge, &pod).unwrap_err();
         assert_eq!(error.to_string(), "unknown storage medium \"HugePages\"");
-    }
-
-    #[test]
-    fn mountinfo_escapes_are_undone() {
-        assert_eq!(unescape(r"/data/my\040pods/x\134y"), b"/data/my pods/x\\y");
-        assert_eq!(unescape(r"/plain\0"), b"/plain\\0");
     }
 
     #[test]

@@ -501,7 +501,15 @@ fn memory_held(container: &Container, shim: Option<&dyn Shim>) -> u64 {
 /// The pod's network, and the files naming it (only containers with a filesystem of their own read them).
 async fn create_sandbox(shared: &Shared, pod: &Pod, pod_dir: &std::path::Path, need: Need) -> Result<Sandbox, String> {
     let failed = |e: &dyn std::fmt::Display| format!("Failed to create pod sandbox: {e}");
-    let address = shared.ctx.network.attach(pod, need).await.map_err(|e| failed(&e))?;
+    // A pod with `hostUsers: false` gets a user namespace of its own for its containers; wasm guests run in
+    // the agent and have no ids to map, so a pod of them alone needs none.
+    let ids = match (pod.spec.as_ref().and_then(|s| s.host_users), need) {
+        (Some(false), Need::Namespace) => {
+            Some(shared.ctx.user_namespaces.range_of(&shared.who.uid).map_err(|e| failed(&e))?)
+        }
+        _ => None,
+    };
+    let address = shared.ctx.network.attach(pod, need, ids).await.map_err(|e| failed(&e))?;
     let dns = shared.ctx.dns.as_ref();
     let node_resolv_path = dns.map_or(std::path::Path::new("/etc/resolv.conf"), |d| d.resolv_conf.as_path());
     let node_resolv = std::fs::read_to_string(node_resolv_path).unwrap_or_default();

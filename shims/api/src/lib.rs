@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod egress;
+pub mod mount_table;
 
 pub use egress::{AllowedHost, AllowedHostError, ClusterAddresses, Egress, Resolver};
 

@@ -6,15 +6,15 @@
 //! is unusable) stays on disk beside the layer cache: what a container writes is not the node's memory.
 
 use std::collections::BTreeSet;
+use std::fs::Permissions;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
 use nix::mount::MsFlags;
 use nix::sys::statfs::{TMPFS_MAGIC, statfs};
-
-use crate::overlay::Rootfs;
 
 /// The shim's directories under its state directory: `layers` (the layer cache), `upper` and `work` (the
 /// containers' writable layers, one directory each per container, so a start makes two directories on
@@ -36,6 +36,10 @@ impl Dirs {
     /// directory lies in a tmpfs, or an agent restarted over the one it mounted before) or holds files
     /// already (an agent that could not mount one left containers there, which a tmpfs would hide). Where
     /// no tmpfs can be mounted the run directory stays on disk: slower, not wrong.
+    ///
+    /// The writable layers are the agent's alone (0700: overlayfs reaches them with the credentials of its
+    /// mounter, the agent); the run directory lets others search it (0711) for the containers of pods with
+    /// user namespaces, whose root is an unprivileged host uid (see [`Bundle::create`]).
     pub(crate) fn create(state_dir: &Path) -> std::io::Result<Dirs> {
         let mut dirs = Dirs {
             state: state_dir.to_path_buf(),
@@ -48,23 +52,14 @@ impl Dirs {
         for dir in [&dirs.run, &dirs.upper, &dirs.work] {
             std::fs::create_dir_all(dir)?;
         }
+        // On the way to the run directory: searchable, not listable.
+        std::fs::set_permissions(state_dir, Permissions::from_mode(RUN_DIR_MODE))?;
         for dir in [&dirs.upper, &dirs.work] {
+            std::fs::set_permissions(dir, Permissions::from_mode(0o700))?;
             spread_subdirectories(dir);
         }
-        if statfs(&dirs.run).is_ok_and(|fs| fs.filesystem_type() == TMPFS_MAGIC) {
-            return Ok(dirs);
-        }
-        if !is_empty(&dirs.run) {
-            tracing::warn!(run_dir = %dirs.run.display(), "containers' runtime files are on disk: no tmpfs over them");
-            return Ok(dirs);
-        }
-        let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-        match nix::mount::mount(Some("tmpfs"), &dirs.run, Some("tmpfs"), flags, Some("mode=0700")) {
-            Ok(()) => dirs.mounted = true,
-            Err(e) => {
-                tracing::warn!(run_dir = %dirs.run.display(), error = %e, "cannot mount a tmpfs: runtime files stay on disk")
-            }
-        }
+        dirs.mounted = mount_run_tmpfs(&dirs.run);
+        std::fs::set_permissions(&dirs.run, Permissions::from_mode(RUN_DIR_MODE))?;
         Ok(dirs)
     }
 
@@ -91,6 +86,29 @@ impl Dirs {
             .filter_map(|entry| entry.file_name().into_string().ok())
             .filter(|name| crate::valid_id(name))
             .collect()
+    }
+}
+
+/// The run directory: searchable by the roots of pods with user namespaces, which resolve their bundles
+/// from inside them, listable by none; each bundle lets in only its own pod's root.
+const RUN_DIR_MODE: u32 = 0o711;
+
+/// Mounts a tmpfs on `run` where [`Dirs::create`] says it should; whether it did.
+fn mount_run_tmpfs(run: &Path) -> bool {
+    if statfs(run).is_ok_and(|fs| fs.filesystem_type() == TMPFS_MAGIC) {
+        return false;
+    }
+    if !is_empty(run) {
+        tracing::warn!(run_dir = %run.display(), "containers' runtime files are on disk: no tmpfs over them");
+        return false;
+    }
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    match nix::mount::mount(Some("tmpfs"), run, Some("tmpfs"), flags, Some("mode=0711")) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(run_dir = %run.display(), error = %e, "cannot mount a tmpfs: runtime files stay on disk");
+            false
+        }
     }
 }
 
@@ -168,6 +186,7 @@ static TRASHED: AtomicU64 = AtomicU64::new(0);
 impl Trash {
     fn open(dir: PathBuf) -> std::io::Result<Trash> {
         std::fs::create_dir_all(&dir)?;
+        std::fs::set_permissions(&dir, Permissions::from_mode(0o700))?;
         let (sweeper, queue) = mpsc::channel::<PathBuf>();
         std::thread::Builder::new().name("oci-trash".into()).spawn(move || {
             for dir in queue {
@@ -228,12 +247,12 @@ impl Bundle {
         self.run.join("state")
     }
 
-    /// Where the overlay root is mounted.
+    /// Where the container's root is mounted (an overlay, or a copy of the image bound there).
     pub(crate) fn mount_point(&self) -> PathBuf {
         self.run.join("rootfs")
     }
 
-    /// The overlay's upper directory, and the copy of the image where there is no overlay.
+    /// The overlay's upper directory, or the copy of the image where there is no overlay.
     pub(crate) fn upper(&self) -> &Path {
         &self.upper
     }
@@ -243,22 +262,40 @@ impl Bundle {
         &self.work
     }
 
-    /// The container's root filesystem, made as `kind`.
-    pub(crate) fn root(&self, kind: Rootfs) -> PathBuf {
-        match kind {
-            Rootfs::Overlay => self.mount_point(),
-            Rootfs::Copy => self.upper.clone(),
-        }
+    /// Where id-mapped copies of the image's layers are attached while the overlay is mounted
+    /// ([`crate::idmap::Staging`]).
+    pub(crate) fn lower_staging(&self) -> PathBuf {
+        self.run.join("lower")
+    }
+
+    /// Where id-mapped copies of the volumes are attached until the container's init has mounted them.
+    pub(crate) fn volume_staging(&self) -> PathBuf {
+        self.run.join("vol")
+    }
+
+    /// Makes the runtime directories of a new container, the agent's alone (the root of a pod with a user
+    /// namespace is let in by [`crate::idmap::PodUsers::grant_search`]).
+    pub(crate) fn create(&self) -> std::io::Result<()> {
+        let private = |dir: &Path| std::fs::DirBuilder::new().mode(0o700).create(dir);
+        private(&self.run)?;
+        std::fs::create_dir(self.mount_point())?;
+        private(&self.state())
     }
 
     pub(crate) fn exists(&self) -> bool {
         [&self.run, &self.upper, &self.work].iter().any(|dir| dir.exists())
     }
 
-    /// Unmounts the container's root and removes its directories: the runtime files at once, the writable
-    /// layer through the trash.
+    /// Unmounts what is mounted under the container's directories (its root; id-mapped copies a crash left
+    /// staged) and removes them: the runtime files at once, the writable layer through the trash. While
+    /// anything stays mounted there nothing is removed, since deleting through a mount deletes the mounted
+    /// files (a volume's); the next removal of the container (an agent restart's sweep) tries again.
     pub(crate) fn remove(&self) {
-        crate::overlay::unmount(&self.mount_point());
+        if let Err(e) = crate::mounts::unmount_below(&[&self.run, &self.upper, &self.work]) {
+            let cause = std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default();
+            tracing::warn!(run_dir = %self.run.display(), error = %e, %cause, "the container's files stay: something is still mounted among them");
+            return;
+        }
         remove_now(&self.run);
         for dir in [&self.upper, &self.work] {
             self.trash.discard(dir);
@@ -316,6 +353,32 @@ mod tests {
         assert_eq!(mounts(), 1);
         drop(fresh);
         assert_eq!(mounts(), 0, "unmounted by the shim that mounted it, once empty");
+    }
+
+    #[test]
+    fn a_removal_never_deletes_through_what_is_mounted_in_the_bundle() {
+        use std::os::unix::fs::MetadataExt;
+        assert!(nix::unistd::geteuid().is_root(), "bind mounts need root: run the tests as root");
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = Dirs::create(&dir.path().join("oci")).unwrap();
+        let bundle = dirs.bundle("one");
+        bundle.create().unwrap();
+        let mode = |path: &Path| path.metadata().unwrap().mode() & 0o7777;
+        assert_eq!(mode(&dirs.run), 0o711, "searchable, not listable");
+        let private = [&dirs.upper, &dirs.work, &bundle.dir().to_path_buf(), &bundle.state()].map(|dir| mode(dir));
+        assert_eq!(private, [0o700; 4]);
+        // What a crash between staging a volume and the container's start leaves.
+        let volume = dir.path().join("volume");
+        std::fs::create_dir(&volume).unwrap();
+        std::fs::write(volume.join("data"), "kept").unwrap();
+        let staged = bundle.volume_staging().join("0");
+        std::fs::create_dir_all(&staged).unwrap();
+        nix::mount::mount(Some(&volume), &staged, None::<&str>, MsFlags::MS_BIND, None::<&str>).unwrap();
+        bundle.remove();
+        assert!(!bundle.exists());
+        assert_eq!(std::fs::read_to_string(volume.join("data")).unwrap(), "kept", "the volume keeps its files");
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mounts.contains(bundle.dir().to_str().unwrap()), "nothing of the bundle stays mounted");
     }
 
     #[test]

@@ -76,8 +76,12 @@ pub(crate) fn apply(oci: &mut Spec, privileged: bool) {
 }
 
 /// The character and block devices under `dir` (a host's `/dev`), as runc's `GetDevices` finds them:
-/// no symlinks, no FIFOs, not `console` (the container's is its own) nor the skipped directories.
+/// no symlinks, no FIFOs, not `console` (the container's is its own) nor the skipped directories. Nor
+/// `ptmx`, which runc's `createDevices` skips too: libcontainer replaces it with a link to the container's
+/// own `pts/ptmx`, and in a user namespace, where the host's nodes are bind-mounted, a mounted one could
+/// not be replaced (EBUSY) and the container would not start.
 fn host_devices(dir: &Path) -> Vec<LinuxDevice> {
+    let ptmx = dir.join("ptmx");
     let mut devices = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(dir) = pending.pop() {
@@ -98,7 +102,7 @@ fn host_devices(dir: &Path) -> Vec<LinuxDevice> {
             } else {
                 continue;
             };
-            if name == "console" {
+            if name == "console" || path == ptmx {
                 continue;
             }
             devices.push(device(path, typ, &meta));
@@ -208,7 +212,10 @@ mod tests {
         let devices = host_devices(Path::new("/dev"));
         let null = devices.iter().find(|d| d.path() == Path::new("/dev/null")).expect("/dev/null is a device");
         assert_eq!((null.typ(), null.major(), null.minor()), (LinuxDeviceType::C, 1, 3));
-        assert!(!devices.iter().any(|d| d.path().starts_with("/dev/pts") || d.path() == Path::new("/dev/console")));
+        let own = |path: &Path| {
+            path.starts_with("/dev/pts") || path == Path::new("/dev/console") || path == Path::new("/dev/ptmx")
+        };
+        assert!(!devices.iter().any(|d| own(d.path())), "the container's own nodes are not the host's");
         let mut spec = Spec::default();
         apply(&mut spec, false);
         let linux = spec.linux().as_ref().unwrap();

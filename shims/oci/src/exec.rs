@@ -7,6 +7,7 @@
 use std::fs::File;
 use std::io::{IoSliceMut, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -164,7 +165,16 @@ fn write_process(bundle: &Path, path: &Path, request: &ExecRequest) -> Result<()
     process.set_console_size(None);
     let json =
         serde_json::to_vec(&process).map_err(|e| setup_error(format!("cannot encode the exec process: {e}"), e))?;
-    std::fs::write(path, json).map_err(|e| setup_error(format!("cannot write {}: {e}", path.display()), e))
+    // Readable by the agent alone: the environment in it may hold Secrets' values.
+    let write_error = |e: std::io::Error| setup_error(format!("cannot write {}: {e}", path.display()), e);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(write_error)?;
+    file.write_all(&json).map_err(write_error)
 }
 
 /// Takes the terminal's master side that the process sent over the console socket.

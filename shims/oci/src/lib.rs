@@ -7,6 +7,8 @@ mod container;
 mod devices;
 mod exec;
 mod executor;
+mod idmap;
+mod mounts;
 mod overlay;
 mod rootfs;
 mod seccomp;
@@ -266,13 +268,26 @@ fn create(
 ) -> Result<OciContainer, ShimError> {
     let _span = tracing::info_span!("oci_start", container = %spec.name, id = %spec.id).entered();
     let state = bundle.state();
-    for dir in [&bundle.mount_point(), &state] {
-        std::fs::create_dir_all(dir).map_err(|e| setup_error(format!("cannot create {}: {e}", dir.display()), e))?;
+    let create_error = |e| setup_error(format!("cannot create the bundle {}: {e}", bundle.dir().display()), e);
+    bundle.create().map_err(create_error)?;
+    let users = spec.userns.as_ref().map(idmap::PodUsers::open).transpose()?;
+    let rootfs = bundle.mount_point();
+    if let Some(users) = &users {
+        // libcontainer's init resolves the root and the volumes' copies as the pod's root.
+        users.grant_search(bundle.dir()).map_err(create_error)?;
+        users.check_reachable(&rootfs)?;
     }
-    let made = layers.prepare(&spec.image.layers, bundle)?;
+    let made = layers.prepare(&spec.image.layers, bundle, users.as_ref())?;
     tracing::debug!(rootfs = ?made, "root filesystem ready");
-    let rootfs = bundle.root(made);
-    let mut oci = spec::runtime_spec(spec, &rootfs)?;
+    // Dropped (its copies detached) once libcontainer's init has mounted them, or on an error before.
+    let (mounts, volume_staging) = match &users {
+        Some(users) => {
+            let (mounts, staging) = stage_volumes(&spec.mounts, users, bundle)?;
+            (mounts, Some(staging))
+        }
+        None => (spec.mounts.clone(), None),
+    };
+    let mut oci = spec::runtime_spec(spec, &rootfs, &mounts)?;
     security::apply(&mut oci, spec, &rootfs, seccomp_dir)?;
     cgroups::apply(&mut oci, &spec.limits, Some(PIDS_LIMIT), hierarchy)?;
     // The filter is compiled here once per distinct profile, not in every container's init (12-17 ms each
@@ -282,8 +297,7 @@ fn create(
         libcontainer::seccomp::precompile(seccomp)
             .map_err(|e| setup_error(format!("cannot compile the seccomp filter of container {}: {e}", spec.id), e))?;
     }
-    let config = bundle.dir().join("config.json");
-    oci.save(&config).map_err(|e| setup_error(format!("cannot write {}: {e}", config.display()), e))?;
+    save_private(&oci, &bundle.dir().join("config.json"))?;
 
     let stdin = File::open("/dev/null").map_err(|e| setup_error(format!("cannot open /dev/null: {e}"), e))?;
     let ((stdout_w, stderr_w), (stdout_r, stderr_r)) = adopt::output_fifos(bundle.dir())?;
@@ -302,6 +316,8 @@ fn create(
         .with_systemd(false)
         .build()
         .map_err(|e| runtime_error("create", e))?;
+    // The init has made its mounts and waits to be started: the staged copies of the volumes go.
+    drop(volume_staging);
     let started = container.start().map_err(|e| runtime_error("start", e)).and_then(|()| {
         container.pid().ok_or_else(|| ShimError::Setup {
             message: format!("container {} started without a pid", spec.id),
@@ -323,6 +339,35 @@ fn create(
     let exec = exec::OciExec::new(spec.id.clone(), bundle.dir().to_path_buf());
     OciContainer::watch(container::Child::new(pid), stdout_r, stderr_r, spec.output.clone(), cleanup, exec)
         .map_err(|e| setup_error(format!("cannot start the thread watching container {}: {e}", spec.id), e))
+}
+
+/// Attaches an id-mapped copy of each mount's source (with its submounts) under the bundle, and returns the
+/// mounts with those copies as their sources.
+fn stage_volumes(
+    mounts: &[skiff_shim::Mount],
+    users: &idmap::PodUsers,
+    bundle: &bundle::Bundle,
+) -> Result<(Vec<skiff_shim::Mount>, idmap::Staging), ShimError> {
+    // The pod's root resolves the copies' paths from inside its namespace: searchable by others.
+    let staging = idmap::Staging::create(bundle.volume_staging(), 0o711)?;
+    let mut staged = Vec::with_capacity(mounts.len());
+    for (index, mount) in mounts.iter().enumerate() {
+        let source = staging.attach(users, index, &mount.host_path, true)?;
+        users.check_reachable(&source)?;
+        staged.push(skiff_shim::Mount { host_path: source, ..mount.clone() });
+    }
+    Ok((staged, staging))
+}
+
+/// Writes the runtime spec readable by the agent alone: the environment in it may hold Secrets' values.
+fn save_private(oci: &oci_spec::runtime::Spec, path: &std::path::Path) -> Result<(), ShimError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let write_error = |e: std::io::Error| setup_error(format!("cannot write {}: {e}", path.display()), e);
+    let file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(write_error)?;
+    let mut writer = std::io::BufWriter::new(file);
+    serde_json::to_writer(&mut writer, oci).map_err(|e| write_error(e.into()))?;
+    writer.flush().map_err(write_error)
 }
 
 #[cfg(test)]

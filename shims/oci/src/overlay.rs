@@ -7,10 +7,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use nix::mount::{MntFlags, MsFlags};
+use nix::mount::MsFlags;
 use skiff_shim::{Layer, ShimError};
 
 use crate::bundle::Bundle;
+use crate::idmap::{PodUsers, Staging};
 use crate::rootfs::{self, Whiteouts};
 
 /// The mount options overlayfs accepts fit in one page.
@@ -37,6 +38,9 @@ pub(crate) enum Rootfs {
 impl LayerCache {
     pub(crate) fn new(dir: PathBuf) -> std::io::Result<Self> {
         std::fs::create_dir_all(&dir)?;
+        // The agent's alone: overlayfs reaches its layers with its mounter's credentials, and containers in
+        // a user namespace of their pod see them through id-mapped copies under their bundles.
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         // A crash during an unpack leaves its temporary directory behind; nothing else writes here yet.
         for entry in std::fs::read_dir(&dir)?.flatten() {
             if entry.file_name().to_string_lossy().starts_with(".unpack-") {
@@ -90,25 +94,43 @@ impl LayerCache {
         }
     }
 
-    /// Makes the container's root (see [`Bundle::root`]; the mount point must exist): an overlay of the
-    /// cached layers, else a copy of them.
-    pub(crate) fn prepare(&self, layers: &[Layer], bundle: &Bundle) -> Result<Rootfs, ShimError> {
-        match self.mount_overlay(layers, bundle) {
+    /// Makes the container's root at [`Bundle::mount_point`] (which must exist): an overlay of the cached
+    /// layers, else a copy of them bound there. With the pod's user namespace, the layers are seen through
+    /// id-mapped mounts and the copy is shifted into the pod's ids.
+    pub(crate) fn prepare(
+        &self,
+        layers: &[Layer],
+        bundle: &Bundle,
+        users: Option<&PodUsers>,
+    ) -> Result<Rootfs, ShimError> {
+        match self.mount_overlay(layers, bundle, users) {
             Ok(()) => Ok(Rootfs::Overlay),
             Err(e) => {
                 tracing::debug!(error = %e, "overlayfs is not usable here: unpacking a full copy of the image");
                 for dir in [bundle.upper(), bundle.work()] {
                     let _ = std::fs::remove_dir_all(dir);
                 }
-                let rootfs = bundle.root(Rootfs::Copy);
-                std::fs::create_dir_all(&rootfs).map_err(|e| create_error(&rootfs, e))?;
-                rootfs::unpack_layers(layers, &rootfs)?;
+                let copy = bundle.upper();
+                std::fs::create_dir_all(copy).map_err(|e| create_error(copy, e))?;
+                rootfs::unpack_layers(layers, copy)?;
+                if let Some(users) = users {
+                    shift_ids(copy, users.host_id(), users.size())?;
+                }
+                // Bound at the mount point, which the pod's root can reach: the writable layers' directory
+                // stays private.
+                let root = bundle.mount_point();
+                nix::mount::mount(Some(copy), &root, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|e| {
+                    ShimError::Setup {
+                        message: format!("cannot bind {} at {}: {e}", copy.display(), root.display()),
+                        source: Some(Box::new(e)),
+                    }
+                })?;
                 Ok(Rootfs::Copy)
             }
         }
     }
 
-    fn mount_overlay(&self, layers: &[Layer], bundle: &Bundle) -> Result<(), ShimError> {
+    fn mount_overlay(&self, layers: &[Layer], bundle: &Bundle, users: Option<&PodUsers>) -> Result<(), ShimError> {
         let mut lower = Vec::with_capacity(layers.len());
         // overlayfs lists the top layer first.
         for layer in layers.iter().rev() {
@@ -118,6 +140,25 @@ impl LayerCache {
         for dir in [upper, work] {
             std::fs::create_dir(dir).map_err(|e| create_error(dir, e))?;
         }
+        // The layers stay owned by the host's ids, shared by every container: each gets id-mapped copies of
+        // them, attached only until the overlay is mounted (it keeps its own references). The upper
+        // directory is its root directory and must be the pod root's before the mount: the overlay's root
+        // inode keeps the owner it had then.
+        let _staging = match users {
+            Some(users) => {
+                let staging = Staging::create(bundle.lower_staging(), 0o700)?;
+                for (index, layer) in lower.iter_mut().enumerate() {
+                    *layer = staging.attach(users, index, layer, false)?;
+                }
+                let owner = Some(users.host_id());
+                std::os::unix::fs::chown(upper, owner, owner).map_err(|e| ShimError::Setup {
+                    message: format!("cannot give {} to the pod's root: {e}", upper.display()),
+                    source: Some(Box::new(e)),
+                })?;
+                Some(staging)
+            }
+            None => None,
+        };
         let options = overlay_options(&lower, upper, work).ok_or_else(|| ShimError::Setup {
             message: "the layer paths do not fit overlayfs mount options".into(),
             source: None,
@@ -147,16 +188,46 @@ impl LayerCache {
     }
 }
 
-fn create_error(dir: &Path, e: std::io::Error) -> ShimError {
-    ShimError::Setup { message: format!("cannot create {}: {e}", dir.display()), source: Some(Box::new(e)) }
+/// Gives the pod's ids to a copied image: host id `k` becomes `host_id + k`, which the pod sees as `k`, as
+/// an id-mapped overlay would show it. Ids the pod does not have (`size` and above) become the host's
+/// overflow id, `nobody` (65534, below every pod's range), so they show as `nobody` inside, as unmapped ids
+/// of an id-mapped layer do; they are not refused, since the overlay path would not refuse them either.
+fn shift_ids(root: &Path, host_id: u32, size: u32) -> Result<(), ShimError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let shift = |id: u32| if id < size { host_id + id } else { OVERFLOW_ID };
+    let fail = |path: &Path, e: std::io::Error| ShimError::Setup {
+        message: format!("cannot give {} to the pod's ids: {e}", path.display()),
+        source: Some(Box::new(e)),
+    };
+    // Hard links share an inode: shifted once.
+    let mut shifted = std::collections::HashSet::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let meta = path.symlink_metadata().map_err(|e| fail(&path, e))?;
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path).map_err(|e| fail(&path, e))? {
+                pending.push(entry.map_err(|e| fail(&path, e))?.path());
+            }
+        }
+        if meta.nlink() > 1 && !meta.is_dir() && !shifted.insert((meta.dev(), meta.ino())) {
+            continue;
+        }
+        std::os::unix::fs::lchown(&path, Some(shift(meta.uid())), Some(shift(meta.gid())))
+            .map_err(|e| fail(&path, e))?;
+        // chown clears the set-user-ID and set-group-ID bits, root's included.
+        if !meta.file_type().is_symlink() && meta.mode() & 0o6000 != 0 {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(meta.mode() & 0o7777))
+                .map_err(|e| fail(&path, e))?;
+        }
+    }
+    Ok(())
 }
 
-/// Unmounts a container's overlay root, if it has one (a copied root is no mount: EINVAL).
-pub(crate) fn unmount(rootfs: &Path) {
-    match nix::mount::umount2(rootfs, MntFlags::MNT_DETACH) {
-        Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => {}
-        Err(e) => tracing::warn!(rootfs = %rootfs.display(), error = %e, "cannot unmount the container's root"),
-    }
+/// The host's overflow id (`/proc/sys/kernel/overflowuid`'s default): what unmapped ids look like.
+const OVERFLOW_ID: u32 = 65534;
+
+fn create_error(dir: &Path, e: std::io::Error) -> ShimError {
+    ShimError::Setup { message: format!("cannot create {}: {e}", dir.display()), source: Some(Box::new(e)) }
 }
 
 /// `sha256:<hex>` → `sha256-<hex>`: only characters that are safe both as a file name and in overlayfs
@@ -213,20 +284,16 @@ mod tests {
         let dirs = Dirs::create(&dir.path().join("oci")).unwrap();
         let bundles = ["one", "two"].map(|id| dirs.bundle(id));
         for bundle in &bundles {
-            std::fs::create_dir_all(bundle.mount_point()).unwrap();
-            assert_eq!(cache.prepare(&layers, bundle).unwrap(), Rootfs::Overlay);
+            bundle.create().unwrap();
+            assert_eq!(cache.prepare(&layers, bundle, None).unwrap(), Rootfs::Overlay);
         }
-        let root = bundles[0].root(Rootfs::Overlay);
+        let root = bundles[0].mount_point();
         assert!(!root.join("etc/a").exists(), "a whiteout hides the lower file");
         assert_eq!(std::fs::read_to_string(root.join("etc/b")).unwrap(), "b");
         assert!(!root.join("var/old").exists(), "an opaque directory hides the lower contents");
         assert_eq!(std::fs::read_to_string(root.join("var/new")).unwrap(), "new");
         std::fs::write(root.join("etc/b"), "changed").unwrap();
-        assert_eq!(
-            std::fs::read_to_string(bundles[1].root(Rootfs::Overlay).join("etc/b")).unwrap(),
-            "b",
-            "copy-on-write"
-        );
+        assert_eq!(std::fs::read_to_string(bundles[1].mount_point().join("etc/b")).unwrap(), "b", "copy-on-write");
         assert_eq!(std::fs::read_to_string(dir.path().join("layers/sha256-aa/etc/b")).unwrap(), "b");
         assert_eq!(std::fs::read_to_string(bundles[0].upper().join("etc/b")).unwrap(), "changed", "written to disk");
         for bundle in &bundles {
@@ -235,6 +302,75 @@ mod tests {
         drop(dirs);
         let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
         assert!(!mounts.contains(dir.path().to_str().unwrap()), "unmounted");
+    }
+
+    /// The root of a one-layer image prepared in `oci_dir` for a pod whose ids start at `host_id`: it is
+    /// `expected` (an overlay, or a copy where overlayfs cannot be used), the pod's root owns the image's
+    /// files, the layer cache stays the host's, and nothing stays mounted once the bundle is removed.
+    fn prepare_for_a_pod(host_id: u32, oci_dir: &str, expected: Rootfs) {
+        use std::os::unix::fs::MetadataExt;
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "mounts, id-mapped mounts and chown need root: run the tests as root"
+        );
+        let namespace = crate::idmap::TestNamespace::new(host_id);
+        let users = PodUsers::open(&namespace.spec).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cache = LayerCache::new(dir.path().join("layers")).unwrap();
+        let layers = [layer(dir.path(), "aa", &[("etc/passwd", "root:x:0:0::/:/bin/sh\n")])];
+        let dirs = Dirs::create(&dir.path().join(oci_dir)).unwrap();
+        let bundle = dirs.bundle("one");
+        bundle.create().unwrap();
+        assert_eq!(cache.prepare(&layers, &bundle, Some(&users)).unwrap(), expected);
+        let root = bundle.mount_point();
+        assert_eq!(std::fs::read_to_string(root.join("etc/passwd")).unwrap(), "root:x:0:0::/:/bin/sh\n");
+        assert_eq!(root.join("etc/passwd").metadata().unwrap().uid(), host_id, "the pod's root owns the image's files");
+        assert_eq!(root.metadata().unwrap().uid(), host_id, "and the root directory");
+        let cached = dir.path().join("layers/sha256-aa/etc/passwd");
+        assert_eq!(cached.metadata().unwrap().uid(), 0, "the cache is the host's");
+        assert!(!bundle.lower_staging().exists(), "no staged layer is left once the root is ready");
+        bundle.remove();
+        assert!(!bundle.exists());
+        drop(dirs);
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mounts.contains(dir.path().to_str().unwrap()), "unmounted");
+    }
+
+    #[test]
+    fn in_a_pod_user_namespace_the_layers_are_id_mapped_and_stay_the_hosts() {
+        prepare_for_a_pod(65536 * 102, "oci", Rootfs::Overlay);
+    }
+
+    #[test]
+    fn where_overlayfs_is_unusable_a_copy_with_the_pods_ids_is_bound_at_the_mount_point() {
+        // overlayfs options cannot name a directory with a comma in it.
+        prepare_for_a_pod(65536 * 103, "oci,copy", Rootfs::Copy);
+    }
+
+    #[test]
+    fn a_copied_image_gets_the_pods_ids() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        assert!(nix::unistd::geteuid().is_root(), "chown needs root: run the tests as root");
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir(root.join("bin")).unwrap();
+        std::fs::write(root.join("bin/su"), "").unwrap();
+        std::fs::set_permissions(root.join("bin/su"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+        std::fs::hard_link(root.join("bin/su"), root.join("bin/su2")).unwrap();
+        std::fs::write(root.join("app"), "").unwrap();
+        std::os::unix::fs::chown(root.join("app"), Some(1000), Some(70_000)).unwrap();
+        std::os::unix::fs::symlink("/nowhere", root.join("link")).unwrap();
+        let host_id = 65536 * 3;
+        shift_ids(root, host_id, 65536).unwrap();
+        let ids = |path: &str| {
+            let meta = root.join(path).symlink_metadata().unwrap();
+            (meta.uid(), meta.gid())
+        };
+        assert_eq!(ids(""), (host_id, host_id));
+        assert_eq!(ids("bin/su"), (host_id, host_id), "hard links are shifted once");
+        assert_eq!(root.join("bin/su").metadata().unwrap().mode() & 0o7777, 0o4755, "set-user-ID kept");
+        assert_eq!(ids("app"), (host_id + 1000, OVERFLOW_ID), "ids the pod does not have become nobody");
+        assert_eq!(ids("link"), (host_id, host_id), "links themselves, not what they name");
     }
 
     #[test]

@@ -109,6 +109,12 @@ pub(crate) fn apply(oci: &mut Spec, spec: &ContainerSpec, rootfs: &Path, seccomp
     if security.run_as_non_root && uid == 0 {
         return Err(ShimError::Config("container has runAsNonRoot and image will run as root".into()));
     }
+    if let Some(userns) = &spec.userns {
+        // An id the pod's namespace does not map fails only in the container's init (EINVAL from setuid),
+        // as a runtime error; it is the pod's configuration that is wrong. Privileged containers are
+        // allowed, as in Kubernetes: their capabilities hold in the pod's namespaces only.
+        check_mapped(uid, gid, &groups, userns.size)?;
+    }
     let capabilities = capabilities(security)?;
     if let Some(root) = oci.root_mut() {
         root.set_readonly(Some(security.read_only_root_filesystem));
@@ -165,6 +171,26 @@ pub(crate) fn apply(oci: &mut Spec, spec: &ContainerSpec, rootfs: &Path, seccomp
     }
     devices::apply(oci, security.privileged);
     Ok(())
+}
+
+/// Refuses a user, group or supplementary group the pod's user namespace, ids `0..size`, does not have.
+fn check_mapped(uid: u32, gid: u32, groups: &[u32], size: u32) -> Result<(), ShimError> {
+    let outside = |what: String| {
+        Err(ShimError::Config(format!(
+            "{what} is outside the pod's user namespace (hostUsers: false), which has ids 0 to {}",
+            size.saturating_sub(1)
+        )))
+    };
+    if uid >= size {
+        return outside(format!("the container's user {uid}"));
+    }
+    if gid >= size {
+        return outside(format!("the container's group {gid}"));
+    }
+    match groups.iter().find(|g| **g >= size) {
+        Some(group) => outside(format!("the container's supplementary group {group}")),
+        None => Ok(()),
+    }
 }
 
 /// `relative` under the node's profile directory, never outside it.
@@ -332,6 +358,31 @@ impl<'a> GroupEntry<'a> {
 mod tests {
     use super::*;
 
+    /// A container of `true` with `security`, in `userns` when given.
+    fn container(security: Security, userns: Option<skiff_shim::UserNamespace>) -> ContainerSpec {
+        struct Discard;
+        impl skiff_shim::OutputSink for Discard {
+            fn write(&self, _: skiff_shim::Stream, _: &[u8]) {}
+        }
+        ContainerSpec {
+            id: "c".into(),
+            name: "ns/pod/c".into(),
+            image: skiff_shim::Image::default(),
+            argv: vec!["true".into()],
+            env: vec![],
+            working_dir: None,
+            mounts: vec![],
+            limits: skiff_shim::Limits::default(),
+            ports: vec![],
+            host_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            netns: None,
+            userns,
+            egress: Default::default(),
+            security,
+            output: std::sync::Arc::new(Discard),
+        }
+    }
+
     fn rootfs() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("etc")).unwrap();
@@ -400,27 +451,7 @@ mod tests {
     #[test]
     fn run_as_non_root_refuses_root() {
         let dir = rootfs();
-        struct Discard;
-        impl skiff_shim::OutputSink for Discard {
-            fn write(&self, _: skiff_shim::Stream, _: &[u8]) {}
-        }
-        let mut spec = ContainerSpec {
-            id: "c".into(),
-            name: "ns/pod/c".into(),
-            image: skiff_shim::Image::default(),
-            argv: vec!["true".into()],
-            env: vec![],
-            working_dir: None,
-            mounts: vec![],
-            limits: skiff_shim::Limits::default(),
-            ports: vec![],
-            host_ip: std::net::Ipv4Addr::LOCALHOST.into(),
-            netns: None,
-            userns: None,
-            egress: Default::default(),
-            security: Security { run_as_non_root: true, ..Security::default() },
-            output: std::sync::Arc::new(Discard),
-        };
+        let mut spec = container(Security { run_as_non_root: true, ..Security::default() }, None);
         let profiles = tempfile::tempdir().unwrap();
         let mut oci = Spec::default();
         let err = apply(&mut oci, &spec, dir.path(), profiles.path()).unwrap_err();
@@ -436,6 +467,31 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_user_namespace_refuses_ids_it_does_not_map() {
+        let dir = rootfs();
+        let run = |security: Security| {
+            let namespace = skiff_shim::UserNamespace { path: "/ns".into(), host_id: 6_553_600, size: 65_536 };
+            let spec = container(security, Some(namespace));
+            let profiles = tempfile::tempdir().unwrap();
+            apply(&mut Spec::default(), &spec, dir.path(), profiles.path())
+        };
+        let refused = |security: Security, what: &str| match run(security) {
+            Err(ShimError::Config(message)) => {
+                assert!(message.contains(what) && message.contains("0 to 65535"), "{message}")
+            }
+            other => panic!("{what} was not refused: {other:?}"),
+        };
+        refused(Security { run_as_user: Some(65_536), ..Security::default() }, "user 65536");
+        refused(Security { run_as_user: Some(1), run_as_group: Some(70_000), ..Security::default() }, "group 70000");
+        refused(
+            Security { supplemental_groups: vec![5, 1 << 20], ..Security::default() },
+            "supplementary group 1048576",
+        );
+        run(Security { run_as_user: Some(65_535), run_as_group: Some(0), ..Security::default() }).unwrap();
+        run(Security { privileged: true, ..Security::default() }).unwrap();
+    }
+
+    #[test]
     fn seccomp_profiles_follow_the_security_context() {
         let dir = rootfs();
         let profiles = tempfile::tempdir().unwrap();
@@ -444,30 +500,10 @@ mod tests {
             r#"{"defaultAction": "SCMP_ACT_LOG", "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO"}]}"#;
         std::fs::write(profiles.path().join("team/audit.json"), audit).unwrap();
         let run = |security: Security| {
-            let spec = ContainerSpec {
-                id: "c".into(),
-                name: "ns/pod/c".into(),
-                image: skiff_shim::Image::default(),
-                argv: vec!["true".into()],
-                env: vec![],
-                working_dir: None,
-                mounts: vec![],
-                limits: skiff_shim::Limits::default(),
-                ports: vec![],
-                host_ip: std::net::Ipv4Addr::LOCALHOST.into(),
-                netns: None,
-                userns: None,
-                egress: Default::default(),
-                security,
-                output: std::sync::Arc::new(Discard),
-            };
+            let spec = container(security, None);
             let mut oci = Spec::default();
             apply(&mut oci, &spec, dir.path(), profiles.path()).map(|()| oci.linux().clone().unwrap())
         };
-        struct Discard;
-        impl skiff_shim::OutputSink for Discard {
-            fn write(&self, _: skiff_shim::Stream, _: &[u8]) {}
-        }
         let default = run(Security::default()).unwrap().seccomp().clone().unwrap();
         assert_eq!(default.default_action(), oci_spec::runtime::LinuxSeccompAction::ScmpActErrno);
         let unconfined = run(Security { seccomp: SeccompProfile::Unconfined, ..Security::default() }).unwrap();

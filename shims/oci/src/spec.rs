@@ -61,8 +61,13 @@ pub(crate) fn env(spec: &ContainerSpec) -> Vec<String> {
     out
 }
 
-/// Builds the runtime spec for `spec`, whose root filesystem is `rootfs`.
-pub(crate) fn runtime_spec(spec: &ContainerSpec, rootfs: &Path) -> Result<Spec, ShimError> {
+/// Builds the runtime spec for `spec`, whose root filesystem is `rootfs` and whose bind mounts are `mounts`
+/// (the spec's, or id-mapped copies of their sources where the container has its pod's user namespace).
+pub(crate) fn runtime_spec(
+    spec: &ContainerSpec,
+    rootfs: &Path,
+    mounts: &[skiff_shim::Mount],
+) -> Result<Spec, ShimError> {
     let mut oci = Spec::default();
     if let Some(root) = oci.root_mut() {
         root.set_path(rootfs.to_path_buf()).set_readonly(Some(false));
@@ -85,11 +90,21 @@ pub(crate) fn runtime_spec(spec: &ContainerSpec, rootfs: &Path) -> Result<Spec, 
         process.set_cwd(cwd.into());
     }
 
-    let mut mounts = oci.mounts().clone().unwrap_or_default();
-    for mount in &spec.mounts {
-        mounts.push(bind_mount(mount)?);
+    let mut oci_mounts = oci.mounts().clone().unwrap_or_default();
+    if spec.userns.is_some() && spec.netns.is_none() {
+        // sysfs can only be mounted from a user namespace that owns the network namespace, and the host's
+        // is not the pod's: the host's /sys is bound read-only instead, as runc and oci-spec's rootless
+        // mounts do.
+        for sys in oci_mounts.iter_mut().filter(|m| m.destination() == Path::new("/sys")) {
+            sys.set_typ(Some("none".into())).set_source(Some("/sys".into()));
+            let options = ["rbind", "nosuid", "noexec", "nodev", "ro"];
+            sys.set_options(Some(options.map(String::from).to_vec()));
+        }
     }
-    oci.set_mounts(Some(mounts));
+    for mount in mounts {
+        oci_mounts.push(bind_mount(mount)?);
+    }
+    oci.set_mounts(Some(oci_mounts));
 
     if let Some(linux) = oci.linux_mut() {
         // The pod's network namespace is joined by path (all its containers share it); without one the
@@ -99,6 +114,18 @@ pub(crate) fn runtime_spec(spec: &ContainerSpec, rootfs: &Path) -> Result<Spec, 
             [LinuxNamespaceType::Pid, LinuxNamespaceType::Mount, LinuxNamespaceType::Ipc, LinuxNamespaceType::Uts];
         let namespaces = linux.namespaces().clone().unwrap_or_default();
         let mut namespaces: Vec<_> = namespaces.into_iter().filter(|ns| keep.contains(&ns.typ())).collect();
+        // The pod's user namespace is joined by path with no id mappings of libcontainer's: it joins it
+        // first, as the host's root, then makes or joins the others from inside it, so the pod's network
+        // namespace (which the node made from inside it) is one it owns. File ownership comes from the
+        // id-mapped mounts of the root and the volumes (`idmap`), not from libcontainer, which refuses them.
+        if let Some(userns) = &spec.userns {
+            let user = LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::User)
+                .path(userns.path.clone())
+                .build()
+                .map_err(|e| invalid_spec("user namespace", e))?;
+            namespaces.push(user);
+        }
         if let Some(netns) = &spec.netns {
             let network = LinuxNamespaceBuilder::default()
                 .typ(LinuxNamespaceType::Network)
@@ -195,7 +222,7 @@ mod tests {
 
     #[test]
     fn the_spec_carries_process_mounts_and_limits() {
-        let oci = runtime_spec(&spec(), Path::new("/run/c/rootfs")).unwrap();
+        let oci = runtime_spec(&spec(), Path::new("/run/c/rootfs"), &spec().mounts).unwrap();
         let process = oci.process().as_ref().unwrap();
         assert_eq!(process.args().as_ref().unwrap(), &["/bin/sh", "-c", "true"]);
         let env = process.env().as_ref().unwrap();
@@ -228,10 +255,35 @@ mod tests {
     fn a_pod_network_namespace_is_joined_by_path() {
         let mut s = spec();
         s.netns = Some("/run/skiff/n/netns/uid".into());
-        let oci = runtime_spec(&s, Path::new("/run/c/rootfs")).unwrap();
+        let oci = runtime_spec(&s, Path::new("/run/c/rootfs"), &s.mounts).unwrap();
         let namespaces = oci.linux().as_ref().unwrap().namespaces().clone().unwrap();
         let network = namespaces.iter().find(|n| n.typ() == LinuxNamespaceType::Network).unwrap();
         assert_eq!(network.path().as_deref(), Some(std::path::Path::new("/run/skiff/n/netns/uid")));
+    }
+
+    #[test]
+    fn a_pod_user_namespace_is_joined_by_path_without_mappings() {
+        let mut s = spec();
+        s.userns = Some(skiff_shim::UserNamespace {
+            path: "/run/skiff/n/userns/uid".into(),
+            host_id: 6_553_600,
+            size: 65_536,
+        });
+        s.netns = Some("/run/skiff/n/netns/uid".into());
+        let oci = runtime_spec(&s, Path::new("/run/c/rootfs"), &s.mounts).unwrap();
+        let linux = oci.linux().as_ref().unwrap();
+        let namespaces = linux.namespaces().clone().unwrap();
+        let user = namespaces.iter().find(|n| n.typ() == LinuxNamespaceType::User).unwrap();
+        assert_eq!(user.path().as_deref(), Some(Path::new("/run/skiff/n/userns/uid")));
+        assert!(linux.uid_mappings().is_none() && linux.gid_mappings().is_none(), "libcontainer maps no ids");
+        let sys = |oci: &Spec| oci.mounts().clone().unwrap().into_iter().find(|m| m.destination() == Path::new("/sys"));
+        assert_eq!(sys(&oci).unwrap().typ().as_deref(), Some("sysfs"), "the pod's network namespace is its own");
+
+        s.netns = None;
+        let oci = runtime_spec(&s, Path::new("/run/c/rootfs"), &s.mounts).unwrap();
+        let sys = sys(&oci).unwrap();
+        assert_eq!((sys.typ().as_deref(), sys.source().as_deref()), (Some("none"), Some(Path::new("/sys"))));
+        assert!(sys.options().as_ref().unwrap().iter().any(|o| o == "rbind"), "the host's /sys, bound");
     }
 
     #[test]
@@ -240,7 +292,7 @@ mod tests {
         s.limits.cpu_millis = Some(1);
         s.argv = vec!["echo".into(), "hi".into()];
         s.working_dir = Some("/w".into());
-        let oci = runtime_spec(&s, Path::new("/run/c/rootfs")).unwrap();
+        let oci = runtime_spec(&s, Path::new("/run/c/rootfs"), &s.mounts).unwrap();
         let cpu = oci.linux().as_ref().unwrap().resources().as_ref().unwrap().cpu().clone().unwrap();
         assert_eq!(cpu.quota(), Some(1_000));
         let process = oci.process().as_ref().unwrap();
@@ -253,13 +305,13 @@ mod tests {
         let mut s = spec();
         s.image.entrypoint.clear();
         s.image.cmd.clear();
-        assert!(matches!(runtime_spec(&s, Path::new("/run/c/rootfs")), Err(ShimError::InvalidImage(_))));
+        assert!(matches!(runtime_spec(&s, Path::new("/run/c/rootfs"), &s.mounts), Err(ShimError::InvalidImage(_))));
         let mut s = spec();
         s.mounts[0].container_path = "relative".into();
-        assert!(matches!(runtime_spec(&s, Path::new("/run/c/rootfs")), Err(ShimError::Setup { .. })));
+        assert!(matches!(runtime_spec(&s, Path::new("/run/c/rootfs"), &s.mounts), Err(ShimError::Setup { .. })));
         let mut s = spec();
         s.working_dir = Some("rel".into());
-        assert!(matches!(runtime_spec(&s, Path::new("/run/c/rootfs")), Err(ShimError::Setup { .. })));
+        assert!(matches!(runtime_spec(&s, Path::new("/run/c/rootfs"), &s.mounts), Err(ShimError::Setup { .. })));
     }
 
     #[test]

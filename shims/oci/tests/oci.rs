@@ -460,3 +460,159 @@ async fn exec_runs_commands_inside_the_running_container() {
     let ended = exec.exec(exec_request(&["true"], false, false)).await;
     assert!(ended.is_err(), "exec into an ended container");
 }
+
+/// A pod's user and network namespaces as the node makes them: the user namespace maps the pod's ids 0..65536
+/// to `host_id`.., the network namespace is made from inside it (so it owns it), and both are kept as
+/// bind-mounted namespace files. The holder process is gone once they are made.
+struct PodNamespaces {
+    userns: PathBuf,
+    netns: PathBuf,
+}
+
+impl PodNamespaces {
+    fn new(dir: &Path, host_id: u32) -> Self {
+        // util-linux 2.38's `unshare --map-users` needs shadow's newuidmap, which this host lacks: the maps are
+        // written here, as the node writes them.
+        let mut holder =
+            std::process::Command::new("unshare").args(["--user", "--net", "sleep", "1000"]).spawn().unwrap();
+        let proc = PathBuf::from(format!("/proc/{}", holder.id()));
+        let own = std::fs::read_link("/proc/self/ns/user").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::read_link(proc.join("ns/user")).map_or(true, |ns| ns == own) {
+            assert!(Instant::now() < deadline, "unshare never made its user namespace");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for map in ["uid_map", "gid_map"] {
+            std::fs::write(proc.join(map), format!("0 {host_id} 65536\n")).unwrap();
+        }
+        let namespaces = PodNamespaces { userns: dir.join("userns"), netns: dir.join("netns") };
+        for (file, ns) in [(&namespaces.userns, "ns/user"), (&namespaces.netns, "ns/net")] {
+            std::fs::write(file, "").unwrap();
+            nix::mount::mount(Some(&proc.join(ns)), file, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>)
+                .unwrap();
+        }
+        holder.kill().unwrap();
+        holder.wait().unwrap();
+        namespaces
+    }
+}
+
+impl Drop for PodNamespaces {
+    fn drop(&mut self) {
+        for file in [&self.userns, &self.netns] {
+            let _ = nix::mount::umount2(file, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// `hostUsers: false`: the container runs as root of its pod's user namespace, an unprivileged host uid, and
+/// sees its image and its volumes owned as on a node without user namespaces, through id-mapped mounts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_user_namespace_maps_the_root_and_the_volumes() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut fx = fixture().expect("containers need root, cgroups and /bin/busybox: run the tests as root");
+    // No real user has these ids: the 100th slot of the kubelet's 65536 ids per pod.
+    let host_id = 65536 * 100;
+    // The pod's root reaches its root filesystem and volumes from inside its namespace; the node makes the
+    // directories above the shim's (its data directory) searchable by others, the test's temporary one here.
+    std::fs::set_permissions(fx.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let layer = fx.dir.path().join("busybox-passwd.tar.gz");
+    std::fs::write(&layer, busybox::busybox_layer(&[("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n")])).unwrap();
+    fx.image.layers = vec![Layer {
+        media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+        digest: "sha256:busyboxpasswd".into(),
+        path: layer,
+    }];
+    let namespaces = PodNamespaces::new(fx.dir.path(), host_id);
+    let volume = fx.dir.path().join("volume");
+    std::fs::create_dir(&volume).unwrap();
+    std::fs::write(volume.join("from-host"), "kept").unwrap();
+    let hosts = fx.dir.path().join("hosts");
+    std::fs::write(&hosts, "10.1.2.3 pod\n").unwrap();
+
+    let script = "cat /proc/self/uid_map; busybox id -u; busybox stat -c %u /etc/passwd; echo x > /written; \
+                  busybox stat -c %u:%g /vol/from-host; echo made > /vol/made-inside; busybox stat -c %u /etc/hosts; \
+                  cat /etc/hosts; ls /sys/class/net; echo done; sleep 100";
+    let (mut spec, out) = fx.spec(&["sh", "-c", script]);
+    spec.userns = Some(skiff_shim::UserNamespace { path: namespaces.userns.clone(), host_id, size: 65536 });
+    spec.netns = Some(namespaces.netns.clone());
+    spec.mounts = vec![
+        Mount { host_path: volume.clone(), container_path: "/vol".into(), read_only: false },
+        Mount { host_path: hosts.clone(), container_path: "/etc/hosts".into(), read_only: true },
+    ];
+    let [run, upper, work] = fx.files(&spec);
+    let mut container = fx.shim.start(spec).await.unwrap_or_else(|e| panic!("{e:?}"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !out.text(Stream::Stdout).contains("done") {
+        assert!(Instant::now() < deadline, "{} {}", out.text(Stream::Stdout), out.text(Stream::Stderr));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stdout = out.text(Stream::Stdout);
+    let lines: Vec<String> = stdout.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
+    let expected = [&format!("0 {host_id} 65536"), "0", "0", "0:0", "0", "10.1.2.3 pod", "lo", "done"];
+    assert_eq!(lines, expected, "stderr: {}", out.text(Stream::Stderr));
+    assert_eq!(upper.join("written").metadata().unwrap().uid(), host_id, "the pod's root writes as its host uid");
+    assert_eq!(volume.join("made-inside").metadata().unwrap().uid(), 0, "and as root in an id-mapped volume");
+    assert!(!run.join("vol").exists(), "the staged volumes are gone once the container's init has mounted them");
+    assert!(std::fs::metadata(run.join("config.json")).unwrap().mode() & 0o077 == 0, "the spec is private");
+    assert_eq!(run.metadata().unwrap().mode() & 0o007, 0, "other host users cannot enter the bundle");
+    assert!(xattr::get(&run, "system.posix_acl_access").unwrap().is_some(), "the pod's root alone may, by an ACL");
+
+    let exec = container.exec().expect("OCI containers take exec");
+    let mut process = exec.exec(exec_request(&["busybox", "id", "-u"], false, false)).await.unwrap();
+    assert_eq!(
+        exec_output(&mut process).await,
+        ("0\n".to_string(), String::new()),
+        "exec joins the pod's user namespace"
+    );
+    assert_eq!(process.control.wait().await, 0);
+
+    container.stop(Duration::ZERO);
+    container.wait().await;
+    assert!(![&run, &upper, &work].iter().any(|dir| dir.exists()));
+    let state = fx.dir.path().join("state").canonicalize().unwrap();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let below_bundle: Vec<&str> = mountinfo
+        .lines()
+        .filter(|line| line.split(' ').nth(4).is_some_and(|p| Path::new(p).starts_with(&run)))
+        .collect();
+    assert_eq!(below_bundle, Vec::<&str>::new(), "nothing of the bundle stays mounted");
+    assert!(mountinfo.contains(state.join("run").to_str().unwrap()), "the shim's tmpfs stays while it lives");
+    assert_eq!(std::fs::read_to_string(volume.join("from-host")).unwrap(), "kept", "the volume keeps its files");
+    assert!(volume.join("made-inside").exists());
+    assert_eq!(std::fs::read_to_string(&hosts).unwrap(), "10.1.2.3 pod\n");
+}
+
+/// Without a network namespace of its pod (the host's, which the pod's user namespace does not own) sysfs
+/// cannot be mounted: the host's /sys is bound read-only instead. Privileged containers run there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_user_namespace_without_a_pod_network_binds_the_hosts_sys() {
+    use std::os::unix::fs::PermissionsExt;
+    let fx = fixture().expect("containers need root, cgroups and /bin/busybox: run the tests as root");
+    let host_id = 65536 * 101;
+    let namespaces = PodNamespaces::new(fx.dir.path(), host_id);
+    // A data directory private to the agent: the pod's root could not reach its root filesystem.
+    std::fs::set_permissions(fx.dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let (mut spec, _) = fx.spec(&["true"]);
+    spec.userns = Some(skiff_shim::UserNamespace { path: namespaces.userns.clone(), host_id, size: 65536 });
+    let err = fx.shim.start(spec).await.err().expect("an unreachable bundle fails the start");
+    let dir = fx.dir.path().display();
+    assert!(err.to_string().contains(&format!("{dir} (mode 700) is not searchable by others")), "{err}");
+    std::fs::set_permissions(fx.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    for privileged in [false, true] {
+        let script = "cat /proc/self/uid_map; busybox id -u; ls /sys/class/net | busybox wc -l; \
+                      busybox awk '$5 == \"/sys\" { split($6, o, \",\"); print o[1] }' /proc/self/mountinfo";
+        let (mut spec, out) = fx.spec(&["sh", "-c", script]);
+        spec.userns = Some(skiff_shim::UserNamespace { path: namespaces.userns.clone(), host_id, size: 65536 });
+        spec.security.privileged = privileged;
+        let exit = run(&fx, spec).await;
+        let stdout = out.text(Stream::Stdout);
+        assert_eq!(exit.code, 0, "{stdout} {}", out.text(Stream::Stderr));
+        let lines: Vec<String> = stdout.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
+        let host_links = std::fs::read_dir("/sys/class/net").unwrap().count().to_string();
+        // Writable for a privileged container, as Docker and containerd make it; sysfs still checks the
+        // host's capabilities, which the pod's root lacks.
+        let access = if privileged { "rw" } else { "ro" };
+        assert_eq!(lines, [&format!("0 {host_id} 65536"), "0", &host_links, access], "privileged: {privileged}");
+    }
+}
