@@ -194,7 +194,14 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         dns: own_range.is_some().then(|| config.dns.clone()),
         services: caches.clone(),
         running: Arc::new(exec::Running::default()),
-        memory: pods::MemoryLedger::new(registration::allocatable_memory()),
+        memory: pods::MemoryLedger::new(match registration::allocatable_memory() {
+            // Not a node without memory: one whose memory could not be read, where admission cannot judge.
+            0 => {
+                tracing::warn!("cannot read the node's memory (/proc/meminfo): pods are admitted whatever they hold");
+                u64::MAX
+            }
+            memory => memory,
+        }),
         user_namespaces: pods::UserNamespaces::new(config.data_dir.join("pods")),
     });
     let heartbeat = registration::heartbeat(client.clone(), identity, shutdown.clone());

@@ -117,8 +117,14 @@ impl EmbeddedStore {
     }
 
     pub fn open_with(config: EmbeddedConfig) -> Result<Self, Error> {
+        // Every object, Secrets among them, is in the file: its owner's alone, as kube-bench wants etcd's data
+        // directory (0700), whatever the directory around it allows.
+        use std::os::unix::fs::PermissionsExt;
         std::fs::create_dir_all(&config.dir).map_err(embedded)?;
-        let db = Database::create(config.dir.join(FILE_NAME)).map_err(embedded)?;
+        std::fs::set_permissions(&config.dir, std::fs::Permissions::from_mode(0o700)).map_err(embedded)?;
+        let path = config.dir.join(FILE_NAME);
+        let db = Database::create(&path).map_err(embedded)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(embedded)?;
         let (revision, compacted) = init_tables(&db).map_err(embedded)?;
         let db = Arc::new(db);
         let (requests, queue) = mpsc::channel(QUEUE_CAPACITY);

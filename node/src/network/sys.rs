@@ -97,8 +97,13 @@ fn namespaces_from_child(netns: &Path, userns: &Path, host_id: u32, size: u32) -
     drop((ready_write, go_read));
     let configured = (|| {
         let mut ready = [0u8; 1];
-        // SAFETY: reads one byte into `ready`, a live buffer of that size.
-        let read = unsafe { libc::read(ready_read.as_raw_fd(), ready.as_mut_ptr().cast(), 1) };
+        let read = loop {
+            // SAFETY: reads one byte into `ready`, a live buffer of that size.
+            let read = unsafe { libc::read(ready_read.as_raw_fd(), ready.as_mut_ptr().cast(), 1) };
+            if read >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                break read;
+            }
+        };
         if read != 1 || ready[0] != 1 {
             return Err(io::Error::other("the namespace child could not unshare its user and network namespaces"));
         }
@@ -121,7 +126,9 @@ fn namespaces_from_child(netns: &Path, userns: &Path, host_id: u32, size: u32) -
     drop(go_write);
     let mut status = 0;
     // SAFETY: waits for our own child, writing its status into `status`.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
+    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0
+        && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
+    {}
     configured
 }
 

@@ -35,12 +35,12 @@ impl MemoryLedger {
         MemoryLedger { capacity, held: Mutex::default() }
     }
 
-    /// Admits pod `uid`, which holds `bytes`, if they fit beside what the other pods hold. A pod that runs
-    /// already (adopted after an agent restart) is never refused: it is counted, whatever it holds.
-    pub fn admit(&self, uid: &str, bytes: u64, running: bool) -> Result<(), OutOfMemory> {
+    /// Admits pod `uid`, which holds `bytes`, if they fit beside what the other pods hold. A pod whose
+    /// containers started before (an agent restart) is never refused: it is counted, whatever it holds.
+    pub fn admit(&self, uid: &str, bytes: u64, started: bool) -> Result<(), OutOfMemory> {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         let used: u64 = held.iter().filter(|(other, _)| *other != uid).map(|(_, bytes)| bytes).sum();
-        if !running && used.saturating_add(bytes) > self.capacity {
+        if !started && used.saturating_add(bytes) > self.capacity {
             return Err(OutOfMemory { requested: bytes, used, capacity: self.capacity });
         }
         held.insert(uid.to_owned(), bytes);

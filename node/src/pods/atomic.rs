@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
-use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, symlink};
 use std::path::Path;
 
 const DATA: &str = "..data";
@@ -110,9 +110,12 @@ pub fn write(dir: &Path, files: &Files, owner: Owner) -> io::Result<bool> {
                 owner.apply(&parent)?;
             }
         }
-        std::fs::write(&path, &file.data)?;
+        // Made the agent's alone, and only then given away: the volume is mounted in running containers,
+        // whose other users must never catch a Secret's new value in a file still open to them.
+        let mut written = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+        std::io::Write::write_all(&mut written, &file.data)?;
         owner.apply(&path)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(owner.mode(file.mode)))?;
+        written.set_permissions(std::fs::Permissions::from_mode(owner.mode(file.mode)))?;
     }
     let _ = std::fs::remove_file(dir.join(DATA_TMP));
     symlink(&stamp, dir.join(DATA_TMP))?;

@@ -67,13 +67,13 @@ impl UserNamespaces {
         if let Some(range) = read(&path)? {
             return Ok(range);
         }
-        let taken: Vec<u32> = std::fs::read_dir(&self.pods_dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|pod| read(&pod.path().join(FILE)).ok().flatten())
-            .map(|range| range.host_id)
-            .collect();
+        // A record that cannot be read might name any range: none is given until it can be.
+        let mut taken = Vec::new();
+        for pod in std::fs::read_dir(&self.pods_dir).into_iter().flatten().flatten() {
+            if let Some(range) = read(&pod.path().join(FILE))? {
+                taken.push(range.host_id);
+            }
+        }
         // Slot 0 is the host's own ids; the last slot ends at 2^32.
         let slots = u32::MAX / IDS_PER_POD;
         let host_id = (1..slots)

@@ -134,7 +134,8 @@ impl Volumes {
 }
 
 /// Who the files of `pod`'s written volumes belong to: its user when every container runs as one (the
-/// kubelet's `FsUserFrom`, which it applies to tokens), and its `fsGroup`.
+/// kubelet's `FsUserFrom`; the kubelet gives that user the token alone, Skiff every file, so that a
+/// Secret's 0400 is readable by the pod's own user as Kubernetes' 0644 is), and its `fsGroup`.
 fn owner(pod: &Pod) -> Owner {
     let Some(spec) = pod.spec.as_ref() else { return Owner::default() };
     let pod_context = spec.security_context.as_ref();

@@ -382,8 +382,7 @@ async fn run_prepared(
             .collect::<Vec<_>>()
     };
     let memory = admission::pod_memory(held(&spec.containers, main_shims), held(&init_containers, init_shims));
-    let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
-    if let Err(refused) = shared.ctx.memory.admit(&shared.who.uid, memory, running) {
+    if let Err(refused) = shared.ctx.memory.admit(&shared.who.uid, memory, started_before(&pod)) {
         end(shared, Ending { reason: admission::OUT_OF_MEMORY, message: refused.to_string() }, stop);
         return;
     }
@@ -459,6 +458,14 @@ async fn run_prepared(
     for supervisor in supervisors {
         let _ = supervisor.await;
     }
+}
+
+/// Whether a container of `pod` was started on this node before (an agent restart): such a pod was admitted
+/// then, and its containers, which may still run, are the worker's to adopt, never to leave running unseen.
+fn started_before(pod: &Pod) -> bool {
+    let Some(status) = pod.status.as_ref() else { return false };
+    let statuses = status.init_container_statuses.iter().flatten().chain(status.container_statuses.iter().flatten());
+    statuses.into_iter().any(|status| status.container_id.is_some())
 }
 
 /// The shim each pulled image goes to, in the pulls' order; None where the pull failed or no shim runs the

@@ -1,7 +1,8 @@
 //! Id-mapped mounts for containers in their pod's user namespace (`hostUsers: false`). Files keep their
 //! ids on disk; an id-mapped mount shows host id `k` as `host_id + k` to the kernel, so the pod's root (host
-//! `host_id`) owns the image's root-owned files, and what it writes lands on disk as container ids, as on a
-//! node without user namespaces. Only the host's root may id-map a mount (CAP_SYS_ADMIN in the filesystem's
+//! `host_id`) owns the image's root-owned files, and what it writes in a volume lands on disk as container
+//! ids, as on a node without user namespaces (what it writes in its root goes to the overlay's upper
+//! directory as host ids: overlayfs itself cannot be id-mapped). Only the host's root may id-map a mount (CAP_SYS_ADMIN in the filesystem's
 //! user namespace), and only a detached one: libcontainer's init, already inside the pod's namespace,
 //! cannot, so the shim attaches id-mapped copies under the bundle before libcontainer runs and the init
 //! mounts them as ordinary sources.

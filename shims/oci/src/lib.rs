@@ -238,8 +238,9 @@ const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// and the init process sets no environment through Rust's lock ([`executor`]), so this is the backstop
 /// for any other lock a child might inherit (a log writer's). Such children still run this binary;
 /// a started container's processes run the image's.
-/// Starts hold [`START_LOCK`], so every child of ours still running this binary belongs to the hung start:
-/// killing them makes it fail, and the node retries it.
+/// Starts hold [`START_LOCK`], so every child of ours still running this binary belongs to the hung start
+/// (or, for a moment, is the node's making a pod's user namespace): killing them makes it fail, and the node
+/// retries it.
 fn kill_unfinished_starts() {
     let Ok(own) = std::fs::read_link("/proc/self/exe") else { return };
     let tasks = std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten();
