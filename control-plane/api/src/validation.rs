@@ -1453,48 +1453,28 @@ fn validate_limit_bounds(e: &mut Errors, path: &str, resource: &str, quantities:
     let (min, max) = (quantities.get("min"), quantities.get("max"));
     let (limit, request) = (quantities.get("default"), quantities.get("defaultRequest"));
     let ratio = quantities.get("maxLimitRequestRatio");
-    if let (Some(min), Some(max)) = (min, max)
-        && min.value > max.value
-    {
-        let detail = format!("min value {} is greater than max value {}", min.canonical(), max.canonical());
-        e.invalid(at_field("min"), min.text, &detail);
-    }
-    if let (Some(request), Some(min)) = (request, min)
-        && min.value > request.value
-    {
-        let detail =
-            format!("min value {} is greater than default request value {}", min.canonical(), request.canonical());
-        e.invalid(at_field("defaultRequest"), request.text, &detail);
-    }
-    if let (Some(request), Some(max)) = (request, max)
-        && request.value > max.value
-    {
-        let detail =
-            format!("default request value {} is greater than max value {}", request.canonical(), max.canonical());
-        e.invalid(at_field("defaultRequest"), request.text, &detail);
-    }
-    if let (Some(request), Some(limit)) = (request, limit)
-        && request.value > limit.value
-    {
-        let detail = format!(
-            "default request value {} is greater than default limit value {}",
-            request.canonical(),
-            limit.canonical()
-        );
-        e.invalid(at_field("defaultRequest"), request.text, &detail);
-    }
-    // The next two name the bound as the value, as Kubernetes does.
-    if let (Some(limit), Some(min)) = (limit, min)
-        && min.value > limit.value
-    {
-        let detail = format!("min value {} is greater than default value {}", min.canonical(), limit.canonical());
-        e.invalid(at_field("default"), min.text, &detail);
-    }
-    if let (Some(limit), Some(max)) = (limit, max)
-        && limit.value > max.value
-    {
-        let detail = format!("default value {} is greater than max value {}", limit.canonical(), max.canonical());
-        e.invalid(at_field("default"), max.text, &detail);
+    // Each pair must be in order: (lower, its name, upper, its name, the field blamed, whose value is shown),
+    // in Kubernetes' order and words; the last two name the bound as the value, as Kubernetes does.
+    let ordered = [
+        ("min", "min", "max", "max", "min", "min"),
+        ("min", "min", "defaultRequest", "default request", "defaultRequest", "defaultRequest"),
+        ("defaultRequest", "default request", "max", "max", "defaultRequest", "defaultRequest"),
+        ("defaultRequest", "default request", "default", "default limit", "defaultRequest", "defaultRequest"),
+        ("min", "min", "default", "default", "default", "min"),
+        ("default", "default", "max", "max", "default", "max"),
+    ];
+    for (lower, lower_name, upper, upper_name, field, shown) in ordered {
+        if let (Some(low), Some(high), Some(value)) =
+            (quantities.get(lower), quantities.get(upper), quantities.get(shown))
+            && low.value > high.value
+        {
+            let detail = format!(
+                "{lower_name} value {} is greater than {upper_name} value {}",
+                low.canonical(),
+                high.canonical()
+            );
+            e.invalid(at_field(field), value.text, &detail);
+        }
     }
     if let Some(ratio) = ratio {
         if ratio.value < 1.0 {
