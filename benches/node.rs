@@ -7,10 +7,32 @@
 //! 2. Agent memory: the agent's RSS idle with no pods (75 s after it started: past its start-up trim, at
 //!    its steady state), then with 1,000 and 2,000 idle long-running ticker pods (INTERVAL_MS=60000), with
 //!    PSS, threads, open files and CPU; where it stops and why. The agent runs from its own copy of the
-//!    binary, as on a node without a server.
+//!    binary, as on a node without a server. At each step, the cost of the node's metrics: 50 sequential
+//!    GETs of `/metrics/resource` and of `/stats/summary` (what Prometheus and the metrics API read) on the
+//!    agent's port, each timed from request to last byte, and the agent's CPU time over them, as a share of
+//!    a core at one scrape of each per 15 s (Prometheus' and metrics-server's usual intervals).
 //! 3. HTTP: the http-hello sample (wasi:http, a fresh instance per request) as a pod with a containerPort,
 //!    loaded by a closed-loop generator over keep-alive connections: Debian's `wrk` when installed, else
 //!    reqwest clients in this process. Requests/s and latency at 1, 4, 16 and 64 connections.
+//!
+//! 3b. Ingress overhead: the same http-hello pod behind a Service and an Ingress (the agent's ingress on a
+//!    loopback port); the same closed-loop load straight to the pod's address and through the Ingress, one
+//!    after the other, at 1, 16 and 64 connections.
+//!
+//! 3c. Cold start from zero: a Deployment of the http-hello sample (wasm) and one of busybox's httpd (a
+//!    container, as root) at zero replicas behind a Service marked to scale from zero and an Ingress host,
+//!    each woken by one request through the node's ingress, 100 trials each (containers: 20), one workload
+//!    after the other in the same run: the time from sending the request to its 200. Between trials the
+//!    Deployment is put back to zero and the trial starts once its pod is gone.
+//!
+//! 3d. Black Friday: an Ingress host in front of http-hello at one replica, an autoscaling/v2 HPA on the pods'
+//!    `http_requests_per_second` (an average of 500 per pod, 1 to 10 replicas, scale-down stabilization
+//!    30 s), the metrics and the HPA at Kubernetes' defaults (15 s resolution, 15 s sync). Debian's `hey`
+//!    sends an open-loop rate through the node's ingress in steps of 60 s: 100, 2,000, 10,000, 2,000 and
+//!    100 requests/s (as far as the two cores carry, `hey` included). Per step: the rate served, p50/p99,
+//!    failed requests (non-2xx or none), the ready replicas at its end and the time from its start until
+//!    the Deployment reached them. Rate and replicas over time are charted in
+//!    `benches/results/black-friday.svg`.
 //!
 //! 4. A Deployment of 1,000 ticker replicas (no nodeName: the scheduler places them, the agent takes
 //!    `--max-pods 1100`), from the create until its status shows every replica Ready; then the server's CPU
@@ -20,7 +42,7 @@
 //!    gets its network namespace from the CNI plugins first); and the agent's RSS before and with those 50
 //!    idle containers, the runtime's cost per container beyond the containers' own processes.
 //!
-//! `SKIFF_BENCH_ONLY=startup,memory,http,deploy,oci` runs parts; `SKIFF_BENCH_PODS=1000,2000` sets the memory steps
+//! `SKIFF_BENCH_ONLY=startup,memory,http,ingress,coldstart,blackfriday,deploy,oci` runs parts; `SKIFF_BENCH_PODS=1000,2000` sets the memory steps
 //! (cumulative pod counts). Every child process (server, agent) is killed when its guard drops. Results:
 //! README.md, Performance.
 
@@ -90,7 +112,7 @@ struct Settings {
 impl Settings {
     fn from_env() -> anyhow::Result<Self> {
         let sections = std::env::var("SKIFF_BENCH_ONLY")
-            .unwrap_or_else(|_| "startup,memory,http,deploy,oci".into())
+            .unwrap_or_else(|_| "startup,memory,http,ingress,coldstart,blackfriday,deploy,oci".into())
             .split(',')
             .map(|s| s.trim().to_owned())
             .collect();
@@ -143,6 +165,41 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         let cluster = Cluster::start(&[(samples.join("http-hello.wasm"), HTTP_IMAGE)], &[]).await?;
         let runs = http(&cluster).await?;
         print_http(&runs);
+    }
+    if settings.runs("ingress") {
+        let port = free_port()?;
+        let flags = ["--ingress-http-port".to_string(), port.to_string(), "--ingress-https-port".into(), "0".into()];
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let cluster = Cluster::start(&[(samples.join("http-hello.wasm"), HTTP_IMAGE)], &flags).await?;
+        print_ingress(&ingress(&cluster, port).await?);
+    }
+    if settings.runs("coldstart") {
+        let port = free_port()?;
+        let flags = ["--ingress-http-port".to_string(), port.to_string(), "--ingress-https-port".into(), "0".into()];
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let cluster = Cluster::start(&[(samples.join("http-hello.wasm"), HTTP_IMAGE)], &flags).await?;
+        let wasm = cold_starts(&cluster, port, "wasm", HTTP_IMAGE, None, COLD_TRIALS).await?;
+        print_cold_starts("wasm (http-hello)", &wasm);
+        if harness::is_root() {
+            let registry = tokio::task::block_in_place(harness::Registry::start)?;
+            let files = [("www/index.html", "hello from a container\n")];
+            let exec = json!({"Env": ["PATH=/bin"], "Cmd": ["sh"]});
+            let image = tokio::task::block_in_place(|| registry.push_busybox_with("bench/httpd", exec, &files));
+            let command = json!(["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]);
+            let containers = cold_starts(&cluster, port, "box", &image, Some(command), COLD_CONTAINER_TRIALS).await?;
+            print_cold_starts("container (busybox httpd)", &containers);
+        }
+    }
+    if settings.runs("blackfriday") {
+        let port = free_port()?;
+        let flags = ["--ingress-http-port".to_string(), port.to_string(), "--ingress-https-port".into(), "0".into()];
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let cluster = Cluster::start(&[(samples.join("http-hello.wasm"), HTTP_IMAGE)], &flags).await?;
+        let run = black_friday(&cluster, port).await?;
+        print_black_friday(&run);
+        let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results/black-friday.svg");
+        chart_black_friday(&run, &chart)?;
+        println!("   chart: {}\n", chart.display());
     }
     if settings.runs("deploy") {
         deploy(&samples).await?;
@@ -570,6 +627,9 @@ async fn memory(cluster: &Cluster, pods: &PodWatch, steps: &[usize], idle: u64) 
             let footprint = Footprint::of(cluster.agent.pid(), SETTLE).await?;
             let step = Step { wanted, running, rate, footprint, not_running: pods.not_running() };
             print_step(&step, idle);
+            for path in ["/metrics/resource", "/stats/summary"] {
+                print_scrapes(path, &scrapes(cluster, path).await?);
+            }
             if step.running < wanted {
                 println!("   stopped at {running} running pods\n");
                 break;
@@ -577,6 +637,51 @@ async fn memory(cluster: &Cluster, pods: &PodWatch, steps: &[usize], idle: u64) 
         }
     }
     Ok(())
+}
+
+/// Scrapes timed back to back on the agent's port, and the agent's CPU time over all of them.
+struct Scrapes {
+    latency: Latency,
+    bytes: usize,
+    cpu_per_scrape: Duration,
+}
+
+const SCRAPES: usize = 50;
+/// The scrape interval the cost is reported at.
+const SCRAPE_INTERVAL: Duration = Duration::from_secs(15);
+
+async fn scrapes(cluster: &Cluster, path: &str) -> anyhow::Result<Scrapes> {
+    let node: Value = cluster.client.get(format!("{}/api/v1/nodes/{NODE}", cluster.base)).send().await?.json().await?;
+    let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"].as_u64().context("no kubelet port")?;
+    let url = format!("https://127.0.0.1:{port}{path}");
+    // The admin token: the agent asks the API server about it once (TokenReview), then from its cache.
+    let client = cluster.client()?;
+    let get = || async {
+        let response = client.get(&url).send().await?.error_for_status()?;
+        anyhow::Ok(response.bytes().await?.len())
+    };
+    let bytes = get().await?;
+    let cpu = cpu_time(cluster.agent.pid())?;
+    let mut times = Vec::with_capacity(SCRAPES);
+    for _ in 0..SCRAPES {
+        let started = Instant::now();
+        get().await?;
+        times.push(started.elapsed());
+    }
+    let cpu_per_scrape = (cpu_time(cluster.agent.pid())? - cpu) / SCRAPES as u32;
+    Ok(Scrapes { latency: Latency::of(times), bytes, cpu_per_scrape })
+}
+
+fn print_scrapes(path: &str, s: &Scrapes) {
+    println!(
+        "   GET {path}: p50 {:.1} ms, p99 {:.1} ms ({:.0} KB); agent CPU {:.1} ms per scrape = {:.2}% of a core at one per {} s (target: < 50 ms, < 5%)",
+        ms(s.latency.p50),
+        ms(s.latency.p99),
+        s.bytes as f64 / 1e3,
+        ms(s.cpu_per_scrape),
+        s.cpu_per_scrape.as_secs_f64() / SCRAPE_INTERVAL.as_secs_f64() * 100.0,
+        SCRAPE_INTERVAL.as_secs()
+    );
 }
 
 fn print_idle(f: &Footprint) {
@@ -635,12 +740,13 @@ struct HttpRun {
     agent_cpu: Duration,
 }
 
-async fn http(cluster: &Cluster) -> anyhow::Result<(String, Vec<HttpRun>)> {
+/// The http-hello pod on its own address, answering: its URL.
+async fn http_pod(cluster: &Cluster) -> anyhow::Result<String> {
     let port = free_port()?;
     let pod = json!({
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": "http-hello"},
+        "metadata": {"name": "http-hello", "labels": {"app": "http-hello"}},
         "spec": {
             "nodeName": NODE,
             "containers": [{
@@ -674,6 +780,11 @@ async fn http(cluster: &Cluster) -> anyhow::Result<(String, Vec<HttpRun>)> {
     })
     .await
     .with_context(|| cluster.agent_log())?;
+    Ok(url)
+}
+
+async fn http(cluster: &Cluster) -> anyhow::Result<(String, Vec<HttpRun>)> {
+    let url = http_pod(cluster).await?;
     let generator = HttpGenerator::detect();
     let mut runs = Vec::new();
     for connections in HTTP_CONNECTIONS {
@@ -709,6 +820,466 @@ fn print_http((generator, runs): &(String, Vec<HttpRun>)) {
         );
     }
     println!();
+}
+
+const INGRESS_CONNECTIONS: [usize; 3] = [1, 16, 64];
+
+/// The same load straight to the pod and through the Ingress on `port`.
+struct IngressRuns {
+    generator: &'static str,
+    /// (connections, straight to the pod, through the Ingress).
+    runs: Vec<(usize, HttpRun, HttpRun)>,
+}
+
+async fn ingress(cluster: &Cluster, port: u16) -> anyhow::Result<IngressRuns> {
+    let direct = http_pod(cluster).await?;
+    let pod_port: u16 = direct.rsplit(':').next().unwrap_or_default().trim_end_matches('/').parse()?;
+    let service = json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "http-hello"},
+        "spec": {"selector": {"app": "http-hello"}, "ports": [{"port": 80, "targetPort": pod_port}]},
+    });
+    create(&cluster.client, &format!("{}/api/v1/namespaces/{NAMESPACE}/services", cluster.base), &service).await?;
+    // No host: every request to the node's ingress port goes to the Service, as wrk sends no Host of its own.
+    let ingress = json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {"name": "http-hello"},
+        "spec": {"rules": [{"http": {"paths": [{
+            "path": "/", "pathType": "Prefix",
+            "backend": {"service": {"name": "http-hello", "port": {"number": 80}}},
+        }]}}]},
+    });
+    let url = format!("{}/apis/networking.k8s.io/v1/namespaces/{NAMESPACE}/ingresses", cluster.base);
+    create(&cluster.client, &url, &ingress).await?;
+    let through = format!("http://127.0.0.1:{port}/");
+    let probe = reqwest::Client::builder().no_proxy().build()?;
+    wait_until("the ingress answering", Duration::from_secs(60), || {
+        let request = probe.get(&through).timeout(Duration::from_secs(10)).send();
+        async move {
+            match request.await {
+                Ok(response) => response.text().await.is_ok_and(|body| body.contains("hello from skiff")),
+                Err(_) => false,
+            }
+        }
+    })
+    .await
+    .with_context(|| cluster.agent_log())?;
+    let generator = HttpGenerator::detect();
+    let mut runs = Vec::new();
+    for connections in INGRESS_CONNECTIONS {
+        let measure = async |url: &str| {
+            let before = cpu_time(cluster.agent.pid())?;
+            let load = generator.run(url, connections, HTTP_DURATION, None).await?;
+            let requests = (load.rate * HTTP_DURATION.as_secs_f64()).max(1.0);
+            let agent_cpu = cpu_time(cluster.agent.pid())?.saturating_sub(before).div_f64(requests);
+            anyhow::Ok(HttpRun { connections, load, agent_cpu })
+        };
+        let straight = measure(&direct).await?;
+        let via = measure(&through).await?;
+        runs.push((connections, straight, via));
+    }
+    Ok(IngressRuns { generator: generator.describe(), runs })
+}
+
+fn print_ingress(r: &IngressRuns) {
+    println!(
+        "Ingress overhead: wasi:http hello straight to the pod vs through the node's Ingress, {}s each, {} (load {})",
+        HTTP_DURATION.as_secs(),
+        r.generator,
+        load()
+    );
+    println!("   target: through the Ingress at least as fast as the pod's own port");
+    println!(
+        "   {:>11} {:>22} {:>22} {:>14} {:>14} {:>8}",
+        "connections", "pod req/s (p50/p99)", "ingress req/s (p50/p99)", "pod CPU us/req", "ing. CPU us/req", "errors"
+    );
+    for (connections, pod, via) in &r.runs {
+        let cell = |run: &HttpRun| format!("{:.0} ({:.2}/{:.2} ms)", run.load.rate, ms(run.load.p50), ms(run.load.p99));
+        println!(
+            "   {:>11} {:>22} {:>22} {:>14.1} {:>14.1} {:>8}",
+            connections,
+            cell(pod),
+            cell(via),
+            pod.agent_cpu.as_secs_f64() * 1e6,
+            via.agent_cpu.as_secs_f64() * 1e6,
+            pod.load.errors + via.load.errors
+        );
+    }
+    println!();
+}
+
+const COLD_TRIALS: usize = 100;
+const COLD_CONTAINER_TRIALS: usize = 20;
+
+/// `trials` wake-ups of a Deployment `name` of `image` (listening on 8080, with `command` if given) at zero
+/// behind the ingress on `port`: each request's time to its answer, and how many failed.
+async fn cold_starts(
+    cluster: &Cluster,
+    port: u16,
+    name: &str,
+    image: &str,
+    command: Option<Value>,
+    trials: usize,
+) -> anyhow::Result<(Latency, usize)> {
+    let mut container = json!({
+        "name": "web",
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "ports": [{"containerPort": 8080}],
+    });
+    if let Some(command) = command {
+        container["command"] = command;
+    }
+    // A long idle period: only the benchmark puts it back to zero, between trials.
+    let deployment = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "annotations": {"skiff.dev/scale-to-zero-after": "1h"}},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"terminationGracePeriodSeconds": 0, "containers": [container]},
+            },
+        },
+    });
+    let apps = format!("{}/apis/apps/v1/namespaces/{NAMESPACE}/deployments", cluster.base);
+    create(&cluster.client, &apps, &deployment).await?;
+    let service = json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "annotations": {"skiff.dev/scale-from-zero": name}},
+        "spec": {"selector": {"app": name}, "ports": [{"port": 80, "targetPort": 8080}]},
+    });
+    create(&cluster.client, &format!("{}/api/v1/namespaces/{NAMESPACE}/services", cluster.base), &service).await?;
+    let host = format!("{name}.bench");
+    let ingress = json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {"name": name},
+        "spec": {"rules": [{"host": host, "http": {"paths": [{
+            "path": "/", "pathType": "Prefix",
+            "backend": {"service": {"name": name, "port": {"number": 80}}},
+        }]}}]},
+    });
+    create(
+        &cluster.client,
+        &format!("{}/apis/networking.k8s.io/v1/namespaces/{NAMESPACE}/ingresses", cluster.base),
+        &ingress,
+    )
+    .await?;
+    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(120)).build()?;
+    let url = format!("http://127.0.0.1:{port}/");
+    let pods = format!("{}?labelSelector=app%3D{name}", cluster.pods());
+    let scale = format!("{apps}/{name}/scale");
+    let (mut times, mut failed) = (Vec::new(), 0);
+    // The first wake-up pulls and prepares the image: a warm-up, not a trial.
+    for trial in 0..=trials {
+        let sent = Instant::now();
+        let answered = client.get(&url).header("host", &host).send().await?.status().is_success();
+        let took = sent.elapsed();
+        if trial > 0 {
+            times.push(took);
+            failed += usize::from(!answered);
+        }
+        let zero = json!({"spec": {"replicas": 0}});
+        let response = cluster
+            .client
+            .patch(&scale)
+            .header("content-type", "application/merge-patch+json")
+            .body(zero.to_string())
+            .send()
+            .await?;
+        ensure!(response.status().is_success(), "cannot scale {name} to zero: {}", response.status());
+        wait_until("the woken pod gone", Duration::from_secs(60), || {
+            let request = cluster.client.get(&pods).send();
+            async move {
+                match request.await {
+                    Ok(response) => {
+                        response.json::<Value>().await.is_ok_and(|l| l["items"].as_array().is_some_and(Vec::is_empty))
+                    }
+                    Err(_) => false,
+                }
+            }
+        })
+        .await?;
+    }
+    Ok((Latency::of(times), failed))
+}
+
+fn print_cold_starts(what: &str, (latency, failed): &(Latency, usize)) {
+    println!("Cold start from zero through the Ingress, {what}: request sent -> 200 (load {})", load());
+    println!("   target (wasm): p50 < 20 ms, p99 < 50 ms (Knative: seconds)");
+    println!(
+        "   p50 {:.1} ms   p99 {:.1} ms   max {:.1} ms   failed {failed}",
+        ms(latency.p50),
+        ms(latency.p99),
+        ms(latency.max)
+    );
+    println!();
+}
+
+/// Offered requests per second in each step, and `hey`'s workers for it (each sends at most rate/workers).
+const BLACK_FRIDAY_STEPS: [(u32, u32); 5] = [(100, 10), (2_000, 50), (10_000, 100), (2_000, 50), (100, 10)];
+const BLACK_FRIDAY_STEP: Duration = Duration::from_secs(60);
+
+struct StepRun {
+    offered: u32,
+    started: Duration,
+    served: f64,
+    p50: Duration,
+    p99: Duration,
+    failed: u64,
+    replicas: i64,
+    /// From the step's start until the ready replicas first reached what they were at its end.
+    reached: Option<Duration>,
+}
+
+struct BlackFriday {
+    steps: Vec<StepRun>,
+    /// (seconds since the start, ready replicas).
+    replicas: Vec<(f64, i64)>,
+}
+
+async fn black_friday(cluster: &Cluster, port: u16) -> anyhow::Result<BlackFriday> {
+    let shop = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "shop"},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "shop"}},
+            "template": {
+                "metadata": {"labels": {"app": "shop"}},
+                "spec": {"containers": [{
+                    "name": "web",
+                    "image": HTTP_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "ports": [{"containerPort": 8080}],
+                    "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1},
+                }]},
+            },
+        },
+    });
+    let base = &cluster.base;
+    create(&cluster.client, &format!("{base}/apis/apps/v1/namespaces/{NAMESPACE}/deployments"), &shop).await?;
+    let service = json!({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "shop"},
+        "spec": {"selector": {"app": "shop"}, "ports": [{"port": 80, "targetPort": 8080}]},
+    });
+    create(&cluster.client, &format!("{base}/api/v1/namespaces/{NAMESPACE}/services"), &service).await?;
+    let ingress = json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "shop"},
+        "spec": {"rules": [{"host": "shop.bench", "http": {"paths": [{
+            "path": "/", "pathType": "Prefix", "backend": {"service": {"name": "shop", "port": {"number": 80}}},
+        }]}}]},
+    });
+    create(&cluster.client, &format!("{base}/apis/networking.k8s.io/v1/namespaces/{NAMESPACE}/ingresses"), &ingress)
+        .await?;
+    let hpa = json!({
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "shop"},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "shop"},
+            "minReplicas": 1, "maxReplicas": 10,
+            "metrics": [{"type": "Pods", "pods": {
+                "metric": {"name": "http_requests_per_second"},
+                "target": {"type": "AverageValue", "averageValue": "500"},
+            }}],
+            "behavior": {"scaleDown": {"stabilizationWindowSeconds": 30}},
+        },
+    });
+    let hpas = format!("{base}/apis/autoscaling/v2/namespaces/{NAMESPACE}/horizontalpodautoscalers");
+    create(&cluster.client, &hpas, &hpa).await?;
+    let url = format!("http://127.0.0.1:{port}/");
+    let probe = reqwest::Client::builder().no_proxy().build()?;
+    wait_until("the shop answering through the ingress", Duration::from_secs(120), || {
+        let request = probe.get(&url).header("host", "shop.bench").timeout(Duration::from_secs(10)).send();
+        async move { request.await.is_ok_and(|r| r.status().is_success()) }
+    })
+    .await
+    .with_context(|| cluster.agent_log())?;
+
+    // Ready replicas, sampled every second while the load runs.
+    let started = Instant::now();
+    let deployment = format!("{base}/apis/apps/v1/namespaces/{NAMESPACE}/deployments/shop");
+    let (stop, mut stopped) = watch::channel(false);
+    let sampler = {
+        let (client, deployment) = (cluster.client.clone(), deployment.clone());
+        tokio::spawn(async move {
+            let mut samples = Vec::new();
+            loop {
+                if let Ok(response) = client.get(&deployment).send().await
+                    && let Ok(d) = response.json::<Value>().await
+                {
+                    samples.push((started.elapsed().as_secs_f64(), d["status"]["readyReplicas"].as_i64().unwrap_or(0)));
+                }
+                tokio::select! {
+                    _ = stopped.changed() => return samples,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        })
+    };
+    let mut steps = Vec::new();
+    for (offered, workers) in BLACK_FRIDAY_STEPS {
+        let step_start = started.elapsed();
+        let url = url.clone();
+        let output = tokio::task::spawn_blocking(move || {
+            Command::new("hey")
+                .args(["-z", &format!("{}s", BLACK_FRIDAY_STEP.as_secs()), "-c", &workers.to_string()])
+                .args(["-q", &(offered / workers).to_string(), "-t", "10", "-host", "shop.bench"])
+                .arg(&url)
+                .output()
+        })
+        .await??;
+        ensure!(output.status.success(), "hey failed: {}", String::from_utf8_lossy(&output.stderr));
+        let report = parse_hey(&String::from_utf8_lossy(&output.stdout))?;
+        steps.push(StepRun {
+            offered,
+            started: step_start,
+            served: report.served,
+            p50: report.p50,
+            p99: report.p99,
+            failed: report.failed,
+            replicas: 0,
+            reached: None,
+        });
+    }
+    let _ = stop.send(true);
+    let replicas = sampler.await?;
+    for step in &mut steps {
+        let end = (step.started + BLACK_FRIDAY_STEP).as_secs_f64();
+        let within: Vec<&(f64, i64)> =
+            replicas.iter().filter(|(t, _)| *t >= step.started.as_secs_f64() && *t < end).collect();
+        step.replicas = within.last().map_or(0, |(_, r)| *r);
+        step.reached = within
+            .iter()
+            .find(|(_, r)| *r == step.replicas)
+            .map(|(t, _)| Duration::from_secs_f64(t - step.started.as_secs_f64()));
+    }
+    Ok(BlackFriday { steps, replicas })
+}
+
+struct HeyReport {
+    served: f64,
+    p50: Duration,
+    p99: Duration,
+    failed: u64,
+}
+
+/// `hey`'s summary: requests/s, the latency distribution's 50% and 99%, and every answer that was not a
+/// 2xx plus every request that got no answer.
+fn parse_hey(text: &str) -> anyhow::Result<HeyReport> {
+    let line = |prefix: &str| text.lines().map(str::trim).find(|l| l.starts_with(prefix));
+    let served: f64 = line("Requests/sec:")
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .with_context(|| format!("hey printed no rate: {text}"))?;
+    let percentile = |p: &str| -> anyhow::Result<Duration> {
+        let seconds: f64 = line(&format!("{p}% in"))
+            .and_then(|l| l.split_whitespace().nth(2)?.parse().ok())
+            .with_context(|| format!("hey printed no {p}%: {text}"))?;
+        Ok(Duration::from_secs_f64(seconds))
+    };
+    let mut failed = 0;
+    let mut section = "";
+    for l in text.lines().map(str::trim) {
+        if l.ends_with("distribution:") {
+            section = l;
+            continue;
+        }
+        let count = || l.split_whitespace().nth(1).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+        match section {
+            "Status code distribution:" if l.starts_with('[') && !l.starts_with("[2") => failed += count(),
+            "Error distribution:" if l.starts_with('[') => {
+                failed += l[1..].split(']').next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0)
+            }
+            _ => {}
+        }
+    }
+    Ok(HeyReport { served, p50: percentile("50")?, p99: percentile("99")?, failed })
+}
+
+fn print_black_friday(run: &BlackFriday) {
+    println!(
+        "Black Friday: http-hello behind an Ingress, an HPA on http_requests_per_second (500/pod, 1-10), `hey` open loop, {} s steps (load {})",
+        BLACK_FRIDAY_STEP.as_secs(),
+        load()
+    );
+    println!("   goal: no failed request; enough replicas soon after each step");
+    println!(
+        "   {:>9} {:>9} {:>9} {:>9} {:>8} {:>9} {:>16}",
+        "offered/s", "served/s", "p50 ms", "p99 ms", "failed", "replicas", "reached after s"
+    );
+    for s in &run.steps {
+        println!(
+            "   {:>9} {:>9.0} {:>9.2} {:>9.2} {:>8} {:>9} {:>16}",
+            s.offered,
+            s.served,
+            ms(s.p50),
+            ms(s.p99),
+            s.failed,
+            s.replicas,
+            s.reached.map_or("-".into(), |d| format!("{:.0}", d.as_secs_f64()))
+        );
+    }
+}
+
+/// Offered and served rate (top) and ready replicas (bottom) over time, as an SVG at `path`.
+fn chart_black_friday(run: &BlackFriday, path: &Path) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let end = run.replicas.last().map_or(1.0, |(t, _)| *t).max(1.0);
+    let root = SVGBackend::new(path, (900, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (top, bottom) = root.split_vertically(300);
+    let rate_max = run.steps.iter().map(|s| s.offered as f64).fold(1.0, f64::max) * 1.1;
+    let mut rates = ChartBuilder::on(&top)
+        .caption("Black Friday: requests/s through the Ingress", ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..end, 0.0..rate_max)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    rates.configure_mesh().x_desc("seconds").y_desc("requests/s").draw().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let steps = |value: &dyn Fn(&StepRun) -> f64| -> Vec<(f64, f64)> {
+        run.steps
+            .iter()
+            .flat_map(|s| {
+                let from = s.started.as_secs_f64();
+                [(from, value(s)), ((from + BLACK_FRIDAY_STEP.as_secs_f64()).min(end), value(s))]
+            })
+            .collect()
+    };
+    rates
+        .draw_series(LineSeries::new(steps(&|s| s.offered as f64), &BLUE))
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .label("offered")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+    rates
+        .draw_series(LineSeries::new(steps(&|s| s.served), &RED))
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .label("served")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+    rates.configure_series_labels().border_style(BLACK).draw().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let replica_max = run.replicas.iter().map(|(_, r)| *r).max().unwrap_or(1).max(1) as f64 + 1.0;
+    let mut replicas = ChartBuilder::on(&bottom)
+        .caption("ready replicas", ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..end, 0.0..replica_max)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    replicas.configure_mesh().x_desc("seconds").y_desc("replicas").draw().map_err(|e| anyhow::anyhow!("{e}"))?;
+    replicas
+        .draw_series(LineSeries::new(run.replicas.iter().map(|(t, r)| (*t, *r as f64)), &GREEN))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------------------

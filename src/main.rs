@@ -116,6 +116,16 @@ struct ServerArgs {
     encryption: EncryptionArgs,
     #[command(flatten)]
     audit: AuditArgs,
+    #[command(flatten)]
+    metrics: MetricsArgs,
+}
+
+/// The metrics APIs (metrics.k8s.io, custom.metrics.k8s.io), metrics-server's flag.
+#[derive(clap::Args)]
+struct MetricsArgs {
+    /// How often every node's figures are read.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    metric_resolution: std::time::Duration,
 }
 
 /// The audit log, kube-apiserver's flags.
@@ -199,6 +209,10 @@ struct ControllerArgs {
     /// How long pods stay on an unreachable or not-ready node before eviction, unless they tolerate it otherwise.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pod_eviction_timeout: std::time::Duration,
+    /// How often each HorizontalPodAutoscaler is synced (kube-controller-manager's
+    /// --horizontal-pod-autoscaler-sync-period).
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    horizontal_pod_autoscaler_sync_period: std::time::Duration,
 }
 
 #[derive(clap::Args)]
@@ -217,6 +231,8 @@ struct UpArgs {
     encryption: EncryptionArgs,
     #[command(flatten)]
     audit: AuditArgs,
+    #[command(flatten)]
+    metrics: MetricsArgs,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -277,6 +293,12 @@ struct NodeArgs {
     /// Run wasm only, even where the host could run containers (an edge node with no container runtime).
     #[arg(long)]
     no_oci: bool,
+    /// The port this node serves Ingresses on over HTTP, on every address of the node (0: none).
+    #[arg(long, default_value_t = 80)]
+    ingress_http_port: u16,
+    /// The port this node serves Ingresses on over HTTPS, with the certificates of their TLS Secrets (0: none).
+    #[arg(long, default_value_t = 443)]
+    ingress_https_port: u16,
     /// The cluster DNS Service's address, pods' nameserver (the kubelet's flag; k3s's default).
     #[arg(long, default_value = "10.43.0.10")]
     cluster_dns: std::net::IpAddr,
@@ -360,6 +382,10 @@ impl NodeArgs {
             pod_cidr: self.pod_cidr,
             pod_routes: self.pod_routes,
             oci: !self.no_oci,
+            ingress: skiff_node::ingress::IngressConfig {
+                http_port: self.ingress_http_port,
+                https_port: self.ingress_https_port,
+            },
             dns: skiff_node::dns::DnsConfig {
                 cluster_dns: self.cluster_dns,
                 domain: self.cluster_domain.clone(),
@@ -398,6 +424,7 @@ fn main() -> anyhow::Result<()> {
                 admission: args.admission,
                 encryption: args.encryption,
                 audit: args.audit,
+                metrics: args.metrics,
             };
             serve(server, Some(args.node))
         }
@@ -508,6 +535,10 @@ async fn serve(args: ServerArgs, node: Option<NodeArgs>) -> anyhow::Result<()> {
     if let Some(own_node) = node.as_ref().map(|node| node.name.clone().unwrap_or_else(hostname)) {
         apiserver_names.retain(|name| !name.eq_ignore_ascii_case(&own_node));
     }
+    // One registry for the process: the API server serves it, the control loops count into it.
+    let mut registry = prometheus_client::registry::Registry::default();
+    let api_metrics = skiff_apiserver::instrumentation::ApiMetrics::register(&mut registry);
+    let controller_metrics = skiff_controllers::Metrics::register(&mut registry);
     let config = ServerConfig {
         data_dir: data_dir.clone(),
         listen: args.listen,
@@ -515,6 +546,8 @@ async fn serve(args: ServerArgs, node: Option<NodeArgs>) -> anyhow::Result<()> {
         pod_security_default: args.admission.pod_security_default,
         encryption_provider_config: args.encryption.encryption_provider_config,
         audit: args.audit.config(),
+        metric_resolution: args.metrics.metric_resolution,
+        instruments: skiff_apiserver::instrumentation::Instruments { registry: Arc::new(registry), api: api_metrics },
     };
     let server = Server::bind(config, store, shutdown.clone()).await?;
     trim::after_start_up();
@@ -532,6 +565,8 @@ async fn serve(args: ServerArgs, node: Option<NodeArgs>) -> anyhow::Result<()> {
     let tunables = skiff_controllers::Config {
         node_grace: args.controllers.node_grace_period,
         eviction_toleration: args.controllers.pod_eviction_timeout,
+        hpa_sync_period: args.controllers.horizontal_pod_autoscaler_sync_period,
+        metrics: controller_metrics,
         signing_ca: Some(skiff_controllers::SigningCa { cert_pem: read("ca.crt")?, key_pem: read("ca.key")? }),
         apiserver_names: skiff_controllers::ApiServerNames {
             names: apiserver_names,

@@ -1,12 +1,9 @@
-//! `kubectl exec` on the node: which containers run here and at which pod address (kept by the pod workers,
-//! read by exec and port-forward), and the session that carries one exec over the Kubernetes WebSocket
+//! `kubectl exec` on the node: the session that carries one exec over the Kubernetes WebSocket
 //! channel protocol (`v5.channel.k8s.io`, or v4): each binary message starts with a channel byte, 0 stdin,
 //! 1 stdout, 2 stderr, 3 the final Status, 4 terminal resizes, and in v5 255 to close a stream (`[255, 0]`:
 //! the client's stdin ended).
 
-use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -31,72 +28,6 @@ const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
 
 /// How long the session waits for the client to answer its close.
 const CLOSE_REPLY: Duration = Duration::from_secs(2);
-
-/// The containers running on this node, by pod uid and container name: what an exec or a port-forward can
-/// reach.
-#[derive(Default)]
-pub struct Running {
-    containers: Mutex<HashMap<(String, String), Entry>>,
-}
-
-struct Entry {
-    /// The start's id, so the end of an old start never removes its restart.
-    id: String,
-    runtime: &'static str,
-    exec: Option<Arc<dyn Exec>>,
-    /// The pod's address.
-    address: IpAddr,
-}
-
-impl Running {
-    pub fn started(
-        &self,
-        uid: &str,
-        container: &str,
-        id: &str,
-        runtime: &'static str,
-        exec: Option<Arc<dyn Exec>>,
-        address: IpAddr,
-    ) {
-        let entry = Entry { id: id.to_string(), runtime, exec, address };
-        self.lock().insert((uid.to_string(), container.to_string()), entry);
-    }
-
-    pub fn ended(&self, uid: &str, container: &str, id: &str) {
-        let mut containers = self.lock();
-        let key = (uid.to_string(), container.to_string());
-        if containers.get(&key).is_some_and(|e| e.id == id) {
-            containers.remove(&key);
-        }
-    }
-
-    /// Where to exec in `container` of the pod with `uid`, or why not (the message the client sees).
-    pub fn exec(&self, uid: &str, container: &str, pod: &str) -> Result<Arc<dyn Exec>, String> {
-        let containers = self.lock();
-        let entry = containers
-            .get(&(uid.to_string(), container.to_string()))
-            .ok_or_else(|| format!("container \"{container}\" of pod \"{pod}\" is not running"))?;
-        entry.exec.clone().ok_or_else(|| {
-            format!(
-                "exec is not supported for {runtime} containers: container \"{container}\" of pod \"{pod}\" runs as \
-                 one {runtime} instance, with no processes to start a command in",
-                runtime = entry.runtime
-            )
-        })
-    }
-
-    /// The address of the pod with `uid` while a container of it runs here (where a port-forward connects),
-    /// or why not (the message the client sees).
-    pub fn address(&self, uid: &str, pod: &str) -> Result<IpAddr, String> {
-        let containers = self.lock();
-        let running = containers.iter().find(|((of, _), _)| of == uid);
-        running.map(|(_, entry)| entry.address).ok_or_else(|| format!("pod \"{pod}\" has no running container"))
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Entry>> {
-        self.containers.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
 
 /// The channel protocols spoken, best first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -407,24 +338,5 @@ mod tests {
         let tty = ExecOptions::parse("command=sh&stdin=true&stdout=true&stderr=true&tty=true").unwrap();
         assert!(tty.tty && tty.stdin && !tty.stderr);
         assert!(ExecOptions::parse("stdout=true").unwrap_err().contains("at least one command"));
-    }
-
-    #[test]
-    fn the_registry_explains_what_cannot_be_reached() {
-        let running = Running::default();
-        let ip: IpAddr = "10.42.0.7".parse().unwrap();
-        assert!(running.address("uid-1", "default/p").unwrap_err().contains("has no running container"));
-        running.started("uid-1", "app", "a-0", "wasm", None, ip);
-        assert_eq!(running.address("uid-1", "default/p"), Ok(ip));
-        let refused = running.exec("uid-1", "app", "default/p").err().unwrap();
-        assert!(refused.starts_with("exec is not supported for wasm containers: "), "{refused}");
-        assert!(running.exec("uid-1", "other", "default/p").err().unwrap().contains("is not running"));
-        // The end of an earlier start leaves its restart registered.
-        running.started("uid-1", "app", "a-1", "wasm", None, ip);
-        running.ended("uid-1", "app", "a-0");
-        assert!(running.exec("uid-1", "app", "default/p").err().unwrap().starts_with("exec is not supported"));
-        running.ended("uid-1", "app", "a-1");
-        assert!(running.exec("uid-1", "app", "default/p").err().unwrap().contains("is not running"));
-        assert!(running.address("uid-1", "default/p").is_err(), "no address once nothing of the pod runs");
     }
 }

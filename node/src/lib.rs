@@ -18,7 +18,9 @@ mod connect;
 pub mod dns;
 mod exec;
 pub mod images;
+pub mod ingress;
 mod logs;
+pub mod metrics;
 pub mod network;
 mod nft;
 pub mod pods;
@@ -27,6 +29,7 @@ mod portforward;
 pub mod proxy;
 mod registration;
 mod rotation;
+mod running;
 mod server;
 
 use std::net::{IpAddr, SocketAddr};
@@ -78,6 +81,8 @@ pub struct AgentConfig {
     pub oci: bool,
     /// Cluster DNS: served by this agent, and named in pods' resolv.conf, where the node has a pod network.
     pub dns: dns::DnsConfig,
+    /// The ports this node serves Ingresses on (`--ingress-http-port`, `--ingress-https-port`; 0 is off).
+    pub ingress: ingress::IngressConfig,
     /// Mirrors, TLS and credentials for image pulls (`--registries`), loaded and checked before start.
     pub registries: images::Registries,
 }
@@ -179,6 +184,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     };
     let serving_certificate = serving_keeper.start()?;
     let caches = proxy::SharedCaches::default();
+    let running = Arc::new(running::Running::default());
     let ctx = Arc::new(pods::Context {
         client: client.clone(),
         node_name: config.name.clone(),
@@ -193,7 +199,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         // Services and their names exist only where pods have addresses of their own.
         dns: own_range.is_some().then(|| config.dns.clone()),
         services: caches.clone(),
-        running: Arc::new(exec::Running::default()),
+        metrics: Arc::new(metrics::AgentMetrics::new(running.clone())),
+        running,
         memory: pods::MemoryLedger::new(match registration::allocatable_memory() {
             // Not a node without memory: one whose memory could not be read, where admission cannot judge.
             0 => {
@@ -206,8 +213,15 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     });
     let heartbeat = registration::heartbeat(client.clone(), identity, shutdown.clone());
     let image_gc = collect_images(ctx.clone(), shutdown.clone());
-    let logs =
-        kubelet.run(client.clone(), config.name.clone(), ctx.pods_dir.clone(), ctx.running.clone(), shutdown.clone());
+    let logs = kubelet.run(
+        client.clone(),
+        config.name.clone(),
+        ctx.pods_dir.clone(),
+        ctx.running.clone(),
+        ctx.metrics.clone(),
+        shutdown.clone(),
+    );
+    let (running, agent_metrics) = (ctx.running.clone(), ctx.metrics.clone());
     let pods = pods::run(ctx, shutdown.clone());
     let proxy = async {
         if let Some(range) = own_range {
@@ -245,9 +259,21 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             }
         }
     };
+    // The ingress resolves backends from the proxy's caches, which only a node with a pod network fills.
+    let ingress = async {
+        if own_range.is_some() {
+            let node = ingress::Node {
+                name: config.name.clone(),
+                caches: caches.clone(),
+                running: running.clone(),
+                metrics: agent_metrics.clone(),
+            };
+            ingress::run(client.clone(), config.ingress, node, shutdown.clone()).await;
+        }
+    };
     let client_rotation = rotation::keep(client_keeper, Some(client_certificate), shutdown.clone());
     let serving_rotation = rotation::keep(serving_keeper, serving_certificate, shutdown.clone());
-    tokio::join!(heartbeat, logs, pods, image_gc, proxy, policy, dns, client_rotation, serving_rotation);
+    tokio::join!(heartbeat, logs, pods, image_gc, proxy, policy, dns, ingress, client_rotation, serving_rotation);
     tracing::info!("agent stopped");
     Ok(())
 }

@@ -58,9 +58,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::AgentError;
-use crate::exec::{self, ExecOptions, Protocol, Running};
+use crate::exec::{self, ExecOptions, Protocol};
 use crate::logs::{self, LogQuery};
+use crate::metrics::{self, AgentMetrics, NodeUsage};
 use crate::portforward::{self, PodTarget, Transport};
+use crate::running::Running;
 use auth::{ApiReviewer, Auth};
 
 /// Connections the endpoint holds at once. Its clients are mostly API servers, with one connection per log,
@@ -116,6 +118,7 @@ struct Handler {
     client: kube::Client,
     pods_dir: PathBuf,
     running: Arc<Running>,
+    metrics: Arc<AgentMetrics>,
 }
 
 impl KubeletServer {
@@ -160,10 +163,11 @@ impl KubeletServer {
         node: String,
         pods_dir: PathBuf,
         running: Arc<Running>,
+        metrics: Arc<AgentMetrics>,
         shutdown: CancellationToken,
     ) {
         let auth = Auth::new(node.clone(), Arc::new(ApiReviewer(client.clone())));
-        let handler = Arc::new(Handler { auth, node, client, pods_dir, running });
+        let handler = Arc::new(Handler { auth, node, client, pods_dir, running, metrics });
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let mut backoff: Option<Duration> = None;
         let mut saturated = false;
@@ -239,6 +243,10 @@ impl KubeletServer {
 }
 
 type Body = BoxBody<Bytes, Infallible>;
+
+/// The content types of Prometheus' text format and of OpenMetrics (prometheus-client's encoding).
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+const OPENMETRICS_TEXT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 fn text(code: StatusCode, message: String) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from(message)).boxed());
@@ -343,6 +351,9 @@ impl Handler {
             tracing::debug!(user = ?certified.map(|u| &u.name), %method, path, ?refusal, "request refused");
             return text(refusal.status(), refusal.body());
         }
+        if let Some(figures) = self.figures(method, path) {
+            return figures;
+        }
         let route = match Route::parse(request.uri().path()) {
             Ok(Some(route)) => route,
             Ok(None) => return text(StatusCode::NOT_FOUND, "not found".into()),
@@ -364,6 +375,28 @@ impl Handler {
             }
             Route::PortForward { namespace, pod, .. } => self.port_forward(format!("{namespace}/{pod}"), uid, request),
         }
+    }
+
+    /// The node's figures (see [`crate::metrics`]) when `path` names them.
+    fn figures(&self, method: &http::Method, path: &str) -> Option<Response<Body>> {
+        let (body, content_type) = match path {
+            "/stats/summary" => {
+                let forwarded = self.metrics.forwarded.stats();
+                let summary = metrics::summary(&self.node, NodeUsage::read(), &self.running.samples(), forwarded);
+                (serde_json::to_string(&summary).unwrap_or_default(), "application/json")
+            }
+            "/metrics/resource" => {
+                (metrics::resource_metrics(NodeUsage::read(), &self.running.samples()), PROMETHEUS_TEXT)
+            }
+            "/metrics" => (self.metrics.encode(), OPENMETRICS_TEXT),
+            _ => return None,
+        };
+        if method != http::Method::GET {
+            return Some(text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed".into()));
+        }
+        let mut response = text(StatusCode::OK, body);
+        response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+        Some(response)
     }
 
     /// Streams the log of `container` of the pod with `uid`, by the request's query.
@@ -740,7 +773,9 @@ mod tests {
         let pods = tempfile::tempdir().unwrap();
         let shutdown = CancellationToken::new();
         let running = Arc::new(Running::default());
-        tokio::spawn(server.run(nowhere, "node-a".into(), pods.path().to_path_buf(), running, shutdown.clone()));
+        let metrics = Arc::new(AgentMetrics::new(running.clone()));
+        let dir = pods.path().to_path_buf();
+        tokio::spawn(server.run(nowhere, "node-a".into(), dir, running, metrics, shutdown.clone()));
 
         let anonymous = ask(port, None).await.unwrap();
         assert_eq!(anonymous, "HTTP/1.1 401 Unauthorized Unauthorized");

@@ -729,6 +729,11 @@ impl Agent {
                 "0",
             ])
             .args(["--backoff-initial", "1s", "--backoff-max", "8s"])
+            // Agents share the host's ports 80 and 443: only a test that asks for ingress ports gets them.
+            .args(match self.flags.iter().any(|flag| flag.starts_with("--ingress-")) {
+                true => &[][..],
+                false => &["--ingress-http-port", "0", "--ingress-https-port", "0"][..],
+            })
             .args(&self.flags)
             .arg("--token-file")
             .arg(&self.token_file)

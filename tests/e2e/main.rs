@@ -5,6 +5,7 @@
 mod abuse;
 mod abuse_http;
 mod audit;
+mod autoscaling;
 mod confinement;
 mod connections;
 mod containers;
@@ -17,9 +18,11 @@ mod ha;
 mod harness;
 mod identity;
 mod incluster;
+mod ingress;
 mod kubelet;
 mod lifecycle;
 mod limitranges;
+mod metrics;
 mod multinode;
 mod network;
 mod networkpolicy;
@@ -27,6 +30,7 @@ mod node;
 mod podsecurity;
 mod portforward;
 mod rbac;
+mod scaletozero;
 mod scheduling;
 mod serviceaccounts;
 mod services;
@@ -36,6 +40,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use abuse::abuse_is_refused_and_the_server_stays_small;
+use autoscaling::hpa_autoscale_serves_both_versions_and_reports_missing_metrics;
 use encryption::encryption_at_rest_hides_secrets_and_rotates_keys;
 use harness::{Backend, Cluster};
 use podsecurity::pod_security_admits_pods_by_their_namespace_level;
@@ -647,6 +652,24 @@ fn audit_log_records_requests_without_secret_values() {
     audit::audit_log_records_requests_without_secret_values();
 }
 
+/// One backend: the metrics come from the nodes, not the store.
+#[test]
+fn metrics_hpas_follow_cpu_and_request_rate_under_load() {
+    metrics::hpas_follow_cpu_and_request_rate_under_load();
+}
+
+/// One backend: the metrics come from the nodes, not the store.
+#[test]
+fn metrics_top_shows_what_pods_use_and_prometheus_scrapes_every_endpoint() {
+    metrics::top_shows_what_pods_use_and_prometheus_scrapes_every_endpoint();
+}
+
+/// One backend: the idle period and the wake-up are the nodes' and the controllers', not the store's.
+#[test]
+fn scale_to_zero_idle_deployments_sleep_and_a_request_wakes_them() {
+    scaletozero::idle_deployments_scale_to_zero_and_a_request_wakes_them();
+}
+
 /// One backend: LimitRanger reads LimitRanges as any other object.
 #[test]
 fn limitranges_default_and_bound_pods() {
@@ -794,6 +817,16 @@ fn multinode_pods_and_services_span_nodes() {
 }
 
 #[test]
+fn ingress_routes_hosts_and_paths_over_http_and_https() {
+    ingress::ingress_routes_hosts_and_paths_over_http_and_https();
+}
+
+#[test]
+fn ingress_on_every_node_reaches_pods_on_any_node() {
+    ingress::ingress_on_every_node_reaches_pods_on_any_node();
+}
+
+#[test]
 fn incluster_workloads_use_the_in_cluster_configuration() {
     incluster::workloads_use_the_in_cluster_configuration();
 }
@@ -815,4 +848,5 @@ scenarios!(
     rbac_grants_users_exactly_what_they_were_given,
     service_accounts_get_tokens_and_pods_get_credentials,
     encryption_at_rest_hides_secrets_and_rotates_keys,
+    hpa_autoscale_serves_both_versions_and_reports_missing_metrics,
 );

@@ -32,13 +32,20 @@ pub(crate) struct Nodes {
     _site: OutsideServer,
     net: TestNet,
     /// Each node's namespace and address, in the agents' order.
-    hosts: Vec<(String, Ipv4Addr)>,
+    pub(crate) hosts: Vec<(String, Ipv4Addr)>,
     pub(crate) shop: String,
     pub(crate) busybox: String,
+    /// Held until everything above is gone: the outside stand-ins' address is fixed.
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
 
+/// One set of [`Nodes`] at a time on the machine: each takes port 80 of the same outside address.
+static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 impl Nodes {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
+        // A test that failed while holding its turn still gave it back.
+        let turn = TURN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut net = TestNet::new();
         let hosts = vec![net.add_node(1), net.add_node(2)];
         let registry = Registry::start().unwrap();
@@ -73,6 +80,11 @@ impl Nodes {
                     routes,
                     "--registries",
                     registries,
+                    // Each node has its own network: the ingress takes the usual ports.
+                    "--ingress-http-port",
+                    "80",
+                    "--ingress-https-port",
+                    "443",
                 ];
                 Agent::join_in(&cluster, name, netns, *ip, &flags).unwrap()
             })
@@ -80,10 +92,10 @@ impl Nodes {
         let web = json!({"Env": ["PATH=/bin"], "Cmd": ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]});
         let shop = registry.push_busybox_with("shop", web, &[("www/cgi-bin/who", WHO)]);
         let busybox = registry.push_busybox("tools/busybox");
-        Nodes { agents, cluster, registry, _outside: outside, _site: site, net, hosts, shop, busybox }
+        Nodes { agents, cluster, registry, _outside: outside, _site: site, net, hosts, shop, busybox, _turn: turn }
     }
 
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         let agents: Vec<String> = self.agents.iter().map(|a| format!("--- {}:\n{}", a.name, a.log())).collect();
         format!("{}\n--- server:\n{}", agents.join("\n"), self.cluster.server_log())
     }

@@ -26,6 +26,12 @@ pub fn apply(def: &ResourceDef, object: &mut Value) {
             }
         }
         ("networking.k8s.io", "networkpolicies") => network_policy_spec(object),
+        // Kubernetes' `SetDefaults_IngressClass`: parameters without a scope are cluster-scoped.
+        ("networking.k8s.io", "ingressclasses") => {
+            if let Some(parameters) = object.pointer_mut("/spec/parameters").filter(|p| p.is_object()) {
+                set(parameters, "scope", json!("Cluster"));
+            }
+        }
         ("apps", "deployments") => {
             let spec = &mut object["spec"];
             set(spec, "replicas", json!(1));
@@ -67,6 +73,8 @@ pub fn apply(def: &ResourceDef, object: &mut Value) {
             set(spec, "suspend", json!(false));
             template(spec);
         }
+        ("autoscaling", "horizontalpodautoscalers") if def.version == "v1" => crate::autoscaling::default_v1(object),
+        ("autoscaling", "horizontalpodautoscalers") => crate::autoscaling::default_v2(object),
         _ => {}
     }
 }

@@ -6,6 +6,7 @@
 
 use serde_json::{Map, Value, json};
 
+use crate::metrics_api;
 use crate::resources::{self, ResourceDef};
 
 /// Content-Type of an aggregated discovery answer; clients recognise the aggregated form by it.
@@ -114,13 +115,15 @@ fn named_groups() -> Vec<(&'static str, Vec<&'static str>)> {
             None => groups.push((group, vec![version])),
         }
     }
+    groups.extend(metrics_api::served().iter().map(|g| (g.group, vec![g.version])));
+    groups.sort_by_key(|(group, _)| *group);
     groups
 }
 
 fn group_json(group: &str, versions: &[&str]) -> Value {
     let entries: Vec<Value> =
         versions.iter().map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v})).collect();
-    // Each group serves one version today, so the first is the preferred one.
+    // Versions come storage version first (`resources::group_versions`): the first is the preferred one.
     let preferred = entries.first().cloned().unwrap_or(Value::Null);
     json!({"name": group, "versions": entries, "preferredVersion": preferred})
 }
@@ -157,6 +160,20 @@ fn insert_list(object: &mut Map<String, Value>, key: &str, values: &[&str]) {
 /// `GET /api/v1` or `GET /apis/{group}/{version}`: the resources and their subresources (`pods/status`).
 /// `group` is empty for the core group. `None` when Skiff does not serve the group-version.
 pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
+    if let Some(served) = metrics_api::served().iter().find(|g| g.group == group && g.version == version) {
+        let entries: Vec<Value> = served
+            .resources
+            .iter()
+            .map(|r| {
+                json!({"name": r.plural, "singularName": r.singular, "namespaced": r.namespaced, "kind": r.kind,
+                       "verbs": strings(r.verbs)})
+            })
+            .collect();
+        let group_version = format!("{group}/{version}");
+        return Some(
+            json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": entries}),
+        );
+    }
     let defs: Vec<&ResourceDef> =
         resources::all().iter().filter(|r| r.group == group && r.version == version).collect();
     if defs.is_empty() {
@@ -242,7 +259,32 @@ pub fn aggregated(core: bool) -> Value {
     if let Some((name, versions)) = current {
         items.push(aggregated_group(name, versions));
     }
+    if !core {
+        items.extend(metrics_api::served().iter().map(aggregated_served));
+        items.sort_by(|a, b| a["metadata"]["name"].as_str().cmp(&b["metadata"]["name"].as_str()));
+    }
     json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
+}
+
+/// A group served from readings, as kube-apiserver lists an aggregated APIService's group.
+fn aggregated_served(served: &metrics_api::ServedGroup) -> Value {
+    let resources: Vec<Value> = served
+        .resources
+        .iter()
+        .map(|r| {
+            json!({
+                "resource": r.plural,
+                "responseKind": {"group": "", "version": "", "kind": r.kind},
+                "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
+                "singularResource": r.singular,
+                "verbs": strings(r.verbs),
+            })
+        })
+        .collect();
+    aggregated_group(
+        served.group,
+        vec![json!({"version": served.version, "resources": resources, "freshness": "Current"})],
+    )
 }
 
 fn aggregated_group(name: &str, versions: Vec<Value>) -> Value {
@@ -353,6 +395,9 @@ mod tests {
             for item in document["items"].as_array().unwrap() {
                 let group = item["metadata"]["name"].as_str().unwrap_or("");
                 assert_eq!(group.is_empty(), is_core);
+                if metrics_api::served().iter().any(|served| served.group == group) {
+                    continue;
+                }
                 for version in item["versions"].as_array().unwrap() {
                     for entry in version["resources"].as_array().unwrap() {
                         let def = resources::find(
@@ -373,6 +418,11 @@ mod tests {
             }
         }
         assert_eq!(seen, resources::all().len());
+        let metrics = apis["items"].as_array().unwrap().iter().find(|i| i["metadata"]["name"] == "metrics.k8s.io");
+        let pods = &metrics.unwrap()["versions"][0]["resources"][1];
+        assert_eq!((&pods["resource"], &pods["responseKind"]["kind"]), (&json!("pods"), &json!("PodMetrics")));
+        let legacy = api_resource_list("custom.metrics.k8s.io", "v1beta2").unwrap();
+        assert_eq!(legacy["resources"][0]["name"], "pods/http_requests_per_second");
         let apps = apis["items"].as_array().unwrap().iter().find(|i| i["metadata"]["name"] == "apps").unwrap();
         let deploy = apps["versions"][0]["resources"]
             .as_array()

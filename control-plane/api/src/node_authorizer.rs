@@ -23,11 +23,17 @@
 //!   approves a node's own name for a node. That a node's token request is bound to a pod on the node is
 //!   checked by the API server's TokenRequest handler, which has the pod at hand.
 //! - Skiff runs no static pods, so a node may create no pod at all, not even a mirror pod.
+//! - Every node is also an ingress controller (it serves Ingresses on its HTTP and HTTPS ports), so every
+//!   node reads the TLS Secrets that Ingresses name in `spec.tls[].secretName`, in the Ingress's namespace,
+//!   and lists Ingresses and IngressClasses. Kubernetes gives an ingress controller a ServiceAccount with
+//!   RBAC; Skiff's agent has only its node identity, and the graph keeps that to the Secrets some Ingress
+//!   names, never any other Secret.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::LazyLock;
 
 use k8s_openapi::api::core::v1::{Container, EnvFromSource, EnvVar, EphemeralContainer, Pod};
+use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::rbac::v1::PolicyRule;
 use serde_json::{Map, Value};
 
@@ -99,6 +105,10 @@ pub struct NodeGraph {
     pods: HashMap<(String, String), Bound>,
     /// For each referenced object, how many pods on each node reference it (never zero).
     references: HashMap<Object, HashMap<String, usize>>,
+    /// The TLS Secrets each Ingress names, by the Ingress's (namespace, name).
+    ingresses: HashMap<(String, String), BTreeSet<Object>>,
+    /// For each TLS Secret, how many Ingresses name it (never zero): every node may read it.
+    ingress_secrets: HashMap<Object, usize>,
 }
 
 impl NodeGraph {
@@ -127,10 +137,41 @@ impl NodeGraph {
         self.forget(&(namespace.to_owned(), name.to_owned()));
     }
 
-    /// Whether some pod bound to `node` references the object.
+    /// Whether some pod bound to `node` references the object, or (a Secret) some Ingress serves with it.
     pub fn relates(&self, node: &str, kind: Kind, namespace: &str, name: &str) -> bool {
         let object = Object { kind, namespace: namespace.to_owned(), name: name.to_owned() };
         self.references.get(&object).is_some_and(|nodes| nodes.contains_key(node))
+            || self.ingress_secrets.contains_key(&object)
+    }
+
+    /// Records the TLS Secrets `ingress` names now, replacing what it named before. Every node serves
+    /// every Ingress, so these relate to all nodes.
+    pub fn upsert_ingress(&mut self, ingress: &Ingress) {
+        let namespace = ingress.metadata.namespace.clone().unwrap_or_default();
+        let tls = ingress.spec.as_ref().and_then(|spec| spec.tls.as_ref()).into_iter().flatten();
+        let secrets: BTreeSet<Object> = tls
+            .filter_map(|tls| tls.secret_name.clone().filter(|name| !name.is_empty()))
+            .map(|name| Object { kind: Kind::Secret, namespace: namespace.clone(), name })
+            .collect();
+        let key = (namespace, ingress.metadata.name.clone().unwrap_or_default());
+        self.remove_ingress(&key.0, &key.1);
+        for secret in &secrets {
+            *self.ingress_secrets.entry(secret.clone()).or_default() += 1;
+        }
+        self.ingresses.insert(key, secrets);
+    }
+
+    /// Forgets the Ingress `namespace/name`: its Secrets stay readable only while another Ingress names them.
+    pub fn remove_ingress(&mut self, namespace: &str, name: &str) {
+        let Some(secrets) = self.ingresses.remove(&(namespace.to_owned(), name.to_owned())) else { return };
+        for secret in secrets {
+            if let Some(count) = self.ingress_secrets.get_mut(&secret) {
+                *count -= 1;
+                if *count == 0 {
+                    self.ingress_secrets.remove(&secret);
+                }
+            }
+        }
     }
 
     fn forget(&mut self, key: &(String, String)) {
@@ -373,7 +414,11 @@ static NODE_RULES: LazyLock<Vec<PolicyRule>> = LazyLock::new(|| {
         // Skiff's agent is also kube-proxy and a NetworkPolicy agent.
         rule(&["list", "watch"], "discovery.k8s.io", &["endpointslices"]),
         rule(&["list", "watch"], "networking.k8s.io", &["networkpolicies"]),
+        // And an ingress controller; the graph narrows Secrets to those Ingresses name for TLS.
+        rule(&["list", "watch"], "networking.k8s.io", &["ingresses", "ingressclasses"]),
         rule(&["list", "watch"], "", &["namespaces"]),
+        // Its ingress wakes a Deployment scaled to zero; admission allows only 0 to 1 of one that opted in.
+        rule(&["get", "update", "patch"], "apps", &["deployments/scale"]),
         // The kubelet endpoint authenticates bearer tokens and authorizes callers through the API server.
         rule(&["create"], "authentication.k8s.io", &["tokenreviews"]),
         rule(&["create"], "authorization.k8s.io", &["subjectaccessreviews", "localsubjectaccessreviews"]),
@@ -448,6 +493,7 @@ pub fn admit(request: &AdmissionRequest) -> Result<(), String> {
         }
         ("", "nodes", _) => admit_node(node, request),
         ("coordination.k8s.io", "leases", _) => admit_lease(node, request),
+        ("apps", "deployments", "scale") => crate::scale_to_zero::admit_activation(request.old, request.new),
         _ => Ok(()),
     }
 }
@@ -855,6 +901,8 @@ mod tests {
             ("watch", "endpointslices.discovery.k8s.io", "", ""),
             ("list", "networkpolicies.networking.k8s.io", "", ""),
             ("watch", "networkpolicies.networking.k8s.io", "", ""),
+            ("list", "ingresses.networking.k8s.io", "", ""),
+            ("watch", "ingressclasses.networking.k8s.io", "", ""),
             ("list", "namespaces", "", ""),
             ("watch", "namespaces", "", ""),
             ("create", "certificatesigningrequests.certificates.k8s.io", "", ""),
@@ -935,6 +983,30 @@ mod tests {
     }
 
     #[test]
+    fn every_node_reads_the_tls_secrets_ingresses_name_while_they_name_them() {
+        let mut graph = two_nodes();
+        let ingress = |name: &str, secrets: &[&str]| -> Ingress {
+            let tls: Vec<Value> = secrets.iter().map(|s| json!({"secretName": s})).collect();
+            serde_json::from_value(json!({"metadata": {"name": name, "namespace": "web"}, "spec": {"tls": tls}}))
+                .unwrap()
+        };
+        let reads = |graph: &NodeGraph, node: &str, namespace: &str, name: &str| {
+            authorize(&ask(&node_user(node), "watch", "secrets", namespace, name), graph) == Decision::Allow
+        };
+        graph.upsert_ingress(&ingress("shop", &["shop-tls", "shared-tls"]));
+        graph.upsert_ingress(&ingress("blog", &["shared-tls"]));
+        assert!(reads(&graph, "a", "web", "shop-tls") && reads(&graph, "b", "web", "shop-tls"));
+        assert!(!reads(&graph, "a", "dev", "shop-tls"), "only in the Ingress's namespace");
+        assert!(!reads(&graph, "a", "web", "other"));
+        let writes = authorize(&ask(&node_user("a"), "update", "secrets", "web", "shop-tls"), &graph);
+        assert_eq!(writes, Decision::Deny("can only read resources of this type".into()));
+        graph.upsert_ingress(&ingress("shop", &[]));
+        assert!(!reads(&graph, "a", "web", "shop-tls") && reads(&graph, "a", "web", "shared-tls"));
+        graph.remove_ingress("web", "blog");
+        assert!(!reads(&graph, "b", "web", "shared-tls"));
+    }
+
+    #[test]
     fn only_node_identities_are_judged() {
         let graph = two_nodes();
         let alice = UserInfo { name: "alice".into(), groups: vec![AUTHENTICATED.into()], ..UserInfo::default() };
@@ -985,6 +1057,29 @@ mod tests {
         for (what, request, expected) in cases {
             assert_eq!(admit(request), expected.map_err(str::to_string), "{what}");
         }
+    }
+
+    #[test]
+    fn nodes_only_wake_deployments_that_opted_in() {
+        use Operation::*;
+        let a = node_user("a");
+        let annotations = json!({crate::scale_to_zero::IDLE_AFTER: "30s"});
+        let asleep = json!({"metadata": {"name": "web", "annotations": annotations}, "spec": {"replicas": 0}});
+        let awake = json!({"metadata": {"name": "web", "annotations": annotations}, "spec": {"replicas": 1}});
+        let many = json!({"metadata": {"name": "web", "annotations": annotations}, "spec": {"replicas": 9}});
+        check(&[
+            ("0 to 1", write(&a, Update, "deployments.apps/scale", "shop", "web", Some(&asleep), Some(&awake)), Ok(())),
+            (
+                "0 to 9",
+                write(&a, Update, "deployments.apps/scale", "shop", "web", Some(&asleep), Some(&many)),
+                Err("a node may only scale a Deployment from 0 to 1 replicas"),
+            ),
+        ]);
+        let graph = NodeGraph::default();
+        let get_scale = ask(&a, "get", "deployments.apps/scale", "shop", "web");
+        assert_eq!(authorize(&get_scale, &graph), Decision::Allow);
+        let get_deployment = ask(&a, "get", "deployments.apps", "shop", "web");
+        assert_eq!(authorize(&get_deployment, &graph), Decision::NoOpinion, "nothing else of Deployments");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Decoding of `application/vnd.kubernetes.protobuf` request bodies into the objects' Kubernetes JSON form.
 //!
 //! kubectl's typed clients send protobuf (`create namespace|configmap|secret|deployment|service|serviceaccount|job|
-//! cronjob|role|clusterrole|rolebinding|clusterrolebinding|token`, `auth can-i|whoami`, `certificate approve|deny`)
+//! cronjob|role|clusterrole|rolebinding|clusterrolebinding|token`, `autoscale`, `auth can-i|whoami`, `certificate approve|deny`)
 //! and client-go never retries with JSON, so the API server must read it. The body is an envelope: the magic bytes
 //! `k8s\0`, then a `runtime.Unknown` whose `typeMeta` names the kind and whose `raw` is the object's protobuf.
 //!
@@ -19,6 +19,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use k8s_pb::api::apps::v1 as apps;
 use k8s_pb::api::authentication::v1 as authentication;
 use k8s_pb::api::authorization::v1 as authorization;
+use k8s_pb::api::autoscaling::{v1 as autoscaling_v1, v2 as autoscaling_v2};
 use k8s_pb::api::batch::v1 as batch;
 use k8s_pb::api::certificates::v1 as certificates;
 use k8s_pb::api::core::v1 as core;
@@ -92,6 +93,9 @@ pub fn decode(body: &[u8]) -> Result<Value, ProtobufError> {
         ("v1", "Pod") => pod(head, &parse(raw)?),
         ("apps/v1", "Deployment") => deployment(head, &parse(raw)?),
         ("batch/v1", "Job") => job(head, &parse(raw)?),
+        // `kubectl autoscale` sends one.
+        ("autoscaling/v1", "HorizontalPodAutoscaler") => hpa_v1(head, &parse(raw)?),
+        ("autoscaling/v2", "HorizontalPodAutoscaler") => hpa_v2(head, &parse(raw)?),
         ("batch/v1", "CronJob") => cron_job(head, &parse(raw)?),
         // Kinds whose messages are field for field the same share one mapping and one prost type.
         ("authentication.k8s.io/v1" | "authentication.k8s.io/v1beta1", "SelfSubjectReview") => {
@@ -454,6 +458,42 @@ fn pod(head: Obj, o: &core::Pod) -> Json {
 fn deployment(head: Obj, o: &apps::Deployment) -> Json {
     head.message_req("metadata", o.metadata.as_ref(), object_meta)?
         .message_req("spec", o.spec.as_ref(), deployment_spec)?
+        .done()
+}
+
+fn hpa_v1(head: Obj, o: &autoscaling_v1::HorizontalPodAutoscaler) -> Json {
+    head.message_req("metadata", o.metadata.as_ref(), object_meta)?
+        .message_req("spec", o.spec.as_ref(), |s| {
+            Obj::new()
+                .message_req("scaleTargetRef", s.scale_target_ref.as_ref(), |r| {
+                    cross_version_reference(&r.kind, &r.name, &r.api_version)
+                })?
+                .int_ptr("minReplicas", s.min_replicas)
+                .int_req("maxReplicas", s.max_replicas)
+                .int_ptr("targetCPUUtilizationPercentage", s.target_cpu_utilization_percentage)
+                .done()
+        })?
+        .done()
+}
+
+fn hpa_v2(head: Obj, o: &autoscaling_v2::HorizontalPodAutoscaler) -> Json {
+    head.message_req("metadata", o.metadata.as_ref(), object_meta)?
+        .message_req("spec", o.spec.as_ref(), |s| {
+            Obj::new()
+                .message_req("scaleTargetRef", s.scale_target_ref.as_ref(), |r| {
+                    cross_version_reference(&r.kind, &r.name, &r.api_version)
+                })?
+                .int_ptr("minReplicas", s.min_replicas)
+                .int_req("maxReplicas", s.max_replicas)
+                .messages("metrics", &s.metrics, metric_spec)?
+                .message("behavior", s.behavior.as_ref(), |b| {
+                    Obj::new()
+                        .message("scaleUp", b.scale_up.as_ref(), scaling_rules)?
+                        .message("scaleDown", b.scale_down.as_ref(), scaling_rules)?
+                        .done()
+                })?
+                .done()
+        })?
         .done()
 }
 
@@ -944,6 +984,77 @@ fn key_to_path(k: &core::KeyToPath) -> Json {
     Obj::new().str_req("key", &k.key).str_req("path", &k.path).int_ptr("mode", k.mode).done()
 }
 
+// --- autoscaling/v1, autoscaling/v2 ---
+
+fn cross_version_reference(kind: &Option<String>, name: &Option<String>, api_version: &Option<String>) -> Json {
+    Obj::new().str_req("kind", kind).str_req("name", name).str("apiVersion", api_version).done()
+}
+
+fn metric_identifier(m: &autoscaling_v2::MetricIdentifier) -> Json {
+    Obj::new().str_req("name", &m.name).message("selector", m.selector.as_ref(), label_selector)?.done()
+}
+
+fn metric_target(t: &autoscaling_v2::MetricTarget) -> Json {
+    Obj::new()
+        .str_req("type", &t.r#type)
+        .quantity_ptr("value", t.value.as_ref())
+        .quantity_ptr("averageValue", t.average_value.as_ref())
+        .int_ptr("averageUtilization", t.average_utilization)
+        .done()
+}
+
+fn metric_spec(m: &autoscaling_v2::MetricSpec) -> Json {
+    Obj::new()
+        .str_req("type", &m.r#type)
+        .message("object", m.object.as_ref(), |o| {
+            Obj::new()
+                .message_req("describedObject", o.described_object.as_ref(), |r| {
+                    cross_version_reference(&r.kind, &r.name, &r.api_version)
+                })?
+                .message_req("target", o.target.as_ref(), metric_target)?
+                .message_req("metric", o.metric.as_ref(), metric_identifier)?
+                .done()
+        })?
+        .message("pods", m.pods.as_ref(), |p| {
+            Obj::new()
+                .message_req("metric", p.metric.as_ref(), metric_identifier)?
+                .message_req("target", p.target.as_ref(), metric_target)?
+                .done()
+        })?
+        .message("resource", m.resource.as_ref(), |r| {
+            Obj::new().str_req("name", &r.name).message_req("target", r.target.as_ref(), metric_target)?.done()
+        })?
+        .message("containerResource", m.container_resource.as_ref(), |r| {
+            Obj::new()
+                .str_req("name", &r.name)
+                .message_req("target", r.target.as_ref(), metric_target)?
+                .str_req("container", &r.container)
+                .done()
+        })?
+        .message("external", m.external.as_ref(), |e| {
+            Obj::new()
+                .message_req("metric", e.metric.as_ref(), metric_identifier)?
+                .message_req("target", e.target.as_ref(), metric_target)?
+                .done()
+        })?
+        .done()
+}
+
+fn scaling_rules(r: &autoscaling_v2::HpaScalingRules) -> Json {
+    Obj::new()
+        .int_ptr("stabilizationWindowSeconds", r.stabilization_window_seconds)
+        .str_ptr("selectPolicy", &r.select_policy)
+        .messages("policies", &r.policies, |p| {
+            Obj::new()
+                .str_req("type", &p.r#type)
+                .int_req("value", p.value)
+                .int_req("periodSeconds", p.period_seconds)
+                .done()
+        })?
+        .quantity_ptr("tolerance", r.tolerance.as_ref())
+        .done()
+}
+
 // --- apps/v1, batch/v1 ---
 
 fn deployment_spec(s: &apps::DeploymentSpec) -> Json {
@@ -1185,6 +1296,91 @@ mod tests {
 
     fn quantity(v: &str) -> Quantity {
         Quantity { string: s(v) }
+    }
+
+    #[test]
+    fn hpas_decode_in_both_versions() {
+        let reference = |api_version: &str| autoscaling_v1::CrossVersionObjectReference {
+            kind: s("Deployment"),
+            name: s("web"),
+            api_version: s(api_version),
+        };
+        // `kubectl autoscale deployment web --cpu-percent=50 --min=1 --max=10`
+        let v1 = autoscaling_v1::HorizontalPodAutoscaler {
+            metadata: name("web"),
+            spec: Some(autoscaling_v1::HorizontalPodAutoscalerSpec {
+                scale_target_ref: Some(reference("apps/v1")),
+                min_replicas: Some(1),
+                max_replicas: Some(10),
+                target_cpu_utilization_percentage: Some(50),
+            }),
+            status: None,
+        };
+        assert_eq!(
+            decode(&envelope("autoscaling/v1", "HorizontalPodAutoscaler", &v1)).unwrap(),
+            json!({"apiVersion": "autoscaling/v1", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "web"},
+                "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "web", "apiVersion": "apps/v1"},
+                    "minReplicas": 1, "maxReplicas": 10, "targetCPUUtilizationPercentage": 50}})
+        );
+        let target = |kind: &str, utilization: Option<i32>, average: Option<&str>| autoscaling_v2::MetricTarget {
+            r#type: s(kind),
+            value: None,
+            average_value: average.map(quantity),
+            average_utilization: utilization,
+        };
+        let v2 = autoscaling_v2::HorizontalPodAutoscaler {
+            metadata: name("web"),
+            spec: Some(autoscaling_v2::HorizontalPodAutoscalerSpec {
+                scale_target_ref: Some(autoscaling_v2::CrossVersionObjectReference {
+                    kind: s("Deployment"),
+                    name: s("web"),
+                    api_version: s("apps/v1"),
+                }),
+                min_replicas: None,
+                max_replicas: Some(3),
+                metrics: vec![
+                    autoscaling_v2::MetricSpec {
+                        r#type: s("Resource"),
+                        resource: Some(autoscaling_v2::ResourceMetricSource {
+                            name: s("cpu"),
+                            target: Some(target("Utilization", Some(60), None)),
+                        }),
+                        ..Default::default()
+                    },
+                    autoscaling_v2::MetricSpec {
+                        r#type: s("Pods"),
+                        pods: Some(autoscaling_v2::PodsMetricSource {
+                            metric: Some(autoscaling_v2::MetricIdentifier { name: s("rps"), selector: None }),
+                            target: Some(target("AverageValue", None, Some("10"))),
+                        }),
+                        ..Default::default()
+                    },
+                ],
+                behavior: Some(autoscaling_v2::HorizontalPodAutoscalerBehavior {
+                    scale_up: None,
+                    scale_down: Some(autoscaling_v2::HpaScalingRules {
+                        stabilization_window_seconds: Some(60),
+                        select_policy: None,
+                        policies: vec![autoscaling_v2::HpaScalingPolicy {
+                            r#type: s("Pods"),
+                            value: Some(1),
+                            period_seconds: Some(30),
+                        }],
+                        tolerance: None,
+                    }),
+                }),
+            }),
+            status: None,
+        };
+        assert_eq!(
+            decode(&envelope("autoscaling/v2", "HorizontalPodAutoscaler", &v2)).unwrap()["spec"],
+            json!({"scaleTargetRef": {"kind": "Deployment", "name": "web", "apiVersion": "apps/v1"}, "maxReplicas": 3,
+                "metrics": [
+                    {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 60}}},
+                    {"type": "Pods", "pods": {"metric": {"name": "rps"}, "target": {"type": "AverageValue", "averageValue": "10"}}},
+                ],
+                "behavior": {"scaleDown": {"stabilizationWindowSeconds": 60, "policies": [{"type": "Pods", "value": 1, "periodSeconds": 30}]}}})
+        );
     }
 
     #[test]

@@ -1,9 +1,15 @@
-//! The resources Skiff serves, one [`ResourceDef`] each, built from the k8s-openapi type so that group,
-//! version, kind and plural come from the same source as the JSON shapes.
+//! The resources Skiff serves, one [`ResourceDef`] per served version, built from the k8s-openapi type so
+//! that group, version, kind and plural come from the same source as the JSON shapes.
+//!
+//! A resource served in several versions (autoscaling/v2 and v1 HorizontalPodAutoscalers) has one
+//! storage version, whose defs carry no [`Conversion`], and other versions that are views of the same
+//! stored objects: each carries the pair of functions that turn its objects into the storage version and
+//! back. The API server converts at the store's edge only, so everything between (defaults, patches,
+//! validation, admission, tables) sees the version the client asked for, as kube-apiserver's codecs do.
 
 use std::sync::LazyLock;
 
-use k8s_openapi::api::{apps, batch, certificates, coordination, core, discovery, networking, node, rbac};
+use k8s_openapi::api::{apps, autoscaling, batch, certificates, coordination, core, discovery, networking, node, rbac};
 use k8s_openapi::{ListableResource, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -30,8 +36,31 @@ pub struct ResourceDef {
     pub scale_subresource: bool,
     /// metadata.generation counts changes to everything but metadata and status.
     pub tracks_generation: bool,
+    /// How objects of this version are stored, when this is not the storage version.
+    pub conversion: Option<Conversion>,
     normalize: fn(Value) -> Result<Value, serde_json::Error>,
     schema: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
+}
+
+/// A served version that is not stored: the storage version it is a view of, and the conversions both
+/// ways. Conversions work on whole objects, so a version may keep what it cannot represent in annotations,
+/// as Kubernetes' autoscaling/v1 does.
+pub struct Conversion {
+    pub storage_version: &'static str,
+    pub to_storage: fn(Value) -> Result<Value, ConversionError>,
+    pub from_storage: fn(Value) -> Result<Value, ConversionError>,
+}
+
+/// An object that cannot be converted between two versions of its resource.
+#[derive(Debug, thiserror::Error)]
+pub enum ConversionError {
+    /// A round-trip annotation holds something that is not the JSON its version writes there.
+    #[error("annotation {annotation} is not valid: {source}")]
+    Annotation {
+        annotation: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 impl ResourceDef {
@@ -49,6 +78,33 @@ impl ResourceDef {
     /// a failure means the object does not have this kind's shape (a wrong type for a known field).
     pub fn normalize(&self, object: Value) -> Result<Value, serde_json::Error> {
         (self.normalize)(object)
+    }
+
+    /// Whether objects are stored in this version (every resource with a single version is).
+    pub fn is_storage(&self) -> bool {
+        self.conversion.is_none()
+    }
+
+    /// `object` of this version in the storage version; itself for the storage version.
+    pub fn to_storage(&self, object: Value) -> Result<Value, ConversionError> {
+        match &self.conversion {
+            Some(conversion) => (conversion.to_storage)(object),
+            None => Ok(object),
+        }
+    }
+
+    /// A stored object in this version; itself for the storage version.
+    pub fn from_storage(&self, object: Value) -> Result<Value, ConversionError> {
+        match &self.conversion {
+            Some(conversion) => (conversion.from_storage)(object),
+            None => Ok(object),
+        }
+    }
+
+    /// The def of the version this resource's objects are stored in.
+    pub fn storage(&self) -> &'static ResourceDef {
+        let version = self.conversion.as_ref().map_or(self.version, |c| c.storage_version);
+        find(self.group, version, self.plural).unwrap_or_else(|| unreachable!("storage versions are registered"))
     }
 
     /// The JSON schema of the k8s-openapi type, for /openapi/v3.
@@ -84,12 +140,23 @@ where
         status_subresource: traits.status,
         scale_subresource: traits.scale,
         tracks_generation: traits.generation,
+        conversion: None,
         normalize: |object| serde_json::from_value::<K>(object).and_then(|typed| serde_json::to_value(typed)),
         schema: |generator| generator.subschema_for::<K>(),
     }
 }
 
+/// A def of a version served as a view of `storage_version`'s objects.
+fn converted<K>(namespaced: bool, traits: Traits, conversion: Conversion) -> ResourceDef
+where
+    K: Resource + ListableResource + Serialize + DeserializeOwned + schemars::JsonSchema,
+{
+    ResourceDef { conversion: Some(conversion), ..def::<K>(namespaced, traits) }
+}
+
 const ALL: &[&str] = &["all"];
+/// kube-apiserver's HorizontalPodAutoscaler traits, the same in both its versions.
+const HPA: Traits = Traits { short_names: &["hpa"], categories: ALL, status: true, scale: false, generation: false };
 
 static RESOURCES: LazyLock<Vec<ResourceDef>> = LazyLock::new(|| {
     vec![
@@ -116,9 +183,21 @@ static RESOURCES: LazyLock<Vec<ResourceDef>> = LazyLock::new(|| {
             Traits { short_names: &["ds"], categories: ALL, status: true, generation: true, ..PLAIN },
         ),
         def::<batch::v1::Job>(true, Traits { categories: ALL, status: true, generation: true, ..PLAIN }),
+        def::<autoscaling::v2::HorizontalPodAutoscaler>(true, HPA),
+        converted::<autoscaling::v1::HorizontalPodAutoscaler>(
+            true,
+            HPA,
+            Conversion {
+                storage_version: "v2",
+                to_storage: crate::autoscaling::v1_to_v2,
+                from_storage: crate::autoscaling::v2_to_v1,
+            },
+        ),
         def::<coordination::v1::Lease>(true, PLAIN),
         def::<discovery::v1::EndpointSlice>(true, PLAIN),
         def::<networking::v1::NetworkPolicy>(true, Traits { short_names: &["netpol"], generation: true, ..PLAIN }),
+        def::<networking::v1::Ingress>(true, Traits { short_names: &["ing"], status: true, generation: true, ..PLAIN }),
+        def::<networking::v1::IngressClass>(false, Traits { generation: true, ..PLAIN }),
         def::<node::v1::RuntimeClass>(false, PLAIN),
         def::<rbac::v1::Role>(true, PLAIN),
         def::<rbac::v1::ClusterRole>(false, PLAIN),
@@ -146,12 +225,15 @@ pub fn find_kind(api_version: &str, kind: &str) -> Option<&'static ResourceDef> 
     all().iter().find(|r| r.kind == kind && r.api_version() == api_version)
 }
 
-/// Group versions in the order discovery lists them: core first, then groups by name.
+/// Group versions in the order discovery lists them: core first, then groups by name; within a group the
+/// storage version first, which discovery calls the preferred one (autoscaling/v2 before v1).
 pub fn group_versions() -> Vec<(&'static str, &'static str)> {
-    let mut groups: Vec<(&str, &str)> = all().iter().map(|r| (r.group, r.version)).collect();
-    groups.sort();
-    groups.dedup();
-    groups
+    let stores =
+        |group: &str, version: &str| all().iter().any(|r| r.group == group && r.version == version && r.is_storage());
+    let mut versions: Vec<(&str, &str)> = all().iter().map(|r| (r.group, r.version)).collect();
+    versions.sort_by_key(|&(group, version)| (group, !stores(group, version), version));
+    versions.dedup();
+    versions
 }
 
 #[cfg(test)]
@@ -197,6 +279,16 @@ mod tests {
     }
 
     #[test]
+    fn ingresses_and_their_classes_are_served_in_networking_k8s_io() {
+        let ingresses = find("networking.k8s.io", "v1", "ingresses").expect("ingresses registered");
+        assert_eq!((ingresses.kind, ingresses.short_names), ("Ingress", &["ing"][..]));
+        assert!(ingresses.namespaced && ingresses.status_subresource && ingresses.tracks_generation);
+        let classes = find("networking.k8s.io", "v1", "ingressclasses").expect("ingressclasses registered");
+        assert_eq!((classes.kind, classes.singular.as_str()), ("IngressClass", "ingressclass"));
+        assert!(!classes.namespaced && !classes.status_subresource);
+    }
+
+    #[test]
     fn limit_ranges_are_served_in_the_core_group() {
         let ranges = find("", "v1", "limitranges").expect("limitranges registered");
         assert_eq!(
@@ -205,6 +297,27 @@ mod tests {
         );
         assert!(ranges.namespaced && !ranges.status_subresource && !ranges.tracks_generation);
         assert!(find_kind("v1", "LimitRange").is_some());
+    }
+
+    #[test]
+    fn hpas_are_served_in_two_versions_over_one_storage_version() {
+        let v2 = find("autoscaling", "v2", "horizontalpodautoscalers").expect("v2 registered");
+        let v1 = find("autoscaling", "v1", "horizontalpodautoscalers").expect("v1 registered");
+        assert!(v2.is_storage() && !v1.is_storage());
+        assert!(std::ptr::eq(v1.storage(), v2) && std::ptr::eq(v2.storage(), v2));
+        assert_eq!((v1.short_names, v1.categories, v1.status_subresource), (&["hpa"][..], ALL, true));
+        assert_eq!(v1.qualified_name(), v2.qualified_name());
+        // The storage version is listed first: discovery prefers it.
+        let autoscaling: Vec<&str> =
+            group_versions().into_iter().filter(|(g, _)| *g == "autoscaling").map(|(_, v)| v).collect();
+        assert_eq!(autoscaling, ["v2", "v1"]);
+        let object = serde_json::json!({"apiVersion": "autoscaling/v1", "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "web"}, "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "web"},
+            "maxReplicas": 3, "targetCPUUtilizationPercentage": 50}});
+        let stored = v1.to_storage(object.clone()).unwrap();
+        assert_eq!(stored["apiVersion"], "autoscaling/v2");
+        assert_eq!(v2.to_storage(stored.clone()).unwrap(), stored);
+        assert_eq!(v1.from_storage(stored).unwrap(), object);
     }
 
     #[test]

@@ -181,6 +181,26 @@ fn printer(def: &ResourceDef) -> Printer {
             ],
             networkpolicy_row,
         ),
+        ("networking.k8s.io", "ingresses") => (
+            vec![
+                NAME,
+                col("Class", "string", "The name of the IngressClass resource that should be used by this Ingress."),
+                col("Hosts", "string", "Hosts that incoming requests are matched against before the ingress rule"),
+                col("Address", "string", "Address is a list containing ingress points for the load-balancer"),
+                col("Ports", "string", "Ports of TLS configurations that open"),
+                AGE,
+            ],
+            ingress_row,
+        ),
+        ("networking.k8s.io", "ingressclasses") => (
+            vec![
+                NAME,
+                col("Controller", "string", "Controller that is responsible for handling this class"),
+                col("Parameters", "string", "A reference to a resource with additional parameters"),
+                AGE,
+            ],
+            ingressclass_row,
+        ),
         ("", "configmaps") => {
             (vec![NAME, col("Data", "string", "Number of entries in data and binaryData"), AGE], configmap_row)
         }
@@ -347,6 +367,18 @@ fn printer(def: &ResourceDef) -> Printer {
             binding_row,
         ),
         ("", "limitranges") => (vec![NAME, CREATED_AT], created_at_row),
+        ("autoscaling", "horizontalpodautoscalers") => (
+            vec![
+                NAME,
+                col("Reference", "string", HPA_REFERENCE_DESCRIPTION),
+                col("Targets", "string", HPA_TARGETS_DESCRIPTION),
+                col("MinPods", "string", HPA_MIN_DESCRIPTION),
+                col("MaxPods", "integer", HPA_MAX_DESCRIPTION),
+                col("Replicas", "integer", HPA_REPLICAS_DESCRIPTION),
+                AGE,
+            ],
+            hpa_row,
+        ),
         _ => (vec![NAME, AGE], default_row),
     };
     Printer { columns, row }
@@ -355,7 +387,9 @@ fn printer(def: &ResourceDef) -> Printer {
 /// A Table of `objects` of resource `def`. `list_meta` is put as the Table's metadata (resourceVersion,
 /// continue).
 pub fn table(def: &ResourceDef, objects: &[Value], list_meta: Value, now: Timestamp) -> Value {
-    let printer = printer(def);
+    // Printers know a resource's storage version; an object of another version is printed as the stored
+    // object it stands for, as kube-apiserver prints its internal version.
+    let printer = printer(def.storage());
     let columns: Vec<Value> = printer
         .columns
         .iter()
@@ -366,8 +400,9 @@ pub fn table(def: &ResourceDef, objects: &[Value], list_meta: Value, now: Timest
     let rows: Vec<Value> = objects
         .iter()
         .map(|object| {
+            let stored = def.to_storage(object.clone()).unwrap_or_else(|_| object.clone());
             json!({
-                "cells": (printer.row)(object, now),
+                "cells": (printer.row)(&stored, now),
                 "object": {
                     "kind": "PartialObjectMetadata",
                     "apiVersion": "meta.k8s.io/v1",
@@ -799,6 +834,45 @@ fn networkpolicy_row(policy: &Value, now: Timestamp) -> Vec<Value> {
     vec![name(policy), or_none(&selector).into(), age(policy, now)]
 }
 
+/// kube's printIngress: the class or `<none>`, the first three rule hosts (`*` for none, and Kubernetes'
+/// `+ N more...`, which counts every rule past the third, host or not), the load balancer's addresses sorted and joined (never
+/// shortened: the server prints as for `-o wide`), and `80, 443` when the Ingress has TLS.
+fn ingress_row(ingress: &Value, now: Timestamp) -> Vec<Value> {
+    const MAX_HOSTS: usize = 3;
+    let class = ingress.pointer("/spec/ingressClassName").and_then(Value::as_str).unwrap_or(NONE);
+    let rules = items(ingress, "/spec/rules");
+    let (mut hosts, mut more) = (Vec::new(), false);
+    for rule in rules {
+        more |= hosts.len() == MAX_HOSTS;
+        if !more && !text(rule, "/host").is_empty() {
+            hosts.push(text(rule, "/host"));
+        }
+    }
+    let hosts = match (hosts.is_empty(), more) {
+        (true, _) => "*".to_string(),
+        (false, false) => hosts.join(","),
+        (false, true) => format!("{} + {} more...", hosts.join(","), rules.len() - MAX_HOSTS),
+    };
+    let addresses: std::collections::BTreeSet<&str> = items(ingress, "/status/loadBalancer/ingress")
+        .iter()
+        .map(|i| if text(i, "/ip").is_empty() { text(i, "/hostname") } else { text(i, "/ip") })
+        .filter(|a| !a.is_empty())
+        .collect();
+    let addresses: Vec<&str> = addresses.into_iter().collect();
+    let ports = if items(ingress, "/spec/tls").is_empty() { "80" } else { "80, 443" };
+    vec![name(ingress), class.into(), hosts.into(), addresses.join(",").into(), ports.into(), age(ingress, now)]
+}
+
+/// kube's printIngressClass: the parameters as `Kind[.apiGroup]/name`.
+fn ingressclass_row(class: &Value, now: Timestamp) -> Vec<Value> {
+    let parameters = class.pointer("/spec/parameters").filter(|p| p.is_object()).map(|p| {
+        let group = p.get("apiGroup").and_then(Value::as_str).map(|g| format!(".{g}")).unwrap_or_default();
+        format!("{}{group}/{}", text(p, "/kind"), text(p, "/name"))
+    });
+    let parameters = parameters.unwrap_or_else(|| NONE.to_string());
+    vec![name(class), text(class, "/spec/controller").into(), parameters.into(), age(class, now)]
+}
+
 fn configmap_row(object: &Value, now: Timestamp) -> Vec<Value> {
     let count = len_of(object, "/data") + len_of(object, "/binaryData");
     vec![name(object), count.into(), age(object, now)]
@@ -1002,6 +1076,107 @@ fn runtimeclass_row(object: &Value, now: Timestamp) -> Vec<Value> {
     vec![name(object), text(object, "/handler").into(), age(object, now)]
 }
 
+const HPA_REFERENCE_DESCRIPTION: &str = "scaleTargetRef points to the target resource to scale, and is used to the pods for which metrics should be collected, as well as to actually change the replica count.";
+const HPA_TARGETS_DESCRIPTION: &str = "metrics contains the specifications for which to use to calculate the desired replica count (the maximum replica count across all metrics will be used).  The desired replica count is calculated multiplying the ratio between the target value and the current value by the current number of pods.  Ergo, metrics used must decrease as the pod count is increased, and vice-versa.  See the individual metric source types for more information about how each type of metric must respond. If not set, the default metric will be set to 80% average CPU utilization.";
+const HPA_MIN_DESCRIPTION: &str = "minReplicas is the lower limit for the number of replicas to which the autoscaler can scale down.  It defaults to 1 pod.  minReplicas is allowed to be 0 if the alpha feature gate HPAScaleToZero is enabled and at least one Object or External metric is configured.  Scaling is active as long as at least one metric value is available.";
+const HPA_MAX_DESCRIPTION: &str = "maxReplicas is the upper limit for the number of replicas to which the autoscaler can scale up. It cannot be less that minReplicas.";
+const HPA_REPLICAS_DESCRIPTION: &str =
+    "currentReplicas is current number of replicas of pods managed by this autoscaler, as last seen by the autoscaler.";
+
+fn hpa_row(hpa: &Value, now: Timestamp) -> Vec<Value> {
+    let reference = format!("{}/{}", text(hpa, "/spec/scaleTargetRef/kind"), text(hpa, "/spec/scaleTargetRef/name"));
+    let min_pods = match hpa.pointer("/spec/minReplicas").and_then(Value::as_i64) {
+        Some(min) => min.to_string(),
+        None => "<unset>".to_string(),
+    };
+    vec![
+        name(hpa),
+        reference.into(),
+        hpa_metrics(items(hpa, "/spec/metrics"), items(hpa, "/status/currentMetrics")).into(),
+        min_pods.into(),
+        int(hpa, "/spec/maxReplicas").into(),
+        int(hpa, "/status/currentReplicas").into(),
+        since(hpa.pointer("/metadata/creationTimestamp"), now).into(),
+    ]
+}
+
+/// kubectl 1.33's `formatHPAMetrics`: `current/target` per metric (`cpu: 12%/50%`), the current value
+/// of the status at the same index, at most two then `+ N more...`.
+fn hpa_metrics(specs: &[Value], statuses: &[Value]) -> String {
+    if specs.is_empty() {
+        return NONE.into();
+    }
+    // Go's `Quantity.String()`: the canonical form.
+    let quantity = |value: Option<&Value>| {
+        let text = value.and_then(Value::as_str).unwrap_or("0");
+        crate::quantity::canonical(text).unwrap_or_else(|| text.to_string())
+    };
+    let has = |value: &Value, pointer: &str| value.pointer(pointer).is_some_and(|v| !v.is_null());
+    let mut list = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        let status = statuses.get(i);
+        let current = |key: &str, pointer: &str| {
+            status.filter(|s| has(s, &format!("/{key}"))).and_then(|s| s.pointer(&format!("/{key}{pointer}")))
+        };
+        let unknown = || UNKNOWN.to_string();
+        let entry = match spec["type"].as_str().unwrap_or_default() {
+            kind @ ("External" | "Object") => {
+                let key = if kind == "External" { "external" } else { "object" };
+                if has(spec, &format!("/{key}/target/averageValue")) {
+                    let now = current(key, "/current/averageValue").map(|v| quantity(Some(v))).unwrap_or_else(unknown);
+                    format!("{now}/{} (avg)", quantity(spec.pointer(&format!("/{key}/target/averageValue"))))
+                } else {
+                    let now = status
+                        .filter(|s| has(s, &format!("/{key}")))
+                        .map(|s| quantity(s.pointer(&format!("/{key}/current/value"))));
+                    format!(
+                        "{}/{}",
+                        now.unwrap_or_else(unknown),
+                        quantity(spec.pointer(&format!("/{key}/target/value")))
+                    )
+                }
+            }
+            "Pods" => {
+                let now = status.filter(|s| has(s, "/pods")).map(|s| quantity(s.pointer("/pods/current/averageValue")));
+                format!("{}/{}", now.unwrap_or_else(unknown), quantity(spec.pointer("/pods/target/averageValue")))
+            }
+            kind @ ("Resource" | "ContainerResource") => {
+                let key = if kind == "Resource" { "resource" } else { "containerResource" };
+                let resource = text(spec, &format!("/{key}/name"));
+                if has(spec, &format!("/{key}/target/averageValue")) {
+                    let now = status
+                        .filter(|s| has(s, &format!("/{key}")))
+                        .map(|s| quantity(s.pointer(&format!("/{key}/current/averageValue"))));
+                    format!(
+                        "{resource}: {}/{}",
+                        now.unwrap_or_else(unknown),
+                        quantity(spec.pointer(&format!("/{key}/target/averageValue")))
+                    )
+                } else {
+                    let now = current(key, "/current/averageUtilization")
+                        .and_then(Value::as_i64)
+                        .map(|u| format!("{u}%"))
+                        .unwrap_or_else(unknown);
+                    let target = spec
+                        .pointer(&format!("/{key}/target/averageUtilization"))
+                        .and_then(Value::as_i64)
+                        .map(|u| format!("{u}%"))
+                        .unwrap_or_else(|| "<auto>".into());
+                    format!("{resource}: {now}/{target}")
+                }
+            }
+            _ => "<unknown type>".into(),
+        };
+        list.push(entry);
+    }
+    const SHOWN: usize = 2;
+    if list.len() > SHOWN {
+        let more = list.len() - SHOWN;
+        return format!("{} + {more} more...", list[..SHOWN].join(", "));
+    }
+    list.join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1032,6 +1207,62 @@ mod tests {
 
     fn cell(row: &[(String, Value)], column: &str) -> Value {
         row.iter().find(|(name, _)| name == column).map(|(_, v)| v.clone()).unwrap_or_else(|| panic!("{column}"))
+    }
+
+    #[test]
+    fn hpas_print_targets_as_kubectl_1_33_does() {
+        let hpa = json!({"metadata": {"name": "web", "creationTimestamp": "2025-01-02T03:03:05Z"}, "spec": {
+        "scaleTargetRef": {"kind": "Deployment", "name": "web"}, "minReplicas": 1, "maxReplicas": 10,
+        "metrics": [
+            {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 50}}},
+            {"type": "Resource", "resource": {"name": "memory", "target": {"type": "AverageValue", "averageValue": "1.5Gi"}}},
+            {"type": "Pods", "pods": {"metric": {"name": "rps"}, "target": {"type": "AverageValue", "averageValue": "10"}}},
+        ]},
+        "status": {"currentReplicas": 3, "currentMetrics": [
+            {"type": "Resource", "resource": {"name": "cpu", "current": {"averageUtilization": 12, "averageValue": "60m"}}},
+        ]}});
+        let printed = row("autoscaling", "horizontalpodautoscalers", hpa);
+        let names: Vec<&str> = printed.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["Name", "Reference", "Targets", "MinPods", "MaxPods", "Replicas", "Age"]);
+        assert_eq!(cell(&printed, "Reference"), "Deployment/web");
+        assert_eq!(cell(&printed, "Targets"), "cpu: 12%/50%, memory: <unknown>/1536Mi + 1 more...");
+        assert_eq!(
+            (cell(&printed, "MinPods"), cell(&printed, "MaxPods"), cell(&printed, "Replicas")),
+            (json!("1"), json!(10), json!(3))
+        );
+        assert_eq!(cell(&printed, "Age"), "60s");
+        // A v1 object prints as the v2 object it stands for.
+        let v1 = json!({"apiVersion": "autoscaling/v1", "metadata": {"name": "web"}, "spec": {
+            "scaleTargetRef": {"kind": "Deployment", "name": "web"}, "maxReplicas": 4, "targetCPUUtilizationPercentage": 50}});
+        let v1_def = resources::find("autoscaling", "v1", "horizontalpodautoscalers").unwrap();
+        let table = table(v1_def, &[v1], json!({}), now());
+        assert_eq!(table["rows"][0]["cells"][2], "cpu: <unknown>/50%");
+        assert_eq!(table["rows"][0]["cells"][3], "<unset>");
+    }
+
+    #[test]
+    fn ingresses_print_class_hosts_address_and_ports_as_kubectl_does() {
+        let ingress = json!({"metadata": {"name": "shop"}, "spec": {
+            "ingressClassName": "skiff",
+            "rules": [{"host": "a.example.com"}, {"host": "b.example.com"}, {}, {"host": "d.example.com"}, {"host": "e.example.com"}],
+            "tls": [{"secretName": "t"}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "10.0.0.2"}, {"ip": "10.0.0.10"}, {"hostname": "lb.example.com"}]}}});
+        let printed = row("networking.k8s.io", "ingresses", ingress);
+        assert_eq!(cell(&printed, "Class"), "skiff");
+        assert_eq!(cell(&printed, "Hosts"), "a.example.com,b.example.com,d.example.com + 2 more...");
+        assert_eq!(cell(&printed, "Address"), "10.0.0.10,10.0.0.2,lb.example.com");
+        assert_eq!(cell(&printed, "Ports"), "80, 443");
+        let bare = row("networking.k8s.io", "ingresses", json!({"metadata": {"name": "d"}, "spec": {}}));
+        assert_eq!(
+            (cell(&bare, "Class"), cell(&bare, "Hosts"), cell(&bare, "Address")),
+            (json!("<none>"), json!("*"), json!(""))
+        );
+        assert_eq!(cell(&bare, "Ports"), "80");
+        let class = json!({"metadata": {"name": "skiff"}, "spec": {"controller": "skiff.dev/ingress",
+            "parameters": {"apiGroup": "k8s.example.com", "kind": "IngressParameters", "name": "external-lb"}}});
+        let printed = row("networking.k8s.io", "ingressclasses", class);
+        assert_eq!(cell(&printed, "Controller"), "skiff.dev/ingress");
+        assert_eq!(cell(&printed, "Parameters"), "IngressParameters.k8s.example.com/external-lb");
     }
 
     #[test]

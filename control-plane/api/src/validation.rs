@@ -12,6 +12,8 @@ use serde_json::{Map, Value};
 
 use crate::resources::ResourceDef;
 
+mod ingress;
+
 /// One invalid field, as a Kubernetes `StatusCause`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Cause {
@@ -26,6 +28,17 @@ pub struct Cause {
 /// Validates `object` (already normalized, with metadata.name set) of resource `def`; with `old`, also the
 /// update rules (immutable fields).
 pub fn validate(def: &ResourceDef, object: &Value, old: Option<&Value>) -> Vec<Cause> {
+    if !def.is_storage() {
+        // Kubernetes validates its internal version, whatever version a client wrote; the storage version
+        // stands in for it. An object that does not convert is refused on its way to the store, with the
+        // conversion's error.
+        let stored = def.to_storage(object.clone());
+        let stored_old = old.map(|o| def.to_storage(o.clone())).transpose();
+        return match (stored, stored_old) {
+            (Ok(stored), Ok(stored_old)) => validate(def.storage(), &stored, stored_old.as_ref()),
+            _ => Vec::new(),
+        };
+    }
     let mut e = Errors::default();
     validate_metadata(&mut e, def, object);
     match def.kind {
@@ -45,9 +58,12 @@ pub fn validate(def: &ResourceDef, object: &Value, old: Option<&Value>) -> Vec<C
         "Endpoints" => validate_endpoints(&mut e, object),
         "EndpointSlice" => validate_endpoint_slice(&mut e, object),
         "NetworkPolicy" => validate_network_policy(&mut e, object),
+        "Ingress" => ingress::validate_ingress(&mut e, object, old),
+        "IngressClass" => ingress::validate_ingress_class(&mut e, object, old),
         "RuntimeClass" => validate_runtime_class(&mut e, object),
         "Lease" => validate_lease(&mut e, object),
         "Event" => validate_event(&mut e, object),
+        "HorizontalPodAutoscaler" => e.0.extend(crate::autoscaling::validate(object)),
         // Namespace, Node, ServiceAccount: Kubernetes checks only their metadata.
         _ => {}
     }

@@ -90,9 +90,31 @@ pub(crate) async fn admit(
         limit_ranger(objects, def, ns, object).await?;
         crate::serviceaccounts::admit_pod(objects, ns, object).await?;
     }
+    if let (("networking.k8s.io", "ingresses"), None) = ((def.group, def.plural), old) {
+        default_ingress_class(objects, object).await?;
+    }
     let object = &*object;
     rbac_escalation(objects, def, ns, object, user).await?;
     pod_security(objects, def, ns, object, old).await
+}
+
+/// DefaultIngressClass: an Ingress created naming no class (neither `spec.ingressClassName` nor the legacy
+/// annotation) gets the default IngressClass's name.
+async fn default_ingress_class(objects: &Objects, ingress: &mut Value) -> Result<(), ApiError> {
+    let typed: k8s_openapi::api::networking::v1::Ingress =
+        serde_json::from_value(ingress.clone()).map_err(|e| ApiError::Internal(e.to_string()))?;
+    if skiff_api::ingress::class_of(&typed).is_some() {
+        return Ok(());
+    }
+    let def = resources::find("networking.k8s.io", "v1", "ingressclasses").ok_or(ApiError::NoRoute)?;
+    let listed = objects.list(def, None, &ListOptions::default()).await?.items;
+    let classes: Vec<k8s_openapi::api::networking::v1::IngressClass> =
+        listed.into_iter().filter_map(|class| serde_json::from_value(class).ok()).collect();
+    if let Some(name) = skiff_api::ingress::default_class(&classes).and_then(|class| class.metadata.name.clone()) {
+        tracing::debug!(ingress = name_of(ingress), class = %name, "ingress given the default class");
+        ingress["spec"]["ingressClassName"] = Value::from(name);
+    }
+    Ok(())
 }
 
 /// LimitRanger for a pod being created in `ns`: the namespace's LimitRanges, in name order, fill in the
@@ -405,6 +427,41 @@ mod tests {
             written.map(|w| w.warnings).unwrap_or_default(),
             [r#"would violate PodSecurity "baseline:latest": hostPath volumes (volume "h")"#]
         );
+    }
+
+    /// An Ingress created without a class gets the default one, `skiff` from the bootstrap, unless it names
+    /// one (in its spec or the legacy annotation); an update leaves the class as it is.
+    #[tokio::test]
+    async fn ingresses_without_a_class_get_the_default_class() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(skiff_store::embedded::EmbeddedStore::open(dir.path()).unwrap());
+        let objects = Objects::new(store);
+        crate::lifecycle::bootstrap(&objects).await.unwrap();
+        let options = WriteOptions::default();
+        let ingresses = def("networking.k8s.io", "ingresses");
+        let ingress = |name: &str, spec: Value, annotations: Value| {
+            let mut spec = spec;
+            spec["defaultBackend"] = json!({"service": {"name": "web", "port": {"number": 80}}});
+            json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                "metadata": {"name": name, "annotations": annotations}, "spec": spec})
+        };
+        let class_of = |object: &Value| object["spec"]["ingressClassName"].clone();
+        let created = objects.create(ingresses, Some("default"), ingress("plain", json!({}), json!({})), &options);
+        assert_eq!(class_of(&created.await.unwrap().object), "skiff");
+        let named = ingress("named", json!({"ingressClassName": "nginx"}), json!({}));
+        assert_eq!(
+            class_of(&objects.create(ingresses, Some("default"), named, &options).await.unwrap().object),
+            "nginx"
+        );
+        let legacy = ingress("legacy", json!({}), json!({"kubernetes.io/ingress.class": "nginx"}));
+        assert_eq!(
+            class_of(&objects.create(ingresses, Some("default"), legacy, &options).await.unwrap().object),
+            Value::Null
+        );
+        let cleared = json!({"spec": {"ingressClassName": null}});
+        let updated =
+            objects.patch(ingresses, Some("default"), "plain", Part::Main, PatchType::Merge, cleared, false, &options);
+        assert_eq!(class_of(&updated.await.unwrap().object), Value::Null);
     }
 
     /// A namespace's LimitRanges give its new pods their default resources and refuse pods outside their

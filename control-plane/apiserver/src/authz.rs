@@ -18,6 +18,7 @@ use std::time::Duration;
 use futures::{FutureExt, StreamExt};
 use http::Method;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use skiff_api::authz::{Attributes, Decision, MASTERS, UserInfo};
 use skiff_api::node_authorizer::{self, NodeGraph};
@@ -40,9 +41,11 @@ const CLUSTER_ROLES: &str = "/registry/rbac.authorization.k8s.io/clusterroles/";
 const ROLE_BINDINGS: &str = "/registry/rbac.authorization.k8s.io/rolebindings/";
 const CLUSTER_ROLE_BINDINGS: &str = "/registry/rbac.authorization.k8s.io/clusterrolebindings/";
 const PODS: &str = "/registry/core/pods/";
+/// Ingresses: the TLS Secrets they name are readable by every node (the nodes serve them).
+const INGRESSES: &str = "/registry/networking.k8s.io/ingresses/";
 /// What the mirror lists and follows.
-const PREFIXES: [&str; 7] =
-    [ROLES, CLUSTER_ROLES, ROLE_BINDINGS, CLUSTER_ROLE_BINDINGS, PODS, REVOKED_NODES, BOOTSTRAP_TOKENS];
+const PREFIXES: [&str; 8] =
+    [ROLES, CLUSTER_ROLES, ROLE_BINDINGS, CLUSTER_ROLE_BINDINGS, PODS, INGRESSES, REVOKED_NODES, BOOTSTRAP_TOKENS];
 
 pub struct Authorizer {
     rbac: RwLock<Arc<Rbac>>,
@@ -249,6 +252,7 @@ struct Mirror {
     role_bindings: BTreeMap<String, RoleBinding>,
     cluster_role_bindings: BTreeMap<String, ClusterRoleBinding>,
     pods: BTreeMap<String, Pod>,
+    ingresses: BTreeMap<String, Ingress>,
     revoked_nodes: BTreeMap<String, jiff::Timestamp>,
     /// By token id, each decoded once when it changes.
     bootstrap_tokens: BTreeMap<String, Arc<StoredToken>>,
@@ -260,6 +264,7 @@ enum Changed {
     Nothing,
     Rbac,
     Pod,
+    Ingress,
     Revocation,
     BootstrapToken,
 }
@@ -306,6 +311,10 @@ impl Mirror {
                 insert(&mut self.pods, kv);
                 return Changed::Pod;
             }
+            Some(INGRESSES) => {
+                insert(&mut self.ingresses, kv);
+                return Changed::Ingress;
+            }
             Some(REVOKED_NODES) => {
                 let Some((node, at)) = revocation::parse(kv) else { return Changed::Nothing };
                 self.revoked_nodes.insert(node, at);
@@ -331,6 +340,7 @@ impl Mirror {
             Some(ROLE_BINDINGS) => self.role_bindings.remove(key).map(|_| Changed::Rbac),
             Some(CLUSTER_ROLE_BINDINGS) => self.cluster_role_bindings.remove(key).map(|_| Changed::Rbac),
             Some(PODS) => self.pods.remove(key).map(|_| Changed::Pod),
+            Some(INGRESSES) => self.ingresses.remove(key).map(|_| Changed::Ingress),
             Some(REVOKED_NODES) => {
                 self.revoked_nodes.remove(key.trim_start_matches(REVOKED_NODES)).map(|_| Changed::Revocation)
             }
@@ -355,6 +365,9 @@ impl Mirror {
         let mut graph = NodeGraph::default();
         for pod in self.pods.values() {
             graph.upsert_pod(pod);
+        }
+        for ingress in self.ingresses.values() {
+            graph.upsert_ingress(ingress);
         }
         graph
     }
@@ -395,6 +408,7 @@ impl Mirror {
                         match changed {
                             Changed::Rbac => rebuild = true,
                             Changed::Pod => self.apply_pod(&authorizer, &event.kv.key),
+                            Changed::Ingress => self.apply_ingress(&authorizer, &event.kv.key),
                             Changed::Revocation => revocations = true,
                             Changed::BootstrapToken => tokens = true,
                             Changed::Nothing => {}
@@ -439,6 +453,17 @@ impl Mirror {
             None => {
                 let (namespace, name) = key.trim_start_matches(PODS).split_once('/').unwrap_or_default();
                 graph.remove_pod(namespace, name);
+            }
+        }
+    }
+
+    fn apply_ingress(&self, authorizer: &Authorizer, key: &str) {
+        let mut graph = authorizer.graph.write().unwrap_or_else(|e| e.into_inner());
+        match self.ingresses.get(key) {
+            Some(ingress) => graph.upsert_ingress(ingress),
+            None => {
+                let (namespace, name) = key.trim_start_matches(INGRESSES).split_once('/').unwrap_or_default();
+                graph.remove_ingress(namespace, name);
             }
         }
     }

@@ -98,10 +98,11 @@ pub async fn pod_logs(
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).unwrap_or_default();
     let target = locate(objects, ns, name).await?;
     let container = container(&target.pod, name, &pairs)?;
-    let mut sender = target.connect(identity).await?;
+    let mut sender = target.agent.connect(identity).await?;
     let path = format!("/containerLogs/{ns}/{name}/{container}?{}", forwarded(&pairs));
-    let request = target.request(path).body(Empty::<bytes::Bytes>::new()).map_err(|e| target.unreachable(e))?;
-    let response = sender.send_request(request).await.map_err(|e| target.unreachable(e))?;
+    let request =
+        target.agent.request(path).body(Empty::<bytes::Bytes>::new()).map_err(|e| target.agent.unreachable(e))?;
+    let response = sender.send_request(request).await.map_err(|e| target.agent.unreachable(e))?;
     if !response.status().is_success() {
         return Err(refusal(response).await);
     }
@@ -164,14 +165,33 @@ pub async fn pod_port_forward(
     target.splice(state, path, request, "port-forward", span).await
 }
 
-/// A pod and how to reach the agent of the node it is bound to.
+/// A pod and the agent of the node it is bound to.
 struct Target {
     pod: Value,
+    agent: Agent,
+}
+
+/// How to reach a node's agent.
+struct Agent {
     node_name: String,
     /// The Node's InternalIP, which the agent's serving certificate must name.
     ip: IpAddr,
     /// The agent's endpoint's port.
     port: u16,
+}
+
+/// `GET path` from the agent of the Node object `node`: the body of its 200 answer.
+pub async fn agent_get(identity: &KubeletClientIdentity, node: &Value, path: &str) -> Result<bytes::Bytes, ApiError> {
+    let agent = Agent::of(node)?;
+    let mut sender = agent.connect(identity).await?;
+    let request =
+        agent.request(path.to_string()).body(Empty::<bytes::Bytes>::new()).map_err(|e| agent.unreachable(e))?;
+    let response = sender.send_request(request).await.map_err(|e| agent.unreachable(e))?;
+    if !response.status().is_success() {
+        return Err(refusal(response).await);
+    }
+    let body = response.into_body().collect().await.map_err(|e| agent.unreachable(e))?;
+    Ok(body.to_bytes())
 }
 
 /// Finds the pod and its node's agent: the checks the kube-apiserver makes before it reaches a kubelet.
@@ -183,17 +203,7 @@ async fn locate(objects: &Objects, ns: &str, name: &str) -> Result<Target, ApiEr
     let node_name =
         node_name.ok_or_else(|| ApiError::BadRequest(format!("pod {name} does not have a host assigned")))?.to_string();
     let node = objects.get(nodes, None, &node_name).await?;
-    let ip = node["status"]["addresses"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|a| a["type"] == "InternalIP")
-        .and_then(|a| a["address"].as_str()?.parse::<IpAddr>().ok())
-        .ok_or_else(|| ApiError::BadRequest(format!("node {node_name} reports no InternalIP")))?;
-    let port = node.pointer("/status/daemonEndpoints/kubeletEndpoint/Port").and_then(Value::as_u64).unwrap_or(10250);
-    let port = u16::try_from(port)
-        .map_err(|_| ApiError::BadRequest(format!("node {node_name} reports kubelet port {port}")))?;
-    Ok(Target { ip, port, node_name, pod })
+    Ok(Target { pod, agent: Agent::of(&node)? })
 }
 
 /// The container of `pod` the client named, or its only one.
@@ -221,10 +231,6 @@ fn forwarded(pairs: &[(String, String)]) -> String {
 }
 
 impl Target {
-    fn unreachable(&self, e: impl std::fmt::Display) -> ApiError {
-        ApiError::Internal(format!("cannot reach the agent on node {}: {e}", self.node_name))
-    }
-
     fn uid(&self) -> &str {
         self.pod.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default()
     }
@@ -245,7 +251,7 @@ impl Target {
             .extensions
             .remove::<hyper::upgrade::OnUpgrade>()
             .ok_or_else(|| ApiError::BadRequest(format!("{what} needs an HTTP/1.1 connection to upgrade")))?;
-        let mut upgrade = self.request(path).header(header::CONNECTION, "Upgrade");
+        let mut upgrade = self.agent.request(path).header(header::CONNECTION, "Upgrade");
         for key in [
             header::UPGRADE,
             header::SEC_WEBSOCKET_KEY,
@@ -257,9 +263,9 @@ impl Target {
                 upgrade = upgrade.header(&key, value);
             }
         }
-        let upgrade = upgrade.body(Empty::<bytes::Bytes>::new()).map_err(|e| self.unreachable(e))?;
-        let mut sender = self.connect(&state.kubelet_client).await?;
-        let mut response = sender.send_request(upgrade).await.map_err(|e| self.unreachable(e))?;
+        let upgrade = upgrade.body(Empty::<bytes::Bytes>::new()).map_err(|e| self.agent.unreachable(e))?;
+        let mut sender = self.agent.connect(&state.kubelet_client).await?;
+        let mut response = sender.send_request(upgrade).await.map_err(|e| self.agent.unreachable(e))?;
         if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
             return Err(refusal(response).await);
         }
@@ -300,6 +306,29 @@ impl Target {
             }
         }
         Ok(out)
+    }
+}
+
+impl Agent {
+    /// The agent of the Node object `node`: its InternalIP and its kubelet endpoint's port.
+    fn of(node: &Value) -> Result<Self, ApiError> {
+        let node_name = node.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+        let ip = node["status"]["addresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["type"] == "InternalIP")
+            .and_then(|a| a["address"].as_str()?.parse::<IpAddr>().ok())
+            .ok_or_else(|| ApiError::BadRequest(format!("node {node_name} reports no InternalIP")))?;
+        let port =
+            node.pointer("/status/daemonEndpoints/kubeletEndpoint/Port").and_then(Value::as_u64).unwrap_or(10250);
+        let port = u16::try_from(port)
+            .map_err(|_| ApiError::BadRequest(format!("node {node_name} reports kubelet port {port}")))?;
+        Ok(Agent { node_name, ip, port })
+    }
+
+    fn unreachable(&self, e: impl std::fmt::Display) -> ApiError {
+        ApiError::Internal(format!("cannot reach the agent on node {}: {e}", self.node_name))
     }
 
     fn request(&self, path: String) -> http::request::Builder {

@@ -36,7 +36,7 @@ pub(crate) fn def(plural: &str) -> &'static ResourceDef {
 /// the shim's name); without one, the node picks per container from the image.
 pub const RUNTIME_CLASSES: [&str; 2] = ["wasm", "oci"];
 
-/// Creates the system namespaces and runtime classes that are missing.
+/// Creates the system namespaces, runtime classes and the `skiff` IngressClass where they are missing.
 pub async fn bootstrap(objects: &Objects) -> Result<(), ApiError> {
     let options = WriteOptions { field_manager: MANAGER.into(), ..WriteOptions::default() };
     let namespaces = SYSTEM_NAMESPACES
@@ -46,7 +46,19 @@ pub async fn bootstrap(objects: &Objects) -> Result<(), ApiError> {
         let class = json!({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": name}, "handler": name});
         (classes, class)
     });
-    for (def, object) in namespaces.into_iter().chain(runtime_classes) {
+    // The nodes' ingress proxy's class, the default for Ingresses that name none, as k3s ships Traefik's.
+    let ingress_classes = resources::find("networking.k8s.io", "v1", "ingressclasses").ok_or(ApiError::NoRoute)?;
+    let ingress_class = json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "IngressClass",
+        "metadata": {
+            "name": skiff_api::ingress::SKIFF_CLASS,
+            "annotations": {skiff_api::ingress::DEFAULT_CLASS_ANNOTATION: "true"},
+        },
+        "spec": {"controller": skiff_api::ingress::SKIFF_CONTROLLER},
+    });
+    let system_objects = runtime_classes.into_iter().chain([(ingress_classes, ingress_class)]);
+    for (def, object) in namespaces.into_iter().chain(system_objects) {
         match objects.create(def, None, object, &options).await {
             Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
             Err(e) => return Err(e),
@@ -167,7 +179,8 @@ async fn reconcile(objects: &Objects, namespace: &Value, root_ca: &str) -> Resul
         return ensure_root_ca(objects, name, root_ca).await;
     }
     let mut remaining = 0;
-    for def in resources::all().iter().filter(|d| d.namespaced) {
+    // One version of each resource: the others are views of the same stored objects.
+    for def in resources::all().iter().filter(|d| d.namespaced && d.is_storage()) {
         for item in objects.list(def, Some(name), &ListOptions::default()).await?.items {
             remaining += 1;
             if item.pointer("/metadata/deletionTimestamp").is_some() {

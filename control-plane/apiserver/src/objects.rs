@@ -227,7 +227,7 @@ impl Objects {
         name: &str,
     ) -> Result<Option<(Value, Revision)>, ApiError> {
         match self.store.get(&key(def, ns, name)).await? {
-            Some(kv) => Ok(Some((decode(&kv)?, kv.mod_revision))),
+            Some(kv) => Ok(Some((decode_as(def, &kv)?, kv.mod_revision))),
             None => Ok(None),
         }
     }
@@ -256,7 +256,7 @@ impl Objects {
             let count = page.kvs.len();
             for (index, kv) in page.kvs.iter().enumerate() {
                 start_after = Some(kv.key.clone());
-                let object = decode(kv)?;
+                let object = decode_as(def, kv)?;
                 if options.matches(&object) {
                     items.push(object);
                 }
@@ -317,7 +317,7 @@ impl Objects {
                 }
                 return Ok(Written { object, warnings, created: true });
             }
-            let kv = match self.store.create(&key(def, ns, &name), encode(&object)?).await {
+            let kv = match self.store.create(&key(def, ns, &name), encode(def, &object)?).await {
                 Err(skiff_store::Error::AlreadyExists(_)) => {
                     return Err(ApiError::already_exists(def, &name));
                 }
@@ -551,7 +551,11 @@ impl Objects {
         }
         self.read_modify_write(def, ns, name, part, options, |current, _| {
             let target = if part == Part::Scale { scale_of(current)? } else { current.clone() };
-            let patched = patch::patch(def, patch_type, &target, &body)?;
+            let mut patched = patch::patch(def, patch_type, &target, &body)?;
+            if part != Part::Scale {
+                // Kubernetes decodes a patched object as it decodes a body: with the kind's defaults.
+                skiff_api::defaults::apply(def, &mut patched);
+            }
             // A resourceVersion in the patch is a precondition, as in Kubernetes.
             let before = target.pointer("/metadata/resourceVersion");
             if patched.pointer("/metadata/resourceVersion").is_some_and(|rv| Some(rv) != before) {
@@ -658,7 +662,7 @@ impl Objects {
         let key = key(def, ns, name);
         for _ in 0..MAX_RETRIES {
             let kv = self.store.get(&key).await?.ok_or_else(|| ApiError::not_found(def, name))?;
-            let current = decode(&kv)?;
+            let current = decode_as(def, &kv)?;
             let requested = change(&current, kv.mod_revision)?;
             let mut object = merge_update(def, part, &current, requested)?;
             let causes = match part {
@@ -701,7 +705,7 @@ impl Objects {
             let result = if deleting {
                 self.store.delete(&key, Some(kv.mod_revision)).await
             } else {
-                self.store.update(&key, encode(&object)?, Some(kv.mod_revision)).await
+                self.store.update(&key, encode(def, &object)?, Some(kv.mod_revision)).await
             };
             if result.is_err() {
                 for reservation in gained {
@@ -740,7 +744,7 @@ impl Objects {
         let mut revoked = false;
         for _ in 0..MAX_RETRIES {
             let kv = self.store.get(&key).await?.ok_or_else(|| ApiError::not_found(def, name))?;
-            let current = decode(&kv)?;
+            let current = decode_as(def, &kv)?;
             check_delete_preconditions(def, name, &current, kv.mod_revision, options)?;
             let user = options.user.as_ref();
             admission::node_restriction(def, Operation::Delete, "", ns, name, Some(&current), None, user)?;
@@ -770,7 +774,7 @@ impl Objects {
             if marked == current || options.dry_run {
                 return Ok(marked);
             }
-            match self.store.update(&key, encode(&marked)?, Some(kv.mod_revision)).await {
+            match self.store.update(&key, encode(def, &marked)?, Some(kv.mod_revision)).await {
                 Ok(written) => {
                     let mut marked = marked;
                     set_resource_version(&mut marked, written.mod_revision);
@@ -1374,10 +1378,16 @@ pub fn decode(kv: &KeyValue) -> Result<Value, ApiError> {
     Ok(object)
 }
 
-/// The stored form of an object: JSON without its resourceVersion, at most [`MAX_OBJECT_BYTES`] long on
-/// every backend (etcd's own limit, which the embedded store does not have), checked before any write.
-fn encode(object: &Value) -> Result<Bytes, ApiError> {
-    let mut stored = object.clone();
+/// A stored object in the version `def` serves.
+pub fn decode_as(def: &ResourceDef, kv: &KeyValue) -> Result<Value, ApiError> {
+    def.from_storage(decode(kv)?).map_err(|e| ApiError::Internal(format!("stored object {}: {e}", kv.key)))
+}
+
+/// The stored form of an object: JSON in its storage version without its resourceVersion, at most
+/// [`MAX_OBJECT_BYTES`] long on every backend (etcd's own limit, which the embedded store does not have),
+/// checked before any write.
+fn encode(def: &ResourceDef, object: &Value) -> Result<Bytes, ApiError> {
+    let mut stored = def.to_storage(object.clone()).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     if let Some(meta) = stored.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.remove("resourceVersion");
     }

@@ -27,7 +27,7 @@ use crate::authz::{self, Authorizer};
 use crate::error::ApiError;
 use crate::objects::{DeleteOptions, FieldValidation, ListOptions, Objects, Part, WriteOptions};
 use crate::watch::{self, WatchRequest};
-use crate::{audit, impersonation, reviews};
+use crate::{audit, impersonation, instrumentation, resource_metrics, reviews};
 
 /// The Kubernetes version whose API Skiff follows; kubectl dispatchers pick their build from `minor`.
 pub const KUBERNETES_MINOR: &str = "33";
@@ -47,6 +47,10 @@ pub struct AppState {
     pub authenticator: Arc<crate::authn::Authenticator>,
     /// Issues service account tokens (TokenRequest).
     pub service_accounts: Arc<crate::serviceaccounts::ServiceAccountTokens>,
+    /// The nodes' latest figures, which the metrics APIs answer from.
+    pub metric_readings: Arc<crate::resource_metrics::Readings>,
+    /// The process's Prometheus registry, and the request instruments in it.
+    pub instruments: crate::instrumentation::Instruments,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -55,6 +59,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthy))
         .route("/livez", get(healthy))
         .route("/readyz", get(healthy))
+        .route("/metrics", get(instrumentation::serve))
         .route("/cacerts", get(|State(state): State<Arc<AppState>>| async move { state.ca_cert_pem.clone() }))
         .route("/openapi/v2", get(openapi_v2))
         .route("/openapi/v3", get(openapi_index))
@@ -65,6 +70,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/apis/{*rest}", any(resource))
         .fallback(|| async { ApiError::NoRoute })
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .layer(middleware::from_fn_with_state(state.clone(), instrumentation::instrument))
         .with_state(state)
 }
 
@@ -318,6 +324,15 @@ async fn serve_resource(state: &AppState, request: Request) -> Result<Response, 
         let (authenticator, authorizer, path) = (&state.authenticator, &state.authorizer, parts.uri.path());
         let answer = reviews::answer(authenticator, authorizer, store.as_ref(), &user, kind, ns, path, review).await?;
         return Ok(respond(StatusCode::CREATED, answer, &[]));
+    }
+    // The metrics APIs' resources (their group and version documents are discovery's, below).
+    if resource_metrics::addressed(parts.uri.path()) && parts.uri.path().trim_matches('/').split('/').count() > 3 {
+        if parts.method != Method::GET {
+            return Err(ApiError::MethodNotAllowed);
+        }
+        let (path, query) = (parts.uri.path(), parts.uri.query());
+        let answer = resource_metrics::serve(&state.objects, &state.metric_readings, path, query).await?;
+        return Ok(respond(StatusCode::OK, answer, &[]));
     }
     let target = parse_target(parts.uri.path())?;
     // An exec or a port-forward upgrades the connection: it needs the request's upgrade handle, not its

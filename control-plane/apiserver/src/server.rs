@@ -28,6 +28,7 @@ use crate::error::ApiError;
 use crate::inflight::{self, InFlight};
 use crate::objects::Objects;
 use crate::pki::{ClusterSecrets, Credentials, PkiError};
+use crate::resource_metrics;
 use crate::router::{self, AppState};
 use crate::serviceaccounts::{self, ServiceAccountTokens};
 use crate::{cluster_ips, kubernetes_service, lifecycle, pki::server_url};
@@ -48,6 +49,10 @@ pub struct ServerConfig {
     /// An `EncryptionConfiguration` saying which resources are encrypted at rest, with which keys
     /// (`--encryption-provider-config`); none stores everything as plaintext, as Kubernetes does.
     pub encryption_provider_config: Option<PathBuf>,
+    /// How often the metrics APIs read every node (metrics-server's `--metric-resolution`).
+    pub metric_resolution: std::time::Duration,
+    /// The process's Prometheus registry, served at `/metrics`.
+    pub instruments: crate::instrumentation::Instruments,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -150,6 +155,7 @@ pub struct Server {
     /// Where pods reach this server: listed in the `kubernetes` Service's endpoints.
     advertise: SocketAddr,
     audit: Option<(Arc<Auditor>, AuditWriter)>,
+    metric_resolution: std::time::Duration,
 }
 
 impl Server {
@@ -222,9 +228,23 @@ impl Server {
             kubelet_client: kubelet_client(&credentials)?,
             authenticator: authenticator.clone(),
             service_accounts,
+            metric_readings: Arc::default(),
+            instruments: config.instruments,
         });
         let authorizer_mirror = Box::pin(mirror);
-        Ok(Self { listener, acceptor, state, authenticator, inflight, authorizer_mirror, url, advertise, audit })
+        let metric_resolution = config.metric_resolution;
+        Ok(Self {
+            listener,
+            acceptor,
+            state,
+            authenticator,
+            inflight,
+            authorizer_mirror,
+            url,
+            advertise,
+            audit,
+            metric_resolution,
+        })
     }
 
     /// Advertises this server in the `kubernetes` Service's endpoints at `address` (and its listen port)
@@ -243,8 +263,18 @@ impl Server {
 
     /// Serves until the shutdown token is cancelled, then drains.
     pub async fn run(self) {
-        let Server { listener, acceptor, state, authenticator, inflight, authorizer_mirror, url, advertise, audit } =
-            self;
+        let Server {
+            listener,
+            acceptor,
+            state,
+            authenticator,
+            inflight,
+            authorizer_mirror,
+            url,
+            advertise,
+            audit,
+            metric_resolution,
+        } = self;
         let (auditor, audit_writer) = audit.unzip();
         let shutdown = state.shutdown.clone();
         let mirror = tokio::spawn(authorizer_mirror);
@@ -253,6 +283,13 @@ impl Server {
         let tokens = tokio::spawn(serviceaccounts::run(state.service_accounts.clone(), shutdown.clone()));
         let endpoints = tokio::spawn(kubernetes_service::run(state.objects.clone(), advertise, shutdown.clone()));
         let cluster_ips = tokio::spawn(cluster_ips::run(state.objects.store().clone(), shutdown.clone()));
+        let metrics = tokio::spawn(resource_metrics::run(
+            state.objects.clone(),
+            state.kubelet_client.clone(),
+            state.metric_readings.clone(),
+            metric_resolution,
+            shutdown.clone(),
+        ));
         let app = router::router(state);
         let slots = Arc::new(Semaphore::new(connections::MAX_CONNECTIONS));
         let mut backoff = AcceptBackoff::default();
@@ -311,7 +348,7 @@ impl Server {
             _ = slots.acquire_many(all) => tracing::info!("all connections closed"),
             _ = tokio::time::sleep(DRAIN_GRACE) => tracing::warn!("drain grace period over, dropping connections"),
         }
-        let _ = tokio::join!(controller, tokens, endpoints, cluster_ips, mirror);
+        let _ = tokio::join!(controller, tokens, endpoints, cluster_ips, metrics, mirror);
         // After the drain: the requests served by then are in the log.
         if let Some(writer) = audit_writer {
             writer.close().await;

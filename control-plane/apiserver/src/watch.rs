@@ -99,7 +99,7 @@ pub async fn start(
                         }
                         Some(Ok(event)) => {
                             last = event.kv.mod_revision;
-                            match translate(&request.list, &event) {
+                            match translate(def, &request.list, &event) {
                                 Ok(Some((kind, object))) => encoder.line(kind, object),
                                 Ok(None) => continue,
                                 Err(e) => {
@@ -122,15 +122,15 @@ pub async fn start(
 
 /// What a store event means to a watcher with these selectors: objects entering the selection are ADDED,
 /// leaving it DELETED, as kube-apiserver's watch cache reports them.
-fn translate(list: &ListOptions, event: &Event) -> Result<Option<(&'static str, Value)>, ApiError> {
+fn translate(def: &ResourceDef, list: &ListOptions, event: &Event) -> Result<Option<(&'static str, Value)>, ApiError> {
     // Only a selective watch needs the previous state (to see objects enter or leave the selection);
     // decoding it for every event of every plain watch would be wasted work.
     let was_selected = match &event.prev {
         None => false,
         Some(_) if list.labels.is_none() && list.fields.is_none() => true,
-        Some(prev) => list.matches(&objects::decode(prev)?),
+        Some(prev) => list.matches(&objects::decode_as(def, prev)?),
     };
-    let object = objects::decode(&event.kv)?;
+    let object = objects::decode_as(def, &event.kv)?;
     let selected = list.matches(&object);
     Ok(match (event.kind, was_selected, selected) {
         (EventKind::Delete, was, now) => (was || now).then_some(("DELETED", object)),
@@ -192,7 +192,8 @@ mod tests {
     }
 
     fn kind(list: &ListOptions, event: &Event) -> Option<&'static str> {
-        translate(list, event).unwrap().map(|(kind, _)| kind)
+        let pods = skiff_api::resources::find("", "v1", "pods").unwrap();
+        translate(pods, list, event).unwrap().map(|(kind, _)| kind)
     }
 
     #[test]

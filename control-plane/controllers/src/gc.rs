@@ -229,7 +229,9 @@ struct Collector {
 
 /// Runs the garbage collector until `shutdown`.
 pub async fn run(client: kube::Client, shutdown: CancellationToken) {
-    let kinds: Vec<&'static ResourceDef> = resources::all().iter().filter(|d| !IGNORED.contains(&d.plural)).collect();
+    // One version of each resource: the others are views of the same objects.
+    let kinds: Vec<&'static ResourceDef> =
+        resources::all().iter().filter(|d| d.is_storage() && !IGNORED.contains(&d.plural)).collect();
     let (sender, receiver) = mpsc::unbounded();
     let collector = Arc::new(Collector {
         client: client.clone(),

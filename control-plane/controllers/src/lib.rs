@@ -4,9 +4,11 @@
 //!
 //! Code map: [`scheduler`] (pure `filter` and `score`, and the bind loop), `replicaset`, `deployment`,
 //! `daemonset`, `job`, `nodelifecycle`, `gc` (ownerReferences), `endpointslice` (a Service's pods as
-//! EndpointSlices and Endpoints), `servicelb` (LoadBalancer status from the Ready nodes), `csr` (approving
+//! EndpointSlices and Endpoints), `servicelb` (LoadBalancer status from the Ready nodes), `ingress` (the
+//! same addresses as the status of the Ingresses Skiff's nodes serve), `csr` (approving
 //! node agents' certificate signing requests, and signing approved ones with the cluster CA),
-//! `clusterroles` (ClusterRole aggregation), `tokencleaner` (deleting expired bootstrap tokens), [`events`],
+//! `clusterroles` (ClusterRole aggregation), `tokencleaner` (deleting expired bootstrap tokens), [`hpa`]
+//! (HorizontalPodAutoscalers: the pure `algorithm`, the loop over `/scale` and the metrics APIs), [`events`],
 //! [`leader`].
 
 mod clusterroles;
@@ -16,11 +18,15 @@ mod deployment;
 mod endpointslice;
 pub mod events;
 mod gc;
+pub mod hpa;
+mod ingress;
 mod job;
 pub mod leader;
+mod metrics;
 mod nodelifecycle;
 mod placement;
 mod replicaset;
+mod scaletozero;
 pub mod scheduler;
 mod servicelb;
 mod tokencleaner;
@@ -30,6 +36,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub use csr::ApiServerNames;
+pub use metrics::Metrics;
 
 /// Tunables of the control loops; the defaults are Skiff's, shorter than Kubernetes' where noted.
 #[derive(Clone, Debug)]
@@ -44,6 +51,10 @@ pub struct Config {
     pub signing_ca: Option<SigningCa>,
     /// What clients take for the API server, which no node's serving certificate may name.
     pub apiserver_names: ApiServerNames,
+    /// How often each HorizontalPodAutoscaler is synced (Kubernetes: 15 s).
+    pub hpa_sync_period: Duration,
+    /// Where the loops count what they do (unregistered by default).
+    pub metrics: Metrics,
 }
 
 impl Default for Config {
@@ -53,6 +64,8 @@ impl Default for Config {
             eviction_toleration: Duration::from_secs(5),
             signing_ca: None,
             apiserver_names: ApiServerNames::default(),
+            hpa_sync_period: hpa::DEFAULT_SYNC_PERIOD,
+            metrics: Metrics::default(),
         }
     }
 }
@@ -104,8 +117,9 @@ pub struct Clients {
 /// Runs the scheduler and every controller until `shutdown`.
 pub async fn run(clients: Clients, config: Config, shutdown: CancellationToken) {
     let Clients { controllers: client, scheduler } = clients;
+    let hpa_sync_period = config.hpa_sync_period;
     tokio::join!(
-        scheduler::run(scheduler, shutdown.clone()),
+        scheduler::run(scheduler, config.metrics.clone(), shutdown.clone()),
         clusterroles::run(client.clone(), shutdown.clone()),
         replicaset::run(client.clone(), shutdown.clone()),
         deployment::run(client.clone(), shutdown.clone()),
@@ -115,7 +129,10 @@ pub async fn run(clients: Clients, config: Config, shutdown: CancellationToken) 
         job::run(client.clone(), shutdown.clone()),
         endpointslice::run(client.clone(), shutdown.clone()),
         servicelb::run(client.clone(), shutdown.clone()),
+        ingress::run(client.clone(), shutdown.clone()),
         tokencleaner::run(client.clone(), shutdown.clone()),
+        hpa::run(client.clone(), hpa_sync_period, shutdown.clone()),
+        scaletozero::run(client.clone(), shutdown.clone()),
         daemonset::run(client, shutdown),
     );
 }

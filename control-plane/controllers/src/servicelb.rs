@@ -43,9 +43,21 @@ struct Context {
 
 /// Runs the controller until `shutdown`.
 pub async fn run(client: kube::Client, shutdown: CancellationToken) {
+    let (nodes, node_changes) = node_addresses(&client);
+    let context = Arc::new(Context { client: client.clone(), nodes, shutdown: shutdown.clone() });
+    Controller::new(Api::<Service>::all(client), watcher::Config::default())
+        .reconcile_all_on(node_changes)
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(reconcile, error_policy, context)
+        .for_each(|_| async {})
+        .await;
+}
+
+/// A cache of the Nodes, and a stream that yields when a node's ingress address comes or goes (heartbeats
+/// change nothing): what a controller handing out the Ready nodes' addresses reconciles everything on.
+pub(crate) fn node_addresses(client: &kube::Client) -> (Store<Node>, impl futures::Stream<Item = ()> + Send + 'static) {
     let (nodes, writer) = reflector::store::<Node>();
     let mut seen: HashMap<String, Option<IpAddr>> = HashMap::new();
-    // Every Service is looked at again when a node's ingress address comes or goes; heartbeats change nothing.
     let node_changes = reflector::reflector(writer, watcher(Api::<Node>::all(client.clone()), Default::default()))
         .default_backoff()
         .filter_map(move |event| {
@@ -60,13 +72,7 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) {
             };
             std::future::ready(changed.then_some(()))
         });
-    let context = Arc::new(Context { client: client.clone(), nodes, shutdown: shutdown.clone() });
-    Controller::new(Api::<Service>::all(client), watcher::Config::default())
-        .reconcile_all_on(node_changes)
-        .graceful_shutdown_on(shutdown.cancelled_owned())
-        .run(reconcile, error_policy, context)
-        .for_each(|_| async {})
-        .await;
+    (nodes, node_changes)
 }
 
 fn error_policy(service: Arc<Service>, error: &Error, _: Arc<Context>) -> Action {
@@ -161,9 +167,14 @@ fn ingress_address(node: &Node) -> Option<IpAddr> {
     status.addresses.iter().flatten().find(|a| a.type_ == "InternalIP").and_then(|a| a.address.parse().ok())
 }
 
-/// The ingress of every LoadBalancer Service: each Ready node's InternalIP, in address order, once each.
+/// Each Ready node's InternalIP, in address order, once each.
+pub(crate) fn ready_addresses(nodes: &[Arc<Node>]) -> BTreeSet<IpAddr> {
+    nodes.iter().filter_map(|node| ingress_address(node)).collect()
+}
+
+/// The ingress of every LoadBalancer Service: the Ready nodes' addresses.
 fn ingress(nodes: &[Arc<Node>]) -> Vec<LoadBalancerIngress> {
-    let addresses: BTreeSet<IpAddr> = nodes.iter().filter_map(|node| ingress_address(node)).collect();
+    let addresses = ready_addresses(nodes);
     addresses.into_iter().map(|ip| LoadBalancerIngress { ip: Some(ip.to_string()), ..Default::default() }).collect()
 }
 

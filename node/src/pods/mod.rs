@@ -97,7 +97,9 @@ pub struct Context {
     /// The service proxy's view of Services and their endpoints (empty without a pod network).
     pub services: crate::proxy::SharedCaches,
     /// The running containers, for `kubectl exec`.
-    pub running: Arc<crate::exec::Running>,
+    pub running: Arc<crate::running::Running>,
+    /// The agent's instruments.
+    pub metrics: Arc<crate::metrics::AgentMetrics>,
     /// The node's memory as its pods hold it, for admission.
     pub memory: admission::MemoryLedger,
     /// The id ranges of pods with `hostUsers: false`.

@@ -103,6 +103,9 @@ struct Shared {
     who: PodRef,
     /// Set once the pod's network is up, before its first container starts.
     sandbox: OnceLock<Sandbox>,
+    /// When this worker first saw the pod; cleared once its start is measured (or when it was running
+    /// before the agent started, so that an adopted pod is not measured).
+    seen: Mutex<Option<Instant>>,
 }
 
 /// What all containers of a pod share: the network, and the `/etc/hosts` and `/etc/resolv.conf` files
@@ -163,6 +166,10 @@ async fn run(
             who: PodRef::of(&pod),
             ctx: ctx.clone(),
             sandbox: OnceLock::new(),
+            seen: Mutex::new(
+                matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), None | Some("Pending"))
+                    .then(Instant::now),
+            ),
         });
         // A pod that already ended (before an agent restart) is not run again.
         let finished = matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"));
@@ -566,7 +573,19 @@ async fn supervise(
         let Launched { mut running, log, shim_name, id, image_id, started_at, fresh, subpaths: _held } = launched;
         let uid = shared.who.uid.as_str();
         let pod_ip = shared.sandbox.get().map_or(ctx.node_ip, |sandbox| sandbox.address.ip);
-        ctx.running.started(uid, &name, &id, shim_name, running.exec(), pod_ip);
+        // The API's time has seconds only; the metrics' start time is the container's, to the second too.
+        let since = started_at.parse::<jiff::Timestamp>().map(std::time::SystemTime::from);
+        ctx.running.started(crate::running::RunningContainer {
+            pod: shared.who.clone(),
+            name: name.clone(),
+            id: id.clone(),
+            runtime: shim_name,
+            exec: running.exec(),
+            meter: running.meter(),
+            http: running.http(),
+            address: pod_ip,
+            started_at: since.unwrap_or_else(|_| std::time::SystemTime::now()),
+        });
         let container_id = format!("{shim_name}://{id}");
         let ran_since = Instant::now();
         shared.update(init, index, |c| {
@@ -1005,6 +1024,11 @@ fn human(delay: Duration) -> String {
 
 async fn flush_status(shared: &Shared) {
     let status = shared.state.lock().unwrap_or_else(|p| p.into_inner()).status();
+    if status["phase"] == "Running"
+        && let Some(seen) = shared.seen.lock().unwrap_or_else(|p| p.into_inner()).take()
+    {
+        shared.ctx.metrics.pod_start_duration.observe(seen.elapsed().as_secs_f64());
+    }
     let pods: Api<Pod> = Api::namespaced(shared.ctx.client.clone(), &shared.who.namespace);
     let patch = Patch::Merge(json!({"status": status}));
     if let Err(e) = pods.patch_status(&shared.who.name, &PatchParams::default(), &patch).await {

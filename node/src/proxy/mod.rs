@@ -66,6 +66,9 @@ pub struct Caches {
     nodes: HashMap<String, (PodRange, Ipv4Addr)>,
     /// Whether the Services have been listed once: until then a missing Service may just be unread.
     services_listed: bool,
+    /// Counts the batches of changes applied, for whoever waits for a change (the ingress holding a request
+    /// until a Service woken from zero has an endpoint).
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 /// What the next sync must look at.
@@ -137,6 +140,16 @@ impl Caches {
     /// Whether the Services have been listed at least once.
     pub fn services_listed(&self) -> bool {
         self.services_listed
+    }
+
+    /// Sees every batch of changes applied from now on.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Tells subscribers a batch of changes was applied.
+    pub(crate) fn applied(&self) {
+        self.changed.send_modify(|batches| *batches += 1);
     }
 
     /// The Services of `namespace`.
@@ -350,6 +363,7 @@ pub async fn run(client: Client, node: NodeNetwork, caches: SharedCaches, shutdo
                     Err(e) => tracing::warn!(error = %e, "service proxy watch failed; retrying"),
                 }
             }
+            caches.applied();
             let routes_wanted: Option<BTreeMap<PodRange, Ipv4Addr>> = dirty
                 .nodes
                 .then(|| caches.nodes.iter().filter(|(name, _)| **name != node_name).map(|(_, r)| *r).collect());

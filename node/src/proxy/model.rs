@@ -125,6 +125,8 @@ pub struct ServiceInfo {
     pub external_local: bool,
     /// `internalTrafficPolicy: Local`.
     pub internal_local: bool,
+    /// The Deployment a request wakes while the Service has no endpoint (`skiff.dev/scale-from-zero`).
+    pub scales_from_zero: Option<Box<str>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -182,6 +184,12 @@ impl ServiceInfo {
             affinity_seconds,
             external_local: spec.external_traffic_policy.as_deref() == Some("Local"),
             internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+            scales_from_zero: service
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(skiff_api::scale_to_zero::SCALES_FROM_ZERO))
+                .map(|name| name.as_str().into()),
         }
     }
 

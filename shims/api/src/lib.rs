@@ -274,6 +274,57 @@ pub trait Container: Send + Sync {
     fn exec(&self) -> Option<Arc<dyn Exec>> {
         None
     }
+
+    /// What the container uses of the node, readable while it runs (the node's metrics). `None` where the
+    /// runtime cannot tell.
+    fn meter(&self) -> Option<Arc<dyn Meter>> {
+        None
+    }
+
+    /// Requests handed to the container inside the agent, for a runtime that serves its guest's HTTP there
+    /// (a wasi:http component): the node's ingress then skips the socket to the container's port. `None`
+    /// for a container that serves its own sockets.
+    fn http(&self) -> Option<Arc<dyn HttpService>> {
+        None
+    }
+}
+
+/// The body of a response an in-process [`HttpService`] gives.
+pub type HttpBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A container's HTTP server, reached in the agent's own process: the same requests its port takes,
+/// answered the same way, without a connection.
+#[async_trait::async_trait]
+pub trait HttpService: Send + Sync {
+    /// The container port whose requests this serves.
+    fn port(&self) -> u16;
+
+    /// Serves one request from `client` (the address the guest is told its client has).
+    async fn serve(
+        &self,
+        request: http::Request<hyper::body::Incoming>,
+        client: std::net::SocketAddr,
+    ) -> http::Response<HttpBody>;
+}
+
+/// Reads a running container's use of the node, as the kubelet reads a container's cgroup.
+pub trait Meter: Send + Sync {
+    fn usage(&self) -> Usage;
+}
+
+/// A container's use of the node at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// CPU time used since the container started, in nanoseconds (a counter).
+    pub cpu_nanos: u64,
+    /// Memory the container holds that the node cannot take back without it (the kubelet's working set:
+    /// a cgroup's usage less its inactive file cache; a wasm guest's memories and tables).
+    pub memory_working_set_bytes: u64,
+    /// Requests answered since the container started, for a container whose runtime serves HTTP for it (a
+    /// wasi:http guest); None where the runtime does not see its requests.
+    pub http_requests: Option<u64>,
+    /// Instances of the guest alive now, for a runtime that makes one per request (wasm).
+    pub instances: Option<u64>,
 }
 
 /// A command to run inside a running container.

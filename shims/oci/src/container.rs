@@ -17,6 +17,7 @@ use tokio::sync::watch;
 
 use crate::bundle::Bundle;
 use crate::exec::OciExec;
+use crate::usage::CgroupMeter;
 
 /// How long the output of an ended container may keep flowing before its exit is reported anyway (a pipe
 /// can only stay open that long if something outside the container holds it).
@@ -27,6 +28,7 @@ pub struct OciContainer {
     exit: watch::Receiver<Option<Exit>>,
     init: Arc<Child>,
     exec: Arc<OciExec>,
+    meter: Arc<CgroupMeter>,
 }
 
 /// A process the shim forked (a container's init, an exec'd process). Signals go to its pid only while it
@@ -117,6 +119,7 @@ impl OciContainer {
         exec: OciExec,
     ) -> Result<Self, std::io::Error> {
         let init = Arc::new(init);
+        let meter = Arc::new(CgroupMeter::new(Path::new("/sys/fs/cgroup"), &cleanup.cgroup));
         let (tx, rx) = watch::channel(None);
         // What the thread needs beyond the init goes over once it runs, so that a failed spawn leaves it here.
         let (handoff, handed) = std::sync::mpsc::sync_channel::<(OwnedFd, OwnedFd, Cleanup)>(1);
@@ -136,7 +139,7 @@ impl OciContainer {
             return Err(e);
         }
         let _ = handoff.send((stdout, stderr, cleanup));
-        Ok(OciContainer { exit: rx, init, exec: Arc::new(exec) })
+        Ok(OciContainer { exit: rx, init, exec: Arc::new(exec), meter })
     }
 }
 
@@ -306,6 +309,10 @@ impl skiff_shim::Container for OciContainer {
 
     fn exec(&self) -> Option<Arc<dyn skiff_shim::Exec>> {
         Some(self.exec.clone())
+    }
+
+    fn meter(&self) -> Option<Arc<dyn skiff_shim::Meter>> {
+        Some(self.meter.clone())
     }
 }
 

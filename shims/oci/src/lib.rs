@@ -14,6 +14,7 @@ mod rootfs;
 mod seccomp;
 mod security;
 mod spec;
+mod usage;
 
 use std::fs::File;
 use std::os::fd::OwnedFd;

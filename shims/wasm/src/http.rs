@@ -184,6 +184,7 @@ impl Server {
         force: CancellationToken,
         turn: OwnedSemaphorePermit,
     ) -> Result<hyper::Response<HyperOutgoingBody>, String> {
+        self.spec.usage.count_request();
         let state = P2State::new(&self.spec).map_err(|e| e.to_string())?;
         let mut store = new_store(&self.inner.engine, state);
         let meter = store.data().ctl.meter.clone();
@@ -225,6 +226,44 @@ impl Server {
 
     fn log(&self, message: &str) {
         log(&self.spec, message);
+    }
+
+    /// Serves one request handed over inside the agent, from `client`, as one that came to the container's
+    /// port: the same turns, limits and client header. The server's drain on stop counts connections, so
+    /// such a request is not cut by it; the node stops handing requests over once the container stops.
+    async fn serve_one(
+        self: Arc<Self>,
+        mut req: hyper::Request<Incoming>,
+        client: std::net::SocketAddr,
+    ) -> hyper::Response<HyperOutgoingBody> {
+        let _ = match http::HeaderValue::from_str(&client.to_string()) {
+            Ok(address) => req.headers_mut().insert(CLIENT_ADDR, address),
+            Err(_) => req.headers_mut().remove(CLIENT_ADDR),
+        };
+        self.handle(req, CancellationToken::new()).await
+    }
+}
+
+/// What a wasi:http container declares it can do ([`skiff_shim::Container::http`]): take its requests
+/// inside the agent, without a connection to its port.
+pub(crate) struct InProcess {
+    pub(crate) server: Arc<Server>,
+    pub(crate) port: u16,
+}
+
+#[async_trait::async_trait]
+impl skiff_shim::HttpService for InProcess {
+    fn port(&self) -> u16 {
+        self.port
+    }
+
+    async fn serve(
+        &self,
+        request: hyper::Request<Incoming>,
+        client: std::net::SocketAddr,
+    ) -> hyper::Response<skiff_shim::HttpBody> {
+        let response = self.server.clone().serve_one(request, client).await;
+        response.map(|body| body.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>).boxed_unsync())
     }
 }
 

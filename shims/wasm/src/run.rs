@@ -11,7 +11,7 @@ use wasmtime_wasi::I32Exit;
 use wasmtime_wasi::p2::bindings::CommandPre;
 
 use crate::outbound::{Origin, Outbound};
-use crate::state::{CpuQuota, Ctl, GuestSpec, HasCtl, MemoryCap, Metered, P1State, P2State, new_store};
+use crate::state::{CpuQuota, Ctl, GuestSpec, GuestUsage, HasCtl, MemoryCap, Metered, P1State, P2State, new_store};
 use crate::{Guest, Inner, http};
 
 /// The exit code of a guest that trapped. 134 is 128 + SIGABRT, what a native process that aborts reports:
@@ -27,6 +27,9 @@ pub const STOPPED_EXIT_CODE: i32 = 137;
 pub struct WasmContainer {
     exit: watch::Receiver<Option<Exit>>,
     stop: watch::Sender<Option<Duration>>,
+    usage: Arc<GuestUsage>,
+    /// A wasi:http component's server, for requests handed over inside the agent.
+    http: Option<Arc<http::InProcess>>,
 }
 
 #[async_trait::async_trait]
@@ -51,6 +54,14 @@ impl Container for WasmContainer {
                 true
             }
         });
+    }
+
+    fn meter(&self) -> Option<Arc<dyn skiff_shim::Meter>> {
+        Some(self.usage.clone())
+    }
+
+    fn http(&self) -> Option<Arc<dyn skiff_shim::HttpService>> {
+        self.http.clone().map(|http| http as Arc<dyn skiff_shim::HttpService>)
     }
 }
 
@@ -105,6 +116,7 @@ fn guest_caused(ctl: &Ctl, err: &wasmtime::Error) -> bool {
 
 pub(crate) async fn start(inner: Arc<Inner>, guest: &Guest, spec: ContainerSpec) -> Result<WasmContainer, ShimError> {
     inner.disk.refuse_writable(&spec.mounts)?;
+    let usage = GuestUsage::new(matches!(guest, Guest::Http(_)));
     let guest_spec = Arc::new(GuestSpec {
         // A guest reads argv[0] as its program name; with no command at all it gets the image's reference.
         argv: if spec.argv.is_empty() { vec![spec.image.reference.clone()] } else { spec.argv.clone() },
@@ -119,10 +131,11 @@ pub(crate) async fn start(inner: Arc<Inner>, guest: &Guest, spec: ContainerSpec)
             Origin { netns: spec.netns.clone(), source: spec.host_ip },
             spec.output.clone(),
         )),
+        usage: usage.clone(),
     });
     let (exit_tx, exit_rx) = watch::channel(None);
     let (stop_tx, stop_rx) = watch::channel(None);
-    let container = WasmContainer { exit: exit_rx, stop: stop_tx };
+    let mut container = WasmContainer { exit: exit_rx, stop: stop_tx, usage, http: None };
     let (started_tx, started_rx) = oneshot::channel();
     match guest {
         Guest::Module(pre) => {
@@ -150,6 +163,7 @@ pub(crate) async fn start(inner: Arc<Inner>, guest: &Guest, spec: ContainerSpec)
             })?;
             tracing::info!(container = %spec.name, %addr, netns = ?spec.netns, "wasi:http component listening");
             let server = http::Server::new(inner, pre.clone(), guest_spec, spec.limits.concurrent_requests);
+            container.http = Some(Arc::new(http::InProcess { server: server.clone(), port }));
             tokio::spawn(async move {
                 let exit = server.serve(listener, stop_rx).await;
                 exit_tx.send_replace(Some(exit));
@@ -264,6 +278,7 @@ mod tests {
                 Origin { netns: None, source: std::net::Ipv4Addr::UNSPECIFIED.into() },
                 Arc::new(Discard),
             )),
+            usage: GuestUsage::new(false),
         };
         let mut ctl = spec.ctl();
         ctl.memory.exceeded = exceeded;

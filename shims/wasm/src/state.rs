@@ -3,12 +3,13 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use skiff_shim::{Mount, OutputSink, ShimError, Stream};
+use skiff_shim::{Meter, Mount, OutputSink, ShimError, Stream, Usage};
 use tokio::io::AsyncWrite;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, ResourceLimiter, Store, UpdateDeadline};
@@ -37,6 +38,8 @@ pub(crate) struct GuestSpec {
     pub cpu: Option<Arc<CpuQuota>>,
     /// Where the container's outgoing HTTP may go.
     pub outbound: Arc<Outbound>,
+    /// What all stores of the container use, for the node's metrics.
+    pub usage: Arc<GuestUsage>,
 }
 
 impl GuestSpec {
@@ -77,9 +80,10 @@ impl GuestSpec {
     }
 
     pub(crate) fn ctl(&self) -> Ctl {
+        self.usage.instances.fetch_add(1, Ordering::Relaxed);
         Ctl {
-            memory: MemoryLimit { cap: self.memory_limit, used: 0, exceeded: false },
-            meter: self.cpu.as_ref().map(|q| Arc::new(TaskMeter::new(q.clone()))),
+            memory: MemoryLimit::new(self.memory_limit, self.usage.clone()),
+            meter: Arc::new(TaskMeter::new(self.cpu.clone(), self.usage.clone())),
         }
     }
 }
@@ -87,7 +91,53 @@ impl GuestSpec {
 /// The shim's own part of a store's data.
 pub(crate) struct Ctl {
     pub memory: MemoryLimit,
-    pub meter: Option<Arc<TaskMeter>>,
+    pub meter: Arc<TaskMeter>,
+}
+
+/// A store's data is dropped with the store: its instance is gone.
+impl Drop for Ctl {
+    fn drop(&mut self) {
+        self.meter.usage.instances.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What a container's guests use of the node, summed over its stores (one for a command, one per request
+/// for a wasi:http server), as a cgroup sums its processes: the time their tasks ran, their memories and
+/// tables, the instances alive and the requests served.
+pub(crate) struct GuestUsage {
+    cpu_nanos: AtomicU64,
+    memory_bytes: AtomicU64,
+    instances: AtomicU64,
+    /// Counted for a wasi:http server only.
+    requests: Option<AtomicU64>,
+}
+
+impl GuestUsage {
+    pub(crate) fn new(serves_http: bool) -> Arc<Self> {
+        Arc::new(GuestUsage {
+            cpu_nanos: AtomicU64::new(0),
+            memory_bytes: AtomicU64::new(0),
+            instances: AtomicU64::new(0),
+            requests: serves_http.then(|| AtomicU64::new(0)),
+        })
+    }
+
+    pub(crate) fn count_request(&self) {
+        if let Some(requests) = &self.requests {
+            requests.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Meter for GuestUsage {
+    fn usage(&self) -> Usage {
+        Usage {
+            cpu_nanos: self.cpu_nanos.load(Ordering::Relaxed),
+            memory_working_set_bytes: self.memory_bytes.load(Ordering::Relaxed),
+            http_requests: self.requests.as_ref().map(|r| r.load(Ordering::Relaxed)),
+            instances: Some(self.instances.load(Ordering::Relaxed)),
+        }
+    }
 }
 
 pub(crate) trait HasCtl: Send + 'static {
@@ -100,8 +150,7 @@ pub(crate) fn new_store<T: HasCtl>(engine: &Engine, data: T) -> Store<T> {
     store.limiter(|data| &mut data.ctl().memory);
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|mut cx| {
-        let meter = cx.data_mut().ctl().meter.clone();
-        let yield_until = meter.and_then(|m| m.charge(Instant::now()));
+        let yield_until = cx.data_mut().ctl().meter.charge(Instant::now());
         // Every tick yields to the runtime so guests share worker threads fairly (and a dropped future
         // stops the guest). tokio's yield_now lets timers and IO run before the guest resumes.
         Ok(match yield_until {
@@ -138,9 +187,15 @@ pub(crate) struct MemoryLimit {
     cap: MemoryCap,
     used: u64,
     pub exceeded: bool,
+    /// Where the store's memory is counted with its container's other stores'.
+    usage: Arc<GuestUsage>,
 }
 
 impl MemoryLimit {
+    fn new(cap: MemoryCap, usage: Arc<GuestUsage>) -> Self {
+        MemoryLimit { cap, used: 0, exceeded: false, usage }
+    }
+
     pub(crate) fn message(&self) -> String {
         let MemoryCap { bytes, node_default } = self.cap;
         if node_default {
@@ -162,6 +217,7 @@ impl ResourceLimiter for MemoryLimit {
             return Err(wasmtime::format_err!("{}", self.message()));
         }
         self.used = total;
+        self.usage.memory_bytes.fetch_add(grow, Ordering::Relaxed);
         Ok(true)
     }
 
@@ -176,6 +232,13 @@ impl ResourceLimiter for MemoryLimit {
     fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
         let bytes = |elements: usize| (elements as u64).saturating_mul(TABLE_ELEMENT_BYTES);
         self.memory_growing(bytes(current) as usize, bytes(desired) as usize, maximum.map(|m| bytes(m) as usize))
+    }
+}
+
+/// The store's memories and tables go with it.
+impl Drop for MemoryLimit {
+    fn drop(&mut self) {
+        self.usage.memory_bytes.fetch_sub(self.used, Ordering::Relaxed);
     }
 }
 
@@ -214,18 +277,19 @@ impl CpuQuota {
     }
 }
 
-/// One task's view of its container's quota. The guest is charged the wall time it spends inside polls of
-/// its task (guest code and synchronous host work), never the time it waits: a poll runs on one thread
-/// from start to end, so this is the thread's time (plus any preemption by the host OS, which makes the
-/// quota err on the strict side). The epoch callback charges mid-poll so a busy loop is caught.
+/// One task's CPU meter: its container's usage and quota. The guest is charged the wall time it spends
+/// inside polls of its task (guest code and synchronous host work), never the time it waits: a poll runs on
+/// one thread from start to end, so this is the thread's time (plus any preemption by the host OS, which
+/// makes the quota err on the strict side). The epoch callback charges mid-poll so a busy loop is caught.
 pub(crate) struct TaskMeter {
-    quota: Arc<CpuQuota>,
+    quota: Option<Arc<CpuQuota>>,
+    usage: Arc<GuestUsage>,
     charged_until: Mutex<Instant>,
 }
 
 impl TaskMeter {
-    fn new(quota: Arc<CpuQuota>) -> Self {
-        TaskMeter { quota, charged_until: Mutex::new(Instant::now()) }
+    fn new(quota: Option<Arc<CpuQuota>>, usage: Arc<GuestUsage>) -> Self {
+        TaskMeter { quota, usage, charged_until: Mutex::new(Instant::now()) }
     }
 
     fn resume(&self, now: Instant) {
@@ -239,7 +303,9 @@ impl TaskMeter {
             *since = now;
             ran
         };
-        self.quota.charge(ran, now)
+        let nanos = u64::try_from(ran.as_nanos()).unwrap_or(u64::MAX);
+        self.usage.cpu_nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.quota.as_ref()?.charge(ran, now)
     }
 }
 
@@ -251,11 +317,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Wraps a guest's task so the CPU meter sees when its polls start and end.
 pub(crate) struct Metered<F> {
     inner: Pin<Box<F>>,
-    meter: Option<Arc<TaskMeter>>,
+    meter: Arc<TaskMeter>,
 }
 
 impl<F: Future> Metered<F> {
-    pub(crate) fn new(meter: Option<Arc<TaskMeter>>, inner: F) -> Self {
+    pub(crate) fn new(meter: Arc<TaskMeter>, inner: F) -> Self {
         Metered { inner: Box::pin(inner), meter }
     }
 }
@@ -264,14 +330,10 @@ impl<F: Future> Future for Metered<F> {
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        if let Some(m) = &self.meter {
-            m.resume(Instant::now());
-        }
+        self.meter.resume(Instant::now());
         let result = self.inner.as_mut().poll(cx);
-        if let Some(m) = &self.meter {
-            // Over-quota is acted on at the next epoch tick, where the guest can be parked.
-            let _ = m.charge(Instant::now());
-        }
+        // Over-quota is acted on at the next epoch tick, where the guest can be parked.
+        let _ = self.meter.charge(Instant::now());
         result
     }
 }
@@ -394,18 +456,22 @@ mod tests {
 
     #[test]
     fn memory_limit_counts_all_memories_and_flags_the_excess() {
-        let mut m = MemoryLimit { cap: MemoryCap::new(Some(4 * 65536), 65536), used: 0, exceeded: false };
+        let usage = GuestUsage::new(false);
+        let mut m = MemoryLimit::new(MemoryCap::new(Some(4 * 65536), 65536), usage.clone());
         assert!(m.memory_growing(0, 2 * 65536, None).unwrap());
         assert!(m.memory_growing(0, 2 * 65536, None).unwrap());
         assert!(!m.exceeded);
         let err = m.memory_growing(2 * 65536, 3 * 65536, None).unwrap_err();
         assert_eq!(err.to_string(), "memory limit of 262144 bytes exceeded");
         assert!(m.exceeded);
-        let mut tables = MemoryLimit { cap: MemoryCap::new(Some(65536), 65536), used: 0, exceeded: false };
+        assert_eq!(usage.usage().memory_working_set_bytes, 4 * 65536, "what was granted is counted");
+        drop(m);
+        assert_eq!(usage.usage().memory_working_set_bytes, 0, "a dropped store's memory is gone");
+        let mut tables = MemoryLimit::new(MemoryCap::new(Some(65536), 65536), usage.clone());
         assert!(tables.table_growing(0, 4096, None).unwrap(), "32 KiB of table elements fit");
         assert!(tables.table_growing(4096, 100_000, None).is_err(), "800 KiB do not");
         assert!(tables.exceeded);
-        let mut defaulted = MemoryLimit { cap: MemoryCap::new(None, 65536), used: 0, exceeded: false };
+        let mut defaulted = MemoryLimit::new(MemoryCap::new(None, 65536), usage);
         let err = defaulted.memory_growing(0, usize::MAX, None).unwrap_err();
         assert_eq!(
             err.to_string(),
@@ -428,6 +494,22 @@ mod tests {
         // After a long idle gap nothing is carried.
         let later = next + 5 * CPU_PERIOD;
         assert_eq!(q.charge(Duration::from_millis(9), later), None);
+    }
+
+    #[test]
+    fn a_meter_counts_every_poll_and_the_instances_alive() {
+        let usage = GuestUsage::new(true);
+        let meter = Arc::new(TaskMeter::new(None, usage.clone()));
+        let start = Instant::now();
+        meter.resume(start);
+        assert_eq!(meter.charge(start + Duration::from_millis(3)), None, "no quota, never throttled");
+        meter.resume(start + Duration::from_millis(10));
+        let _ = meter.charge(start + Duration::from_millis(12));
+        usage.count_request();
+        let seen = usage.usage();
+        assert_eq!(seen.cpu_nanos, 5_000_000, "the time between polls is not counted");
+        assert_eq!((seen.http_requests, seen.instances), (Some(1), Some(0)));
+        assert_eq!(GuestUsage::new(false).usage().http_requests, None);
     }
 
     #[test]

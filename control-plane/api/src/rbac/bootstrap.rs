@@ -508,6 +508,28 @@ fn kube_controller_manager() -> Vec<PolicyRule> {
             rule(&["patch", "update"], &[""], &["services/status"]),
             rule(&["list", "watch"], &[""], &["nodes"]),
         ],
+        // Skiff's ingress status controller: the Ready nodes' addresses on the Ingresses its nodes serve
+        vec![
+            rule(READ, &["networking.k8s.io"], &["ingresses", "ingressclasses"]),
+            rule(&["patch", "update"], &["networking.k8s.io"], &["ingresses/status"]),
+        ],
+        // horizontal-pod-autoscaler: targets through their scale subresource, pods' metrics from the
+        // resource, custom and external metrics APIs
+        vec![
+            rule(READ, &["autoscaling"], &["horizontalpodautoscalers"]),
+            rule(&["update"], &["autoscaling"], &["horizontalpodautoscalers/status"]),
+            rule(&["get", "update"], &["*"], &["*/scale"]),
+            rule(&["list"], &[""], &["pods"]),
+            rule(&["list"], &["metrics.k8s.io"], &["pods"]),
+            rule(&["get", "list"], &["custom.metrics.k8s.io"], &["*"]),
+            rule(&["get", "list"], &["external.metrics.k8s.io"], &["*"]),
+        ],
+        // Skiff's scale-to-zero controller: idle Deployments to zero, and the Services that wake them marked
+        vec![
+            rule(&["patch"], &["apps"], &["deployments/scale"]),
+            rule(&["get"], &["custom.metrics.k8s.io"], &["pods/http_requests_per_second"]),
+            rule(&["list", "patch"], &[""], &["services"]),
+        ],
         // clusterrole-aggregation-controller: it writes rules it may not hold, hence escalate
         vec![rule(&["escalate", "get", "list", "watch", "update", "patch"], &[RBAC_GROUP], &["clusterroles"])],
         // certificate-controller (approving node client requests, signing, cleaning up)

@@ -36,6 +36,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::Metrics;
 use crate::events::{Kind, Recorder};
 use cache::Cache;
 use info::PodInfo;
@@ -101,14 +102,14 @@ impl PodRef {
 
 /// Runs the scheduler until `shutdown`; bindings in flight are abandoned then (a new leader's watch sees
 /// whichever landed).
-pub async fn run(client: kube::Client, shutdown: CancellationToken) {
+pub async fn run(client: kube::Client, metrics: Metrics, shutdown: CancellationToken) {
     let (classes, writer) = reflector::store();
     let class_events = reflect(writer, watcher(Api::<RuntimeClass>::all(client.clone())))
         .map(|event| event.map(|e| Input::Classes(matches!(e, Event::InitDone))));
     let node_events = watcher(Api::<Node>::all(client.clone())).map(|e| e.map(|e| Input::Node(Box::new(e))));
     let pod_events = watcher(Api::<Pod>::all(client.clone())).map(|e| e.map(|e| Input::Pod(Box::new(e))));
     let mut inputs = futures::stream::select_all([class_events.boxed(), node_events.boxed(), pod_events.boxed()]);
-    let mut scheduler = Scheduler::new(client, classes);
+    let mut scheduler = Scheduler::new(client, classes, metrics);
     let mut tick = tokio::time::interval(RETRY_TICK);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     tracing::info!("scheduler started");
@@ -180,10 +181,11 @@ struct Scheduler {
     /// Something changed that parked pods may have waited for.
     changed: bool,
     last_retry: Instant,
+    metrics: Metrics,
 }
 
 impl Scheduler {
-    fn new(client: kube::Client, classes: Store<RuntimeClass>) -> Self {
+    fn new(client: kube::Client, classes: Store<RuntimeClass>, metrics: Metrics) -> Self {
         Scheduler {
             recorder: Recorder::new(client.clone(), SCHEDULER_NAME),
             client,
@@ -196,6 +198,7 @@ impl Scheduler {
             requests: JoinSet::new(),
             changed: false,
             last_retry: Instant::now(),
+            metrics,
         }
     }
 
@@ -297,6 +300,7 @@ impl Scheduler {
                 self.requests.spawn(request.instrument(span.clone()));
             }
             Err(diagnosis) => {
+                self.metrics.attempted("unschedulable");
                 self.queue.park(uid);
                 let message = diagnosis.message();
                 if !self.cache.note_reported(uid, &message) {
@@ -330,12 +334,14 @@ impl Scheduler {
             Ok(Done::Bound { pod, node, result: Ok(()), .. }) => {
                 let _entered = pod.span().entered();
                 tracing::debug!(%node, "bound");
+                self.metrics.attempted("scheduled");
                 let message = format!("Successfully assigned {}/{} to {node}", pod.namespace, pod.name);
                 self.recorder.record(&pod.subject(), Kind::Normal, "Scheduled", message);
             }
             Ok(Done::Bound { uid, pod, node, result: Err(error) }) => {
                 let _entered = pod.span().entered();
                 tracing::warn!(%node, %error, "binding failed; retrying");
+                self.metrics.attempted("error");
                 if self.cache.forget(&uid) {
                     self.queue.park(&uid);
                     self.changed = true;
