@@ -17,7 +17,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
@@ -38,6 +39,10 @@ pub struct AgentMetrics {
     pub pod_start_duration: Histogram,
     /// What the node's ingress forwarded, for the Summary.
     pub forwarded: Forwarded,
+    /// Deployments this node scaled from zero for a held request, by namespace and name.
+    pub cold_starts: Family<[(&'static str, String); 2], Counter>,
+    /// How long requests held for a Service at zero waited for its endpoint.
+    pub cold_start_wait: Histogram,
     registry: Registry,
 }
 
@@ -74,8 +79,20 @@ impl AgentMetrics {
             "Duration in seconds from kubelet seeing a pod for the first time to the pod starting to run",
             pod_start_duration.clone(),
         );
+        let cold_starts = Family::default();
+        registry.register(
+            "skiff_cold_starts",
+            "Deployments this node's ingress scaled from zero for a request it held",
+            cold_starts.clone(),
+        );
+        let cold_start_wait = Histogram::new(POD_START_BUCKETS.iter().copied());
+        registry.register(
+            "skiff_cold_start_wait_seconds",
+            "How long a request held for a Service at zero waited for a ready endpoint",
+            cold_start_wait.clone(),
+        );
         registry.register_collector(Box::new(RunningCollector(running)));
-        AgentMetrics { pod_start_duration, forwarded: Forwarded::default(), registry }
+        AgentMetrics { pod_start_duration, forwarded: Forwarded::default(), cold_starts, cold_start_wait, registry }
     }
 
     /// The Prometheus text of `/metrics`.
@@ -407,7 +424,9 @@ mod tests {
         let running = Arc::new(Running::default());
         let metrics = AgentMetrics::new(running);
         metrics.pod_start_duration.observe(0.01);
+        metrics.cold_starts.get_or_create(&[("namespace", "shop".into()), ("deployment", "web".into())]).inc();
         let text = metrics.encode();
+        assert!(text.contains("skiff_cold_starts_total{namespace=\"shop\",deployment=\"web\"} 1\n"), "{text}");
         assert!(text.contains("kubelet_running_pods 0\n"), "{text}");
         assert!(text.contains("kubelet_running_containers{container_state=\"running\"} 0\n"), "{text}");
         assert!(text.contains("kubelet_pod_start_duration_seconds_count 1\n"), "{text}");

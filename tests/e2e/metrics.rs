@@ -409,13 +409,26 @@ spec:
   - type: Pods
     pods:
       metric: {name: http_requests_per_second}
-      target: {type: AverageValue, averageValue: "20"}
+      target: {type: AverageValue, averageValue: "100"}
   behavior:
     scaleDown: {stabilizationWindowSeconds: 10}
 "#;
     let out = cluster.with_stdin(&["apply", "-f", "-"], hpa);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let load = Load::start(port, "web.test", 4, Duration::ZERO);
+    // About 50 requests/s, within one replica's target: the HPA sees the rate and wants one replica.
+    let light = Load::start(port, "web.test", 1, Duration::from_millis(20));
+    let (current, desired) = eventually("the HPA to read a request rate", Duration::from_secs(60), || {
+        let path = "jsonpath={.status.currentMetrics[0].pods.current.averageValue} {.status.desiredReplicas}";
+        let read = cluster.ok(&["get", "hpa", "web", "-o", path]);
+        let (current, desired) = read.split_once(' ')?;
+        (!current.is_empty() && current != "0").then(|| (current.to_string(), desired.to_string()))
+    });
+    assert_eq!(desired, "1", "{current} requests/s fit one replica");
+    assert_eq!(replicas(&cluster, "web"), 1);
+    let (answered, failed) = light.finish();
+    assert!(answered > 0 && failed == 0, "{failed} of {} requests failed at 50/s", answered + failed);
+    // Then as fast as eight clients go (thousands of requests/s): out.
+    let load = Load::start(port, "web.test", 8, Duration::ZERO);
     eventually("web to scale out on its request rate", Duration::from_secs(60), || {
         (replicas(&cluster, "web") > 1).then_some(())
     });

@@ -16,6 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::Api;
 use kube::api::PostParams;
 
+use crate::metrics::AgentMetrics;
 use crate::proxy::{ServiceKey, SharedCaches};
 
 /// Requests held per Service while its Deployment wakes.
@@ -35,6 +36,7 @@ pub enum Unavailable {
 pub struct Activator {
     client: kube::Client,
     node: String,
+    metrics: Arc<AgentMetrics>,
     /// Requests held, by Service.
     held: Mutex<HashMap<ServiceKey, usize>>,
     /// Deployments (namespace, name) a wake-up is under way for: one API request each, not one per request.
@@ -60,8 +62,8 @@ impl Drop for Place<'_> {
 }
 
 impl Activator {
-    pub fn new(client: kube::Client, node: String) -> Self {
-        Activator { client, node, held: Mutex::default(), waking: Arc::default() }
+    pub fn new(client: kube::Client, node: String, metrics: Arc<AgentMetrics>) -> Self {
+        Activator { client, node, metrics, held: Mutex::default(), waking: Arc::default() }
     }
 
     /// Holds a request for `service` until `ready` (its endpoints, read from `caches`) has some, waking
@@ -75,6 +77,7 @@ impl Activator {
         ready: impl Fn() -> Vec<SocketAddrV4>,
     ) -> Result<Vec<SocketAddrV4>, Unavailable> {
         let _place = self.take_place(service)?;
+        let held = std::time::Instant::now();
         // Subscribed before waking: the change that brings the endpoint cannot be missed.
         let mut changes = caches.read().unwrap_or_else(PoisonError::into_inner).subscribe();
         self.wake(&service.namespace, deployment, what);
@@ -90,7 +93,11 @@ impl Activator {
                 }
             }
         };
-        tokio::time::timeout(HOLD_TIMEOUT, wait).await.unwrap_or(Err(Unavailable::TimedOut))
+        let served = tokio::time::timeout(HOLD_TIMEOUT, wait).await.unwrap_or(Err(Unavailable::TimedOut));
+        if served.is_ok() {
+            self.metrics.cold_start_wait.observe(held.elapsed().as_secs_f64());
+        }
+        served
     }
 
     fn take_place(&self, service: &ServiceKey) -> Result<Place<'_>, Unavailable> {
@@ -111,12 +118,15 @@ impl Activator {
         }
         let (client, node, waking, what) =
             (self.client.clone(), self.node.clone(), self.waking.clone(), what.to_string());
+        let metrics = self.metrics.clone();
         let span = tracing::info_span!("wake", deployment = %format!("{namespace}/{deployment}"));
         tokio::spawn(tracing::Instrument::instrument(
             async move {
                 match scale_from_zero(&client, &key.0, &key.1).await {
                     Ok(true) => {
                         tracing::info!("scaled from zero for a held request");
+                        let labels = [("namespace", key.0.clone()), ("deployment", key.1.clone())];
+                        metrics.cold_starts.get_or_create(&labels).inc();
                         record(&client, &node, &key.0, &key.1, &what).await;
                     }
                     Ok(false) => {}

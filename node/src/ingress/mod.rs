@@ -117,7 +117,7 @@ async fn serve(client: Client, config: IngressConfig, node: Node, shutdown: Canc
         caches,
         client: forward::client(),
         running,
-        activator: activate::Activator::new(client.clone(), name),
+        activator: activate::Activator::new(client.clone(), name, metrics.clone()),
         metrics,
         next: AtomicUsize::new(0),
     });
@@ -523,6 +523,7 @@ mod tests {
             ]}}))
             .unwrap();
         let caches = Arc::new(RwLock::new(caches));
+        let metrics = Arc::new(AgentMetrics::new(running.clone()));
         let shared = Arc::new(Shared {
             routes: RwLock::new(Arc::new(RouteTable::build([&ingress]))),
             certificates: Arc::new(Resolver {
@@ -531,8 +532,8 @@ mod tests {
             }),
             caches: caches.clone(),
             client: forward::client(),
-            activator: activate::Activator::new(nowhere(), "node-a".into()),
-            metrics: Arc::new(AgentMetrics::new(running.clone())),
+            activator: activate::Activator::new(nowhere(), "node-a".into(), metrics.clone()),
+            metrics,
             running,
             next: AtomicUsize::new(0),
         });
