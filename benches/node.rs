@@ -925,6 +925,8 @@ fn print_ingress(r: &IngressRuns) {
 }
 
 const COLD_TRIALS: usize = 100;
+/// Between a Deployment's pod and endpoint being gone in the API and the next trial.
+const COLD_SETTLE: Duration = Duration::from_millis(300);
 const COLD_CONTAINER_TRIALS: usize = 20;
 
 /// `trials` wake-ups of a Deployment `name` of `image` (listening on 8080, with `command` if given) at zero
@@ -1027,6 +1029,9 @@ async fn cold_starts(
             })
             .await?;
         }
+        // The node's ingress routes by its own watch of the slices, a few milliseconds behind the API: a
+        // request sent at once could still be sent to the pod just deleted. A real idle period is minutes.
+        tokio::time::sleep(COLD_SETTLE).await;
     }
     Ok((Latency::of(times), failed))
 }
